@@ -1,0 +1,1 @@
+"""The edgefleet control plane: API, signed repository, fleet MQTT link, rollouts, CLI."""

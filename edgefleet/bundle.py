@@ -1,0 +1,278 @@
+"""The bundle: one tar file holding a manifest and the files it names.
+
+A bundle is what a device installs: the model artifact, smoke-test vectors (inputs,
+expected outputs, tolerance), reference statistics for drift detection, and
+``manifest.json``, which lists every other member with its length and SHA-256 and
+says what the bundle is for (model, version, release counter, firmware profiles,
+hardware, runtime, signature, lineage, metrics).
+
+The bundle file as a whole is a TUF target, so its hash is signed; the manifest's
+per-file hashes let the device name the exact member that is wrong, and let it
+re-check an installed slot at any time without the archive.
+
+Reading a bundle refuses anything but flat regular members (no directories, links,
+device nodes, absolute paths or ``..``), members the manifest does not name, and
+archives whose unpacked size exceeds a bound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgefleet.errors import BundleError
+from edgefleet.fileio import fsync_dir
+from edgefleet.tensors import ModelSignature
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_SCHEMA_VERSION = 1
+MEMBER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DEFAULT_MAX_UNPACKED_BYTES = 512 * 1024 * 1024
+
+FileRole = Literal["model", "smoke_input", "smoke_output", "reference_stats", "other"]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class FileEntry(_Open):
+    path: str = Field(pattern=MEMBER_NAME_RE.pattern)
+    length: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    role: FileRole = "other"
+
+
+class ModelRef(_Open):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    version: str = Field(min_length=1, max_length=64)
+
+
+class RuntimeRequirement(_Open):
+    name: str  # e.g. "onnxruntime"
+    version: str = ""  # PEP 440 specifier, e.g. ">=1.17,<2"
+
+
+class SmokeTest(_Open):
+    """Inputs to run after install and the outputs they must give.
+
+    ``inputs`` and ``expected`` map tensor names to member files (``.npy``). Float
+    outputs must agree within ``atol``/``rtol``; integer outputs must agree at least
+    in ``min_agreement`` of the elements.
+    """
+
+    inputs: dict[str, str]
+    expected: dict[str, str]
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    min_agreement: float = 1.0
+
+
+class Manifest(_Open):
+    """What a bundle contains and what it is for."""
+
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+    bundle_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    model: ModelRef
+    release: int = Field(ge=1)
+    profiles: list[str] = Field(min_length=1)
+    hardware: list[str] = Field(default_factory=list)  # CPU architectures, e.g. ["x86_64"]
+    runtime: RuntimeRequirement
+    artifact: str  # the member holding the model
+    signature: ModelSignature
+    smoke_test: SmokeTest | None = None
+    reference_stats: str | None = None
+    files: list[FileEntry]
+    lineage: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    def file(self, path: str) -> FileEntry:
+        """The entry for member ``path``; ``BundleError`` when the manifest lacks it."""
+        for entry in self.files:
+            if entry.path == path:
+                return entry
+        raise BundleError("not listed in the manifest", file=path)
+
+    def check_consistency(self) -> None:
+        """Every member the manifest refers to must be listed exactly once."""
+        names = [f.path for f in self.files]
+        if len(names) != len(set(names)):
+            raise BundleError("manifest lists a file twice", file=MANIFEST_NAME)
+        if MANIFEST_NAME in names:
+            raise BundleError("manifest must not list itself", file=MANIFEST_NAME)
+        referenced = [self.artifact]
+        if self.smoke_test:
+            referenced += [*self.smoke_test.inputs.values(), *self.smoke_test.expected.values()]
+        if self.reference_stats:
+            referenced.append(self.reference_stats)
+        for path in referenced:
+            self.file(path)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            self.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True
+        ).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def build_manifest(fields: Mapping[str, Any], files: Mapping[str, tuple[bytes, FileRole]]) -> Manifest:
+    """A validated manifest for ``files`` (name -> (content, role)) plus ``fields``."""
+    entries = [
+        FileEntry(path=name, length=len(data), sha256=sha256_hex(data), role=role)
+        for name, (data, role) in sorted(files.items())
+    ]
+    try:
+        manifest = Manifest.model_validate({**fields, "files": entries})
+    except ValidationError as e:
+        raise BundleError(f"invalid manifest: {e}", file=MANIFEST_NAME) from e
+    manifest.check_consistency()
+    return manifest
+
+
+def write_bundle(
+    path: Path, fields: Mapping[str, Any], files: Mapping[str, tuple[bytes, FileRole]]
+) -> Manifest:
+    """Write a bundle holding ``files`` and a manifest built from ``fields``.
+
+    Members are written in a fixed order with zeroed ownership and times, so the
+    same inputs give byte-identical bundles.
+    """
+    for name in files:
+        if not MEMBER_NAME_RE.fullmatch(name) or name == MANIFEST_NAME:
+            raise BundleError("invalid member name", file=name)
+    manifest = build_manifest(fields, files)
+    members = [(MANIFEST_NAME, manifest.to_bytes())] + [
+        (name, files[name][0]) for name in sorted(files)
+    ]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    Path(path).write_bytes(buffer.getvalue())
+    return manifest
+
+
+def _parse_manifest(data: bytes) -> Manifest:
+    try:
+        manifest = Manifest.model_validate_json(data)
+    except ValidationError as e:
+        raise BundleError(f"invalid manifest: {e.errors()[0].get('msg')}", file=MANIFEST_NAME) from e
+    if manifest.schema_version > MANIFEST_SCHEMA_VERSION:
+        raise BundleError(
+            f"unsupported manifest schema version {manifest.schema_version}", file=MANIFEST_NAME
+        )
+    manifest.check_consistency()
+    return manifest
+
+
+def read_manifest(bundle_path: Path) -> Manifest:
+    """Read and validate only the manifest of a bundle (no member is extracted)."""
+    try:
+        with tarfile.open(bundle_path, mode="r:") as tar:
+            member = tar.getmember(MANIFEST_NAME)
+            handle = tar.extractfile(member) if member.isfile() else None
+            if handle is None:
+                raise BundleError("not a regular file", file=MANIFEST_NAME)
+            return _parse_manifest(handle.read())
+    except KeyError as e:
+        raise BundleError("bundle has no manifest", file=MANIFEST_NAME) from e
+    except (OSError, tarfile.TarError) as e:
+        raise BundleError(f"unreadable bundle archive: {e}") from e
+
+
+def verify_file(path: Path, entry: FileEntry) -> None:
+    """Check one file's length and SHA-256 against its manifest entry."""
+    try:
+        size = path.stat().st_size
+        if size != entry.length:
+            raise BundleError(
+                f"length mismatch: manifest says {entry.length} bytes, file has {size}",
+                file=entry.path,
+            )
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError as e:
+        raise BundleError("missing", file=entry.path) from e
+    if digest.hexdigest() != entry.sha256:
+        raise BundleError("sha256 mismatch", file=entry.path)
+
+
+def verify_directory(directory: Path, manifest: Manifest) -> None:
+    """Check every file the manifest lists, as unpacked in ``directory``."""
+    for entry in manifest.files:
+        verify_file(Path(directory) / entry.path, entry)
+
+
+def unpack_bundle(
+    bundle_path: Path, dest: Path, *, max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
+) -> Manifest:
+    """Safely extract a bundle into the empty directory ``dest`` and verify every file.
+
+    Raises ``BundleError`` naming the member at fault: an unsafe or unlisted
+    member, an archive larger than ``max_unpacked_bytes``, or a file whose length
+    or SHA-256 differs from the manifest.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise BundleError(f"destination {dest} is not empty")
+    try:
+        with tarfile.open(bundle_path, mode="r:") as tar:
+            members = tar.getmembers()
+            total = 0
+            seen: set[str] = set()
+            for member in members:
+                if not member.isreg():
+                    raise BundleError("only regular files are allowed", file=member.name)
+                if not MEMBER_NAME_RE.fullmatch(member.name):
+                    raise BundleError("unsafe member name", file=member.name)
+                if member.name in seen:
+                    raise BundleError("duplicate member", file=member.name)
+                seen.add(member.name)
+                total += member.size
+                if total > max_unpacked_bytes:
+                    raise BundleError(
+                        f"unpacked size exceeds the bound of {max_unpacked_bytes} bytes",
+                        file=member.name,
+                    )
+            if MANIFEST_NAME not in seen:
+                raise BundleError("bundle has no manifest", file=MANIFEST_NAME)
+            manifest_handle = tar.extractfile(MANIFEST_NAME)
+            assert manifest_handle is not None
+            manifest = _parse_manifest(manifest_handle.read())
+            listed = {f.path for f in manifest.files}
+            for name in sorted(seen - listed - {MANIFEST_NAME}):
+                raise BundleError("member not listed in the manifest", file=name)
+            for name in sorted(listed - seen):
+                raise BundleError("listed in the manifest but missing", file=name)
+            for member in members:
+                handle = tar.extractfile(member)
+                assert handle is not None
+                with (dest / member.name).open("wb") as out:
+                    for block in iter(lambda h=handle: h.read(1 << 20), b""):  # type: ignore[misc]
+                        out.write(block)
+                    out.flush()
+                    os.fsync(out.fileno())
+    except (OSError, tarfile.TarError) as e:
+        raise BundleError(f"unreadable bundle archive: {e}") from e
+    fsync_dir(dest)
+    verify_directory(dest, manifest)
+    return manifest

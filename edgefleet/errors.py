@@ -1,0 +1,63 @@
+"""Errors of the shared contract, grouped by who is at fault.
+
+::
+
+    EdgefleetError
+    ├── MessageError        a wire message that cannot be decoded or validated
+    ├── BundleError         a bundle whose archive, manifest or files do not check out
+    ├── ProfileError        a firmware profile that does not match its schema
+    └── TransportError      the MQTT link failed (not connected, timed out, refused)
+        └── FetchError      a remote file could not be fetched (carries the status)
+
+Each error carries its fields as attributes so callers can report them without
+parsing strings.
+"""
+
+from __future__ import annotations
+
+
+class EdgefleetError(Exception):
+    """Base class of every error the shared contract raises."""
+
+
+class MessageError(EdgefleetError):
+    """A wire message was malformed, of an unknown type, or failed validation."""
+
+    def __init__(self, reason: str, *, topic: str | None = None) -> None:
+        super().__init__(reason if topic is None else f"{reason} (topic={topic})")
+        self.reason = reason
+        self.topic = topic
+
+
+class BundleError(EdgefleetError):
+    """A bundle failed a check; ``file`` names the member at fault when there is one."""
+
+    def __init__(self, reason: str, *, file: str | None = None) -> None:
+        super().__init__(reason if file is None else f"{file}: {reason}")
+        self.reason = reason
+        self.file = file
+
+
+class ProfileError(EdgefleetError):
+    """A firmware profile was refused; ``field`` names the offending field."""
+
+    def __init__(self, reason: str, *, field: str | None = None, profile: str | None = None):
+        where = ".".join(p for p in (profile, field) if p)
+        super().__init__(f"{where}: {reason}" if where else reason)
+        self.reason = reason
+        self.field = field
+        self.profile = profile
+
+
+class TransportError(EdgefleetError):
+    """The MQTT link could not carry a message (disconnected, timed out, refused)."""
+
+
+class FetchError(TransportError):
+    """A fetch over MQTT request/response failed; ``status`` follows HTTP codes."""
+
+    def __init__(self, reason: str, *, path: str, status: int | None = None) -> None:
+        super().__init__(f"{path}: {reason}" + (f" (status {status})" if status else ""))
+        self.reason = reason
+        self.path = path
+        self.status = status

@@ -1,0 +1,142 @@
+"""Versioned wire messages, validated on receipt.
+
+Every message is a JSON object with ``v`` (schema version) and ``type``. Unknown
+fields are kept, so a newer peer's additions survive a read-write round trip; a
+message of an unknown type or failing validation raises ``MessageError``, which
+receivers log and drop.
+
+Fetch *responses* are not JSON: they carry raw bytes, with their status and
+position in MQTT 5 user properties (see ``FETCH_*`` below), so a chunk costs no
+base64 inflation.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from edgefleet.errors import MessageError
+
+SCHEMA_VERSION = 1
+
+# Fetch protocol (device -> fleet/<id>/up/fetch, control plane -> fleet/<id>/down/fetch).
+# The request carries a correlation id in MQTT 5 correlation data; the response copies
+# it and states, as user properties, an HTTP-like status, the file's total length and
+# the offset of the bytes in the payload.
+FETCH_STATUS = "status"
+FETCH_TOTAL = "total"
+FETCH_OFFSET = "offset"
+FETCH_REASON = "reason"
+FETCH_MAX_CHUNK = 256 * 1024
+"""Largest chunk a device may ask for; well under any broker's max packet size."""
+
+InstallState = Literal[
+    "offered", "downloading", "verified", "staged", "active", "failed", "rolled_back"
+]
+
+
+def new_event_id() -> str:
+    """A unique id for a message so the receiver can de-duplicate redeliveries."""
+    return uuid.uuid4().hex
+
+
+class WireMessage(BaseModel):
+    """Base of every JSON wire message: versioned, tolerant of unknown fields."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    v: int = SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        """Encode for the wire."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class DeviceStatus(WireMessage):
+    """Retained presence on ``up/status``; the last will sets ``online`` false."""
+
+    type: Literal["status"] = "status"
+    online: bool
+    profile: str | None = None
+    agent_version: str | None = None
+    model: str | None = None
+    model_version: str | None = None
+    bundle_id: str | None = None
+    release: int | None = None
+    ts: float = Field(default_factory=time.time)
+
+
+class InstallReport(WireMessage):
+    """Progress or outcome of one bundle install, on ``up/report``."""
+
+    type: Literal["install"] = "install"
+    event_id: str = Field(default_factory=new_event_id)
+    bundle_id: str
+    release: int | None = None
+    rollout_id: int | None = None
+    state: InstallState
+    reason: str | None = None
+    install_seconds: float | None = None
+    ts: float = Field(default_factory=time.time)
+
+
+class FetchRequest(WireMessage):
+    """Ask for ``length`` bytes of ``path`` from ``offset``, on ``up/fetch``.
+
+    ``path`` is ``metadata/<file>`` or ``targets/<file>`` in the signed repository.
+    """
+
+    type: Literal["fetch"] = "fetch"
+    path: str = Field(pattern=r"^(metadata|targets)/[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+    offset: int = Field(ge=0)
+    length: int = Field(gt=0, le=FETCH_MAX_CHUNK)
+
+
+class BundleOffer(WireMessage):
+    """Tells a device to install a bundle, on ``down/offer``.
+
+    The offer is only a hint: the device trusts nothing in it until the signed
+    metadata confirms the target, its hashes and its release counter.
+    """
+
+    type: Literal["offer"] = "offer"
+    rollout_id: int | None = None
+    bundle_id: str
+    target: str = Field(description="target path in the signed targets metadata")
+    release: int = Field(ge=1)
+    ts: float = Field(default_factory=time.time)
+
+
+Message = Annotated[
+    DeviceStatus | InstallReport | FetchRequest | BundleOffer,
+    Field(discriminator="type"),
+]
+_message_adapter: TypeAdapter[Any] = TypeAdapter(Message)
+
+M = TypeVar("M", bound=WireMessage)
+
+
+def decode_message(payload: bytes, *, topic: str | None = None) -> WireMessage:
+    """Decode and validate any wire message; ``MessageError`` names what is wrong."""
+    try:
+        message = _message_adapter.validate_json(payload)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "message"
+        raise MessageError(f"invalid message: {where}: {first.get('msg')}", topic=topic) from e
+    if message.v > SCHEMA_VERSION:
+        raise MessageError(f"unsupported schema version {message.v}", topic=topic)
+    return message  # type: ignore[no-any-return]
+
+
+def decode_as(payload: bytes, expected: type[M], *, topic: str | None = None) -> M:
+    """Decode a message and insist it is of type ``expected``."""
+    message = decode_message(payload, topic=topic)
+    if not isinstance(message, expected):
+        raise MessageError(
+            f"expected {expected.__name__}, got {type(message).__name__}", topic=topic
+        )
+    return message

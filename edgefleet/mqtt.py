@@ -1,0 +1,304 @@
+"""The MQTT link: the only module that imports paho-mqtt.
+
+``MqttLink`` wraps one paho MQTT 5 client running its network loop in a background
+thread. It reconnects by itself with exponential backoff, re-subscribes on every
+connect, sets TCP_NODELAY on its socket (request/response blocks would otherwise
+wait ~40 ms each for Nagle's algorithm), and turns failures into ``TransportError``.
+
+Handlers receive an ``Incoming`` (topic, payload and the MQTT 5 request/response
+properties) on the network thread: they must be quick, or hand work to their own
+thread. A handler that raises is logged and does not stop the link.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edgefleet.errors import TransportError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 1883
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the broker listens, parsed from ``mqtt://host:port``."""
+
+    host: str
+    port: int = DEFAULT_PORT
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+            raise ValueError(f"broker URL must look like mqtt://host:port, got {url!r}")
+        return cls(parts.hostname, parts.port or DEFAULT_PORT)
+
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A received message with the MQTT 5 properties edgefleet uses."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    correlation: bytes | None = None
+    response_topic: str | None = None
+    user_properties: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Will:
+    """Last will: published by the broker if the link drops without a clean goodbye."""
+
+    topic: str
+    payload: bytes
+    retain: bool = True
+    qos: int = 1
+
+
+Handler = Callable[[Incoming], None]
+
+
+@dataclass
+class _Subscription:
+    topic_filter: str
+    handler: Handler
+    qos: int
+    shared_group: str | None
+
+    @property
+    def wire_filter(self) -> str:
+        if self.shared_group:
+            return f"$share/{self.shared_group}/{self.topic_filter}"
+        return self.topic_filter
+
+
+class MqttLink:
+    """One MQTT 5 session that reconnects by itself.
+
+    ``session_expiry`` > 0 with ``clean_start=False`` keeps the session (and QoS 1
+    messages addressed to it) on the broker while the link is down.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        broker: BrokerAddress,
+        will: Will | None = None,
+        clean_start: bool = False,
+        session_expiry: int = 0,
+        keepalive: int = 30,
+        username: str | None = None,
+        password: str | None = None,
+        reconnect_min_delay: int = 1,
+        reconnect_max_delay: int = 30,
+    ) -> None:
+        self.client_id = client_id
+        self.broker = broker
+        self._clean_start = clean_start
+        self._session_expiry = session_expiry
+        self._keepalive = keepalive
+        self._connected = threading.Event()
+        self._lock = threading.Lock()
+        self._subscriptions: list[_Subscription] = []
+        self._on_connect_callbacks: list[Callable[[], None]] = []
+        self._started = False
+
+        client = paho.Client(
+            callback_api_version=paho.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+        )
+        client.max_queued_messages_set(0)
+        client.max_inflight_messages_set(100)
+        client.reconnect_delay_set(reconnect_min_delay, reconnect_max_delay)
+        if username is not None:
+            client.username_pw_set(username, password)
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_socket_open = self._handle_socket_open
+        self._client = client
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin connecting in the background; returns at once, even with no broker."""
+        if self._started:
+            return
+        properties = None
+        if self._session_expiry:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self._session_expiry
+        self._client.connect_async(
+            self.broker.host,
+            self.broker.port,
+            keepalive=self._keepalive,
+            clean_start=self._clean_start,
+            properties=properties,
+        )
+        self._client.loop_start()
+        self._started = True
+
+    def stop(self) -> None:
+        """Disconnect cleanly (no last will) and stop the network thread."""
+        if not self._started:
+            return
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+        self._started = False
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Block until connected or ``timeout`` seconds pass; True when connected."""
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def on_connect(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` (on the network thread) after every successful connect."""
+        with self._lock:
+            self._on_connect_callbacks.append(callback)
+
+    # -- messaging -------------------------------------------------------------
+
+    def subscribe(
+        self, topic_filter: str, handler: Handler, *, qos: int = 1, shared_group: str | None = None
+    ) -> None:
+        """Deliver messages matching ``topic_filter`` to ``handler``, across reconnects.
+
+        With ``shared_group`` the broker spreads the messages over every client
+        subscribed in that group (MQTT 5 shared subscription).
+        """
+        sub = _Subscription(topic_filter, handler, qos, shared_group)
+        with self._lock:
+            self._subscriptions.append(sub)
+        self._client.message_callback_add(topic_filter, self._dispatcher(sub))
+        if self.connected:
+            self._client.subscribe(sub.wire_filter, qos=qos)
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        correlation: bytes | None = None,
+        response_topic: str | None = None,
+        user_properties: dict[str, str] | None = None,
+        wait: float | None = None,
+    ) -> None:
+        """Publish a message; with ``wait``, block until the broker acknowledged it.
+
+        Without ``wait`` a QoS 1 message published while disconnected is queued in
+        memory and sent after reconnect. With ``wait`` a message the broker has not
+        acknowledged in time raises ``TransportError`` (it may still be delivered).
+        """
+        properties = None
+        if correlation is not None or response_topic is not None or user_properties:
+            properties = Properties(PacketTypes.PUBLISH)
+            if correlation is not None:
+                properties.CorrelationData = correlation
+            if response_topic is not None:
+                properties.ResponseTopic = response_topic
+            if user_properties:
+                properties.UserProperty = list(user_properties.items())
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if wait is None:
+            return
+        if info.rc == paho.MQTT_ERR_NO_CONN:
+            raise TransportError(f"not connected to {self.broker.url()}; message queued")
+        try:
+            info.wait_for_publish(wait)
+        except (RuntimeError, ValueError) as e:
+            raise TransportError(f"publish to {topic} failed: {e}") from e
+        if not info.is_published():
+            raise TransportError(f"broker did not acknowledge {topic} within {wait}s")
+
+    # -- paho callbacks (network thread) ---------------------------------------
+
+    def _dispatcher(self, sub: _Subscription) -> Callable[[paho.Client, Any, paho.MQTTMessage], None]:
+        def dispatch(_client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+            props = message.properties
+            incoming = Incoming(
+                topic=message.topic,
+                payload=bytes(message.payload),
+                retain=bool(message.retain),
+                correlation=getattr(props, "CorrelationData", None),
+                response_topic=getattr(props, "ResponseTopic", None),
+                user_properties=dict(getattr(props, "UserProperty", []) or []),
+            )
+            try:
+                sub.handler(incoming)
+            except Exception:  # top of the receive loop: one bad message must not kill it
+                logger.exception("handler failed topic=%s", message.topic)
+
+        return dispatch
+
+    def _handle_socket_open(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            logger.debug("could not set TCP_NODELAY")
+
+    def _handle_connect(
+        self,
+        client: paho.Client,
+        _userdata: Any,
+        _flags: Any,
+        reason_code: ReasonCode,
+        _properties: Any,
+    ) -> None:
+        if reason_code.is_failure:
+            logger.warning(
+                "mqtt connect refused client_id=%s reason=%s", self.client_id, reason_code
+            )
+            return
+        with self._lock:
+            subscriptions = list(self._subscriptions)
+            callbacks = list(self._on_connect_callbacks)
+        for sub in subscriptions:
+            client.subscribe(sub.wire_filter, qos=sub.qos)
+        self._connected.set()
+        logger.info("mqtt connected client_id=%s broker=%s", self.client_id, self.broker.url())
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                logger.exception("on_connect callback failed client_id=%s", self.client_id)
+
+    def _handle_disconnect(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        _flags: Any,
+        reason_code: ReasonCode,
+        _properties: Any,
+    ) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if was_connected:
+            logger.warning(
+                "mqtt disconnected client_id=%s reason=%s", self.client_id, reason_code
+            )

@@ -1,0 +1,90 @@
+"""The MQTT topic tree; the only module that spells topic strings.
+
+::
+
+    fleet/<device_id>/up/<channel>     device -> cloud  (status, report, fetch, telemetry)
+    fleet/<device_id>/down/<channel>   cloud -> device  (offer, command, fetch)
+    fleet/all/down/<channel>           cloud -> every device
+
+Device ids are ``dev-`` plus 8 to 32 lowercase letters or digits so that a broker ACL
+pattern on ``%u`` confines each device to its own subtree; control-plane clients use
+``cp-`` names, which no device may take.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+DEVICE_ID_RE = re.compile(r"^dev-[a-z0-9]{8,32}$")
+ROOT = "fleet"
+BROADCAST = "all"
+
+
+class Up(StrEnum):
+    """Channels a device publishes on."""
+
+    STATUS = "status"  # retained presence + what is installed; also the last will
+    REPORT = "report"  # install progress and outcomes
+    FETCH = "fetch"  # request for a chunk of a metadata or target file
+    TELEMETRY = "telemetry"
+
+
+class Down(StrEnum):
+    """Channels the control plane publishes on, per device."""
+
+    OFFER = "offer"  # a bundle the device should install
+    FETCH = "fetch"  # responses to the device's fetch requests
+    COMMAND = "command"
+
+
+def is_device_id(value: str) -> bool:
+    """True when ``value`` is a well-formed device id (never a ``cp-`` name)."""
+    return bool(DEVICE_ID_RE.fullmatch(value))
+
+
+def _checked(device_id: str) -> str:
+    if not is_device_id(device_id):
+        raise ValueError(f"invalid device id {device_id!r}: must match {DEVICE_ID_RE.pattern}")
+    return device_id
+
+
+def up(device_id: str, channel: Up) -> str:
+    """Topic a device publishes ``channel`` messages on."""
+    return f"{ROOT}/{_checked(device_id)}/up/{channel.value}"
+
+
+def down(device_id: str, channel: Down) -> str:
+    """Topic the control plane publishes ``channel`` messages to one device on."""
+    return f"{ROOT}/{_checked(device_id)}/down/{channel.value}"
+
+
+def down_all(channel: Down) -> str:
+    """Topic the control plane publishes ``channel`` messages to every device on."""
+    return f"{ROOT}/{BROADCAST}/down/{channel.value}"
+
+
+def up_filter(channel: Up | None = None) -> str:
+    """Subscription filter for ``channel`` from every device (all channels when None)."""
+    return f"{ROOT}/+/up/" + (channel.value if channel else "#")
+
+
+def device_down_filter(device_id: str) -> str:
+    """Subscription filter for everything addressed to one device."""
+    return f"{ROOT}/{_checked(device_id)}/down/#"
+
+
+def parse_up(topic: str) -> tuple[str, Up]:
+    """Split an up topic into (device id, channel); ``ValueError`` for anything else.
+
+    The control plane trusts the device id in the topic (the broker ACL enforces
+    it), never one in a payload.
+    """
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != ROOT or parts[2] != "up":
+        raise ValueError(f"not a device up topic: {topic!r}")
+    device_id = _checked(parts[1])
+    try:
+        return device_id, Up(parts[3])
+    except ValueError as e:
+        raise ValueError(f"unknown up channel in {topic!r}") from e
