@@ -28,7 +28,9 @@ def find_mosquitto() -> str:
     """Path of the mosquitto binary (PATH, then /usr/sbin); ``BrokerError`` if absent."""
     found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
     if not found:
-        raise BrokerError("mosquitto is not installed: run `make setup` (apt-get install mosquitto)")
+        raise BrokerError(
+            "mosquitto is not installed: run `make setup` (apt-get install mosquitto)"
+        )
     return found
 
 

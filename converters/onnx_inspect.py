@@ -7,12 +7,13 @@ from collections import Counter
 from dataclasses import dataclass
 
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
 from converters.errors import ConversionError
 from edgefleet.tensors import ModelSignature, TensorSpec
 
-_ONNX_TO_OIP = {
+_ONNX_TO_OIP: dict[int, str] = {
     TensorProto.FLOAT: "FP32",
     TensorProto.FLOAT16: "FP16",
     TensorProto.DOUBLE: "FP64",
@@ -41,9 +42,7 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
     tensor_type = value.type.tensor_type
     if tensor_type.elem_type not in _ONNX_TO_OIP:
         raise ConversionError(f"{value.name}: unsupported element type {tensor_type.elem_type}")
-    shape = [
-        dim.dim_value if dim.HasField("dim_value") else -1 for dim in tensor_type.shape.dim
-    ]
+    shape = [dim.dim_value if dim.HasField("dim_value") else -1 for dim in tensor_type.shape.dim]
     return TensorSpec(name=value.name, datatype=_ONNX_TO_OIP[tensor_type.elem_type], shape=shape)
 
 
@@ -52,7 +51,7 @@ def inspect_onnx(model_bytes: bytes) -> OnnxInspection:
     try:
         model = onnx.load_from_string(model_bytes)
         onnx.checker.check_model(model)
-    except (onnx.checker.ValidationError, ValueError, Exception) as e:  # protobuf raises DecodeError
+    except (onnx.checker.ValidationError, DecodeError, ValueError) as e:
         raise ConversionError(f"not a valid ONNX model: {e}") from e
     initializers = {init.name for init in model.graph.initializer}
     inputs = [_spec(v) for v in model.graph.input if v.name not in initializers]

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefleet.errors import BundleError
-from edgefleet.fileio import fsync_dir
+from edgefleet.fileio import atomic_write, fsync_dir
 from edgefleet.tensors import ModelSignature
 
 MANIFEST_NAME = "manifest.json"
@@ -127,7 +127,9 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def build_manifest(fields: Mapping[str, Any], files: Mapping[str, tuple[bytes, FileRole]]) -> Manifest:
+def build_manifest(
+    fields: Mapping[str, Any], files: Mapping[str, tuple[bytes, FileRole]]
+) -> Manifest:
     """A validated manifest for ``files`` (name -> (content, role)) plus ``fields``."""
     entries = [
         FileEntry(path=name, length=len(data), sha256=sha256_hex(data), role=role)
@@ -164,7 +166,7 @@ def write_bundle(
             info.mode = 0o644
             info.mtime = 0
             tar.addfile(info, io.BytesIO(data))
-    Path(path).write_bytes(buffer.getvalue())
+    atomic_write(Path(path), buffer.getvalue())
     return manifest
 
 
@@ -172,7 +174,9 @@ def _parse_manifest(data: bytes) -> Manifest:
     try:
         manifest = Manifest.model_validate_json(data)
     except ValidationError as e:
-        raise BundleError(f"invalid manifest: {e.errors()[0].get('msg')}", file=MANIFEST_NAME) from e
+        raise BundleError(
+            f"invalid manifest: {e.errors()[0].get('msg')}", file=MANIFEST_NAME
+        ) from e
     if manifest.schema_version > MANIFEST_SCHEMA_VERSION:
         raise BundleError(
             f"unsupported manifest schema version {manifest.schema_version}", file=MANIFEST_NAME

@@ -129,7 +129,7 @@ def decode_message(payload: bytes, *, topic: str | None = None) -> WireMessage:
         raise MessageError(f"invalid message: {where}: {first.get('msg')}", topic=topic) from e
     if message.v > SCHEMA_VERSION:
         raise MessageError(f"unsupported schema version {message.v}", topic=topic)
-    return message  # type: ignore[no-any-return]
+    return message
 
 
 def decode_as(payload: bytes, expected: type[M], *, topic: str | None = None) -> M:

@@ -238,7 +238,9 @@ class MqttLink:
 
     # -- paho callbacks (network thread) ---------------------------------------
 
-    def _dispatcher(self, sub: _Subscription) -> Callable[[paho.Client, Any, paho.MQTTMessage], None]:
+    def _dispatcher(
+        self, sub: _Subscription
+    ) -> Callable[[paho.Client, Any, paho.MQTTMessage], None]:
         def dispatch(_client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
             props = message.properties
             incoming = Incoming(
@@ -299,6 +301,4 @@ class MqttLink:
         was_connected = self._connected.is_set()
         self._connected.clear()
         if was_connected:
-            logger.warning(
-                "mqtt disconnected client_id=%s reason=%s", self.client_id, reason_code
-            )
+            logger.warning("mqtt disconnected client_id=%s reason=%s", self.client_id, reason_code)

@@ -1,0 +1,26 @@
+# The two commands a new user needs: `make demo` and `make test`.
+VENV ?= .venv
+BIN := $(VENV)/bin
+AGENTS ?= 3
+
+.PHONY: setup demo test lint bench clean
+
+setup:
+	@VENV=$(VENV) scripts/setup.sh
+
+demo: setup
+	$(BIN)/edgefleet demo --agents $(AGENTS)
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: setup
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .edgefleet .pytest_cache .mypy_cache .ruff_cache

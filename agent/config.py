@@ -1,0 +1,82 @@
+"""The agent's configuration: one TOML file, validated once at start-up.
+
+Unknown keys are refused (``extra="forbid"``) so a typo fails loudly with the name
+of the field instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.errors import ConfigError
+from edgefleet import topics
+from edgefleet.mqtt import BrokerAddress
+
+
+class InferenceConfig(BaseModel):
+    """Where the local Open Inference Protocol endpoint listens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8501, ge=0, le=65535)
+    max_concurrency: int = Field(default=4, ge=1, le=1024)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+
+class AgentConfig(BaseModel):
+    """Everything the agent needs to run, as read from ``agent.toml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device_id: str
+    profile: str = Field(min_length=1)
+    broker: str = "mqtt://127.0.0.1:1883"
+    data_dir: Path
+    trust_root: Path
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+
+    @field_validator("device_id")
+    @classmethod
+    def _check_device_id(cls, value: str) -> str:
+        if not topics.is_device_id(value):
+            raise ValueError(f"must match {topics.DEVICE_ID_RE.pattern}")
+        return value
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        BrokerAddress.parse(value)  # raises ValueError with a readable message
+        return value
+
+    @property
+    def broker_address(self) -> BrokerAddress:
+        return BrokerAddress.parse(self.broker)
+
+
+def parse_config(text: str, *, source: str = "<config>") -> AgentConfig:
+    """Validate TOML ``text``; ``ConfigError`` names the first offending field."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source} is not valid TOML: {e}") from e
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as e:
+        errors = e.errors()
+        # A misspelt key also makes the intended one "missing": name the typo first.
+        first = next((err for err in errors if err["type"] == "extra_forbidden"), errors[0])
+        field = ".".join(str(p) for p in first.get("loc", ())) or None
+        raise ConfigError(f"{first.get('msg')} (in {source})", field=field) from e
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate the config file at ``path``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from e
+    return parse_config(text, source=str(path))

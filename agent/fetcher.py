@@ -1,0 +1,233 @@
+"""TUF transport over MQTT request/response: ``mqtt://repo/<path>`` -> chunks.
+
+python-tuf's ngclient asks a ``FetcherInterface`` for URLs; this one maps
+``mqtt://repo/metadata/<file>`` and ``mqtt://repo/targets/<file>`` to repository
+paths and pulls them as ``FetchRequest`` chunks on ``fleet/<dev>/up/fetch``. The
+control plane answers on ``fleet/<dev>/down/fetch`` with the request's correlation
+data, the raw bytes, and ``status``/``total``/``offset`` user properties.
+
+Several chunks are kept in flight (a window of about 1 MiB) so a download costs a
+few round trips, not one per chunk. Every wait is bounded: a chunk not answered in
+``timeout`` seconds is asked for again, up to ``retries`` times, then the fetch
+fails with ``DownloadError``. Integrity is not this module's job: ngclient checks
+the length and hashes of everything it receives.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from tuf.api.exceptions import DownloadError, DownloadHTTPError
+from tuf.ngclient.fetcher import FetcherInterface
+
+from edgefleet import topics
+from edgefleet.messages import (
+    FETCH_MAX_CHUNK,
+    FETCH_OFFSET,
+    FETCH_REASON,
+    FETCH_STATUS,
+    FETCH_TOTAL,
+    FetchRequest,
+)
+from edgefleet.mqtt import Incoming, MqttLink
+from edgefleet.topics import Down, Up
+
+logger = logging.getLogger(__name__)
+
+REPO_HOST = "repo"
+DEFAULT_CHUNK = 128 * 1024
+DEFAULT_WINDOW = 8
+
+
+@dataclass
+class _Pending:
+    offset: int
+    length: int
+    correlation: bytes
+    deadline: float
+    attempts: int = 1
+
+
+def repository_path(url: str) -> str:
+    """``mqtt://repo/metadata/root.json`` -> ``metadata/root.json``; DownloadError otherwise."""
+    parts = urlsplit(url)
+    path = unquote(parts.path).lstrip("/")
+    if parts.scheme != "mqtt" or parts.hostname != REPO_HOST or parts.query or parts.fragment:
+        raise DownloadError(f"not an mqtt://{REPO_HOST}/ URL: {url}")
+    kind, _, name = path.partition("/")
+    if kind not in ("metadata", "targets") or not name or "/" in name:
+        raise DownloadError(f"unsupported repository path {path!r} in {url}")
+    return path
+
+
+class MqttFetcher(FetcherInterface):
+    """Fetches repository files in windowed chunks over one device's MQTT link."""
+
+    def __init__(
+        self,
+        link: MqttLink,
+        device_id: str,
+        *,
+        chunk_size: int = DEFAULT_CHUNK,
+        window: int = DEFAULT_WINDOW,
+        timeout: float = 10.0,
+        retries: int = 3,
+    ) -> None:
+        if not 0 < chunk_size <= FETCH_MAX_CHUNK:
+            raise ValueError(f"chunk_size must be in 1..{FETCH_MAX_CHUNK}")
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self._link = link
+        self._request_topic = topics.up(device_id, Up.FETCH)
+        self._response_topic = topics.down(device_id, Down.FETCH)
+        self.chunk_size = chunk_size
+        self.window = window
+        self.timeout = timeout
+        self.retries = retries
+        self._lock = threading.Lock()
+        self._waiters: dict[bytes, queue.SimpleQueue[Incoming]] = {}
+        link.subscribe(self._response_topic, self.handle_response, qos=1)
+
+    # -- network thread ---------------------------------------------------------
+
+    def handle_response(self, incoming: Incoming) -> None:
+        """Route a response to the download waiting for it; drop unmatched ones."""
+        correlation = incoming.correlation
+        with self._lock:
+            waiter = self._waiters.pop(correlation, None) if correlation else None
+        if waiter is None:
+            logger.debug("dropped unmatched fetch response topic=%s", incoming.topic)
+            return
+        waiter.put(incoming)
+
+    # -- FetcherInterface ----------------------------------------------------------
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        path = repository_path(url)
+        if not self._link.connected:
+            raise DownloadError(f"cannot fetch {path}: not connected to the broker")
+        return self._stream(path)
+
+    def _stream(self, path: str) -> Iterator[bytes]:
+        responses: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
+        pending: dict[bytes, _Pending] = {}
+        received: dict[int, bytes] = {}
+        total: int | None = None
+        next_request = 0  # first offset not yet asked for
+        next_yield = 0  # first offset not yet handed to ngclient
+
+        def send(offset: int, length: int, attempts: int = 1) -> None:
+            correlation = uuid.uuid4().bytes
+            with self._lock:
+                self._waiters[correlation] = responses
+            pending[correlation] = _Pending(
+                offset, length, correlation, time.monotonic() + self.timeout, attempts
+            )
+            request = FetchRequest(path=path, offset=offset, length=length)
+            self._link.publish(
+                self._request_topic,
+                request.to_bytes(),
+                qos=1,
+                correlation=correlation,
+                response_topic=self._response_topic,
+            )
+
+        try:
+            send(0, self.chunk_size, 1)
+            next_request = self.chunk_size
+            while total is None or next_yield < total:
+                if next_yield in received:
+                    chunk = received.pop(next_yield)
+                    next_yield += len(chunk)
+                    yield chunk
+                    continue
+                if total is not None:
+                    in_flight = len(pending) + len(received)
+                    while in_flight < self.window and next_request < total:
+                        length = min(self.chunk_size, total - next_request)
+                        send(next_request, length, 1)
+                        next_request += length
+                        in_flight += 1
+                now = time.monotonic()
+                wait = min(p.deadline for p in pending.values()) - now if pending else 0.0
+                try:
+                    incoming = responses.get(timeout=max(wait, 0.0))
+                except queue.Empty:
+                    self._retry_expired(path, pending, send)
+                    continue
+                entry = pending.pop(incoming.correlation or b"", None)
+                if entry is None:
+                    continue
+                total, data = self._accept(path, incoming, entry, total)
+                if total is not None and next_request > total:
+                    next_request = total  # the first request asked past a short file
+                if data:
+                    received[entry.offset] = data
+                end = entry.offset + len(data)
+                if len(data) < entry.length and end < total:
+                    # a short answer: ask for the rest of that chunk
+                    send(end, min(entry.length, total - entry.offset) - len(data), 1)
+        finally:
+            with self._lock:
+                for correlation in pending:
+                    self._waiters.pop(correlation, None)
+
+    def _retry_expired(
+        self, path: str, pending: dict[bytes, _Pending], send: Callable[[int, int, int], None]
+    ) -> None:
+        now = time.monotonic()
+        for correlation, entry in list(pending.items()):
+            if entry.deadline > now:
+                continue
+            del pending[correlation]
+            with self._lock:
+                self._waiters.pop(correlation, None)
+            if entry.attempts > self.retries:
+                raise DownloadError(
+                    f"fetch {path} offset={entry.offset}: no answer after "
+                    f"{entry.attempts} attempts of {self.timeout}s"
+                )
+            logger.warning(
+                "fetch chunk timed out, retrying path=%s offset=%d attempt=%d",
+                path,
+                entry.offset,
+                entry.attempts + 1,
+            )
+            send(entry.offset, entry.length, entry.attempts + 1)
+
+    @staticmethod
+    def _accept(
+        path: str, incoming: Incoming, entry: _Pending, total: int | None
+    ) -> tuple[int, bytes]:
+        """Check one response against its request; returns (total, data)."""
+        props = incoming.user_properties
+        try:
+            status = int(props.get(FETCH_STATUS, "0"))
+        except ValueError:
+            status = 0
+        if status != 200:
+            reason = props.get(FETCH_REASON) or f"fetch of {path} refused"
+            raise DownloadHTTPError(f"{path}: {reason}", status or 500)
+        try:
+            claimed_total = int(props[FETCH_TOTAL])
+            offset = int(props.get(FETCH_OFFSET, str(entry.offset)))
+        except (KeyError, ValueError) as e:
+            raise DownloadError(f"fetch {path}: response lacks a valid total/offset") from e
+        if offset != entry.offset:
+            raise DownloadError(f"fetch {path}: asked offset {entry.offset}, got {offset}")
+        if total is not None and claimed_total != total:
+            raise DownloadError(f"fetch {path}: file length changed during download")
+        data = incoming.payload
+        expected = max(0, min(entry.length, claimed_total - entry.offset))
+        if len(data) > expected or (expected and not data):
+            raise DownloadError(
+                f"fetch {path} offset={entry.offset}: got {len(data)} bytes, expected {expected}"
+            )
+        return claimed_total, data

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from control_plane.api.deps import SessionDep
+from control_plane.models import DevicePublic
+from control_plane.services import devices as service
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+@router.get("")
+def list_devices(session: SessionDep) -> list[DevicePublic]:
+    return [DevicePublic.model_validate(d) for d in service.list_devices(session=session)]
+
+
+@router.get("/{device_id}")
+def read_device(session: SessionDep, device_id: str) -> DevicePublic:
+    return DevicePublic.model_validate(service.get_device(session=session, device_id=device_id))

@@ -1,0 +1,101 @@
+"""The FastAPI application: API routes plus the background parts they rely on.
+
+The lifespan creates the tables, opens the signed repository, starts the fleet
+MQTT link (which keeps retrying if the broker is down; the API serves regardless)
+and the scheduler that keeps the timestamp metadata fresh, and stops them again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from control_plane.api.routes import bundles, devices, health, models, profiles, rollouts, trust
+from control_plane.db import create_db_and_tables, make_engine
+from control_plane.errors import (
+    BrokerError,
+    BuildError,
+    ConflictError,
+    ControlPlaneError,
+    InvalidRequestError,
+    NotFoundError,
+)
+from control_plane.link import FleetLink
+from control_plane.repository import SignedRepository
+from control_plane.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+ERROR_STATUS: dict[type[ControlPlaneError], int] = {
+    NotFoundError: 404,
+    ConflictError: 409,
+    InvalidRequestError: 422,
+    BuildError: 422,
+    BrokerError: 503,
+}
+
+
+def _refresh_metadata(repository: SignedRepository) -> None:
+    try:
+        repository.refresh_timestamp()
+    except Exception:  # top of a scheduled job
+        logger.exception("metadata refresh failed")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The control-plane app for ``settings``; nothing starts until the lifespan runs."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings)
+        create_db_and_tables(engine)
+        repository = SignedRepository(settings.repository_dir)
+        repository.init_or_load()
+        repository.refresh_timestamp()
+        link = FleetLink(settings=settings, engine=engine, repository=repository)
+        link.start()
+        scheduler = BackgroundScheduler(timezone="UTC")
+        scheduler.add_job(
+            _refresh_metadata, "interval", hours=1, args=[repository], id="refresh-timestamp"
+        )
+        scheduler.start()
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.repository = repository
+        app.state.link = link
+        logger.info(
+            "control plane started data_dir=%s broker=%s", settings.data_dir, settings.broker_url
+        )
+        try:
+            yield
+        finally:
+            scheduler.shutdown(wait=False)
+            link.stop()
+            engine.dispose()
+            logger.info("control plane stopped")
+
+    app = FastAPI(
+        title="edgefleet control plane",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url="/docs",
+    )
+
+    @app.exception_handler(ControlPlaneError)
+    async def control_plane_error(_request: Request, exc: Exception) -> JSONResponse:
+        code = next((c for t, c in ERROR_STATUS.items() if isinstance(exc, t)), 500)
+        return JSONResponse(status_code=code, content={"detail": str(exc)})
+
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (health, models, profiles, bundles, devices, rollouts, trust):
+        api.include_router(module.router)
+    app.include_router(api)
+    return app

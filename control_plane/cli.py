@@ -1,0 +1,325 @@
+"""The ``edgefleet`` command: run the control plane and drive the fleet.
+
+``serve`` runs the API and fleet link against an existing broker; ``up`` also starts
+a private Mosquitto; ``demo`` runs the whole spine end to end. The other commands
+talk to a running control plane over its HTTP API (``--api`` or ``EDGEFLEET_API``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from control_plane.client import ApiClient, ApiError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+model_app = typer.Typer(no_args_is_help=True, help="Register and list model versions.")
+bundle_app = typer.Typer(no_args_is_help=True, help="Build and list signed bundles.")
+device_app = typer.Typer(no_args_is_help=True, help="See the fleet.")
+rollout_app = typer.Typer(no_args_is_help=True, help="Roll bundles out to devices.")
+trust_app = typer.Typer(no_args_is_help=True, help="Trust material devices are given.")
+app.add_typer(model_app, name="model")
+app.add_typer(bundle_app, name="bundle")
+app.add_typer(device_app, name="device")
+app.add_typer(rollout_app, name="rollout")
+app.add_typer(trust_app, name="trust")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ApiOption = Annotated[
+    str, typer.Option("--api", envvar="EDGEFLEET_API", help="control-plane base URL")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+DEFAULT_API = "http://127.0.0.1:8080"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+
+def _client(api: str) -> ApiClient:
+    return ApiClient(api)
+
+
+def _fail(error: Exception) -> typer.Exit:
+    err_console.print(f"[red]error:[/] {error}")
+    return typer.Exit(1)
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], title: str) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    return table
+
+
+# -- running the control plane ----------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address the API binds to")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port")] = 8080,
+    broker: Annotated[str, typer.Option(envvar="EDGEFLEET_BROKER_URL")] = "mqtt://127.0.0.1:1883",
+    data_dir: Annotated[Path, typer.Option(envvar="EDGEFLEET_DATA_DIR")] = Path(".edgefleet"),
+    database_url: Annotated[str | None, typer.Option(envvar="EDGEFLEET_DATABASE_URL")] = None,
+    log_level: str = "info",
+) -> None:
+    """Run the control-plane API and fleet link against a running broker."""
+    import uvicorn
+
+    from control_plane.app import create_app
+    from control_plane.settings import Settings
+
+    _setup_logging(log_level)
+    settings = Settings(data_dir=data_dir, broker_url=broker, database_url=database_url)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="API port")] = 8080,
+    mqtt_port: Annotated[int, typer.Option(help="port of the private Mosquitto")] = 1883,
+    data_dir: Annotated[Path, typer.Option(envvar="EDGEFLEET_DATA_DIR")] = Path(".edgefleet"),
+    log_level: str = "info",
+) -> None:
+    """Start a private Mosquitto and the control plane; run until Ctrl-C."""
+    import uvicorn
+
+    from control_plane.app import create_app
+    from control_plane.broker import MosquittoBroker
+    from control_plane.errors import BrokerError
+    from control_plane.settings import Settings
+
+    _setup_logging(log_level)
+    broker = MosquittoBroker(data_dir / "broker", port=mqtt_port)
+    try:
+        broker.start()
+    except BrokerError as e:
+        raise _fail(e) from e
+    console.print(f"[green]broker[/]        {broker.url}")
+    console.print(f"[green]control plane[/] http://127.0.0.1:{port}  (OpenAPI at /docs)")
+    console.print(f"[green]data[/]          {data_dir.resolve()}")
+    console.print("Ctrl-C stops both.")
+    settings = Settings(data_dir=data_dir, broker_url=broker.url)
+    try:
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level=log_level)
+    finally:
+        broker.stop()
+
+
+@app.command()
+def demo(
+    agents: Annotated[int, typer.Option(min=1, max=50, help="number of device agents")] = 3,
+    broker: Annotated[
+        str | None, typer.Option(help="use this broker (mqtt://host:port) instead of a private one")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="keep everything here instead of a temp dir")
+    ] = None,
+    summary_json: Annotated[
+        Path | None, typer.Option(help="also write the summary as JSON to this file")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds the rollout may take")] = 120.0,
+) -> None:
+    """Broker, control plane and N agents; train, sign, roll out, infer, report."""
+    from control_plane.demo import Demo, print_summary, write_summary
+
+    _setup_logging("warning")
+    started = time.monotonic()
+    # A Ctrl-C or SIGTERM must still stop every child the demo started.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        result = Demo(
+            agents=agents, console=console, broker_url=broker, data_dir=data_dir, timeout=timeout
+        ).run()
+    except (TimeoutError, RuntimeError, ApiError, OSError) as e:
+        raise _fail(e) from e
+    print_summary(console, result)
+    if summary_json:
+        write_summary(summary_json, result)
+    console.print(f"demo finished in {time.monotonic() - started:.1f} s")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+# -- models, bundles, devices, rollouts --------------------------------------------
+
+
+@model_app.command("register")
+def model_register(
+    name: str,
+    version: str,
+    file: Annotated[Path, typer.Option("--file", exists=True, dir_okay=False, help="ONNX model")],
+    samples: Annotated[
+        Path,
+        typer.Option(exists=True, dir_okay=False, help=".npy float32 [n, features] sample inputs"),
+    ],
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Register an ONNX model version with representative sample inputs."""
+    try:
+        with _client(api) as client:
+            model = client.register_model(
+                name=name,
+                version=version,
+                model=file.read_bytes(),
+                samples=np.load(samples, allow_pickle=False),
+            )
+    except (ApiError, ValueError, OSError) as e:
+        raise _fail(e) from e
+    console.print(f"registered {model['name']} v{model['version']} sha256 {model['sha256']}")
+
+
+@model_app.command("list")
+def model_list(api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -> None:
+    """List registered model versions."""
+    try:
+        with _client(api) as client:
+            rows = client.list_models()
+    except ApiError as e:
+        raise _fail(e) from e
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    console.print(_table(rows, ["name", "version", "size_bytes", "sha256", "created_at"], "models"))
+
+
+@bundle_app.command("build")
+def bundle_build(
+    model: Annotated[str, typer.Option(help="model name")],
+    version: Annotated[str, typer.Option(help="model version")],
+    profile: Annotated[str, typer.Option(help="firmware profile")],
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Build, sign and publish a bundle of a model version for one firmware profile."""
+    try:
+        with _client(api) as client, console.status(f"building {model} v{version} for {profile}"):
+            bundle = client.build_bundle(model=model, version=version, profile=profile)
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(
+        f"bundle {bundle['id']} release {bundle['release']} "
+        f"{bundle['length']} bytes sha256 {bundle['sha256']}"
+    )
+
+
+@bundle_app.command("list")
+def bundle_list(api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -> None:
+    """List signed bundles."""
+    try:
+        with _client(api) as client:
+            rows = client.list_bundles()
+    except ApiError as e:
+        raise _fail(e) from e
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    columns = ["id", "model", "model_version", "profile", "release", "length", "created_at"]
+    console.print(_table(rows, columns, "bundles"))
+
+
+@device_app.command("list")
+def device_list(api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -> None:
+    """List devices with their presence and installed bundle."""
+    try:
+        with _client(api) as client:
+            rows = client.list_devices()
+    except ApiError as e:
+        raise _fail(e) from e
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    columns = ["id", "profile", "online", "bundle_id", "release", "last_seen"]
+    console.print(_table(rows, columns, "devices"))
+
+
+@rollout_app.command("create")
+def rollout_create(
+    bundle: Annotated[str, typer.Option(help="bundle id")],
+    device: Annotated[
+        list[str] | None,
+        typer.Option(help="target device id (repeatable); default: all of the profile"),
+    ] = None,
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Offer a bundle to devices."""
+    try:
+        with _client(api) as client:
+            rollout = client.create_rollout(bundle_id=bundle, device_ids=device)
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(
+        f"rollout {rollout['id']} {rollout['state']} to {len(rollout['devices'])} devices"
+    )
+
+
+def _rollout_table(rollout: dict[str, Any]) -> Table:
+    counts = " ".join(f"{k}={v}" for k, v in sorted(rollout.get("counts", {}).items()))
+    table = _table(
+        rollout["devices"],
+        ["device_id", "state", "install_seconds", "reason", "updated_at"],
+        f"rollout {rollout['id']} · {rollout['bundle_id']} · {rollout['state']} · {counts}",
+    )
+    return table
+
+
+@rollout_app.command("status")
+def rollout_status(
+    rollout_id: int,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="live view until the rollout ends")
+    ] = False,
+    api: ApiOption = DEFAULT_API,
+    as_json: JsonOption = False,
+) -> None:
+    """Per-device state of a rollout."""
+    try:
+        with _client(api) as client:
+            rollout = client.get_rollout(rollout_id)
+            if as_json:
+                console.print_json(json.dumps(rollout))
+                return
+            if not watch:
+                console.print(_rollout_table(rollout))
+                return
+            with Live(_rollout_table(rollout), console=console, refresh_per_second=4) as live:
+                while rollout["state"] == "in_progress":
+                    time.sleep(0.5)
+                    rollout = client.get_rollout(rollout_id)
+                    live.update(_rollout_table(rollout))
+    except ApiError as e:
+        raise _fail(e) from e
+
+
+@trust_app.command("root")
+def trust_root(
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write root.json")],
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Save the current TUF root metadata, to give to devices at provisioning."""
+    try:
+        with _client(api) as client:
+            output.write_bytes(client.trust_root())
+    except (ApiError, OSError) as e:
+        raise _fail(e) from e
+    console.print(f"wrote {output}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,108 @@
+"""HTTP client for the control-plane API, used by the CLI and the demo."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import httpx
+import numpy as np
+
+from control_plane.errors import ControlPlaneError
+
+
+class ApiError(ControlPlaneError):
+    """The API answered with an error; ``status`` is the HTTP code, ``detail`` its reason."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class ApiClient:
+    """Thin typed wrapper over ``/api/v1``; every call raises ``ApiError`` on a 4xx/5xx."""
+
+    def __init__(self, base_url: str, *, timeout: float = 60.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=f"{self.base_url}/api/v1", timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise ApiError(0, f"control plane at {self.base_url} unreachable: {e}") from e
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ApiError(response.status_code, str(detail))
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.content
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/health"))
+
+    def register_model(
+        self, *, name: str, version: str, model: bytes, samples: np.ndarray
+    ) -> dict[str, Any]:
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(samples, dtype=np.float32), allow_pickle=False)
+        return dict(
+            self._call(
+                "POST",
+                "/models",
+                data={"name": name, "version": version},
+                files={
+                    "model": ("model.onnx", model, "application/octet-stream"),
+                    "samples": ("samples.npy", buffer.getvalue(), "application/octet-stream"),
+                },
+            )
+        )
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/models"))
+
+    def build_bundle(self, *, model: str, version: str, profile: str) -> dict[str, Any]:
+        return dict(
+            self._call(
+                "POST", "/bundles", json={"model": model, "version": version, "profile": profile}
+            )
+        )
+
+    def list_bundles(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/bundles"))
+
+    def list_devices(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/devices"))
+
+    def create_rollout(
+        self, *, bundle_id: str, device_ids: list[str] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"bundle_id": bundle_id}
+        if device_ids:
+            body["device_ids"] = device_ids
+        return dict(self._call("POST", "/rollouts", json=body))
+
+    def get_rollout(self, rollout_id: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/rollouts/{rollout_id}"))
+
+    def list_rollouts(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/rollouts"))
+
+    def trust_root(self) -> bytes:
+        response = self._http.get("/trust/root")
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, response.text)
+        return response.content

@@ -1,0 +1,313 @@
+"""``edgefleet demo``: the whole spine on one machine, from nothing, end to end.
+
+Starts a private Mosquitto, the control plane and N device agents as separate OS
+processes; trains the digits model, registers it, builds a signed bundle, rolls it
+out, checks every device answers held-out digits through its local Open Inference
+Protocol endpoint, prints a summary and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from control_plane.broker import MosquittoBroker
+from control_plane.client import ApiClient
+from control_plane.digits import train_digits_model
+from control_plane.netutil import free_port
+from control_plane.processes import ProcessGroup
+from edgefleet.mqtt import BrokerAddress
+from edgefleet.tensors import decode_tensor, encode_tensor
+
+DEMO_PROFILE = "x86-64-gateway-onnx"
+MODEL_NAME = "digits"
+
+
+@dataclass
+class DeviceResult:
+    device_id: str
+    state: str
+    bundle_id: str | None
+    release: int | None
+    install_seconds: float | None
+    accuracy: float | None
+    reason: str | None = None
+
+
+@dataclass
+class DemoResult:
+    bundle_id: str
+    release: int
+    model_version: str
+    rollout_state: str
+    devices: list[DeviceResult] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.rollout_state == "complete" and all(
+            d.state == "active" and (d.accuracy or 0.0) >= 0.9 for d in self.devices
+        )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.2) -> None:
+    """Poll ``predicate`` until true; ``TimeoutError`` naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def agent_config(
+    *, device_id: str, broker: str, data_dir: Path, trust_root: Path, port: int
+) -> str:
+    """The TOML configuration of one demo agent."""
+    return (
+        f'device_id = "{device_id}"\n'
+        f'profile = "{DEMO_PROFILE}"\n'
+        f'broker = "{broker}"\n'
+        f'data_dir = "{data_dir}"\n'
+        f'trust_root = "{trust_root}"\n'
+        "\n[inference]\n"
+        'host = "127.0.0.1"\n'
+        f"port = {port}\n"
+        "max_concurrency = 4\n"
+    )
+
+
+def infer_accuracy(port: int, x: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy of the model behind an agent's local endpoint on ``x``/``y``."""
+    body = {"id": "demo", "inputs": [encode_tensor("input", x.astype(np.float32))]}
+    response = httpx.post(
+        f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/infer", json=body, timeout=30
+    )
+    response.raise_for_status()
+    outputs = dict(decode_tensor(o) for o in response.json()["outputs"])
+    return float(np.mean(outputs["label"] == y))
+
+
+class Demo:
+    def __init__(
+        self,
+        *,
+        agents: int,
+        console: Console,
+        broker_url: str | None = None,
+        data_dir: Path | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        self.n_agents = agents
+        self.console = console
+        self.broker_url = broker_url
+        self.timeout = timeout
+        self._owns_data_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="edgefleet-demo-"))
+        self.processes = ProcessGroup()
+        self.broker: MosquittoBroker | None = None
+
+    def step(self, text: str) -> None:
+        self.console.print(f"[bold cyan]»[/] {text}")
+
+    def run(self) -> DemoResult:
+        try:
+            return self._run()
+        finally:
+            self.step("stopping agents, control plane and broker")
+            self.processes.stop_all()
+            if self.broker is not None:
+                self.broker.stop()
+            if self._owns_data_dir:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def _run(self) -> DemoResult:
+        timings: dict[str, float] = {}
+        started = time.monotonic()
+        self.step(f"data directory {self.data_dir}")
+
+        if self.broker_url is None:
+            self.broker = MosquittoBroker(self.data_dir / "broker")
+            self.broker.start()
+            broker_url = self.broker.url
+            self.step(f"mosquitto listening on {broker_url}")
+        else:
+            broker_url = BrokerAddress.parse(self.broker_url).url()
+            self.step(f"using broker {broker_url}")
+
+        api_port = free_port()
+        self.processes.start_module(
+            "control plane",
+            "control_plane",
+            [
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(api_port),
+                "--broker",
+                broker_url,
+                "--data-dir",
+                str(self.data_dir / "control-plane"),
+            ],
+            self.data_dir / "control-plane.log",
+        )
+        api = ApiClient(f"http://127.0.0.1:{api_port}")
+        wait_until(lambda: self._healthy(api), 60, "the control plane API")
+        self.step(f"control plane API on http://127.0.0.1:{api_port} (OpenAPI at /docs)")
+        timings["start_services_s"] = time.monotonic() - started
+
+        t0 = time.monotonic()
+        model = train_digits_model()
+        timings["train_s"] = time.monotonic() - t0
+        self.step(
+            f"trained digits MLP: holdout accuracy {model.holdout_accuracy:.3f}, "
+            f"ONNX {len(model.onnx_bytes)} bytes"
+        )
+        registered = api.register_model(
+            name=MODEL_NAME, version="1", model=model.onnx_bytes, samples=model.samples
+        )
+        self.step(f"registered model {registered['name']} v{registered['version']}")
+        bundle = api.build_bundle(model=MODEL_NAME, version="1", profile=DEMO_PROFILE)
+        self.step(
+            f"built signed bundle {bundle['id']} (release {bundle['release']}, "
+            f"{bundle['length']} bytes, sha256 {bundle['sha256'][:12]}…)"
+        )
+
+        root_path = self.data_dir / "root.json"
+        root_path.write_bytes(api.trust_root())
+        device_ports: dict[str, int] = {}
+        for i in range(1, self.n_agents + 1):
+            device_id = f"dev-demo{i:04d}"
+            agent_dir = self.data_dir / "agents" / device_id
+            agent_dir.mkdir(parents=True, exist_ok=True)
+            port = free_port()
+            config = agent_dir / "agent.toml"
+            config.write_text(
+                agent_config(
+                    device_id=device_id,
+                    broker=broker_url,
+                    data_dir=agent_dir / "data",
+                    trust_root=root_path,
+                    port=port,
+                )
+            )
+            self.processes.start_module(
+                device_id, "agent", ["run", "--config", str(config)], agent_dir / "agent.log"
+            )
+            device_ports[device_id] = port
+        wait_until(
+            lambda: self._online(api, set(device_ports)), 60, f"{self.n_agents} agents online"
+        )
+        self.step(f"{self.n_agents} agents online: {', '.join(device_ports)}")
+
+        t0 = time.monotonic()
+        rollout = api.create_rollout(bundle_id=bundle["id"], device_ids=list(device_ports))
+        self.step(f"rollout {rollout['id']} started to {len(device_ports)} devices")
+        rollout = self._watch_rollout(api, rollout["id"], len(device_ports))
+        timings["rollout_s"] = time.monotonic() - t0
+
+        devices = []
+        rows = {row["device_id"]: row for row in rollout["devices"]}
+        for device_id, port in device_ports.items():
+            row = rows.get(device_id, {})
+            accuracy = None
+            if row.get("state") == "active":
+                accuracy = infer_accuracy(port, model.holdout_x, model.holdout_y)
+            devices.append(
+                DeviceResult(
+                    device_id=device_id,
+                    state=row.get("state", "unknown"),
+                    bundle_id=bundle["id"] if row.get("state") == "active" else None,
+                    release=bundle["release"] if row.get("state") == "active" else None,
+                    install_seconds=row.get("install_seconds"),
+                    accuracy=accuracy,
+                    reason=row.get("reason"),
+                )
+            )
+        timings["total_s"] = time.monotonic() - started
+        api.close()
+        return DemoResult(
+            bundle_id=bundle["id"],
+            release=bundle["release"],
+            model_version="1",
+            rollout_state=rollout["state"],
+            devices=devices,
+            timings=timings,
+        )
+
+    def _healthy(self, api: ApiClient) -> bool:
+        self.processes.check_alive()
+        try:
+            return api.health().get("status") == "ok"
+        except Exception:
+            return False
+
+    def _online(self, api: ApiClient, wanted: set[str]) -> bool:
+        self.processes.check_alive()
+        online = {d["id"] for d in api.list_devices() if d.get("online")}
+        return wanted <= online
+
+    def _watch_rollout(self, api: ApiClient, rollout_id: int, total: int) -> dict[str, Any]:
+        with Progress(
+            TextColumn("[bold]rollout[/]"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} active"),
+            TextColumn("{task.fields[states]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        ) as progress:
+            task = progress.add_task("rollout", total=total, states="")
+            deadline = time.monotonic() + self.timeout
+            while True:
+                self.processes.check_alive()
+                rollout = api.get_rollout(rollout_id)
+                counts = rollout.get("counts", {})
+                progress.update(
+                    task,
+                    completed=counts.get("active", 0),
+                    states=" ".join(f"{k}={v}" for k, v in sorted(counts.items())),
+                )
+                if rollout["state"] in ("complete", "failed"):
+                    return rollout
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"rollout {rollout_id} not finished after {self.timeout}s")
+                time.sleep(0.2)
+
+
+def print_summary(console: Console, result: DemoResult) -> None:
+    table = Table(title=f"bundle {result.bundle_id} (release {result.release})")
+    for column in ("device", "state", "bundle version", "install time", "accuracy"):
+        table.add_column(column)
+    for d in result.devices:
+        table.add_row(
+            d.device_id,
+            d.state if d.reason is None else f"{d.state}: {d.reason}",
+            f"digits v{result.model_version} r{d.release}" if d.release else "-",
+            f"{d.install_seconds:.2f} s" if d.install_seconds is not None else "-",
+            f"{d.accuracy:.3f}" if d.accuracy is not None else "-",
+        )
+    console.print(table)
+    console.print(
+        "rollout "
+        + result.rollout_state
+        + " · "
+        + " · ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in result.timings.items())
+    )
+
+
+def write_summary(path: Path, result: DemoResult) -> None:
+    path.write_text(json.dumps({**asdict(result), "ok": result.ok}, indent=2))

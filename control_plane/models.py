@@ -1,0 +1,159 @@
+"""SQLModel tables and the public (API) models, one family per entity."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+RolloutState = Literal["in_progress", "complete", "failed"]
+DeviceInstallState = Literal["offered", "downloading", "verified", "staged", "active", "failed"]
+TERMINAL_DEVICE_STATES = frozenset({"active", "failed"})
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts_field() -> Any:
+    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+# -- models -------------------------------------------------------------------
+
+
+class ModelVersionBase(SQLModel):
+    name: str = Field(index=True, max_length=64)
+    version: str = Field(max_length=64)
+
+
+class ModelVersion(ModelVersionBase, table=True):
+    """A registered float ONNX model and its representative samples."""
+
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_name_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    sha256: str
+    size_bytes: int
+    path: str
+    samples_path: str
+    signature: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created_at: datetime = _ts_field()
+
+
+class ModelPublic(ModelVersionBase):
+    id: int
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    signature: dict[str, Any]
+
+
+# -- bundles ------------------------------------------------------------------
+
+
+class BundleCreate(SQLModel):
+    model: str
+    version: str
+    profile: str
+
+
+class Bundle(SQLModel, table=True):
+    """A built, signed bundle: one TUF target ``<id>.tar``."""
+
+    id: str = Field(primary_key=True, max_length=128)
+    model: str = Field(index=True)
+    model_version: str
+    profile: str = Field(index=True)
+    release: int = Field(unique=True)
+    target: str
+    sha256: str
+    length: int
+    path: str
+    manifest: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created_at: datetime = _ts_field()
+
+
+class BundlePublic(SQLModel):
+    id: str
+    model: str
+    model_version: str
+    profile: str
+    release: int
+    target: str
+    sha256: str
+    length: int
+    created_at: datetime
+    manifest: dict[str, Any]
+
+
+# -- devices ------------------------------------------------------------------
+
+
+class DeviceBase(SQLModel):
+    profile: str | None = None
+    online: bool = False
+    last_seen: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    bundle_id: str | None = None
+    release: int | None = None
+    model: str | None = None
+    model_version: str | None = None
+    agent_version: str | None = None
+
+
+class Device(DeviceBase, table=True):
+    """A device as last seen on its status topic."""
+
+    id: str = Field(primary_key=True, max_length=64)
+
+
+class DevicePublic(DeviceBase):
+    id: str
+
+
+# -- rollouts -----------------------------------------------------------------
+
+
+class RolloutCreate(SQLModel):
+    bundle_id: str
+    device_ids: list[str] | None = None
+
+
+class Rollout(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    bundle_id: str = Field(foreign_key="bundle.id", index=True)
+    state: str = "in_progress"
+    created_at: datetime = _ts_field()
+    updated_at: datetime = _ts_field()
+
+
+class RolloutDevice(SQLModel, table=True):
+    """One device's progress in one rollout."""
+
+    rollout_id: int = Field(foreign_key="rollout.id", primary_key=True)
+    device_id: str = Field(foreign_key="device.id", primary_key=True)
+    state: str = "offered"
+    reason: str | None = None
+    install_seconds: float | None = None
+    updated_at: datetime = _ts_field()
+
+
+class RolloutDevicePublic(SQLModel):
+    device_id: str
+    state: str
+    reason: str | None
+    install_seconds: float | None
+    updated_at: datetime
+
+
+class RolloutPublic(SQLModel):
+    id: int
+    bundle_id: str
+    state: str
+    created_at: datetime
+    updated_at: datetime
+    counts: dict[str, int]
+    devices: list[RolloutDevicePublic]

@@ -1,0 +1,63 @@
+"""Control-plane configuration, read from ``EDGEFLEET_*`` environment variables.
+
+Built once at the entry point (``get_settings()``) and passed down; tests build their
+own ``Settings`` and hand it to ``create_app``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgefleet.profile import default_profiles_dir
+
+
+def _client_id() -> str:
+    return f"cp-{secrets.token_hex(6)}"
+
+
+class Settings(BaseSettings):
+    """Where the control plane keeps its state and which broker it talks to."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore")
+
+    data_dir: Path = Path("./.edgefleet")
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    database_url: str | None = None
+    profiles_dir: Path = Field(default_factory=default_profiles_dir)
+    environment: Literal["development", "production"] = "development"
+    client_id: str = Field(default_factory=_client_id, pattern=r"^cp-[A-Za-z0-9_-]{1,60}$")
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.data_dir / 'control-plane.db'}"
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        assert self.database_url is not None  # filled by the validator
+        return self.database_url
+
+    @property
+    def repository_dir(self) -> Path:
+        return self.data_dir / "repository"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.data_dir / "bundles"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,51 @@
+"""The main job as a user runs it: `edgefleet demo --agents 3`, every part a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_rolls_signed_digits_bundle_to_three_agents_that_answer_accurately(
+    tmp_path: Path,
+) -> None:
+    summary_path = tmp_path / "summary.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "control_plane",
+            "demo",
+            "--agents",
+            "3",
+            "--data-dir",
+            str(tmp_path / "demo"),
+            "--summary-json",
+            str(summary_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["ok"] is True
+    assert summary["rollout_state"] == "complete"
+    assert len(summary["devices"]) == 3
+    for device in summary["devices"]:
+        assert device["state"] == "active"
+        assert device["bundle_id"] == summary["bundle_id"]
+        assert device["release"] == summary["release"]
+        assert device["accuracy"] >= 0.9
+        assert device["install_seconds"] > 0
+    # Each agent reported its installed bundle in its own retained status.
+    for device_dir in (tmp_path / "demo" / "agents").iterdir():
+        active = json.loads((device_dir / "data" / "active.json").read_text())
+        assert active["bundle_id"] == summary["bundle_id"]
+    assert "stopping agents, control plane and broker" in completed.stdout

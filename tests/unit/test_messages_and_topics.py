@@ -1,0 +1,90 @@
+"""Wire messages validate on receipt and keep unknown fields; topics confine devices."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgefleet import topics
+from edgefleet.errors import MessageError
+from edgefleet.messages import (
+    BundleOffer,
+    DeviceStatus,
+    FetchRequest,
+    InstallReport,
+    decode_as,
+    decode_message,
+)
+from edgefleet.topics import Down, Up
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        DeviceStatus(online=True, profile="x86-64-gateway-onnx", release=3),
+        InstallReport(bundle_id="b-1", state="failed", reason="sha256 mismatch"),
+        FetchRequest(path="targets/abc.b.tar", offset=0, length=1024),
+        BundleOffer(bundle_id="b-1", target="b-1.tar", release=1, rollout_id=7),
+    ],
+)
+def test_every_message_round_trips(message: object) -> None:
+    assert decode_message(message.to_bytes()) == message  # type: ignore[attr-defined]
+
+
+def test_unknown_fields_survive_a_round_trip() -> None:
+    raw = json.dumps({"type": "status", "online": True, "battery": 0.8}).encode()
+    message = decode_message(raw)
+    assert json.loads(message.to_bytes())["battery"] == 0.8
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        (b"{not json", "invalid message"),
+        (b'{"type": "teleport"}', "type"),
+        (b'{"type": "status"}', "online"),
+        (b'{"type": "fetch", "path": "../../etc/passwd", "offset": 0, "length": 10}', "path"),
+        (b'{"type": "fetch", "path": "targets/x", "offset": 0, "length": 99999999}', "length"),
+        (b'{"type": "status", "online": true, "v": 99}', "schema version"),
+        (b"[]", "invalid message"),
+    ],
+)
+def test_malformed_messages_raise_message_error(payload: bytes, fragment: str) -> None:
+    with pytest.raises(MessageError, match=fragment):
+        decode_message(payload, topic="fleet/dev-abcdefgh/up/status")
+
+
+def test_decode_as_refuses_a_message_of_another_type() -> None:
+    with pytest.raises(MessageError, match="expected BundleOffer"):
+        decode_as(DeviceStatus(online=False).to_bytes(), BundleOffer)
+
+
+def test_topics_are_per_device_and_parse_back() -> None:
+    assert topics.up("dev-abcdefgh", Up.STATUS) == "fleet/dev-abcdefgh/up/status"
+    assert topics.down("dev-abcdefgh", Down.OFFER) == "fleet/dev-abcdefgh/down/offer"
+    assert topics.parse_up("fleet/dev-abcdefgh/up/report") == ("dev-abcdefgh", Up.REPORT)
+
+
+@pytest.mark.parametrize(
+    "device_id", ["cp-controlplane", "dev-short", "dev-UPPERCASE1", "dev-abc/def12", "dev-+", "all"]
+)
+def test_invalid_or_reserved_device_ids_are_refused(device_id: str) -> None:
+    assert not topics.is_device_id(device_id)
+    with pytest.raises(ValueError):
+        topics.up(device_id, Up.STATUS)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "fleet/dev-abcdefgh/down/offer",
+        "fleet/cp-abcdefgh/up/status",
+        "fleet/dev-abcdefgh/up/status/extra",
+        "fleet/dev-abcdefgh/up/unknown",
+        "other/dev-abcdefgh/up/status",
+    ],
+)
+def test_parse_up_refuses_anything_but_a_device_up_topic(topic: str) -> None:
+    with pytest.raises(ValueError):
+        topics.parse_up(topic)
