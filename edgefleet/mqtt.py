@@ -120,6 +120,7 @@ class MqttLink:
         self._subscriptions: list[_Subscription] = []
         self._on_connect_callbacks: list[Callable[[], None]] = []
         self._started = False
+        self._stopping = False
 
         client = paho.Client(
             callback_api_version=paho.CallbackAPIVersion.VERSION2,
@@ -162,10 +163,12 @@ class MqttLink:
         """Disconnect cleanly (no last will) and stop the network thread."""
         if not self._started:
             return
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
         self._started = False
+        self._stopping = False
 
     def wait_connected(self, timeout: float) -> bool:
         """Block until connected or ``timeout`` seconds pass; True when connected."""
@@ -300,5 +303,5 @@ class MqttLink:
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
-        if was_connected:
+        if was_connected and not self._stopping:
             logger.warning("mqtt disconnected client_id=%s reason=%s", self.client_id, reason_code)
