@@ -20,11 +20,13 @@ from pathlib import Path
 RUNS = 7
 
 PROBE = r"""
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 {body}
 elapsed = time.perf_counter() - t0
-rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM is this address space's peak RSS; ru_maxrss would carry the parent's over execve.
+with open("/proc/self/status") as status:
+    rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 print(json.dumps({{"seconds": elapsed, "rss_mib": rss_kib / 1024,
                    "modules": len(sys.modules),
                    "heavy": sorted(m for m in ("fastapi", "sqlmodel", "apscheduler", "uvicorn",
