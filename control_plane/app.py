@@ -15,7 +15,16 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from control_plane.api.routes import bundles, devices, health, models, profiles, rollouts, trust
+from control_plane.api.routes import (
+    bundles,
+    devices,
+    events,
+    health,
+    models,
+    profiles,
+    rollouts,
+    trust,
+)
 from control_plane.db import create_db_and_tables, make_engine
 from control_plane.errors import (
     BrokerError,
@@ -95,7 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(status_code=code, content={"detail": str(exc)})
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (health, models, profiles, bundles, devices, rollouts, trust):
+    for module in (health, models, profiles, bundles, devices, rollouts, events, trust):
         api.include_router(module.router)
     app.include_router(api)
     return app

@@ -24,6 +24,7 @@ from sqlmodel import Session
 from control_plane.errors import InvalidRequestError, NotFoundError
 from control_plane.repository import SignedRepository
 from control_plane.services.devices import upsert_device_status
+from control_plane.services.events import ingest_event
 from control_plane.services.rollouts import apply_install_report
 from control_plane.settings import Settings
 from edgefleet import topics
@@ -34,9 +35,11 @@ from edgefleet.messages import (
     FETCH_STATUS,
     FETCH_TOTAL,
     BundleOffer,
+    DeviceCommand,
     DeviceStatus,
     FetchRequest,
     InstallReport,
+    TelemetryEvent,
     decode_as,
 )
 from edgefleet.mqtt import BrokerAddress, Incoming, MqttLink
@@ -81,6 +84,9 @@ class FleetLink:
         self._link.subscribe(
             topics.up_filter(topics.Up.FETCH), self._on_fetch, shared_group=SHARED_GROUP
         )
+        self._link.subscribe(
+            topics.up_filter(topics.Up.TELEMETRY), self._on_telemetry, shared_group=SHARED_GROUP
+        )
         self._link.start()
         self._started = True
         logger.info("fleet link starting broker=%s", self._link.broker.url())
@@ -110,6 +116,16 @@ class FleetLink:
             device_id,
             offer.bundle_id,
             offer.rollout_id,
+        )
+
+    def publish_command(self, device_id: str, command: DeviceCommand) -> None:
+        """Send a command (e.g. rollback) to one device (QoS 1; queued while offline)."""
+        self._link.publish(topics.down(device_id, topics.Down.COMMAND), command.to_bytes(), qos=1)
+        logger.info(
+            "command published device_id=%s command=%s rollout_id=%s",
+            device_id,
+            command.command,
+            command.rollout_id,
         )
 
     # -- incoming (network thread: parse the topic, hand off) ---------------------
@@ -155,6 +171,14 @@ class FleetLink:
             self._event_pool, lambda: self._handle_report(device_id, message), message.topic
         )
 
+    def _on_telemetry(self, message: Incoming) -> None:
+        device_id = self._device_id(message, topics.Up.TELEMETRY)
+        if device_id is None:
+            return
+        self._submit(
+            self._event_pool, lambda: self._handle_telemetry(device_id, message), message.topic
+        )
+
     def _on_fetch(self, message: Incoming) -> None:
         device_id = self._device_id(message, topics.Up.FETCH)
         if device_id is None:
@@ -191,6 +215,21 @@ class FleetLink:
                 apply_install_report(session=session, device_id=device_id, report=report)
         except SQLAlchemyError:
             logger.exception("report not stored device_id=%s", device_id)
+
+    def _handle_telemetry(self, device_id: str, message: Incoming) -> None:
+        try:
+            event = decode_as(message.payload, TelemetryEvent, topic=message.topic)
+        except MessageError as e:
+            logger.warning("telemetry dropped device_id=%s reason=%s", device_id, e.reason)
+            return
+        try:
+            with Session(self._engine) as session:
+                stored = ingest_event(session=session, device_id=device_id, event=event)
+        except SQLAlchemyError:
+            logger.exception("telemetry not stored device_id=%s", device_id)
+            return
+        if not stored:
+            logger.debug("duplicate telemetry ignored event_id=%s", event.event_id)
 
     def _handle_fetch(self, device_id: str, message: Incoming) -> None:
         properties: dict[str, str]

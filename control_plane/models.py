@@ -157,3 +157,32 @@ class RolloutPublic(SQLModel):
     updated_at: datetime
     counts: dict[str, int]
     devices: list[RolloutDevicePublic]
+
+
+# -- telemetry events ---------------------------------------------------------
+
+
+class Event(SQLModel, table=True):
+    """One telemetry event a device sent, stored once whatever the redeliveries."""
+
+    event_id: str = Field(primary_key=True, max_length=64)
+    device_id: str = Field(index=True, max_length=40)
+    kind: str = Field(index=True, max_length=16)
+    priority: int = 1
+    bundle_id: str | None = Field(default=None, index=True)
+    release: int | None = None
+    ts: datetime = Field(sa_type=DateTime(timezone=True), index=True)
+    received_at: datetime = _ts_field()
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class EventPublic(SQLModel):
+    event_id: str
+    device_id: str
+    kind: str
+    priority: int
+    bundle_id: str | None
+    release: int | None
+    ts: datetime
+    received_at: datetime
+    data: dict[str, Any]

@@ -110,8 +110,58 @@ class BundleOffer(WireMessage):
     ts: float = Field(default_factory=time.time)
 
 
+TelemetryKind = Literal["inference", "error", "install", "drift", "resource", "spool", "shadow"]
+
+
+class TelemetryEvent(WireMessage):
+    """One event from a device's store-and-forward spool, on ``up/telemetry``.
+
+    ``event_id`` is unique per event, so the control plane stores each event once
+    however often the broker redelivers it. ``priority`` orders what a full spool
+    drops first (higher numbers are dropped first). ``data`` depends on ``kind``:
+
+    - ``inference``: ``{"window_s", "count", "errors", "latency_ms": {"p50", "p95",
+      "p99"}, "histogram": {"bounds_ms": [...], "counts": [...]}}`` for one window;
+    - ``error``: ``{"where", "reason"}``;
+    - ``install``: the ``InstallReport`` fields;
+    - ``drift``: per-feature scores for one window (see the drift module);
+    - ``resource``: ``{"rss_mib", "cpu_percent", "disk_free_mib"}``;
+    - ``spool``: ``{"depth", "dropped": {priority: n}}``;
+    - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``.
+    """
+
+    type: Literal["telemetry"] = "telemetry"
+    event_id: str = Field(default_factory=new_event_id, min_length=8, max_length=64)
+    kind: TelemetryKind
+    priority: int = Field(default=1, ge=0, le=3)
+    bundle_id: str | None = None
+    release: int | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    ts: float = Field(default_factory=time.time)
+
+
+CommandName = Literal["rollback", "shadow_start", "shadow_stop"]
+
+
+class DeviceCommand(WireMessage):
+    """An instruction from the control plane, on ``down/command``.
+
+    ``rollback`` switches the device back to the bundle in its other slot and is
+    answered with an ``InstallReport`` in state ``rolled_back`` (or ``failed``).
+    """
+
+    type: Literal["command"] = "command"
+    command_id: str = Field(default_factory=new_event_id)
+    command: CommandName
+    rollout_id: int | None = None
+    bundle_id: str | None = None
+    reason: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    ts: float = Field(default_factory=time.time)
+
+
 Message = Annotated[
-    DeviceStatus | InstallReport | FetchRequest | BundleOffer,
+    DeviceStatus | InstallReport | FetchRequest | BundleOffer | TelemetryEvent | DeviceCommand,
     Field(discriminator="type"),
 ]
 _message_adapter: TypeAdapter[Any] = TypeAdapter(Message)

@@ -1,0 +1,70 @@
+"""Telemetry events from devices: stored exactly once, counted and listed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, func, select
+
+from control_plane.models import Event
+from edgefleet.messages import TelemetryEvent
+
+logger = logging.getLogger(__name__)
+
+
+def ingest_event(*, session: Session, device_id: str, event: TelemetryEvent) -> bool:
+    """Store ``event`` from ``device_id``; False when it was already stored (a redelivery).
+
+    The primary key on ``event_id`` makes this exactly-once even with several
+    control-plane replicas racing on the same redelivered message.
+    """
+    if session.get(Event, event.event_id) is not None:
+        return False
+    session.add(
+        Event(
+            event_id=event.event_id,
+            device_id=device_id,
+            kind=event.kind,
+            priority=event.priority,
+            bundle_id=event.bundle_id,
+            release=event.release,
+            ts=datetime.fromtimestamp(event.ts, UTC),
+            data=event.data,
+        )
+    )
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return False
+    return True
+
+
+def list_events(
+    *,
+    session: Session,
+    device_id: str | None = None,
+    kind: str | None = None,
+    bundle_id: str | None = None,
+    limit: int = 500,
+) -> Sequence[Event]:
+    query = select(Event)
+    if device_id is not None:
+        query = query.where(Event.device_id == device_id)
+    if kind is not None:
+        query = query.where(Event.kind == kind)
+    if bundle_id is not None:
+        query = query.where(Event.bundle_id == bundle_id)
+    return session.exec(query.order_by(col(Event.ts).desc()).limit(limit)).all()
+
+
+def count_events(*, session: Session, device_id: str | None = None, kind: str | None = None) -> int:
+    query = select(func.count()).select_from(Event)
+    if device_id is not None:
+        query = query.where(Event.device_id == device_id)
+    if kind is not None:
+        query = query.where(Event.kind == kind)
+    return int(session.exec(query).one())
