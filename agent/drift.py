@@ -1,0 +1,129 @@
+"""Drift detection on the device, kept off the inference path.
+
+The inference path only puts its input batch on a bounded queue (a dropped batch
+is counted, never waited for); a background thread feeds the detector and
+publishes one ``drift`` telemetry event per full window through the spool.
+Memory stays bounded: the queue holds at most ``max_queued_rows`` rows and the
+detector one count per reference bin per feature.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edgefleet.bundle import Manifest
+from edgefleet.drift import DriftDetector, DriftReport, DriftThresholds, Reference
+from edgefleet.messages import TelemetryEvent
+
+logger = logging.getLogger(__name__)
+
+DRIFT_PRIORITY = 1
+
+
+class DriftMonitor:
+    """Scores the inputs of one installed bundle against the bundle's reference."""
+
+    def __init__(
+        self,
+        *,
+        reference: Reference,
+        manifest: Manifest,
+        publish: Callable[[TelemetryEvent], None],
+        thresholds: DriftThresholds | None = None,
+        max_queued_rows: int = 10_000,
+    ) -> None:
+        self._detector = DriftDetector(reference, thresholds)
+        self._manifest = manifest
+        self._publish = publish
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue()
+        self._queued_rows = 0
+        self._max_queued_rows = max_queued_rows
+        self._lock = threading.Lock()
+        self.dropped_rows = 0
+        self.reports = 0
+        self._thread = threading.Thread(target=self._run, name="drift", daemon=True)
+
+    @classmethod
+    def for_slot(
+        cls,
+        manifest: Manifest,
+        slot_dir: Path,
+        publish: Callable[[TelemetryEvent], None],
+        thresholds: DriftThresholds | None = None,
+    ) -> DriftMonitor | None:
+        """A monitor for an installed slot, or None when its bundle ships no reference."""
+        if not manifest.reference_stats:
+            return None
+        try:
+            data = json.loads((Path(slot_dir) / manifest.reference_stats).read_text())
+            reference = Reference.from_json(data)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logger.error("drift reference unusable bundle_id=%s reason=%s", manifest.bundle_id, e)
+            return None
+        return cls(reference=reference, manifest=manifest, publish=publish, thresholds=thresholds)
+
+    @property
+    def input_name(self) -> str:
+        return self._detector.reference.input_name
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def submit(self, inputs: np.ndarray) -> None:
+        """Queue a batch for scoring; drops it (counted) when the queue is full."""
+        rows = len(inputs)
+        with self._lock:
+            if self._queued_rows + rows > self._max_queued_rows:
+                self.dropped_rows += rows
+                return
+            self._queued_rows += rows
+        self._queue.put(np.array(inputs, copy=True))
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            with self._lock:
+                self._queued_rows -= len(batch)
+            try:
+                for report in self._detector.observe(batch):
+                    self._emit(report)
+            except Exception:  # top of the monitor loop: bad input must not stop it
+                logger.exception("drift scoring failed bundle_id=%s", self._manifest.bundle_id)
+
+    def _emit(self, report: DriftReport) -> None:
+        self.reports += 1
+        data = {
+            **report.to_data(),
+            "model": self._manifest.model.name,
+            "model_version": self._manifest.model.version,
+            "input": self.input_name,
+            "dropped_rows": self.dropped_rows,
+        }
+        logger.info(
+            "drift window bundle_id=%s drifted=%s share=%.3f",
+            self._manifest.bundle_id,
+            report.drifted,
+            report.share_drifted,
+        )
+        self._publish(
+            TelemetryEvent(
+                kind="drift",
+                priority=DRIFT_PRIORITY,
+                bundle_id=self._manifest.bundle_id,
+                release=self._manifest.release,
+                data=data,
+            )
+        )
