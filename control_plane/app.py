@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from control_plane.api.routes import (
     bundles,
     devices,
+    drift,
     events,
     health,
     models,
@@ -104,7 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(status_code=code, content={"detail": str(exc)})
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (health, models, profiles, bundles, devices, rollouts, events, trust):
+    for module in (health, models, profiles, bundles, devices, rollouts, events, drift, trust):
         api.include_router(module.router)
     app.include_router(api)
     return app

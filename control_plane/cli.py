@@ -28,11 +28,13 @@ bundle_app = typer.Typer(no_args_is_help=True, help="Build and list signed bundl
 device_app = typer.Typer(no_args_is_help=True, help="See the fleet.")
 rollout_app = typer.Typer(no_args_is_help=True, help="Roll bundles out to devices.")
 trust_app = typer.Typer(no_args_is_help=True, help="Trust material devices are given.")
+drift_app = typer.Typer(no_args_is_help=True, help="Input drift the fleet reports.")
 app.add_typer(model_app, name="model")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(device_app, name="device")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(trust_app, name="trust")
+app.add_typer(drift_app, name="drift")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -319,6 +321,46 @@ def trust_root(
     except (ApiError, OSError) as e:
         raise _fail(e) from e
     console.print(f"wrote {output}")
+
+
+@drift_app.command("status")
+def drift_status(
+    model: Annotated[str | None, typer.Option(help="only this model")] = None,
+    api: ApiOption = DEFAULT_API,
+    as_json: JsonOption = False,
+) -> None:
+    """The fleet drift rule per model version and cohort."""
+    try:
+        with _client(api) as client:
+            rows = client.drift_status(model=model)
+    except ApiError as e:
+        raise _fail(e) from e
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    columns = ["model", "model_version", "cohort", "devices_reporting", "share", "fires"]
+    console.print(_table(rows, columns, "fleet drift"))
+
+
+@drift_app.command("plot")
+def drift_plot(
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG to write")] = Path(
+        "drift.png"
+    ),
+    model: Annotated[str | None, typer.Option(help="only this model")] = None,
+    version: Annotated[str | None, typer.Option(help="only this model version")] = None,
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Plot drift over time per feature and cohort to a PNG."""
+    from control_plane.drift_plot import plot_drift
+
+    try:
+        with _client(api) as client:
+            points = client.drift_series(model=model, version=version)
+        plot_drift(points, output)
+    except (ApiError, OSError) as e:
+        raise _fail(e) from e
+    console.print(f"wrote {output} ({len(points)} drift windows)")
 
 
 def main() -> None:

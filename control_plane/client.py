@@ -101,6 +101,15 @@ class ApiClient:
     def list_rollouts(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/rollouts"))
 
+    def drift_series(
+        self, *, model: str | None = None, version: str | None = None
+    ) -> list[dict[str, Any]]:
+        params = {k: v for k, v in {"model": model, "version": version}.items() if v}
+        return list(self._call("GET", "/drift/series", params=params))
+
+    def drift_status(self, *, model: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/drift/status", params={"model": model} if model else {}))
+
     def trust_root(self) -> bytes:
         response = self._http.get("/trust/root")
         if response.status_code >= 400:
