@@ -23,10 +23,13 @@ from control_plane.api.routes import (
     health,
     models,
     profiles,
+    retraining,
     rollouts,
     trust,
 )
 from control_plane.db import create_db_and_tables, make_engine
+from control_plane.drift_loop import INTERVAL_S as DRIFT_LOOP_INTERVAL_S
+from control_plane.drift_loop import DriftLoop
 from control_plane.errors import (
     BrokerError,
     BuildError,
@@ -75,11 +78,21 @@ def create_app(settings: Settings) -> FastAPI:
         scheduler.add_job(
             _refresh_metadata, "interval", hours=1, args=[repository], id="refresh-timestamp"
         )
+        drift_loop = DriftLoop(engine=engine, settings=settings, repository=repository, link=link)
+        scheduler.add_job(
+            drift_loop.tick,
+            "interval",
+            seconds=DRIFT_LOOP_INTERVAL_S,
+            id="drift-loop",
+            max_instances=1,
+            coalesce=True,
+        )
         scheduler.start()
         app.state.settings = settings
         app.state.engine = engine
         app.state.repository = repository
         app.state.link = link
+        app.state.drift_loop = drift_loop
         logger.info(
             "control plane started data_dir=%s broker=%s", settings.data_dir, settings.broker_url
         )
@@ -105,7 +118,18 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(status_code=code, content={"detail": str(exc)})
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (health, models, profiles, bundles, devices, rollouts, events, drift, trust):
+    for module in (
+        health,
+        models,
+        profiles,
+        bundles,
+        devices,
+        rollouts,
+        events,
+        drift,
+        retraining,
+        trust,
+    ):
         api.include_router(module.router)
     app.include_router(api)
     return app

@@ -186,3 +186,92 @@ class EventPublic(SQLModel):
     ts: datetime
     received_at: datetime
     data: dict[str, Any]
+
+
+# -- drift loop: per-model policy and retraining requests ---------------------
+
+RetrainMode = Literal["automatic", "approval", "off"]
+RetrainingState = Literal[
+    "pending_approval",  # drift fired; a person must approve (policy "approval")
+    "approved",  # will run the hook on the next scheduler pass
+    "running",  # hook running, then build through the gates and compare
+    "awaiting_model",  # webhook called; waits for the trainer to register the version
+    "rolled_out",  # challenger won; canary rollout started
+    "rejected",  # a person rejected it, or the challenger lost (reason says which)
+    "failed",  # hook, build or rollout failed (reason says why)
+]
+
+
+class ModelPolicyUpdate(SQLModel):
+    """What an operator sets for a model's drift loop (validated; unknown keys refused)."""
+
+    model_config = {"extra": "forbid"}
+
+    retrain: RetrainMode = "approval"
+    hook_kind: Literal["command", "webhook"] | None = None
+    hook_target: list[str] | str | None = None
+    retrain_cron: str | None = Field(default=None, description="crontab for scheduled retraining")
+    canary_device_count: int = Field(default=1, ge=1)
+    comparison_margin: float = Field(default=0.0, ge=0.0, le=1.0)
+    drift_enter: int = Field(default=3, ge=1)
+    drift_leave: int = Field(default=3, ge=1)
+    drift_min_devices: int = Field(default=2, ge=1)
+    drift_device_share: float = Field(default=0.3, gt=0.0, le=1.0)
+
+
+class ModelPolicy(SQLModel, table=True):
+    """How the drift loop treats one model: retrain automatically, after approval, or never."""
+
+    model: str = Field(primary_key=True, max_length=64)
+    retrain: str = "approval"
+    hook_kind: str | None = None
+    hook_target: list[str] | str | None = Field(default=None, sa_column=Column(JSON))
+    retrain_cron: str | None = None
+    canary_device_count: int = 1
+    comparison_margin: float = 0.0
+    drift_enter: int = 3
+    drift_leave: int = 3
+    drift_min_devices: int = 2
+    drift_device_share: float = 0.3
+    updated_at: datetime = _ts_field()
+
+
+class ModelPolicyPublic(ModelPolicyUpdate):
+    model_config = {"extra": "ignore"}
+
+    model: str
+    updated_at: datetime
+
+
+class RetrainingRequest(SQLModel, table=True):
+    """One pass of the drift loop, from the verdict to the canary rollout."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(index=True, max_length=64)
+    from_version: str
+    new_version: str | None = None
+    cohort: str | None = None
+    trigger: str = "drift"  # drift | schedule | manual
+    state: str = Field(default="pending_approval", index=True)
+    reason: str = ""
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    rollout_id: int | None = None
+    decided_by: str | None = None
+    created_at: datetime = _ts_field()
+    updated_at: datetime = _ts_field()
+
+
+class RetrainingRequestPublic(SQLModel):
+    id: int
+    model: str
+    from_version: str
+    new_version: str | None
+    cohort: str | None
+    trigger: str
+    state: str
+    reason: str
+    detail: dict[str, Any]
+    rollout_id: int | None
+    decided_by: str | None
+    created_at: datetime
+    updated_at: datetime

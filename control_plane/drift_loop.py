@@ -1,0 +1,112 @@
+"""The scheduled job that closes the drift loop inside the control plane.
+
+Each tick turns firing drift verdicts into retraining requests and carries every
+approved request through (see ``services.retraining``). It binds the request
+pipeline to the real registration, bundle build (through the converter gates)
+and rollout services; ticks never overlap (``max_instances=1`` in the scheduler).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from control_plane.bundle_builder import build_bundle
+from control_plane.link import FleetLink
+from control_plane.models import Bundle, ModelVersion, RetrainingRequest, RolloutCreate
+from control_plane.repository import SignedRepository
+from control_plane.services import models as model_service
+from control_plane.services import retraining
+from control_plane.services.rollouts import create_rollout
+from control_plane.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+INTERVAL_S = 10.0
+
+
+class DriftLoop:
+    def __init__(
+        self, *, engine: Engine, settings: Settings, repository: SignedRepository, link: FleetLink
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._repository = repository
+        self._link = link
+        self._lock = threading.Lock()
+
+    @property
+    def work_dir(self) -> Path:
+        return self._settings.data_dir / "retraining"
+
+    def tick(self) -> None:
+        """One pass: new requests from drift, then every approved request.
+
+        Passes never overlap within a process: one that finds another running returns.
+        """
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            with Session(self._engine) as session:
+                retraining.check_drift(session=session)
+                approved = [
+                    r.id
+                    for r in session.exec(
+                        select(RetrainingRequest).where(RetrainingRequest.state == "approved")
+                    ).all()
+                ]
+            for request_id in approved:
+                assert request_id is not None
+                with Session(self._engine) as session:
+                    self.run(session, request_id)
+        except Exception:  # top of a scheduled job
+            logger.exception("drift loop tick failed")
+        finally:
+            self._lock.release()
+
+    def run(self, session: Session, request_id: int) -> RetrainingRequest:
+        return retraining.run_request(
+            session=session,
+            request_id=request_id,
+            work_dir=self.work_dir,
+            register=self._register,
+            build=self._build,
+            roll_out=self._roll_out,
+        )
+
+    def _register(
+        self, session: Session, model: str, version: str, model_bytes: bytes, samples: bytes
+    ) -> ModelVersion:
+        return model_service.register_model(
+            session=session,
+            settings=self._settings,
+            name=model,
+            version=version,
+            model_bytes=model_bytes,
+            samples_bytes=samples,
+        )
+
+    def _build(self, session: Session, model: str, version: str, profile: str) -> Bundle:
+        return build_bundle(
+            session=session,
+            repository=self._repository,
+            settings=self._settings,
+            model_name=model,
+            model_version=version,
+            profile_name=profile,
+        )
+
+    def _roll_out(
+        self, session: Session, bundle: Bundle, device_ids: list[str], canary: int
+    ) -> int:
+        rollout = create_rollout(
+            session=session,
+            publisher=self._link,
+            rollout_in=RolloutCreate(bundle_id=bundle.id, device_ids=device_ids),
+        )
+        assert rollout.id is not None
+        return rollout.id
