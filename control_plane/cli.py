@@ -22,19 +22,27 @@ from rich.table import Table
 
 from control_plane.client import ApiClient, ApiError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Run the edgefleet control plane and drive the fleet through its API.",
+)
 model_app = typer.Typer(no_args_is_help=True, help="Register and list model versions.")
 bundle_app = typer.Typer(no_args_is_help=True, help="Build and list signed bundles.")
 device_app = typer.Typer(no_args_is_help=True, help="See the fleet.")
 rollout_app = typer.Typer(no_args_is_help=True, help="Roll bundles out to devices.")
 trust_app = typer.Typer(no_args_is_help=True, help="Trust material devices are given.")
 drift_app = typer.Typer(no_args_is_help=True, help="Input drift the fleet reports.")
+retraining_app = typer.Typer(no_args_is_help=True, help="Retraining requests from the drift loop.")
+policy_app = typer.Typer(no_args_is_help=True, help="Per-model drift-loop policy.")
 app.add_typer(model_app, name="model")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(device_app, name="device")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(trust_app, name="trust")
 app.add_typer(drift_app, name="drift")
+app.add_typer(retraining_app, name="retraining")
+app.add_typer(policy_app, name="policy")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -361,6 +369,95 @@ def drift_plot(
     except (ApiError, OSError) as e:
         raise _fail(e) from e
     console.print(f"wrote {output} ({len(points)} drift windows)")
+
+
+@retraining_app.command("list")
+def retraining_list(api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -> None:
+    """Retraining requests, newest first, with their state and reason."""
+    try:
+        with _client(api) as client:
+            rows = client.list_retraining()
+    except ApiError as e:
+        raise _fail(e) from e
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    columns = ["id", "model", "from_version", "new_version", "trigger", "state", "reason"]
+    console.print(_table(rows, columns, "retraining requests"))
+
+
+@retraining_app.command("approve")
+def retraining_approve(
+    request_id: int,
+    by: Annotated[str, typer.Option(help="who approves")] = "operator",
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Approve a request waiting for approval; the drift loop runs it next."""
+    try:
+        with _client(api) as client:
+            row = client.decide_retraining(request_id, approve=True, by=by)
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(f"request {row['id']} {row['state']}")
+
+
+@retraining_app.command("reject")
+def retraining_reject(
+    request_id: int,
+    reason: Annotated[str | None, typer.Option(help="why")] = None,
+    by: Annotated[str, typer.Option(help="who rejects")] = "operator",
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Reject a request waiting for approval."""
+    try:
+        with _client(api) as client:
+            row = client.decide_retraining(request_id, approve=False, by=by, reason=reason)
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(f"request {row['id']} {row['state']}: {row['reason']}")
+
+
+@policy_app.command("show")
+def policy_show(model: str, api: ApiOption = DEFAULT_API) -> None:
+    """The drift-loop policy of a model."""
+    try:
+        with _client(api) as client:
+            console.print_json(json.dumps(client.get_policy(model)))
+    except ApiError as e:
+        raise _fail(e) from e
+
+
+@policy_app.command("set")
+def policy_set(
+    model: str,
+    retrain: Annotated[str, typer.Option(help="automatic | approval | off")] = "approval",
+    hook_command: Annotated[
+        str | None, typer.Option(help="retraining command (split like a shell would)")
+    ] = None,
+    hook_webhook: Annotated[str | None, typer.Option(help="retraining webhook URL")] = None,
+    canary_devices: Annotated[int, typer.Option(min=1)] = 1,
+    margin: Annotated[float, typer.Option(help="accuracy the challenger must gain")] = 0.0,
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Set how drift on a model is handled and which hook retrains it."""
+    import shlex
+
+    policy: dict[str, Any] = {
+        "retrain": retrain,
+        "canary_device_count": canary_devices,
+        "comparison_margin": margin,
+    }
+    if hook_command and hook_webhook:
+        raise _fail(ValueError("give either --hook-command or --hook-webhook"))
+    if hook_command:
+        policy |= {"hook_kind": "command", "hook_target": shlex.split(hook_command)}
+    if hook_webhook:
+        policy |= {"hook_kind": "webhook", "hook_target": hook_webhook}
+    try:
+        with _client(api) as client:
+            console.print_json(json.dumps(client.set_policy(model, policy)))
+    except ApiError as e:
+        raise _fail(e) from e
 
 
 def main() -> None:

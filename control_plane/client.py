@@ -110,6 +110,24 @@ class ApiClient:
     def drift_status(self, *, model: str | None = None) -> list[dict[str, Any]]:
         return list(self._call("GET", "/drift/status", params={"model": model} if model else {}))
 
+    def list_retraining(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/retraining"))
+
+    def decide_retraining(
+        self, request_id: int, *, approve: bool, by: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        action = "approve" if approve else "reject"
+        body: dict[str, Any] = {"by": by}
+        if reason and not approve:
+            body["reason"] = reason
+        return dict(self._call("POST", f"/retraining/{request_id}/{action}", json=body))
+
+    def get_policy(self, model: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/policies/{model}"))
+
+    def set_policy(self, model: str, policy: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._call("PUT", f"/policies/{model}", json=policy))
+
     def trust_root(self) -> bytes:
         response = self._http.get("/trust/root")
         if response.status_code >= 400:
