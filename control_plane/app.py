@@ -21,6 +21,7 @@ from control_plane.api.routes import (
     drift,
     events,
     health,
+    keys,
     models,
     profiles,
     retraining,
@@ -38,6 +39,7 @@ from control_plane.errors import (
     InvalidRequestError,
     NotFoundError,
 )
+from control_plane.keyring import SigningError
 from control_plane.link import FleetLink
 from control_plane.repository import SignedRepository
 from control_plane.settings import Settings
@@ -51,6 +53,7 @@ ERROR_STATUS: dict[type[ControlPlaneError], int] = {
     InvalidRequestError: 422,
     BuildError: 422,
     BrokerError: 503,
+    SigningError: 422,
 }
 
 
@@ -69,7 +72,9 @@ def create_app(settings: Settings) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings)
         create_db_and_tables(engine)
-        repository = SignedRepository(settings.repository_dir)
+        repository = SignedRepository(
+            settings.repository_dir, passphrase=settings.key_passphrase_bytes
+        )
         repository.init_or_load()
         repository.refresh_timestamp()
         link = FleetLink(settings=settings, engine=engine, repository=repository)
@@ -128,6 +133,7 @@ def create_app(settings: Settings) -> FastAPI:
         events,
         drift,
         retraining,
+        keys,
         trust,
     ):
         api.include_router(module.router)

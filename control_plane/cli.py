@@ -35,6 +35,7 @@ trust_app = typer.Typer(no_args_is_help=True, help="Trust material devices are g
 drift_app = typer.Typer(no_args_is_help=True, help="Input drift the fleet reports.")
 retraining_app = typer.Typer(no_args_is_help=True, help="Retraining requests from the drift loop.")
 policy_app = typer.Typer(no_args_is_help=True, help="Per-model drift-loop policy.")
+keys_app = typer.Typer(no_args_is_help=True, help="Signing keys of the bundle repository.")
 app.add_typer(model_app, name="model")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(device_app, name="device")
@@ -43,6 +44,7 @@ app.add_typer(trust_app, name="trust")
 app.add_typer(drift_app, name="drift")
 app.add_typer(retraining_app, name="retraining")
 app.add_typer(policy_app, name="policy")
+app.add_typer(keys_app, name="keys")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -458,6 +460,96 @@ def policy_set(
             console.print_json(json.dumps(client.set_policy(model, policy)))
     except ApiError as e:
         raise _fail(e) from e
+
+
+@keys_app.command("init")
+def keys_init(
+    data_dir: Annotated[Path, typer.Option(envvar="EDGEFLEET_DATA_DIR")] = Path(".edgefleet"),
+    root_keys: Annotated[int, typer.Option(min=1, max=9)] = 3,
+    root_threshold: Annotated[int, typer.Option(min=1, max=9)] = 2,
+    passphrase: Annotated[
+        str | None,
+        typer.Option(envvar="EDGEFLEET_KEY_PASSPHRASE", help="encrypts the private keys"),
+    ] = None,
+) -> None:
+    """Create the signed repository and its keys (before the control plane first starts)."""
+    from control_plane.repository import SignedRepository
+    from control_plane.settings import Settings
+
+    settings = Settings(data_dir=data_dir)
+    if (settings.repository_dir / "metadata" / "root.json").exists():
+        raise _fail(FileExistsError(f"a repository already exists in {settings.repository_dir}"))
+    try:
+        repository = SignedRepository(
+            settings.repository_dir,
+            passphrase=passphrase.encode() if passphrase else None,
+            root_keys=root_keys,
+            root_threshold=root_threshold,
+        )
+    except ValueError as e:
+        raise _fail(e) from e
+    repository.init_or_load()
+    _print_keys(repository.keys_summary())
+    if not passphrase:
+        err_console.print("[yellow]warning:[/] keys are not encrypted (no passphrase given)")
+    console.print(
+        f"Move the root key files ({repository.keyring.keys_dir}/root-*.pem) offline; "
+        f"{root_threshold} of them are needed to rotate or revoke keys."
+    )
+
+
+def _print_keys(summary: list[dict[str, Any]]) -> None:
+    rows = [
+        {
+            "role": r["role"],
+            "threshold": r["threshold"],
+            "keyid": k["keyid"][:16],
+            "kind": k["kind"],
+            "available": k["available"],
+            "expires": r["expires"],
+        }
+        for r in summary
+        for k in r["keys"]
+    ]
+    console.print(
+        _table(rows, ["role", "threshold", "keyid", "kind", "available", "expires"], "keys")
+    )
+
+
+@keys_app.command("list")
+def keys_list(api: ApiOption = DEFAULT_API) -> None:
+    """Roles, thresholds and keys of the running control plane's repository."""
+    try:
+        with _client(api) as client:
+            _print_keys(client.list_keys())
+    except ApiError as e:
+        raise _fail(e) from e
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    role: str,
+    keyid: Annotated[str | None, typer.Option(help="key to replace (prefix is enough)")] = None,
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Replace a key; publishes a new root signed by the old and the new root keys."""
+    try:
+        with _client(api) as client:
+            result = client.rotate_key(role, keyid)
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(f"{result['role']} key rotated: new key {result['keyid'][:16]}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(keyid: str, api: ApiOption = DEFAULT_API) -> None:
+    """Remove a key from its role; refused when the role would fall below its threshold."""
+    try:
+        with _client(api) as client:
+            result = client.revoke_key(keyid)
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(f"{result['role']} key {result['keyid'][:16]} revoked")
 
 
 def main() -> None:

@@ -128,6 +128,16 @@ class ApiClient:
     def set_policy(self, model: str, policy: dict[str, Any]) -> dict[str, Any]:
         return dict(self._call("PUT", f"/policies/{model}", json=policy))
 
+    def list_keys(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/keys"))
+
+    def rotate_key(self, role: str, keyid: str | None = None) -> dict[str, Any]:
+        body = {"role": role} | ({"keyid": keyid} if keyid else {})
+        return dict(self._call("POST", "/keys/rotate", json=body))
+
+    def revoke_key(self, keyid: str) -> dict[str, Any]:
+        return dict(self._call("POST", "/keys/revoke", json={"keyid": keyid}))
+
     def trust_root(self) -> bytes:
         response = self._http.get("/trust/root")
         if response.status_code >= 400:

@@ -1,9 +1,17 @@
 """The signed TUF repository the fleet verifies bundles against.
 
-Built on python-tuf's Metadata API. One online Ed25519 key signs all four roles
-(threshold 1); it lives at ``keys/online.pem`` (mode 0600) and is reloaded on
-restart. ``consistent_snapshot`` is on, so every file a client fetches has a
-stable name::
+Built on python-tuf's Metadata API. Each role has keys of its own, kept in the
+``Keyring`` (``keys/``, private halves encrypted when a passphrase is set, or held
+by an external signing command): root needs ``root_threshold`` of its
+``root_keys`` signatures (2 of 3 by default; move root keys offline after
+creation), targets, snapshot and timestamp one each, the last two online because
+the control plane re-signs them on a schedule.
+
+Keys are rotated or revoked by publishing a new root version signed by the old
+root's threshold and the new root's, so a device that was offline across several
+rotations follows the chain ``N.root.json`` one step at a time, and a root signed
+only by new keys is refused. ``consistent_snapshot`` is on, so every file a
+client fetches has a stable name::
 
     <root>/metadata/1.root.json, root.json      root (versioned + a copy)
     <root>/metadata/N.targets.json              targets
@@ -24,9 +32,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from securesystemslib.signer import CryptoSigner
+from securesystemslib.signer import Key, Signer
+from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
     Metadata,
     MetaFile,
@@ -38,6 +45,7 @@ from tuf.api.metadata import (
 )
 
 from control_plane.errors import InvalidRequestError, NotFoundError
+from control_plane.keyring import KeyEntry, Keyring, SigningError
 from edgefleet.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -57,15 +65,25 @@ def _now() -> datetime:
 
 
 class SignedRepository:
-    """A TUF repository on disk under ``root_dir``, signed with one online key."""
+    """A TUF repository on disk under ``root_dir``, each role signed by its own keys."""
 
-    def __init__(self, root_dir: Path) -> None:
+    def __init__(
+        self,
+        root_dir: Path,
+        *,
+        passphrase: bytes | None = None,
+        root_keys: int = 3,
+        root_threshold: int = 2,
+    ) -> None:
+        if not 1 <= root_threshold <= root_keys:
+            raise ValueError("root threshold must be between 1 and the number of root keys")
         self.root_dir = Path(root_dir)
         self.metadata_dir = self.root_dir / "metadata"
         self.targets_dir = self.root_dir / "targets"
-        self.key_path = self.root_dir / "keys" / "online.pem"
+        self.keyring = Keyring(self.root_dir / "keys", passphrase=passphrase)
+        self._root_keys = root_keys
+        self._root_threshold = root_threshold
         self._lock = threading.RLock()
-        self._signer: CryptoSigner | None = None
         self._root: Metadata[Root] | None = None
         self._targets: Metadata[Targets] | None = None
         self._snapshot: Metadata[Snapshot] | None = None
@@ -76,7 +94,6 @@ class SignedRepository:
     def init_or_load(self) -> None:
         """Load the repository from disk, or create and sign version 1 of every role."""
         with self._lock:
-            self._signer = self._load_or_create_key()
             if (self.metadata_dir / "root.json").exists():
                 self._load()
                 logger.info(
@@ -88,22 +105,18 @@ class SignedRepository:
                 self._create()
                 logger.info("tuf repository created dir=%s", self.root_dir)
 
-    def _load_or_create_key(self) -> CryptoSigner:
-        if self.key_path.exists():
-            private_key = load_pem_private_key(self.key_path.read_bytes(), password=None)
-            if not isinstance(private_key, Ed25519PrivateKey):
-                raise ValueError(f"{self.key_path} does not hold an Ed25519 key")
-            return CryptoSigner(private_key)
-        signer = CryptoSigner.generate_ed25519()
-        atomic_write(self.key_path, signer.private_bytes, mode=0o600)
-        return signer
-
     def _create(self) -> None:
         now = _now()
-        signer = self._signer_checked
         root = Root(expires=now + EXPIRY[Root.type], consistent_snapshot=True)
-        for role in (Root.type, Targets.type, Snapshot.type, Timestamp.type):
-            root.add_key(signer.public_key, role)
+        for role, count in (
+            (Root.type, self._root_keys),
+            (Targets.type, 1),
+            (Snapshot.type, 1),
+            (Timestamp.type, 1),
+        ):
+            for _ in range(count):
+                root.add_key(self.keyring.generate(role).public_key(), role)
+        root.roles[Root.type].threshold = self._root_threshold
         self._root = Metadata(root)
         self._targets = Metadata(Targets(expires=now + EXPIRY[Targets.type]))
         self._snapshot = Metadata(Snapshot(expires=now + EXPIRY[Snapshot.type]))
@@ -132,13 +145,33 @@ class SignedRepository:
 
     # -- writing -----------------------------------------------------------------
 
-    def _sign(self, md: Metadata[Any]) -> bytes:
+    def _signers(self, role: str) -> list[Signer]:
+        """Available signers whose keys the current root lists for ``role``."""
+        allowed = set(self._root_md.signed.roles[role].keyids)
+        return [s for s in self.keyring.signers(role) if s.public_key.keyid in allowed]
+
+    def _sign(self, md: Metadata[Any], extra: list[Signer] | None = None) -> bytes:
+        role = md.signed.type
+        signers = self._signers(role)
+        threshold = self._root_md.signed.roles[role].threshold
+        if len(signers) < threshold:
+            raise SigningError(
+                f"{role} needs {threshold} signatures but only {len(signers)} of its keys "
+                "are available here"
+            )
         md.signatures.clear()
-        md.sign(self._signer_checked)
+        seen: set[str] = set()
+        for signer in [*(extra or []), *signers]:
+            if signer.public_key.keyid not in seen:
+                try:
+                    md.sign(signer, append=True)
+                except UnsignedMetadataError as e:
+                    raise SigningError(f"{role}: {e.__cause__ or e}") from e
+                seen.add(signer.public_key.keyid)
         return md.to_bytes()
 
-    def _write_root(self) -> None:
-        data = self._sign(self._root_md)
+    def _write_root(self, extra: list[Signer] | None = None) -> None:
+        data = self._sign(self._root_md, extra)
         atomic_write(self.metadata_dir / f"{self._root_md.signed.version}.root.json", data)
         atomic_write(self.metadata_dir / "root.json", data)
 
@@ -223,6 +256,125 @@ class SignedRepository:
                 )
             return changed
 
+    # -- key management --------------------------------------------------------------
+
+    def rotate_key(self, role: str, keyid: str | None = None) -> KeyEntry:
+        """Replace one key of ``role`` (the only one when ``keyid`` is None) with a new key."""
+        with self._lock:
+            keyids = self._root_md.signed.roles[role].keyids
+            if keyid is None:
+                if len(keyids) != 1:
+                    raise SigningError(f"{role} has {len(keyids)} keys: name the one to rotate")
+                keyid = keyids[0]
+            old = self.keyring.entry(keyid)
+            if old.role != role or old.keyid not in keyids:
+                raise SigningError(f"key {keyid[:12]} is not a {role} key of the current root")
+            new = self.keyring.generate(role)
+            try:
+                self._change_root(add=[(role, new.public_key())], revoke=[(role, old.keyid)])
+            except SigningError:
+                self.keyring.remove(new.keyid)
+                raise
+            self.keyring.remove(old.keyid)
+            self._resign_after_key_change(role)
+            logger.info("key rotated role=%s old=%s new=%s", role, old.keyid[:12], new.keyid[:12])
+            return new
+
+    def revoke_key(self, keyid: str) -> KeyEntry:
+        """Remove a key from its role; refused when the role would fall below its threshold."""
+        with self._lock:
+            entry = self.keyring.entry(keyid)
+            role_meta = self._root_md.signed.roles[entry.role]
+            if len(role_meta.keyids) - 1 < role_meta.threshold:
+                raise SigningError(
+                    f"revoking would leave {entry.role} with fewer keys than its threshold "
+                    f"({role_meta.threshold}); rotate the key instead"
+                )
+            self._change_root(add=[], revoke=[(entry.role, entry.keyid)])
+            self.keyring.remove(entry.keyid)
+            self._resign_after_key_change(entry.role)
+            logger.info("key revoked role=%s keyid=%s", entry.role, entry.keyid[:12])
+            return entry
+
+    def add_command_key(self, role: str, command: list[str], public_key: Key) -> KeyEntry:
+        """Delegate signing for ``role`` to an external command holding ``public_key``'s pair."""
+        with self._lock:
+            entry = self.keyring.add_command(role, command, public_key)
+            try:
+                self._change_root(add=[(role, public_key)], revoke=[])
+            except SigningError:
+                self.keyring.remove(entry.keyid)
+                raise
+            return entry
+
+    def keys_summary(self) -> list[dict[str, Any]]:
+        """Per role: threshold, keys (id, kind, whether usable here) and metadata expiry."""
+        with self._lock:
+            root = self._root_md.signed
+            usable = {s.public_key.keyid for role in root.roles for s in self.keyring.signers(role)}
+            expiries = {
+                Root.type: root.expires,
+                Targets.type: self._targets_md.signed.expires,
+                Snapshot.type: self._snapshot_md.signed.expires,
+                Timestamp.type: self._timestamp_md.signed.expires,
+            }
+            summary = []
+            for role in (Root.type, Targets.type, Snapshot.type, Timestamp.type):
+                meta = root.roles[role]
+                keys = []
+                for keyid in meta.keyids:
+                    entries = [e for e in self.keyring.entries(role) if e.keyid == keyid]
+                    keys.append(
+                        {
+                            "keyid": keyid,
+                            "kind": entries[0].kind if entries else "unknown",
+                            "available": keyid in usable,
+                        }
+                    )
+                summary.append(
+                    {
+                        "role": role,
+                        "threshold": meta.threshold,
+                        "keys": keys,
+                        "expires": expiries[role].isoformat(),
+                        "root_version": root.version,
+                    }
+                )
+            return summary
+
+    def _change_root(self, *, add: list[tuple[str, Key]], revoke: list[tuple[str, str]]) -> None:
+        """Publish root N+1 with the key changes, signed by old and new root thresholds."""
+        old_root = self._root_md.signed
+        old_signers = self._signers(Root.type)
+        if len(old_signers) < old_root.roles[Root.type].threshold:
+            raise SigningError(
+                f"changing keys needs {old_root.roles[Root.type].threshold} root signatures; "
+                f"{len(old_signers)} root keys are available here"
+            )
+        backup = Metadata[Root].from_bytes(self._root_md.to_bytes())
+        try:
+            for role, key in add:
+                old_root.add_key(key, role)
+            for role, keyid in revoke:
+                old_root.revoke_key(keyid, role)
+            old_root.version += 1
+            old_root.expires = _now() + EXPIRY[Root.type]
+            self._write_root(extra=old_signers)
+        except (SigningError, ValueError):
+            self._root = backup
+            raise
+
+    def _resign_after_key_change(self, role: str) -> None:
+        """New signatures from the new key on the role's metadata and what depends on it."""
+        now = _now()
+        if role == Targets.type:
+            self._targets_md.signed.version += 1
+            self._write_targets()
+        if role in (Targets.type, Snapshot.type):
+            self._bump_snapshot_and_timestamp(now)
+        elif role == Timestamp.type:
+            self._bump_timestamp(now)
+
     def root_bytes(self) -> bytes:
         """The current signed root metadata, as served to devices at enrolment."""
         with self._lock:
@@ -259,12 +411,6 @@ class SignedRepository:
             raise NotFoundError(f"{path} not found") from e
 
     # -- typed accessors -----------------------------------------------------------
-
-    @property
-    def _signer_checked(self) -> CryptoSigner:
-        if self._signer is None:
-            raise RuntimeError("repository not initialised: call init_or_load()")
-        return self._signer
 
     @property
     def _root_md(self) -> Metadata[Root]:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.profile import default_profiles_dir
@@ -32,6 +32,19 @@ class Settings(BaseSettings):
     profiles_dir: Path = Field(default_factory=default_profiles_dir)
     environment: Literal["development", "production"] = "development"
     client_id: str = Field(default_factory=_client_id, pattern=r"^cp-[A-Za-z0-9_-]{1,60}$")
+    key_passphrase: SecretStr | None = Field(
+        default=None, description="encrypts the repository's private keys at rest"
+    )
+
+    @model_validator(mode="after")
+    def _refuse_unprotected_keys_in_production(self) -> Settings:
+        if self.environment == "production" and not self.key_passphrase:
+            raise ValueError("EDGEFLEET_KEY_PASSPHRASE is required in production")
+        return self
+
+    @property
+    def key_passphrase_bytes(self) -> bytes | None:
+        return self.key_passphrase.get_secret_value().encode() if self.key_passphrase else None
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

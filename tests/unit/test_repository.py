@@ -103,7 +103,9 @@ def test_repository_reloads_same_key_and_versions_after_restart(
 ) -> None:
     repository.add_target("b1.tar", b"one", CUSTOM)
     root_before = repository.root_bytes()
-    assert stat.S_IMODE(repository.key_path.stat().st_mode) == 0o600
+    key_files = list(repository.keyring.keys_dir.glob("*.pem"))
+    assert len(key_files) == 6  # 3 root, targets, snapshot, timestamp
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in key_files)
 
     reopened = SignedRepository(repository.root_dir)
     reopened.init_or_load()
