@@ -11,8 +11,11 @@ per-file hashes let the device name the exact member that is wrong, and let it
 re-check an installed slot at any time without the archive.
 
 Reading a bundle refuses anything but flat regular members (no directories, links,
-device nodes, absolute paths or ``..``), members the manifest does not name, and
-archives whose unpacked size exceeds a bound.
+device nodes, absolute paths or ``..``), members the manifest does not name,
+archives whose unpacked size exceeds a bound, and any member that is not one of the
+file types the runtimes load: ONNX, ORT format, TFLite, numpy arrays without
+Python objects (a pickled array would run code on ``np.load``), and JSON. Members
+with execute bits, or that start like an executable or a pickle, are refused.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefleet.errors import BundleError
@@ -151,9 +155,10 @@ def write_bundle(
     Members are written in a fixed order with zeroed ownership and times, so the
     same inputs give byte-identical bundles.
     """
-    for name in files:
+    for name, (data, _role) in files.items():
         if not MEMBER_NAME_RE.fullmatch(name) or name == MANIFEST_NAME:
             raise BundleError("invalid member name", file=name)
+        check_member_type(name, data[:16])
     manifest = build_manifest(fields, files)
     members = [(MANIFEST_NAME, manifest.to_bytes())] + [
         (name, files[name][0]) for name in sorted(files)
@@ -168,6 +173,43 @@ def write_bundle(
             tar.addfile(info, io.BytesIO(data))
     atomic_write(Path(path), buffer.getvalue())
     return manifest
+
+
+ALLOWED_SUFFIXES = (".onnx", ".ort", ".tflite", ".npy", ".json")
+_EXECUTABLE_MAGIC = (b"\x7fELF", b"#!", b"MZ", b"\xcf\xfa\xed\xfe", b"PK\x03\x04")
+_PICKLE_PROTOCOLS = {bytes([0x80, p]) for p in range(2, 6)}
+
+
+def check_member_type(name: str, head: bytes, mode: int = 0o644) -> None:
+    """Refuse a member that is not a file type the runtimes load (``head``: first bytes)."""
+    if not name.endswith(ALLOWED_SUFFIXES):
+        raise BundleError(
+            f"file type not allowed (only {', '.join(ALLOWED_SUFFIXES)})", file=name
+        )
+    if mode & 0o111:
+        raise BundleError("executable members are not allowed", file=name)
+    if head.startswith(_EXECUTABLE_MAGIC):
+        raise BundleError("looks like an executable or archive", file=name)
+    if head[:2] in _PICKLE_PROTOCOLS:
+        raise BundleError("looks like a Python pickle", file=name)
+    if name.endswith(".tflite") and head[4:8] != b"TFL3":
+        raise BundleError("not a TFLite flatbuffer", file=name)
+    if name.endswith(".ort") and head[4:8] != b"ORTM":
+        raise BundleError("not an ORT-format model", file=name)
+
+
+def check_npy(name: str, handle: Any) -> None:
+    """Refuse a ``.npy`` member whose array holds Python objects (loaded by unpickling)."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            _shape, _order, dtype = np.lib.format.read_array_header_1_0(handle)
+        else:
+            _shape, _order, dtype = np.lib.format.read_array_header_2_0(handle)
+    except (ValueError, OSError) as e:
+        raise BundleError(f"not a valid numpy array file: {e}", file=name) from e
+    if dtype.hasobject:
+        raise BundleError("numpy array of Python objects (a pickle) is not allowed", file=name)
 
 
 def _parse_manifest(data: bytes) -> Manifest:
@@ -257,6 +299,19 @@ def unpack_bundle(
                         f"unpacked size exceeds the bound of {max_unpacked_bytes} bytes",
                         file=member.name,
                     )
+            for member in members:
+                handle = tar.extractfile(member)
+                assert handle is not None
+                check_member_type(member.name, handle.read(16), member.mode)
+                if member.name.endswith(".npy"):
+                    handle.seek(0)
+                    check_npy(member.name, handle)
+                elif member.name.endswith(".json") and member.name != MANIFEST_NAME:
+                    handle.seek(0)
+                    try:
+                        json.loads(handle.read())
+                    except (ValueError, UnicodeDecodeError) as e:
+                        raise BundleError("not valid JSON", file=member.name) from e
             if MANIFEST_NAME not in seen:
                 raise BundleError("bundle has no manifest", file=MANIFEST_NAME)
             manifest_handle = tar.extractfile(MANIFEST_NAME)

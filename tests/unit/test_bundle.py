@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from edgefleet.bundle import (
@@ -18,11 +19,18 @@ from edgefleet.bundle import (
 )
 from edgefleet.errors import BundleError
 
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
 FILES: dict[str, tuple[bytes, Any]] = {
     "model.onnx": (b"\x08\x07fake-onnx-bytes" * 100, "model"),
-    "smoke_input_input.npy": (b"inputs", "smoke_input"),
-    "smoke_expected_label.npy": (b"labels", "smoke_output"),
-    "reference_stats.json": (b"{}", "reference_stats"),
+    "smoke_input_input.npy": (npy(np.ones((2, 64), np.float32)), "smoke_input"),
+    "smoke_expected_label.npy": (npy(np.array([1, 2])), "smoke_output"),
+    "reference_stats.json": (b'{"features": []}', "reference_stats"),
 }
 
 
@@ -93,10 +101,10 @@ def test_one_tampered_byte_fails_verification_naming_the_file(tmp_path: Path) ->
 def test_truncated_file_fails_with_length_mismatch(tmp_path: Path) -> None:
     bundle = tmp_path / "b.tar"
     write_bundle(bundle, manifest_fields(), FILES)
-    rewrite_member(bundle, "reference_stats.json", lambda d: d[:-1])
+    rewrite_member(bundle, "model.onnx", lambda d: d[:-1])
     with pytest.raises(BundleError) as caught:
         unpack_bundle(bundle, tmp_path / "out")
-    assert caught.value.file == "reference_stats.json"
+    assert caught.value.file == "model.onnx"
     assert "length" in caught.value.reason
 
 
@@ -105,7 +113,7 @@ def test_installed_directory_is_rechecked_against_manifest(tmp_path: Path) -> No
     write_bundle(bundle, manifest_fields(), FILES)
     manifest = unpack_bundle(bundle, tmp_path / "slot")
     verify_directory(tmp_path / "slot", manifest)
-    (tmp_path / "slot" / "smoke_input_input.npy").write_bytes(b"inputz")
+    (tmp_path / "slot" / "smoke_input_input.npy").write_bytes(npy(np.zeros((2, 64), np.float32)))
     with pytest.raises(BundleError, match=r"smoke_input_input\.npy"):
         verify_directory(tmp_path / "slot", manifest)
 
@@ -145,12 +153,53 @@ def test_unsafe_members_are_refused(tmp_path: Path, name: str, kind: bytes) -> N
 
 
 def test_member_not_in_manifest_is_refused(tmp_path: Path) -> None:
-    info = tarfile.TarInfo("payload.sh")
-    info.size = 4
-    bundle = _archive_with(tmp_path, info, b"boom")
+    info = tarfile.TarInfo("extra.json")
+    info.size = 2
+    bundle = _archive_with(tmp_path, info, b"{}")
     with pytest.raises(BundleError, match="not listed") as caught:
         unpack_bundle(bundle, tmp_path / "out")
-    assert caught.value.file == "payload.sh"
+    assert caught.value.file == "extra.json"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "mode", "fragment"),
+    [
+        ("payload.sh", b"#!/bin/sh\nrm -rf /", 0o644, "file type not allowed"),
+        ("model.pkl", b"\x80\x04\x95", 0o644, "file type not allowed"),
+        ("evil.onnx", b"\x80\x04\x95\x10\x00cos\nsystem", 0o644, "pickle"),
+        ("elf.onnx", b"\x7fELF\x02\x01\x01", 0o644, "executable"),
+        ("model.onnx2.json", b"{not json", 0o644, "not valid JSON"),
+        ("run.onnx", b"\x08\x07abcdefgh", 0o755, "executable members"),
+        ("fake.tflite", b"\x00" * 16, 0o644, "not a TFLite"),
+    ],
+)
+def test_member_types_the_runtimes_do_not_load_are_refused(
+    tmp_path: Path, name: str, data: bytes, mode: int, fragment: str
+) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    bundle = _archive_with(tmp_path, info, data)
+    with pytest.raises(BundleError, match=fragment) as caught:
+        unpack_bundle(bundle, tmp_path / "out")
+    assert caught.value.file == name
+
+
+def test_numpy_array_of_python_objects_is_refused_as_a_pickle(tmp_path: Path) -> None:
+    pickled = npy(np.array([{"__reduce__": "os.system"}], dtype=object))
+    files = {**FILES, "smoke_input_input.npy": (pickled, "smoke_input")}
+    bundle = tmp_path / "b.tar"
+    write_bundle(bundle, manifest_fields(), files)
+    with pytest.raises(BundleError, match="pickle") as caught:
+        unpack_bundle(bundle, tmp_path / "out")
+    assert caught.value.file == "smoke_input_input.npy"
+    assert not (tmp_path / "out" / "smoke_input_input.npy").exists()
+
+
+def test_writer_refuses_a_file_type_the_runtimes_do_not_load(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="file type") as caught:
+        write_bundle(tmp_path / "b.tar", manifest_fields(), {**FILES, "x.pkl": (b"", "other")})
+    assert caught.value.file == "x.pkl"
 
 
 def test_unpacked_size_over_the_bound_is_refused(tmp_path: Path) -> None:
