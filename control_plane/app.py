@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlmodel import Session
 
 from control_plane.api.routes import (
     bundles,
@@ -26,8 +27,10 @@ from control_plane.api.routes import (
     profiles,
     retraining,
     rollouts,
+    tokens,
     trust,
 )
+from control_plane.auth import authorize, ensure_admin_token
 from control_plane.db import create_db_and_tables, make_engine
 from control_plane.drift_loop import INTERVAL_S as DRIFT_LOOP_INTERVAL_S
 from control_plane.drift_loop import DriftLoop
@@ -72,6 +75,9 @@ def create_app(settings: Settings) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings)
         create_db_and_tables(engine)
+        if settings.api_auth:
+            with Session(engine) as session:
+                ensure_admin_token(session=session, settings=settings)
         repository = SignedRepository(
             settings.repository_dir, passphrase=settings.key_passphrase_bytes
         )
@@ -122,7 +128,7 @@ def create_app(settings: Settings) -> FastAPI:
         code = next((c for t, c in ERROR_STATUS.items() if isinstance(exc, t)), 500)
         return JSONResponse(status_code=code, content={"detail": str(exc)})
 
-    api = APIRouter(prefix=API_PREFIX)
+    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorize)])
     for module in (
         health,
         models,
@@ -134,6 +140,7 @@ def create_app(settings: Settings) -> FastAPI:
         drift,
         retraining,
         keys,
+        tokens,
         trust,
     ):
         api.include_router(module.router)

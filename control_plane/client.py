@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,12 +22,27 @@ class ApiError(ControlPlaneError):
         self.detail = detail
 
 
+def find_token() -> str | None:
+    """``EDGEFLEET_TOKEN``, else the admin token ``edgefleet up`` wrote in the data dir."""
+    if token := os.environ.get("EDGEFLEET_TOKEN"):
+        return token
+    path = Path(os.environ.get("EDGEFLEET_DATA_DIR", ".edgefleet")) / "admin.token"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
 class ApiClient:
     """Thin typed wrapper over ``/api/v1``; every call raises ``ApiError`` on a 4xx/5xx."""
 
-    def __init__(self, base_url: str, *, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=f"{self.base_url}/api/v1", timeout=timeout)
+        token = token or find_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=f"{self.base_url}/api/v1", timeout=timeout, headers=headers
+        )
 
     def close(self) -> None:
         self._http.close()

@@ -166,6 +166,11 @@ class Demo:
         )
         api = ApiClient(f"http://127.0.0.1:{api_port}")
         wait_until(lambda: self._healthy(api), 60, "the control plane API")
+        api.close()
+        # The control plane wrote its first admin token on start-up (auth is on by default).
+        token_file = self.data_dir / "control-plane" / "admin.token"
+        token = token_file.read_text().strip() if token_file.exists() else None
+        api = ApiClient(f"http://127.0.0.1:{api_port}", token=token)
         self.step(f"control plane API on http://127.0.0.1:{api_port} (OpenAPI at /docs)")
         timings["start_services_s"] = time.monotonic() - started
 

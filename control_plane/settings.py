@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     profiles_dir: Path = Field(default_factory=default_profiles_dir)
     environment: Literal["development", "production"] = "development"
     client_id: str = Field(default_factory=_client_id, pattern=r"^cp-[A-Za-z0-9_-]{1,60}$")
+    api_auth: bool = Field(default=True, description="require API tokens (never off in production)")
     key_passphrase: SecretStr | None = Field(
         default=None, description="encrypts the repository's private keys at rest"
     )
@@ -40,6 +41,8 @@ class Settings(BaseSettings):
     def _refuse_unprotected_keys_in_production(self) -> Settings:
         if self.environment == "production" and not self.key_passphrase:
             raise ValueError("EDGEFLEET_KEY_PASSPHRASE is required in production")
+        if self.environment == "production" and not self.api_auth:
+            raise ValueError("EDGEFLEET_API_AUTH cannot be off in production")
         return self
 
     @property

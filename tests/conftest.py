@@ -10,6 +10,12 @@ import pytest
 from control_plane.broker import MosquittoBroker
 
 
+@pytest.fixture(autouse=True)
+def _api_auth_off_unless_a_test_turns_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests about other behaviour call the API without tokens; auth tests set it on."""
+    monkeypatch.setenv("EDGEFLEET_API_AUTH", "false")
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     """A private Mosquitto on a free loopback port, stopped after the test."""
