@@ -36,6 +36,7 @@ drift_app = typer.Typer(no_args_is_help=True, help="Input drift the fleet report
 retraining_app = typer.Typer(no_args_is_help=True, help="Retraining requests from the drift loop.")
 policy_app = typer.Typer(no_args_is_help=True, help="Per-model drift-loop policy.")
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys of the bundle repository.")
+token_app = typer.Typer(no_args_is_help=True, help="API tokens (admin).")
 app.add_typer(model_app, name="model")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(device_app, name="device")
@@ -45,6 +46,7 @@ app.add_typer(drift_app, name="drift")
 app.add_typer(retraining_app, name="retraining")
 app.add_typer(policy_app, name="policy")
 app.add_typer(keys_app, name="keys")
+app.add_typer(token_app, name="token")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -550,6 +552,44 @@ def keys_revoke(keyid: str, api: ApiOption = DEFAULT_API) -> None:
     except ApiError as e:
         raise _fail(e) from e
     console.print(f"{result['role']} key {result['keyid'][:16]} revoked")
+
+
+@token_app.command("create")
+def token_create(
+    name: str,
+    role: Annotated[str, typer.Option(help="viewer | operator | admin")] = "viewer",
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Issue an API token; its secret is printed once."""
+    try:
+        with _client(api) as client:
+            token = client.create_token(name=name, role=role)
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(f"token {token['id']} ({token['role']}) for {token['name']}:")
+    console.print(token["token"], soft_wrap=True)
+
+
+@token_app.command("list")
+def token_list(api: ApiOption = DEFAULT_API) -> None:
+    """Issued tokens (never their secrets)."""
+    try:
+        with _client(api) as client:
+            rows = client.list_tokens()
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(_table(rows, ["id", "name", "role", "created_at", "revoked"], "api tokens"))
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: int, api: ApiOption = DEFAULT_API) -> None:
+    """Revoke a token at once."""
+    try:
+        with _client(api) as client:
+            client.revoke_token(token_id)
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(f"token {token_id} revoked")
 
 
 def main() -> None:

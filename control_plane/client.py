@@ -155,6 +155,15 @@ class ApiClient:
     def revoke_key(self, keyid: str) -> dict[str, Any]:
         return dict(self._call("POST", "/keys/revoke", json={"keyid": keyid}))
 
+    def create_token(self, *, name: str, role: str) -> dict[str, Any]:
+        return dict(self._call("POST", "/tokens", json={"name": name, "role": role}))
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/tokens"))
+
+    def revoke_token(self, token_id: int) -> dict[str, Any]:
+        return dict(self._call("POST", f"/tokens/{token_id}/revoke"))
+
     def trust_root(self) -> bytes:
         response = self._http.get("/trust/root")
         if response.status_code >= 400:
