@@ -198,8 +198,15 @@ def check_member_type(name: str, head: bytes, mode: int = 0o644) -> None:
         raise BundleError("not an ORT-format model", file=name)
 
 
+NPY_HEADER_LIMIT = 64 * 1024
+
+
 def check_npy(name: str, handle: Any) -> None:
-    """Refuse a ``.npy`` member whose array holds Python objects (loaded by unpickling)."""
+    """Refuse a ``.npy`` member whose array holds Python objects (loaded by unpickling).
+
+    Only the header is parsed, from a bounded in-memory copy of the member's head.
+    """
+    handle = io.BytesIO(handle.read(NPY_HEADER_LIMIT))
     try:
         version = np.lib.format.read_magic(handle)
         if version == (1, 0):

@@ -1,0 +1,303 @@
+"""Attacks on the update path, against a real agent, control plane and Mosquitto.
+
+The attacker controls the repository's files as served (a compromised mirror or
+store): they can replay, swap, pad, re-sign with their own keys, or publish
+signed bundles with hostile contents. Each attack must fail, be reported with a
+reason, and leave the installed model serving.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import Metadata, Timestamp
+
+from control_plane.app import create_app
+from control_plane.broker import MosquittoBroker
+from control_plane.digits import DigitsModel, train_digits_model
+from control_plane.netutil import free_port
+from control_plane.settings import Settings
+from edgefleet import topics
+from edgefleet.messages import BundleOffer
+from edgefleet.mqtt import MqttLink
+from edgefleet.tensors import encode_tensor
+
+pytestmark = pytest.mark.e2e
+PROFILE = "x86-64-gateway-onnx"
+DEVICE = "dev-attacked01"
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def digits() -> DigitsModel:
+    return train_digits_model()
+
+
+class Target:
+    """A device with a good model installed, and the attacker's view of the repository."""
+
+    def __init__(self, api: TestClient, app: Any, broker: MosquittoBroker, port: int) -> None:
+        self.api, self.app, self.broker, self.port = api, app, broker, port
+        self.repository = app.state.repository
+        self.metadata = self.repository.metadata_dir
+        self.reports: list[dict[str, Any]] = []
+        self.expected_version = "1"  # the model that must still serve after the attack
+        self._watcher = MqttLink(client_id="cp-watcher02", broker=broker.address, clean_start=True)
+        self._watcher.subscribe(
+            topics.up(DEVICE, topics.Up.REPORT),
+            lambda m: self.reports.append(json.loads(m.payload)),
+        )
+        self._watcher.start()
+        assert self._watcher.wait_connected(10)
+
+    def build(self, version: str) -> dict[str, Any]:
+        response = self.api.post(
+            "/api/v1/bundles", json={"model": "digits", "version": version, "profile": PROFILE}
+        )
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def offer(self, bundle_id: str, target: str, release: int) -> dict[str, Any]:
+        """Offer directly (as a rollout would) and wait for the final report."""
+        start = len(self.reports)
+        self.app.state.link.publish_offer(
+            DEVICE, BundleOffer(bundle_id=bundle_id, target=target, release=release)
+        )
+
+        def final() -> dict[str, Any] | None:
+            for report in self.reports[start:]:
+                if report["bundle_id"] == bundle_id and report["state"] in ("active", "failed"):
+                    return report
+            return None
+
+        return dict(wait_for(final, f"the outcome of {bundle_id}"))
+
+    def serving_version(self) -> str:
+        body = {"inputs": [encode_tensor("input", np.zeros((1, 64), np.float32))]}
+        response = httpx.post(
+            f"http://127.0.0.1:{self.port}/v2/models/digits/infer", json=body, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        return str(response.json()["model_version"])
+
+    def sign_timestamp_with(self, signer: CryptoSigner, **changes: Any) -> bytes:
+        md = Metadata[Timestamp].from_file(str(self.metadata / "timestamp.json"))
+        for field, value in changes.items():
+            setattr(md.signed, field, value)
+        md.signatures.clear()
+        md.sign(signer)
+        return md.to_bytes()
+
+    def stop(self) -> None:
+        self._watcher.stop()
+
+
+@pytest.fixture
+def target(tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel) -> Iterator[Target]:
+    app = create_app(Settings(data_dir=tmp_path / "cp", broker_url=broker.url))
+    with TestClient(app) as api:
+        for version in ("1", "2"):
+            samples = io.BytesIO()
+            np.save(samples, digits.samples, allow_pickle=False)
+            response = api.post(
+                "/api/v1/models",
+                data={"name": "digits", "version": version},
+                files={
+                    "model": ("m.onnx", digits.onnx_bytes),
+                    "samples": ("s.npy", samples.getvalue()),
+                },
+            )
+            assert response.status_code == 201, response.text
+        root = tmp_path / "root.json"
+        root.write_bytes(api.get("/api/v1/trust/root").content)
+        port = free_port()
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'device_id = "{DEVICE}"\nprofile = "{PROFILE}"\nbroker = "{broker.url}"\n'
+            f'data_dir = "{tmp_path / "agent"}"\ntrust_root = "{root}"\n'
+            f"[inference]\nport = {port}\n"
+        )
+        with (tmp_path / "agent.log").open("wb") as log:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        harness = Target(api, app, broker, port)
+        try:
+            good = harness.build("1")
+            wait_for(
+                lambda: api.get(f"/api/v1/devices/{DEVICE}").status_code == 200,
+                "the agent to come online",
+            )
+            assert harness.offer(good["id"], good["target"], good["release"])["state"] == "active"
+            assert harness.serving_version() == "1"
+            yield harness
+            # Whatever the attack, the device still serves the last good model.
+            assert harness.serving_version() == harness.expected_version
+        finally:
+            harness.stop()
+            agent.terminate()
+            agent.wait(15)
+
+
+def test_swapped_bundle_bytes_are_refused(target: Target) -> None:
+    bundle = target.build("2")
+    first = next(target.repository.targets_dir.glob("*.digits-1-*"))
+    (swapped,) = target.repository.targets_dir.glob(f"{bundle['sha256']}.*")
+    shutil.copyfile(first, swapped)  # a valid, signed bundle — but not this one
+    report = target.offer(bundle["id"], bundle["target"], bundle["release"])
+    assert report["state"] == "failed"
+    assert "length" in report["reason"].lower() or "hash" in report["reason"].lower()
+
+
+def test_endless_data_past_the_signed_length_is_cut_off(target: Target) -> None:
+    bundle = target.build("2")
+    (path,) = target.repository.targets_dir.glob(f"{bundle['sha256']}.*")
+    with path.open("ab") as handle:
+        handle.write(b"\0" * (10 * 1024 * 1024))
+    report = target.offer(bundle["id"], bundle["target"], bundle["release"])
+    assert report["state"] == "failed"
+    assert "length" in report["reason"].lower() or "exceed" in report["reason"].lower()
+
+
+def test_metadata_signed_by_an_unknown_key_is_refused(target: Target) -> None:
+    bundle = target.build("2")
+    forged = target.sign_timestamp_with(CryptoSigner.generate_ed25519())
+    (target.metadata / "timestamp.json").write_bytes(forged)
+    report = target.offer(bundle["id"], bundle["target"], bundle["release"])
+    assert report["state"] == "failed"
+    assert "timestamp was signed by 0/1 keys" in report["reason"]
+
+
+def test_unsigned_metadata_is_refused(target: Target) -> None:
+    bundle = target.build("2")
+    raw = json.loads((target.metadata / "timestamp.json").read_bytes())
+    raw["signatures"] = []
+    (target.metadata / "timestamp.json").write_text(json.dumps(raw))
+    report = target.offer(bundle["id"], bundle["target"], bundle["release"])
+    assert report["state"] == "failed"
+    assert "signed by 0/1 keys" in report["reason"]
+
+
+def test_replayed_older_timestamp_is_refused(target: Target) -> None:
+    old_timestamp = (target.metadata / "timestamp.json").read_bytes()  # the device has seen it
+    bundle = target.build("2")
+    legit = target.offer(bundle["id"], bundle["target"], bundle["release"])
+    assert legit["state"] == "active"  # the device has now seen newer metadata
+    target.expected_version = "2"
+    newer = target.build("2")
+    (target.metadata / "timestamp.json").write_bytes(old_timestamp)  # freeze attack
+    report = target.offer(newer["id"], newer["target"], newer["release"])
+    assert report["state"] == "failed"
+    assert "version" in report["reason"].lower() or "not in signed" in report["reason"].lower()
+
+
+def test_expired_metadata_is_refused(target: Target) -> None:
+    bundle = target.build("2")
+    (timestamp_signer,) = target.repository.keyring.signers("timestamp")
+    expired = target.sign_timestamp_with(
+        timestamp_signer,
+        version=Metadata[Timestamp]
+        .from_file(str(target.metadata / "timestamp.json"))
+        .signed.version
+        + 1,
+        expires=datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1),
+    )
+    (target.metadata / "timestamp.json").write_bytes(expired)
+    report = target.offer(bundle["id"], bundle["target"], bundle["release"])
+    assert report["state"] == "failed"
+    assert "expired" in report["reason"].lower()
+
+
+def test_mixed_snapshot_and_targets_versions_are_refused(target: Target) -> None:
+    bundle = target.build("2")
+    timestamp = Metadata[Timestamp].from_file(str(target.metadata / "timestamp.json"))
+    current = timestamp.signed.snapshot_meta.version
+    # Serve the previous snapshot under the current snapshot's name.
+    shutil.copyfile(
+        target.metadata / f"{current - 1}.snapshot.json",
+        target.metadata / f"{current}.snapshot.json",
+    )
+    report = target.offer(bundle["id"], bundle["target"], bundle["release"])
+    assert report["state"] == "failed"
+
+
+def _signed_hostile_bundle(target: Target, name: str, member: str, data: bytes) -> str:
+    """A bundle whose archive holds ``member``, correctly signed as a target."""
+    good = next(target.repository.targets_dir.glob("*.digits-1-*")).read_bytes()
+    buffer = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(good)) as src,
+        tarfile.open(fileobj=buffer, mode="w") as out,
+    ):
+        for info in src.getmembers():
+            out.addfile(info, src.extractfile(info))
+        extra = tarfile.TarInfo(member)
+        extra.size = len(data)
+        out.addfile(extra, io.BytesIO(data))
+    target.repository.add_target(
+        f"{name}.tar",
+        buffer.getvalue(),
+        {
+            "bundle_id": name,
+            "release": 50,
+            "model": "digits",
+            "model_version": "9",
+            "profiles": [PROFILE],
+            "hardware": [platform.machine()],
+        },
+    )
+    return name
+
+
+def _pickled_npy() -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"run": "os.system"}], dtype=object), allow_pickle=True)
+    return buffer.getvalue()
+
+
+PICKLED_NPY = _pickled_npy()
+
+
+@pytest.mark.parametrize(
+    ("member", "data", "fragment"),
+    [
+        ("../../escape.json", b"{}", "unsafe member name"),
+        ("payload.pkl", b"\x80\x04\x95", "file type not allowed"),
+        ("evil.npy", PICKLED_NPY, "pickle"),
+    ],
+)
+def test_signed_bundle_with_hostile_members_is_refused(
+    target: Target, member: str, data: bytes, fragment: str
+) -> None:
+    name = _signed_hostile_bundle(target, "hostile", member, data)
+    report = target.offer(name, f"{name}.tar", 50)
+    assert report["state"] == "failed"
+    assert fragment in report["reason"], report["reason"]
+    assert not (target.repository.root_dir.parent.parent / "escape.json").exists()
