@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlmodel import Session
 
 from control_plane.db import get_session
@@ -32,3 +32,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RepositoryDep = Annotated[SignedRepository, Depends(get_repository)]
 LinkDep = Annotated[FleetLink, Depends(get_link)]
+
+
+DbId = Annotated[int, Path(ge=1, le=2**63 - 1, description="a database id")]
+"""Integer ids in paths: bounded so an absurd id is a 422, not a database overflow."""

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from control_plane.api.deps import SessionDep
+from control_plane.api.deps import DbId, SessionDep
 from control_plane.models import (
     ModelPolicyPublic,
     ModelPolicyUpdate,
@@ -28,7 +28,7 @@ def list_retraining_requests(
 
 
 @router.get("/retraining/{request_id}")
-def read_retraining_request(session: SessionDep, request_id: int) -> RetrainingRequestPublic:
+def read_retraining_request(session: SessionDep, request_id: DbId) -> RetrainingRequestPublic:
     return RetrainingRequestPublic.model_validate(
         service.get_request(session=session, request_id=request_id)
     )
@@ -51,7 +51,7 @@ def request_retraining(
 
 @router.post("/retraining/{request_id}/approve")
 def approve_retraining(
-    session: SessionDep, request_id: int, by: Annotated[str, Body(embed=True)] = "operator"
+    session: SessionDep, request_id: DbId, by: Annotated[str, Body(embed=True)] = "operator"
 ) -> RetrainingRequestPublic:
     """Approve; the drift loop's next tick runs the request."""
     return RetrainingRequestPublic.model_validate(
@@ -62,7 +62,7 @@ def approve_retraining(
 @router.post("/retraining/{request_id}/reject")
 def reject_retraining(
     session: SessionDep,
-    request_id: int,
+    request_id: DbId,
     by: Annotated[str, Body(embed=True)] = "operator",
     reason: Annotated[str | None, Body(embed=True)] = None,
 ) -> RetrainingRequestPublic:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from sqlmodel import col, select
 
-from control_plane.api.deps import SessionDep
+from control_plane.api.deps import DbId, SessionDep
 from control_plane.auth import ApiToken, ApiTokenPublic, Role, issue_token
 from control_plane.errors import NotFoundError
 
@@ -32,7 +32,7 @@ def list_tokens(session: SessionDep) -> list[ApiTokenPublic]:
 
 
 @router.post("/{token_id}/revoke")
-def revoke_token(session: SessionDep, token_id: int) -> ApiTokenPublic:
+def revoke_token(session: SessionDep, token_id: DbId) -> ApiTokenPublic:
     token = session.get(ApiToken, token_id)
     if token is None:
         raise NotFoundError(f"token {token_id} not found")
