@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("run", "run the agent until SIGTERM/SIGINT"),
-        ("status", "print the installed model from disk"),
+        ("status", "print the installed model, journal, spool and link state from disk"),
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--config", type=Path, required=True, help="path to agent.toml")
@@ -52,8 +54,52 @@ def print_status(config: AgentConfig) -> int:
             f"slot: {record.slot}",
             f"slot_dir: {store.slot_dir(record.slot)}",
         ]
+    lines += _journal_lines(config) + _daemon_lines(config)
     print("\n".join(lines))
     return 0
+
+
+def _journal_lines(config: AgentConfig) -> list[str]:
+    from agent.journal import Journal
+
+    record = Journal(config.data_dir).read()
+    if record is None:
+        return ["journal: empty"]
+    lines = [
+        f"journal_state: {record.state}",
+        f"journal_bundle_id: {record.bundle_id}",
+        f"journal_history: {' -> '.join(record.history)}",
+    ]
+    if record.reason:
+        lines.append(f"journal_reason: {record.reason}")
+    return lines
+
+
+def _daemon_lines(config: AgentConfig) -> list[str]:
+    """Spool depth (read from the database) and link state (from the daemon's status file)."""
+    from agent.daemon import SPOOL_FILE, status_path
+
+    lines = []
+    spool = Path(config.data_dir) / SPOOL_FILE
+    if spool.exists():
+        try:
+            with sqlite3.connect(f"file:{spool}?mode=ro", uri=True) as db:
+                depth = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            lines.append(f"spool_depth: {depth}")
+        except sqlite3.Error as e:
+            lines.append(f"spool_depth: unknown ({e})")
+    else:
+        lines.append("spool_depth: 0")
+    try:
+        status = json.loads(status_path(config.data_dir).read_text())
+        lines += [
+            f"link: {status.get('link')} (as of {status.get('updated_at', 0):.0f}, "
+            f"pid {status.get('pid')})",
+            f"serving: {status.get('serving')}",
+        ]
+    except (OSError, ValueError):
+        lines.append("link: unknown (agent not running)")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

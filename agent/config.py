@@ -27,6 +27,51 @@ class InferenceConfig(BaseModel):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
 
+class FetchConfig(BaseModel):
+    """How bundles are pulled over MQTT, and how long a broken download keeps trying."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chunk_kib: int = Field(default=128, ge=1, le=256)
+    window: int = Field(default=8, ge=1, le=64)
+    timeout_s: float = Field(default=10.0, gt=0)
+    retries: int = Field(default=3, ge=0)
+    resume_attempts: int = Field(default=10, ge=0)
+    reconnect_wait_s: float = Field(default=120.0, gt=0)
+
+
+class ProbationConfig(BaseModel):
+    """The health rule a new model must keep before it is committed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seconds: float = Field(default=60.0, ge=0)
+    max_requests: int = Field(default=0, ge=0, description="commit early after this many; 0 = off")
+    min_requests: int = Field(default=20, ge=1, description="judge the rule only past this many")
+    max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    max_p95_ms: float = Field(default=500.0, gt=0)
+
+
+class TelemetryConfig(BaseModel):
+    """The store-and-forward spool and what the agent reports through it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window_s: float = Field(default=10.0, gt=0)
+    spool_max_mb: float = Field(default=64.0, gt=0)
+    replay_per_s: float = Field(default=500.0, gt=0)
+    max_inflight: int = Field(default=100, ge=1)
+
+
+class LinkConfig(BaseModel):
+    """Reconnect backoff bounds (exponential with jitter between them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+
 class AgentConfig(BaseModel):
     """Everything the agent needs to run, as read from ``agent.toml``."""
 
@@ -37,7 +82,12 @@ class AgentConfig(BaseModel):
     broker: str = "mqtt://127.0.0.1:1883"
     data_dir: Path
     trust_root: Path
+    disk_budget_mb: float = Field(default=2048.0, gt=0)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    probation: ProbationConfig = Field(default_factory=ProbationConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    link: LinkConfig = Field(default_factory=LinkConfig)
 
     @field_validator("device_id")
     @classmethod

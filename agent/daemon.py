@@ -4,27 +4,52 @@ Start-up never depends on the broker: the endpoint serves the installed model at
 once and the link connects (and reconnects) in the background. Every connect
 publishes a retained ``DeviceStatus``; the broker publishes the last will (offline)
 if the agent vanishes, and a clean shutdown publishes offline itself.
+
+Telemetry goes through the spool (``agent.spool``) and its forwarder, never
+straight to the link. A small ``status.json`` (written atomically every second)
+tells ``edgefleet-agent status`` the link state and spool depth.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import threading
+import time
+from pathlib import Path
 from types import FrameType
 
 from agent import __version__
 from agent.config import AgentConfig
 from agent.errors import RuntimeLoadError, SlotError
 from agent.fetcher import MqttFetcher
+from agent.forwarder import Forwarder
+from agent.journal import Journal
 from agent.runtime import ActiveModel, ModelHolder, load_runtime
 from agent.server import InferenceServer
 from agent.slots import SlotStore, read_slot_manifest
+from agent.spool import Spool
+from agent.telemetry import (
+    INSTALL_PRIORITY,
+    InferenceStats,
+    inference_event,
+    resource_event,
+)
 from agent.updater import Installer, OfferWorker, ensure_trust_root
 from edgefleet import topics
 from edgefleet.bundle import verify_directory
 from edgefleet.errors import BundleError, MessageError, TransportError
-from edgefleet.messages import BundleOffer, DeviceStatus, InstallReport, decode_as
+from edgefleet.fileio import atomic_write
+from edgefleet.messages import (
+    BundleOffer,
+    DeviceCommand,
+    DeviceStatus,
+    InstallReport,
+    TelemetryEvent,
+    decode_as,
+)
 from edgefleet.mqtt import Incoming, MqttLink, Will
 from edgefleet.topics import Down, Up
 
@@ -32,6 +57,13 @@ logger = logging.getLogger(__name__)
 
 SESSION_EXPIRY = 7 * 24 * 3600
 SHUTDOWN_ACK_TIMEOUT = 3.0
+STATUS_FILE = "status.json"
+SPOOL_FILE = "spool.sqlite"
+STATUS_EVERY_S = 1.0
+
+
+def status_path(data_dir: Path) -> Path:
+    return Path(data_dir) / STATUS_FILE
 
 
 def load_active_model(slots: SlotStore) -> ActiveModel | None:
@@ -73,7 +105,9 @@ class Agent:
         self.device_id = config.device_id
         self.slots = SlotStore(config.data_dir)
         self.holder = ModelHolder()
+        self.stats = InferenceStats()
         self._stopped = threading.Event()
+        self._link_since = time.time()
         offline = DeviceStatus(online=False, profile=config.profile, agent_version=__version__)
         self.link = MqttLink(
             client_id=config.device_id,
@@ -81,8 +115,30 @@ class Agent:
             clean_start=False,
             session_expiry=SESSION_EXPIRY,
             will=Will(topics.up(self.device_id, Up.STATUS), offline.to_bytes(), retain=True),
+            reconnect_min_delay=config.link.reconnect_min_s,
+            reconnect_max_delay=config.link.reconnect_max_s,
         )
-        self.fetcher = MqttFetcher(self.link, self.device_id)
+        self.fetcher = MqttFetcher(
+            self.link,
+            self.device_id,
+            chunk_size=config.fetch.chunk_kib * 1024,
+            window=config.fetch.window,
+            timeout=config.fetch.timeout_s,
+            retries=config.fetch.retries,
+            part_dir=Path(config.data_dir) / "downloads" / "parts",
+        )
+        self.spool = Spool(
+            Path(config.data_dir) / SPOOL_FILE,
+            max_bytes=int(config.telemetry.spool_max_mb * 2**20),
+        )
+        self.forwarder = Forwarder(
+            self.spool,
+            self.link,
+            self.device_id,
+            rate=config.telemetry.replay_per_s,
+            max_inflight=config.telemetry.max_inflight,
+            on_tick=self._periodic,
+        )
         self.installer = Installer(
             config=config,
             slots=self.slots,
@@ -90,6 +146,8 @@ class Agent:
             fetcher=self.fetcher,
             report=self.publish_report,
             on_active=self.publish_status,
+            stats=self.stats,
+            link_ready=self.link.wait_connected,
         )
         self.worker = OfferWorker(self.installer)
         self.server = InferenceServer(
@@ -98,7 +156,10 @@ class Agent:
             port=config.inference.port,
             max_concurrency=config.inference.max_concurrency,
             max_body_bytes=config.inference.max_body_bytes,
+            observer=self.stats.observe,
         )
+        self._next_window = time.monotonic() + config.telemetry.window_s
+        self._next_status = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -108,8 +169,10 @@ class Agent:
         self.holder.swap(load_active_model(self.slots))
         self.server.start()
         self.worker.start()
+        self.forwarder.start()
         self.link.on_connect(self.publish_status)
         self.link.subscribe(topics.down(self.device_id, Down.OFFER), self.handle_offer, qos=1)
+        self.link.subscribe(topics.down(self.device_id, Down.COMMAND), self.handle_command, qos=1)
         self.link.start()
         logger.info(
             "agent started device_id=%s broker=%s", self.device_id, self.config.broker_address.url()
@@ -122,6 +185,8 @@ class Agent:
         self._stopped.set()
         self.server.stop()
         self.worker.stop()
+        self.forwarder.stop()
+        self.spool.close()
         if self.link.connected:
             try:
                 self.link.publish(
@@ -168,8 +233,74 @@ class Agent:
         logger.info("offer received bundle_id=%s release=%d", offer.bundle_id, offer.release)
         self.worker.submit(offer)
 
+    def handle_command(self, incoming: Incoming) -> None:
+        """Network thread: validate and queue a command for the worker."""
+        try:
+            command = decode_as(incoming.payload, DeviceCommand, topic=incoming.topic)
+        except MessageError as e:
+            logger.warning("dropped invalid command reason=%s", e)
+            return
+        logger.info("command received command=%s id=%s", command.command, command.command_id)
+        self.worker.submit(command)
+
     def publish_report(self, report: InstallReport) -> None:
+        """Install progress: straight to ``up/report`` and, durably, as an install event."""
         self.link.publish(topics.up(self.device_id, Up.REPORT), report.to_bytes(), qos=1)
+        self.emit(
+            TelemetryEvent(
+                kind="install",
+                priority=INSTALL_PRIORITY,
+                bundle_id=report.bundle_id,
+                release=report.release,
+                data=report.model_dump(mode="json", exclude_none=True),
+            )
+        )
+
+    def emit(self, event: TelemetryEvent) -> None:
+        """Accept a telemetry event into the spool (it is sent when the broker is reachable)."""
+        self.spool.append(event)
+
+    def _periodic(self) -> None:
+        """Forwarder thread, every tick: close telemetry windows, refresh status.json."""
+        now = time.monotonic()
+        if now >= self._next_window:
+            window_s = self.config.telemetry.window_s
+            self._next_window = now + window_s
+            window = self.stats.take_window()
+            model = self.holder.current()
+            if window.count:
+                self.emit(
+                    inference_event(
+                        window,
+                        window_s,
+                        model.bundle_id if model else None,
+                        model.release if model else None,
+                    )
+                )
+            self.emit(resource_event(self.config.data_dir))
+        if now >= self._next_status:
+            self._next_status = now + STATUS_EVERY_S
+            self.write_status_file()
+
+    def write_status_file(self) -> None:
+        """What ``edgefleet-agent status`` shows that only the running daemon knows."""
+        record = Journal(self.config.data_dir).read()
+        model = self.holder.current()
+        status = {
+            "pid": os.getpid(),
+            "updated_at": time.time(),
+            "link": "connected" if self.link.connected else "disconnected",
+            "broker": self.config.broker_address.url(),
+            "spool_depth": self.spool.depth(),
+            "telemetry_sent": self.forwarder.sent,
+            "telemetry_acked": self.forwarder.acked,
+            "serving": model.bundle_id if model else None,
+            "journal_state": record.state if record else None,
+        }
+        try:
+            atomic_write(status_path(self.config.data_dir), json.dumps(status).encode() + b"\n")
+        except OSError as e:
+            logger.warning("status file not written reason=%s", e)
 
     def publish_status(self) -> None:
         """Retained status: online, and what is installed (runs on connect and after install)."""

@@ -6,6 +6,8 @@
     ├── ConfigError         the agent's TOML config is missing or invalid (names the field)
     ├── SlotError           active.json or a slot directory cannot be read or trusted
     ├── RuntimeLoadError    the model runtime could not load a bundle's model
+    ├── JournalError        an install-journal transition the state table does not allow
+    ├── SpoolError          the telemetry spool database cannot be opened or written
     └── InstallError        an offered bundle was refused; ``reason`` goes in the report
         └── SmokeTestError  the installed model gave wrong answers on the smoke test
 
@@ -35,6 +37,14 @@ class SlotError(AgentError):
 
 class RuntimeLoadError(AgentError):
     """A model could not be loaded (unknown runtime, bad model, signature mismatch)."""
+
+
+class JournalError(AgentError):
+    """An event that the install state table does not allow in the current state."""
+
+
+class SpoolError(AgentError):
+    """The telemetry spool cannot be used (its database is unreadable or unwritable)."""
 
 
 class InstallError(AgentError):

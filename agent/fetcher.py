@@ -9,19 +9,31 @@ data, the raw bytes, and ``status``/``total``/``offset`` user properties.
 Several chunks are kept in flight (a window of about 1 MiB) so a download costs a
 few round trips, not one per chunk. Every wait is bounded: a chunk not answered in
 ``timeout`` seconds is asked for again, up to ``retries`` times, then the fetch
-fails with ``DownloadError``. Integrity is not this module's job: ngclient checks
-the length and hashes of everything it receives.
+fails with ``DownloadError``.
+
+Target downloads resume: with ``part_dir`` set, every in-order chunk of a
+``targets/`` file is appended to ``<part_dir>/<name>.part`` as it is handed to
+ngclient. A later fetch of the same path (after a broker outage or an agent
+restart) first replays the ``.part`` bytes and asks the control plane only for the
+rest. Target names carry their SHA-256 (consistent snapshots), so a ``.part`` can
+only ever belong to the same content. Each chunk is checked as it arrives (offset,
+length, constant total); ngclient still checks the whole file's length and hashes,
+and the installer drops the ``.part`` files of a download that failed them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
@@ -44,6 +56,7 @@ logger = logging.getLogger(__name__)
 REPO_HOST = "repo"
 DEFAULT_CHUNK = 128 * 1024
 DEFAULT_WINDOW = 8
+FSYNC_EVERY = 1024 * 1024
 
 
 @dataclass
@@ -79,6 +92,7 @@ class MqttFetcher(FetcherInterface):
         window: int = DEFAULT_WINDOW,
         timeout: float = 10.0,
         retries: int = 3,
+        part_dir: Path | None = None,
     ) -> None:
         if not 0 < chunk_size <= FETCH_MAX_CHUNK:
             raise ValueError(f"chunk_size must be in 1..{FETCH_MAX_CHUNK}")
@@ -91,6 +105,7 @@ class MqttFetcher(FetcherInterface):
         self.window = window
         self.timeout = timeout
         self.retries = retries
+        self.part_dir = Path(part_dir) if part_dir is not None else None
         self._lock = threading.Lock()
         self._waiters: dict[bytes, queue.SimpleQueue[Incoming]] = {}
         link.subscribe(self._response_topic, self.handle_response, qos=1)
@@ -115,13 +130,51 @@ class MqttFetcher(FetcherInterface):
             raise DownloadError(f"cannot fetch {path}: not connected to the broker")
         return self._stream(path)
 
+    def part_path(self, path: str) -> Path | None:
+        """Where a partial download of repository ``path`` is kept (targets only)."""
+        if self.part_dir is None or not path.startswith("targets/"):
+            return None
+        return self.part_dir / (path.split("/", 1)[1] + ".part")
+
+    def discard_parts(self) -> None:
+        """Forget every partial download (after one failed its final hash check)."""
+        if self.part_dir is not None and self.part_dir.is_dir():
+            for part in self.part_dir.glob("*.part"):
+                with contextlib.suppress(OSError):
+                    part.unlink()
+
     def _stream(self, path: str) -> Iterator[bytes]:
+        part = self.part_path(path)
+        start = 0
+        if part is not None and part.exists():
+            start = part.stat().st_size
+            if start:
+                logger.info("download resumed path=%s offset=%d", path, start)
+                with part.open("rb") as existing:
+                    while block := existing.read(1024 * 1024):
+                        yield block
+        logger.info("download started path=%s offset=%d", path, start)
+        sink: BinaryIO | None = None
+        if part is not None:
+            part.parent.mkdir(parents=True, exist_ok=True)
+            sink = part.open("ab")
+        try:
+            yield from self._stream_from(path, start, sink)
+        finally:
+            if sink is not None:
+                sink.close()
+        if part is not None:
+            with contextlib.suppress(OSError):
+                part.unlink()  # complete: ngclient holds the bytes and checks them now
+
+    def _stream_from(self, path: str, start: int, sink: BinaryIO | None) -> Iterator[bytes]:
         responses: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
         pending: dict[bytes, _Pending] = {}
         received: dict[int, bytes] = {}
         total: int | None = None
-        next_request = 0  # first offset not yet asked for
-        next_yield = 0  # first offset not yet handed to ngclient
+        next_request = start  # first offset not yet asked for
+        next_yield = start  # first offset not yet handed to ngclient
+        unsynced = 0
 
         def send(offset: int, length: int, attempts: int = 1) -> None:
             correlation = uuid.uuid4().bytes
@@ -140,12 +193,19 @@ class MqttFetcher(FetcherInterface):
             )
 
         try:
-            send(0, self.chunk_size, 1)
-            next_request = self.chunk_size
+            send(start, self.chunk_size, 1)
+            next_request = start + self.chunk_size
             while total is None or next_yield < total:
                 if next_yield in received:
                     chunk = received.pop(next_yield)
                     next_yield += len(chunk)
+                    if sink is not None:
+                        sink.write(chunk)
+                        sink.flush()  # a killed process keeps it; fsync below for power cuts
+                        unsynced += len(chunk)
+                        if unsynced >= FSYNC_EVERY:
+                            os.fsync(sink.fileno())
+                            unsynced = 0
                     yield chunk
                     continue
                 if total is not None:
@@ -220,6 +280,8 @@ class MqttFetcher(FetcherInterface):
             offset = int(props.get(FETCH_OFFSET, str(entry.offset)))
         except (KeyError, ValueError) as e:
             raise DownloadError(f"fetch {path}: response lacks a valid total/offset") from e
+        if entry.offset > claimed_total:
+            raise DownloadError(f"fetch {path}: resume offset {entry.offset} past its end")
         if offset != entry.offset:
             raise DownloadError(f"fetch {path}: asked offset {entry.offset}, got {offset}")
         if total is not None and claimed_total != total:

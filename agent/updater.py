@@ -1,14 +1,19 @@
-"""Offer -> install pipeline: TUF verify, download, unpack, smoke test, atomic switch.
+"""Offer -> install pipeline: TUF verify, download, unpack, smoke test, switch, probation.
 
-Offers arrive on the network thread and are queued to one worker thread
-(``OfferWorker``), which runs ``Installer.install`` for each in turn. The steps and
-the reports they send::
+Offers and commands arrive on the network thread and are queued to one worker
+thread (``OfferWorker``), which runs them in turn and, between them, ticks the
+probation of a freshly switched model. Every step goes through the install journal
+(``agent.journal``) before it acts, so a power cut at any point resumes or rolls
+back on the next start. The steps and the reports they send::
 
     downloading  TUF refresh; the signed target's custom fields are checked
-                 (bundle id, release counter, profile, hardware) before any download
+                 (bundle id, release counter, profile, hardware) and the disk
+                 budget before any download; a broken download resumes
     verified     the bundle file matched its signed length and SHA-256
     staged       unpacked into the inactive slot, every member re-checked
-    active       model loaded, smoke test passed, active.json switched, server swapped
+    active       smoke test passed, active.json switched, server swapped: probation
+    rolled_back  probation breached its health rule, or a rollback command: the
+                 previous slot serves again
     failed       any step refused: the current model keeps serving, active.json untouched
 
 TUF's Updater trusts only signed metadata: the offer is a hint, never evidence.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
 import queue
 import shutil
@@ -27,20 +33,24 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from tuf.api.exceptions import DownloadError, RepositoryError
+from tuf.api.exceptions import DownloadError, DownloadHTTPError, RepositoryError
+from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
 
 from agent.config import AgentConfig
-from agent.errors import AgentError, InstallError
+from agent.errors import AgentError, InstallError, SlotError
+from agent.journal import Journal, JournalEvent, JournalRecord, resume_action
 from agent.runtime import ActiveModel, ModelHolder, load_runtime
-from agent.slots import ActiveRecord, SlotStore
+from agent.slots import ActiveRecord, SlotName, SlotStore, read_slot_manifest
 from agent.smoke import run_smoke_test
-from edgefleet.bundle import unpack_bundle
+from agent.telemetry import InferenceStats, probation_breach
+from edgefleet.bundle import unpack_bundle, verify_directory
 from edgefleet.errors import BundleError
-from edgefleet.messages import BundleOffer, InstallReport, InstallState
+from edgefleet.messages import BundleOffer, DeviceCommand, InstallReport, InstallState
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +58,18 @@ METADATA_BASE_URL = "mqtt://repo/metadata/"
 TARGET_BASE_URL = "mqtt://repo/targets/"
 
 ReportSink = Callable[[InstallReport], None]
+DISK_MARGIN_BYTES = 32 * 1024 * 1024
+"""Free space always left on the data dir's filesystem after a download and unpack."""
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of every regular file under ``path`` (0 when absent)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
 
 
 class TargetCustom(BaseModel):
@@ -86,7 +108,7 @@ def ensure_trust_root(config: AgentConfig) -> Path:
 
 
 class Installer:
-    """Runs one offer through the install pipeline; never raises for a refused bundle."""
+    """Runs installs, roll-backs and probation through the journal; never raises for a refusal."""
 
     def __init__(
         self,
@@ -98,6 +120,9 @@ class Installer:
         report: ReportSink,
         on_active: Callable[[], None] = lambda: None,
         machine: str | None = None,
+        stats: InferenceStats | None = None,
+        link_ready: Callable[[float], bool] = lambda _timeout: True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.slots = slots
@@ -106,8 +131,21 @@ class Installer:
         self.report = report
         self.on_active = on_active
         self.machine = machine or platform.machine()
+        self.stats = stats or InferenceStats()
+        self.link_ready = link_ready
+        self.clock = clock
+        self.journal = Journal(config.data_dir)
+        self._probation_started: float | None = None
 
-    def install(self, offer: BundleOffer, *, received_at: float | None = None) -> InstallReport:
+    # -- install ---------------------------------------------------------------------
+
+    def install(
+        self,
+        offer: BundleOffer,
+        *,
+        received_at: float | None = None,
+        resumed: JournalRecord | None = None,
+    ) -> InstallReport:
         """Install ``offer``; returns the final report (``active`` or ``failed``) it sent."""
         started = received_at if received_at is not None else time.monotonic()
         release: int | None = offer.release
@@ -123,9 +161,18 @@ class Installer:
             self.report(message)
             return message
 
+        record = self.journal.begin(
+            JournalRecord(
+                bundle_id=offer.bundle_id,
+                target=offer.target,
+                release=offer.release,
+                rollout_id=offer.rollout_id,
+                restarts=resumed.restarts if resumed else 0,
+            )
+        )
         send("downloading")
         try:
-            final = self._run(offer, send, started)
+            return self._run(offer, record, send, started)
         except (
             AgentError,
             BundleError,
@@ -139,14 +186,25 @@ class Installer:
                 reason = f"{e.file}: {e.reason}"
             if isinstance(e, RepositoryError | DownloadError):
                 reason = f"{type(e).__name__}: {e}"
+            if isinstance(e, RepositoryError):
+                self._discard_parts()  # a bad final hash: never resume those bytes
             logger.warning(
                 "install failed bundle_id=%s release=%s reason=%s", offer.bundle_id, release, reason
             )
-            return send("failed", reason=reason or type(e).__name__)
-        return final
+            reason = reason or type(e).__name__
+            current = self.journal.read()
+            if current is not None and current.state == "active":
+                return self._roll_back(current, "error", reason, rollout_id=offer.rollout_id)
+            if current is not None and not current.finished:
+                self.journal.fire(current, "error", reason=reason)
+            return send("failed", reason=reason)
 
     def _run(
-        self, offer: BundleOffer, send: Callable[..., InstallReport], started: float
+        self,
+        offer: BundleOffer,
+        record: JournalRecord,
+        send: Callable[..., InstallReport],
+        started: float,
     ) -> InstallReport:
         updater = Updater(
             metadata_dir=str(ensure_trust_root(self.config)),
@@ -156,7 +214,7 @@ class Installer:
             fetcher=self.fetcher,
             bootstrap=None,
         )
-        updater.refresh()
+        self._retrying(updater.refresh)
         info = updater.get_targetinfo(offer.target)
         if info is None:
             raise InstallError(f"target {offer.target!r} not in signed metadata")
@@ -168,12 +226,18 @@ class Installer:
         active = self.slots.read_active()
         if self._check_signed(offer, custom, active):
             logger.info("bundle already active bundle_id=%s", offer.bundle_id)
+            self.journal.fire(record, "error", reason="already active")
             return send("active", install_seconds=time.monotonic() - started)
+        slot = self.slots.inactive_slot(active)
+        self._check_disk_budget(info, slot)
 
-        path = updater.find_cached_target(info) or updater.download_target(info)
+        record = self.journal.fire(record, "start")
+        path = updater.find_cached_target(info) or self._retrying(
+            lambda: updater.download_target(info)
+        )
+        record = self.journal.fire(record, "downloaded")
         send("verified")
 
-        slot = self.slots.inactive_slot(active)
         slot_dir = self.slots.prepare_slot(slot)
         manifest = unpack_bundle(Path(path), slot_dir)
         if manifest.bundle_id != custom.bundle_id:
@@ -184,11 +248,19 @@ class Installer:
             raise InstallError(f"manifest release {manifest.release} != signed {custom.release}")
         if self.config.profile not in manifest.profiles:
             raise InstallError(f"manifest is not built for profile {self.config.profile}")
+        record = self.journal.fire(record, "unpacked", slot=slot)
         send("staged")
 
         runtime = load_runtime(manifest, slot_dir)
         run_smoke_test(runtime, manifest, slot_dir)
+        record = self.journal.fire(record, "smoke_passed")
 
+        previous = self.slots.read_active()
+        record = self.journal.fire(
+            record,
+            "switched",
+            previous=previous.model_dump(mode="json") if previous else None,
+        )
         self.slots.write_active(
             ActiveRecord(
                 slot=slot,
@@ -199,6 +271,7 @@ class Installer:
             )
         )
         self.holder.swap(ActiveModel.from_manifest(manifest, runtime))
+        self._start_probation(manifest.bundle_id)
         elapsed = time.monotonic() - started
         logger.info(
             "bundle active bundle_id=%s release=%d slot=%s install_seconds=%.2f",
@@ -211,7 +284,220 @@ class Installer:
         self.on_active()
         with contextlib.suppress(OSError):  # only a cache; ngclient re-downloads
             Path(path).unlink()
+        self.tick()
         return final
+
+    def _retrying(self, step: Callable[[], Any]) -> Any:
+        """Run a network step, waiting out broker outages (a download resumes its .part)."""
+        attempts = self.config.fetch.resume_attempts
+        for attempt in range(attempts + 1):
+            try:
+                return step()
+            except DownloadHTTPError:
+                raise
+            except DownloadError as e:
+                if attempt >= attempts:
+                    raise
+                logger.warning(
+                    "transfer interrupted, waiting for the broker attempt=%d reason=%s",
+                    attempt + 1,
+                    e,
+                )
+                if not self.link_ready(self.config.fetch.reconnect_wait_s):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _check_disk_budget(self, info: TargetFile, slot: SlotName) -> None:
+        """Refuse, before any download, a bundle that would not fit (download + unpacked)."""
+        data_dir = Path(self.config.data_dir)
+        need = 2 * info.length
+        used = tree_size(data_dir) - tree_size(self.slots.slot_dir(slot))
+        budget = int(self.config.disk_budget_mb * 2**20)
+        if used + need > budget:
+            raise InstallError(
+                f"bundle needs {need / 2**20:.1f} MiB, disk budget leaves "
+                f"{max(0, budget - used) / 2**20:.1f} MiB of {self.config.disk_budget_mb:g} MiB"
+            )
+        free = shutil.disk_usage(data_dir).free
+        if need + DISK_MARGIN_BYTES > free:
+            raise InstallError(
+                f"bundle needs {need / 2**20:.1f} MiB, only {free / 2**20:.1f} MiB free "
+                f"(keeping {DISK_MARGIN_BYTES // 2**20} MiB spare)"
+            )
+
+    def _discard_parts(self) -> None:
+        discard = getattr(self.fetcher, "discard_parts", None)
+        if callable(discard):
+            discard()
+
+    # -- probation, roll-back, recovery -------------------------------------------------
+
+    def _start_probation(self, bundle_id: str) -> None:
+        self.stats.start_probation(bundle_id)
+        self._probation_started = self.clock()
+
+    def tick(self) -> InstallReport | None:
+        """Judge the model on probation: commit it, roll it back, or keep watching."""
+        if self._probation_started is None:
+            return None
+        record = self.journal.read()
+        if record is None or record.state != "active":
+            self._probation_started = None
+            self.stats.start_probation(None)
+            return None
+        rule = self.config.probation
+        window = self.stats.probation_window()
+        reason = probation_breach(window, rule)
+        if reason is not None:
+            logger.warning("probation breached bundle_id=%s reason=%s", record.bundle_id, reason)
+            return self._roll_back(record, "breach", reason, rollout_id=record.rollout_id)
+        elapsed = self.clock() - self._probation_started
+        if elapsed >= rule.seconds or (rule.max_requests and window.count >= rule.max_requests):
+            self.journal.fire(record, "probation_passed")
+            self._probation_started = None
+            self.stats.start_probation(None)
+            logger.info(
+                "probation passed, committed bundle_id=%s requests=%d errors=%d",
+                record.bundle_id,
+                window.count,
+                window.errors,
+            )
+        return None
+
+    def handle_command(self, command: DeviceCommand) -> InstallReport | None:
+        """Run a ``DeviceCommand``; only ``rollback`` is the installer's business."""
+        if command.command != "rollback":
+            logger.info("command ignored by the installer command=%s", command.command)
+            return None
+        reason = command.reason or "rollback command"
+        active = self.slots.read_active()
+        if active is None:
+            return self._send_plain("failed", command.bundle_id or "", None, command.rollout_id,
+                                    "rollback refused: nothing installed")  # fmt: skip
+        record = self.journal.read()
+        if record is None or record.bundle_id != active.bundle_id or record.state not in (
+            "active", "committed"
+        ):  # fmt: skip
+            record = JournalRecord(
+                bundle_id=active.bundle_id,
+                target="",
+                release=active.release,
+                state="committed",
+                slot=active.slot,
+            )
+        return self._roll_back(record, "rollback", reason, rollout_id=command.rollout_id)
+
+    def _roll_back(
+        self, record: JournalRecord, event: JournalEvent, reason: str, *, rollout_id: int | None
+    ) -> InstallReport:
+        """Record the roll-back, then serve the other slot again; report the outcome."""
+        active = self.slots.read_active()
+        if active is None or active.bundle_id != record.bundle_id:
+            # The switch never happened: the model being served is the old one already.
+            if not record.finished:
+                self.journal.fire(record, "error" if record.state != "active" else event,
+                                  reason=reason)  # fmt: skip
+            return self._send_plain("failed", record.bundle_id, record.release, rollout_id, reason)
+        other: SlotName = "b" if active.slot == "a" else "a"
+        try:
+            target = self._load_slot(other)
+        except (SlotError, BundleError, AgentError, OSError) as e:
+            why = f"cannot roll back to slot {other}: {e}"
+            logger.error("roll-back impossible bundle_id=%s reason=%s", record.bundle_id, why)
+            return self._send_plain("failed", record.bundle_id, record.release, rollout_id, why)
+        self.journal.fire(record, event, reason=reason)
+        self._switch_to(other, target)
+        self._probation_started = None
+        self.stats.start_probation(None)
+        logger.warning(
+            "rolled back bundle_id=%s to=%s reason=%s", record.bundle_id, target[0].bundle_id,
+            reason,
+        )  # fmt: skip
+        report = self._send_plain(
+            "rolled_back", record.bundle_id, record.release, rollout_id, reason
+        )
+        self.on_active()
+        return report
+
+    def _load_slot(self, slot: SlotName) -> tuple[ActiveModel, ActiveRecord]:
+        slot_dir = self.slots.slot_dir(slot)
+        manifest = read_slot_manifest(slot_dir)
+        verify_directory(slot_dir, manifest)
+        model = ActiveModel.from_manifest(manifest, load_runtime(manifest, slot_dir))
+        record = ActiveRecord(
+            slot=slot,
+            bundle_id=manifest.bundle_id,
+            release=manifest.release,
+            model=manifest.model.name,
+            model_version=manifest.model.version,
+        )
+        return model, record
+
+    def _switch_to(self, slot: SlotName, loaded: tuple[ActiveModel, ActiveRecord]) -> None:
+        model, record = loaded
+        self.slots.write_active(record)
+        self.holder.swap(model)
+
+    def _send_plain(
+        self,
+        state: InstallState,
+        bundle_id: str,
+        release: int | None,
+        rollout_id: int | None,
+        reason: str | None,
+    ) -> InstallReport:
+        message = InstallReport(
+            state=state, bundle_id=bundle_id, release=release, rollout_id=rollout_id, reason=reason
+        )
+        self.report(message)
+        return message
+
+    def recover(self) -> InstallReport | None:
+        """Start-up: continue or roll back whatever the journal says was under way."""
+        record = self.journal.read()
+        if record is None:
+            return None
+        active = self.slots.read_active()
+        if record.state == "rolled_back" and active is not None and (
+            active.bundle_id == record.bundle_id
+        ):  # fmt: skip
+            # Recorded but not yet acted on when the power went: finish the switch back.
+            other: SlotName = "b" if active.slot == "a" else "a"
+            logger.warning("finishing an interrupted roll-back bundle_id=%s", record.bundle_id)
+            self._switch_to(other, self._load_slot(other))
+            return None
+        if record.finished:
+            return None
+        record = self.journal.note_restart(record)
+        action = resume_action(record)
+        logger.warning(
+            "resuming install bundle_id=%s state=%s action=%s restarts=%d",
+            record.bundle_id,
+            record.state,
+            action,
+            record.restarts,
+        )
+        if action == "reinstall":
+            offer = BundleOffer(
+                bundle_id=record.bundle_id,
+                target=record.target,
+                release=record.release,
+                rollout_id=record.rollout_id,
+            )
+            return self.install(offer, resumed=record)
+        if action == "probation":
+            if active is not None and active.bundle_id == record.bundle_id:
+                self._start_probation(record.bundle_id)
+                return None
+            return self._roll_back(
+                record, "breach", "agent restarted before the switch completed",
+                rollout_id=record.rollout_id,
+            )  # fmt: skip
+        reason = f"agent restarted in state {record.state}"
+        if record.restarts > 0 and record.state in ("offered", "downloading", "verified", "active"):
+            reason = f"install crash loop: {record.restarts} restarts in state {record.state}"
+        return self._roll_back(record, "breach" if record.state == "active" else "error", reason,
+                               rollout_id=record.rollout_id)  # fmt: skip
 
     def _check_signed(
         self, offer: BundleOffer, custom: TargetCustom, active: ActiveRecord | None
@@ -247,45 +533,69 @@ class Installer:
 
 
 class OfferWorker:
-    """One thread that installs queued offers in order, off the network thread."""
+    """One thread that runs queued offers and commands in order, off the network thread.
 
-    def __init__(self, installer: Installer) -> None:
+    Between jobs (at least every ``tick_s``) it ticks the installer's probation, so
+    every change of install state happens on this one thread.
+    """
+
+    def __init__(self, installer: Installer, *, tick_s: float = 0.5) -> None:
         self.installer = installer
-        self._queue: queue.Queue[tuple[BundleOffer, float] | None] = queue.Queue()
+        self.tick_s = tick_s
+        self._queue: queue.Queue[tuple[BundleOffer | DeviceCommand | str, float] | None] = (
+            queue.Queue()
+        )
         self._thread = threading.Thread(target=self._loop, name="offer-worker", daemon=True)
 
-    def start(self) -> None:
+    def start(self, *, recover: bool = True) -> None:
+        """Start the thread; its first job resumes whatever the journal left unfinished."""
+        if recover:
+            self._queue.put(("recover", time.monotonic()))
         self._thread.start()
 
-    def submit(self, offer: BundleOffer) -> None:
-        """Queue ``offer``; the install clock starts now."""
+    def submit(self, offer: BundleOffer | DeviceCommand) -> None:
+        """Queue an offer (its install clock starts now) or a command."""
         self._queue.put((offer, time.monotonic()))
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the install in progress (bounded), drop the rest."""
+        """Finish the job in progress (bounded), drop the rest."""
         self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
 
     def _loop(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self.tick_s)
+            except queue.Empty:
+                item = ("tick", time.monotonic())
             if item is None:
                 return
-            offer, received_at = item
+            job, received_at = item
             try:
-                self.installer.install(offer, received_at=received_at)
-            except Exception:  # top of the worker loop: one bad install must not stop it
-                logger.exception("install crashed bundle_id=%s", offer.bundle_id)
-                try:
-                    self.installer.report(
-                        InstallReport(
-                            state="failed",
-                            bundle_id=offer.bundle_id,
-                            release=offer.release,
-                            rollout_id=offer.rollout_id,
-                            reason="internal error in the agent",
-                        )
-                    )
-                except Exception:
-                    logger.exception("could not report crashed install")
+                if job == "tick":
+                    self.installer.tick()
+                elif job == "recover":
+                    self.installer.recover()
+                elif isinstance(job, DeviceCommand):
+                    self.installer.handle_command(job)
+                elif isinstance(job, BundleOffer):
+                    self.installer.install(job, received_at=received_at)
+            except Exception:  # top of the worker loop: one bad job must not stop it
+                logger.exception("worker job crashed job=%s", type(job).__name__)
+                if isinstance(job, BundleOffer):
+                    self._report_crash(job)
+
+    def _report_crash(self, offer: BundleOffer) -> None:
+        try:
+            self.installer.report(
+                InstallReport(
+                    state="failed",
+                    bundle_id=offer.bundle_id,
+                    release=offer.release,
+                    rollout_id=offer.rollout_id,
+                    reason="internal error in the agent",
+                )
+            )
+        except Exception:
+            logger.exception("could not report crashed install")

@@ -1,7 +1,8 @@
 """The MQTT link: the only module that imports paho-mqtt.
 
 ``MqttLink`` wraps one paho MQTT 5 client running its network loop in a background
-thread. It reconnects by itself with exponential backoff, re-subscribes on every
+thread. It reconnects by itself with exponential backoff and jitter (so a fleet
+that lost its broker does not reconnect in lock-step), re-subscribes on every
 connect, sets TCP_NODELAY on its socket (request/response blocks would otherwise
 wait ~40 ms each for Nagle's algorithm), and turns failures into ``TransportError``.
 
@@ -13,12 +14,14 @@ thread. A handler that raises is logged and does not stop the link.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -34,17 +37,25 @@ DEFAULT_PORT = 1883
 
 @dataclass(frozen=True)
 class BrokerAddress:
-    """Where the broker listens, parsed from ``mqtt://host:port``."""
+    """Where the broker listens, parsed from ``mqtt://[user:password@]host:port``.
+
+    Credentials in the URL let a secured broker be named by one setting; ``url()``
+    leaves them out, so what is logged never carries the password.
+    """
 
     host: str
     port: int = DEFAULT_PORT
+    username: str | None = None
+    password: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
             raise ValueError(f"broker URL must look like mqtt://host:port, got {url!r}")
-        return cls(parts.hostname, parts.port or DEFAULT_PORT)
+        username = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password is not None else None
+        return cls(parts.hostname, parts.port or DEFAULT_PORT, username, password)
 
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
@@ -73,6 +84,40 @@ class Will:
 
 
 Handler = Callable[[Incoming], None]
+
+
+def backoff_delay(
+    attempt: int, min_delay: float, max_delay: float, rng: random.Random | None = None
+) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0-based): exponential, with jitter.
+
+    "Equal jitter": the exponential ceiling ``min_delay * 2**attempt`` (capped at
+    ``max_delay``) is halved and the other half drawn at random, so thousands of
+    devices that lost the same broker spread their reconnects instead of arriving
+    in lock-step, while each still backs off.
+    """
+    ceiling = min(max_delay, min_delay * (2 ** min(attempt, 32)))
+    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+
+
+class _JitteredClient(paho.Client):
+    """paho's client with its reconnect wait replaced by ``backoff_delay``.
+
+    paho's own wait doubles a fixed delay with no jitter; ``loop_forever`` calls
+    ``_reconnect_wait`` before every reconnect attempt, so this is the one hook.
+    """
+
+    backoff_min = 1.0
+    backoff_max = 30.0
+    _attempt = 0
+
+    def _reconnect_wait(self) -> None:
+        delay = backoff_delay(self._attempt, self.backoff_min, self.backoff_max)
+        self._attempt += 1
+        deadline = time.monotonic() + delay
+        logger.debug("mqtt reconnect wait seconds=%.2f attempt=%d", delay, self._attempt)
+        while not self._thread_terminate and (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(remaining, 0.5))
 
 
 @dataclass
@@ -107,8 +152,8 @@ class MqttLink:
         keepalive: int = 30,
         username: str | None = None,
         password: str | None = None,
-        reconnect_min_delay: int = 1,
-        reconnect_max_delay: int = 30,
+        reconnect_min_delay: float = 1,
+        reconnect_max_delay: float = 30,
     ) -> None:
         self.client_id = client_id
         self.broker = broker
@@ -121,15 +166,21 @@ class MqttLink:
         self._on_connect_callbacks: list[Callable[[], None]] = []
         self._started = False
         self._stopping = False
+        self._ack_lock = threading.Lock()
+        self._ack_callbacks: dict[int, Callable[[], None]] = {}
+        self._early_acks: set[int] = set()
 
-        client = paho.Client(
+        client = _JitteredClient(
             callback_api_version=paho.CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5,
         )
         client.max_queued_messages_set(0)
         client.max_inflight_messages_set(100)
-        client.reconnect_delay_set(reconnect_min_delay, reconnect_max_delay)
+        client.backoff_min = float(reconnect_min_delay)
+        client.backoff_max = float(reconnect_max_delay)
+        if username is None and broker.username is not None:
+            username, password = broker.username, broker.password
         if username is not None:
             client.username_pw_set(username, password)
         if will is not None:
@@ -137,6 +188,7 @@ class MqttLink:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_socket_open = self._handle_socket_open
+        client.on_publish = self._handle_publish
         self._client = client
 
     # -- lifecycle -------------------------------------------------------------
@@ -211,12 +263,16 @@ class MqttLink:
         response_topic: str | None = None,
         user_properties: dict[str, str] | None = None,
         wait: float | None = None,
+        on_published: Callable[[], None] | None = None,
     ) -> None:
         """Publish a message; with ``wait``, block until the broker acknowledged it.
 
         Without ``wait`` a QoS 1 message published while disconnected is queued in
         memory and sent after reconnect. With ``wait`` a message the broker has not
         acknowledged in time raises ``TransportError`` (it may still be delivered).
+        ``on_published`` runs (on the network thread, so it must be quick) once the
+        broker acknowledged the message: a store-and-forward queue deletes what it
+        sent only then, without blocking a thread per message.
         """
         properties = None
         if correlation is not None or response_topic is not None or user_properties:
@@ -228,6 +284,7 @@ class MqttLink:
             if user_properties:
                 properties.UserProperty = list(user_properties.items())
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        self._register_ack(info.mid, on_published)
         if wait is None:
             return
         if info.rc == paho.MQTT_ERR_NO_CONN:
@@ -239,7 +296,37 @@ class MqttLink:
         if not info.is_published():
             raise TransportError(f"broker did not acknowledge {topic} within {wait}s")
 
+    def _register_ack(self, mid: int, callback: Callable[[], None] | None) -> None:
+        """Attach ``callback`` to ``mid``; run it now if the ack already arrived.
+
+        paho holds its own message lock while it reports an ack, so ours is never
+        held across ``client.publish`` (that would deadlock); an ack that beats
+        the registration is parked in ``_early_acks`` instead.
+        """
+        with self._ack_lock:
+            if callback is None:
+                self._early_acks.discard(mid)
+                return
+            if mid not in self._early_acks:
+                self._ack_callbacks[mid] = callback
+                return
+            self._early_acks.discard(mid)
+        callback()
+
     # -- paho callbacks (network thread) ---------------------------------------
+
+    def _handle_publish(
+        self, _client: paho.Client, _userdata: Any, mid: int, _reason: Any, _props: Any
+    ) -> None:
+        with self._ack_lock:
+            callback = self._ack_callbacks.pop(mid, None)
+            if callback is None:
+                self._early_acks.add(mid)
+                return
+        try:
+            callback()
+        except Exception:  # top of a network-thread callback: never kill the loop
+            logger.exception("on_published callback failed mid=%d", mid)
 
     def _dispatcher(
         self, sub: _Subscription
@@ -285,6 +372,8 @@ class MqttLink:
             callbacks = list(self._on_connect_callbacks)
         for sub in subscriptions:
             client.subscribe(sub.wire_filter, qos=sub.qos)
+        if isinstance(client, _JitteredClient):
+            client._attempt = 0
         self._connected.set()
         logger.info("mqtt connected client_id=%s broker=%s", self.client_id, self.broker.url())
         for callback in callbacks:

@@ -1,0 +1,206 @@
+"""Agent runtime costs, each against a baseline measured in the same run.
+
+- spool append rate (events/s into the SQLite WAL spool, batched commits) and drain
+  rate after a reconnect (events/s published QoS 1 to a local Mosquitto, acknowledged
+  and deleted), against the target of 20,000 events/s for appends;
+- inference overhead of the agent's in-process path (``run_inference``: runtime call
+  plus the telemetry/probation observer) and of the local OIP HTTP endpoint, against
+  calling onnxruntime's ``InferenceSession.run`` directly (target: in-process ≤ 5 %);
+- idle RSS: see ``bench/agent_footprint.py`` (agent + model vs bare runtime + model).
+
+    .venv/bin/python bench/agent_runtime.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from agent.forwarder import Forwarder
+from agent.runtime import ActiveModel, ModelHolder, OnnxRuntime
+from agent.server import InferenceServer, run_inference
+from agent.spool import Spool
+from agent.telemetry import InferenceStats
+from control_plane.broker import MosquittoBroker
+from control_plane.digits import train_digits_model
+from converters.onnx_inspect import inspect_onnx
+from edgefleet.messages import TelemetryEvent
+from edgefleet.mqtt import MqttLink
+from edgefleet.tensors import encode_tensor
+
+SPOOL_EVENTS = 50_000
+DRAIN_EVENTS = 20_000
+INFER_CALLS = 3_000
+HTTP_CALLS = 1_000
+DEVICE = "dev-benchmark01"
+
+
+def sample_event(i: int) -> TelemetryEvent:
+    return TelemetryEvent(
+        kind="inference",
+        priority=2,
+        data={
+            "window_s": 10,
+            "count": i,
+            "errors": 0,
+            "latency_ms": {"p50": 1, "p95": 2, "p99": 3},
+        },
+    )
+
+
+def bench_spool(tmp: Path) -> float:
+    spool = Spool(tmp / "append.db", max_bytes=1 << 34)
+    events = [sample_event(i) for i in range(SPOOL_EVENTS)]
+    started = time.perf_counter()
+    for event in events:
+        spool.append(event)
+    spool.flush()
+    elapsed = time.perf_counter() - started
+    assert spool.depth() == SPOOL_EVENTS
+    spool.close()
+    return SPOOL_EVENTS / elapsed
+
+
+def bench_drain(tmp: Path) -> tuple[float, float]:
+    """(drain events/s through the agent's forwarder, raw QoS 1 publish events/s baseline)."""
+    broker = MosquittoBroker(tmp / "broker")
+    broker.start()
+    try:
+        received = 0
+        lock = threading.Lock()
+
+        def on_message(_m: object) -> None:
+            nonlocal received
+            with lock:
+                received += 1
+
+        consumer = MqttLink(client_id="cp-benchconsumer", broker=broker.address, clean_start=True)
+        consumer.subscribe("fleet/+/up/#", on_message)
+        consumer.start()
+        assert consumer.wait_connected(10)
+        link = MqttLink(client_id=DEVICE, broker=broker.address, clean_start=True)
+        link.start()
+        assert link.wait_connected(10)
+
+        payloads = [sample_event(i).to_bytes() for i in range(DRAIN_EVENTS)]
+        done = threading.Semaphore(0)
+        started = time.perf_counter()
+        for payload in payloads:
+            link.publish("fleet/dev-benchmark01/up/raw", payload, qos=1, on_published=done.release)
+        for _ in payloads:
+            done.acquire(timeout=60)
+        raw_rate = DRAIN_EVENTS / (time.perf_counter() - started)
+
+        spool = Spool(tmp / "drain.db", max_bytes=1 << 34)
+        for i in range(DRAIN_EVENTS):
+            spool.append(sample_event(i))
+        spool.flush()
+        forwarder = Forwarder(spool, link, DEVICE, rate=1e9, max_inflight=1000)
+        started = time.perf_counter()
+        forwarder.start()
+        deadline = time.monotonic() + 120
+        while spool.depth() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        drain_rate = DRAIN_EVENTS / (time.perf_counter() - started)
+        forwarder.stop()
+        link.stop()
+        consumer.stop()
+        return drain_rate, raw_rate
+    finally:
+        broker.kill()
+
+
+def per_call_us(fn: Callable[[], object], calls: int) -> float:
+    for _ in range(min(200, calls)):
+        fn()
+    rounds = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(calls // 5):
+            fn()
+        rounds.append((time.perf_counter() - started) / (calls // 5) * 1e6)
+    return statistics.median(rounds)
+
+
+def bench_inference(tmp: Path) -> dict[str, float]:
+    import onnxruntime as ort
+
+    digits = train_digits_model()
+    model_path = tmp / "digits.onnx"
+    model_path.write_bytes(digits.onnx_bytes)
+    signature = inspect_onnx(digits.onnx_bytes).signature
+    x = digits.holdout_x[:1].astype(np.float32)
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    input_name = session.get_inputs()[0].name
+
+    runtime = OnnxRuntime(model_path, signature)
+    model = ActiveModel("digits", "1", "onnxruntime_onnx", runtime, bundle_id="b", release=1)
+    stats = InferenceStats()
+    feeds = {input_name: x}
+    holder = ModelHolder(model)
+    server = InferenceServer(holder, port=0, observer=stats.observe)
+    server.start()
+    body = {"inputs": [encode_tensor(input_name, x)]}
+    try:
+        with httpx.Client() as client:
+            url = f"{server.url}/v2/models/digits/infer"
+            results = {}
+            # Interleave repeats so drift in machine load hits every case alike.
+            direct, inproc, wrapper = [], [], []
+            for _ in range(3):
+                direct.append(per_call_us(lambda: session.run(names, feeds), INFER_CALLS))
+                wrapper.append(per_call_us(lambda: runtime.infer(feeds), INFER_CALLS))
+                inproc.append(
+                    per_call_us(lambda: run_inference(model, feeds, stats.observe), INFER_CALLS)
+                )
+            results["direct"] = min(direct)
+            results["in_process"] = min(inproc)
+            results["wrapper"] = min(wrapper)
+            results["http"] = per_call_us(lambda: client.post(url, json=body), HTTP_CALLS)
+    finally:
+        server.stop()
+    return results
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        append_rate = bench_spool(tmp)
+        drain_rate, raw_rate = bench_drain(tmp)
+        infer = bench_inference(tmp)
+    print("agent runtime bench")
+    print(
+        f"spool append  {append_rate:>10,.0f} events/s  (target >= 20,000: "
+        f"{'met' if append_rate >= 20_000 else 'NOT met'})"
+    )
+    print(
+        f"spool drain   {drain_rate:>10,.0f} events/s  (forwarder, QoS 1 acked+deleted, "
+        f"unthrottled) vs raw QoS 1 publish {raw_rate:,.0f}/s = {drain_rate / raw_rate:.2f}x"
+    )
+    base = infer["direct"]
+    overhead = infer["in_process"] / base - 1
+    print(f"onnxruntime direct     {base:8.1f} us/call (baseline)")
+    print(
+        f"agent in-process path  {infer['in_process']:8.1f} us/call  overhead {overhead:+.1%} "
+        f"(target <= 5%: {'met' if overhead <= 0.05 else 'NOT met'})"
+    )
+    print(
+        f"  of which runtime wrapper {infer['wrapper']:6.1f} us/call "
+        f"({infer['wrapper'] / base - 1:+.1%}; agent/runtime.py), observer the rest"
+    )
+    print(
+        f"local OIP HTTP endpoint {infer['http']:7.1f} us/call  "
+        f"= {infer['http'] / base:.1f}x direct"
+    )
+
+
+if __name__ == "__main__":
+    main()
