@@ -254,6 +254,7 @@ class Installer:
         runtime = load_runtime(manifest, slot_dir)
         run_smoke_test(runtime, manifest, slot_dir)
         record = self.journal.fire(record, "smoke_passed")
+        send("smoke_tested")
 
         previous = self.slots.read_active()
         record = self.journal.fire(
@@ -361,6 +362,9 @@ class Installer:
                 record.bundle_id,
                 window.count,
                 window.errors,
+            )
+            return self._send_plain(
+                "committed", record.bundle_id, record.release, record.rollout_id, None
             )
         return None
 

@@ -14,8 +14,10 @@ message is logged and dropped.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,6 +31,7 @@ from control_plane.services.rollouts import apply_install_report
 from control_plane.settings import Settings
 from edgefleet import topics
 from edgefleet.errors import MessageError
+from edgefleet.fileio import atomic_write
 from edgefleet.messages import (
     FETCH_OFFSET,
     FETCH_REASON,
@@ -49,6 +52,20 @@ logger = logging.getLogger(__name__)
 SHARED_GROUP = "edgefleet-cp"
 
 
+def stable_client_id(data_dir: Path) -> str:
+    """This control plane's MQTT client id, created once and kept in ``data_dir``.
+
+    Each replica has its own data directory, hence its own id and session.
+    """
+    path = Path(data_dir) / "mqtt-client-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        client_id = f"cp-{secrets.token_hex(6)}"
+        atomic_write(path, client_id.encode())
+        return client_id
+
+
 class FleetLink:
     """One MQTT session for the control plane: device state in, offers and chunks out."""
 
@@ -62,10 +79,14 @@ class FleetLink:
     ) -> None:
         self._engine = engine
         self._repository = repository
+        # A persistent session: while the control plane restarts, the broker keeps
+        # queuing device traffic for it (a clean session would let it be acknowledged
+        # to devices and then dropped).
         self._link = MqttLink(
-            client_id=settings.client_id,
+            client_id=settings.client_id or stable_client_id(settings.data_dir),
             broker=BrokerAddress.parse(settings.broker_url),
-            clean_start=True,
+            clean_start=False,
+            session_expiry=settings.mqtt_session_expiry_s,
         )
         self._fetch_pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="cp-fetch")
         self._event_pool = ThreadPoolExecutor(1, thread_name_prefix="cp-events")

@@ -6,7 +6,6 @@ own ``Settings`` and hand it to ``create_app``.
 
 from __future__ import annotations
 
-import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -15,10 +14,6 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.profile import default_profiles_dir
-
-
-def _client_id() -> str:
-    return f"cp-{secrets.token_hex(6)}"
 
 
 class Settings(BaseSettings):
@@ -31,11 +26,22 @@ class Settings(BaseSettings):
     database_url: str | None = None
     profiles_dir: Path = Field(default_factory=default_profiles_dir)
     environment: Literal["development", "production"] = "development"
-    client_id: str = Field(default_factory=_client_id, pattern=r"^cp-[A-Za-z0-9_-]{1,60}$")
+    client_id: str | None = Field(
+        default=None,
+        pattern=r"^cp-[A-Za-z0-9_-]{1,60}$",
+        description="MQTT client id; by default one kept in the data dir, stable across restarts",
+    )
+    mqtt_session_expiry_s: int = Field(default=86_400, ge=0)
     api_auth: bool = Field(default=True, description="require API tokens (never off in production)")
     key_passphrase: SecretStr | None = Field(
         default=None, description="encrypts the repository's private keys at rest"
     )
+    broker_auth_dir: Path | None = Field(
+        default=None,
+        description="the secured broker's password/ACL directory; enables device enrolment",
+    )
+    enrol_rate_per_minute: float = Field(default=6.0, gt=0, description="per client address")
+    enrol_burst: int = Field(default=5, ge=1)
 
     @model_validator(mode="after")
     def _refuse_unprotected_keys_in_production(self) -> Settings:

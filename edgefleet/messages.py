@@ -34,7 +34,15 @@ FETCH_MAX_CHUNK = 256 * 1024
 """Largest chunk a device may ask for; well under any broker's max packet size."""
 
 InstallState = Literal[
-    "offered", "downloading", "verified", "staged", "active", "failed", "rolled_back"
+    "offered",
+    "downloading",
+    "verified",
+    "staged",
+    "smoke_tested",
+    "active",  # switched to the new model; probation running
+    "committed",  # probation passed: the previous slot is no longer the fallback
+    "failed",
+    "rolled_back",
 ]
 
 
