@@ -18,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.bundle import Manifest
+from agent.errors import SlotError
+from agent.runtime import ActiveModel
+from agent.slots import SlotStore, read_slot_manifest
+from edgefleet.bundle import BundleError, Manifest
 from edgefleet.drift import DriftDetector, DriftReport, DriftThresholds, Reference
 from edgefleet.messages import TelemetryEvent
 
@@ -127,3 +130,62 @@ class DriftMonitor:
                 data=data,
             )
         )
+
+
+class DriftSupervisor:
+    """Keeps one ``DriftMonitor`` for whichever bundle is serving.
+
+    The monitor of a newly active bundle is built on its first input, from the
+    reference its slot holds; the old bundle's monitor is stopped then.
+    """
+
+    def __init__(
+        self,
+        slots: SlotStore,
+        publish: Callable[[TelemetryEvent], None],
+        thresholds: DriftThresholds | None = None,
+    ) -> None:
+        self._slots = slots
+        self._publish = publish
+        self._thresholds = thresholds
+        self._lock = threading.Lock()
+        self._bundle_id: str | None = None
+        self._monitor: DriftMonitor | None = None
+
+    def observe(self, model: ActiveModel, feeds: dict[str, np.ndarray]) -> None:
+        """Pass one request's inputs to the monitor of the model that served it."""
+        monitor = self._monitor_for(model.bundle_id)
+        if monitor is None:
+            return
+        inputs = feeds.get(monitor.input_name)
+        if inputs is not None and inputs.ndim == 2:
+            monitor.submit(inputs)
+
+    def _monitor_for(self, bundle_id: str) -> DriftMonitor | None:
+        with self._lock:
+            if bundle_id == self._bundle_id:
+                return self._monitor
+            if self._monitor is not None:
+                self._monitor.stop()
+            self._bundle_id, self._monitor = bundle_id, None
+            try:
+                record = self._slots.read_active()
+                if record is None or record.bundle_id != bundle_id:
+                    return None
+                slot_dir = self._slots.slot_dir(record.slot)
+                manifest = read_slot_manifest(slot_dir)
+            except (SlotError, BundleError, OSError) as e:
+                logger.error("no drift monitor bundle_id=%s reason=%s", bundle_id, e)
+                return None
+            monitor = DriftMonitor.for_slot(manifest, slot_dir, self._publish, self._thresholds)
+            if monitor is not None:
+                monitor.start()
+                logger.info("drift monitor started bundle_id=%s", bundle_id)
+            self._monitor = monitor
+            return monitor
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._monitor is not None:
+                self._monitor.stop()
+            self._monitor = None

@@ -98,6 +98,8 @@ def parse_infer_request(
 
 Observer = Callable[[str, float, bool], None]
 """Called after every inference with (bundle_id, latency in ms, succeeded)."""
+InputObserver = Callable[[ActiveModel, dict[str, np.ndarray]], None]
+"""Called after every successful inference with the model and its inputs (drift)."""
 
 
 def run_inference(
@@ -127,9 +129,11 @@ class InferenceServer:
         max_concurrency: int = 4,
         max_body_bytes: int = DEFAULT_MAX_BODY,
         observer: Observer | None = None,
+        input_observer: InputObserver | None = None,
     ) -> None:
         self.holder = holder
         self.observer = observer
+        self.input_observer = input_observer
         self.max_body_bytes = max_body_bytes
         self.slots = threading.BoundedSemaphore(max_concurrency)
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
@@ -201,6 +205,8 @@ class InferenceServer:
             raise RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"inference failed: {e}") from e
         finally:
             self.slots.release()
+        if self.input_observer is not None:
+            self.input_observer(model, feeds)
         wanted = request.get("outputs")
         names = list(outputs)
         if isinstance(wanted, list) and wanted:

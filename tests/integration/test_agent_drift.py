@@ -1,0 +1,121 @@
+"""A real agent scores the inputs it serves and reports drift windows to the control plane."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from control_plane.app import create_app
+from control_plane.broker import MosquittoBroker
+from control_plane.digits import DigitsModel, train_digits_model
+from control_plane.netutil import free_port
+from control_plane.retrain_digits import shift_digits
+from control_plane.settings import Settings
+from edgefleet.tensors import encode_tensor
+
+pytestmark = pytest.mark.integration
+PROFILE = "x86-64-gateway-onnx"
+DEVICE = "dev-driftdev01"
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, broker: MosquittoBroker
+) -> Iterator[tuple[TestClient, int, DigitsModel]]:
+    model = train_digits_model()
+    app = create_app(Settings(data_dir=tmp_path / "cp", broker_url=broker.url))
+    with TestClient(app) as api:
+        samples = io.BytesIO()
+        np.save(samples, model.samples, allow_pickle=False)
+        api.post(
+            "/api/v1/models",
+            data={"name": "digits", "version": "1"},
+            files={"model": ("m.onnx", model.onnx_bytes), "samples": ("s.npy", samples.getvalue())},
+        ).raise_for_status()
+        bundle = api.post(
+            "/api/v1/bundles", json={"model": "digits", "version": "1", "profile": PROFILE}
+        ).json()
+        root = tmp_path / "root.json"
+        root.write_bytes(api.get("/api/v1/trust/root").content)
+        port = free_port()
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'device_id = "{DEVICE}"\nprofile = "{PROFILE}"\nbroker = "{broker.url}"\n'
+            f'data_dir = "{tmp_path / "agent"}"\ntrust_root = "{root}"\n'
+            f"[inference]\nport = {port}\n"
+        )
+        with (tmp_path / "agent.log").open("wb") as log:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for(
+                lambda: api.get(f"/api/v1/devices/{DEVICE}").status_code == 200,
+                "the agent online",
+            )
+            rollout = api.post(
+                "/api/v1/rollouts", json={"bundle_id": bundle["id"], "device_ids": [DEVICE]}
+            ).json()
+            wait_for(
+                lambda: api.get(f"/api/v1/rollouts/{rollout['id']}").json()["state"] == "complete",
+                "the install",
+            )
+            yield api, port, model
+        finally:
+            agent.terminate()
+            agent.wait(15)
+
+
+def infer(port: int, x: np.ndarray) -> None:
+    for start in range(0, len(x), 100):
+        body = {"inputs": [encode_tensor("input", x[start : start + 100])]}
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v2/models/digits/infer", json=body, timeout=10
+        )
+        response.raise_for_status()
+
+
+def test_agent_reports_clean_windows_for_familiar_inputs_and_drift_for_shifted_ones(
+    served: tuple[TestClient, int, DigitsModel],
+) -> None:
+    api, port, model = served
+    rng = np.random.default_rng(0)
+    familiar = model.holdout_x[rng.integers(0, len(model.holdout_x), 1000)]
+    infer(port, familiar)
+    series = wait_for(
+        lambda: (s := api.get("/api/v1/drift/series").json()) and len(s) >= 2 and s,
+        "two drift windows",
+    )
+    assert [p["drifted"] for p in series] == [False, False]
+    assert all(p["device_id"] == DEVICE and p["model_version"] == "1" for p in series)
+
+    infer(port, shift_digits(familiar, 6.0))
+    series = wait_for(
+        lambda: (s := api.get("/api/v1/drift/series").json()) and len(s) >= 4 and s,
+        "two more drift windows",
+    )
+    assert [p["drifted"] for p in series] == [False, False, True, True]
+    assert series[-1]["share_drifted"] > 0.5
+    assert len(series[-1]["psi"]) == 64
