@@ -68,12 +68,19 @@ def write_outputs(model: DigitsModel, output_dir: Path) -> None:
     np.savez(output_dir / "holdout.npz", x=model.holdout_x, y=model.holdout_y)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="retrain the digits model on shifted digits")
+    parser.add_argument(
+        "--shift", type=float, default=float(os.environ.get("EDGEFLEET_DIGITS_SHIFT", "4"))
+    )
+    args = parser.parse_args(argv)
     output = os.environ.get("EDGEFLEET_OUTPUT_DIR")
     if not output:
         print("EDGEFLEET_OUTPUT_DIR is not set", file=sys.stderr)
         return 2
-    shift = float(os.environ.get("EDGEFLEET_DIGITS_SHIFT", "4"))
+    shift = args.shift
     model = train_shift_aware(shift)
     write_outputs(model, Path(output))
     print(
