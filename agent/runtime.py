@@ -22,7 +22,11 @@ from edgefleet.tensors import ModelSignature
 logger = logging.getLogger(__name__)
 
 # KServe names for the model platform reported in model metadata.
-PLATFORMS = {"onnxruntime": "onnxruntime_onnx"}
+PLATFORMS = {
+    "onnxruntime": "onnxruntime_onnx",
+    "ai-edge-litert": "tensorflow_lite",
+    "tflite-runtime": "tensorflow_lite",
+}
 
 
 class ModelRuntime(Protocol):
@@ -75,13 +79,129 @@ class OnnxRuntime:
         }
 
 
+@dataclass(frozen=True)
+class BoundaryQuantization:
+    """``q = round(x / scale) + zero_point`` for one integer model input or output."""
+
+    dtype: str
+    scale: float
+    zero_point: int
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        info = np.iinfo(np.dtype(self.dtype))
+        values = np.round(x / self.scale) + self.zero_point
+        return np.clip(values, info.min, info.max).astype(self.dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return ((q.astype(np.float32) - self.zero_point) * self.scale).astype(np.float32)
+
+
+def _boundary_from_manifest(manifest: Manifest) -> dict[str, BoundaryQuantization]:
+    raw = getattr(manifest, "quantization", None) or {}
+    if not isinstance(raw, dict):
+        raise RuntimeLoadError("manifest quantization must map tensor names to parameters")
+    try:
+        return {
+            str(name): BoundaryQuantization(
+                dtype=str(p["dtype"]), scale=float(p["scale"]), zero_point=int(p["zero_point"])
+            )
+            for name, p in raw.items()
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise RuntimeLoadError(f"manifest quantization is malformed: {e}") from e
+
+
+def _tflite_interpreter_class(runtime_name: str) -> Any:
+    """ai-edge-litert's Interpreter, or tflite-runtime's where the profile pins it."""
+    try:
+        if runtime_name == "tflite-runtime":
+            from tflite_runtime.interpreter import Interpreter
+        else:
+            from ai_edge_litert.interpreter import Interpreter
+    except ImportError as e:
+        raise RuntimeLoadError(f"{runtime_name} is not installed on this device") from e
+    return Interpreter
+
+
+class TfliteRuntime:
+    """A TFLite interpreter for one model file, behind the same interface as onnxruntime.
+
+    Integer-boundary models (static int8) get float inputs quantized and integer
+    outputs dequantized with the manifest's scale and zero-point, so clients always
+    exchange the float tensors of the signature. Rows run one at a time, the batch
+    size the bundle was gated at; an interpreter is not thread-safe, hence the lock.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        signature: ModelSignature,
+        *,
+        runtime_name: str = "ai-edge-litert",
+        boundary: dict[str, BoundaryQuantization] | None = None,
+    ) -> None:
+        interpreter_class = _tflite_interpreter_class(runtime_name)
+        try:
+            self._interpreter: Any = interpreter_class(model_path=str(model_path), num_threads=1)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise RuntimeLoadError(f"{runtime_name} cannot load {model_path.name}: {e}") from e
+        inputs = {d["name"]: d for d in self._interpreter.get_input_details()}
+        outputs = {d["name"]: d for d in self._interpreter.get_output_details()}
+        want_inputs = {spec.name for spec in signature.inputs}
+        if set(inputs) != want_inputs:
+            raise RuntimeLoadError(
+                f"model inputs {sorted(inputs)} differ from the manifest's {sorted(want_inputs)}"
+            )
+        missing = [s.name for s in signature.outputs if s.name not in outputs]
+        if missing:
+            raise RuntimeLoadError(f"model has no output {missing[0]!r} named in the manifest")
+        self._inputs = inputs
+        self._outputs = [outputs[spec.name] for spec in signature.outputs]
+        self._boundary = boundary or {}
+        self._signature = signature
+        self._lock = threading.Lock()
+
+    @property
+    def signature(self) -> ModelSignature:
+        return self._signature
+
+    def _run_row(self, row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, value in row.items():
+            detail = self._inputs[name]
+            if name in self._boundary:
+                value = self._boundary[name].quantize(value)
+            self._interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
+        self._interpreter.invoke()
+        result: dict[str, np.ndarray] = {}
+        for detail in self._outputs:
+            value = np.array(self._interpreter.get_tensor(detail["index"]))
+            if detail["name"] in self._boundary:
+                value = self._boundary[detail["name"]].dequantize(value)
+            result[detail["name"]] = value
+        return result
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(next(iter(feeds.values())))
+        with self._lock:
+            rows = [self._run_row({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(n)]
+        return {d["name"]: np.concatenate([r[d["name"]] for r in rows]) for d in self._outputs}
+
+
 def load_runtime(manifest: Manifest, slot_dir: Path) -> ModelRuntime:
     """Load the model of the bundle unpacked in ``slot_dir`` with the runtime it names."""
     name = manifest.runtime.name
     model_path = Path(slot_dir) / manifest.artifact
     if name == "onnxruntime":
         return OnnxRuntime(model_path, manifest.signature)
-    raise RuntimeLoadError(f"runtime {name!r} is not supported by this agent (onnxruntime only)")
+    if name in ("ai-edge-litert", "tflite-runtime"):
+        return TfliteRuntime(
+            model_path,
+            manifest.signature,
+            runtime_name=name,
+            boundary=_boundary_from_manifest(manifest),
+        )
+    raise RuntimeLoadError(f"runtime {name!r} is not supported by this agent")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,15 @@
 """Builds a bundle for one registered model and one firmware profile.
 
-The steps: convert the float model for the profile, run it on representative
-samples to make the smoke test the device repeats after install, compute the
-reference statistics drift detection compares against, write the bundle with its
-manifest, sign it into the TUF repository, and record it.
+The steps: build every candidate the profile allows from the float model, gate
+them on the holdout in the profile's runtime and pick one (``converters.pipeline``),
+run the chosen one on representative samples to make the smoke test the device
+repeats after install, compute the reference statistics drift detection compares
+against, write the bundle with its manifest (lineage, metrics, the candidates
+table, boundary quantization), sign it into the TUF repository, and record it.
+
+The gate's holdout is, in order: the one given with the build, the one registered
+with the model (``holdout.npz`` beside it), else the registered samples, which are
+also the calibration set, so the result is then marked unverified.
 """
 
 from __future__ import annotations
@@ -18,15 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from sqlmodel import Session, col, func, select
 
 from control_plane.errors import BuildError, NotFoundError
 from control_plane.models import Bundle, ModelVersion
 from control_plane.repository import SignedRepository
 from control_plane.settings import Settings
-from converters.errors import ConversionError
-from converters.onnx_fp32 import build_fp32_onnx
+from converters.errors import ConversionError, GateError
+from converters.pipeline import BuildOutcome, Holdout, Progress, build_for_profile
+from converters.runner import runner_for
 from edgefleet.bundle import FileRole, write_bundle
 from edgefleet.errors import BundleError, ProfileError
 from edgefleet.profile import FirmwareProfile, load_profiles
@@ -88,14 +94,39 @@ def reference_statistics(samples: np.ndarray, *, input_name: str) -> dict[str, A
     }
 
 
-def _run_smoke(model_bytes: bytes, input_name: str, inputs: np.ndarray) -> dict[str, np.ndarray]:
+HOLDOUT_NAME = "holdout.npz"
+
+
+def load_holdout(data: bytes, *, source: str) -> Holdout:
+    """An ``.npz`` with ``x`` (float32 [n, features]) and optionally ``y`` (int [n])."""
     try:
-        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        results = session.run(names, {input_name: inputs})
-    except Exception as e:  # onnxruntime raises its own untyped errors
-        raise BuildError(f"model does not run on onnxruntime: {e}") from e
-    return {name: np.asarray(value) for name, value in zip(names, results, strict=True)}
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            x = np.asarray(npz["x"], dtype=np.float32)
+            y = np.asarray(npz["y"]).astype(np.int64) if "y" in npz.files else None
+    except (ValueError, OSError, EOFError, KeyError) as e:
+        raise BuildError(f"holdout: not an .npz with x (and y): {e}") from e
+    if x.ndim != 2 or x.shape[0] == 0 or (y is not None and y.shape != (x.shape[0],)):
+        raise BuildError(f"holdout: x must be [n, features] and y [n], got {list(x.shape)}")
+    return Holdout(x=x, y=y, source=source)
+
+
+def _run_smoke(outcome: BuildOutcome, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """The chosen candidate's outputs, row by row, in the runtime it was gated in."""
+    try:
+        runner = runner_for(outcome.chosen)
+        rows = [runner.run(row[None, ...]) for row in inputs]
+    except ConversionError as e:
+        raise BuildError(f"chosen model does not run: {e}") from e
+    return {name: np.concatenate([r[name] for r in rows]) for name in outcome.output_names}
+
+
+def _gate_holdout(model: ModelVersion, samples: np.ndarray, given: Holdout | None) -> Holdout:
+    if given is not None:
+        return given
+    registered = Path(model.path).parent / HOLDOUT_NAME
+    if registered.is_file():
+        return load_holdout(registered.read_bytes(), source="registered holdout")
+    return Holdout(x=samples, y=None, source="registered samples (no holdout; unverified)")
 
 
 def build_bundle(
@@ -106,8 +137,14 @@ def build_bundle(
     model_name: str,
     model_version: str,
     profile_name: str,
+    max_accuracy_drop: float | None = None,
+    holdout: Holdout | None = None,
+    progress: Progress | None = None,
 ) -> Bundle:
-    """Build, sign and record a bundle of ``model_name`` ``model_version`` for a profile."""
+    """Build, gate, sign and record a bundle of ``model_name`` ``model_version`` for a profile.
+
+    ``BuildError`` when no candidate passes the gate; its message lists every candidate.
+    """
     profile = get_profile(settings, profile_name)
     model = session.exec(
         select(ModelVersion).where(
@@ -120,15 +157,28 @@ def build_bundle(
     samples = np.load(model.samples_path, allow_pickle=False).astype(np.float32)
 
     try:
-        artifact = build_fp32_onnx(model_bytes, profile)
+        outcome = build_for_profile(
+            model_bytes,
+            profile,
+            calibration=samples,
+            holdout=_gate_holdout(model, samples, holdout),
+            max_accuracy_drop=max_accuracy_drop,
+            cache_dir=settings.bundles_dir / "calibration-cache",
+            progress=progress,
+        )
+    except GateError as e:
+        logger.warning("gate refused every candidate model=%s profile=%s", model_name, profile.name)
+        raise BuildError(str(e)) from e
     except ConversionError as e:
         raise BuildError(str(e)) from e
-    if len(artifact.signature.inputs) != 1:
-        raise BuildError("only models with exactly one input are supported")
-    input_name = artifact.signature.inputs[0].name
+    artifact = outcome.chosen
+    chosen = outcome.chosen_row
+    signature = outcome.inspection.signature
+    input_name = signature.inputs[0].name
 
     smoke_inputs = samples[:SMOKE_SAMPLES]
-    outputs = _run_smoke(artifact.data, input_name, smoke_inputs)
+    outputs = _run_smoke(outcome, smoke_inputs)
+    exact = artifact.precision == "fp32"
     files: dict[str, tuple[bytes, FileRole]] = {
         artifact.filename: (artifact.data, "model"),
         _member_name("smoke_input", input_name): (_npy(smoke_inputs), "smoke_input"),
@@ -157,21 +207,44 @@ def build_bundle(
             "hardware": [profile.arch],
             "runtime": {"name": profile.runtime.name, "version": profile.runtime.version},
             "artifact": artifact.filename,
-            "signature": artifact.signature.model_dump(mode="json"),
+            "format": artifact.format,
+            "signature": signature.model_dump(mode="json"),
+            # Integer model boundaries: the agent quantizes inputs and dequantizes
+            # outputs with these, so clients always send and receive float tensors.
+            "quantization": {n: q.as_dict() for n, q in artifact.io_quantization.items()},
             "smoke_test": {
                 "inputs": {input_name: _member_name("smoke_input", input_name)},
                 "expected": expected,
-                "atol": 1e-4,
-                "rtol": 1e-3,
-                "min_agreement": 1.0,
+                # A quantized model on another CPU may round differently at the edges.
+                "atol": 1e-4 if exact else 2e-2,
+                "rtol": 1e-3 if exact else 2e-2,
+                "min_agreement": 1.0 if exact else 0.9,
             },
             "reference_stats": REFERENCE_STATS_NAME,
             "lineage": {
-                **artifact.lineage,
+                "source_sha256": outcome.inspection.sha256,
                 "model_sha256": model.sha256,
+                "candidate": artifact.name,
+                "recipe": artifact.recipe,
+                "calibration_sha256": artifact.recipe.get("calibration_sha256"),
+                "gate_runtime": outcome.gate_runtime,
+                "opsets": outcome.inspection.opsets,
+                "op_histogram": outcome.inspection.op_histogram,
                 "built_at": datetime.now(UTC).isoformat(),
             },
-            "metrics": {"size_bytes": len(artifact.data), "precision": artifact.precision},
+            "metrics": {
+                "size_bytes": len(artifact.data),
+                "precision": artifact.precision,
+                "accuracy": chosen.accuracy,
+                "accuracy_drop": chosen.drop,
+                "agreement": chosen.agreement,
+                "worst_class_drop": chosen.worst_class_drop,
+                "latency_ms": chosen.latency_ms,
+                "verified": outcome.verified,
+                **outcome.reference,
+            },
+            "candidates": [{k: v for k, v in row.as_row().items()} for row in outcome.table],
+            "objective": profile.objective,
         }
         settings.bundles_dir.mkdir(parents=True, exist_ok=True)
         path = settings.bundles_dir / target

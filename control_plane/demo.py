@@ -182,10 +182,22 @@ class Demo:
             f"ONNX {len(model.onnx_bytes)} bytes"
         )
         registered = api.register_model(
-            name=MODEL_NAME, version="1", model=model.onnx_bytes, samples=model.samples
+            name=MODEL_NAME,
+            version="1",
+            model=model.onnx_bytes,
+            samples=model.samples,
+            holdout_x=model.holdout_x,  # the gate judges candidates on it; never calibrates
+            holdout_y=model.holdout_y,
         )
         self.step(f"registered model {registered['name']} v{registered['version']}")
         bundle = api.build_bundle(model=MODEL_NAME, version="1", profile=DEMO_PROFILE)
+        metrics = bundle["manifest"].get("metrics", {})
+        self.step(
+            f"gate chose {bundle['manifest']['lineage'].get('candidate')} of "
+            f"{len(bundle['manifest'].get('candidates', []))} candidates: accuracy "
+            f"{metrics.get('accuracy')}, agreement {metrics.get('agreement')}, "
+            f"verified {metrics.get('verified')}"
+        )
         self.step(
             f"built signed bundle {bundle['id']} (release {bundle['release']}, "
             f"{bundle['length']} bytes, sha256 {bundle['sha256'][:12]}…)"

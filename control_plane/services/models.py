@@ -38,6 +38,22 @@ def _load_samples(samples_bytes: bytes) -> np.ndarray:
     return samples
 
 
+def _check_holdout(holdout_bytes: bytes, width: int) -> None:
+    """The holdout must be an .npz with x [n, width] float and, if present, y [n] integers."""
+    try:
+        with np.load(io.BytesIO(holdout_bytes), allow_pickle=False) as npz:
+            x = np.asarray(npz["x"])
+            y = np.asarray(npz["y"]) if "y" in npz.files else None
+    except (ValueError, OSError, EOFError, KeyError) as e:
+        raise InvalidRequestError(f"holdout: not an .npz with x (and y): {e}") from e
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != width:
+        raise InvalidRequestError(f"holdout: x must be [n, {width}], got {list(x.shape)}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InvalidRequestError(f"holdout: x must be floating point, got {x.dtype}")
+    if y is not None and (y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer)):
+        raise InvalidRequestError("holdout: y must hold one integer label per row of x")
+
+
 def register_model(
     *,
     session: Session,
@@ -46,8 +62,14 @@ def register_model(
     version: str,
     model_bytes: bytes,
     samples_bytes: bytes,
+    holdout_bytes: bytes | None = None,
 ) -> ModelVersion:
-    """Check and store a float ONNX model with its samples; ``ConflictError`` if it exists."""
+    """Check and store a float ONNX model with its samples; ``ConflictError`` if it exists.
+
+    The optional holdout (``holdout.npz`` beside the model) is what the accuracy gate
+    judges every bundle of this model on; it must not overlap the samples, which
+    calibrate the quantizers.
+    """
     if not re.fullmatch(MODEL_NAME_PATTERN, name):
         raise InvalidRequestError(f"name must match {MODEL_NAME_PATTERN}")
     if not VERSION_RE.fullmatch(version):
@@ -72,11 +94,16 @@ def register_model(
             f"{inputs[0].name} width {width}"
         )
 
+    if holdout_bytes is not None:
+        _check_holdout(holdout_bytes, samples.shape[1])
+
     directory = settings.models_dir / name / version
     model_path = directory / "model.onnx"
     samples_path = directory / "samples.npy"
     atomic_write(model_path, model_bytes)
     atomic_write(samples_path, samples_bytes)
+    if holdout_bytes is not None:
+        atomic_write(directory / "holdout.npz", holdout_bytes)
     model = ModelVersion(
         name=name,
         version=version,

@@ -26,7 +26,7 @@ def test_unknown_key_is_refused_naming_it() -> None:
 
 def test_typo_inside_a_table_is_refused_naming_its_path() -> None:
     with pytest.raises(ProfileError) as caught:
-        parse_profile(GOOD + "\nverison = '1'\n")
+        parse_profile(GOOD.replace("[runtime]\n", "[runtime]\nverison = '1'\n"))
     assert caught.value.field == "runtime.verison"
 
 

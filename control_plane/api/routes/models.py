@@ -19,6 +19,10 @@ def register_model(
     version: Annotated[str, Form(min_length=1, max_length=64)],
     model: Annotated[UploadFile, File(description="float ONNX model (.onnx)")],
     samples: Annotated[UploadFile, File(description="representative inputs, float32 2-D .npy")],
+    holdout: Annotated[
+        UploadFile | None,
+        File(description="optional gate holdout: .npz with x (float32 [n, features]) and y"),
+    ] = None,
 ) -> ModelPublic:
     registered = service.register_model(
         session=session,
@@ -27,6 +31,7 @@ def register_model(
         version=version,
         model_bytes=model.file.read(),
         samples_bytes=samples.file.read(),
+        holdout_bytes=holdout.file.read() if holdout is not None else None,
     )
     return ModelPublic.model_validate(registered)
 

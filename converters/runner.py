@@ -1,0 +1,138 @@
+"""Runs a candidate in a runtime the way the device will: one sample at a time.
+
+The gate must see what the device sees, so candidates run at batch 1 in the
+runtime the profile names, with the same boundary (de)quantization the agent does
+for integer-only models.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from converters.candidate import Candidate, IoQuantization
+from converters.errors import ConversionError
+
+
+class Runner(Protocol):
+    input_name: str
+    output_names: list[str]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+def quantize_input(x: np.ndarray, q: IoQuantization) -> np.ndarray:
+    """Float -> integer with the boundary's scale and zero-point, saturating."""
+    info = np.iinfo(np.dtype(q.dtype))
+    values = np.round(x / q.scale) + q.zero_point
+    return np.clip(values, info.min, info.max).astype(q.dtype)
+
+
+def dequantize_output(y: np.ndarray, q: IoQuantization) -> np.ndarray:
+    """Integer -> float32 with the boundary's scale and zero-point."""
+    return ((y.astype(np.float32) - q.zero_point) * q.scale).astype(np.float32)
+
+
+class OnnxRunner:
+    def __init__(self, data: bytes) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = 1
+        try:
+            self._session: Any = ort.InferenceSession(
+                data, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own untyped errors
+            raise ConversionError(f"onnxruntime cannot load the candidate: {e}") from e
+        self.input_name = self._session.get_inputs()[0].name
+        self.output_names = [o.name for o in self._session.get_outputs()]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        results = self._session.run(self.output_names, {self.input_name: x})
+        return {n: np.asarray(v) for n, v in zip(self.output_names, results, strict=True)}
+
+
+class TfliteRunner:
+    """ai-edge-litert's interpreter; integer boundaries (de)quantized like the agent does."""
+
+    def __init__(self, data: bytes, io_quantization: Mapping[str, IoQuantization]) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            self._interpreter: Any = Interpreter(model_content=data, num_threads=1)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise ConversionError(f"ai-edge-litert cannot load the candidate: {e}") from e
+        self._inputs = self._interpreter.get_input_details()
+        self._outputs = self._interpreter.get_output_details()
+        self._io = dict(io_quantization)
+        self.input_name = self._inputs[0]["name"]
+        self.output_names = [o["name"] for o in self._outputs]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        detail = self._inputs[0]
+        if self.input_name in self._io:
+            x = quantize_input(x, self._io[self.input_name])
+        if list(detail["shape"]) != list(x.shape):
+            self._interpreter.resize_tensor_input(detail["index"], list(x.shape))
+            self._interpreter.allocate_tensors()
+        self._interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
+        self._interpreter.invoke()
+        out: dict[str, np.ndarray] = {}
+        for o in self._outputs:
+            value = np.array(self._interpreter.get_tensor(o["index"]))
+            if o["name"] in self._io:
+                value = dequantize_output(value, self._io[o["name"]])
+            out[o["name"]] = value
+        return out
+
+
+def runner_for(candidate: Candidate) -> Runner:
+    if candidate.format == "onnx":
+        return OnnxRunner(candidate.data)
+    return TfliteRunner(candidate.data, candidate.io_quantization)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Top-1 predictions of every holdout row and the median batch-1 latency."""
+
+    predictions: np.ndarray  # int64 [n]
+    latency_ms: float
+    latency_p95_ms: float
+
+
+def top1(outputs: Mapping[str, np.ndarray]) -> int:
+    """The predicted class: argmax of the first 2-D float output (scores / probabilities)."""
+    for value in outputs.values():
+        if value.ndim == 2 and np.issubdtype(value.dtype, np.floating):
+            return int(np.argmax(value[0]))
+    for value in outputs.values():
+        if np.issubdtype(value.dtype, np.integer):
+            return int(value.reshape(-1)[0])
+    raise ConversionError("model has no score or label output to compare")
+
+
+def measure(runner: Runner, x: np.ndarray, *, warmup: int = 5) -> Measurement:
+    """Run every row of ``x`` at batch 1; latency excludes a few warm-up runs."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    for row in x[:warmup]:
+        runner.run(row[None, ...])
+    predictions = np.empty(len(x), dtype=np.int64)
+    times = np.empty(len(x), dtype=np.float64)
+    for i, row in enumerate(x):
+        start = time.perf_counter()
+        outputs = runner.run(row[None, ...])
+        times[i] = time.perf_counter() - start
+        predictions[i] = top1(outputs)
+    return Measurement(
+        predictions=predictions,
+        latency_ms=float(np.median(times) * 1000),
+        latency_p95_ms=float(np.percentile(times, 95) * 1000),
+    )

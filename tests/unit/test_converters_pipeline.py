@@ -1,0 +1,150 @@
+"""Every shipped profile builds from the float digits model; the gate refuses when it must."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from converters import pipeline
+from converters.errors import GateError, UnsupportedOpError
+from converters.pipeline import Holdout, build_for_profile
+from converters.tflite_build import dense_graph_from_onnx
+from edgefleet.profile import default_profiles_dir, load_profiles, parse_profile
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::sklearn.exceptions.ConvergenceWarning", "ignore::UserWarning"
+)
+PROFILES = load_profiles(default_profiles_dir())
+
+
+@pytest.fixture(scope="module")
+def digits():  # type: ignore[no-untyped-def]
+    from control_plane.digits import train_digits_model
+
+    return train_digits_model(max_iter=80)
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_every_shipped_profile_builds_from_the_float_model(digits, name: str) -> None:  # type: ignore[no-untyped-def]
+    profile = PROFILES[name]
+    outcome = build_for_profile(
+        digits.onnx_bytes,
+        profile,
+        calibration=digits.samples,
+        holdout=Holdout(digits.holdout_x, digits.holdout_y),
+    )
+    chosen = outcome.chosen_row
+    assert chosen.passed and outcome.verified
+    assert outcome.chosen.precision in profile.precisions
+    assert chosen.drop is not None and chosen.drop <= profile.max_accuracy_drop
+    assert sum(r.chosen for r in outcome.table) == 1
+    if profile.tflite and profile.tflite.integer_only:
+        assert outcome.chosen.io_quantization  # integer boundary recorded for the agent
+
+
+def test_profile_whose_runtime_is_not_here_is_gated_in_litert_and_says_so(digits) -> None:  # type: ignore[no-untyped-def]
+    outcome = build_for_profile(
+        digits.onnx_bytes,
+        PROFILES["legacy-armv7-tflite214"],
+        calibration=digits.samples,
+        holdout=Holdout(digits.holdout_x, digits.holdout_y),
+    )
+    assert outcome.gate_runtime["name"] == "ai-edge-litert"
+    assert outcome.gate_runtime["matches_profile"] is False
+
+
+def test_broken_calibration_set_makes_the_integer_only_build_fail_with_every_number(digits) -> None:  # type: ignore[no-untyped-def]
+    broken = np.full_like(digits.samples, 0.01)  # ranges collapse to nearly zero
+    with pytest.raises(GateError) as caught:
+        build_for_profile(
+            digits.onnx_bytes,
+            PROFILES["coral-edgetpu-int8"],
+            calibration=broken,
+            holdout=Holdout(digits.holdout_x, digits.holdout_y),
+        )
+    rows = caught.value.candidates
+    assert rows and all(r["verdict"] in ("refused", "failed") for r in rows)
+    assert all(r["agreement"] is not None for r in rows)
+
+
+def test_broken_calibration_falls_back_to_fp32_where_the_profile_allows_it(digits) -> None:  # type: ignore[no-untyped-def]
+    broken = np.full_like(digits.samples, 0.01)
+    outcome = build_for_profile(
+        digits.onnx_bytes,
+        PROFILES["x86-64-gateway-onnx"],
+        calibration=broken,
+        holdout=Holdout(digits.holdout_x, digits.holdout_y),
+    )
+    static = [r for r in outcome.table if r.candidate.startswith("int8-qdq")]
+    assert static and not any(r.passed for r in static)
+    assert outcome.chosen.name in ("fp32", "int8-dynamic-matmul")
+
+
+def test_without_labels_the_gate_judges_agreement_and_marks_unverified(digits) -> None:  # type: ignore[no-untyped-def]
+    outcome = build_for_profile(
+        digits.onnx_bytes,
+        PROFILES["x86-64-gateway-onnx"],
+        calibration=digits.samples,
+        holdout=Holdout(digits.holdout_x, None),
+    )
+    assert outcome.verified is False and outcome.chosen_row.accuracy is None
+
+
+def _layernorm_model() -> bytes:
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 4])
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [4], [1.0] * 4)
+    node = helper.make_node("LayerNormalization", ["input", "scale"], ["out"])
+    graph = helper.make_graph([node], "ln", [x], [y], [scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString()
+
+
+def test_op_the_runtime_version_cannot_run_is_refused_before_conversion(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    text = (default_profiles_dir() / "x86-64-gateway-onnx.toml").read_text()
+    old_runtime = parse_profile(text.replace("opset_max = 20", "opset_max = 16"))
+
+    def must_not_convert(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("conversion started for a model the runtime cannot run")
+
+    monkeypatch.setattr(pipeline, "onnx_candidates", must_not_convert)
+    samples = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    with pytest.raises(UnsupportedOpError) as caught:
+        build_for_profile(
+            _layernorm_model(), old_runtime, calibration=samples, holdout=Holdout(samples)
+        )
+    assert caught.value.ops == ["LayerNormalization"]
+    assert "LayerNormalization" in str(caught.value)
+
+
+def test_onnx_op_without_a_tflite_lowering_is_refused_naming_it() -> None:
+    with pytest.raises(UnsupportedOpError, match="LayerNormalization"):
+        dense_graph_from_onnx(_layernorm_model())
+
+
+def test_tflite_op_outside_the_profile_op_set_is_refused_naming_it(digits, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    text = (default_profiles_dir() / "rpi-arm64-litert-int8.toml").read_text()
+    no_argmax = parse_profile(text.replace('"ARG_MAX", ', ""))
+    with pytest.raises(UnsupportedOpError) as caught:
+        build_for_profile(
+            digits.onnx_bytes,
+            no_argmax,
+            calibration=digits.samples,
+            holdout=Holdout(digits.holdout_x, digits.holdout_y),
+        )
+    assert caught.value.ops == ["ARG_MAX"]
+
+
+def test_fp16_candidate_keeps_float32_inputs_and_outputs(digits) -> None:  # type: ignore[no-untyped-def]
+    outcome = build_for_profile(
+        digits.onnx_bytes,
+        PROFILES["jetson-orin-onnx-fp16"],
+        calibration=digits.samples,
+        holdout=Holdout(digits.holdout_x, digits.holdout_y),
+    )
+    fp16 = next(r for r in outcome.table if r.candidate == "fp16")
+    assert fp16.passed
+    model = onnx.load_from_string(outcome.chosen.data)
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
