@@ -29,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--config", type=Path, required=True, help="path to agent.toml")
         command.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    enrol = commands.add_parser("enrol", help="trade a one-time token for broker credentials")
+    enrol.add_argument("--config", type=Path, required=True, help="path to agent.toml")
+    enrol.add_argument("--api", required=True, help="control plane URL, e.g. http://host:8000")
+    enrol.add_argument("--token", required=True, help="one-time enrolment token")
+    enrol.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     return parser
 
 
@@ -113,6 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         if args.command == "status":
             return print_status(config)
+        if args.command == "enrol":
+            from agent.enrol import credentials_path, enrol
+
+            enrol(config, api_url=args.api, token=args.token)
+            saved = credentials_path(config.data_dir)
+            print(f"enrolled {config.device_id}; credentials in {saved}")
+            return 0
         from agent.daemon import Agent
 
         Agent(config).run()

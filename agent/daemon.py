@@ -23,6 +23,8 @@ from types import FrameType
 
 from agent import __version__
 from agent.config import AgentConfig
+from agent.drift import DriftSupervisor
+from agent.enrol import load_credentials
 from agent.errors import RuntimeLoadError, SlotError
 from agent.fetcher import MqttFetcher
 from agent.forwarder import Forwarder
@@ -109,9 +111,12 @@ class Agent:
         self._stopped = threading.Event()
         self._link_since = time.time()
         offline = DeviceStatus(online=False, profile=config.profile, agent_version=__version__)
+        credentials = load_credentials(config.data_dir)  # written by `edgefleet-agent enrol`
         self.link = MqttLink(
             client_id=config.device_id,
             broker=config.broker_address,
+            username=credentials.username if credentials else None,
+            password=credentials.password if credentials else None,
             clean_start=False,
             session_expiry=SESSION_EXPIRY,
             will=Will(topics.up(self.device_id, Up.STATUS), offline.to_bytes(), retain=True),
@@ -150,6 +155,7 @@ class Agent:
             link_ready=self.link.wait_connected,
         )
         self.worker = OfferWorker(self.installer)
+        self.drift = DriftSupervisor(self.slots, self.emit)
         self.server = InferenceServer(
             self.holder,
             host=config.inference.host,
@@ -157,6 +163,7 @@ class Agent:
             max_concurrency=config.inference.max_concurrency,
             max_body_bytes=config.inference.max_body_bytes,
             observer=self.stats.observe,
+            input_observer=self.drift.observe,
         )
         self._next_window = time.monotonic() + config.telemetry.window_s
         self._next_status = 0.0
@@ -184,6 +191,7 @@ class Agent:
             return
         self._stopped.set()
         self.server.stop()
+        self.drift.stop()
         self.worker.stop()
         self.forwarder.stop()
         self.spool.close()

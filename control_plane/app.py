@@ -17,10 +17,13 @@ from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
 from control_plane.api.routes import (
+    audit,
     bundles,
     devices,
     drift,
+    enrolment,
     events,
+    groups,
     health,
     keys,
     models,
@@ -30,6 +33,7 @@ from control_plane.api.routes import (
     tokens,
     trust,
 )
+from control_plane.api.routes.console import register_console
 from control_plane.auth import authorize, ensure_admin_token
 from control_plane.db import create_db_and_tables, make_engine
 from control_plane.drift_loop import INTERVAL_S as DRIFT_LOOP_INTERVAL_S
@@ -43,9 +47,12 @@ from control_plane.errors import (
     NotFoundError,
 )
 from control_plane.keyring import SigningError
-from control_plane.link import FleetLink
+from control_plane.link import FleetLink, stable_client_id
+from control_plane.metrics import router as metrics_router
 from control_plane.repository import SignedRepository
+from control_plane.services.orchestrator import RolloutOrchestrator
 from control_plane.settings import Settings
+from edgefleet.mqtt import BrokerAddress
 
 logger = logging.getLogger(__name__)
 
@@ -98,14 +105,30 @@ def create_app(settings: Settings) -> FastAPI:
             max_instances=1,
             coalesce=True,
         )
+        orchestrator = RolloutOrchestrator(
+            engine=engine,
+            publisher=link,
+            replica=settings.client_id or stable_client_id(settings.data_dir),
+        )
+        scheduler.add_job(
+            orchestrator.tick,
+            "interval",
+            seconds=settings.rollout_tick_s,
+            id="rollout-orchestrator",
+            max_instances=1,
+            coalesce=True,
+        )
         scheduler.start()
+        app.state.orchestrator = orchestrator
         app.state.settings = settings
         app.state.engine = engine
         app.state.repository = repository
         app.state.link = link
         app.state.drift_loop = drift_loop
         logger.info(
-            "control plane started data_dir=%s broker=%s", settings.data_dir, settings.broker_url
+            "control plane started data_dir=%s broker=%s",
+            settings.data_dir,
+            BrokerAddress.parse(settings.broker_url).url(),  # without any password
         )
         try:
             yield
@@ -135,7 +158,10 @@ def create_app(settings: Settings) -> FastAPI:
         profiles,
         bundles,
         devices,
+        groups,
+        enrolment,
         rollouts,
+        audit,
         events,
         drift,
         retraining,
@@ -145,4 +171,6 @@ def create_app(settings: Settings) -> FastAPI:
     ):
         api.include_router(module.router)
     app.include_router(api)
+    app.include_router(metrics_router)
+    register_console(app)
     return app

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 Role = Literal["viewer", "operator", "admin"]
 RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
 ADMIN_PATHS = ("/api/v1/keys", "/api/v1/tokens")
-OPEN_PATHS = ("/api/v1/health", "/api/v1/trust/root", "/api/v1/enrol")
+OPEN_PATHS = frozenset({"/api/v1/health", "/api/v1/trust/root", "/api/v1/enrol"})
 TOKEN_PREFIX = "eft_"
 
 
@@ -88,7 +88,7 @@ def ensure_admin_token(*, session: Session, settings: Settings) -> None:
 
 def required_role(method: str, path: str) -> Role | None:
     """The least role a request needs; None when the route is open."""
-    if not path.startswith("/api/v1/") or path.startswith(OPEN_PATHS):
+    if not path.startswith("/api/v1/") or path.rstrip("/") in OPEN_PATHS:
         return None
     if path.startswith(ADMIN_PATHS):
         return "admin"

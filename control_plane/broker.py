@@ -5,16 +5,23 @@ fixes the two measured pitfalls of Mosquitto 2.0's defaults: ``max_queued_messag
 (1000 by default) silently drops QoS 1 messages to slow or offline subscribers, and
 Nagle's algorithm adds ~40 ms to every request/response block. Persistence is saved
 every few seconds rather than every 30 minutes so a restart keeps queued messages.
+
+Without ``security`` the broker is anonymous (the quickstart, the demo, most tests).
+With a ``BrokerAuthFiles`` it requires a username and password, applies the ACL the
+control plane generates (``control_plane.broker_security``) and writes its pid so the
+control plane can send it SIGHUP after enrolling or revoking a device.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import subprocess
 from pathlib import Path
 
+from control_plane.broker_security import BrokerAuthFiles, render_security_config, write_auth_files
 from control_plane.errors import BrokerError
 from control_plane.netutil import free_port, wait_for_port
 from edgefleet.mqtt import BrokerAddress
@@ -34,11 +41,22 @@ def find_mosquitto() -> str:
     return found
 
 
-def render_config(*, port: int, data_dir: Path, persistence: bool = True) -> str:
-    """The mosquitto.conf edgefleet runs with."""
+def render_config(
+    *,
+    port: int,
+    data_dir: Path,
+    persistence: bool = True,
+    security: BrokerAuthFiles | None = None,
+) -> str:
+    """The mosquitto.conf edgefleet runs with (anonymous unless ``security`` is given)."""
+    auth = ["allow_anonymous true"] if security is None else render_security_config(security)
+    if security is not None and os.geteuid() == 0:
+        # Started as root, mosquitto drops to the ``mosquitto`` user, which cannot read
+        # auth files in a private (0700) data dir: keep the starter's identity instead.
+        auth.append("user root")
     lines = [
         f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
+        *auth,
         "max_queued_messages 0",
         "max_inflight_messages 100",
         f"max_packet_size {MAX_PACKET_SIZE}",
@@ -62,10 +80,18 @@ class MosquittoBroker:
     ``start()`` again brings it back on the same port with the same data.
     """
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, persistence: bool = True):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        persistence: bool = True,
+        security: BrokerAuthFiles | None = None,
+    ):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.persistence = persistence
+        self.security = security
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,8 +111,15 @@ class MosquittoBroker:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "mosquitto.conf"
+        if self.security is not None and not self.security.password_file.exists():
+            write_auth_files(self.security, devices={})
         config.write_text(
-            render_config(port=self.port, data_dir=self.data_dir, persistence=self.persistence)
+            render_config(
+                port=self.port,
+                data_dir=self.data_dir,
+                persistence=self.persistence,
+                security=self.security,
+            )
         )
         self._process = subprocess.Popen(
             [find_mosquitto(), "-c", str(config)],
@@ -102,7 +135,14 @@ class MosquittoBroker:
                 f"mosquitto did not listen on port {self.port} within {timeout}s: "
                 f"{stderr.decode(errors='replace').strip() or 'see ' + str(self.data_dir)}"
             )
+        if self.security is not None:
+            self.security.pid_file.write_text(f"{self._process.pid}\n")
         logger.info("mosquitto started port=%d pid=%d", self.port, self._process.pid)
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads its password file and ACL and re-checks live clients."""
+        if self.running and self._process is not None:
+            self._process.send_signal(signal.SIGHUP)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM and wait: mosquitto saves its persistence file on the way out."""
@@ -127,6 +167,8 @@ class MosquittoBroker:
         self._close()
 
     def _close(self) -> None:
+        if self.security is not None:
+            self.security.pid_file.unlink(missing_ok=True)
         if self._process is not None and self._process.stderr:
             self._process.stderr.close()
         self._process = None

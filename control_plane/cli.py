@@ -37,6 +37,7 @@ retraining_app = typer.Typer(no_args_is_help=True, help="Retraining requests fro
 policy_app = typer.Typer(no_args_is_help=True, help="Per-model drift-loop policy.")
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys of the bundle repository.")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens (admin).")
+audit_app = typer.Typer(no_args_is_help=True, help="Who did what to rollouts, and why.")
 app.add_typer(model_app, name="model")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(device_app, name="device")
@@ -47,6 +48,7 @@ app.add_typer(retraining_app, name="retraining")
 app.add_typer(policy_app, name="policy")
 app.add_typer(keys_app, name="keys")
 app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -219,18 +221,64 @@ def bundle_build(
     model: Annotated[str, typer.Option(help="model name")],
     version: Annotated[str, typer.Option(help="model version")],
     profile: Annotated[str, typer.Option(help="firmware profile")],
+    holdout: Annotated[
+        Path | None,
+        typer.Option(help="gate holdout .npz with x and y (default: the registered one)"),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None, typer.Option(help="largest accuracy drop the gate allows (default: profile)")
+    ] = None,
     api: ApiOption = DEFAULT_API,
 ) -> None:
-    """Build, sign and publish a bundle of a model version for one firmware profile."""
+    """Build every candidate for a firmware profile, gate them, sign and publish the best."""
+    holdout_x = holdout_y = None
+    if holdout is not None:
+        with np.load(holdout, allow_pickle=False) as npz:
+            holdout_x = npz["x"]
+            holdout_y = npz["y"] if "y" in npz.files else None
     try:
-        with _client(api) as client, console.status(f"building {model} v{version} for {profile}"):
-            bundle = client.build_bundle(model=model, version=version, profile=profile)
+        with _client(api) as client, console.status(
+            f"building {model} v{version} for {profile}: quantizing, measuring, gating"
+        ):
+            bundle = client.build_bundle(
+                model=model,
+                version=version,
+                profile=profile,
+                max_accuracy_drop=max_accuracy_drop,
+                holdout_x=holdout_x,
+                holdout_y=holdout_y,
+            )
     except ApiError as e:
         raise _fail(e) from e
+    console.print(_candidates_table(bundle["manifest"].get("candidates", [])))
+    metrics = bundle["manifest"].get("metrics", {})
+    verified = "verified" if metrics.get("verified") else "UNVERIFIED (no labels)"
     console.print(
         f"bundle {bundle['id']} release {bundle['release']} "
-        f"{bundle['length']} bytes sha256 {bundle['sha256']}"
+        f"{bundle['length']} bytes sha256 {bundle['sha256']} gate {verified}"
     )
+
+
+def _candidates_table(rows: list[dict[str, Any]]) -> Table:
+    """Candidate, accuracy, drop, agreement, size, latency, chosen: one row per candidate."""
+    table = Table(title="candidates")
+    for column in ("candidate", "accuracy", "drop", "agreement", "size", "latency ms", "verdict",
+                   "chosen"):
+        table.add_column(column)
+
+    def num(value: Any, digits: int = 4) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for row in rows:
+        table.add_row(
+            row["candidate"], num(row.get("accuracy")), num(row.get("drop")),
+            num(row.get("agreement")), str(row.get("size_bytes", "")),
+            num(row.get("latency_ms"), 3),
+            row.get("verdict", "") + ("" if row.get("verdict") == "passed"
+                                      else f" ({'; '.join(row.get('reasons') or [])})"),
+            "*" if row.get("chosen") else "",
+        )
+    return table
 
 
 @bundle_app.command("list")
@@ -263,6 +311,46 @@ def device_list(api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -> No
     console.print(_table(rows, columns, "devices"))
 
 
+def _parse_labels(pairs: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"label {pair!r} is not key=value")
+        labels[key] = value
+    return labels
+
+
+@device_app.command("label")
+def device_label(
+    device_id: str,
+    label: Annotated[list[str], typer.Argument(help="key=value (replaces all labels)")],
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Set a device's labels, which rollout selectors match."""
+    try:
+        with _client(api) as client:
+            device = client.set_device_labels(device_id, _parse_labels(label))
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(f"{device['id']} labels {device['labels']}")
+
+
+@device_app.command("group")
+def device_group(
+    name: str,
+    device: Annotated[list[str], typer.Argument(help="member device ids (replaces the group)")],
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Create or replace a device group, which rollout selectors can name."""
+    try:
+        with _client(api) as client:
+            group = client.set_group(name, device)
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(f"group {group['name']}: {len(group['device_ids'])} devices")
+
+
 @rollout_app.command("create")
 def rollout_create(
     bundle: Annotated[str, typer.Option(help="bundle id")],
@@ -270,27 +358,109 @@ def rollout_create(
         list[str] | None,
         typer.Option(help="target device id (repeatable); default: all of the profile"),
     ] = None,
+    group: Annotated[list[str] | None, typer.Option(help="device group (repeatable)")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="key=value the devices carry")] = None,
+    waves: Annotated[
+        str, typer.Option(help="cumulative waves, counts or shares: 1,10%,50%,100%")
+    ] = "100%",
+    soak: Annotated[float, typer.Option(help="seconds each wave soaks before its gates")] = 0.0,
+    max_install_failure_rate: Annotated[float | None, typer.Option()] = None,
+    max_error_rate: Annotated[float | None, typer.Option()] = None,
+    max_latency_ratio: Annotated[
+        float | None, typer.Option(help="p95 on the new bundle / p95 on the previous one")
+    ] = None,
+    min_agreement: Annotated[float | None, typer.Option()] = None,
+    min_inferences: Annotated[int, typer.Option(help="telemetry a wave needs first")] = 0,
+    strategy: Annotated[str, typer.Option(help="canary | blue_green | shadow")] = "canary",
+    manual: Annotated[bool, typer.Option("--manual", help="wait for promote after each wave")] = (
+        False
+    ),
+    draft: Annotated[bool, typer.Option("--draft", help="create without starting")] = False,
     api: ApiOption = DEFAULT_API,
 ) -> None:
-    """Offer a bundle to devices."""
+    """Roll a bundle out in waves, with health gates between them."""
+    selector: dict[str, Any] = {}
+    if group:
+        selector["groups"] = group
+    if label:
+        selector["labels"] = _parse_labels(label)
+    gates = {
+        "max_install_failure_rate": max_install_failure_rate,
+        "max_error_rate": max_error_rate,
+        "max_p95_latency_ratio": max_latency_ratio,
+        "min_agreement": min_agreement,
+        "min_inferences": min_inferences,
+    }
     try:
         with _client(api) as client:
-            rollout = client.create_rollout(bundle_id=bundle, device_ids=device)
+            rollout = client.create_rollout(
+                bundle_id=bundle,
+                device_ids=device,
+                selector=selector or None,
+                waves=[w.strip() for w in waves.split(",") if w.strip()],
+                soak_seconds=soak,
+                gates={k: v for k, v in gates.items() if v is not None},
+                strategy=strategy,
+                mode="manual" if manual else "automatic",
+                start=not draft,
+            )
     except ApiError as e:
         raise _fail(e) from e
+    sizes = [w["size"] for w in rollout.get("wave_status", [])]
     console.print(
         f"rollout {rollout['id']} {rollout['state']} to {len(rollout['devices'])} devices"
+        f" in waves of {sizes}"
     )
+
+
+_DEVICE_COLUMNS = (
+    ("pending", ("pending",)),
+    ("downloading", ("offered", "downloading", "verified", "staged", "smoke_tested")),
+    ("active", ("active", "shadowing")),
+    ("failed", ("failed",)),
+    ("rolled back", ("rolling_back", "rolled_back")),
+    ("other", ("superseded", "cancelled")),
+)
 
 
 def _rollout_table(rollout: dict[str, Any]) -> Table:
-    counts = " ".join(f"{k}={v}" for k, v in sorted(rollout.get("counts", {}).items()))
-    table = _table(
-        rollout["devices"],
-        ["device_id", "state", "install_seconds", "reason", "updated_at"],
-        f"rollout {rollout['id']} · {rollout['bundle_id']} · {rollout['state']} · {counts}",
+    """Per wave: devices by state and gate values against thresholds."""
+    title = (
+        f"rollout {rollout['id']} · {rollout['bundle_id']} · {rollout['state']}"
+        f" · wave {rollout.get('wave', 1)}/{rollout.get('wave_count', 1)}"
+        f" {rollout.get('phase', '')} · {rollout.get('strategy', 'canary')}"
+        f" {rollout.get('mode', 'automatic')}"
     )
+    table = Table(title=title, caption=rollout.get("reason") or None)
+    table.add_column("wave")
+    table.add_column("size")
+    table.add_column("state")
+    for name, _states in _DEVICE_COLUMNS:
+        table.add_column(name, justify="right")
+    table.add_column("gates")
+    for wave in rollout.get("wave_status") or []:
+        counts = wave.get("counts", {})
+        gates = []
+        for gate in wave.get("gates", []):
+            value = "-" if gate["value"] is None else f"{gate['value']:.3f}"
+            mark = "[green]ok[/]" if gate["ok"] else "[red]BREACH[/]"
+            gates.append(f"{gate['name']} {value} / {gate['threshold']} {mark}")
+        table.add_row(
+            str(wave["wave"]),
+            str(wave["size"]),
+            wave["state"],
+            *(str(sum(counts.get(s, 0) for s in states)) for _n, states in _DEVICE_COLUMNS),
+            "\n".join(gates) or "-",
+        )
     return table
+
+
+def _devices_table(rollout: dict[str, Any]) -> Table:
+    return _table(
+        rollout["devices"],
+        ["device_id", "wave", "state", "install_seconds", "reason", "updated_at"],
+        "devices",
+    )
 
 
 @rollout_app.command("status")
@@ -299,10 +469,11 @@ def rollout_status(
     watch: Annotated[
         bool, typer.Option("--watch", help="live view until the rollout ends")
     ] = False,
+    devices: Annotated[bool, typer.Option("--devices", help="also list every device")] = False,
     api: ApiOption = DEFAULT_API,
     as_json: JsonOption = False,
 ) -> None:
-    """Per-device state of a rollout."""
+    """Waves, device states and gate values of a rollout."""
     try:
         with _client(api) as client:
             rollout = client.get_rollout(rollout_id)
@@ -311,14 +482,99 @@ def rollout_status(
                 return
             if not watch:
                 console.print(_rollout_table(rollout))
+                if devices:
+                    console.print(_devices_table(rollout))
                 return
             with Live(_rollout_table(rollout), console=console, refresh_per_second=4) as live:
-                while rollout["state"] == "in_progress":
+                while rollout["state"] in ("in_progress", "paused", "draft"):
                     time.sleep(0.5)
                     rollout = client.get_rollout(rollout_id)
                     live.update(_rollout_table(rollout))
     except ApiError as e:
         raise _fail(e) from e
+
+
+def _rollout_action(action: str, rollout_id: int, reason: str | None, api: str) -> None:
+    try:
+        with _client(api) as client:
+            rollout = client.act_on_rollout(rollout_id, action, reason=reason)
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(
+        f"rollout {rollout['id']} {rollout['state']} (wave {rollout['wave']}, {rollout['phase']})"
+    )
+
+
+ReasonOption = Annotated[str | None, typer.Option(help="why: recorded in the audit log")]
+
+
+@rollout_app.command("start")
+def rollout_start(
+    rollout_id: int, reason: ReasonOption = None, api: ApiOption = DEFAULT_API
+) -> None:
+    """Start a draft rollout."""
+    _rollout_action("start", rollout_id, reason, api)
+
+
+@rollout_app.command("pause")
+def rollout_pause(
+    rollout_id: int, reason: ReasonOption = None, api: ApiOption = DEFAULT_API
+) -> None:
+    """Start no new wave until resumed."""
+    _rollout_action("pause", rollout_id, reason, api)
+
+
+@rollout_app.command("resume")
+def rollout_resume(
+    rollout_id: int, reason: ReasonOption = None, api: ApiOption = DEFAULT_API
+) -> None:
+    """Resume a paused rollout."""
+    _rollout_action("resume", rollout_id, reason, api)
+
+
+@rollout_app.command("promote")
+def rollout_promote(
+    rollout_id: int, reason: ReasonOption = None, api: ApiOption = DEFAULT_API
+) -> None:
+    """Start the next wave of a manual rollout whose wave passed its gates."""
+    _rollout_action("promote", rollout_id, reason, api)
+
+
+@rollout_app.command("abort")
+def rollout_abort(
+    rollout_id: int, reason: ReasonOption = None, api: ApiOption = DEFAULT_API
+) -> None:
+    """Stop the rollout; the current wave's devices roll back."""
+    _rollout_action("abort", rollout_id, reason, api)
+
+
+@rollout_app.command("rollback")
+def rollout_rollback(
+    rollout_id: int, reason: ReasonOption = None, api: ApiOption = DEFAULT_API
+) -> None:
+    """Roll every device that got the bundle back to its previous one."""
+    _rollout_action("rollback", rollout_id, reason, api)
+
+
+@audit_app.command("list")
+def audit_list(
+    rollout: Annotated[int | None, typer.Option(help="only this rollout")] = None,
+    action: Annotated[str | None, typer.Option(help="only this action")] = None,
+    limit: int = 100,
+    api: ApiOption = DEFAULT_API,
+    as_json: JsonOption = False,
+) -> None:
+    """Operator actions and automatic decisions, newest first."""
+    try:
+        with _client(api) as client:
+            rows = client.list_audit(rollout_id=rollout, action=action, limit=limit)
+    except ApiError as e:
+        raise _fail(e) from e
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    columns = ["ts", "actor", "action", "rollout_id", "target", "reason"]
+    console.print(_table(rows, columns, "audit"))
 
 
 @trust_app.command("root")
@@ -590,6 +846,40 @@ def token_revoke(token_id: int, api: ApiOption = DEFAULT_API) -> None:
     except ApiError as e:
         raise _fail(e) from e
     console.print(f"token {token_id} revoked")
+
+
+enrol_app = typer.Typer(no_args_is_help=True, help="Device enrolment (secured broker).")
+app.add_typer(enrol_app, name="enrol")
+
+
+@enrol_app.command("token")
+def enrol_token(
+    ttl: Annotated[int, typer.Option(help="seconds the token stays valid")] = 3600,
+    note: Annotated[str | None, typer.Option(help="what the token is for")] = None,
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Issue a one-time enrolment token; its secret is printed once."""
+    try:
+        with _client(api) as client:
+            # ApiClient has no typed method for this yet (client.py is edited elsewhere).
+            token = client._call(
+                "POST", "/enrolment/tokens", json={"ttl_seconds": ttl, "note": note}
+            )
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(f"enrolment token {token['id']} valid until {token['expires_at']}:")
+    console.print(token["token"], soft_wrap=True)
+
+
+@device_app.command("revoke")
+def device_revoke(device_id: str, api: ApiOption = DEFAULT_API) -> None:
+    """Revoke a device's broker credentials and cut its live session."""
+    try:
+        with _client(api) as client:
+            result = client._call("POST", f"/devices/{device_id}/revoke")
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(f"device {result['device_id']} revoked at {result['revoked_at']}")
 
 
 def main() -> None:

@@ -72,31 +72,54 @@ class ApiClient:
         return dict(self._call("GET", "/health"))
 
     def register_model(
-        self, *, name: str, version: str, model: bytes, samples: np.ndarray
+        self,
+        *,
+        name: str,
+        version: str,
+        model: bytes,
+        samples: np.ndarray,
+        holdout_x: np.ndarray | None = None,
+        holdout_y: np.ndarray | None = None,
     ) -> dict[str, Any]:
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(samples, dtype=np.float32), allow_pickle=False)
+        files = {
+            "model": ("model.onnx", model, "application/octet-stream"),
+            "samples": ("samples.npy", buffer.getvalue(), "application/octet-stream"),
+        }
+        if holdout_x is not None:
+            arrays: dict[str, Any] = {"x": np.asarray(holdout_x, dtype=np.float32)}
+            if holdout_y is not None:
+                arrays["y"] = np.asarray(holdout_y, dtype=np.int64)
+            npz = io.BytesIO()
+            np.savez(npz, **arrays)
+            files["holdout"] = ("holdout.npz", npz.getvalue(), "application/octet-stream")
         return dict(
-            self._call(
-                "POST",
-                "/models",
-                data={"name": name, "version": version},
-                files={
-                    "model": ("model.onnx", model, "application/octet-stream"),
-                    "samples": ("samples.npy", buffer.getvalue(), "application/octet-stream"),
-                },
-            )
+            self._call("POST", "/models", data={"name": name, "version": version}, files=files)
         )
 
     def list_models(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/models"))
 
-    def build_bundle(self, *, model: str, version: str, profile: str) -> dict[str, Any]:
-        return dict(
-            self._call(
-                "POST", "/bundles", json={"model": model, "version": version, "profile": profile}
-            )
-        )
+    def build_bundle(
+        self,
+        *,
+        model: str,
+        version: str,
+        profile: str,
+        max_accuracy_drop: float | None = None,
+        holdout_x: np.ndarray | None = None,
+        holdout_y: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "version": version, "profile": profile}
+        if max_accuracy_drop is not None:
+            body["max_accuracy_drop"] = max_accuracy_drop
+        if holdout_x is not None:
+            body["holdout"] = {
+                "x": np.asarray(holdout_x, dtype=np.float32).tolist(),
+                "y": None if holdout_y is None else np.asarray(holdout_y).astype(int).tolist(),
+            }
+        return dict(self._call("POST", "/bundles", json=body))
 
     def list_bundles(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/bundles"))
@@ -105,12 +128,43 @@ class ApiClient:
         return list(self._call("GET", "/devices"))
 
     def create_rollout(
-        self, *, bundle_id: str, device_ids: list[str] | None = None
+        self, *, bundle_id: str, device_ids: list[str] | None = None, **options: Any
     ) -> dict[str, Any]:
+        """``options``: selector, strategy, waves, soak_seconds, gates, mode, start."""
         body: dict[str, Any] = {"bundle_id": bundle_id}
         if device_ids:
             body["device_ids"] = device_ids
+        body.update({k: v for k, v in options.items() if v is not None})
         return dict(self._call("POST", "/rollouts", json=body))
+
+    def act_on_rollout(
+        self, rollout_id: int, action: str, *, reason: str | None = None
+    ) -> dict[str, Any]:
+        """``start | pause | resume | promote | abort | rollback``."""
+        body = {"reason": reason} if reason else None
+        return dict(self._call("POST", f"/rollouts/{rollout_id}/{action}", json=body))
+
+    def list_audit(
+        self, *, rollout_id: int | None = None, action: str | None = None, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if rollout_id is not None:
+            params["rollout_id"] = rollout_id
+        if action:
+            params["action"] = action
+        return list(self._call("GET", "/audit", params=params))
+
+    def set_device_labels(self, device_id: str, labels: dict[str, str]) -> dict[str, Any]:
+        return dict(self._call("PUT", f"/devices/{device_id}/labels", json={"labels": labels}))
+
+    def set_group(
+        self, name: str, device_ids: list[str], description: str | None = None
+    ) -> dict[str, Any]:
+        body = {"device_ids": device_ids, "description": description}
+        return dict(self._call("PUT", f"/groups/{name}", json=body))
+
+    def list_groups(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/groups"))
 
     def get_rollout(self, rollout_id: int) -> dict[str, Any]:
         return dict(self._call("GET", f"/rollouts/{rollout_id}"))

@@ -24,10 +24,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from control_plane.errors import InvalidRequestError, NotFoundError
+from control_plane.models import Device
 from control_plane.repository import SignedRepository
 from control_plane.services.devices import upsert_device_status
 from control_plane.services.events import ingest_event
-from control_plane.services.rollouts import apply_install_report
+from control_plane.services.rollouts import apply_install_report, reoffer_on_reconnect
 from control_plane.settings import Settings
 from edgefleet import topics
 from edgefleet.errors import MessageError
@@ -221,7 +222,12 @@ class FleetLink:
             return
         try:
             with Session(self._engine) as session:
+                known = session.get(Device, device_id)
+                was_online = known is not None and known.online
                 upsert_device_status(session=session, device_id=device_id, status=status)
+                if status.online and not was_online:
+                    # Back from offline: offer again what running rollouts still owe it.
+                    reoffer_on_reconnect(session=session, publisher=self, device_id=device_id)
         except SQLAlchemyError:
             logger.exception("status not stored device_id=%s", device_id)
 

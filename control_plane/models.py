@@ -8,9 +8,34 @@ from typing import Any, Literal
 from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-RolloutState = Literal["in_progress", "complete", "failed"]
-DeviceInstallState = Literal["offered", "downloading", "verified", "staged", "active", "failed"]
-TERMINAL_DEVICE_STATES = frozenset({"active", "failed"})
+RolloutState = Literal[
+    "draft",  # created, nothing offered yet; ``start`` begins wave 1
+    "in_progress",  # a wave is installing, soaking or waiting for promotion
+    "paused",  # no new wave starts; reports are still recorded
+    "complete",  # every wave passed its gates (and every device is done)
+    "aborted",  # a gate breached or an operator aborted: the wave rolled back
+    "failed",  # no gates and at least one device failed (the single-wave default)
+    "rolled_back",  # an operator rolled every device of the rollout back
+]
+RUNNING_ROLLOUT_STATES = frozenset({"in_progress", "paused"})
+DeviceInstallState = Literal[
+    "pending",  # in a later wave, not offered yet
+    "offered",
+    "downloading",
+    "verified",
+    "staged",
+    "smoke_tested",
+    "active",
+    "failed",
+    "rolling_back",  # a rollback command was sent
+    "rolled_back",
+    "shadowing",  # shadow strategy: the candidate runs beside the active model
+    "superseded",  # a newer rollout took the device over
+    "cancelled",  # the rollout ended before the device's wave
+]
+TERMINAL_DEVICE_STATES = frozenset(
+    {"active", "failed", "rolled_back", "superseded", "cancelled", "shadowing"}
+)
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
@@ -105,27 +130,142 @@ class DeviceBase(SQLModel):
 
 
 class Device(DeviceBase, table=True):
-    """A device as last seen on its status topic."""
+    """A device as last seen on its status topic, plus the labels operators set."""
 
     id: str = Field(primary_key=True, max_length=64)
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
 
 
 class DevicePublic(DeviceBase):
     id: str
+    labels: dict[str, str] = {}
+
+
+class DeviceLabelsUpdate(SQLModel):
+    """Replace a device's labels (``{"site": "berlin", "ring": "early"}``)."""
+
+    model_config = {"extra": "forbid"}
+
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+# -- device groups --------------------------------------------------------------
+
+
+class DeviceGroupBase(SQLModel):
+    description: str | None = Field(default=None, max_length=200)
+    device_ids: list[str] = Field(default_factory=list)
+
+
+class DeviceGroupUpdate(DeviceGroupBase):
+    model_config = {"extra": "forbid"}
+
+
+class DeviceGroup(DeviceGroupBase, table=True):
+    """A named, explicit set of devices a rollout selector can name."""
+
+    name: str = Field(primary_key=True, max_length=64)
+    device_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    updated_at: datetime = _ts_field()
+
+
+class DeviceGroupPublic(DeviceGroupBase):
+    name: str
+    updated_at: datetime
 
 
 # -- rollouts -----------------------------------------------------------------
 
 
+RolloutStrategy = Literal["canary", "blue_green", "shadow"]
+RolloutMode = Literal["automatic", "manual"]
+WaveSpec = int | str
+WAVE_PATTERN = r"^(100|[1-9][0-9]?)(\.[0-9]+)?%$"
+
+
+class RolloutSelector(SQLModel):
+    """Which devices a rollout targets; always narrowed to the bundle's profile.
+
+    With ``device_ids`` and/or ``groups``, their union; otherwise every device of
+    the profile. ``labels`` then keeps the devices carrying all the given labels.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    profile: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    device_ids: list[str] | None = None
+    groups: list[str] | None = None
+
+
+class RolloutGates(SQLModel):
+    """Thresholds checked at the end of each wave's soak; None switches a gate off.
+
+    Rates are fractions (0.05 = 5 %). ``max_p95_latency_ratio`` compares the wave's
+    p95 inference latency on the new bundle with devices of the rollout still on
+    another bundle. ``min_inferences`` makes a wave keep soaking until its devices
+    have reported at least that many inferences on the new bundle.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    max_install_failure_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_error_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_p95_latency_ratio: float | None = Field(default=None, gt=0.0)
+    min_agreement: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_inferences: int = Field(default=0, ge=0)
+
+
 class RolloutCreate(SQLModel):
+    """A rollout request; ``{bundle_id, device_ids}`` alone is one wave of 100 %, no gates."""
+
+    model_config = {"extra": "forbid"}
+
     bundle_id: str
     device_ids: list[str] | None = None
+    selector: RolloutSelector | None = None
+    strategy: RolloutStrategy = "canary"
+    waves: list[WaveSpec] = Field(
+        default_factory=lambda: ["100%"],
+        min_length=1,
+        max_length=20,
+        description='cumulative wave sizes: counts or percentages, e.g. [1, "10%", "50%", "100%"]',
+    )
+    soak_seconds: float = Field(default=0.0, ge=0.0, le=7 * 86_400)
+    gates: RolloutGates = Field(default_factory=RolloutGates)
+    mode: RolloutMode = "automatic"
+    start: bool = Field(default=True, description="false: create as a draft")
+
+
+class RolloutAction(SQLModel):
+    """An operator action on a rollout (pause, resume, promote, abort, rollback, start)."""
+
+    model_config = {"extra": "forbid"}
+
+    reason: str | None = Field(default=None, max_length=500)
 
 
 class Rollout(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     bundle_id: str = Field(foreign_key="bundle.id", index=True)
-    state: str = "in_progress"
+    state: str = Field(default="in_progress", index=True)
+    strategy: str = "canary"
+    mode: str = "automatic"
+    selector: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    waves: list[Any] = Field(default_factory=list, sa_column=Column(JSON))
+    wave_sizes: list[int] = Field(default_factory=list, sa_column=Column(JSON))
+    soak_seconds: float = 0.0
+    gates: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    current_wave: int = 0  # 0-based index into wave_sizes
+    phase: str = "installing"  # installing | soaking | awaiting_promotion | done
+    wave_started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    soak_started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    promoted: bool = False
+    wave_results: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    reason: str | None = None
+    created_by: str | None = None
+    owner: str | None = None  # replica that advanced it last
+    revision: int = 0  # bumped by every pass and action: takes the write lock first
     created_at: datetime = _ts_field()
     updated_at: datetime = _ts_field()
 
@@ -135,28 +275,87 @@ class RolloutDevice(SQLModel, table=True):
 
     rollout_id: int = Field(foreign_key="rollout.id", primary_key=True)
     device_id: str = Field(foreign_key="device.id", primary_key=True)
+    wave: int = 0
     state: str = "offered"
     reason: str | None = None
     install_seconds: float | None = None
+    offered_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     updated_at: datetime = _ts_field()
 
 
 class RolloutDevicePublic(SQLModel):
     device_id: str
+    wave: int
     state: str
     reason: str | None
     install_seconds: float | None
     updated_at: datetime
 
 
+class GateValue(SQLModel):
+    name: str
+    value: float | None
+    threshold: float | None
+    ok: bool
+    detail: str
+
+
+class WavePublic(SQLModel):
+    wave: int  # 1-based
+    size: int  # devices in this wave
+    state: str  # pending | installing | soaking | awaiting_promotion | passed | breached
+    counts: dict[str, int]
+    gates: list[GateValue]
+    soak_until: datetime | None = None
+
+
 class RolloutPublic(SQLModel):
     id: int
     bundle_id: str
     state: str
+    strategy: str = "canary"
+    mode: str = "automatic"
+    selector: dict[str, Any] = {}
+    waves: list[Any] = []
+    soak_seconds: float = 0.0
+    gates: dict[str, Any] = {}
+    wave: int = 1  # current wave, 1-based
+    wave_count: int = 1
+    phase: str = "installing"
+    reason: str | None = None
+    created_by: str | None = None
     created_at: datetime
     updated_at: datetime
     counts: dict[str, int]
+    wave_status: list[WavePublic] = []
     devices: list[RolloutDevicePublic]
+
+
+# -- audit log ------------------------------------------------------------------
+
+
+class AuditEntry(SQLModel, table=True):
+    """One operator action or automatic decision: who, what, when, why."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    ts: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True), index=True)
+    actor: str = Field(max_length=100)
+    action: str = Field(max_length=64, index=True)
+    rollout_id: int | None = Field(default=None, index=True)
+    target: str | None = Field(default=None, max_length=200)
+    reason: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class AuditEntryPublic(SQLModel):
+    id: int
+    ts: datetime
+    actor: str
+    action: str
+    rollout_id: int | None
+    target: str | None
+    reason: str | None
+    detail: dict[str, Any]
 
 
 # -- telemetry events ---------------------------------------------------------
@@ -275,3 +474,68 @@ class RetrainingRequestPublic(SQLModel):
     decided_by: str | None
     created_at: datetime
     updated_at: datetime
+
+
+# -- device enrolment: one-time tokens and broker credentials -----------------
+
+
+class EnrolmentTokenCreate(SQLModel):
+    """What an operator asks for: how long the one-time token stays valid."""
+
+    model_config = {"extra": "forbid"}
+
+    ttl_seconds: int = Field(default=3600, ge=60, le=30 * 24 * 3600)
+    note: str | None = Field(default=None, max_length=200)
+
+
+class EnrolmentToken(SQLModel, table=True):
+    """A one-time enrolment token; only its SHA-256 is stored, the secret is shown once."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_sha256: str = Field(unique=True, max_length=64)
+    note: str | None = None
+    created_at: datetime = _ts_field()
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True))
+    used_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    used_by: str | None = Field(default=None, max_length=64)
+
+
+class EnrolmentTokenIssued(SQLModel):
+    id: int
+    token: str
+    expires_at: datetime
+
+
+class EnrolRequest(SQLModel):
+    """What a device sends to enrol (its id is checked again by the service)."""
+
+    model_config = {"extra": "forbid"}
+
+    token: str = Field(min_length=1, max_length=200)
+    device_id: str = Field(max_length=64)
+    profile: str = Field(min_length=1, max_length=64)
+
+
+class EnrolResponse(SQLModel):
+    """The device's broker credentials; the password is never shown again."""
+
+    device_id: str
+    username: str
+    password: str
+
+
+class DeviceCredential(SQLModel, table=True):
+    """An enrolled device's broker credential (Mosquitto ``$7$`` hash, never the password)."""
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    profile: str
+    password_hash: str
+    enrolled_at: datetime = _ts_field()
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class DeviceCredentialPublic(SQLModel):
+    device_id: str
+    profile: str
+    enrolled_at: datetime
+    revoked_at: datetime | None

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     )
     enrol_rate_per_minute: float = Field(default=6.0, gt=0, description="per client address")
     enrol_burst: int = Field(default=5, ge=1)
+    rollout_tick_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often the orchestrator advances rollouts"
+    )
 
     @model_validator(mode="after")
     def _refuse_unprotected_keys_in_production(self) -> Settings:

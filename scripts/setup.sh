@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything edgefleet needs on a fresh Debian/Ubuntu machine with Python 3.11:
-# the mosquitto broker (apt-get, only where missing) and a virtualenv at .venv holding
-# the project with all its extras. Safe to run again: it only does what is missing.
+# the mosquitto broker and chromium (apt-get, only where missing) and a virtualenv at
+# .venv holding the project with all its extras. Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,42 @@ apt_install() {
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
     echo "setup: installing mosquitto"
     apt_install mosquitto
+fi
+
+# The console's browser test (tests/e2e/test_console.py) drives Debian's chromium
+# headless through Playwright; Playwright's own browser download is never used.
+# EDGEFLEET_CHROMIUM names another binary; EDGEFLEET_SKIP_CHROMIUM=1 leaves it out.
+if [ "${EDGEFLEET_SKIP_CHROMIUM:-0}" != 1 ] && [ ! -x "${EDGEFLEET_CHROMIUM:-/usr/bin/chromium}" ]; then
+    echo "setup: installing chromium (for the console's browser test)"
+    apt_install chromium
+fi
+
+# PostgreSQL for the multi-replica tests: a local cluster with a `test` database that
+# trusts 127.0.0.1 (tests create and drop their own databases in it). Skip: NO_POSTGRES=1.
+if [ "${NO_POSTGRES:-0}" != 1 ]; then
+    if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+        echo "setup: installing postgresql"
+        apt_install postgresql
+    fi
+    pg_ver=$(ls /usr/lib/postgresql | sort -V | tail -1)
+    if command -v pg_lsclusters >/dev/null && ! pg_lsclusters -h | grep -q "^$pg_ver main"; then
+        as_root pg_createcluster "$pg_ver" main
+    fi
+    hba=/etc/postgresql/$pg_ver/main/pg_hba.conf
+    if [ -f "$hba" ] && ! as_root grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+        as_root sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+        pg_reload=1
+    fi
+    if ! pg_lsclusters -h | grep -q "^$pg_ver main .* online"; then
+        as_root pg_ctlcluster --skip-systemctl-redirect "$pg_ver" main start
+    elif [ "${pg_reload:-0}" = 1 ]; then
+        as_root pg_ctlcluster --skip-systemctl-redirect "$pg_ver" main reload
+    fi
+    if ! psql -h 127.0.0.1 -U postgres -d test -c 'select 1' >/dev/null 2>&1; then
+        as_root su postgres -c "createdb -h 127.0.0.1 test" || true
+    fi
+    psql -h 127.0.0.1 -U postgres -d test -c 'select 1' >/dev/null \
+        || { echo "setup: PostgreSQL test database unreachable on 127.0.0.1" >&2; exit 1; }
 fi
 
 if ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then

@@ -3,8 +3,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from control_plane.api.deps import SessionDep
-from control_plane.models import DevicePublic
+from control_plane.api.routes.rollouts import ActorDep
+from control_plane.models import DeviceLabelsUpdate, DevicePublic
 from control_plane.services import devices as service
+from control_plane.services.groups import set_device_labels
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -17,3 +19,13 @@ def list_devices(session: SessionDep) -> list[DevicePublic]:
 @router.get("/{device_id}")
 def read_device(session: SessionDep, device_id: str) -> DevicePublic:
     return DevicePublic.model_validate(service.get_device(session=session, device_id=device_id))
+
+
+@router.put("/{device_id}/labels")
+def set_labels(
+    session: SessionDep, actor: ActorDep, device_id: str, labels_in: DeviceLabelsUpdate
+) -> DevicePublic:
+    device = set_device_labels(
+        session=session, device_id=device_id, labels=labels_in.labels, actor=actor
+    )
+    return DevicePublic.model_validate(device)

@@ -1,17 +1,34 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated, Literal
 
-from control_plane.api.deps import LinkDep, SessionDep
-from control_plane.models import RolloutCreate, RolloutPublic
+from fastapi import APIRouter, Depends, Request, status
+
+from control_plane.api.deps import DbId, LinkDep, SessionDep
+from control_plane.auth import Principal
+from control_plane.models import RolloutAction, RolloutCreate, RolloutPublic
 from control_plane.services import rollouts as service
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 
 
+def get_actor(request: Request) -> str:
+    """Who the audit log names: the caller's API token, set by ``authorize``."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    return principal.name if principal is not None else "anonymous"
+
+
+ActorDep = Annotated[str, Depends(get_actor)]
+Action = Literal["start", "pause", "resume", "promote", "abort", "rollback"]
+
+
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_rollout(session: SessionDep, link: LinkDep, rollout_in: RolloutCreate) -> RolloutPublic:
-    rollout = service.create_rollout(session=session, publisher=link, rollout_in=rollout_in)
+def create_rollout(
+    session: SessionDep, link: LinkDep, actor: ActorDep, rollout_in: RolloutCreate
+) -> RolloutPublic:
+    rollout = service.create_rollout(
+        session=session, publisher=link, rollout_in=rollout_in, actor=actor
+    )
     return service.rollout_public(session=session, rollout=rollout)
 
 
@@ -24,6 +41,27 @@ def list_rollouts(session: SessionDep) -> list[RolloutPublic]:
 
 
 @router.get("/{rollout_id}")
-def read_rollout(session: SessionDep, rollout_id: int) -> RolloutPublic:
+def read_rollout(session: SessionDep, rollout_id: DbId) -> RolloutPublic:
     rollout = service.get_rollout(session=session, rollout_id=rollout_id)
+    return service.rollout_public(session=session, rollout=rollout)
+
+
+@router.post("/{rollout_id}/{action}")
+def act_on_rollout(
+    session: SessionDep,
+    link: LinkDep,
+    actor: ActorDep,
+    rollout_id: DbId,
+    action: Action,
+    body: RolloutAction | None = None,
+) -> RolloutPublic:
+    """Operator actions: start a draft, pause, resume, promote a wave, abort, roll back."""
+    rollout = service.act_on_rollout(
+        session=session,
+        publisher=link,
+        rollout_id=rollout_id,
+        action=action,
+        actor=actor,
+        reason=body.reason if body else None,
+    )
     return service.rollout_public(session=session, rollout=rollout)

@@ -1,0 +1,101 @@
+"""Device enrolment (open, one-time token, rate-limited) and revocation (operator)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from sqlmodel import Session, select
+
+from control_plane.api.deps import SessionDep, SettingsDep
+from control_plane.auth import RANK, ApiToken
+from control_plane.broker_security import BrokerAuthFiles
+from control_plane.models import (
+    DeviceCredentialPublic,
+    EnrolmentTokenCreate,
+    EnrolmentTokenIssued,
+    EnrolRequest,
+    EnrolResponse,
+)
+from control_plane.services import enrolment as service
+from control_plane.settings import Settings
+
+router = APIRouter(tags=["enrolment"])
+
+
+def require_operator(request: Request) -> None:
+    """Operator role for issuing enrolment tokens.
+
+    ``/api/v1/enrol...`` is an open prefix in ``control_plane.auth`` (devices enrol
+    without an API token), which also opens ``/api/v1/enrolment/...``: this route
+    checks the caller's token itself rather than rely on the prefix table.
+    """
+    settings: Settings = request.app.state.settings
+    if not settings.api_auth:
+        return
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secret:
+        raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
+    digest = hashlib.sha256(secret.strip().encode()).hexdigest()
+    with Session(request.app.state.engine) as session:
+        token = session.exec(select(ApiToken).where(ApiToken.token_sha256 == digest)).first()
+    if token is None or token.revoked:
+        raise HTTPException(401, "invalid or revoked token", {"WWW-Authenticate": "Bearer"})
+    if RANK[token.role] < RANK["operator"]:
+        raise HTTPException(403, f"operator role required; token {token.name} is {token.role}")
+
+
+def auth_files(settings: SettingsDep) -> BrokerAuthFiles:
+    """The secured broker's files; 409 when this control plane runs an anonymous broker."""
+    if settings.broker_auth_dir is None:
+        raise HTTPException(409, "enrolment needs a secured broker (EDGEFLEET_BROKER_AUTH_DIR)")
+    return BrokerAuthFiles(settings.broker_auth_dir)
+
+
+def rate_limit(request: Request, settings: SettingsDep) -> None:
+    """429 once a client address has used its burst; every attempt counts, good or bad."""
+    limiter: service.RateLimiter | None = getattr(request.app.state, "enrol_limiter", None)
+    if limiter is None:
+        limiter = service.RateLimiter(
+            rate_per_s=settings.enrol_rate_per_minute / 60.0, burst=settings.enrol_burst
+        )
+        request.app.state.enrol_limiter = limiter
+    key = request.client.host if request.client else "unknown"
+    if not limiter.allow(key):
+        wait = math.ceil(limiter.retry_after(key))
+        raise HTTPException(429, "too many enrolment attempts", {"Retry-After": str(wait)})
+
+
+AuthFilesDep = Annotated[BrokerAuthFiles, Depends(auth_files)]
+
+
+@router.post(
+    "/enrolment/tokens",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Depends(require_operator)],
+)
+def create_enrolment_token(session: SessionDep, body: EnrolmentTokenCreate) -> EnrolmentTokenIssued:
+    return service.create_token(session=session, ttl_seconds=body.ttl_seconds, note=body.note)
+
+
+@router.post(
+    "/enrol",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Depends(rate_limit)],
+    responses={403: {"description": "token invalid, used or expired"}, 429: {}},
+)
+def enrol(session: SessionDep, files: AuthFilesDep, body: EnrolRequest) -> EnrolResponse:
+    try:
+        return service.enrol_device(session=session, files=files, request=body)
+    except service.EnrolmentRefusedError as e:
+        raise HTTPException(403, str(e)) from e
+
+
+@router.post("/devices/{device_id}/revoke")
+def revoke_device(
+    session: SessionDep, files: AuthFilesDep, device_id: str
+) -> DeviceCredentialPublic:
+    credential = service.revoke_device(session=session, files=files, device_id=device_id)
+    return DeviceCredentialPublic.model_validate(credential)
