@@ -152,6 +152,9 @@ def demo(
         Path | None, typer.Option(help="also write the summary as JSON to this file")
     ] = None,
     timeout: Annotated[float, typer.Option(help="seconds the rollout may take")] = 120.0,
+    drift: Annotated[
+        bool, typer.Option("--drift", help="then shift some devices' inputs and close the loop")
+    ] = False,
 ) -> None:
     """Broker, control plane and N agents; train, sign, roll out, infer, report."""
     from control_plane.demo import Demo, print_summary, write_summary
@@ -162,7 +165,12 @@ def demo(
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         result = Demo(
-            agents=agents, console=console, broker_url=broker, data_dir=data_dir, timeout=timeout
+            agents=agents,
+            console=console,
+            broker_url=broker,
+            data_dir=data_dir,
+            timeout=timeout,
+            drift=drift,
         ).run()
     except (TimeoutError, RuntimeError, ApiError, OSError) as e:
         raise _fail(e) from e
@@ -237,8 +245,11 @@ def bundle_build(
             holdout_x = npz["x"]
             holdout_y = npz["y"] if "y" in npz.files else None
     try:
-        with _client(api) as client, console.status(
-            f"building {model} v{version} for {profile}: quantizing, measuring, gating"
+        with (
+            _client(api) as client,
+            console.status(
+                f"building {model} v{version} for {profile}: quantizing, measuring, gating"
+            ),
         ):
             bundle = client.build_bundle(
                 model=model,
@@ -262,8 +273,16 @@ def bundle_build(
 def _candidates_table(rows: list[dict[str, Any]]) -> Table:
     """Candidate, accuracy, drop, agreement, size, latency, chosen: one row per candidate."""
     table = Table(title="candidates")
-    for column in ("candidate", "accuracy", "drop", "agreement", "size", "latency ms", "verdict",
-                   "chosen"):
+    for column in (
+        "candidate",
+        "accuracy",
+        "drop",
+        "agreement",
+        "size",
+        "latency ms",
+        "verdict",
+        "chosen",
+    ):
         table.add_column(column)
 
     def num(value: Any, digits: int = 4) -> str:
@@ -271,11 +290,18 @@ def _candidates_table(rows: list[dict[str, Any]]) -> Table:
 
     for row in rows:
         table.add_row(
-            row["candidate"], num(row.get("accuracy")), num(row.get("drop")),
-            num(row.get("agreement")), str(row.get("size_bytes", "")),
+            row["candidate"],
+            num(row.get("accuracy")),
+            num(row.get("drop")),
+            num(row.get("agreement")),
+            str(row.get("size_bytes", "")),
             num(row.get("latency_ms"), 3),
-            row.get("verdict", "") + ("" if row.get("verdict") == "passed"
-                                      else f" ({'; '.join(row.get('reasons') or [])})"),
+            row.get("verdict", "")
+            + (
+                ""
+                if row.get("verdict") == "passed"
+                else f" ({'; '.join(row.get('reasons') or [])})"
+            ),
             "*" if row.get("chosen") else "",
         )
     return table

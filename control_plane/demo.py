@@ -26,6 +26,7 @@ from rich.table import Table
 from control_plane.broker import MosquittoBroker
 from control_plane.client import ApiClient
 from control_plane.digits import train_digits_model
+from control_plane.drift_demo import DriftDemoResult, run_drift_phase
 from control_plane.netutil import free_port
 from control_plane.processes import ProcessGroup
 from edgefleet.mqtt import BrokerAddress
@@ -54,12 +55,14 @@ class DemoResult:
     rollout_state: str
     devices: list[DeviceResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    drift: DriftDemoResult | None = None
 
     @property
     def ok(self) -> bool:
-        return self.rollout_state == "complete" and all(
+        spine = self.rollout_state == "complete" and all(
             d.state == "active" and (d.accuracy or 0.0) >= 0.9 for d in self.devices
         )
+        return spine and (self.drift is None or self.drift.ok)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.2) -> None:
@@ -109,8 +112,10 @@ class Demo:
         broker_url: str | None = None,
         data_dir: Path | None = None,
         timeout: float = 120.0,
+        drift: bool = False,
     ) -> None:
         self.n_agents = agents
+        self.with_drift = drift
         self.console = console
         self.broker_url = broker_url
         self.timeout = timeout
@@ -195,8 +200,8 @@ class Demo:
         self.step(
             f"gate chose {bundle['manifest']['lineage'].get('candidate')} of "
             f"{len(bundle['manifest'].get('candidates', []))} candidates: accuracy "
-            f"{metrics.get('accuracy')}, agreement {metrics.get('agreement')}, "
-            f"verified {metrics.get('verified')}"
+            f"{metrics.get('accuracy', 0):.3f}, agreement {metrics.get('agreement', 0):.3f}"
+            + ("" if metrics.get("verified") else " (unverified: no labels)")
         )
         self.step(
             f"built signed bundle {bundle['id']} (release {bundle['release']}, "
@@ -254,6 +259,17 @@ class Demo:
                     reason=row.get("reason"),
                 )
             )
+        drift = None
+        if self.with_drift and rollout["state"] == "complete":
+            t0 = time.monotonic()
+            drift = run_drift_phase(
+                api=api,
+                console=self.console,
+                device_ports=device_ports,
+                model=model,
+                timeout=max(self.timeout, 180.0),
+            )
+            timings["drift_loop_s"] = time.monotonic() - t0
         timings["total_s"] = time.monotonic() - started
         api.close()
         return DemoResult(
@@ -263,6 +279,7 @@ class Demo:
             rollout_state=rollout["state"],
             devices=devices,
             timings=timings,
+            drift=drift,
         )
 
     def _healthy(self, api: ApiClient) -> bool:

@@ -17,7 +17,13 @@ from sqlmodel import Session, select
 
 from control_plane.bundle_builder import build_bundle
 from control_plane.link import FleetLink
-from control_plane.models import Bundle, ModelVersion, RetrainingRequest, RolloutCreate
+from control_plane.models import (
+    Bundle,
+    ModelVersion,
+    RetrainingRequest,
+    RolloutCreate,
+    RolloutGates,
+)
 from control_plane.repository import SignedRepository
 from control_plane.services import models as model_service
 from control_plane.services import retraining
@@ -27,6 +33,7 @@ from control_plane.settings import Settings
 logger = logging.getLogger(__name__)
 
 INTERVAL_S = 10.0
+CANARY_SOAK_S = 5.0
 
 
 class DriftLoop:
@@ -103,10 +110,19 @@ class DriftLoop:
     def _roll_out(
         self, session: Session, bundle: Bundle, device_ids: list[str], canary: int
     ) -> int:
+        """A canary rollout: ``canary`` devices first, then the rest, both waves gated."""
+        waves: list[int | str] = [canary, "100%"] if len(device_ids) > canary else ["100%"]
         rollout = create_rollout(
             session=session,
             publisher=self._link,
-            rollout_in=RolloutCreate(bundle_id=bundle.id, device_ids=device_ids),
+            rollout_in=RolloutCreate(
+                bundle_id=bundle.id,
+                device_ids=device_ids,
+                waves=waves,
+                soak_seconds=CANARY_SOAK_S,
+                gates=RolloutGates(max_install_failure_rate=0.0, max_error_rate=0.05),
+            ),
+            actor="drift-loop",
         )
         assert rollout.id is not None
         return rollout.id

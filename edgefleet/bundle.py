@@ -183,9 +183,7 @@ _PICKLE_PROTOCOLS = {bytes([0x80, p]) for p in range(2, 6)}
 def check_member_type(name: str, head: bytes, mode: int = 0o644) -> None:
     """Refuse a member that is not a file type the runtimes load (``head``: first bytes)."""
     if not name.endswith(ALLOWED_SUFFIXES):
-        raise BundleError(
-            f"file type not allowed (only {', '.join(ALLOWED_SUFFIXES)})", file=name
-        )
+        raise BundleError(f"file type not allowed (only {', '.join(ALLOWED_SUFFIXES)})", file=name)
     if mode & 0o111:
         raise BundleError("executable members are not allowed", file=name)
     if head.startswith(_EXECUTABLE_MAGIC):

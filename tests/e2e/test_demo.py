@@ -52,3 +52,33 @@ def test_demo_rolls_signed_digits_bundle_to_three_agents_that_answer_accurately(
         active = json.loads((device_dir / "data" / "active.json").read_text())
         assert active["bundle_id"] == summary["bundle_id"]
     assert "stopping agents, control plane and broker" in completed.stdout
+
+
+def test_demo_with_drift_closes_the_loop_and_drift_falls(tmp_path: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "control_plane",
+            "demo",
+            "--agents",
+            "3",
+            "--drift",
+            "--summary-json",
+            str(summary_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={k: v for k, v in os.environ.items() if k != "EDGEFLEET_API_AUTH"},
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    drift = json.loads(summary_path.read_text())["drift"]
+    assert drift["request"]["state"] == "rolled_out"
+    assert drift["request"]["new_version"] == "2"
+    assert drift["share_after"] < drift["share_before"]
+    for device in drift["drifted_devices"]:
+        assert drift["accuracy_shifted_v2"][device] > drift["accuracy_shifted_v1"][device] + 0.2
+    for line in ("fleet drift rule fired", "retraining request", "canary rollout", "drift fell"):
+        assert line in completed.stdout
