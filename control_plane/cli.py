@@ -673,15 +673,11 @@ def retraining_list(api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -
 
 
 @retraining_app.command("approve")
-def retraining_approve(
-    request_id: int,
-    by: Annotated[str, typer.Option(help="who approves")] = "operator",
-    api: ApiOption = DEFAULT_API,
-) -> None:
+def retraining_approve(request_id: int, api: ApiOption = DEFAULT_API) -> None:
     """Approve a request waiting for approval; the drift loop runs it next."""
     try:
         with _client(api) as client:
-            row = client.decide_retraining(request_id, approve=True, by=by)
+            row = client.decide_retraining(request_id, approve=True)
     except ApiError as e:
         raise _fail(e) from e
     console.print(f"request {row['id']} {row['state']}")
@@ -691,13 +687,12 @@ def retraining_approve(
 def retraining_reject(
     request_id: int,
     reason: Annotated[str | None, typer.Option(help="why")] = None,
-    by: Annotated[str, typer.Option(help="who rejects")] = "operator",
     api: ApiOption = DEFAULT_API,
 ) -> None:
     """Reject a request waiting for approval."""
     try:
         with _client(api) as client:
-            row = client.decide_retraining(request_id, approve=False, by=by, reason=reason)
+            row = client.decide_retraining(request_id, approve=False, reason=reason)
     except ApiError as e:
         raise _fail(e) from e
     console.print(f"request {row['id']} {row['state']}: {row['reason']}")

@@ -185,10 +185,11 @@ class ApiClient:
         return list(self._call("GET", "/retraining"))
 
     def decide_retraining(
-        self, request_id: int, *, approve: bool, by: str, reason: str | None = None
+        self, request_id: int, *, approve: bool, reason: str | None = None
     ) -> dict[str, Any]:
+        """Approve or reject; the control plane records the caller's token as who decided."""
         action = "approve" if approve else "reject"
-        body: dict[str, Any] = {"by": by}
+        body: dict[str, Any] = {}
         if reason and not approve:
             body["reason"] = reason
         return dict(self._call("POST", f"/retraining/{request_id}/{action}", json=body))

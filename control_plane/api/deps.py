@@ -36,3 +36,12 @@ LinkDep = Annotated[FleetLink, Depends(get_link)]
 
 DbId = Annotated[int, Path(ge=1, le=2**63 - 1, description="a database id")]
 """Integer ids in paths: bounded so an absurd id is a 422, not a database overflow."""
+
+
+def get_actor(request: Request) -> str:
+    """Who the audit log names: the caller's API token, set by ``authorize``."""
+    principal = getattr(request.state, "principal", None)
+    return str(principal.name) if principal is not None else "anonymous"
+
+
+ActorDep = Annotated[str, Depends(get_actor)]

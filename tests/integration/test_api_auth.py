@@ -108,3 +108,7 @@ def test_admin_manages_keys(app_and_admin: tuple[TestClient, str]) -> None:
     )
     assert refused.status_code == 422
     assert "threshold" in refused.json()["detail"]
+    audit = api.get("/api/v1/audit", params={"action": "key.rotate"}, headers=bearer(admin))
+    (entry,) = audit.json()
+    assert entry["actor"] == "bootstrap-admin"
+    assert entry["target"] == "timestamp"

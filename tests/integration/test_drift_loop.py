@@ -180,8 +180,10 @@ def test_approval_policy_waits_for_a_person_then_runs(
     assert request["state"] == "pending_approval"
     assert harness.api.get("/api/v1/models").json()[-1]["version"] == "1"  # nothing ran
 
-    approved = harness.api.post(f"/api/v1/retraining/{request['id']}/approve", json={"by": "ana"})
-    assert approved.json()["decided_by"] == "ana"
+    approved = harness.api.post(f"/api/v1/retraining/{request['id']}/approve")
+    assert approved.json()["decided_by"] == "auth-disabled"  # the caller's token names who
+    (entry,) = harness.api.get("/api/v1/audit", params={"action": "retraining.approve"}).json()
+    assert entry["target"] == f"request {request['id']}"
     harness.app.state.drift_loop.tick()
     done = harness.api.get(f"/api/v1/retraining/{request['id']}").json()
     assert done["state"] == "rolled_out"

@@ -6,13 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from control_plane.api.deps import DbId, SessionDep
+from control_plane.api.deps import ActorDep, DbId, SessionDep
 from control_plane.models import (
     ModelPolicyPublic,
     ModelPolicyUpdate,
     RetrainingRequestPublic,
 )
 from control_plane.services import retraining as service
+from control_plane.services.audit import record_audit
 
 router = APIRouter(tags=["retraining"])
 
@@ -51,24 +52,40 @@ def request_retraining(
 
 @router.post("/retraining/{request_id}/approve")
 def approve_retraining(
-    session: SessionDep, request_id: DbId, by: Annotated[str, Body(embed=True)] = "operator"
+    session: SessionDep, actor: ActorDep, request_id: DbId
 ) -> RetrainingRequestPublic:
-    """Approve; the drift loop's next tick runs the request."""
-    return RetrainingRequestPublic.model_validate(
-        service.decide(session=session, request_id=request_id, approve=True, by=by)
+    """Approve (recorded under the caller's token); the drift loop's next tick runs it."""
+    decided = service.decide(session=session, request_id=request_id, approve=True, by=actor)
+    record_audit(
+        session=session,
+        actor=actor,
+        action="retraining.approve",
+        target=f"request {request_id}",
+        reason=decided.detail.get("trigger_reason"),
     )
+    session.commit()
+    return RetrainingRequestPublic.model_validate(decided)
 
 
 @router.post("/retraining/{request_id}/reject")
 def reject_retraining(
     session: SessionDep,
+    actor: ActorDep,
     request_id: DbId,
-    by: Annotated[str, Body(embed=True)] = "operator",
     reason: Annotated[str | None, Body(embed=True)] = None,
 ) -> RetrainingRequestPublic:
-    return RetrainingRequestPublic.model_validate(
-        service.decide(session=session, request_id=request_id, approve=False, by=by, reason=reason)
+    decided = service.decide(
+        session=session, request_id=request_id, approve=False, by=actor, reason=reason
     )
+    record_audit(
+        session=session,
+        actor=actor,
+        action="retraining.reject",
+        target=f"request {request_id}",
+        reason=reason,
+    )
+    session.commit()
+    return RetrainingRequestPublic.model_validate(decided)
 
 
 @router.get("/policies/{model}")
@@ -77,7 +94,16 @@ def read_policy(session: SessionDep, model: str) -> ModelPolicyPublic:
 
 
 @router.put("/policies/{model}")
-def write_policy(session: SessionDep, model: str, update: ModelPolicyUpdate) -> ModelPolicyPublic:
-    return ModelPolicyPublic.model_validate(
-        service.set_policy(session=session, model=model, update=update)
+def write_policy(
+    session: SessionDep, actor: ActorDep, model: str, update: ModelPolicyUpdate
+) -> ModelPolicyPublic:
+    policy = service.set_policy(session=session, model=model, update=update)
+    record_audit(
+        session=session,
+        actor=actor,
+        action="policy.set",
+        target=model,
+        detail=update.model_dump(mode="json"),
     )
+    session.commit()
+    return ModelPolicyPublic.model_validate(policy)

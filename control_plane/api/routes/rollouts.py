@@ -1,24 +1,16 @@
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, status
 
-from control_plane.api.deps import DbId, LinkDep, SessionDep
-from control_plane.auth import Principal
+from control_plane.api.deps import ActorDep, DbId, LinkDep, SessionDep
 from control_plane.models import RolloutAction, RolloutCreate, RolloutPublic
 from control_plane.services import rollouts as service
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 
 
-def get_actor(request: Request) -> str:
-    """Who the audit log names: the caller's API token, set by ``authorize``."""
-    principal: Principal | None = getattr(request.state, "principal", None)
-    return principal.name if principal is not None else "anonymous"
-
-
-ActorDep = Annotated[str, Depends(get_actor)]
 Action = Literal["start", "pause", "resume", "promote", "abort", "rollback"]
 
 

@@ -13,8 +13,8 @@ export function mount(root, { onError, refreshNow }) {
 
   async function decide(request, approve) {
     try {
-      const payload = approve ? { by: "console" }
-        : { by: "console", reason: "rejected in the console" };
+      const payload = approve ? {}
+        : { reason: "rejected in the console" };
       await post(`/retraining/${request.id}/${approve ? "approve" : "reject"}`, payload);
       await refreshNow();
     } catch (error) {
