@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -50,6 +51,7 @@ from control_plane.keyring import SigningError
 from control_plane.link import FleetLink, stable_client_id
 from control_plane.metrics import router as metrics_router
 from control_plane.repository import SignedRepository
+from control_plane.schedules import detect_stale_devices, sync_cron_jobs
 from control_plane.services.orchestrator import RolloutOrchestrator
 from control_plane.settings import Settings
 from edgefleet.mqtt import BrokerAddress
@@ -104,6 +106,21 @@ def create_app(settings: Settings) -> FastAPI:
             id="drift-loop",
             max_instances=1,
             coalesce=True,
+        )
+        scheduler.add_job(
+            sync_cron_jobs,
+            "interval",
+            seconds=60,
+            args=[scheduler, engine],
+            id="cron-sync",
+            next_run_time=datetime.now(UTC),
+        )
+        scheduler.add_job(
+            detect_stale_devices,
+            "interval",
+            seconds=60,
+            args=[engine, timedelta(seconds=settings.stale_after_s)],
+            id="stale-devices",
         )
         orchestrator = RolloutOrchestrator(
             engine=engine,

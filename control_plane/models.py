@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pydantic import field_validator
 from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -127,6 +128,9 @@ class DeviceBase(SQLModel):
     model: str | None = None
     model_version: str | None = None
     agent_version: str | None = None
+    stale: bool = Field(
+        default=False, description="connected by presence, but silent for longer than allowed"
+    )
 
 
 class Device(DeviceBase, table=True):
@@ -416,6 +420,15 @@ class ModelPolicyUpdate(SQLModel):
     drift_leave: int = Field(default=3, ge=1)
     drift_min_devices: int = Field(default=2, ge=1)
     drift_device_share: float = Field(default=0.3, gt=0.0, le=1.0)
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _valid_crontab(cls, value: str | None) -> str | None:
+        if value is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            CronTrigger.from_crontab(value, timezone="UTC")  # ValueError names the bad field
+        return value
 
 
 class ModelPolicy(SQLModel, table=True):

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
         description="MQTT client id; by default one kept in the data dir, stable across restarts",
     )
     mqtt_session_expiry_s: int = Field(default=86_400, ge=0)
+    stale_after_s: int = Field(
+        default=900, ge=30, description="an online device silent this long is flagged stale"
+    )
     api_auth: bool = Field(default=True, description="require API tokens (never off in production)")
     key_passphrase: SecretStr | None = Field(
         default=None, description="encrypts the repository's private keys at rest"

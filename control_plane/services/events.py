@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from control_plane.models import Event
+from control_plane.services.devices import touch_device
 from edgefleet.messages import TelemetryEvent
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ def ingest_event(*, session: Session, device_id: str, event: TelemetryEvent) -> 
     """
     if session.get(Event, event.event_id) is not None:
         return False
+    touch_device(session=session, device_id=device_id)
     session.add(
         Event(
             event_id=event.event_id,
