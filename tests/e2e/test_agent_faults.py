@@ -100,6 +100,11 @@ class Rig:
                 env={**os.environ, **(env or {})},
             )
         wait_for(self.ready, "the agent's endpoint to answer")
+        # The endpoint answers before the MQTT status has reached the control plane.
+        wait_for(
+            lambda: self.api.get(f"/api/v1/devices/{DEVICE}").status_code == 200,
+            "the control plane to know the device",
+        )
 
     def ready(self) -> bool:
         try:
