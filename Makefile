@@ -3,15 +3,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 AGENTS ?= 3
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup setup-test demo test lint bench clean
 
+# The virtualenv with every extra, and mosquitto (apt-get where missing).
 setup:
 	@VENV=$(VENV) scripts/setup.sh
+
+# The same, plus what only the tests need: chromium and a local PostgreSQL.
+setup-test:
+	@VENV=$(VENV) EDGEFLEET_TEST_SERVICES=1 scripts/setup.sh
 
 demo: setup
 	$(BIN)/edgefleet demo --agents $(AGENTS)
 
-test: setup
+test: setup-test
 	$(BIN)/pytest -q
 
 lint: setup

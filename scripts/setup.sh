@@ -27,17 +27,23 @@ if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
     apt_install mosquitto
 fi
 
+# What only the test suite needs (`make test` sets EDGEFLEET_TEST_SERVICES=1; `make demo`
+# does not): chromium for the console's browser test and a local PostgreSQL.
+TEST_SERVICES=${EDGEFLEET_TEST_SERVICES:-0}
+
 # The console's browser test (tests/e2e/test_console.py) drives Debian's chromium
 # headless through Playwright; Playwright's own browser download is never used.
 # EDGEFLEET_CHROMIUM names another binary; EDGEFLEET_SKIP_CHROMIUM=1 leaves it out.
-if [ "${EDGEFLEET_SKIP_CHROMIUM:-0}" != 1 ] && [ ! -x "${EDGEFLEET_CHROMIUM:-/usr/bin/chromium}" ]; then
+if [ "$TEST_SERVICES" = 1 ] && [ "${EDGEFLEET_SKIP_CHROMIUM:-0}" != 1 ] \
+    && [ ! -x "${EDGEFLEET_CHROMIUM:-/usr/bin/chromium}" ]; then
     echo "setup: installing chromium (for the console's browser test)"
     apt_install chromium
 fi
 
 # PostgreSQL for the multi-replica tests: a local cluster with a `test` database that
 # trusts 127.0.0.1 (tests create and drop their own databases in it). Skip: NO_POSTGRES=1.
-if [ "${NO_POSTGRES:-0}" != 1 ]; then
+# Note: this adds a trust line for 127.0.0.1 to pg_hba.conf — meant for CI and test boxes.
+if [ "$TEST_SERVICES" = 1 ] && [ "${NO_POSTGRES:-0}" != 1 ]; then
     if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
         echo "setup: installing postgresql"
         apt_install postgresql
