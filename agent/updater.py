@@ -17,6 +17,8 @@ back on the next start. The steps and the reports they send::
     failed       any step refused: the current model keeps serving, active.json untouched
 
 TUF's Updater trusts only signed metadata: the offer is a hint, never evidence.
+Its expiry checks trust the device clock, so the clock is first checked against
+the time floor (``agent.timefloor``).
 ngclient alone would accept an older bundle still listed in newer metadata, so the
 release counter is checked here against the highest release ever installed.
 """
@@ -48,6 +50,7 @@ from agent.runtime import ActiveModel, ModelHolder, load_runtime
 from agent.slots import ActiveRecord, SlotName, SlotStore, read_slot_manifest
 from agent.smoke import run_smoke_test
 from agent.telemetry import InferenceStats, probation_breach
+from agent.timefloor import TimeFloor
 from edgefleet.bundle import unpack_bundle, verify_directory
 from edgefleet.errors import BundleError
 from edgefleet.messages import BundleOffer, DeviceCommand, InstallReport, InstallState
@@ -135,6 +138,7 @@ class Installer:
         self.link_ready = link_ready
         self.clock = clock
         self.journal = Journal(config.data_dir)
+        self.time_floor = TimeFloor(config.data_dir)
         self._probation_started: float | None = None
 
     # -- install ---------------------------------------------------------------------
@@ -214,7 +218,12 @@ class Installer:
             fetcher=self.fetcher,
             bootstrap=None,
         )
+        # The floor is checked before ngclient judges expiry, and again once a
+        # verified refresh may have raised it.
+        self.time_floor.check()
         self._retrying(updater.refresh)
+        self.time_floor.raise_to_signed(tuf_metadata_dir(self.config.data_dir) / "timestamp.json")
+        self.time_floor.check()
         info = updater.get_targetinfo(offer.target)
         if info is None:
             raise InstallError(f"target {offer.target!r} not in signed metadata")

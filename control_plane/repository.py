@@ -47,6 +47,7 @@ from tuf.api.metadata import (
 from control_plane.errors import InvalidRequestError, NotFoundError
 from control_plane.keyring import KeyEntry, Keyring, SigningError
 from edgefleet.fileio import atomic_write
+from edgefleet.trust import ISSUED_FIELD
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +185,8 @@ class SignedRepository:
         atomic_write(self.metadata_dir / f"{self._snapshot_md.signed.version}.snapshot.json", data)
 
     def _write_timestamp(self) -> None:
+        # Devices raise their time floor to this signed signing time (edgefleet.trust).
+        self._timestamp_md.signed.unrecognized_fields[ISSUED_FIELD] = _now().isoformat()
         atomic_write(self.metadata_dir / "timestamp.json", self._sign(self._timestamp_md))
 
     def _bump_snapshot_and_timestamp(self, now: datetime) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything edgefleet needs on a fresh Debian/Ubuntu machine with Python 3.11:
-# the mosquitto broker and chromium (apt-get, only where missing) and a virtualenv at
-# .venv holding the project with all its extras. Safe to run again: it only does what is missing.
+# the mosquitto broker (apt-get, only where missing), for the tests also chromium, faketime
+# and PostgreSQL, and a virtualenv at .venv holding the project with all its extras. Safe to
+# run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +39,12 @@ if [ "$TEST_SERVICES" = 1 ] && [ "${EDGEFLEET_SKIP_CHROMIUM:-0}" != 1 ] \
     && [ ! -x "${EDGEFLEET_CHROMIUM:-/usr/bin/chromium}" ]; then
     echo "setup: installing chromium (for the console's browser test)"
     apt_install chromium
+fi
+
+# libfaketime sets one agent process's clock back in the time-floor attack test.
+if [ "$TEST_SERVICES" = 1 ] && ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
+    echo "setup: installing faketime (for the clock attack test)"
+    apt_install faketime
 fi
 
 # PostgreSQL for the multi-replica tests: a local cluster with a `test` database that

@@ -8,8 +8,10 @@ reason, and leave the installed model serving.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -61,8 +63,17 @@ def digits() -> DigitsModel:
 class Target:
     """A device with a good model installed, and the attacker's view of the repository."""
 
-    def __init__(self, api: TestClient, app: Any, broker: MosquittoBroker, port: int) -> None:
+    def __init__(
+        self,
+        api: TestClient,
+        app: Any,
+        broker: MosquittoBroker,
+        port: int,
+        config: Path,
+        log: Path,
+    ) -> None:
         self.api, self.app, self.broker, self.port = api, app, broker, port
+        self.config, self.log = config, log
         self.repository = app.state.repository
         self.metadata = self.repository.metadata_dir
         self.reports: list[dict[str, Any]] = []
@@ -74,6 +85,32 @@ class Target:
         )
         self._watcher.start()
         assert self._watcher.wait_connected(10)
+        self.agent = self.start_agent()
+
+    def start_agent(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+            )
+
+    def restart_agent(self, env: dict[str, str] | None = None) -> None:
+        self.stop_agent()
+        self.agent = self.start_agent(env)
+        wait_for(self.ready, "the restarted agent to serve")
+
+    def ready(self) -> bool:
+        try:
+            url = f"http://127.0.0.1:{self.port}/v2/health/ready"
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop_agent(self) -> None:
+        self.agent.terminate()
+        self.agent.wait(15)
 
     def build(self, version: str) -> dict[str, Any]:
         response = self.api.post(
@@ -115,6 +152,7 @@ class Target:
 
     def stop(self) -> None:
         self._watcher.stop()
+        self.stop_agent()
 
 
 @pytest.fixture
@@ -142,13 +180,7 @@ def target(tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel) -> Iter
             f'data_dir = "{tmp_path / "agent"}"\ntrust_root = "{root}"\n'
             f"[inference]\nport = {port}\n"
         )
-        with (tmp_path / "agent.log").open("wb") as log:
-            agent = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        harness = Target(api, app, broker, port)
+        harness = Target(api, app, broker, port, config, tmp_path / "agent.log")
         try:
             good = harness.build("1")
             wait_for(
@@ -162,8 +194,6 @@ def target(tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel) -> Iter
             assert harness.serving_version() == harness.expected_version
         finally:
             harness.stop()
-            agent.terminate()
-            agent.wait(15)
 
 
 def test_swapped_bundle_bytes_are_refused(target: Target) -> None:
@@ -233,6 +263,26 @@ def test_expired_metadata_is_refused(target: Target) -> None:
     report = target.offer(bundle["id"], bundle["target"], bundle["release"])
     assert report["state"] == "failed"
     assert "expired" in report["reason"].lower()
+
+
+def libfaketime() -> str:
+    """Debian's libfaketime (``make setup-test`` installs it): sets one process's clock."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    assert found, "libfaketime is missing: run `make setup-test` (apt-get install faketime)"
+    return found[0]
+
+
+def test_a_clock_set_back_before_the_time_floor_is_refused(target: Target) -> None:
+    # The agent verified metadata signed just now, so its floor is now. Two days
+    # back, every expired timestamp would look valid again: the agent must refuse
+    # to judge any metadata rather than trust that clock.
+    target.restart_agent(
+        {"LD_PRELOAD": libfaketime(), "FAKETIME": "-2d", "DONT_FAKE_MONOTONIC": "1"}
+    )
+    bundle = target.build("2")
+    report = target.offer(bundle["id"], bundle["target"], bundle["release"])
+    assert report["state"] == "failed"
+    assert "before the time floor" in report["reason"]
 
 
 def test_mixed_snapshot_and_targets_versions_are_refused(target: Target) -> None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import stat
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from tuf.api.exceptions import DownloadHTTPError, RepositoryError
+from tuf.api.exceptions import DownloadHTTPError, RepositoryError, UnsignedMetadataError
+from tuf.api.metadata import Metadata, Root, Timestamp
 from tuf.ngclient import FetcherInterface, Updater
 
 from control_plane.errors import InvalidRequestError, NotFoundError
 from control_plane.repository import SignedRepository
+from edgefleet.trust import ISSUED_FIELD, issued_at
 
 PREFIX = "mqtt://repo/"
 CUSTOM = {
@@ -52,6 +55,10 @@ def make_updater(repository: SignedRepository, client_dir: Path) -> Updater:
         fetcher=RepositoryFetcher(repository),
         bootstrap=repository.root_bytes(),
     )
+
+
+def repository_root(repository: SignedRepository) -> Root:
+    return Metadata[Root].from_bytes(repository.root_bytes()).signed
 
 
 @pytest.fixture
@@ -146,3 +153,24 @@ def test_read_chunk_returns_slice_and_total(repository: SignedRepository) -> Non
     assert (chunk, total) == (whole[5:15], len(whole))
     with pytest.raises(NotFoundError):
         repository.read_chunk("metadata/9.root.json", 0, 10)
+
+
+def test_every_signed_timestamp_carries_its_signing_time_under_the_signature(
+    repository: SignedRepository, tmp_path: Path
+) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    repository.add_target("b1.tar", b"bundle bytes", CUSTOM)
+    updater = make_updater(repository, tmp_path / "client")
+    updater.refresh()  # ngclient verified (and persisted) the stamped timestamp
+    verified = (tmp_path / "client" / "metadata" / "timestamp.json").read_bytes()
+    issued = issued_at(verified)
+    assert issued is not None and before <= issued <= datetime.now(UTC)
+
+    root = repository_root(repository)
+    genuine = Metadata[Timestamp].from_bytes(verified)
+    root.verify_delegate(Timestamp.type, genuine.signed_bytes, genuine.signatures)
+    tampered = json.loads(verified)
+    tampered["signed"][ISSUED_FIELD] = (issued - timedelta(days=30)).isoformat()
+    md = Metadata[Timestamp].from_dict(tampered)
+    with pytest.raises(UnsignedMetadataError):
+        root.verify_delegate(Timestamp.type, md.signed_bytes, md.signatures)
