@@ -6,29 +6,23 @@ least-squares classifier head, so no training framework is needed). Every candid
 the pipeline builds for the x86-64 ONNX gateway and the ARM64 LiteRT profile is
 measured on this machine, at batch 1, on the digits holdout.
 
-    .venv/bin/python bench/converters.py
+    .venv/bin/python bench/converter_candidates.py
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
-from pathlib import Path
 
-# Run as a script, this file's directory comes first on sys.path and its name would
-# shadow the ``converters`` package it measures.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-from control_plane.digits import load_split, train_digits_model  # noqa: E402
-from converters.errors import ConversionError, GateError  # noqa: E402
-from converters.gate import CandidateResult  # noqa: E402
-from converters.pipeline import Holdout, build_for_profile  # noqa: E402
-from edgefleet.profile import default_profiles_dir, load_profiles  # noqa: E402
+from control_plane.digits import load_split, train_digits_model
+from converters.errors import ConversionError, GateError
+from converters.gate import CandidateResult
+from converters.pipeline import Holdout, build_for_profile
+from edgefleet.profile import default_profiles_dir, load_profiles
 
 PROFILES = [
     "x86-64-gateway-onnx",
