@@ -35,10 +35,13 @@ class LatencyWindow:
     buckets: list[int] = field(default_factory=lambda: [0] * (len(BOUNDS_MS) + 1))
 
     def add(self, latency_ms: float, ok: bool) -> None:
+        self.add_to_bucket(bisect.bisect_left(BOUNDS_MS, latency_ms), ok)
+
+    def add_to_bucket(self, bucket: int, ok: bool) -> None:
         self.count += 1
         if not ok:
             self.errors += 1
-        self.buckets[bisect.bisect_left(BOUNDS_MS, latency_ms)] += 1
+        self.buckets[bucket] += 1
 
     def percentile(self, q: float) -> float:
         """Upper bound of the bucket holding the ``q`` quantile (conservative)."""
@@ -80,10 +83,13 @@ class InferenceStats:
         self._probation_bundle: str | None = None
 
     def observe(self, bundle_id: str, latency_ms: float, ok: bool) -> None:
+        # On the hot path of every inference: the bucket is found outside the lock
+        # and the lock is held for two increments (see bench/agent_runtime.py).
+        bucket = bisect.bisect_left(BOUNDS_MS, latency_ms)
         with self._lock:
-            self._window.add(latency_ms, ok)
+            self._window.add_to_bucket(bucket, ok)
             if bundle_id == self._probation_bundle:
-                self._probation.add(latency_ms, ok)
+                self._probation.add_to_bucket(bucket, ok)
 
     def take_window(self) -> LatencyWindow:
         """The telemetry window so far; a fresh one starts."""
