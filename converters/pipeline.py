@@ -25,7 +25,8 @@ from converters.errors import ConversionError, GateError
 from converters.gate import CandidateResult, GateLimits, choose, judge
 from converters.onnx_candidates import onnx_candidates
 from converters.onnx_inspect import OnnxInspection, inspect_onnx
-from converters.runner import Measurement, OnnxRunner, measure, runner_for
+from converters.runner import Measurement, OnnxRunner, measure, measure_in_worker, runner_for
+from converters.worker_envs import installed_python, spec_for
 from edgefleet.profile import FirmwareProfile
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,23 @@ def build_for_profile(
 
     table: list[CandidateResult] = []
     built: dict[str, Candidate] = {}
+    fmt = "onnx" if profile.is_onnx else "tflite"
+    version = _runtime_version(fmt)
+    gate_runtime: dict[str, Any] = {
+        "name": _GATE_DISTRIBUTIONS[fmt],
+        "version": version,
+        "matches_profile": profile.runtime.name == _GATE_DISTRIBUTIONS[fmt]
+        and profile.runtime.admits(version),
+    }
+    worker = None if profile.is_onnx else installed_python(profile)
+    if worker is None and spec_for(profile) is not None:
+        logger.warning(
+            "worker environment for %s missing; gating %s in %s instead "
+            "(python -m converters.worker_envs install)",
+            profile.runtime.name,
+            profile.name,
+            gate_runtime["name"],
+        )
     candidates = _candidates(
         model_bytes,
         model,
@@ -192,7 +210,17 @@ def build_for_profile(
             table.append(row)
             continue
         try:
-            measured = measure(runner_for(item), holdout_x)
+            if worker is not None:
+                result = measure_in_worker(worker, item, holdout_x)
+                measured = result.measurement
+                gate_runtime = {
+                    **result.runtime,
+                    "matches_profile": result.runtime["name"] == profile.runtime.name
+                    and profile.runtime.admits(result.runtime["version"]),
+                    "environment": str(worker.parent.parent),
+                }
+            else:
+                measured = measure(runner_for(item), holdout_x)
         except (ConversionError, RuntimeError, ValueError) as e:  # runtimes raise these
             row.reasons = [str(e)]
             table.append(row)
@@ -214,14 +242,6 @@ def build_for_profile(
             row.verdict,
             row.agreement,
         )
-    fmt = "onnx" if profile.is_onnx else "tflite"
-    version = _runtime_version(fmt)
-    gate_runtime = {
-        "name": _GATE_DISTRIBUTIONS[fmt],
-        "version": version,
-        "matches_profile": profile.runtime.name == _GATE_DISTRIBUTIONS[fmt]
-        and profile.runtime.admits(version),
-    }
     best = choose(table, profile.objective)
     if best is None:
         raise GateError(

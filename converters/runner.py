@@ -7,9 +7,13 @@ for integer-only models.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -135,4 +139,60 @@ def measure(runner: Runner, x: np.ndarray, *, warmup: int = 5) -> Measurement:
         predictions=predictions,
         latency_ms=float(np.median(times) * 1000),
         latency_p95_ms=float(np.percentile(times, 95) * 1000),
+    )
+
+
+WORKER_SCRIPT = Path(__file__).with_name("tflite_worker.py")
+WORKER_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    measurement: Measurement
+    runtime: dict[str, str]  # name, version and numpy version the worker ran
+
+
+def measure_in_worker(
+    python: Path, candidate: Candidate, x: np.ndarray, *, warmup: int = 5
+) -> WorkerResult:
+    """``measure`` for a TFLite candidate, run by another environment's interpreter.
+
+    The worker (``converters/tflite_worker.py``) returns every row's outputs and
+    latency; the top-1 rule stays here, so both paths judge predictions alike.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-worker-") as name:
+        work = Path(name)
+        (work / "model.tflite").write_bytes(candidate.data)
+        np.save(work / "x.npy", x, allow_pickle=False)
+        request = {
+            "io_quantization": {k: q.as_dict() for k, q in candidate.io_quantization.items()},
+            "warmup": warmup,
+        }
+        (work / "request.json").write_text(json.dumps(request))
+        # -I: the worker sees only its own environment, never this process's packages.
+        done = subprocess.run(
+            [str(python), "-I", str(WORKER_SCRIPT), str(work)],
+            capture_output=True,
+            text=True,
+            timeout=WORKER_TIMEOUT_S,
+        )
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or ["no output"]
+            raise ConversionError(f"worker runtime {python} failed: {lines[-1]}")
+        with np.load(work / "outputs.npz", allow_pickle=False) as npz:
+            outputs = {k: npz[k] for k in npz.files}
+        latency = np.load(work / "latency_s.npy", allow_pickle=False)
+        runtime = json.loads((work / "runtime.json").read_text())
+    predictions = np.array(
+        [top1({k: v[i : i + 1] for k, v in outputs.items()}) for i in range(len(x))],
+        dtype=np.int64,
+    )
+    return WorkerResult(
+        measurement=Measurement(
+            predictions=predictions,
+            latency_ms=float(np.median(latency) * 1000),
+            latency_p95_ms=float(np.percentile(latency, 95) * 1000),
+        ),
+        runtime={str(k): str(v) for k, v in runtime.items()},
     )

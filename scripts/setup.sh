@@ -97,4 +97,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q -e '.[agent-onnx,control-plane,dev]'
     touch "$stamp"
 fi
+# The gate runs tflite-runtime 2.14 candidates in that runtime's own small virtualenv
+# (numpy < 2), inside this one: converters/worker_envs.py. Only does what is missing.
+"$VENV/bin/python" -m converters.worker_envs install
 echo "setup: ready ($("$VENV/bin/python" --version), $(command -v mosquitto || echo /usr/sbin/mosquitto))"

@@ -8,9 +8,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from converters import pipeline
-from converters.errors import GateError, UnsupportedOpError
+from converters.candidate import Candidate
+from converters.errors import ConversionError, GateError, UnsupportedOpError
 from converters.pipeline import Holdout, build_for_profile
+from converters.runner import measure_in_worker
 from converters.tflite_build import dense_graph_from_onnx
+from converters.worker_envs import ENV_VAR, spec_for, worker_python
 from edgefleet.profile import default_profiles_dir, load_profiles, parse_profile
 
 pytestmark = pytest.mark.filterwarnings(
@@ -44,15 +47,52 @@ def test_every_shipped_profile_builds_from_the_float_model(digits, name: str) ->
         assert outcome.chosen.io_quantization  # integer boundary recorded for the agent
 
 
-def test_profile_whose_runtime_is_not_here_is_gated_in_litert_and_says_so(digits) -> None:  # type: ignore[no-untyped-def]
-    outcome = build_for_profile(
+def build_legacy(digits):  # type: ignore[no-untyped-def]
+    return build_for_profile(
         digits.onnx_bytes,
         PROFILES["legacy-armv7-tflite214"],
         calibration=digits.samples,
         holdout=Holdout(digits.holdout_x, digits.holdout_y),
     )
+
+
+def test_legacy_profile_is_gated_in_its_own_runtime_where_litert_would_pass_a_broken_model(  # type: ignore[no-untyped-def]
+    digits,
+) -> None:
+    spec = spec_for(PROFILES["legacy-armv7-tflite214"])
+    assert spec is not None and worker_python(spec).exists(), (
+        "the tflite-runtime 2.14 worker environment is missing: run `make setup`"
+    )
+    outcome = build_legacy(digits)
+    assert outcome.gate_runtime["name"] == "tflite-runtime"
+    assert outcome.gate_runtime["version"] == "2.14.0"
+    assert outcome.gate_runtime["numpy"].startswith("1.")
+    assert outcome.gate_runtime["matches_profile"] is True
+    # ai-edge-quantizer's dynamic-int8 model runs correctly in ai-edge-litert but not
+    # in tflite-runtime 2.14: measured where the device runs it, the gate refuses it.
+    rows = {r.candidate: r for r in outcome.table}
+    assert rows["tflite-int8-dynamic"].verdict == "refused"
+    assert rows["tflite-int8-dynamic"].agreement < 0.5
+    assert outcome.chosen.name != "tflite-int8-dynamic"
+
+
+def test_without_the_worker_environment_the_gate_falls_back_to_litert_and_says_so(  # type: ignore[no-untyped-def]
+    digits, monkeypatch, tmp_path
+) -> None:
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "no-worker-envs"))
+    outcome = build_legacy(digits)
     assert outcome.gate_runtime["name"] == "ai-edge-litert"
     assert outcome.gate_runtime["matches_profile"] is False
+    rows = {r.candidate: r for r in outcome.table}
+    assert rows["tflite-int8-dynamic"].passed  # the fallback cannot see the device's failure
+
+
+def test_a_candidate_the_worker_runtime_cannot_load_fails_with_the_reason() -> None:
+    spec = spec_for(PROFILES["legacy-armv7-tflite214"])
+    assert spec is not None
+    garbage = Candidate("bad", "tflite", "fp32", b"not a flatbuffer", recipe={})
+    with pytest.raises(ConversionError, match=r"worker runtime .* failed"):
+        measure_in_worker(worker_python(spec), garbage, np.zeros((2, 64), np.float32))
 
 
 def test_broken_calibration_set_makes_the_integer_only_build_fail_with_every_number(digits) -> None:  # type: ignore[no-untyped-def]
