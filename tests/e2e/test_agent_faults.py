@@ -70,6 +70,7 @@ class Rig:
     digits: DigitsModel
     port: int
     extra_config: str = ""
+    probation: str = "seconds = 0\n"
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     reports: list[dict[str, Any]] = field(default_factory=list)
@@ -89,7 +90,7 @@ class Rig:
             f'data_dir = "{self.data_dir}"\ntrust_root = "{self.tmp / "root.json"}"\n'
             f"[inference]\nport = {self.port}\n"
             f"[link]\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n"
-            f"[probation]\nseconds = 0\n" + self.extra_config
+            f"[probation]\n{self.probation}" + self.extra_config
         )
         self.starts += 1
         with self.log.open("ab") as out:
@@ -462,3 +463,29 @@ def test_rollback_command_switches_back_to_the_previous_slot_and_reports_why(rig
     assert rolled[0]["reason"] == "canary error rate too high"
     assert rig.infer_version() == "1"
     assert json.loads((rig.data_dir / "active.json").read_text())["bundle_id"] == old["id"]
+
+
+# -- probation -----------------------------------------------------------------------------
+
+
+def test_model_breaching_its_probation_rule_is_switched_back_by_the_agent_itself(
+    rig: Rig,
+) -> None:
+    # A latency rule no real model can keep: the first 20 requests on the new model
+    # decide, and no command from the control plane is needed.
+    rig.probation = "seconds = 600\nmin_requests = 20\nmax_p95_ms = 0.001\n"
+    old = rig.build("1")
+    new = rig.build("2")
+    rig.start_agent()
+    assert rig.roll_out(old["id"])["state"] == "complete"
+    rig.offer(new["id"], new["target"], new["release"])
+    wait_for(lambda: reports_for(rig, new["id"], "active"), "the new model to go active")
+    served = [rig.infer_version() for _ in range(25)]
+    assert served[0] == "2"
+
+    rolled = wait_for(lambda: reports_for(rig, new["id"], "rolled_back"), "the self roll-back")
+    assert "probation breach: latency p95" in rolled[0]["reason"]
+    assert "> 0.001 ms" in rolled[0]["reason"]
+    assert rig.infer_version() == "1"
+    assert json.loads((rig.data_dir / "active.json").read_text())["bundle_id"] == old["id"]
+    assert rig.journal()["state"] == "rolled_back"
