@@ -3,8 +3,8 @@
 Two models: the digits MLP (sklearn -> ONNX) and a small CNN on the same digits, built
 with onnx.helper from numpy weights (a fixed random conv feature extractor with a
 least-squares classifier head, so no training framework is needed). Every candidate
-the pipeline builds for the x86-64 ONNX gateway and the ARM64 LiteRT profile is
-measured on this machine, at batch 1, on the digits holdout.
+the pipeline builds for each profile is measured on this machine, at batch 1, on the
+digits holdout, in the profile's runtime (tflite-runtime 2.14 in its worker environment).
 
     .venv/bin/python bench/converter_candidates.py
 """
@@ -28,6 +28,7 @@ PROFILES = [
     "x86-64-gateway-onnx",
     "jetson-orin-onnx-fp16",
     "rpi-arm64-litert-int8",
+    "legacy-armv7-tflite214",
     "coral-edgetpu-int8",
 ]
 
