@@ -107,34 +107,118 @@ def serve(
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 @app.command()
 def up(
     port: Annotated[int, typer.Option(help="API port")] = 8080,
     mqtt_port: Annotated[int, typer.Option(help="port of the private Mosquitto")] = 1883,
     data_dir: Annotated[Path, typer.Option(envvar="EDGEFLEET_DATA_DIR")] = Path(".edgefleet"),
     log_level: str = "info",
+    mqtt_tls: Annotated[
+        bool,
+        typer.Option(
+            "--mqtt-tls",
+            help="devices connect over TLS with client certificates from the control "
+            "plane's CA (<data_dir>/pki) and enrol with a CSR",
+        ),
+    ] = False,
+    https: Annotated[
+        bool, typer.Option("--https", help="serve the API over HTTPS with a cert from the CA")
+    ] = False,
+    https_cert: Annotated[
+        Path | None, typer.Option(help="the API's own certificate (PEM), with --https-key")
+    ] = None,
+    https_key: Annotated[Path | None, typer.Option(help="its private key (PEM)")] = None,
+    tls_host: Annotated[
+        list[str] | None,
+        typer.Option(help="name or IP devices use to reach this machine (repeatable)"),
+    ] = None,
+    bind: Annotated[
+        str, typer.Option(help="address the API and broker listen on (non-loopback: TLS only)")
+    ] = "127.0.0.1",
 ) -> None:
-    """Start a private Mosquitto and the control plane; run until Ctrl-C."""
+    """Start a private Mosquitto and the control plane; run until Ctrl-C.
+
+    Plain by default (anonymous broker, HTTP, loopback). docs/tls.md describes
+    ``--mqtt-tls`` and ``--https``.
+    """
     import uvicorn
+    from sqlmodel import Session
 
     from control_plane.app import create_app
-    from control_plane.broker import MosquittoBroker
-    from control_plane.errors import BrokerError
+    from control_plane.broker import MosquittoBroker, prepare_tls
+    from control_plane.broker_security import BrokerAuthFiles
+    from control_plane.db import create_db_and_tables, make_engine
+    from control_plane.errors import ControlPlaneError
+    from control_plane.link import stable_client_id
+    from control_plane.pki import CertificateAuthority, IssuingCa, PkiFiles, ensure_server_files
+    from control_plane.services.enrolment import apply_to_broker
     from control_plane.settings import Settings
 
     _setup_logging(log_level)
-    broker = MosquittoBroker(data_dir / "broker", port=mqtt_port)
+    if (https_cert is None) != (https_key is None):
+        raise _fail(ValueError("--https-cert and --https-key go together"))
+    if bind not in LOOPBACK and not mqtt_tls:
+        raise _fail(ValueError("an anonymous broker stays on loopback: add --mqtt-tls to --bind"))
+    https = https or https_cert is not None
+    hosts = list(dict.fromkeys([*LOOPBACK[:2], *(tls_host or [])]))
+    settings = Settings(data_dir=data_dir, broker_url=f"mqtt://127.0.0.1:{mqtt_port}")
+    pki = PkiFiles(data_dir / "pki")
+    security = tls = ca = None
+    try:
+        if mqtt_tls or (https and https_cert is None):
+            ca = CertificateAuthority.load_or_create(pki, passphrase=settings.key_passphrase_bytes)
+        if mqtt_tls and ca is not None:
+            security = BrokerAuthFiles(data_dir / "broker" / "auth")
+            client_id = settings.client_id or stable_client_id(data_dir)
+            tls = prepare_tls(pki, ca, security, hosts=hosts, control_name=client_id)
+            settings = Settings(
+                data_dir=data_dir,
+                broker_url=f"mqtts://127.0.0.1:{mqtt_port}",
+                client_id=client_id,
+                broker_auth_dir=security.directory,
+                pki_dir=pki.directory,
+                broker_ca_file=pki.ca_cert,
+                broker_cert_file=pki.client_cert(client_id),
+                broker_key_file=pki.client_key(client_id),
+            )
+        elif https and https_cert is None and ca is not None:
+            ensure_server_files(pki, ca, hosts)
+    except (ControlPlaneError, OSError, ValueError) as e:
+        raise _fail(e) from e
+    broker = MosquittoBroker(
+        data_dir / "broker", port=mqtt_port, security=security, tls=tls, bind=bind
+    )
     try:
         broker.start()
-    except BrokerError as e:
+        if security is not None and ca is not None:
+            # The database is the record of who is enrolled and revoked: apply it to
+            # the ACL and CRL before the first device can connect.
+            engine = make_engine(settings)
+            create_db_and_tables(engine)
+            with Session(engine) as session:
+                apply_to_broker(session=session, files=security, issuer=IssuingCa(pki, ca))
+            engine.dispose()
+    except (ControlPlaneError, OSError) as e:
+        broker.stop()
         raise _fail(e) from e
+    scheme = "https" if https else "http"
     console.print(f"[green]broker[/]        {broker.url}")
-    console.print(f"[green]control plane[/] http://127.0.0.1:{port}  (OpenAPI at /docs)")
+    console.print(f"[green]control plane[/] {scheme}://{bind}:{port}  (OpenAPI at /docs)")
+    if ca is not None:
+        console.print(f"[green]CA[/]            {pki.ca_cert.resolve()}")
     console.print(f"[green]data[/]          {data_dir.resolve()}")
     console.print("Ctrl-C stops both.")
-    settings = Settings(data_dir=data_dir, broker_url=broker.url)
+    ssl_files: dict[str, Any] = {}
+    if https:
+        ssl_files = {
+            "ssl_certfile": str(https_cert or pki.server_cert),
+            "ssl_keyfile": str(https_key or pki.server_key),
+        }
     try:
-        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level=log_level)
+        uvicorn.run(create_app(settings), host=bind, port=port, log_level=log_level, **ssl_files)
     finally:
         broker.stop()
 
@@ -155,8 +239,15 @@ def demo(
     drift: Annotated[
         bool, typer.Option("--drift", help="then shift some devices' inputs and close the loop")
     ] = False,
+    profiles: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated device classes to spread the agents over "
+            "(default: two this machine runs; --drift uses the first)"
+        ),
+    ] = None,
 ) -> None:
-    """Broker, control plane and N agents; train, sign, roll out, infer, report."""
+    """Broker, control plane and N agents; train, sign per class, roll out, infer, report."""
     from control_plane.demo import Demo, print_summary, write_summary
 
     _setup_logging("warning")
@@ -171,6 +262,7 @@ def demo(
             data_dir=data_dir,
             timeout=timeout,
             drift=drift,
+            profiles=[p.strip() for p in profiles.split(",") if p.strip()] if profiles else None,
         ).run()
     except (TimeoutError, RuntimeError, ApiError, OSError) as e:
         raise _fail(e) from e

@@ -1,14 +1,17 @@
 """``edgefleet demo``: the whole spine on one machine, from nothing, end to end.
 
 Starts a private Mosquitto, the control plane and N device agents as separate OS
-processes; trains the digits model, registers it, builds a signed bundle, rolls it
-out, checks every device answers held-out digits through its local Open Inference
-Protocol endpoint, prints a summary and stops everything it started.
+processes, spread over two device classes this machine can run (on x86-64: the
+onnxruntime gateway and the LiteRT industrial PC); trains the digits model,
+registers it, builds one signed bundle per class through the converter gates, rolls
+each out to its class, checks every device answers held-out digits through its
+local Open Inference Protocol endpoint, prints a summary and stops everything.
 """
 
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import tempfile
 import time
@@ -32,13 +35,26 @@ from control_plane.processes import ProcessGroup
 from edgefleet.mqtt import BrokerAddress
 from edgefleet.tensors import decode_tensor, encode_tensor
 
-DEMO_PROFILE = "x86-64-gateway-onnx"
 MODEL_NAME = "digits"
+# Two device classes per CPU architecture, so that the demo's bundles can pass the
+# agents' hardware check on the machine it runs on: one onnxruntime, one TFLite.
+DEMO_PROFILES = {
+    "x86_64": ["x86-64-gateway-onnx", "x86-64-ipc-litert-int8"],
+    "aarch64": ["jetson-orin-onnx-fp16", "rpi-arm64-litert-int8"],
+}
+
+
+def default_demo_profiles() -> list[str]:
+    machine = platform.machine()
+    if machine not in DEMO_PROFILES:
+        raise RuntimeError(f"the demo has no device classes for a {machine} machine")
+    return list(DEMO_PROFILES[machine])
 
 
 @dataclass
 class DeviceResult:
     device_id: str
+    profile: str
     state: str
     bundle_id: str | None
     release: int | None
@@ -49,10 +65,9 @@ class DeviceResult:
 
 @dataclass
 class DemoResult:
-    bundle_id: str
-    release: int
+    bundles: dict[str, dict[str, Any]]  # profile -> id, release, candidate
     model_version: str
-    rollout_state: str
+    rollout_state: str  # complete only when every profile's rollout completed
     devices: list[DeviceResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     drift: DriftDemoResult | None = None
@@ -76,12 +91,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll: f
 
 
 def agent_config(
-    *, device_id: str, broker: str, data_dir: Path, trust_root: Path, port: int
+    *, device_id: str, profile: str, broker: str, data_dir: Path, trust_root: Path, port: int
 ) -> str:
     """The TOML configuration of one demo agent."""
     return (
         f'device_id = "{device_id}"\n'
-        f'profile = "{DEMO_PROFILE}"\n'
+        f'profile = "{profile}"\n'
         f'broker = "{broker}"\n'
         f'data_dir = "{data_dir}"\n'
         f'trust_root = "{trust_root}"\n'
@@ -113,9 +128,12 @@ class Demo:
         data_dir: Path | None = None,
         timeout: float = 120.0,
         drift: bool = False,
+        profiles: list[str] | None = None,
     ) -> None:
         self.n_agents = agents
         self.with_drift = drift
+        # The drift loop retrains per cohort; one class keeps its quorum simple.
+        self.profiles = (profiles or default_demo_profiles())[: 1 if drift else None]
         self.console = console
         self.broker_url = broker_url
         self.timeout = timeout
@@ -195,24 +213,15 @@ class Demo:
             holdout_y=model.holdout_y,
         )
         self.step(f"registered model {registered['name']} v{registered['version']}")
-        bundle = api.build_bundle(model=MODEL_NAME, version="1", profile=DEMO_PROFILE)
-        metrics = bundle["manifest"].get("metrics", {})
-        self.step(
-            f"gate chose {bundle['manifest']['lineage'].get('candidate')} of "
-            f"{len(bundle['manifest'].get('candidates', []))} candidates: accuracy "
-            f"{metrics.get('accuracy', 0):.3f}, agreement {metrics.get('agreement', 0):.3f}"
-            + ("" if metrics.get("verified") else " (unverified: no labels)")
-        )
-        self.step(
-            f"built signed bundle {bundle['id']} (release {bundle['release']}, "
-            f"{bundle['length']} bytes, sha256 {bundle['sha256'][:12]}…)"
-        )
+        bundles = {profile: self._build(api, profile) for profile in self.profiles}
 
         root_path = self.data_dir / "root.json"
         root_path.write_bytes(api.trust_root())
         device_ports: dict[str, int] = {}
+        device_profiles: dict[str, str] = {}
         for i in range(1, self.n_agents + 1):
             device_id = f"dev-demo{i:04d}"
+            profile = self.profiles[(i - 1) % len(self.profiles)]
             agent_dir = self.data_dir / "agents" / device_id
             agent_dir.mkdir(parents=True, exist_ok=True)
             port = free_port()
@@ -220,6 +229,7 @@ class Demo:
             config.write_text(
                 agent_config(
                     device_id=device_id,
+                    profile=profile,
                     broker=broker_url,
                     data_dir=agent_dir / "data",
                     trust_root=root_path,
@@ -230,37 +240,51 @@ class Demo:
                 device_id, "agent", ["run", "--config", str(config)], agent_dir / "agent.log"
             )
             device_ports[device_id] = port
+            device_profiles[device_id] = profile
         wait_until(
             lambda: self._online(api, set(device_ports)), 60, f"{self.n_agents} agents online"
         )
         self.step(f"{self.n_agents} agents online: {', '.join(device_ports)}")
 
         t0 = time.monotonic()
-        rollout = api.create_rollout(bundle_id=bundle["id"], device_ids=list(device_ports))
-        self.step(f"rollout {rollout['id']} started to {len(device_ports)} devices")
-        rollout = self._watch_rollout(api, rollout["id"], len(device_ports))
+        rollout_ids = []
+        for profile, bundle in bundles.items():
+            targets = [d for d, p in device_profiles.items() if p == profile]
+            if not targets:
+                continue
+            rollout = api.create_rollout(bundle_id=bundle["id"], device_ids=targets)
+            rollout_ids.append(rollout["id"])
+            self.step(
+                f"rollout {rollout['id']} of {bundle['id']} started to {len(targets)} {profile}"
+            )
+        rollouts = self._watch_rollouts(api, rollout_ids, len(device_ports))
         timings["rollout_s"] = time.monotonic() - t0
 
         devices = []
-        rows = {row["device_id"]: row for row in rollout["devices"]}
+        rows = {row["device_id"]: row for r in rollouts for row in r["devices"]}
         for device_id, port in device_ports.items():
             row = rows.get(device_id, {})
-            accuracy = None
-            if row.get("state") == "active":
-                accuracy = infer_accuracy(port, model.holdout_x, model.holdout_y)
+            bundle = bundles[device_profiles[device_id]]
+            active = row.get("state") == "active"
             devices.append(
                 DeviceResult(
                     device_id=device_id,
+                    profile=device_profiles[device_id],
                     state=row.get("state", "unknown"),
-                    bundle_id=bundle["id"] if row.get("state") == "active" else None,
-                    release=bundle["release"] if row.get("state") == "active" else None,
+                    bundle_id=bundle["id"] if active else None,
+                    release=bundle["release"] if active else None,
                     install_seconds=row.get("install_seconds"),
-                    accuracy=accuracy,
+                    accuracy=infer_accuracy(port, model.holdout_x, model.holdout_y)
+                    if active
+                    else None,
                     reason=row.get("reason"),
                 )
             )
+        rollout_state = (
+            "complete" if all(r["state"] == "complete" for r in rollouts) else "incomplete"
+        )
         drift = None
-        if self.with_drift and rollout["state"] == "complete":
+        if self.with_drift and rollout_state == "complete":
             t0 = time.monotonic()
             drift = run_drift_phase(
                 api=api,
@@ -273,14 +297,36 @@ class Demo:
         timings["total_s"] = time.monotonic() - started
         api.close()
         return DemoResult(
-            bundle_id=bundle["id"],
-            release=bundle["release"],
+            bundles={
+                profile: {
+                    "id": b["id"],
+                    "release": b["release"],
+                    "candidate": b["manifest"]["lineage"].get("candidate"),
+                }
+                for profile, b in bundles.items()
+            },
             model_version="1",
-            rollout_state=rollout["state"],
+            rollout_state=rollout_state,
             devices=devices,
             timings=timings,
             drift=drift,
         )
+
+    def _build(self, api: ApiClient, profile: str) -> dict[str, Any]:
+        """Build and sign the bundle for one device class, saying what the gate chose."""
+        bundle = api.build_bundle(model=MODEL_NAME, version="1", profile=profile)
+        metrics = bundle["manifest"].get("metrics", {})
+        self.step(
+            f"{profile}: gate chose {bundle['manifest']['lineage'].get('candidate')} of "
+            f"{len(bundle['manifest'].get('candidates', []))} candidates: accuracy "
+            f"{metrics.get('accuracy', 0):.3f}, agreement {metrics.get('agreement', 0):.3f}"
+            + ("" if metrics.get("verified") else " (unverified: no labels)")
+        )
+        self.step(
+            f"built signed bundle {bundle['id']} (release {bundle['release']}, "
+            f"{bundle['length']} bytes, sha256 {bundle['sha256'][:12]}…)"
+        )
+        return bundle
 
     def _healthy(self, api: ApiClient) -> bool:
         self.processes.check_alive()
@@ -294,7 +340,9 @@ class Demo:
         online = {d["id"] for d in api.list_devices() if d.get("online")}
         return wanted <= online
 
-    def _watch_rollout(self, api: ApiClient, rollout_id: int, total: int) -> dict[str, Any]:
+    def _watch_rollouts(
+        self, api: ApiClient, rollout_ids: list[int], total: int
+    ) -> list[dict[str, Any]]:
         with Progress(
             TextColumn("[bold]rollout[/]"),
             BarColumn(),
@@ -308,29 +356,33 @@ class Demo:
             deadline = time.monotonic() + self.timeout
             while True:
                 self.processes.check_alive()
-                rollout = api.get_rollout(rollout_id)
-                counts = rollout.get("counts", {})
+                rollouts = [api.get_rollout(rollout_id) for rollout_id in rollout_ids]
+                counts: dict[str, int] = {}
+                for rollout in rollouts:
+                    for state, n in rollout.get("counts", {}).items():
+                        counts[state] = counts.get(state, 0) + n
                 progress.update(
                     task,
                     completed=counts.get("active", 0),
                     states=" ".join(f"{k}={v}" for k, v in sorted(counts.items())),
                 )
-                if rollout["state"] in ("complete", "failed"):
-                    return rollout
+                if all(r["state"] in ("complete", "failed") for r in rollouts):
+                    return rollouts
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"rollout {rollout_id} not finished after {self.timeout}s")
+                    raise TimeoutError(f"rollouts {rollout_ids} not finished after {self.timeout}s")
                 time.sleep(0.2)
 
 
 def print_summary(console: Console, result: DemoResult) -> None:
-    table = Table(title=f"bundle {result.bundle_id} (release {result.release})")
-    for column in ("device", "state", "bundle version", "install time", "accuracy"):
-        table.add_column(column)
+    table = Table(title=f"digits v{result.model_version} on {len(result.bundles)} device classes")
+    for column in ("device", "profile", "state", "model", "install", "accuracy"):
+        table.add_column(column, no_wrap=column in ("device", "profile"))
     for d in result.devices:
         table.add_row(
             d.device_id,
+            d.profile,
             d.state if d.reason is None else f"{d.state}: {d.reason}",
-            f"digits v{result.model_version} r{d.release}" if d.release else "-",
+            f"r{d.release} {result.bundles[d.profile]['candidate']}" if d.bundle_id else "-",
             f"{d.install_seconds:.2f} s" if d.install_seconds is not None else "-",
             f"{d.accuracy:.3f}" if d.accuracy is not None else "-",
         )

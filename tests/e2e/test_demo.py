@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_rolls_signed_digits_bundle_to_three_agents_that_answer_accurately(
+def test_demo_rolls_a_signed_bundle_per_device_class_to_agents_that_answer_accurately(
     tmp_path: Path,
 ) -> None:
     summary_path = tmp_path / "summary.json"
@@ -24,7 +24,7 @@ def test_demo_rolls_signed_digits_bundle_to_three_agents_that_answer_accurately(
             "control_plane",
             "demo",
             "--agents",
-            "3",
+            "4",
             "--data-dir",
             str(tmp_path / "demo"),
             "--summary-json",
@@ -40,17 +40,27 @@ def test_demo_rolls_signed_digits_bundle_to_three_agents_that_answer_accurately(
     summary = json.loads(summary_path.read_text())
     assert summary["ok"] is True
     assert summary["rollout_state"] == "complete"
-    assert len(summary["devices"]) == 3
+    assert len(summary["devices"]) == 4
+    # Two device classes side by side, each with its own bundle: one onnxruntime, one TFLite.
+    bundles = summary["bundles"]
+    assert len(bundles) == 2
+    assert len({b["id"] for b in bundles.values()}) == 2
+    assert {d["profile"] for d in summary["devices"]} == set(bundles)
     for device in summary["devices"]:
         assert device["state"] == "active"
-        assert device["bundle_id"] == summary["bundle_id"]
-        assert device["release"] == summary["release"]
+        assert device["bundle_id"] == bundles[device["profile"]]["id"]
+        assert device["release"] == bundles[device["profile"]]["release"]
         assert device["accuracy"] >= 0.9
         assert device["install_seconds"] > 0
-    # Each agent recorded the installed bundle as active on its own disk.
+    # Each agent recorded its class's bundle as active on its own disk, in its runtime.
+    by_id = {d["device_id"]: d for d in summary["devices"]}
+    runtimes = set()
     for device_dir in (tmp_path / "demo" / "agents").iterdir():
         active = json.loads((device_dir / "data" / "active.json").read_text())
-        assert active["bundle_id"] == summary["bundle_id"]
+        assert active["bundle_id"] == by_id[device_dir.name]["bundle_id"]
+        slot = device_dir / "data" / "slots" / active["slot"]
+        runtimes.add(json.loads((slot / "manifest.json").read_text())["runtime"]["name"])
+    assert runtimes == {"onnxruntime", "ai-edge-litert"}
     assert "stopping agents, control plane and broker" in completed.stdout
 
 
