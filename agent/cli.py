@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     enrol.add_argument("--config", type=Path, required=True, help="path to agent.toml")
     enrol.add_argument("--api", required=True, help="control plane URL, e.g. http://host:8000")
     enrol.add_argument("--token", required=True, help="one-time enrolment token")
+    enrol.add_argument("--ca-file", type=Path, help="CA that verifies an https:// control plane")
     enrol.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     return parser
 
@@ -119,10 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return print_status(config)
         if args.command == "enrol":
-            from agent.enrol import credentials_path, enrol
+            from agent.enrol import CertificateCredentials, credentials_path, enrol
 
-            enrol(config, api_url=args.api, token=args.token)
-            saved = credentials_path(config.data_dir)
+            issued = enrol(config, api_url=args.api, token=args.token, ca_file=args.ca_file)
+            saved = (
+                issued.cert_file
+                if isinstance(issued, CertificateCredentials)
+                else credentials_path(config.data_dir)
+            )
             print(f"enrolled {config.device_id}; credentials in {saved}")
             return 0
         from agent.daemon import Agent

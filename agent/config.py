@@ -9,11 +9,18 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.errors import ConfigError
 from edgefleet import topics
-from edgefleet.mqtt import BrokerAddress
+from edgefleet.mqtt import BrokerAddress, TlsOptions
 
 
 class InferenceConfig(BaseModel):
@@ -72,6 +79,38 @@ class LinkConfig(BaseModel):
     reconnect_max_s: float = Field(default=30.0, gt=0)
 
 
+class TlsConfig(BaseModel):
+    """TLS to an ``mqtts://`` broker: the CA that verifies it, and the device's certificate.
+
+    With ``cert_file`` and ``key_file``, ``edgefleet-agent enrol`` makes the private key
+    here (P-256, mode 0600), sends a CSR and saves the certificate it is given; the
+    daemon then connects with them. Without ``ca_file`` the system's trust store
+    verifies the broker (and enrolment writes the CA it receives to ``ca_file`` when
+    that file does not exist yet).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.cert_file is not None and self.cert_file == self.key_file:
+            raise ValueError("cert_file and key_file must be different files")
+        return self
+
+    @property
+    def client_certificate(self) -> bool:
+        return self.cert_file is not None
+
+    def options(self) -> TlsOptions:
+        return TlsOptions(self.ca_file, self.cert_file, self.key_file)
+
+
 class AgentConfig(BaseModel):
     """Everything the agent needs to run, as read from ``agent.toml``."""
 
@@ -88,6 +127,7 @@ class AgentConfig(BaseModel):
     probation: ProbationConfig = Field(default_factory=ProbationConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     link: LinkConfig = Field(default_factory=LinkConfig)
+    tls: TlsConfig | None = None
 
     @field_validator("device_id")
     @classmethod
@@ -102,9 +142,22 @@ class AgentConfig(BaseModel):
         BrokerAddress.parse(value)  # raises ValueError with a readable message
         return value
 
+    @model_validator(mode="after")
+    def _tls_needs_mqtts(self) -> AgentConfig:
+        if self.tls is not None and not self.broker_address.tls:
+            raise ValueError("a [tls] section needs an mqtts:// broker")
+        return self
+
     @property
     def broker_address(self) -> BrokerAddress:
         return BrokerAddress.parse(self.broker)
+
+    @property
+    def tls_options(self) -> TlsOptions | None:
+        """What the link needs for an ``mqtts://`` broker (None for ``mqtt://``)."""
+        if not self.broker_address.tls:
+            return None
+        return self.tls.options() if self.tls is not None else TlsOptions()
 
 
 def parse_config(text: str, *, source: str = "<config>") -> AgentConfig:

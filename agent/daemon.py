@@ -21,16 +21,19 @@ import time
 from pathlib import Path
 from types import FrameType
 
+import numpy as np
+
 from agent import __version__
 from agent.config import AgentConfig
 from agent.drift import DriftSupervisor
 from agent.enrol import load_credentials
-from agent.errors import RuntimeLoadError, SlotError
+from agent.errors import ConfigError, RuntimeLoadError, SlotError
 from agent.fetcher import MqttFetcher
 from agent.forwarder import Forwarder
 from agent.journal import Journal
 from agent.runtime import ActiveModel, ModelHolder, load_runtime
 from agent.server import InferenceServer
+from agent.shadow import ShadowRunner
 from agent.slots import SlotStore, read_slot_manifest
 from agent.spool import Spool
 from agent.telemetry import (
@@ -112,17 +115,21 @@ class Agent:
         self._link_since = time.time()
         offline = DeviceStatus(online=False, profile=config.profile, agent_version=__version__)
         credentials = load_credentials(config.data_dir)  # written by `edgefleet-agent enrol`
-        self.link = MqttLink(
-            client_id=config.device_id,
-            broker=config.broker_address,
-            username=credentials.username if credentials else None,
-            password=credentials.password if credentials else None,
-            clean_start=False,
-            session_expiry=SESSION_EXPIRY,
-            will=Will(topics.up(self.device_id, Up.STATUS), offline.to_bytes(), retain=True),
-            reconnect_min_delay=config.link.reconnect_min_s,
-            reconnect_max_delay=config.link.reconnect_max_s,
-        )
+        try:
+            self.link = MqttLink(
+                client_id=config.device_id,
+                broker=config.broker_address,
+                username=credentials.username if credentials else None,
+                password=credentials.password if credentials else None,
+                clean_start=False,
+                session_expiry=SESSION_EXPIRY,
+                will=Will(topics.up(self.device_id, Up.STATUS), offline.to_bytes(), retain=True),
+                reconnect_min_delay=config.link.reconnect_min_s,
+                reconnect_max_delay=config.link.reconnect_max_s,
+                tls=config.tls_options,
+            )
+        except TransportError as e:  # a missing certificate: not enrolled yet
+            raise ConfigError(f"{e} (run `edgefleet-agent enrol` first?)", field="tls") from e
         self.fetcher = MqttFetcher(
             self.link,
             self.device_id,
@@ -144,6 +151,7 @@ class Agent:
             max_inflight=config.telemetry.max_inflight,
             on_tick=self._periodic,
         )
+        self.shadow = ShadowRunner(config.data_dir, self.emit)
         self.installer = Installer(
             config=config,
             slots=self.slots,
@@ -153,6 +161,7 @@ class Agent:
             on_active=self.publish_status,
             stats=self.stats,
             link_ready=self.link.wait_connected,
+            shadow=self.shadow,
         )
         self.worker = OfferWorker(self.installer)
         self.drift = DriftSupervisor(self.slots, self.emit)
@@ -163,7 +172,7 @@ class Agent:
             max_concurrency=config.inference.max_concurrency,
             max_body_bytes=config.inference.max_body_bytes,
             observer=self.stats.observe,
-            input_observer=self.drift.observe,
+            input_observer=self.observe_request,
         )
         self._next_window = time.monotonic() + config.telemetry.window_s
         self._next_status = 0.0
@@ -193,6 +202,7 @@ class Agent:
         self.server.stop()
         self.drift.stop()
         self.worker.stop()
+        self.shadow.close()
         self.forwarder.stop()
         self.spool.close()
         if self.link.connected:
@@ -264,6 +274,13 @@ class Agent:
             )
         )
 
+    def observe_request(
+        self, model: ActiveModel, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+    ) -> None:
+        """After each answered request: drift scoring and the shadow model's comparison."""
+        self.drift.observe(model, feeds)
+        self.shadow.observe(model, feeds, outputs)
+
     def emit(self, event: TelemetryEvent) -> None:
         """Accept a telemetry event into the spool (it is sent when the broker is reachable)."""
         self.spool.append(event)
@@ -285,6 +302,7 @@ class Agent:
                         model.release if model else None,
                     )
                 )
+            self.shadow.flush(window_s)
             self.emit(resource_event(self.config.data_dir))
         if now >= self._next_status:
             self._next_status = now + STATUS_EVERY_S

@@ -9,7 +9,10 @@ every few seconds rather than every 30 minutes so a restart keeps queued message
 Without ``security`` the broker is anonymous (the quickstart, the demo, most tests).
 With a ``BrokerAuthFiles`` it requires a username and password, applies the ACL the
 control plane generates (``control_plane.broker_security``) and writes its pid so the
-control plane can send it SIGHUP after enrolling or revoking a device.
+control plane can send it SIGHUP after enrolling or revoking a device. With ``tls``
+as well, devices connect over TLS with a client certificate instead of a password
+(``mqtts://``), and a second, loopback-only listener lets the control plane end a
+revoked device's live session (see ``control_plane.broker_security``).
 """
 
 from __future__ import annotations
@@ -19,11 +22,29 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
-from control_plane.broker_security import BrokerAuthFiles, render_security_config, write_auth_files
+from control_plane.broker_security import (
+    BrokerAuthFiles,
+    TlsListener,
+    add_control_identity,
+    ensure_revoker,
+    render_security_config,
+    render_tls_listener,
+    render_tls_security_config,
+    write_auth_files,
+)
 from control_plane.errors import BrokerError
 from control_plane.netutil import free_port, wait_for_port
+from control_plane.pki import (
+    CertificateAuthority,
+    PkiFiles,
+    certificate_is_current,
+    ensure_server_files,
+    write_control_files,
+    write_crl,
+)
 from edgefleet.mqtt import BrokerAddress
 
 logger = logging.getLogger(__name__)
@@ -47,15 +68,31 @@ def render_config(
     data_dir: Path,
     persistence: bool = True,
     security: BrokerAuthFiles | None = None,
+    tls: TlsListener | None = None,
+    bind: str = "127.0.0.1",
+    admin_port: int | None = None,
 ) -> str:
-    """The mosquitto.conf edgefleet runs with (anonymous unless ``security`` is given)."""
-    auth = ["allow_anonymous true"] if security is None else render_security_config(security)
+    """The mosquitto.conf edgefleet runs with (anonymous unless ``security`` is given).
+
+    ``tls`` (which needs ``security``) replaces the password listener with a TLS one
+    that requires client certificates; ``admin_port`` adds the loopback listener that
+    ends revoked devices' sessions.
+    """
+    if security is None:
+        if tls is not None:
+            raise ValueError("a TLS broker needs its ACL: pass security as well")
+        listener, auth = [f"listener {port} {bind}"], ["allow_anonymous true"]
+    elif tls is None:
+        listener, auth = [f"listener {port} {bind}"], render_security_config(security)
+    else:
+        listener = render_tls_listener(port=port, bind=bind, tls=tls)
+        auth = render_tls_security_config(security, admin_port=admin_port)
     if security is not None and os.geteuid() == 0:
         # Started as root, mosquitto drops to the ``mosquitto`` user, which cannot read
         # auth files in a private (0700) data dir: keep the starter's identity instead.
         auth.append("user root")
     lines = [
-        f"listener {port} 127.0.0.1",
+        *listener,
         *auth,
         "max_queued_messages 0",
         "max_inflight_messages 100",
@@ -73,6 +110,33 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
+def prepare_tls(
+    pki: PkiFiles,
+    ca: CertificateAuthority,
+    security: BrokerAuthFiles,
+    *,
+    hosts: Sequence[str],
+    control_name: str,
+) -> TlsListener:
+    """Everything a TLS broker and the control plane's link need from ``ca``.
+
+    Issues (again, when missing, expiring, from another CA or lacking a host) the
+    broker's server certificate for ``hosts`` and the control plane's client
+    certificate ``control_name``, lets that name act as the control plane in the ACL,
+    and writes an empty CRL if there is none (the database's revocations are applied
+    over it by ``services.enrolment.apply_to_broker``).
+    """
+    ensure_server_files(pki, ca, hosts)
+    if not certificate_is_current(pki.client_cert(control_name), ca):
+        write_control_files(pki, ca, control_name)
+    add_control_identity(security, control_name)
+    if not pki.crl.exists():
+        write_crl(pki, ca, revoked=())
+    return TlsListener(
+        ca_file=pki.ca_cert, cert_file=pki.server_cert, key_file=pki.server_key, crl_file=pki.crl
+    )
+
+
 class MosquittoBroker:
     """One mosquitto process on a loopback port, with its own config and data dir.
 
@@ -87,16 +151,28 @@ class MosquittoBroker:
         port: int | None = None,
         persistence: bool = True,
         security: BrokerAuthFiles | None = None,
+        tls: TlsListener | None = None,
+        bind: str = "127.0.0.1",
     ):
+        if tls is not None and security is None:
+            raise ValueError("a TLS broker needs its ACL: pass security as well")
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.persistence = persistence
         self.security = security
+        self.tls = tls
+        self.bind = bind
+        self.admin_port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> BrokerAddress:
-        return BrokerAddress("127.0.0.1", self.port)
+        """Where clients on this machine reach it (``mqtts://`` when TLS is on)."""
+        return BrokerAddress(self._local_host, self.port, tls=self.tls is not None)
+
+    @property
+    def _local_host(self) -> str:
+        return "127.0.0.1" if self.bind in ("0.0.0.0", "::", "") else self.bind
 
     @property
     def url(self) -> str:
@@ -113,12 +189,18 @@ class MosquittoBroker:
         config = self.data_dir / "mosquitto.conf"
         if self.security is not None and not self.security.password_file.exists():
             write_auth_files(self.security, devices={})
+        if self.security is not None and self.tls is not None:
+            self.admin_port = self.admin_port or free_port()
+            ensure_revoker(self.security, port=self.admin_port)
         config.write_text(
             render_config(
                 port=self.port,
                 data_dir=self.data_dir,
                 persistence=self.persistence,
                 security=self.security,
+                tls=self.tls,
+                bind=self.bind,
+                admin_port=self.admin_port,
             )
         )
         self._process = subprocess.Popen(
@@ -126,7 +208,10 @@ class MosquittoBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        if not wait_for_port("127.0.0.1", self.port, timeout):
+        listening = wait_for_port(self._local_host, self.port, timeout)
+        if listening and self.admin_port is not None:
+            listening = wait_for_port("127.0.0.1", self.admin_port, timeout)
+        if not listening:
             stderr = b""
             if self._process.poll() is not None and self._process.stderr:
                 stderr = self._process.stderr.read()

@@ -17,6 +17,25 @@ SIGHUP, which makes Mosquitto 2.0 re-read both and re-check every live client):
                           the password alone already drops the live session on reload)
 ``broker.pid``            the running broker's pid, so the API process can signal it
 
+With TLS (``TlsListener``, see docs/tls.md) devices authenticate by client certificate
+instead: ``use_identity_as_username`` makes the certificate's CN (the device id) the
+username the ACL patterns see, ``use_username_as_clientid`` ties the client id to it,
+and the CRL in the PKI directory is checked on every handshake. Two more files:
+
+``control-plane.identities``  control-plane names (``cp-...``) that authenticate by
+                              certificate; the ACL grants them ``fleet/#``
+``revoker.json``              the loopback admin listener's port and the password of
+                              ``cp-revoker``, which has no topic rights at all
+
+Revoking a certificate needs more than the files: measured on Mosquitto 2.0.11, a
+SIGHUP re-reads the CRL (new handshakes with the revoked certificate fail) and the ACL
+(the live session's publishes get PUBACK 135 and nothing is delivered to it), but it
+does not re-check the certificates of live TLS sessions, so the revoked device stays
+connected. ``end_session`` then takes over the device's client id on the admin
+listener (password-only, loopback, no ``use_username_as_clientid``), which makes the
+broker close the device's connection, and leaves with a clean start so its session is
+gone; the device's reconnects fail the handshake.
+
 Password hashes use Mosquitto's own ``$7$`` format (PBKDF2-HMAC-SHA512, base64 salt
 and digest), computed here so the control plane does not need ``mosquitto_passwd``.
 """
@@ -26,24 +45,28 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import os
 import re
 import secrets
 import signal
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from control_plane.errors import BrokerError
 from edgefleet import topics
 from edgefleet.fileio import atomic_write
+from edgefleet.mqtt import BrokerAddress, MqttLink
 
 logger = logging.getLogger(__name__)
 
 PBKDF2_ITERATIONS = 1000  # passwords are 256-bit random tokens; the hash only hides them
 SALT_BYTES = 12  # what mosquitto_passwd uses
 CONTROL_USER_RE = re.compile(r"^cp-[A-Za-z0-9_-]{1,60}$")
+REVOKER_USER = "cp-revoker"
+END_SESSION_TIMEOUT_S = 10.0
 _HASH_RE = re.compile(r"^\$7\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$")
 
 
@@ -68,6 +91,33 @@ class BrokerAuthFiles:
     @property
     def pid_file(self) -> Path:
         return self.directory / "broker.pid"
+
+    @property
+    def identities_file(self) -> Path:
+        return self.directory / "control-plane.identities"
+
+    @property
+    def revoker_file(self) -> Path:
+        return self.directory / "revoker.json"
+
+
+@dataclass(frozen=True)
+class TlsListener:
+    """The broker's TLS listener: its certificate and what client certificates must chain to."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    crl_file: Path
+
+
+@dataclass(frozen=True)
+class Revoker:
+    """How the control plane reaches the admin listener to end a revoked device's session."""
+
+    port: int
+    password: str = field(repr=False)
+    username: str = REVOKER_USER
 
 
 def hash_password(
@@ -141,6 +191,38 @@ def render_security_config(files: BrokerAuthFiles) -> list[str]:
     ]
 
 
+def render_tls_listener(*, port: int, bind: str, tls: TlsListener) -> list[str]:
+    """A listener that admits only clients with a certificate from the CA, by its CN.
+
+    ``use_username_as_clientid`` belongs to the listener it follows (Mosquitto 2.0), so
+    these lines must come right after each other, before any other ``listener``.
+    """
+    return [
+        f"listener {port} {bind}",
+        f"cafile {tls.ca_file}",
+        f"certfile {tls.cert_file}",
+        f"keyfile {tls.key_file}",
+        f"crlfile {tls.crl_file}",
+        "tls_version tlsv1.2",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+    ]
+
+
+def render_tls_security_config(files: BrokerAuthFiles, *, admin_port: int | None) -> list[str]:
+    """Global auth lines for a TLS broker, and the loopback admin listener ``end_session`` uses.
+
+    The password file there holds control-plane users only (never a device), so only
+    the control plane can log in on the admin listener, where client ids are not tied
+    to usernames.
+    """
+    lines = ["allow_anonymous false", f"acl_file {files.acl_file}"]
+    if admin_port is not None:
+        lines += [f"password_file {files.password_file}", f"listener {admin_port} 127.0.0.1"]
+    return lines
+
+
 def read_password_file(path: Path) -> dict[str, str]:
     """``username -> hash`` from a Mosquitto password file (missing file: empty)."""
     try:
@@ -167,28 +249,78 @@ def add_control_user(files: BrokerAuthFiles, username: str) -> str:
     return password
 
 
+def read_identities(files: BrokerAuthFiles) -> list[str]:
+    """Control-plane names that authenticate by certificate (missing file: none)."""
+    try:
+        text = files.identities_file.read_text()
+    except FileNotFoundError:
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def add_control_identity(files: BrokerAuthFiles, name: str) -> None:
+    """Let the certificate with ``CN=name`` (a ``cp-`` name) act as the control plane.
+
+    Takes effect at the next ``write_auth_files``.
+    """
+    if not CONTROL_USER_RE.fullmatch(name):
+        raise ValueError(f"control-plane users must be cp- names, got {name!r}")
+    names = sorted({*read_identities(files), name})
+    atomic_write(files.identities_file, "".join(f"{n}\n" for n in names).encode(), mode=0o600)
+
+
+def ensure_revoker(files: BrokerAuthFiles, *, port: int) -> Revoker:
+    """The admin listener's login (created once), at ``port``, and in the password file."""
+    previous = read_revoker(files)
+    revoker = Revoker(port=port, password=previous.password if previous else new_password())
+    record = {"port": revoker.port, "username": revoker.username, "password": revoker.password}
+    files.directory.mkdir(parents=True, exist_ok=True)
+    atomic_write(files.revoker_file, json.dumps(record).encode(), mode=0o600)
+    entries = read_password_file(files.password_file)
+    entries[REVOKER_USER] = hash_password(revoker.password)
+    atomic_write(files.password_file, render_password_file(entries).encode(), mode=0o600)
+    return revoker
+
+
+def read_revoker(files: BrokerAuthFiles) -> Revoker | None:
+    """The admin listener's login, or None when this broker has none."""
+    try:
+        raw = json.loads(files.revoker_file.read_text())
+        return Revoker(port=int(raw["port"]), password=str(raw["password"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BrokerError(f"cannot read {files.revoker_file}: {e}") from e
+
+
 def write_auth_files(
     files: BrokerAuthFiles, *, devices: Mapping[str, str], revoked: Iterable[str] = ()
 ) -> None:
     """Rewrite ``passwd`` and ``acl`` from the control users and ``devices`` (id -> hash).
 
     Both are written atomically, ``acl`` first: a broker that reloads between the two
-    writes sees a stricter ACL with the old passwords, never the reverse.
+    writes sees a stricter ACL with the old passwords, never the reverse. The revoker
+    (when there is one) gets a password but no ACL entry: it can connect, not act.
     """
     control = read_password_file(files.control_file)
     revoked = sorted(set(revoked))
     entries = dict(control)
+    revoker = read_revoker(files)
+    if revoker is not None:
+        entries[REVOKER_USER] = hash_password(revoker.password)
     for device_id, encoded in devices.items():
         if not topics.is_device_id(device_id):
             raise ValueError(f"not a device id: {device_id!r}")
         if device_id not in revoked:
             entries[device_id] = encoded
     files.directory.mkdir(parents=True, exist_ok=True)
-    acl = render_acl(control_users=control, revoked=revoked)
+    acl = render_acl(control_users=[*control, *read_identities(files)], revoked=revoked)
     atomic_write(files.acl_file, acl.encode(), mode=0o600)
     atomic_write(files.password_file, render_password_file(entries).encode(), mode=0o600)
     logger.info(
-        "broker auth files written devices=%d revoked=%d", len(entries) - len(control), len(revoked)
+        "broker auth files written devices=%d revoked=%d",
+        len(entries) - len(control) - (revoker is not None),
+        len(revoked),
     )
 
 
@@ -211,4 +343,38 @@ def reload_broker(files: BrokerAuthFiles) -> bool:
     except PermissionError as e:
         raise BrokerError(f"cannot signal broker pid {pid}: {e}") from e
     logger.info("broker reloaded pid=%d", pid)
+    return True
+
+
+def end_session(
+    files: BrokerAuthFiles, device_id: str, *, timeout: float = END_SESSION_TIMEOUT_S
+) -> bool:
+    """Close ``device_id``'s live connection, if any; False when there is no admin listener.
+
+    Connects on the admin listener with the device's client id (the broker closes the
+    older connection with that id: a session takeover) and a clean start, then leaves,
+    so no session survives. Call it after the reload that revoked the device: Mosquitto
+    applies a SIGHUP in the loop iteration it arrives in, before it reads this CONNECT.
+    """
+    if not topics.is_device_id(device_id):
+        raise ValueError(f"not a device id: {device_id!r}")
+    revoker = read_revoker(files)
+    if revoker is None:
+        logger.warning("no admin listener; the live session ends at the device's next reconnect")
+        return False
+    link = MqttLink(
+        client_id=device_id,
+        broker=BrokerAddress("127.0.0.1", revoker.port),
+        username=revoker.username,
+        password=revoker.password,
+        clean_start=True,
+        session_expiry=0,
+    )
+    link.start()
+    try:
+        if not link.wait_connected(timeout):
+            raise BrokerError(f"admin listener on port {revoker.port} did not accept the revoker")
+    finally:
+        link.stop()
+    logger.warning("live session ended device_id=%s", device_id)
     return True

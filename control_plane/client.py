@@ -1,9 +1,15 @@
-"""HTTP client for the control-plane API, used by the CLI and the demo."""
+"""HTTP client for the control-plane API, used by the CLI and the demo.
+
+An ``https://`` control plane is verified against ``ca_file`` (or the file named by
+``EDGEFLEET_API_CA_FILE``, which is how the CLI is pointed at a private CA such as
+the control plane's own), else against the system's trust store.
+"""
 
 from __future__ import annotations
 
 import io
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +39,37 @@ def find_token() -> str | None:
         return None
 
 
+def tls_verification(ca_file: Path | None = None) -> ssl.SSLContext | bool:
+    """What httpx verifies the API's certificate with: ``ca_file``, the env's, or the system."""
+    configured = os.environ.get("EDGEFLEET_API_CA_FILE")
+    path = ca_file or (Path(configured) if configured else None)
+    if path is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as e:
+        raise ApiError(0, f"cannot use CA file {path}: {e}") from e
+
+
 class ApiClient:
     """Thin typed wrapper over ``/api/v1``; every call raises ``ApiError`` on a 4xx/5xx."""
 
-    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 60.0,
+        ca_file: Path | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         token = token or find_token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
-            base_url=f"{self.base_url}/api/v1", timeout=timeout, headers=headers
+            base_url=f"{self.base_url}/api/v1",
+            timeout=timeout,
+            headers=headers,
+            verify=tls_verification(ca_file),
         )
 
     def close(self) -> None:

@@ -88,6 +88,7 @@ class FleetLink:
             broker=BrokerAddress.parse(settings.broker_url),
             clean_start=False,
             session_expiry=settings.mqtt_session_expiry_s,
+            tls=settings.mqtt_tls,
         )
         self._fetch_pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="cp-fetch")
         self._event_pool = ThreadPoolExecutor(1, thread_name_prefix="cp-events")

@@ -527,23 +527,45 @@ class EnrolRequest(SQLModel):
     token: str = Field(min_length=1, max_length=200)
     device_id: str = Field(max_length=64)
     profile: str = Field(min_length=1, max_length=64)
+    csr: str | None = Field(
+        default=None,
+        max_length=8192,
+        description="PEM certificate signing request (P-256 key made on the device); "
+        "required when the broker authenticates devices by certificate",
+    )
 
 
 class EnrolResponse(SQLModel):
-    """The device's broker credentials; the password is never shown again."""
+    """The device's broker credentials: a password (shown once) or a client certificate."""
 
     device_id: str
     username: str
-    password: str
+    password: str | None = None
+    certificate: str | None = Field(default=None, description="PEM client certificate, CN=id")
+    ca_certificate: str | None = Field(default=None, description="PEM CA that issued it")
 
 
 class DeviceCredential(SQLModel, table=True):
-    """An enrolled device's broker credential (Mosquitto ``$7$`` hash, never the password)."""
+    """An enrolled device's broker credential (Mosquitto ``$7$`` hash, never the password).
+
+    ``password_hash`` is empty for a device that enrolled with a certificate signing
+    request: its certificates are ``DeviceCertificate`` rows.
+    """
 
     device_id: str = Field(primary_key=True, max_length=64)
     profile: str
     password_hash: str
     enrolled_at: datetime = _ts_field()
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class DeviceCertificate(SQLModel, table=True):
+    """A client certificate the control plane's CA issued to a device (serial in hex)."""
+
+    serial: str = Field(primary_key=True, max_length=40)
+    device_id: str = Field(index=True, max_length=64)
+    not_after: datetime = Field(sa_type=DateTime(timezone=True))
+    issued_at: datetime = _ts_field()
     revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgefleet.mqtt import BrokerAddress, TlsOptions
 from edgefleet.profile import default_profiles_dir
 
 
@@ -43,6 +44,18 @@ class Settings(BaseSettings):
         default=None,
         description="the secured broker's password/ACL directory; enables device enrolment",
     )
+    pki_dir: Path | None = Field(
+        default=None,
+        description="the control plane's CA (control_plane.pki); with broker_auth_dir, devices "
+        "enrol with a CSR and get a client certificate for the TLS broker",
+    )
+    broker_ca_file: Path | None = Field(
+        default=None, description="CA that verifies an mqtts:// broker (default: system store)"
+    )
+    broker_cert_file: Path | None = Field(
+        default=None, description="the control plane's MQTT client certificate (CN=cp-...)"
+    )
+    broker_key_file: Path | None = None
     enrol_rate_per_minute: float = Field(default=6.0, gt=0, description="per client address")
     enrol_burst: int = Field(default=5, ge=1)
     rollout_tick_s: float = Field(
@@ -56,6 +69,23 @@ class Settings(BaseSettings):
         if self.environment == "production" and not self.api_auth:
             raise ValueError("EDGEFLEET_API_AUTH cannot be off in production")
         return self
+
+    @model_validator(mode="after")
+    def _check_mqtt_tls(self) -> Settings:
+        address = BrokerAddress.parse(self.broker_url)
+        if (self.broker_cert_file is None) != (self.broker_key_file is None):
+            raise ValueError("EDGEFLEET_BROKER_CERT_FILE and _KEY_FILE go together")
+        tls_files = (self.broker_ca_file, self.broker_cert_file)
+        if not address.tls and any(f is not None for f in tls_files):
+            raise ValueError("broker TLS files need an mqtts:// EDGEFLEET_BROKER_URL")
+        return self
+
+    @property
+    def mqtt_tls(self) -> TlsOptions | None:
+        """TLS options for the control plane's own MQTT link (None for ``mqtt://``)."""
+        if not BrokerAddress.parse(self.broker_url).tls:
+            return None
+        return TlsOptions(self.broker_ca_file, self.broker_cert_file, self.broker_key_file)
 
     @property
     def key_passphrase_bytes(self) -> bytes | None:

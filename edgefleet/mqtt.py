@@ -6,6 +6,11 @@ that lost its broker does not reconnect in lock-step), re-subscribes on every
 connect, sets TCP_NODELAY on its socket (request/response blocks would otherwise
 wait ~40 ms each for Nagle's algorithm), and turns failures into ``TransportError``.
 
+``mqtts://host:port`` (default port 8883) connects over TLS: ``TlsOptions`` names the
+CA file that verifies the broker (the system's trust store without one) and, for
+brokers that authenticate clients by certificate, the client certificate and key.
+The broker's host name or IP must be in its certificate; TLS 1.2 is the minimum.
+
 Handlers receive an ``Incoming`` (topic, payload and the MQTT 5 request/response
 properties) on the network thread: they must be quick, or hand work to their own
 thread. A handler that raises is logged and does not stop the link.
@@ -16,10 +21,12 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -33,32 +40,75 @@ from edgefleet.errors import TransportError
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 1883
+DEFAULT_TLS_PORT = 8883
+_PLAIN_SCHEMES = ("mqtt", "tcp")
+_TLS_SCHEMES = ("mqtts", "ssl")
 
 
 @dataclass(frozen=True)
 class BrokerAddress:
-    """Where the broker listens, parsed from ``mqtt://[user:password@]host:port``.
+    """Where the broker listens, parsed from ``mqtt[s]://[user:password@]host:port``.
 
     Credentials in the URL let a secured broker be named by one setting; ``url()``
-    leaves them out, so what is logged never carries the password.
+    leaves them out, so what is logged never carries the password. ``tls`` is set by
+    the ``mqtts://`` scheme.
     """
 
     host: str
     port: int = DEFAULT_PORT
     username: str | None = None
     password: str | None = field(default=None, repr=False, compare=False)
+    tls: bool = False
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise ValueError(f"broker URL must look like mqtt://host:port, got {url!r}")
+        if parts.scheme not in _PLAIN_SCHEMES + _TLS_SCHEMES or not parts.hostname:
+            raise ValueError(
+                f"broker URL must look like mqtt://host:port (or mqtts://), got {url!r}"
+            )
+        tls = parts.scheme in _TLS_SCHEMES
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password is not None else None
-        return cls(parts.hostname, parts.port or DEFAULT_PORT, username, password)
+        port = parts.port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
+        return cls(parts.hostname, port, username, password, tls)
 
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """How an ``mqtts://`` link verifies the broker and, optionally, proves who it is.
+
+    ``ca_file``: PEM CA certificate(s) the broker's certificate must chain to (None:
+    the system's trust store). ``cert_file`` + ``key_file``: the client certificate
+    (PEM, the chain may follow the certificate) and its unencrypted private key.
+    """
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+
+    def context(self) -> ssl.SSLContext:
+        """A client context: broker certificate and host name checked, TLS 1.2 or newer.
+
+        Raises ``TransportError`` when a file is missing or does not hold what it should.
+        """
+        try:
+            context = ssl.create_default_context(
+                ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file) if self.ca_file else None
+            )
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if self.cert_file is not None:
+                context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        except (OSError, ssl.SSLError) as e:
+            raise TransportError(f"cannot set up TLS from {self}: {e}") from e
+        return context
 
 
 @dataclass(frozen=True)
@@ -154,7 +204,10 @@ class MqttLink:
         password: str | None = None,
         reconnect_min_delay: float = 1,
         reconnect_max_delay: float = 30,
+        tls: TlsOptions | None = None,
     ) -> None:
+        if tls is not None and not broker.tls:
+            raise ValueError(f"TLS options need an mqtts:// broker, got {broker.url()}")
         self.client_id = client_id
         self.broker = broker
         self._clean_start = clean_start
@@ -183,6 +236,8 @@ class MqttLink:
             username, password = broker.username, broker.password
         if username is not None:
             client.username_pw_set(username, password)
+        if broker.tls:
+            client.tls_set_context((tls or TlsOptions()).context())
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         client.on_connect = self._handle_connect

@@ -15,6 +15,13 @@ file and disconnects the revoked device at once; its reconnects are refused
 even if the password check were skipped (e.g. a broker reconfigured by hand).
 
 A revoked id stays revoked: it cannot enrol again (a new device takes a new id).
+
+With the control plane's CA (``IssuingCa``, TLS broker) the device sends a CSR for a
+key it made itself; the CA signs it with ``CN=<device id>`` and the response carries
+the certificate and the CA instead of a password. The CSR is checked before the token
+is spent. Revoking such a device also lists its certificates' serials in the CRL and,
+because Mosquitto 2.0 does not re-check live TLS sessions on reload, ends its live
+session through the admin listener (``broker_security.end_session``).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from sqlmodel import Session, col, select
 
 from control_plane.broker_security import (
     BrokerAuthFiles,
+    end_session,
     hash_password,
     new_password,
     reload_broker,
@@ -40,6 +48,7 @@ from control_plane.broker_security import (
 )
 from control_plane.errors import ConflictError, InvalidRequestError, NotFoundError
 from control_plane.models import (
+    DeviceCertificate,
     DeviceCredential,
     EnrolmentToken,
     EnrolmentTokenIssued,
@@ -47,6 +56,7 @@ from control_plane.models import (
     EnrolResponse,
     utcnow,
 )
+from control_plane.pki import IssuingCa, cert_to_pem, load_csr, write_crl
 from edgefleet import topics
 
 logger = logging.getLogger(__name__)
@@ -98,15 +108,24 @@ def enrol_device(
     session: Session,
     files: BrokerAuthFiles,
     request: EnrolRequest,
+    issuer: IssuingCa | None = None,
     now: datetime | None = None,
 ) -> EnrolResponse:
-    """Check the token and id, record the credential, update the broker; the password once."""
+    """Check the token, id (and CSR), record the credential, update the broker.
+
+    Returns the password once, or with ``issuer`` the signed client certificate.
+    """
     now = now or utcnow()
     device_id = request.device_id
     if not topics.is_device_id(device_id):
         raise InvalidRequestError(
             f"device id must match {topics.DEVICE_ID_RE.pattern} (cp- names are reserved)"
         )
+    if issuer is not None and request.csr is None:
+        raise InvalidRequestError("this broker authenticates devices by certificate: send a CSR")
+    if issuer is None and request.csr is not None:
+        raise InvalidRequestError("this broker authenticates devices by password: omit the CSR")
+    csr = load_csr(request.csr) if request.csr is not None else None
     token = session.exec(
         select(EnrolmentToken).where(EnrolmentToken.token_sha256 == _digest(request.token))
     ).first()
@@ -120,7 +139,6 @@ def enrol_device(
     if session.get(DeviceCredential, device_id) is not None:
         raise ConflictError(f"device {device_id} is already enrolled")
 
-    password = new_password()
     # Consume the token only if nobody else did in the meantime: one row or none.
     consumed = session.execute(
         update(EnrolmentToken)
@@ -130,42 +148,101 @@ def enrol_device(
     if consumed.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         raise EnrolmentRefusedError("token consumed concurrently")
-    session.add(
-        DeviceCredential(
-            device_id=device_id, profile=request.profile, password_hash=hash_password(password)
+    if issuer is not None and csr is not None:
+        certificate = issuer.ca.sign_device_csr(csr, device_id)
+        password_hash = ""
+        session.add(
+            DeviceCertificate(
+                serial=f"{certificate.serial_number:x}",
+                device_id=device_id,
+                not_after=certificate.not_valid_after_utc,
+            )
         )
+        issued = EnrolResponse(
+            device_id=device_id,
+            username=device_id,
+            certificate=cert_to_pem(certificate).decode(),
+            ca_certificate=issuer.ca.certificate_pem.decode(),
+        )
+    else:
+        password = new_password()
+        password_hash = hash_password(password)
+        issued = EnrolResponse(device_id=device_id, username=device_id, password=password)
+    session.add(
+        DeviceCredential(device_id=device_id, profile=request.profile, password_hash=password_hash)
     )
     try:
         session.commit()
     except IntegrityError as e:  # the same id enrolled concurrently with another token
         session.rollback()
         raise ConflictError(f"device {device_id} is already enrolled") from e
-    apply_to_broker(session=session, files=files)
-    logger.info("device enrolled device_id=%s profile=%s", device_id, request.profile)
-    return EnrolResponse(device_id=device_id, username=device_id, password=password)
+    apply_to_broker(session=session, files=files, issuer=issuer)
+    logger.info(
+        "device enrolled device_id=%s profile=%s with=%s",
+        device_id,
+        request.profile,
+        "certificate" if issuer else "password",
+    )
+    return issued
 
 
-def revoke_device(*, session: Session, files: BrokerAuthFiles, device_id: str) -> DeviceCredential:
-    """Revoke ``device_id``'s credential and make the broker drop its live session."""
+def revoke_device(
+    *,
+    session: Session,
+    files: BrokerAuthFiles,
+    device_id: str,
+    issuer: IssuingCa | None = None,
+) -> DeviceCredential:
+    """Revoke ``device_id``'s credential and certificates; the broker drops its live session."""
     credential = session.get(DeviceCredential, device_id)
     if credential is None:
         raise NotFoundError(f"device {device_id} is not enrolled")
     if credential.revoked_at is None:
         credential.revoked_at = utcnow()
         session.add(credential)
-        session.commit()
-        session.refresh(credential)
-    apply_to_broker(session=session, files=files)
+    certificates = session.exec(
+        select(DeviceCertificate).where(DeviceCertificate.device_id == device_id)
+    ).all()
+    for certificate in certificates:
+        if certificate.revoked_at is None:
+            certificate.revoked_at = credential.revoked_at
+            session.add(certificate)
+    session.commit()
+    session.refresh(credential)
+    reloaded = apply_to_broker(session=session, files=files, issuer=issuer)
+    if issuer is not None and reloaded:
+        end_session(files, device_id)
     logger.warning("device revoked device_id=%s", device_id)
     return credential
 
 
-def apply_to_broker(*, session: Session, files: BrokerAuthFiles) -> bool:
-    """Rewrite the broker's password file and ACL from the database, then SIGHUP it."""
+def apply_to_broker(
+    *, session: Session, files: BrokerAuthFiles, issuer: IssuingCa | None = None
+) -> bool:
+    """Rewrite the broker's password file, ACL (and CRL) from the database, then SIGHUP it.
+
+    A TLS broker's password file gets no device at all: devices authenticate by
+    certificate there, and only the control plane may log in on its admin listener.
+    """
     rows = session.exec(select(DeviceCredential)).all()
+    if issuer is not None:
+        revoked_certificates = session.exec(
+            select(DeviceCertificate).where(col(DeviceCertificate.revoked_at).is_not(None))
+        ).all()
+        write_crl(
+            issuer.files,
+            issuer.ca,
+            revoked=[
+                (int(c.serial, 16), c.revoked_at) for c in revoked_certificates if c.revoked_at
+            ],
+        )
     write_auth_files(
         files,
-        devices={r.device_id: r.password_hash for r in rows if r.revoked_at is None},
+        devices={
+            r.device_id: r.password_hash
+            for r in rows
+            if r.revoked_at is None and r.password_hash and issuer is None
+        },
         revoked=[r.device_id for r in rows if r.revoked_at is not None],
     )
     return reload_broker(files)

@@ -19,6 +19,7 @@ from control_plane.models import (
     EnrolRequest,
     EnrolResponse,
 )
+from control_plane.pki import IssuingCa, PkiError
 from control_plane.services import enrolment as service
 from control_plane.settings import Settings
 
@@ -54,6 +55,16 @@ def auth_files(settings: SettingsDep) -> BrokerAuthFiles:
     return BrokerAuthFiles(settings.broker_auth_dir)
 
 
+def issuing_ca(settings: SettingsDep) -> IssuingCa | None:
+    """The CA that signs devices' CSRs (TLS broker), or None when devices get passwords."""
+    if settings.pki_dir is None:
+        return None
+    try:
+        return IssuingCa.load(settings.pki_dir, passphrase=settings.key_passphrase_bytes)
+    except PkiError as e:
+        raise HTTPException(503, f"certificate authority unavailable: {e}") from e
+
+
 def rate_limit(request: Request, settings: SettingsDep) -> None:
     """429 once a client address has used its burst; every attempt counts, good or bad."""
     limiter: service.RateLimiter | None = getattr(request.app.state, "enrol_limiter", None)
@@ -69,6 +80,7 @@ def rate_limit(request: Request, settings: SettingsDep) -> None:
 
 
 AuthFilesDep = Annotated[BrokerAuthFiles, Depends(auth_files)]
+IssuingCaDep = Annotated[IssuingCa | None, Depends(issuing_ca)]
 
 
 @router.post(
@@ -86,16 +98,20 @@ def create_enrolment_token(session: SessionDep, body: EnrolmentTokenCreate) -> E
     dependencies=[Depends(rate_limit)],
     responses={403: {"description": "token invalid, used or expired"}, 429: {}},
 )
-def enrol(session: SessionDep, files: AuthFilesDep, body: EnrolRequest) -> EnrolResponse:
+def enrol(
+    session: SessionDep, files: AuthFilesDep, issuer: IssuingCaDep, body: EnrolRequest
+) -> EnrolResponse:
     try:
-        return service.enrol_device(session=session, files=files, request=body)
+        return service.enrol_device(session=session, files=files, request=body, issuer=issuer)
     except service.EnrolmentRefusedError as e:
         raise HTTPException(403, str(e)) from e
 
 
 @router.post("/devices/{device_id}/revoke")
 def revoke_device(
-    session: SessionDep, files: AuthFilesDep, device_id: str
+    session: SessionDep, files: AuthFilesDep, issuer: IssuingCaDep, device_id: str
 ) -> DeviceCredentialPublic:
-    credential = service.revoke_device(session=session, files=files, device_id=device_id)
+    credential = service.revoke_device(
+        session=session, files=files, device_id=device_id, issuer=issuer
+    )
     return DeviceCredentialPublic.model_validate(credential)
