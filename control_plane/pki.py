@@ -246,7 +246,7 @@ class CertificateAuthority:
             raise PkiError(f"cannot open {files.ca_key}: wrong or missing passphrase") from e
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise PkiError(f"{files.ca_key} does not hold an ECDSA key")
-        if key.public_key().public_numbers() != certificate.public_key().public_numbers():  # type: ignore[union-attr]
+        if key.public_key() != certificate.public_key():
             raise PkiError(f"{files.ca_key} does not belong to {files.ca_cert}")
         return cls(certificate, key)
 
