@@ -232,3 +232,23 @@ def test_revoking_a_device_cuts_its_live_tls_session_and_it_cannot_reconnect(
     bob_inbox.wait_for_payload(topics.down(BOB, topics.Down.COMMAND), b"after revoke")
     assert bob.connected and len(bob_connects) == 1
     assert not alice.connected and len(alice_connects) == 1
+
+
+def test_enrolment_with_a_ca_needs_a_good_csr_and_a_bad_one_spends_no_token(
+    fleet: TlsFleet, tmp_path: Path
+) -> None:
+    token = fleet.api.post("/api/v1/enrolment/tokens", json={}).json()["token"]
+
+    def enrol(**extra: Any) -> Any:
+        body = {"token": token, "device_id": ALICE, "profile": "p", **extra}
+        return fleet.api.post("/api/v1/enrol", json=body)
+
+    assert "send a CSR" in enrol().json()["detail"]
+    assert enrol(csr="-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n").status_code == 422
+    # A CSR asking for the control plane's name still yields a certificate for the id.
+    asked = make_csr(load_or_create_key(tmp_path / "alice.key"), CONTROL)
+    response = enrol(csr=asked)
+    assert response.status_code == 201, response.text
+    issued = x509.load_pem_x509_certificate(response.json()["certificate"].encode())
+    assert issued.subject.rfc4514_string() == f"CN={ALICE}"
+    assert response.json()["ca_certificate"] == fleet.tls.ca_file.read_text()

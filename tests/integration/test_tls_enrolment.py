@@ -24,6 +24,7 @@ import pytest
 import uvicorn
 from cryptography import x509
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from tls_fleet import TIMEOUT, TlsBroker, start_tls_broker, wait_for
 
 from agent.config import parse_config
@@ -95,6 +96,19 @@ def test_api_over_https_verifies_with_the_ca_file_and_fails_without_it(
         # The refused handshake never reached the API: the token is still good.
         credentials = enrol(config, api_url=base, token=token, ca_file=pki.ca_cert)
         assert credentials.username == DEVICE
+
+
+def test_a_password_control_plane_refuses_a_csr(tmp_path: Path, broker: MosquittoBroker) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "cp", broker_url=broker.url, broker_auth_dir=tmp_path / "auth"
+    )
+    with TestClient(create_app(settings)) as api:
+        token = api.post("/api/v1/enrolment/tokens", json={}).json()["token"]
+        body = {"token": token, "device_id": DEVICE, "profile": "p", "csr": "x"}
+        refused = api.post("/api/v1/enrol", json=body)
+        assert refused.status_code == 422 and "omit the CSR" in refused.json()["detail"]
+        del body["csr"]
+        assert api.post("/api/v1/enrol", json=body).json()["password"]
 
 
 @pytest.fixture(scope="module")
