@@ -98,8 +98,9 @@ def parse_infer_request(
 
 Observer = Callable[[str, float, bool], None]
 """Called after every inference with (bundle_id, latency in ms, succeeded)."""
-InputObserver = Callable[[ActiveModel, dict[str, np.ndarray]], None]
-"""Called after every successful inference with the model and its inputs (drift)."""
+InputObserver = Callable[[ActiveModel, dict[str, np.ndarray], dict[str, np.ndarray]], None]
+"""Called after every successful inference with the model, its inputs and its outputs
+(drift scoring, shadow comparison); must not block."""
 
 
 def run_inference(
@@ -206,7 +207,7 @@ class InferenceServer:
         finally:
             self.slots.release()
         if self.input_observer is not None:
-            self.input_observer(model, feeds)
+            self.input_observer(model, feeds, outputs)
         wanted = request.get("outputs")
         names = list(outputs)
         if isinstance(wanted, list) and wanted:

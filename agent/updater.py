@@ -47,11 +47,12 @@ from agent.config import AgentConfig
 from agent.errors import AgentError, InstallError, SlotError
 from agent.journal import Journal, JournalEvent, JournalRecord, resume_action
 from agent.runtime import ActiveModel, ModelHolder, load_runtime
+from agent.shadow import ShadowRunner
 from agent.slots import ActiveRecord, SlotName, SlotStore, read_slot_manifest
 from agent.smoke import run_smoke_test
 from agent.telemetry import InferenceStats, probation_breach
 from agent.timefloor import TimeFloor
-from edgefleet.bundle import unpack_bundle, verify_directory
+from edgefleet.bundle import Manifest, unpack_bundle, verify_directory
 from edgefleet.errors import BundleError
 from edgefleet.messages import BundleOffer, DeviceCommand, InstallReport, InstallState
 
@@ -61,6 +62,8 @@ METADATA_BASE_URL = "mqtt://repo/metadata/"
 TARGET_BASE_URL = "mqtt://repo/targets/"
 
 ReportSink = Callable[[InstallReport], None]
+REFUSALS = (AgentError, BundleError, RepositoryError, DownloadError, OSError, ValueError)
+"""What a bad bundle, bad metadata or a broken transfer raises: refused, never a crash."""
 DISK_MARGIN_BYTES = 32 * 1024 * 1024
 """Free space always left on the data dir's filesystem after a download and unpack."""
 
@@ -126,6 +129,7 @@ class Installer:
         stats: InferenceStats | None = None,
         link_ready: Callable[[float], bool] = lambda _timeout: True,
         clock: Callable[[], float] = time.monotonic,
+        shadow: ShadowRunner | None = None,
     ) -> None:
         self.config = config
         self.slots = slots
@@ -137,6 +141,7 @@ class Installer:
         self.stats = stats or InferenceStats()
         self.link_ready = link_ready
         self.clock = clock
+        self.shadow = shadow
         self.journal = Journal(config.data_dir)
         self.time_floor = TimeFloor(config.data_dir)
         self._probation_started: float | None = None
@@ -177,25 +182,11 @@ class Installer:
         send("downloading")
         try:
             return self._run(offer, record, send, started)
-        except (
-            AgentError,
-            BundleError,
-            RepositoryError,
-            DownloadError,
-            OSError,
-            ValueError,
-        ) as e:
-            reason = e.reason if isinstance(e, InstallError | BundleError) else str(e)
-            if isinstance(e, BundleError) and e.file:
-                reason = f"{e.file}: {e.reason}"
-            if isinstance(e, RepositoryError | DownloadError):
-                reason = f"{type(e).__name__}: {e}"
-            if isinstance(e, RepositoryError):
-                self._discard_parts()  # a bad final hash: never resume those bytes
+        except REFUSALS as e:
+            reason = self._refusal_reason(e)
             logger.warning(
                 "install failed bundle_id=%s release=%s reason=%s", offer.bundle_id, release, reason
             )
-            reason = reason or type(e).__name__
             current = self.journal.read()
             if current is not None and current.state == "active":
                 return self._roll_back(current, "error", reason, rollout_id=offer.rollout_id)
@@ -210,35 +201,14 @@ class Installer:
         send: Callable[..., InstallReport],
         started: float,
     ) -> InstallReport:
-        updater = Updater(
-            metadata_dir=str(ensure_trust_root(self.config)),
-            metadata_base_url=METADATA_BASE_URL,
-            target_base_url=TARGET_BASE_URL,
-            target_dir=str(Path(self.config.data_dir) / "downloads"),
-            fetcher=self.fetcher,
-            bootstrap=None,
-        )
-        # The floor is checked before ngclient judges expiry, and again once a
-        # verified refresh may have raised it.
-        self.time_floor.check()
-        self._retrying(updater.refresh)
-        self.time_floor.raise_to_signed(tuf_metadata_dir(self.config.data_dir) / "timestamp.json")
-        self.time_floor.check()
-        info = updater.get_targetinfo(offer.target)
-        if info is None:
-            raise InstallError(f"target {offer.target!r} not in signed metadata")
-        try:
-            custom = TargetCustom.model_validate(info.custom or {})
-        except ValidationError as e:
-            raise InstallError(f"signed target has invalid custom fields: {e.errors()[0]}") from e
-
+        updater, info, custom = self._verified_target(offer)
         active = self.slots.read_active()
         if self._check_signed(offer, custom, active):
             logger.info("bundle already active bundle_id=%s", offer.bundle_id)
             self.journal.fire(record, "error", reason="already active")
             return send("active", install_seconds=time.monotonic() - started)
         slot = self.slots.inactive_slot(active)
-        self._check_disk_budget(info, slot)
+        self._check_disk_budget(info, self.slots.slot_dir(slot))
 
         record = self.journal.fire(record, "start")
         path = updater.find_cached_target(info) or self._retrying(
@@ -248,15 +218,7 @@ class Installer:
         send("verified")
 
         slot_dir = self.slots.prepare_slot(slot)
-        manifest = unpack_bundle(Path(path), slot_dir)
-        if manifest.bundle_id != custom.bundle_id:
-            raise InstallError(
-                f"manifest bundle_id {manifest.bundle_id} != signed {custom.bundle_id}"
-            )
-        if manifest.release != custom.release:
-            raise InstallError(f"manifest release {manifest.release} != signed {custom.release}")
-        if self.config.profile not in manifest.profiles:
-            raise InstallError(f"manifest is not built for profile {self.config.profile}")
+        manifest = self._unpack_checked(Path(path), slot_dir, custom)
         record = self.journal.fire(record, "unpacked", slot=slot)
         send("staged")
 
@@ -281,6 +243,8 @@ class Installer:
             )
         )
         self.holder.swap(ActiveModel.from_manifest(manifest, runtime))
+        if self.shadow is not None and self.shadow.bundle_id == manifest.bundle_id:
+            self.shadow.stop("the shadowed bundle is now installed")
         self._start_probation(manifest.bundle_id)
         elapsed = time.monotonic() - started
         logger.info(
@@ -296,6 +260,108 @@ class Installer:
             Path(path).unlink()
         self.tick()
         return final
+
+    def _refusal_reason(self, e: Exception) -> str:
+        """One line saying why, for the report; a bad final hash also drops partial bytes."""
+        reason = e.reason if isinstance(e, InstallError | BundleError) else str(e)
+        if isinstance(e, BundleError) and e.file:
+            reason = f"{e.file}: {e.reason}"
+        if isinstance(e, RepositoryError | DownloadError):
+            reason = f"{type(e).__name__}: {e}"
+        if isinstance(e, RepositoryError):
+            self._discard_parts()  # never resume those bytes
+        return reason or type(e).__name__
+
+    # -- shadow ----------------------------------------------------------------------
+
+    def start_shadow(self, command: DeviceCommand) -> InstallReport | None:
+        """Verify, unpack and smoke-test a bundle as for an install, then shadow it.
+
+        Nothing is switched and the journal is not touched: a failure is reported
+        (``failed``, reason prefixed ``shadow:``) and the active model is unaffected.
+        A repeated ``shadow_start`` for the bundle already shadowed does nothing.
+        """
+        if self.shadow is None:
+            logger.info("shadow_start ignored: this agent runs no shadow models")
+            return None
+        try:
+            offer = BundleOffer(
+                bundle_id=command.bundle_id or "",
+                target=str(command.args.get("target", "")),
+                release=int(command.args.get("release", -1)),
+                rollout_id=command.rollout_id,
+            )
+        except (ValidationError, TypeError, ValueError) as e:
+            return self._send_plain("failed", command.bundle_id or "", None, command.rollout_id,
+                                    f"shadow: malformed shadow_start: {e}")  # fmt: skip
+        if self.shadow.bundle_id == offer.bundle_id:
+            return None
+        directory = self.shadow.directory
+        try:
+            updater, info, custom = self._verified_target(offer)
+            if self._check_signed(offer, custom, self.slots.read_active()):
+                raise InstallError("the bundle is already active: nothing to shadow")
+            self._check_disk_budget(info, directory)
+            path = updater.find_cached_target(info) or self._retrying(
+                lambda: updater.download_target(info)
+            )
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+            manifest = self._unpack_checked(Path(path), directory, custom)
+            runtime = load_runtime(manifest, directory)
+            run_smoke_test(runtime, manifest, directory)
+            with contextlib.suppress(OSError):
+                Path(path).unlink()
+        except REFUSALS as e:
+            reason = self._refusal_reason(e)
+            logger.warning("shadow refused bundle_id=%s reason=%s", offer.bundle_id, reason)
+            shutil.rmtree(directory, ignore_errors=True)
+            return self._send_plain("failed", offer.bundle_id, offer.release, offer.rollout_id,
+                                    f"shadow: {reason}")  # fmt: skip
+        self.shadow.start(ActiveModel.from_manifest(manifest, runtime), rollout_id=offer.rollout_id)
+        return None
+
+    def stop_shadow(self, command: DeviceCommand) -> None:
+        if self.shadow is not None:
+            self.shadow.stop(command.reason or "shadow_stop command")
+
+    def _verified_target(self, offer: BundleOffer) -> tuple[Updater, TargetFile, TargetCustom]:
+        """Refresh the signed metadata and find the offer's target in it, custom fields checked."""
+        updater = Updater(
+            metadata_dir=str(ensure_trust_root(self.config)),
+            metadata_base_url=METADATA_BASE_URL,
+            target_base_url=TARGET_BASE_URL,
+            target_dir=str(Path(self.config.data_dir) / "downloads"),
+            fetcher=self.fetcher,
+            bootstrap=None,
+        )
+        # The floor is checked before ngclient judges expiry, and again once a
+        # verified refresh may have raised it.
+        self.time_floor.check()
+        self._retrying(updater.refresh)
+        self.time_floor.raise_to_signed(tuf_metadata_dir(self.config.data_dir) / "timestamp.json")
+        self.time_floor.check()
+        info = updater.get_targetinfo(offer.target)
+        if info is None:
+            raise InstallError(f"target {offer.target!r} not in signed metadata")
+        try:
+            custom = TargetCustom.model_validate(info.custom or {})
+        except ValidationError as e:
+            raise InstallError(f"signed target has invalid custom fields: {e.errors()[0]}") from e
+        return updater, info, custom
+
+    def _unpack_checked(self, path: Path, directory: Path, custom: TargetCustom) -> Manifest:
+        """Unpack (every member re-checked) and hold the manifest to the signed fields."""
+        manifest = unpack_bundle(path, directory)
+        if manifest.bundle_id != custom.bundle_id:
+            raise InstallError(
+                f"manifest bundle_id {manifest.bundle_id} != signed {custom.bundle_id}"
+            )
+        if manifest.release != custom.release:
+            raise InstallError(f"manifest release {manifest.release} != signed {custom.release}")
+        if self.config.profile not in manifest.profiles:
+            raise InstallError(f"manifest is not built for profile {self.config.profile}")
+        return manifest
 
     def _retrying(self, step: Callable[[], Any]) -> Any:
         """Run a network step, waiting out broker outages (a download resumes its .part)."""
@@ -317,11 +383,11 @@ class Installer:
                     raise
         raise AssertionError("unreachable")
 
-    def _check_disk_budget(self, info: TargetFile, slot: SlotName) -> None:
+    def _check_disk_budget(self, info: TargetFile, replaced: Path) -> None:
         """Refuse, before any download, a bundle that would not fit (download + unpacked)."""
         data_dir = Path(self.config.data_dir)
         need = 2 * info.length
-        used = tree_size(data_dir) - tree_size(self.slots.slot_dir(slot))
+        used = tree_size(data_dir) - tree_size(replaced)
         budget = int(self.config.disk_budget_mb * 2**20)
         if used + need > budget:
             raise InstallError(
@@ -378,9 +444,11 @@ class Installer:
         return None
 
     def handle_command(self, command: DeviceCommand) -> InstallReport | None:
-        """Run a ``DeviceCommand``; only ``rollback`` is the installer's business."""
-        if command.command != "rollback":
-            logger.info("command ignored by the installer command=%s", command.command)
+        """Run a ``DeviceCommand``: ``rollback``, ``shadow_start`` or ``shadow_stop``."""
+        if command.command == "shadow_start":
+            return self.start_shadow(command)
+        if command.command == "shadow_stop":
+            self.stop_shadow(command)
             return None
         reason = command.reason or "rollback command"
         active = self.slots.read_active()

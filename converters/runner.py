@@ -20,6 +20,7 @@ import numpy as np
 
 from converters.candidate import Candidate, IoQuantization
 from converters.errors import ConversionError
+from edgefleet.tensors import top1_classes
 
 
 class Runner(Protocol):
@@ -112,17 +113,6 @@ class Measurement:
     latency_p95_ms: float
 
 
-def top1(outputs: Mapping[str, np.ndarray]) -> int:
-    """The predicted class: argmax of the first 2-D float output (scores / probabilities)."""
-    for value in outputs.values():
-        if value.ndim == 2 and np.issubdtype(value.dtype, np.floating):
-            return int(np.argmax(value[0]))
-    for value in outputs.values():
-        if np.issubdtype(value.dtype, np.integer):
-            return int(value.reshape(-1)[0])
-    raise ConversionError("model has no score or label output to compare")
-
-
 def measure(runner: Runner, x: np.ndarray, *, warmup: int = 5) -> Measurement:
     """Run every row of ``x`` at batch 1; latency excludes a few warm-up runs."""
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -134,7 +124,7 @@ def measure(runner: Runner, x: np.ndarray, *, warmup: int = 5) -> Measurement:
         start = time.perf_counter()
         outputs = runner.run(row[None, ...])
         times[i] = time.perf_counter() - start
-        predictions[i] = top1(outputs)
+        predictions[i] = top1_classes(outputs)[0]
     return Measurement(
         predictions=predictions,
         latency_ms=float(np.median(times) * 1000),
@@ -184,10 +174,7 @@ def measure_in_worker(
             outputs = {k: npz[k] for k in npz.files}
         latency = np.load(work / "latency_s.npy", allow_pickle=False)
         runtime = json.loads((work / "runtime.json").read_text())
-    predictions = np.array(
-        [top1({k: v[i : i + 1] for k, v in outputs.items()}) for i in range(len(x))],
-        dtype=np.int64,
-    )
+    predictions = top1_classes(outputs)
     return WorkerResult(
         measurement=Measurement(
             predictions=predictions,

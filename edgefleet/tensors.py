@@ -98,3 +98,19 @@ def decode_tensor(obj: Mapping[str, Any]) -> tuple[str, np.ndarray]:
     if flat.size != expected:
         raise ValueError(f"tensor {name!r}: {flat.size} values do not fill shape {shape}")
     return name, flat.reshape(shape)
+
+
+def top1_classes(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The predicted class of every row: argmax of the first 2-D float output (scores or
+    probabilities), else the first integer output (labels); ``ValueError`` if neither.
+
+    The converters' gate and the agent's shadow comparison judge agreement with this one
+    rule, so a candidate is compared the same way before and after it ships.
+    """
+    for value in outputs.values():
+        if value.ndim == 2 and np.issubdtype(value.dtype, np.floating):
+            return np.argmax(value, axis=1).astype(np.int64)
+    for value in outputs.values():
+        if np.issubdtype(value.dtype, np.integer):
+            return value.reshape(len(value), -1)[:, 0].astype(np.int64)
+    raise ValueError("model has no score or label output to compare")

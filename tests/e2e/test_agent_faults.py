@@ -489,3 +489,89 @@ def test_model_breaching_its_probation_rule_is_switched_back_by_the_agent_itself
     assert rig.infer_version() == "1"
     assert json.loads((rig.data_dir / "active.json").read_text())["bundle_id"] == old["id"]
     assert rig.journal()["state"] == "rolled_back"
+
+
+# -- shadow --------------------------------------------------------------------------------
+
+
+def shadow_rollout(rig: Rig, bundle_id: str, min_agreement: float) -> int:
+    response = rig.api.post(
+        "/api/v1/rollouts",
+        json={
+            "bundle_id": bundle_id,
+            "device_ids": [DEVICE],
+            "strategy": "shadow",
+            "waves": [1],
+            "soak_seconds": 0.5,
+            "gates": {"min_agreement": min_agreement, "min_inferences": 200},
+        },
+    )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+def serve_until_ended(rig: Rig, rollout_id: int) -> tuple[dict[str, Any], set[str]]:
+    """Keep live traffic flowing until the rollout ends; the model versions that answered."""
+    served: set[str] = set()
+
+    def ended() -> dict[str, Any] | None:
+        served.add(rig.infer_version())
+        rollout = rig.api.get(f"/api/v1/rollouts/{rollout_id}").json()
+        return rollout if rollout["state"] not in ("in_progress", "paused") else None
+
+    return dict(wait_for(ended, f"shadow rollout {rollout_id} to end")), served
+
+
+def test_shadow_model_runs_beside_the_active_one_and_its_agreement_passes_the_gate(
+    rig: Rig,
+) -> None:
+    rig.extra_config = "[telemetry]\nwindow_s = 0.3\n"
+    old = rig.build("1")
+    twin = rig.build("2")  # the same weights: agreement must be perfect
+    rig.start_agent()
+    assert rig.roll_out(old["id"])["state"] == "complete"
+
+    rollout, served = serve_until_ended(rig, shadow_rollout(rig, twin["id"], 0.99))
+
+    assert rollout["state"] == "complete", rollout.get("reason")
+    assert served == {"1"}  # clients only ever got the active model's answers
+    (gate,) = rollout["wave_status"][0]["gates"]
+    assert (gate["name"], gate["value"], gate["ok"]) == ("agreement", 1.0, True)
+    shadow = [e["data"] for e in rig.events("shadow") if e["data"]["bundle_id"] == twin["id"]]
+    assert sum(s["count"] for s in shadow) >= 200
+    assert all(s["agreement"] == 1.0 for s in shadow if s["count"])
+    assert json.loads((rig.data_dir / "active.json").read_text())["bundle_id"] == old["id"]
+    # The completed rollout stopped the shadow: its files are gone from the device.
+    wait_for(lambda: not (rig.data_dir / "shadow").exists(), "the shadow to be discarded")
+
+
+def test_disagreeing_shadow_model_aborts_the_rollout_and_never_answers_a_client(
+    rig: Rig,
+) -> None:
+    rig.extra_config = "[telemetry]\nwindow_s = 0.3\n"
+    weak = train_digits_model(max_iter=2)  # barely trained: disagrees on many digits
+    samples = io.BytesIO()
+    np.save(samples, rig.digits.samples, allow_pickle=False)
+    response = rig.api.post(
+        "/api/v1/models",
+        data={"name": "digits", "version": "3"},
+        files={"model": ("m.onnx", weak.onnx_bytes), "samples": ("s.npy", samples.getvalue())},
+    )
+    assert response.status_code == 201, response.text
+    old = rig.build("1")
+    rig.start_agent()
+    assert rig.roll_out(old["id"])["state"] == "complete"
+    # The gate would refuse this model outright; the operator ships it anyway, in shadow.
+    weak_bundle = rig.api.post(
+        "/api/v1/bundles",
+        json={"model": "digits", "version": "3", "profile": PROFILE, "max_accuracy_drop": 1.0},
+    )
+    assert weak_bundle.status_code == 201, weak_bundle.text
+
+    rollout, served = serve_until_ended(rig, shadow_rollout(rig, weak_bundle.json()["id"], 0.99))
+
+    assert rollout["state"] == "aborted"
+    assert "agreement" in rollout["reason"]
+    assert served == {"1"}
+    wait_for(lambda: not (rig.data_dir / "shadow").exists(), "the shadow to be discarded")
+    assert json.loads((rig.data_dir / "active.json").read_text())["bundle_id"] == old["id"]
