@@ -1,0 +1,433 @@
+"""The fleet simulator's worker side: many real device agents in one OS process.
+
+``bench/fleet_rollout.py`` starts a few worker processes (``run_worker``) and drives
+them over a pipe. Each simulated device is composed from the agent's own parts the
+way ``agent.daemon.Agent`` composes them: its own ``MqttLink`` (own client id and
+persistent session, last will, retained status), ``MqttFetcher`` (TUF over MQTT
+request/response), ``Installer`` + ``OfferWorker`` (ngclient verification, release
+and profile checks, unpack into a slot, smoke test in onnxruntime, journal, switch)
+and ``SlotStore``, each device under its own data directory. Nothing is verified
+less than on a real device.
+
+What is left out, and why: the local HTTP inference server (one listening port per
+device says nothing about rollouts), the drift supervisor (no inference traffic),
+and the telemetry spool with its forwarder thread (a 50 ms tick per device, and a
+status file fsync'd every second, would make 1,000 devices in four processes measure
+the simulator instead of the system). Install events and telemetry are published
+straight on the device's ``up/telemetry`` topic as the same ``TelemetryEvent``
+messages the forwarder would send.
+
+The same processes also host the broker baseline: plain paho subscribers, one TCP
+session and one network thread each, like the devices' links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from agent import __version__
+from agent.config import AgentConfig, FetchConfig, ProbationConfig
+from agent.daemon import SESSION_EXPIRY
+from agent.fetcher import MqttFetcher
+from agent.runtime import ModelHolder
+from agent.slots import SlotStore
+from agent.telemetry import INSTALL_PRIORITY, InferenceStats, LatencyWindow, inference_event
+from agent.updater import Installer, OfferWorker, ensure_trust_root
+from edgefleet import topics
+from edgefleet.errors import MessageError
+from edgefleet.messages import (
+    BundleOffer,
+    DeviceCommand,
+    DeviceStatus,
+    InstallReport,
+    TelemetryEvent,
+    decode_as,
+)
+from edgefleet.mqtt import BrokerAddress, Incoming, MqttLink, Will
+from edgefleet.topics import Down, Up
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 120.0
+STOP_ACK_TIMEOUT_S = 10.0
+PARALLEL_STOPS = 32
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What one worker process simulates: its devices and where they connect."""
+
+    index: int
+    broker_url: str
+    trust_root: Path
+    profile: str
+    device_ids: list[str]
+    data_dir: Path
+    log_path: Path
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+
+
+@dataclass
+class DeviceRecord:
+    """What one simulated device saw and did, sent back to the parent after a phase."""
+
+    device_id: str
+    offered_at: float | None = None  # wall clock, when the offer arrived
+    active_at: float | None = None  # wall clock, when it reported active
+    install_seconds: float | None = None
+    states: list[str] = field(default_factory=list)
+    failure: str | None = None
+    installed_bundle: str | None = None  # read back from the device's own active.json
+
+
+def device_config(spec: WorkerSpec, device_id: str) -> AgentConfig:
+    """The configuration a real agent of this fleet would read from its agent.toml.
+
+    Probation lasts 0 s: the simulated devices serve no inference, so the health
+    rule has nothing to judge; the model is committed right after the switch.
+    """
+    return AgentConfig(
+        device_id=device_id,
+        profile=spec.profile,
+        broker=spec.broker_url,
+        data_dir=spec.data_dir / device_id,
+        trust_root=spec.trust_root,
+        fetch=spec.fetch,
+        probation=ProbationConfig(seconds=0),
+    )
+
+
+class SimDevice:
+    """One device: the agent's link, TUF fetcher, installer and offer worker, no HTTP server."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.device_id = config.device_id
+        self.record = DeviceRecord(config.device_id)
+        self.slots = SlotStore(config.data_dir)
+        self.holder = ModelHolder()
+        offline = DeviceStatus(online=False, profile=config.profile, agent_version=__version__)
+        self.link = MqttLink(
+            client_id=config.device_id,
+            broker=config.broker_address,
+            clean_start=False,
+            session_expiry=SESSION_EXPIRY,
+            will=Will(topics.up(self.device_id, Up.STATUS), offline.to_bytes(), retain=True),
+            reconnect_min_delay=config.link.reconnect_min_s,
+            reconnect_max_delay=config.link.reconnect_max_s,
+        )
+        self.fetcher = MqttFetcher(
+            self.link,
+            self.device_id,
+            chunk_size=config.fetch.chunk_kib * 1024,
+            window=config.fetch.window,
+            timeout=config.fetch.timeout_s,
+            retries=config.fetch.retries,
+            part_dir=Path(config.data_dir) / "downloads" / "parts",
+        )
+        self.installer = Installer(
+            config=config,
+            slots=self.slots,
+            holder=self.holder,
+            fetcher=self.fetcher,
+            report=self.publish_report,
+            on_active=self.publish_status,
+            stats=InferenceStats(),
+            link_ready=self.link.wait_connected,
+        )
+        self.worker = OfferWorker(self.installer)
+
+    def start(self) -> None:
+        """As ``Agent.start`` minus the endpoint: trust root, worker, subscriptions, link."""
+        ensure_trust_root(self.config)
+        self.worker.start()
+        self.link.on_connect(self.publish_status)
+        self.link.subscribe(topics.down(self.device_id, Down.OFFER), self.handle_offer, qos=1)
+        self.link.subscribe(topics.down(self.device_id, Down.COMMAND), self.handle_command, qos=1)
+        self.link.start()
+
+    def stop(self, acked: threading.Semaphore) -> None:
+        """Say offline (the ack releases ``acked``), stop the worker, then the link."""
+        self.worker.stop()
+        self.link.publish(
+            topics.up(self.device_id, Up.STATUS),
+            self._status(online=False).to_bytes(),
+            qos=1,
+            retain=True,
+            on_published=acked.release,
+        )
+
+    def handle_offer(self, incoming: Incoming) -> None:
+        """Network thread: validate and queue, as the daemon does."""
+        try:
+            offer = decode_as(incoming.payload, BundleOffer, topic=incoming.topic)
+        except MessageError as e:
+            logger.warning("dropped invalid offer device_id=%s reason=%s", self.device_id, e)
+            return
+        self.record.offered_at = time.time()
+        self.worker.submit(offer)
+
+    def handle_command(self, incoming: Incoming) -> None:
+        try:
+            command = decode_as(incoming.payload, DeviceCommand, topic=incoming.topic)
+        except MessageError as e:
+            logger.warning("dropped invalid command device_id=%s reason=%s", self.device_id, e)
+            return
+        self.worker.submit(command)
+
+    def publish_report(self, report: InstallReport) -> None:
+        """Install progress on ``up/report``, and the install event the daemon would spool."""
+        self.record.states.append(report.state)
+        if report.state == "active":
+            self.record.active_at = time.time()
+            self.record.install_seconds = report.install_seconds
+        elif report.state == "failed":
+            self.record.failure = report.reason
+        self.link.publish(topics.up(self.device_id, Up.REPORT), report.to_bytes(), qos=1)
+        event = TelemetryEvent(
+            kind="install",
+            priority=INSTALL_PRIORITY,
+            bundle_id=report.bundle_id,
+            release=report.release,
+            data=report.model_dump(mode="json", exclude_none=True),
+        )
+        self.publish_event(event)
+
+    def publish_event(self, event: TelemetryEvent, on_published: Any = None) -> None:
+        self.link.publish(
+            topics.up(self.device_id, Up.TELEMETRY),
+            event.to_bytes(),
+            qos=1,
+            on_published=on_published,
+        )
+
+    def publish_status(self) -> None:
+        self.link.publish(
+            topics.up(self.device_id, Up.STATUS),
+            self._status(online=True).to_bytes(),
+            qos=1,
+            retain=True,
+        )
+
+    def _status(self, *, online: bool) -> DeviceStatus:
+        model = self.holder.current()
+        return DeviceStatus(
+            online=online,
+            profile=self.config.profile,
+            agent_version=__version__,
+            model=model.name if model else None,
+            model_version=model.version if model else None,
+            bundle_id=model.bundle_id if model else None,
+            release=model.release if model else None,
+        )
+
+    def final_record(self) -> DeviceRecord:
+        """The record, with what the device's own ``active.json`` says is installed."""
+        active = self.slots.read_active()
+        self.record.installed_bundle = active.bundle_id if active else None
+        return self.record
+
+
+# -- the broker baseline: plain paho subscribers ---------------------------------------
+
+
+class FanoutSubscriber:
+    """A plain paho MQTT 5 subscriber that counts the chunks of one broadcast.
+
+    Same network set-up as a device's link (own client id, own TCP session, network
+    thread, TCP_NODELAY), none of the agent: this is what the broker alone costs.
+    """
+
+    def __init__(self, client_id: str, broker: BrokerAddress, topic: str, chunks: int) -> None:
+        self.topic = topic
+        self.chunks = chunks
+        self.received = 0
+        self.bytes = 0
+        self.done_at: float | None = None
+        self.subscribed = threading.Event()
+        client = paho.Client(
+            callback_api_version=paho.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+        )
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.connect_async(broker.host, broker.port, keepalive=60, clean_start=True)
+        self.client = client
+
+    def start(self) -> None:
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_socket_open(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_connect(self, client: paho.Client, *_args: Any) -> None:
+        client.subscribe(self.topic, qos=1)
+
+    def _on_subscribe(self, *_args: Any) -> None:
+        self.subscribed.set()
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        self.received += 1
+        self.bytes += len(message.payload)
+        if self.received == self.chunks:
+            self.done_at = time.monotonic()
+
+
+# -- the worker process ------------------------------------------------------------------
+
+
+class Worker:
+    """Runs the commands the parent sends; every wait is bounded."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.broker = BrokerAddress.parse(spec.broker_url)
+        self.devices: list[SimDevice] = []
+        self.subscribers: list[FanoutSubscriber] = []
+
+    def start_devices(self) -> dict[str, Any]:
+        started = time.monotonic()
+        for device_id in self.spec.device_ids:
+            device = SimDevice(device_config(self.spec, device_id))
+            device.start()
+            self.devices.append(device)
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        connected = sum(
+            d.link.wait_connected(max(0.0, deadline - time.monotonic())) for d in self.devices
+        )
+        return {"connected": connected, "seconds": time.monotonic() - started}
+
+    def fanout_subscribe(self, topic: str, chunks: int, count: int) -> dict[str, Any]:
+        self.subscribers = [
+            FanoutSubscriber(f"bench-fan-{self.spec.index}-{i}", self.broker, topic, chunks)
+            for i in range(count)
+        ]
+        for subscriber in self.subscribers:
+            subscriber.start()
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        ready = sum(
+            s.subscribed.wait(max(0.0, deadline - time.monotonic())) for s in self.subscribers
+        )
+        return {"subscribed": ready}
+
+    def fanout_wait(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(s.done_at is None for s in self.subscribers):
+            time.sleep(0.02)
+        result = {
+            "done_at": [s.done_at for s in self.subscribers if s.done_at is not None],
+            "incomplete": sum(s.done_at is None for s in self.subscribers),
+            "bytes": sum(s.bytes for s in self.subscribers),
+        }
+        with ThreadPoolExecutor(PARALLEL_STOPS) as pool:
+            list(pool.map(lambda s: s.stop(), self.subscribers))
+        self.subscribers = []
+        return result
+
+    def telemetry(self, events_per_device: int, bundle_id: str, release: int) -> dict[str, Any]:
+        """Every device publishes ``events_per_device`` inference windows, round robin, QoS 1."""
+        acked = threading.Semaphore(0)
+        window = LatencyWindow()
+        for latency in (0.4, 0.6, 0.9, 1.5, 3.0):
+            window.add(latency, ok=True)
+        started = time.monotonic()
+        published = 0
+        for _ in range(events_per_device):
+            for device in self.devices:
+                event = inference_event(window, 10.0, bundle_id, release)
+                device.publish_event(event, on_published=acked.release)
+                published += 1
+        sent = time.monotonic()
+        deadline = sent + 120.0
+        confirmed = 0
+        while confirmed < published and acked.acquire(
+            timeout=max(0.0, deadline - time.monotonic())
+        ):
+            confirmed += 1
+        return {
+            "started": started,
+            "sent": sent,
+            "acked_at": time.monotonic(),
+            "published": published,
+            "acked": confirmed,
+        }
+
+    def results(self) -> list[DeviceRecord]:
+        return [d.final_record() for d in self.devices]
+
+    def stop(self) -> None:
+        acked = threading.Semaphore(0)
+        for device in self.devices:
+            device.stop(acked)
+        deadline = time.monotonic() + STOP_ACK_TIMEOUT_S
+        for _ in self.devices:
+            if not acked.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break
+        with ThreadPoolExecutor(PARALLEL_STOPS) as pool:
+            list(pool.map(lambda d: d.link.stop(), self.devices))
+
+
+def run_worker(conn: Connection, spec: WorkerSpec) -> None:
+    """Entry point of a worker process: answer commands until ``stop`` or the pipe closes.
+
+    Logs go to ``spec.log_path`` at WARNING (a failed install is a warning), so a
+    thousand devices do not flood the benchmark's output.
+    """
+    logging.basicConfig(
+        filename=spec.log_path,
+        level=logging.WARNING,
+        format="%(asctime)s %(process)d %(threadName)s %(name)s %(levelname)s %(message)s",
+    )
+    worker = Worker(spec)
+    try:
+        while True:
+            try:
+                command, args = conn.recv()
+            except EOFError:
+                return
+            reply: Any
+            try:
+                if command == "ping":
+                    reply = None
+                elif command == "start":
+                    reply = worker.start_devices()
+                elif command == "fanout_subscribe":
+                    reply = worker.fanout_subscribe(**args)
+                elif command == "fanout_wait":
+                    reply = worker.fanout_wait(**args)
+                elif command == "telemetry":
+                    reply = worker.telemetry(**args)
+                elif command == "results":
+                    reply = worker.results()
+                elif command == "stop":
+                    worker.stop()
+                    conn.send(("ok", None))
+                    return
+                else:
+                    raise ValueError(f"unknown command {command!r}")
+            except Exception as e:  # top of the worker's command loop: report, keep serving
+                logger.exception("worker command failed command=%s", command)
+                conn.send(("error", f"{type(e).__name__}: {e}"))
+                continue
+            conn.send(("ok", reply))
+    finally:
+        conn.close()
