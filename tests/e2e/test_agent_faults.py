@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from harness import register_model, wait_for
 
 from control_plane.app import create_app
 from control_plane.broker import MosquittoBroker
@@ -42,16 +43,6 @@ PROFILE = "x86-64-gateway-onnx"
 DEVICE = "dev-faults0001"
 TIMEOUT = 60.0
 CRASH_EXIT = 137
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -219,17 +210,7 @@ def rig(tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel) -> Iterato
     app = create_app(Settings(data_dir=tmp_path / "cp", broker_url=broker.url))
     with TestClient(app) as api:
         for version in ("1", "2"):
-            samples = io.BytesIO()
-            np.save(samples, digits.samples, allow_pickle=False)
-            response = api.post(
-                "/api/v1/models",
-                data={"name": "digits", "version": version},
-                files={
-                    "model": ("m.onnx", digits.onnx_bytes),
-                    "samples": ("s.npy", samples.getvalue()),
-                },
-            )
-            assert response.status_code == 201, response.text
+            register_model(api, digits.onnx_bytes, digits.samples, version=version)
         (tmp_path / "root.json").write_bytes(api.get("/api/v1/trust/root").content)
         rig = Rig(api=api, app=app, broker=broker, tmp=tmp_path, digits=digits, port=free_port())
         watcher = MqttLink(client_id="cp-faultwatch", broker=broker.address, clean_start=True)
@@ -550,14 +531,7 @@ def test_disagreeing_shadow_model_aborts_the_rollout_and_never_answers_a_client(
 ) -> None:
     rig.extra_config = "[telemetry]\nwindow_s = 0.3\n"
     weak = train_digits_model(max_iter=2)  # barely trained: disagrees on many digits
-    samples = io.BytesIO()
-    np.save(samples, rig.digits.samples, allow_pickle=False)
-    response = rig.api.post(
-        "/api/v1/models",
-        data={"name": "digits", "version": "3"},
-        files={"model": ("m.onnx", weak.onnx_bytes), "samples": ("s.npy", samples.getvalue())},
-    )
-    assert response.status_code == 201, response.text
+    register_model(rig.api, weak.onnx_bytes, rig.digits.samples, version="3")
     old = rig.build("1")
     rig.start_agent()
     assert rig.roll_out(old["id"])["state"] == "complete"

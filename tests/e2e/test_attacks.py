@@ -17,8 +17,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from harness import register_model, wait_for
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Timestamp
 
@@ -43,16 +43,6 @@ from edgefleet.tensors import encode_tensor
 pytestmark = pytest.mark.e2e
 PROFILE = "x86-64-gateway-onnx"
 DEVICE = "dev-attacked01"
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -160,17 +150,7 @@ def target(tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel) -> Iter
     app = create_app(Settings(data_dir=tmp_path / "cp", broker_url=broker.url))
     with TestClient(app) as api:
         for version in ("1", "2"):
-            samples = io.BytesIO()
-            np.save(samples, digits.samples, allow_pickle=False)
-            response = api.post(
-                "/api/v1/models",
-                data={"name": "digits", "version": version},
-                files={
-                    "model": ("m.onnx", digits.onnx_bytes),
-                    "samples": ("s.npy", samples.getvalue()),
-                },
-            )
-            assert response.status_code == 201, response.text
+            register_model(api, digits.onnx_bytes, digits.samples, version=version)
         root = tmp_path / "root.json"
         root.write_bytes(api.get("/api/v1/trust/root").content)
         port = free_port()

@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from harness import wait_for
 
 from control_plane.broker import MosquittoBroker
 from control_plane.digits import train_digits_model
@@ -54,16 +55,6 @@ AGENT = "dev-console001"
 SIMULATED = ("dev-sim0000a1", "dev-sim0000b2", "dev-sim0000c3")
 TIMEOUT = 90.0
 UI_TIMEOUT_MS = 90_000
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def browser_missing() -> str | None:

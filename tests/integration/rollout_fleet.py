@@ -11,8 +11,6 @@ about building or verifying bundles (test_install_flow.py covers that).
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,18 +32,6 @@ from edgefleet.mqtt import Incoming, MqttLink, Will
 
 PROFILE = "x86-64-gateway-onnx"
 TIMEOUT = 20.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def add_bundle(engine: Engine, bundle_id: str, release: int, profile: str = PROFILE) -> None:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from harness import wait_for
 
 from control_plane.app import create_app
 from control_plane.broker import MosquittoBroker
@@ -26,16 +25,6 @@ from edgefleet.tensors import encode_tensor
 pytestmark = pytest.mark.integration
 PROFILE = "x86-64-gateway-onnx"
 DEVICE = "dev-driftdev01"
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from harness import wait_for
 
 from control_plane.app import create_app
 from control_plane.broker import MAX_PACKET_SIZE, MosquittoBroker
@@ -41,16 +42,6 @@ OBSERVER_USER = "cp-observer01"
 PROBE_DEVICE = "dev-probe00001"
 PROBE_TOPIC = "fleet/dev-nobody0001/up/probe"
 TIMEOUT = 20.0
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from harness import wait_for
 
 from control_plane.app import create_app
 from control_plane.broker import MosquittoBroker
@@ -38,18 +39,6 @@ pytestmark = [
 
 PROFILE = "x86-64-gateway-onnx"
 TIMEOUT = 10.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from harness import wait_for
 
 from control_plane.app import create_app
 from control_plane.broker import MosquittoBroker
@@ -32,16 +33,6 @@ pytestmark = pytest.mark.integration
 PROFILE = "x86-64-gateway-onnx"
 DEVICES = ["dev-loop00001", "dev-loop00002", "dev-loop00003"]
 HOOK = [sys.executable, "-m", "control_plane.retrain_digits"]
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Loop:

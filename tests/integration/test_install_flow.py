@@ -13,8 +13,7 @@ import json
 import platform
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from harness import wait_for
 
 from control_plane.app import create_app
 from control_plane.broker import MosquittoBroker
@@ -39,16 +39,6 @@ pytestmark = pytest.mark.integration
 PROFILE = "x86-64-gateway-onnx"
 DEVICE = "dev-install001"
 TIMEOUT = 60.0
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

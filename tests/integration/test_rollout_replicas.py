@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from rollout_fleet import SimDevice, add_bundle, wait_for
+from harness import wait_for
+from rollout_fleet import SimDevice, add_bundle
 
 from control_plane.app import create_app
 from control_plane.broker import MosquittoBroker
@@ -74,7 +75,7 @@ def start_replica(tmp_path: Path, broker: MosquittoBroker, db: str, name: str): 
         except (httpx.HTTPError, ValueError):
             return False
 
-    wait_for(healthy, 60, f"replica {name} up")
+    wait_for(healthy, f"replica {name} up", timeout=60)
     return process
 
 
@@ -112,7 +113,9 @@ def test_surviving_replica_finishes_a_rollout_when_the_other_is_killed(
             replica_a.wait(10)
 
             done = wait_for(
-                lambda: (r := api.get(url).json())["state"] == "complete" and r, 30, "complete"
+                lambda: (r := api.get(url).json())["state"] == "complete" and r,
+                "complete",
+                timeout=30,
             )
             assert done["counts"] == {"active": 4}
             # Every wave started exactly once across both replicas: one offer per device.

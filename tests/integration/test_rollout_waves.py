@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from rollout_fleet import Behaviour, SimDevice, add_bundle, wait_for
+from harness import wait_for
+from rollout_fleet import Behaviour, SimDevice, add_bundle
 
 from control_plane.app import create_app
 from control_plane.broker import MosquittoBroker
@@ -84,7 +85,7 @@ class Rig:
             rollout = self.get(f"/rollouts/{rollout_id}")
             return rollout if predicate(rollout) else None
 
-        return wait_for(check, timeout, what)
+        return wait_for(check, what, timeout=timeout)
 
     def ended(self, rollout_id: int) -> dict[str, Any]:
         return dict(self.until(rollout_id, "rollout ended", lambda r: r["state"] not in RUNNING))

@@ -19,6 +19,7 @@ import pytest
 from cryptography import x509
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from harness import wait_for
 from tls_fleet import (
     CONTROL,
     TIMEOUT,
@@ -26,7 +27,6 @@ from tls_fleet import (
     enrol_with_csr,
     start_tls_broker,
     try_connect,
-    wait_for,
 )
 
 from agent.enrol import load_or_create_key, make_csr

@@ -25,7 +25,8 @@ import uvicorn
 from cryptography import x509
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from tls_fleet import TIMEOUT, TlsBroker, start_tls_broker, wait_for
+from harness import wait_for
+from tls_fleet import TIMEOUT, TlsBroker, start_tls_broker
 
 from agent.config import parse_config
 from agent.enrol import EnrolmentError, enrol

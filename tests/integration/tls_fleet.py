@@ -12,8 +12,6 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,16 +30,6 @@ CONTROL = "cp-tlsplane01"
 HOSTS = ("127.0.0.1", "localhost")
 PASSPHRASE = "ca-passphrase-for-tests"
 TIMEOUT = 20.0
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass
