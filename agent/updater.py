@@ -327,18 +327,26 @@ class Installer:
 
     def _verified_target(self, offer: BundleOffer) -> tuple[Updater, TargetFile, TargetCustom]:
         """Refresh the signed metadata and find the offer's target in it, custom fields checked."""
-        updater = Updater(
-            metadata_dir=str(ensure_trust_root(self.config)),
-            metadata_base_url=METADATA_BASE_URL,
-            target_base_url=TARGET_BASE_URL,
-            target_dir=str(Path(self.config.data_dir) / "downloads"),
-            fetcher=self.fetcher,
-            bootstrap=None,
-        )
+
+        def refreshed() -> Updater:
+            # ngclient allows one refresh() per Updater: a refresh broken off after the
+            # timestamp loaded cannot be repeated on it, so each attempt starts afresh
+            # (from the metadata verified and cached so far).
+            updater = Updater(
+                metadata_dir=str(ensure_trust_root(self.config)),
+                metadata_base_url=METADATA_BASE_URL,
+                target_base_url=TARGET_BASE_URL,
+                target_dir=str(Path(self.config.data_dir) / "downloads"),
+                fetcher=self.fetcher,
+                bootstrap=None,
+            )
+            updater.refresh()
+            return updater
+
         # The floor is checked before ngclient judges expiry, and again once a
         # verified refresh may have raised it.
         self.time_floor.check()
-        self._retrying(updater.refresh)
+        updater: Updater = self._retrying(refreshed)
         self.time_floor.raise_to_signed(tuf_metadata_dir(self.config.data_dir) / "timestamp.json")
         self.time_floor.check()
         info = updater.get_targetinfo(offer.target)
