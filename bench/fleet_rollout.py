@@ -119,6 +119,8 @@ class FleetResult:
     rollout_cpu: dict[str, float] = field(default_factory=dict)
     telemetry_cpu: dict[str, float] = field(default_factory=dict)
     fetch_retries: int = 0
+    downloads_resumed: int = 0
+    reconnects: int = 0
     not_active: list[str] = field(default_factory=list)
 
     @property
@@ -599,10 +601,10 @@ def run_fleet(
         result = summarize(rollout, records, audit, created_at, devices, n_workers)
         result.connect_s = connect_s
         result.rollout_cpu = rollout_cpu
-        result.fetch_retries = sum(
-            log.read_text(errors="replace").count("fetch chunk timed out")
-            for log in fleet_dir.glob("worker-*.log")
-        )
+        logs = [log.read_text(errors="replace") for log in fleet_dir.glob("worker-*.log")]
+        result.fetch_retries = sum(text.count("fetch chunk timed out") for text in logs)
+        result.downloads_resumed = sum(text.count("transfer interrupted") for text in logs)
+        result.reconnects = sum(text.count("mqtt disconnected") for text in logs)
         result.baseline_s, result.baseline_incomplete = baseline_s, baseline_incomplete
         console.print(
             f"  rollout {result.rollout_state}: {result.active}/{devices} active, last one "
@@ -756,7 +758,11 @@ def render_table(results: list[FleetResult], bundle: Bundle, chunk: int) -> Tabl
         "[bold]rollout ÷ baseline[/]",
         [f"{r.ratio:.1f}x" if r.ratio is not None else NA for r in results],
     )
-    row("fetch chunks re-asked after 10 s", [f"{r.fetch_retries:,}" for r in results])
+    row(
+        "chunks re-asked (10 s timeout) / downloads resumed",
+        [f"{r.fetch_retries:,} / {r.downloads_resumed:,}" for r in results],
+    )
+    row("device links dropped and reconnected", [f"{r.reconnects:,}" for r in results])
     row(
         "rollout CPU s: control plane / broker / simulator",
         [cpu_cells(r.rollout_cpu, r.complete_s) for r in results],
