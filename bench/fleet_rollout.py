@@ -532,6 +532,7 @@ def run_fleet(
     wanted_workers: int,
     events_per_device: int,
     rollout_timeout: float,
+    fetch: FetchConfig,
     console: Console,
 ) -> FleetResult:
     n_workers = plan_workers(devices, wanted_workers)
@@ -542,7 +543,6 @@ def run_fleet(
         )
     ids = [f"dev-fleet{devices}n{i:05d}" for i in range(devices)]
     slices = [ids[w::n_workers] for w in range(n_workers)]
-    fetch = FetchConfig()
     fleet_dir = system.root / f"fleet-{devices}"
     specs = [
         WorkerSpec(
@@ -709,18 +709,21 @@ def seconds(value: float | None) -> str:
 def cpu_cells(used: dict[str, float], wall: float | None) -> str:
     """CPU seconds per component, and their share of the machine over ``wall`` seconds."""
     order = ("control plane", "mosquitto", "simulator")
-    text = " / ".join(f"{used.get(role, 0.0):.0f}" for role in order)
+    text = " / ".join(
+        f"{used.get(role, 0.0):.{0 if used.get(role, 0.0) >= 10 else 1}f}" for role in order
+    )
     if wall:
         share = sum(used.values()) / (wall * (os.cpu_count() or 1))
         text += f" s ({share:.0%} of {os.cpu_count()} cores)"
     return text
 
 
-def render_table(results: list[FleetResult], bundle: Bundle, chunk: int) -> Table:
+def render_table(results: list[FleetResult], bundle: Bundle, fetch: FetchConfig) -> Table:
+    chunk = fetch.chunk_kib * 1024
     table = Table(
         title=f"fleet rollout of {bundle.id} ({bundle.length / 2**20:.2f} MiB, "
-        f"{math.ceil(bundle.length / chunk)} chunks of {chunk // 1024} KiB), "
-        f"{os.cpu_count()} cores"
+        f"{math.ceil(bundle.length / chunk)} chunks of {fetch.chunk_kib} KiB, fetch timeout "
+        f"{fetch.timeout_s:g} s), {os.cpu_count()} cores"
     )
     table.add_column("measure")
     for r in results:
@@ -759,7 +762,7 @@ def render_table(results: list[FleetResult], bundle: Bundle, chunk: int) -> Tabl
         [f"{r.ratio:.1f}x" if r.ratio is not None else NA for r in results],
     )
     row(
-        "chunks re-asked (10 s timeout) / downloads resumed",
+        "chunks re-asked (fetch timeout) / downloads resumed",
         [f"{r.fetch_retries:,} / {r.downloads_resumed:,}" for r in results],
     )
     row("device links dropped and reconnected", [f"{r.reconnects:,}" for r in results])
@@ -805,6 +808,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--events-per-device", type=int, default=None)
     parser.add_argument("--tick", type=float, default=None, help="orchestrator tick, seconds")
     parser.add_argument("--rollout-timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--fetch-timeout",
+        type=float,
+        default=FetchConfig().timeout_s,
+        help="the agents' fetch.timeout_s: seconds before a chunk is asked again "
+        "(default: the agent's own default)",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="keep everything here")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -827,6 +837,7 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     system = System(root, tick_s=args.tick, console=console)
     results: list[FleetResult] = []
+    aborted: list[int] = []
     started = time.monotonic()
     try:
         api = system.start()
@@ -838,25 +849,31 @@ def main(argv: list[str] | None = None) -> int:
         trust_root = root / "root.json"
         trust_root.write_bytes(api.trust_root())
         for size in args.sizes:
-            results.append(
-                run_fleet(
-                    system,
-                    api,
-                    bundle,
-                    trust_root,
-                    devices=size,
-                    wanted_workers=args.workers,
-                    events_per_device=args.events_per_device,
-                    rollout_timeout=args.rollout_timeout,
-                    console=console,
+            try:
+                results.append(
+                    run_fleet(
+                        system,
+                        api,
+                        bundle,
+                        trust_root,
+                        devices=size,
+                        wanted_workers=args.workers,
+                        events_per_device=args.events_per_device,
+                        rollout_timeout=args.rollout_timeout,
+                        fetch=FetchConfig(timeout_s=args.fetch_timeout),
+                        console=console,
+                    )
                 )
-            )
+            except (RuntimeError, TimeoutError, ApiError) as e:
+                # Report what did finish; a size that could not is named with its reason.
+                console.print(f"[bold red]{size} devices did not finish:[/] {e}")
+                aborted.append(size)
     finally:
         system.stop()
         if args.data_dir is None:
             shutil.rmtree(root, ignore_errors=True)
-    chunk = FetchConfig().chunk_kib * 1024
-    console.print(render_table(results, bundle, chunk))
+    if results:
+        console.print(render_table(results, bundle, FetchConfig(timeout_s=args.fetch_timeout)))
     for r in results:
         if r.failed:
             console.print(f"{r.devices} devices: failures {dict(list(r.failed.items())[:5])}")
@@ -869,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": [{**asdict(r), "ok": r.ok, "ratio": r.ratio} for r in results],
         }
         args.json.write_text(json.dumps(payload, indent=2))
-    return 0 if results and all(r.ok for r in results) else 1
+    return 0 if results and not aborted and all(r.ok for r in results) else 1
 
 
 if __name__ == "__main__":
