@@ -7,14 +7,17 @@ shared subscription, so several control-plane replicas split that traffic.
 The device id always comes from the topic, which the broker ACL ties to the
 device's credentials, never from a payload. Status and report messages are applied
 to the database in arrival order on one worker thread; fetch requests are served on
-a small pool. Nothing is done on paho's network thread but hand-off, and a malformed
-message is logged and dropped.
+a small pool; telemetry is stored in bursts of up to ``TELEMETRY_BURST`` events per
+transaction on a thread of its own. Nothing is done on paho's network thread but
+hand-off, and a malformed message is logged and dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +30,7 @@ from control_plane.errors import InvalidRequestError, NotFoundError
 from control_plane.models import Device
 from control_plane.repository import SignedRepository
 from control_plane.services.devices import upsert_device_status
-from control_plane.services.events import ingest_event
+from control_plane.services.events import ingest_events
 from control_plane.services.rollouts import apply_install_report, reoffer_on_reconnect
 from control_plane.settings import Settings
 from edgefleet import topics
@@ -51,6 +54,8 @@ from edgefleet.mqtt import BrokerAddress, Incoming, MqttLink
 logger = logging.getLogger(__name__)
 
 SHARED_GROUP = "edgefleet-cp"
+TELEMETRY_BURST = 500
+"""Most telemetry events stored in one transaction."""
 
 
 def stable_client_id(data_dir: Path) -> str:
@@ -92,6 +97,11 @@ class FleetLink:
         )
         self._fetch_pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="cp-fetch")
         self._event_pool = ThreadPoolExecutor(1, thread_name_prefix="cp-events")
+        # Telemetry is stored in bursts on a thread of its own (one transaction each).
+        self._telemetry: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
+        self._telemetry_thread = threading.Thread(
+            target=self._store_telemetry, name="cp-telemetry", daemon=True
+        )
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------
@@ -110,6 +120,7 @@ class FleetLink:
         self._link.subscribe(
             topics.up_filter(topics.Up.TELEMETRY), self._on_telemetry, shared_group=SHARED_GROUP
         )
+        self._telemetry_thread.start()
         self._link.start()
         self._started = True
         logger.info("fleet link starting broker=%s", self._link.broker.url())
@@ -120,6 +131,8 @@ class FleetLink:
         self._link.stop()
         self._fetch_pool.shutdown(wait=True, cancel_futures=True)
         self._event_pool.shutdown(wait=True, cancel_futures=False)
+        self._telemetry.put(None)  # after whatever is queued: that is still stored
+        self._telemetry_thread.join(timeout=30)
         self._started = False
 
     @property
@@ -198,9 +211,7 @@ class FleetLink:
         device_id = self._device_id(message, topics.Up.TELEMETRY)
         if device_id is None:
             return
-        self._submit(
-            self._event_pool, lambda: self._handle_telemetry(device_id, message), message.topic
-        )
+        self._telemetry.put((device_id, message))
 
     def _on_fetch(self, message: Incoming) -> None:
         device_id = self._device_id(message, topics.Up.FETCH)
@@ -244,20 +255,41 @@ class FleetLink:
         except SQLAlchemyError:
             logger.exception("report not stored device_id=%s", device_id)
 
-    def _handle_telemetry(self, device_id: str, message: Incoming) -> None:
-        try:
-            event = decode_as(message.payload, TelemetryEvent, topic=message.topic)
-        except MessageError as e:
-            logger.warning("telemetry dropped device_id=%s reason=%s", device_id, e.reason)
-            return
+    def _store_telemetry(self) -> None:
+        """Telemetry thread: take what has queued up (at most a burst), store it at once."""
+        while True:
+            item = self._telemetry.get()
+            if item is None:
+                return
+            burst = [item]
+            while len(burst) < TELEMETRY_BURST:
+                try:
+                    item = self._telemetry.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._ingest(burst)
+                    return
+                burst.append(item)
+            self._ingest(burst)
+
+    def _ingest(self, burst: list[tuple[str, Incoming]]) -> None:
+        events: list[tuple[str, TelemetryEvent]] = []
+        for device_id, message in burst:
+            try:
+                events.append(
+                    (device_id, decode_as(message.payload, TelemetryEvent, topic=message.topic))
+                )
+            except MessageError as e:
+                logger.warning("telemetry dropped device_id=%s reason=%s", device_id, e.reason)
         try:
             with Session(self._engine) as session:
-                stored = ingest_event(session=session, device_id=device_id, event=event)
+                stored = ingest_events(session=session, batch=events)
         except SQLAlchemyError:
-            logger.exception("telemetry not stored device_id=%s", device_id)
+            logger.exception("telemetry not stored events=%d", len(events))
             return
-        if not stored:
-            logger.debug("duplicate telemetry ignored event_id=%s", event.event_id)
+        if stored < len(events):
+            logger.debug("duplicate telemetry ignored count=%d", len(events) - stored)
 
     def _handle_fetch(self, device_id: str, message: Incoming) -> None:
         properties: dict[str, str]
