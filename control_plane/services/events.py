@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
+from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
-from control_plane.models import Event
+from control_plane.models import Device, Event, utcnow
 from control_plane.services.devices import touch_device
 from edgefleet.messages import TelemetryEvent
 
@@ -30,9 +32,14 @@ def ingest_events(*, session: Session, batch: Sequence[tuple[str, TelemetryEvent
         return 0
     known = set(session.exec(select(Event.event_id).where(col(Event.event_id).in_(unique))).all())
     fresh = [(d, e) for event_id, (d, e) in unique.items() if event_id not in known]
-    for device_id in sorted({d for d, _ in fresh}):
-        touch_device(session=session, device_id=device_id)
-    session.add_all(_row(device_id, event) for device_id, event in fresh)
+    # One UPDATE for every device heard from in the burst (not a load per device).
+    session.execute(
+        update(Device)
+        .where(col(Device.id).in_(sorted({d for d, _ in fresh})))
+        .values(last_seen=utcnow(), stale=False)
+    )
+    if fresh:  # a Core insert: building ORM objects cost more than the database did
+        session.execute(insert(Event), [_values(d, e) for d, e in fresh])
     try:
         session.commit()
     except IntegrityError:
@@ -41,17 +48,17 @@ def ingest_events(*, session: Session, batch: Sequence[tuple[str, TelemetryEvent
     return len(fresh)
 
 
-def _row(device_id: str, event: TelemetryEvent) -> Event:
-    return Event(
-        event_id=event.event_id,
-        device_id=device_id,
-        kind=event.kind,
-        priority=event.priority,
-        bundle_id=event.bundle_id,
-        release=event.release,
-        ts=datetime.fromtimestamp(event.ts, UTC),
-        data=event.data,
-    )
+def _values(device_id: str, event: TelemetryEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "device_id": device_id,
+        "kind": event.kind,
+        "priority": event.priority,
+        "bundle_id": event.bundle_id,
+        "release": event.release,
+        "ts": datetime.fromtimestamp(event.ts, UTC),
+        "data": event.data,
+    }
 
 
 def ingest_event(*, session: Session, device_id: str, event: TelemetryEvent) -> bool:
@@ -63,7 +70,7 @@ def ingest_event(*, session: Session, device_id: str, event: TelemetryEvent) -> 
     if session.get(Event, event.event_id) is not None:
         return False
     touch_device(session=session, device_id=device_id)
-    session.add(_row(device_id, event))
+    session.add(Event(**_values(device_id, event)))
     try:
         session.commit()
     except IntegrityError:
