@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -263,6 +264,30 @@ def test_a_clock_set_back_before_the_time_floor_is_refused(target: Target) -> No
     report = target.offer(bundle["id"], bundle["target"], bundle["release"])
     assert report["state"] == "failed"
     assert "before the time floor" in report["reason"]
+
+
+def test_slow_retrieval_of_the_bundle_fails_bounded_and_keeps_the_model(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The mirror answers metadata at once but drips the bundle: each chunk arrives
+    # later than the agent waits for it. The agent must give up after its bounded
+    # retries instead of stalling forever.
+    target.config.write_text(
+        target.config.read_text() + "[fetch]\ntimeout_s = 0.3\nretries = 1\nresume_attempts = 0\n"
+    )
+    target.restart_agent()
+    bundle = target.build("2")
+    serve = target.repository.read_chunk
+
+    def dripping(path: str, offset: int, length: int) -> tuple[bytes, int]:
+        if path.startswith("targets/"):
+            time.sleep(2.0)
+        return serve(path, offset, length)
+
+    monkeypatch.setattr(target.repository, "read_chunk", dripping)
+    report = target.offer(bundle["id"], bundle["target"], bundle["release"])
+    assert report["state"] == "failed"
+    assert "no answer after 2 attempts" in report["reason"]
 
 
 def test_mixed_snapshot_and_targets_versions_are_refused(target: Target) -> None:
