@@ -70,6 +70,16 @@ class TelemetryConfig(BaseModel):
     max_inflight: int = Field(default=100, ge=1)
 
 
+class DriftConfig(BaseModel):
+    """Drift scoring on the device; the reservoir sample for retraining is off (0) by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sample_size: int = Field(
+        default=0, ge=0, le=500, description="rows sampled per window and sent back; 0 = off"
+    )
+
+
 class LinkConfig(BaseModel):
     """Reconnect backoff bounds (exponential with jitter between them)."""
 
@@ -127,6 +137,7 @@ class AgentConfig(BaseModel):
     probation: ProbationConfig = Field(default_factory=ProbationConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     link: LinkConfig = Field(default_factory=LinkConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     tls: TlsConfig | None = None
 
     @field_validator("device_id")

@@ -164,7 +164,7 @@ class Agent:
             shadow=self.shadow,
         )
         self.worker = OfferWorker(self.installer)
-        self.drift = DriftSupervisor(self.slots, self.emit)
+        self.drift = DriftSupervisor(self.slots, self.emit, sample_size=config.drift.sample_size)
         self.server = InferenceServer(
             self.holder,
             host=config.inference.host,
@@ -278,7 +278,7 @@ class Agent:
         self, model: ActiveModel, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
     ) -> None:
         """After each answered request: drift scoring and the shadow model's comparison."""
-        self.drift.observe(model, feeds)
+        self.drift.observe(model, feeds, outputs)
         self.shadow.observe(model, feeds, outputs)
 
     def emit(self, event: TelemetryEvent) -> None:

@@ -5,6 +5,11 @@ is counted, never waited for); a background thread feeds the detector and
 publishes one ``drift`` telemetry event per full window through the spool.
 Memory stays bounded: the queue holds at most ``max_queued_rows`` rows and the
 detector one count per reference bin per feature.
+
+Optional and off by default (``[drift] sample_size``): a capped reservoir sample
+(Algorithm R, uniform over every row seen) of the inputs and the model's top-1
+answers since the previous window, sent with each window as a ``sample`` event of
+the lowest priority, for retraining (``GET /api/v1/events?kind=sample``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +30,39 @@ from agent.slots import SlotStore, read_slot_manifest
 from edgefleet.bundle import BundleError, Manifest
 from edgefleet.drift import DriftDetector, DriftReport, DriftThresholds, Reference
 from edgefleet.messages import TelemetryEvent
+from edgefleet.tensors import top1_classes
 
 logger = logging.getLogger(__name__)
 
 DRIFT_PRIORITY = 1
+SAMPLE_PRIORITY = 3  # dropped first when the spool is full
+
+
+class Reservoir:
+    """A uniform sample of at most ``size`` (input row, answer) pairs of all offered."""
+
+    def __init__(self, size: int, seed: int | None = None) -> None:
+        self.size = size
+        self.seen = 0
+        self._rows: list[tuple[np.ndarray, int | None]] = []
+        self._random = random.Random(seed)
+
+    def offer(self, inputs: np.ndarray, answers: np.ndarray | None) -> None:
+        for i, row in enumerate(inputs):
+            self.seen += 1
+            answer = None if answers is None else int(answers[i])
+            if len(self._rows) < self.size:
+                self._rows.append((row, answer))
+            else:
+                j = self._random.randrange(self.seen)
+                if j < self.size:
+                    self._rows[j] = (row, answer)
+
+    def take(self) -> tuple[list[tuple[np.ndarray, int | None]], int]:
+        """The sample and how many rows it was drawn from; starts afresh."""
+        rows, seen = self._rows, self.seen
+        self._rows, self.seen = [], 0
+        return rows, seen
 
 
 class DriftMonitor:
@@ -41,11 +76,13 @@ class DriftMonitor:
         publish: Callable[[TelemetryEvent], None],
         thresholds: DriftThresholds | None = None,
         max_queued_rows: int = 10_000,
+        sample_size: int = 0,
     ) -> None:
         self._detector = DriftDetector(reference, thresholds)
         self._manifest = manifest
         self._publish = publish
-        self._queue: queue.Queue[np.ndarray | None] = queue.Queue()
+        self._reservoir = Reservoir(sample_size) if sample_size > 0 else None
+        self._queue: queue.Queue[tuple[np.ndarray, np.ndarray | None] | None] = queue.Queue()
         self._queued_rows = 0
         self._max_queued_rows = max_queued_rows
         self._lock = threading.Lock()
@@ -60,6 +97,7 @@ class DriftMonitor:
         slot_dir: Path,
         publish: Callable[[TelemetryEvent], None],
         thresholds: DriftThresholds | None = None,
+        sample_size: int = 0,
     ) -> DriftMonitor | None:
         """A monitor for an installed slot, or None when its bundle ships no reference."""
         if not manifest.reference_stats:
@@ -70,7 +108,17 @@ class DriftMonitor:
         except (OSError, ValueError, KeyError, TypeError) as e:
             logger.error("drift reference unusable bundle_id=%s reason=%s", manifest.bundle_id, e)
             return None
-        return cls(reference=reference, manifest=manifest, publish=publish, thresholds=thresholds)
+        return cls(
+            reference=reference,
+            manifest=manifest,
+            publish=publish,
+            thresholds=thresholds,
+            sample_size=sample_size,
+        )
+
+    @property
+    def sampling(self) -> bool:
+        return self._reservoir is not None
 
     @property
     def input_name(self) -> str:
@@ -83,26 +131,31 @@ class DriftMonitor:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def submit(self, inputs: np.ndarray) -> None:
-        """Queue a batch for scoring; drops it (counted) when the queue is full."""
+    def submit(self, inputs: np.ndarray, answers: np.ndarray | None = None) -> None:
+        """Queue a batch (and, when sampling, its top-1 answers) for scoring; drops it
+        (counted) when the queue is full."""
         rows = len(inputs)
         with self._lock:
             if self._queued_rows + rows > self._max_queued_rows:
                 self.dropped_rows += rows
                 return
             self._queued_rows += rows
-        self._queue.put(np.array(inputs, copy=True))
+        self._queue.put((np.array(inputs, copy=True), answers))
 
     def _run(self) -> None:
         while True:
-            batch = self._queue.get()
-            if batch is None:
+            item = self._queue.get()
+            if item is None:
                 return
+            batch, answers = item
             with self._lock:
                 self._queued_rows -= len(batch)
             try:
+                if self._reservoir is not None:
+                    self._reservoir.offer(batch, answers)
                 for report in self._detector.observe(batch):
                     self._emit(report)
+                    self._emit_sample()
             except Exception:  # top of the monitor loop: bad input must not stop it
                 logger.exception("drift scoring failed bundle_id=%s", self._manifest.bundle_id)
 
@@ -131,6 +184,29 @@ class DriftMonitor:
             )
         )
 
+    def _emit_sample(self) -> None:
+        if self._reservoir is None:
+            return
+        rows, seen = self._reservoir.take()
+        if not rows:
+            return
+        self._publish(
+            TelemetryEvent(
+                kind="sample",
+                priority=SAMPLE_PRIORITY,
+                bundle_id=self._manifest.bundle_id,
+                release=self._manifest.release,
+                data={
+                    "model": self._manifest.model.name,
+                    "model_version": self._manifest.model.version,
+                    "input": self.input_name,
+                    "drawn_from": seen,
+                    "inputs": [np.round(row.astype(np.float64), 6).tolist() for row, _ in rows],
+                    "outputs": [answer for _, answer in rows],
+                },
+            )
+        )
+
 
 class DriftSupervisor:
     """Keeps one ``DriftMonitor`` for whichever bundle is serving.
@@ -144,22 +220,36 @@ class DriftSupervisor:
         slots: SlotStore,
         publish: Callable[[TelemetryEvent], None],
         thresholds: DriftThresholds | None = None,
+        sample_size: int = 0,
     ) -> None:
         self._slots = slots
         self._publish = publish
         self._thresholds = thresholds
+        self._sample_size = sample_size
         self._lock = threading.Lock()
         self._bundle_id: str | None = None
         self._monitor: DriftMonitor | None = None
 
-    def observe(self, model: ActiveModel, feeds: dict[str, np.ndarray]) -> None:
-        """Pass one request's inputs to the monitor of the model that served it."""
+    def observe(
+        self,
+        model: ActiveModel,
+        feeds: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Pass one request's inputs (and answers, when sampling) to the model's monitor."""
         monitor = self._monitor_for(model.bundle_id)
         if monitor is None:
             return
         inputs = feeds.get(monitor.input_name)
-        if inputs is not None and inputs.ndim == 2:
-            monitor.submit(inputs)
+        if inputs is None or inputs.ndim != 2:
+            return
+        answers = None
+        if monitor.sampling and outputs is not None:
+            try:
+                answers = top1_classes(outputs)
+            except ValueError:
+                answers = None
+        monitor.submit(inputs, answers)
 
     def _monitor_for(self, bundle_id: str) -> DriftMonitor | None:
         with self._lock:
@@ -177,7 +267,9 @@ class DriftSupervisor:
             except (SlotError, BundleError, OSError) as e:
                 logger.error("no drift monitor bundle_id=%s reason=%s", bundle_id, e)
                 return None
-            monitor = DriftMonitor.for_slot(manifest, slot_dir, self._publish, self._thresholds)
+            monitor = DriftMonitor.for_slot(
+                manifest, slot_dir, self._publish, self._thresholds, self._sample_size
+            )
             if monitor is not None:
                 monitor.start()
                 logger.info("drift monitor started bundle_id=%s", bundle_id)

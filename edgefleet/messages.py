@@ -118,7 +118,9 @@ class BundleOffer(WireMessage):
     ts: float = Field(default_factory=time.time)
 
 
-TelemetryKind = Literal["inference", "error", "install", "drift", "resource", "spool", "shadow"]
+TelemetryKind = Literal[
+    "inference", "error", "install", "drift", "resource", "spool", "shadow", "sample"
+]
 
 
 class TelemetryEvent(WireMessage):

@@ -25,6 +25,7 @@ from edgefleet.tensors import encode_tensor
 pytestmark = pytest.mark.integration
 PROFILE = "x86-64-gateway-onnx"
 DEVICE = "dev-driftdev01"
+SAMPLE_SIZE = 40
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def served(
         config.write_text(
             f'device_id = "{DEVICE}"\nprofile = "{PROFILE}"\nbroker = "{broker.url}"\n'
             f'data_dir = "{tmp_path / "agent"}"\ntrust_root = "{root}"\n'
-            f"[inference]\nport = {port}\n"
+            f"[inference]\nport = {port}\n[drift]\nsample_size = {SAMPLE_SIZE}\n"
         )
         with (tmp_path / "agent.log").open("wb") as log:
             agent = subprocess.Popen(
@@ -108,3 +109,30 @@ def test_agent_reports_clean_windows_for_familiar_inputs_and_drift_for_shifted_o
     assert [p["drifted"] for p in series] == [False, False, True, True]
     assert series[-1]["share_drifted"] > 0.5
     assert len(series[-1]["psi"]) == 64
+
+
+def test_reservoir_sample_of_inputs_and_answers_comes_back_with_each_window(
+    served: tuple[TestClient, int, DigitsModel],
+) -> None:
+    api, port, model = served
+    infer(port, model.holdout_x[:300])
+    infer(port, model.holdout_x[:300])  # 600 rows: one full window of 500
+    samples = wait_for(
+        lambda: api.get("/api/v1/events", params={"kind": "sample"}).json(), "a sample event"
+    )
+    (sample,) = samples
+    data = sample["data"]
+    assert sample["device_id"] == DEVICE and data["model_version"] == "1"
+    assert data["drawn_from"] >= 500
+    assert len(data["inputs"]) == len(data["outputs"]) == SAMPLE_SIZE
+    # Every sampled row is one the device served, with the answer the model gave it.
+    served_rows = {tuple(np.round(row.astype(np.float64), 6)) for row in model.holdout_x[:300]}
+    assert all(tuple(row) in served_rows for row in data["inputs"])
+    labels = {
+        tuple(np.round(r.astype(np.float64), 6)): y
+        for r, y in zip(model.holdout_x[:300], model.holdout_y[:300], strict=True)
+    }
+    correct = [
+        labels[tuple(row)] == out for row, out in zip(data["inputs"], data["outputs"], strict=True)
+    ]
+    assert np.mean(correct) >= 0.85  # the model's answers, so mostly the true labels

@@ -117,3 +117,21 @@ def test_constant_reference_feature_drifts_only_when_values_leave_its_bin() -> N
     moved[:, 0] = 3.0
     (report,) = detector.observe(moved)
     assert report.drifted_features() == [0]
+
+
+def test_reservoir_keeps_at_most_its_size_and_samples_uniformly() -> None:
+    from agent.drift import Reservoir
+
+    hits = np.zeros(1000)
+    for seed in range(300):
+        reservoir = Reservoir(10, seed=seed)
+        for start in range(0, 1000, 37):
+            rows = np.arange(start, min(start + 37, 1000), dtype=np.float32)[:, None]
+            reservoir.offer(rows, None)
+        sample, seen = reservoir.take()
+        assert seen == 1000 and len(sample) == 10
+        for row, _answer in sample:
+            hits[int(row[0])] += 1
+        assert reservoir.take() == ([], 0)  # taking starts afresh
+    # Each row is kept with probability 10/1000: early and late rows alike.
+    assert abs(hits[:500].sum() - hits[500:].sum()) < 0.15 * hits.sum()
