@@ -117,8 +117,13 @@ class FleetLink:
         self._link.subscribe(
             topics.up_filter(topics.Up.FETCH), self._on_fetch, shared_group=SHARED_GROUP
         )
+        # Telemetry is acknowledged to the broker only once stored: a control plane
+        # that dies with a burst in memory gets it again when its session resumes.
         self._link.subscribe(
-            topics.up_filter(topics.Up.TELEMETRY), self._on_telemetry, shared_group=SHARED_GROUP
+            topics.up_filter(topics.Up.TELEMETRY),
+            self._on_telemetry,
+            shared_group=SHARED_GROUP,
+            deferred_ack=True,
         )
         self._telemetry_thread.start()
         self._link.start()
@@ -210,6 +215,7 @@ class FleetLink:
     def _on_telemetry(self, message: Incoming) -> None:
         device_id = self._device_id(message, topics.Up.TELEMETRY)
         if device_id is None:
+            message.ack()
             return
         self._telemetry.put((device_id, message))
 
@@ -286,8 +292,11 @@ class FleetLink:
             with Session(self._engine) as session:
                 stored = ingest_events(session=session, batch=events)
         except SQLAlchemyError:
+            # Not acknowledged: the broker redelivers the burst when the session resumes.
             logger.exception("telemetry not stored events=%d", len(events))
             return
+        for _device_id, message in burst:  # in arrival order, as MQTT asks
+            message.ack()
         if stored < len(events):
             logger.debug("duplicate telemetry ignored count=%d", len(events) - stored)
 

@@ -121,6 +121,9 @@ class Incoming:
     correlation: bytes | None = None
     response_topic: str | None = None
     user_properties: dict[str, str] = field(default_factory=dict)
+    ack: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
+    """For a subscription with ``deferred_ack``: acknowledge to the broker (QoS 1) once
+    the message is safe; until then the broker redelivers it to a resumed session."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ class _Subscription:
     handler: Handler
     qos: int
     shared_group: str | None
+    deferred_ack: bool = False
 
     @property
     def wire_filter(self) -> str:
@@ -227,6 +231,7 @@ class MqttLink:
             callback_api_version=paho.CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5,
+            manual_ack=True,  # see ``subscribe``: some messages are acked once stored
         )
         client.max_queued_messages_set(0)
         client.max_inflight_messages_set(100)
@@ -293,14 +298,22 @@ class MqttLink:
     # -- messaging -------------------------------------------------------------
 
     def subscribe(
-        self, topic_filter: str, handler: Handler, *, qos: int = 1, shared_group: str | None = None
+        self,
+        topic_filter: str,
+        handler: Handler,
+        *,
+        qos: int = 1,
+        shared_group: str | None = None,
+        deferred_ack: bool = False,
     ) -> None:
         """Deliver messages matching ``topic_filter`` to ``handler``, across reconnects.
 
         With ``shared_group`` the broker spreads the messages over every client
-        subscribed in that group (MQTT 5 shared subscription).
+        subscribed in that group (MQTT 5 shared subscription). Messages are
+        acknowledged when the handler returns, or, with ``deferred_ack``, when the
+        handler (or whoever it hands the message to) calls ``Incoming.ack``.
         """
-        sub = _Subscription(topic_filter, handler, qos, shared_group)
+        sub = _Subscription(topic_filter, handler, qos, shared_group, deferred_ack)
         with self._lock:
             self._subscriptions.append(sub)
         self._client.message_callback_add(topic_filter, self._dispatcher(sub))
@@ -386,8 +399,13 @@ class MqttLink:
     def _dispatcher(
         self, sub: _Subscription
     ) -> Callable[[paho.Client, Any, paho.MQTTMessage], None]:
-        def dispatch(_client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        def dispatch(client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
             props = message.properties
+            mid, qos = message.mid, message.qos
+
+            def ack() -> None:
+                client.ack(mid, qos)
+
             incoming = Incoming(
                 topic=message.topic,
                 payload=bytes(message.payload),
@@ -395,11 +413,16 @@ class MqttLink:
                 correlation=getattr(props, "CorrelationData", None),
                 response_topic=getattr(props, "ResponseTopic", None),
                 user_properties=dict(getattr(props, "UserProperty", []) or []),
+                ack=ack,
             )
             try:
                 sub.handler(incoming)
             except Exception:  # top of the receive loop: one bad message must not kill it
                 logger.exception("handler failed topic=%s", message.topic)
+                ack()  # a message its handler cannot take would only come back the same
+                return
+            if not sub.deferred_ack:
+                ack()
 
         return dispatch
 

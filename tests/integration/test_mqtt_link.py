@@ -152,3 +152,45 @@ def test_broker_url_parsing() -> None:
     assert BrokerAddress.parse("localhost") == BrokerAddress("localhost", 1883)
     with pytest.raises(ValueError, match="mqtt://"):
         BrokerAddress.parse("http://x:1")
+
+
+@pytest.mark.parametrize("acked", [False, True])
+def test_a_deferred_ack_message_comes_back_to_the_resumed_session_until_acked(
+    broker: MosquittoBroker, links: list[MqttLink], prefix: str, acked: bool
+) -> None:
+    client_id = f"cp-{uuid.uuid4().hex[:8]}"
+
+    def session() -> tuple[MqttLink, queue.Queue[Incoming]]:
+        received: queue.Queue[Incoming] = queue.Queue()
+        link = MqttLink(
+            client_id=client_id, broker=broker.address, clean_start=False, session_expiry=300
+        )
+        link.subscribe(f"{prefix}/events", received.put, deferred_ack=True)
+        link.start()
+        assert link.wait_connected(TIMEOUT)
+        return link, received
+
+    consumer, received = session()
+    sender = make_link(broker)
+    links.append(sender)
+    assert sender.wait_connected(TIMEOUT)
+    sender.publish(f"{prefix}/events", b"event-1", qos=1, wait=TIMEOUT)
+    first = received.get(timeout=TIMEOUT)
+    assert first.payload == b"event-1"
+    if acked:
+        first.ack()
+    # A marker after it proves the broker has had time to see any acknowledgement.
+    sender.publish(f"{prefix}/events", b"marker", qos=1, wait=TIMEOUT)
+    marker = received.get(timeout=TIMEOUT)
+    marker.ack()
+    consumer.stop()  # the "crash": a session that never acknowledged event-1
+
+    resumed, again = session()
+    links.append(resumed)
+    sender.publish(f"{prefix}/events", b"after", qos=1, wait=TIMEOUT)
+    payloads = []
+    while b"after" not in payloads:
+        message = again.get(timeout=TIMEOUT)
+        message.ack()
+        payloads.append(message.payload)
+    assert (b"event-1" in payloads) is not acked
