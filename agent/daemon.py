@@ -67,6 +67,19 @@ SPOOL_FILE = "spool.sqlite"
 STATUS_EVERY_S = 1.0
 
 
+def device_status(profile: str, model: ActiveModel | None, *, online: bool) -> DeviceStatus:
+    """The retained ``up/status`` message: online or not, and what is serving."""
+    return DeviceStatus(
+        online=online,
+        profile=profile,
+        agent_version=__version__,
+        model=model.name if model else None,
+        model_version=model.version if model else None,
+        bundle_id=model.bundle_id if model else None,
+        release=model.release if model else None,
+    )
+
+
 def status_path(data_dir: Path) -> Path:
     return Path(data_dir) / STATUS_FILE
 
@@ -338,13 +351,4 @@ class Agent:
         )
 
     def _status(self, *, online: bool) -> DeviceStatus:
-        model = self.holder.current()
-        return DeviceStatus(
-            online=online,
-            profile=self.config.profile,
-            agent_version=__version__,
-            model=model.name if model else None,
-            model_version=model.version if model else None,
-            bundle_id=model.bundle_id if model else None,
-            release=model.release if model else None,
-        )
+        return device_status(self.config.profile, self.holder.current(), online=online)

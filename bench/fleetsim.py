@@ -36,9 +36,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from agent import __version__
 from agent.config import AgentConfig, FetchConfig, ProbationConfig
-from agent.daemon import SESSION_EXPIRY
+from agent.daemon import SESSION_EXPIRY, device_status
 from agent.fetcher import MqttFetcher
 from agent.runtime import ModelHolder
 from agent.slots import SlotStore
@@ -123,7 +122,7 @@ class SimDevice:
         self.record = DeviceRecord(config.device_id)
         self.slots = SlotStore(config.data_dir)
         self.holder = ModelHolder()
-        offline = DeviceStatus(online=False, profile=config.profile, agent_version=__version__)
+        offline = device_status(config.profile, None, online=False)
         self.link = MqttLink(
             client_id=config.device_id,
             broker=config.broker_address,
@@ -227,16 +226,7 @@ class SimDevice:
         )
 
     def _status(self, *, online: bool) -> DeviceStatus:
-        model = self.holder.current()
-        return DeviceStatus(
-            online=online,
-            profile=self.config.profile,
-            agent_version=__version__,
-            model=model.name if model else None,
-            model_version=model.version if model else None,
-            bundle_id=model.bundle_id if model else None,
-            release=model.release if model else None,
-        )
+        return device_status(self.config.profile, self.holder.current(), online=online)
 
     def final_record(self) -> DeviceRecord:
         """The record, with what the device's own ``active.json`` says is installed."""
