@@ -79,3 +79,66 @@ def train_digits_model(
         train_accuracy=float(classifier.score(train_x, train_y)),
         holdout_accuracy=float(classifier.score(holdout_x, holdout_y)),
     )
+
+
+def _conv_features(x: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+    """What the CNN's Conv(3x3, pad 1) + Relu + MaxPool(2) + Flatten computes, in numpy."""
+    images = x.reshape(-1, 1, 8, 8)
+    padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((len(x), len(kernels), 8, 8), np.float32)
+    for k, kernel in enumerate(kernels):
+        for i in range(3):
+            for j in range(3):
+                out[:, k] += kernel[0, i, j] * padded[:, 0, i : i + 8, j : j + 8]
+    out = np.maximum(out, 0)
+    pooled = out.reshape(len(x), len(kernels), 4, 2, 4, 2).max(axis=(3, 5))
+    return pooled.reshape(len(x), -1)
+
+
+def build_digits_cnn() -> bytes:
+    """A small CNN [n, 64] -> probabilities [n, 10], built without a training framework.
+
+    A fixed random 3x3 conv feature extractor (16 channels, Relu, 2x2 max pool) and a
+    least-squares classifier head fitted in numpy: a real convolutional model for the
+    converters' benchmark and tests, nothing downloaded.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    train_x, train_y, *_ = load_split(0)
+    rng = np.random.default_rng(0)
+    kernels = rng.normal(0, 1 / 3, size=(16, 1, 3, 3)).astype(np.float32) / 16.0
+    features = _conv_features(train_x, kernels)
+    onehot = np.eye(10, dtype=np.float32)[train_y] * 8.0
+    design = np.hstack([features, np.ones((len(features), 1), np.float32)])
+    solution = np.linalg.lstsq(
+        design.T @ design + 1e-1 * np.eye(design.shape[1]), design.T @ onehot, rcond=None
+    )[0]
+    weight, bias = solution[:-1].astype(np.float32), solution[-1].astype(np.float32)
+    init = [
+        numpy_helper.from_array(np.array([-1, 1, 8, 8], np.int64), "shape"),
+        numpy_helper.from_array(kernels, "conv_w"),
+        numpy_helper.from_array(np.zeros(16, np.float32), "conv_b"),
+        numpy_helper.from_array(weight, "fc_w"),
+        numpy_helper.from_array(bias, "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["input", "shape"], ["image"]),
+        helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("MaxPool", ["relu"], ["pool"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "digits_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 10])],
+        init,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

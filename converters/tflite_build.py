@@ -4,14 +4,20 @@ Devices on TFLite need a float TFLite model to quantize from, and the project mu
 not download one or depend on TensorFlow. Multilayer perceptrons (what the digits
 model and most tabular models are) lower directly: MatMul/Gemm + Add (+ Relu /
 Sigmoid / Tanh) become FULLY_CONNECTED, Softmax stays SOFTMAX, and the label
-output becomes ARG_MAX. The flatbuffer is written with the schema classes that
-ship in ai-edge-litert. Any other ONNX op is refused, naming it.
+output becomes ARG_MAX. A small convolutional front is lowered too: the flat input
+reshaped to a single-channel image, one Conv (stride 1, "same" or no padding,
++ Relu) and an optional MaxPool become RESHAPE, CONV_2D and MAX_POOL_2D in TFLite's
+NHWC layout; the first dense layer's inputs are reordered from ONNX's NCHW flatten
+order to NHWC. The flatbuffer is written with the schema classes that ship in
+ai-edge-litert. Any other ONNX op or form is refused, naming it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -34,6 +40,29 @@ class DenseLayer:
 
 
 @dataclass
+class ConvStage:
+    """Reshape to one image, Conv2D (+ activation), optional MaxPool: before the dense layers."""
+
+    height: int
+    width: int
+    weight: np.ndarray  # float32 [out_channels, kh, kw, 1] (TFLite CONV_2D OHWI)
+    bias: np.ndarray  # float32 [out_channels]
+    same_padding: bool
+    activation: str | None = None
+    pool: int | None = None  # MaxPool kernel = stride
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of what the dense layers receive."""
+        kh, kw = self.weight.shape[1:3]
+        h = self.height if self.same_padding else self.height - kh + 1
+        w = self.width if self.same_padding else self.width - kw + 1
+        if self.pool:
+            h, w = h // self.pool, w // self.pool
+        return h, w, int(self.weight.shape[0])
+
+
+@dataclass
 class DenseGraph:
     input_name: str
     n_features: int
@@ -42,10 +71,15 @@ class DenseGraph:
     scores_name: str  # the float output, e.g. "probabilities"
     label_name: str | None  # the int64 top-1 output, e.g. "label"
     label_classes: np.ndarray | None = None  # class ids the label output maps indices to
+    conv: ConvStage | None = None
 
     def tflite_ops(self) -> set[str]:
         ops = {"FULLY_CONNECTED"} | {a for layer in self.layers if (a := layer.activation)}
-        ops -= {"RELU"}  # fused into FULLY_CONNECTED
+        if self.conv is not None:
+            ops |= {"RESHAPE", "CONV_2D"} | ({"MAX_POOL_2D"} if self.conv.pool else set())
+            if self.conv.activation:
+                ops.add(self.conv.activation)
+        ops -= {"RELU"}  # fused into FULLY_CONNECTED / CONV_2D
         if self.softmax:
             ops.add("SOFTMAX")
         if self.label_name:
@@ -70,7 +104,16 @@ def dense_graph_from_onnx(model_bytes: bytes) -> DenseGraph:
             for n in graph.node
             if n.op_type not in _PASS_THROUGH | set(_ACTIVATIONS)
             and n.op_type
-            not in {"MatMul", "Gemm", "Add", "Softmax", "ArgMax", "ArrayFeatureExtractor"}
+            not in {
+                "MatMul",
+                "Gemm",
+                "Add",
+                "Softmax",
+                "ArgMax",
+                "ArrayFeatureExtractor",
+                "Conv",
+                "MaxPool",
+            }
         }
     )
     if unsupported:
@@ -78,8 +121,24 @@ def dense_graph_from_onnx(model_bytes: bytes) -> DenseGraph:
     layers: list[DenseLayer] = []
     softmax = False
     classes: np.ndarray | None = None
+    conv: ConvStage | None = None
+    image: tuple[int, ...] | None = None
     for node in graph.node:
-        if node.op_type == "MatMul":
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Reshape" and not layers and conv is None:
+            shape = consts.get(node.input[1])
+            if shape is not None and len(shape) == 4:
+                image = tuple(int(d) for d in shape[1:])
+        elif node.op_type == "Conv":
+            conv = _conv_stage(node.name, attrs, consts, node.input, image, layers, conv)
+        elif node.op_type == "MaxPool":
+            if conv is None or layers or conv.pool:
+                raise ConversionError(f"MaxPool {node.name}: only one, right after the Conv")
+            kernel, strides = list(attrs.get("kernel_shape", [])), list(attrs.get("strides", []))
+            if len(set(kernel)) != 1 or kernel != strides or any(attrs.get("pads", [0])):
+                raise ConversionError(f"MaxPool {node.name}: only square, unpadded, stride = size")
+            conv.pool = int(kernel[0])
+        elif node.op_type == "MatMul":
             weight = consts.get(node.input[1])
             if weight is None:
                 raise ConversionError(f"MatMul {node.name}: weights must be constant")
@@ -87,7 +146,6 @@ def dense_graph_from_onnx(model_bytes: bytes) -> DenseGraph:
                 DenseLayer(weight.T.astype(np.float32), np.zeros(weight.shape[1], np.float32), None)
             )
         elif node.op_type == "Gemm":
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             weight = consts[node.input[1]]
             weight = weight if attrs.get("transB", 0) else weight.T
             bias: np.ndarray = (
@@ -107,7 +165,12 @@ def dense_graph_from_onnx(model_bytes: bytes) -> DenseGraph:
                 raise ConversionError(f"Add {node.name}: only a bias after a dense layer")
             layers[-1].bias = (layers[-1].bias + added.reshape(-1)).astype(np.float32)
         elif node.op_type in _ACTIVATIONS:
-            layers[-1].activation = _ACTIVATIONS[node.op_type]
+            if layers:
+                layers[-1].activation = _ACTIVATIONS[node.op_type]
+            elif conv is not None:
+                conv.activation = _ACTIVATIONS[node.op_type]
+            else:
+                raise ConversionError(f"{node.op_type} {node.name}: needs a layer before it")
         elif node.op_type == "Softmax":
             softmax = True
         elif node.op_type == "ArrayFeatureExtractor":
@@ -119,6 +182,17 @@ def dense_graph_from_onnx(model_bytes: bytes) -> DenseGraph:
         raise ConversionError("the dense lowering needs one float output after dense layers")
     if classes is not None and not np.array_equal(classes.reshape(-1), np.arange(classes.size)):
         raise ConversionError("label classes other than 0..n-1 are not supported")
+    if conv is not None:
+        h, w, c = conv.out_shape
+        first = layers[0].weight
+        if first.shape[1] != h * w * c:
+            raise ConversionError(
+                f"dense layer takes {first.shape[1]} inputs, conv gives {h * w * c}"
+            )
+        # ONNX flattens [c, h, w]; TFLite's NHWC tensor flattens [h, w, c].
+        layers[0].weight = np.ascontiguousarray(
+            first.reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(first.shape[0], -1)
+        )
     return DenseGraph(
         inputs[0].name,
         int(dims[1].dim_value),
@@ -127,6 +201,45 @@ def dense_graph_from_onnx(model_bytes: bytes) -> DenseGraph:
         scores[0],
         labels[0] if labels else None,
         classes,
+        conv,
+    )
+
+
+def _conv_stage(
+    name: str,
+    attrs: dict[str, Any],
+    consts: dict[str, np.ndarray],
+    inputs: Sequence[str],
+    image: tuple[int, ...] | None,
+    layers: list[DenseLayer],
+    existing: ConvStage | None,
+) -> ConvStage:
+    """The single Conv the lowering supports, or ``ConversionError`` saying what is not."""
+    if existing is not None or layers:
+        raise ConversionError(f"Conv {name}: only one, before the dense layers")
+    if image is None or image[0] != 1:
+        raise ConversionError(f"Conv {name}: needs the input reshaped to a 1-channel image")
+    weight = consts.get(inputs[1])
+    if weight is None or weight.ndim != 4 or weight.shape[1] != 1:
+        raise ConversionError(f"Conv {name}: needs constant [out, 1, kh, kw] weights")
+    kh, kw = weight.shape[2:]
+    if (
+        any(s != 1 for s in attrs.get("strides", [1, 1]))
+        or any(d != 1 for d in attrs.get("dilations", [1, 1]))
+        or attrs.get("group", 1) != 1
+    ):
+        raise ConversionError(f"Conv {name}: only stride 1, no dilation, one group")
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    same = pads == [kh // 2, kw // 2, kh // 2, kw // 2] and kh % 2 == 1 and kw % 2 == 1
+    if not same and any(pads):
+        raise ConversionError(f"Conv {name}: only 'same' or no padding")
+    bias = consts.get(inputs[2]) if len(inputs) > 2 else None
+    return ConvStage(
+        height=image[1],
+        width=image[2],
+        weight=np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).astype(np.float32),
+        bias=(np.zeros(weight.shape[0]) if bias is None else bias).astype(np.float32),
+        same_padding=same,
     )
 
 
@@ -183,6 +296,53 @@ def build_float_tflite(graph: DenseGraph) -> bytes:
         s.TensorType.FLOAT32,
         signature=[-1, graph.n_features],
     )
+    conv = graph.conv
+    if conv is not None:
+
+        def reshape(source: int, shape: list[int], name: str) -> int:
+            new_shape = tensor(f"{name}/shape", [len(shape)], s.TensorType.INT32,
+                               np.array([-1, *shape[1:]], np.int32))  # fmt: skip
+            out = tensor(name, shape, s.TensorType.FLOAT32, signature=[-1, *shape[1:]])
+            options = s.ReshapeOptionsT()
+            options.newShape = [-1, *shape[1:]]
+            operator(s.BuiltinOperator.RESHAPE, [source, new_shape], [out],
+                     s.BuiltinOptions.ReshapeOptions, options)  # fmt: skip
+            return out
+
+        # One channel: NCHW and NHWC hold the same bytes, so a reshape is the layout change.
+        current = reshape(current, [1, conv.height, conv.width, 1], "image")
+        channels = conv.weight.shape[0]
+        kernel = tensor("conv/weight", list(conv.weight.shape), s.TensorType.FLOAT32, conv.weight)
+        bias = tensor("conv/bias", [channels], s.TensorType.FLOAT32, conv.bias)
+        h = conv.height if conv.same_padding else conv.height - conv.weight.shape[1] + 1
+        w = conv.width if conv.same_padding else conv.width - conv.weight.shape[2] + 1
+        out = tensor("conv/out", [1, h, w, channels], s.TensorType.FLOAT32,
+                     signature=[-1, h, w, channels])  # fmt: skip
+        options = s.Conv2DOptionsT()
+        options.padding = s.Padding.SAME if conv.same_padding else s.Padding.VALID
+        options.strideW = options.strideH = 1
+        options.dilationWFactor = options.dilationHFactor = 1
+        options.fusedActivationFunction = fused.get(conv.activation or "", 0)
+        operator(s.BuiltinOperator.CONV_2D, [current, kernel, bias], [out],
+                 s.BuiltinOptions.Conv2DOptions, options)  # fmt: skip
+        current = out
+        if conv.activation and conv.activation not in fused:
+            act = tensor("conv/act", [1, h, w, channels], s.TensorType.FLOAT32,
+                         signature=[-1, h, w, channels])  # fmt: skip
+            operator(getattr(s.BuiltinOperator, conv.activation), [current], [act])
+            current = act
+        if conv.pool:
+            h, w = h // conv.pool, w // conv.pool
+            pooled = tensor("pool/out", [1, h, w, channels], s.TensorType.FLOAT32,
+                            signature=[-1, h, w, channels])  # fmt: skip
+            options = s.Pool2DOptionsT()
+            options.padding = s.Padding.VALID
+            options.strideW = options.strideH = conv.pool
+            options.filterWidth = options.filterHeight = conv.pool
+            operator(s.BuiltinOperator.MAX_POOL_2D, [current], [pooled],
+                     s.BuiltinOptions.Pool2DOptions, options)  # fmt: skip
+            current = pooled
+        current = reshape(current, [1, h * w * channels], "flat")
     for i, layer in enumerate(graph.layers):
         out_dim = layer.weight.shape[0]
         w = tensor(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from converters import pipeline
 from converters.candidate import Candidate
@@ -188,3 +188,61 @@ def test_fp16_candidate_keeps_float32_inputs_and_outputs(digits) -> None:  # typ
     assert fp16.passed
     model = onnx.load_from_string(outcome.chosen.data)
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+
+
+def test_cnn_lowers_to_tflite_computing_what_onnxruntime_computes(digits) -> None:  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+
+    from control_plane.digits import build_digits_cnn
+    from converters.tflite_build import build_float_tflite
+
+    cnn = build_digits_cnn()
+    graph = dense_graph_from_onnx(cnn)
+    assert graph.tflite_ops() == {"RESHAPE", "CONV_2D", "MAX_POOL_2D", "FULLY_CONNECTED", "SOFTMAX"}
+    session = ort.InferenceSession(cnn, providers=["CPUExecutionProvider"])
+    expected = session.run(["probabilities"], {"input": digits.holdout_x})[0]
+    interpreter = Interpreter(model_content=build_float_tflite(graph))
+    interpreter.allocate_tensors()
+    (source,) = interpreter.get_input_details()
+    (scores,) = [d for d in interpreter.get_output_details() if d["name"] == "probabilities"]
+    got = []
+    for row in digits.holdout_x.astype(np.float32):
+        interpreter.set_tensor(source["index"], row[None])
+        interpreter.invoke()
+        got.append(np.array(interpreter.get_tensor(scores["index"]))[0])
+    np.testing.assert_allclose(np.array(got), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rpi-arm64-litert-int8", "legacy-armv7-tflite214"])
+def test_cnn_builds_for_tflite_profiles_through_the_gate(name: str) -> None:
+    from control_plane.digits import build_digits_cnn, load_split
+
+    _train_x, _train_y, samples, holdout_x, holdout_y = load_split(0)
+    outcome = build_for_profile(
+        build_digits_cnn(),
+        PROFILES[name],
+        calibration=samples,
+        holdout=Holdout(holdout_x, holdout_y),
+    )
+    assert outcome.chosen_row.passed and outcome.chosen.format == "tflite"
+    assert outcome.gate_runtime["matches_profile"] is True
+
+
+def test_conv_forms_the_lowering_cannot_express_are_refused_naming_why() -> None:
+    weight = numpy_helper.from_array(np.ones((4, 1, 3, 3), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([-1, 1, 8, 8], np.int64), "shape")
+    nodes = [
+        helper.make_node("Reshape", ["input", "shape"], ["image"]),
+        helper.make_node("Conv", ["image", "w"], ["conv"], strides=[2, 2]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "strided",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("conv", TensorProto.FLOAT, None)],
+        [weight, shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ConversionError, match="only stride 1"):
+        dense_graph_from_onnx(model.SerializeToString())
