@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -374,15 +375,23 @@ class Demo:
 
 
 def print_summary(console: Console, result: DemoResult) -> None:
-    table = Table(title=f"digits v{result.model_version} on {len(result.bundles)} device classes")
-    for column in ("device", "profile", "state", "model", "install", "accuracy"):
-        table.add_column(column, no_wrap=column in ("device", "profile"))
+    """One row per device; a device that is not active shows its state and reason instead
+    of its model. Borderless so that it fits an 80-column terminal."""
+    table = Table(
+        title=f"digits v{result.model_version} on {len(result.bundles)} device classes",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for column in ("device", "profile", "model", "install", "accuracy"):
+        table.add_column(column, overflow="fold")
     for d in result.devices:
+        active = d.state == "active" and d.bundle_id
         table.add_row(
             d.device_id,
             d.profile,
-            d.state if d.reason is None else f"{d.state}: {d.reason}",
-            f"r{d.release} {result.bundles[d.profile]['candidate']}" if d.bundle_id else "-",
+            str(result.bundles[d.profile]["candidate"])
+            if active
+            else (d.state if d.reason is None else f"{d.state}: {d.reason}"),
             f"{d.install_seconds:.2f} s" if d.install_seconds is not None else "-",
             f"{d.accuracy:.3f}" if d.accuracy is not None else "-",
         )
