@@ -26,7 +26,7 @@ import numpy as np
 from agent import __version__
 from agent.config import AgentConfig
 from agent.drift import DriftSupervisor
-from agent.enrol import load_credentials
+from agent.enrol import Credentials, load_credentials
 from agent.errors import ConfigError, RuntimeLoadError, SlotError
 from agent.fetcher import MqttFetcher
 from agent.forwarder import Forwarder
@@ -36,12 +36,7 @@ from agent.server import InferenceServer
 from agent.shadow import ShadowRunner
 from agent.slots import SlotStore, read_slot_manifest
 from agent.spool import Spool
-from agent.telemetry import (
-    INSTALL_PRIORITY,
-    InferenceStats,
-    inference_event,
-    resource_event,
-)
+from agent.telemetry import InferenceStats, inference_event, install_event, resource_event
 from agent.updater import Installer, OfferWorker, ensure_trust_root
 from edgefleet import topics
 from edgefleet.bundle import verify_directory
@@ -77,6 +72,36 @@ def device_status(profile: str, model: ActiveModel | None, *, online: bool) -> D
         model_version=model.version if model else None,
         bundle_id=model.bundle_id if model else None,
         release=model.release if model else None,
+    )
+
+
+def agent_link(config: AgentConfig, credentials: Credentials | None = None) -> MqttLink:
+    """The device's one MQTT session: its id as client id, persistent, with an offline will."""
+    offline = device_status(config.profile, None, online=False)
+    return MqttLink(
+        client_id=config.device_id,
+        broker=config.broker_address,
+        username=credentials.username if credentials else None,
+        password=credentials.password if credentials else None,
+        clean_start=False,
+        session_expiry=SESSION_EXPIRY,
+        will=Will(topics.up(config.device_id, Up.STATUS), offline.to_bytes(), retain=True),
+        reconnect_min_delay=config.link.reconnect_min_s,
+        reconnect_max_delay=config.link.reconnect_max_s,
+        tls=config.tls_options,
+    )
+
+
+def agent_fetcher(link: MqttLink, config: AgentConfig) -> MqttFetcher:
+    """TUF's transport over ``link``, sized by ``[fetch]``, resuming under ``downloads/parts``."""
+    return MqttFetcher(
+        link,
+        config.device_id,
+        chunk_size=config.fetch.chunk_kib * 1024,
+        window=config.fetch.window,
+        timeout=config.fetch.timeout_s,
+        retries=config.fetch.retries,
+        part_dir=Path(config.data_dir) / "downloads" / "parts",
     )
 
 
@@ -126,32 +151,12 @@ class Agent:
         self.stats = InferenceStats()
         self._stopped = threading.Event()
         self._link_since = time.time()
-        offline = DeviceStatus(online=False, profile=config.profile, agent_version=__version__)
         credentials = load_credentials(config.data_dir)  # written by `edgefleet-agent enrol`
         try:
-            self.link = MqttLink(
-                client_id=config.device_id,
-                broker=config.broker_address,
-                username=credentials.username if credentials else None,
-                password=credentials.password if credentials else None,
-                clean_start=False,
-                session_expiry=SESSION_EXPIRY,
-                will=Will(topics.up(self.device_id, Up.STATUS), offline.to_bytes(), retain=True),
-                reconnect_min_delay=config.link.reconnect_min_s,
-                reconnect_max_delay=config.link.reconnect_max_s,
-                tls=config.tls_options,
-            )
+            self.link = agent_link(config, credentials)
         except TransportError as e:  # a missing certificate: not enrolled yet
             raise ConfigError(f"{e} (run `edgefleet-agent enrol` first?)", field="tls") from e
-        self.fetcher = MqttFetcher(
-            self.link,
-            self.device_id,
-            chunk_size=config.fetch.chunk_kib * 1024,
-            window=config.fetch.window,
-            timeout=config.fetch.timeout_s,
-            retries=config.fetch.retries,
-            part_dir=Path(config.data_dir) / "downloads" / "parts",
-        )
+        self.fetcher = agent_fetcher(self.link, config)
         self.spool = Spool(
             Path(config.data_dir) / SPOOL_FILE,
             max_bytes=int(config.telemetry.spool_max_mb * 2**20),
@@ -277,15 +282,7 @@ class Agent:
     def publish_report(self, report: InstallReport) -> None:
         """Install progress: straight to ``up/report`` and, durably, as an install event."""
         self.link.publish(topics.up(self.device_id, Up.REPORT), report.to_bytes(), qos=1)
-        self.emit(
-            TelemetryEvent(
-                kind="install",
-                priority=INSTALL_PRIORITY,
-                bundle_id=report.bundle_id,
-                release=report.release,
-                data=report.model_dump(mode="json", exclude_none=True),
-            )
-        )
+        self.emit(install_event(report))
 
     def observe_request(
         self, model: ActiveModel, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]

@@ -21,6 +21,7 @@ import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from agent.runtime import ActiveModel
 from agent.slots import SlotStore, read_slot_manifest
 from edgefleet.bundle import BundleError, Manifest
 from edgefleet.drift import DriftDetector, DriftReport, DriftThresholds, Reference
-from edgefleet.messages import TelemetryEvent
+from edgefleet.messages import TelemetryEvent, TelemetryKind
 from edgefleet.tensors import top1_classes
 
 logger = logging.getLogger(__name__)
@@ -174,15 +175,7 @@ class DriftMonitor:
             report.drifted,
             report.share_drifted,
         )
-        self._publish(
-            TelemetryEvent(
-                kind="drift",
-                priority=DRIFT_PRIORITY,
-                bundle_id=self._manifest.bundle_id,
-                release=self._manifest.release,
-                data=data,
-            )
-        )
+        self._publish(self._event("drift", DRIFT_PRIORITY, data))
 
     def _emit_sample(self) -> None:
         if self._reservoir is None:
@@ -191,12 +184,10 @@ class DriftMonitor:
         if not rows:
             return
         self._publish(
-            TelemetryEvent(
-                kind="sample",
-                priority=SAMPLE_PRIORITY,
-                bundle_id=self._manifest.bundle_id,
-                release=self._manifest.release,
-                data={
+            self._event(
+                "sample",
+                SAMPLE_PRIORITY,
+                {
                     "model": self._manifest.model.name,
                     "model_version": self._manifest.model.version,
                     "input": self.input_name,
@@ -205,6 +196,16 @@ class DriftMonitor:
                     "outputs": [answer for _, answer in rows],
                 },
             )
+        )
+
+    def _event(self, kind: TelemetryKind, priority: int, data: dict[str, Any]) -> TelemetryEvent:
+        """A telemetry event about this monitor's bundle."""
+        return TelemetryEvent(
+            kind=kind,
+            priority=priority,
+            bundle_id=self._manifest.bundle_id,
+            release=self._manifest.release,
+            data=data,
         )
 
 

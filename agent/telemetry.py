@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import ProbationConfig
-from edgefleet.messages import TelemetryEvent
+from edgefleet.messages import InstallReport, TelemetryEvent
 
 BOUNDS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 INFERENCE_PRIORITY = 2
@@ -136,6 +136,17 @@ def inference_event(
         bundle_id=bundle_id,
         release=release,
         data=window.to_data(window_s),
+    )
+
+
+def install_event(report: InstallReport) -> TelemetryEvent:
+    """An install report, kept durably as telemetry (the report itself may be missed)."""
+    return TelemetryEvent(
+        kind="install",
+        priority=INSTALL_PRIORITY,
+        bundle_id=report.bundle_id,
+        release=report.release,
+        data=report.model_dump(mode="json", exclude_none=True),
     )
 
 

@@ -37,11 +37,10 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from agent.config import AgentConfig, FetchConfig, ProbationConfig
-from agent.daemon import SESSION_EXPIRY, device_status
-from agent.fetcher import MqttFetcher
+from agent.daemon import agent_fetcher, agent_link, device_status
 from agent.runtime import ModelHolder
 from agent.slots import SlotStore
-from agent.telemetry import INSTALL_PRIORITY, InferenceStats, LatencyWindow, inference_event
+from agent.telemetry import InferenceStats, LatencyWindow, inference_event, install_event
 from agent.updater import Installer, OfferWorker, ensure_trust_root
 from edgefleet import topics
 from edgefleet.errors import MessageError
@@ -53,7 +52,7 @@ from edgefleet.messages import (
     TelemetryEvent,
     decode_as,
 )
-from edgefleet.mqtt import BrokerAddress, Incoming, MqttLink, Will
+from edgefleet.mqtt import BrokerAddress, Incoming
 from edgefleet.topics import Down, Up
 
 logger = logging.getLogger(__name__)
@@ -122,25 +121,8 @@ class SimDevice:
         self.record = DeviceRecord(config.device_id)
         self.slots = SlotStore(config.data_dir)
         self.holder = ModelHolder()
-        offline = device_status(config.profile, None, online=False)
-        self.link = MqttLink(
-            client_id=config.device_id,
-            broker=config.broker_address,
-            clean_start=False,
-            session_expiry=SESSION_EXPIRY,
-            will=Will(topics.up(self.device_id, Up.STATUS), offline.to_bytes(), retain=True),
-            reconnect_min_delay=config.link.reconnect_min_s,
-            reconnect_max_delay=config.link.reconnect_max_s,
-        )
-        self.fetcher = MqttFetcher(
-            self.link,
-            self.device_id,
-            chunk_size=config.fetch.chunk_kib * 1024,
-            window=config.fetch.window,
-            timeout=config.fetch.timeout_s,
-            retries=config.fetch.retries,
-            part_dir=Path(config.data_dir) / "downloads" / "parts",
-        )
+        self.link = agent_link(config)
+        self.fetcher = agent_fetcher(self.link, config)
         self.installer = Installer(
             config=config,
             slots=self.slots,
@@ -200,14 +182,7 @@ class SimDevice:
         elif report.state == "failed":
             self.record.failure = report.reason
         self.link.publish(topics.up(self.device_id, Up.REPORT), report.to_bytes(), qos=1)
-        event = TelemetryEvent(
-            kind="install",
-            priority=INSTALL_PRIORITY,
-            bundle_id=report.bundle_id,
-            release=report.release,
-            data=report.model_dump(mode="json", exclude_none=True),
-        )
-        self.publish_event(event)
+        self.publish_event(install_event(report))
 
     def publish_event(self, event: TelemetryEvent, on_published: Any = None) -> None:
         self.link.publish(
