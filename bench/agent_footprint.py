@@ -107,6 +107,7 @@ def idle_agent_rss(tmp: Path, onnx_bytes: bytes, samples: np.ndarray) -> float:
 
     from control_plane.app import create_app
     from control_plane.broker import MosquittoBroker
+    from control_plane.demo import agent_config
     from control_plane.netutil import free_port
     from control_plane.settings import Settings
     from edgefleet.messages import BundleOffer
@@ -133,9 +134,14 @@ def idle_agent_rss(tmp: Path, onnx_bytes: bytes, samples: np.ndarray) -> float:
             port = free_port()
             config = tmp / "agent.toml"
             config.write_text(
-                f'device_id = "dev-footprint01"\nprofile = "x86-64-gateway-onnx"\n'
-                f'broker = "{broker.url}"\ndata_dir = "{tmp / "agent"}"\n'
-                f'trust_root = "{root}"\n[inference]\nport = {port}\n'
+                agent_config(
+                    device_id="dev-footprint01",
+                    profile="x86-64-gateway-onnx",
+                    broker=broker.url,
+                    data_dir=tmp / "agent",
+                    trust_root=root,
+                    port=port,
+                )
             )
             agent = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--config", str(config)],

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -24,10 +22,11 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from harness import register_model, wait_for
+from harness import build_bundle, register_model, roll_out, start_agent, wait_for
 
 from control_plane.app import create_app
 from control_plane.broker import MosquittoBroker
+from control_plane.demo import agent_config
 from control_plane.digits import DigitsModel, train_digits_model
 from control_plane.netutil import free_port
 from control_plane.settings import Settings
@@ -77,20 +76,19 @@ class Rig:
     def start_agent(self, env: dict[str, str] | None = None) -> None:
         config = self.tmp / "agent.toml"
         config.write_text(
-            f'device_id = "{DEVICE}"\nprofile = "{PROFILE}"\nbroker = "{self.broker.url}"\n'
-            f'data_dir = "{self.data_dir}"\ntrust_root = "{self.tmp / "root.json"}"\n'
-            f"[inference]\nport = {self.port}\n"
-            f"[link]\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n"
+            agent_config(
+                device_id=DEVICE,
+                profile=PROFILE,
+                broker=self.broker.url,
+                data_dir=self.data_dir,
+                trust_root=self.tmp / "root.json",
+                port=self.port,
+            )
+            + "[link]\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n"
             f"[probation]\n{self.probation}" + self.extra_config
         )
         self.starts += 1
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-            )
+        self.process = start_agent(config, self.log, env)
         wait_for(self.ready, "the agent's endpoint to answer")
         # The endpoint answers before the MQTT status has reached the control plane.
         wait_for(
@@ -115,24 +113,10 @@ class Rig:
             self.process.wait(20)
 
     def build(self, version: str) -> dict[str, Any]:
-        response = self.api.post(
-            "/api/v1/bundles", json={"model": "digits", "version": version, "profile": PROFILE}
-        )
-        assert response.status_code == 201, response.text
-        return dict(response.json())
+        return build_bundle(self.api, version, PROFILE)
 
     def roll_out(self, bundle_id: str) -> dict[str, Any]:
-        response = self.api.post(
-            "/api/v1/rollouts", json={"bundle_id": bundle_id, "device_ids": [DEVICE]}
-        )
-        assert response.status_code == 201, response.text
-        rollout_id = response.json()["id"]
-
-        def finished() -> dict[str, Any] | None:
-            rollout = self.api.get(f"/api/v1/rollouts/{rollout_id}").json()
-            return rollout if rollout["state"] != "in_progress" else None
-
-        return dict(wait_for(finished, f"rollout of {bundle_id} to finish"))
+        return roll_out(self.api, bundle_id, DEVICE)
 
     def offer(self, bundle_id: str, target: str, release: int) -> None:
         self.app.state.link.publish_offer(

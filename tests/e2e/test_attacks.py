@@ -11,11 +11,9 @@ from __future__ import annotations
 import glob
 import io
 import json
-import os
 import platform
 import shutil
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -27,12 +25,13 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from harness import register_model, wait_for
+from harness import build_bundle, register_model, start_agent, wait_for
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Timestamp
 
 from control_plane.app import create_app
 from control_plane.broker import MosquittoBroker
+from control_plane.demo import agent_config
 from control_plane.digits import DigitsModel, train_digits_model
 from control_plane.netutil import free_port
 from control_plane.settings import Settings
@@ -79,13 +78,7 @@ class Target:
         self.agent = self.start_agent()
 
     def start_agent(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        with self.log.open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-            )
+        return start_agent(self.config, self.log, env)
 
     def restart_agent(self, env: dict[str, str] | None = None) -> None:
         self.stop_agent()
@@ -104,11 +97,7 @@ class Target:
         self.agent.wait(15)
 
     def build(self, version: str) -> dict[str, Any]:
-        response = self.api.post(
-            "/api/v1/bundles", json={"model": "digits", "version": version, "profile": PROFILE}
-        )
-        assert response.status_code == 201, response.text
-        return dict(response.json())
+        return build_bundle(self.api, version, PROFILE)
 
     def offer(self, bundle_id: str, target: str, release: int) -> dict[str, Any]:
         """Offer directly (as a rollout would) and wait for the final report."""
@@ -157,9 +146,14 @@ def target(tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel) -> Iter
         port = free_port()
         config = tmp_path / "agent.toml"
         config.write_text(
-            f'device_id = "{DEVICE}"\nprofile = "{PROFILE}"\nbroker = "{broker.url}"\n'
-            f'data_dir = "{tmp_path / "agent"}"\ntrust_root = "{root}"\n'
-            f"[inference]\nport = {port}\n"
+            agent_config(
+                device_id=DEVICE,
+                profile=PROFILE,
+                broker=broker.url,
+                data_dir=tmp_path / "agent",
+                trust_root=root,
+                port=port,
+            )
         )
         harness = Target(api, app, broker, port, config, tmp_path / "agent.log")
         try:

@@ -28,9 +28,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from harness import wait_for
+from harness import start_agent, wait_for
 
 from control_plane.broker import MosquittoBroker
+from control_plane.demo import agent_config
 from control_plane.digits import train_digits_model
 from control_plane.netutil import free_port
 from edgefleet import topics
@@ -149,17 +150,16 @@ def _start_agent(root: Path, broker: MosquittoBroker, api: httpx.Client) -> subp
     trust_root.write_bytes(api.get("/api/v1/trust/root").content)
     config = root / "agent.toml"
     config.write_text(
-        f'device_id = "{AGENT}"\nprofile = "{PROFILE}"\nbroker = "{broker.url}"\n'
-        f'data_dir = "{root / "agent"}"\ntrust_root = "{trust_root}"\n'
-        f"[inference]\nport = {free_port()}\n"
-    )
-    with (root / "agent.log").open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+        agent_config(
+            device_id=AGENT,
+            profile=PROFILE,
+            broker=broker.url,
+            data_dir=root / "agent",
+            trust_root=trust_root,
+            port=free_port(),
         )
+    )
+    return start_agent(config, root / "agent.log")
 
 
 def _simulate_devices(broker: MosquittoBroker, bundle: dict[str, Any]) -> None:

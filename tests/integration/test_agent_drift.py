@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +10,11 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from harness import wait_for
+from harness import start_agent, wait_for
 
 from control_plane.app import create_app
 from control_plane.broker import MosquittoBroker
+from control_plane.demo import agent_config
 from control_plane.digits import DigitsModel, train_digits_model
 from control_plane.netutil import free_port
 from control_plane.retrain_digits import shift_digits
@@ -50,16 +49,17 @@ def served(
         port = free_port()
         config = tmp_path / "agent.toml"
         config.write_text(
-            f'device_id = "{DEVICE}"\nprofile = "{PROFILE}"\nbroker = "{broker.url}"\n'
-            f'data_dir = "{tmp_path / "agent"}"\ntrust_root = "{root}"\n'
-            f"[inference]\nport = {port}\n[drift]\nsample_size = {SAMPLE_SIZE}\n"
-        )
-        with (tmp_path / "agent.log").open("wb") as log:
-            agent = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
+            agent_config(
+                device_id=DEVICE,
+                profile=PROFILE,
+                broker=broker.url,
+                data_dir=tmp_path / "agent",
+                trust_root=root,
+                port=port,
             )
+            + f"[drift]\nsample_size = {SAMPLE_SIZE}\n"
+        )
+        agent = start_agent(config, tmp_path / "agent.log")
         try:
             wait_for(
                 lambda: api.get(f"/api/v1/devices/{DEVICE}").status_code == 200,

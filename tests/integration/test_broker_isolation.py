@@ -13,7 +13,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from harness import wait_for
+from harness import Inbox, wait_for
 
 from control_plane.app import create_app
 from control_plane.broker import MAX_PACKET_SIZE, MosquittoBroker
@@ -31,7 +30,7 @@ from control_plane.broker_security import BrokerAuthFiles, add_control_user, wri
 from control_plane.settings import Settings
 from edgefleet import topics
 from edgefleet.messages import TelemetryEvent
-from edgefleet.mqtt import BrokerAddress, Incoming, MqttLink
+from edgefleet.mqtt import BrokerAddress, MqttLink
 
 pytestmark = pytest.mark.integration
 
@@ -42,25 +41,6 @@ OBSERVER_USER = "cp-observer01"
 PROBE_DEVICE = "dev-probe00001"
 PROBE_TOPIC = "fleet/dev-nobody0001/up/probe"
 TIMEOUT = 20.0
-
-
-@dataclass
-class Inbox:
-    """Messages one link received, in arrival order."""
-
-    messages: list[Incoming] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __call__(self, message: Incoming) -> None:
-        with self._lock:
-            self.messages.append(message)
-
-    def on(self, topic: str) -> list[bytes]:
-        with self._lock:
-            return [m.payload for m in self.messages if m.topic == topic]
-
-    def wait_for_payload(self, topic: str, payload: bytes) -> None:
-        wait_for(lambda: payload in self.on(topic), f"{payload!r} on {topic}")
 
 
 @dataclass

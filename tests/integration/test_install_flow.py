@@ -8,11 +8,8 @@ the model it had.
 
 from __future__ import annotations
 
-import io
 import json
 import platform
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +19,11 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from harness import wait_for
+from harness import build_bundle, register_model, roll_out, start_agent, wait_for
 
 from control_plane.app import create_app
 from control_plane.broker import MosquittoBroker
+from control_plane.demo import agent_config
 from control_plane.digits import DigitsModel, train_digits_model
 from control_plane.netutil import free_port
 from control_plane.settings import Settings
@@ -55,24 +53,10 @@ class Fleet:
     agent_log: Path
 
     def build(self, version: str) -> dict[str, Any]:
-        response = self.api.post(
-            "/api/v1/bundles", json={"model": "digits", "version": version, "profile": PROFILE}
-        )
-        assert response.status_code == 201, response.text
-        return dict(response.json())
+        return build_bundle(self.api, version, PROFILE)
 
     def roll_out(self, bundle_id: str) -> dict[str, Any]:
-        response = self.api.post(
-            "/api/v1/rollouts", json={"bundle_id": bundle_id, "device_ids": [DEVICE]}
-        )
-        assert response.status_code == 201, response.text
-        rollout_id = response.json()["id"]
-
-        def finished() -> dict[str, Any] | None:
-            rollout = self.api.get(f"/api/v1/rollouts/{rollout_id}").json()
-            return rollout if rollout["state"] != "in_progress" else None
-
-        return dict(wait_for(finished, f"rollout of {bundle_id} to finish"))
+        return roll_out(self.api, bundle_id, DEVICE)
 
     def device(self) -> dict[str, Any]:
         return dict(self.api.get(f"/api/v1/devices/{DEVICE}").json())
@@ -94,23 +78,23 @@ def fleet(tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel) -> Itera
     app = create_app(settings)
     with TestClient(app) as api:
         for version in ("1", "2"):
-            register_model(api, version, digits)
+            register_model(api, digits.onnx_bytes, digits.samples, version=version)
         root = tmp_path / "root.json"
         root.write_bytes(api.get("/api/v1/trust/root").content)
         port = free_port()
         config = tmp_path / "agent.toml"
         config.write_text(
-            f'device_id = "{DEVICE}"\nprofile = "{PROFILE}"\nbroker = "{broker.url}"\n'
-            f'data_dir = "{tmp_path / "agent"}"\ntrust_root = "{root}"\n'
-            f"[inference]\nport = {port}\n"
+            agent_config(
+                device_id=DEVICE,
+                profile=PROFILE,
+                broker=broker.url,
+                data_dir=tmp_path / "agent",
+                trust_root=root,
+                port=port,
+            )
         )
         log = tmp_path / "agent.log"
-        with log.open("wb") as out:
-            agent = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        agent = start_agent(config, log)
         try:
             fleet = Fleet(api=api, app=app, broker=broker, agent_port=port, agent_log=log)
             wait_for(
@@ -124,17 +108,6 @@ def fleet(tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel) -> Itera
         finally:
             agent.terminate()
             agent.wait(15)
-
-
-def register_model(api: TestClient, version: str, digits: DigitsModel) -> None:
-    samples = io.BytesIO()
-    np.save(samples, digits.samples, allow_pickle=False)
-    response = api.post(
-        "/api/v1/models",
-        data={"name": "digits", "version": version},
-        files={"model": ("m.onnx", digits.onnx_bytes), "samples": ("s.npy", samples.getvalue())},
-    )
-    assert response.status_code == 201, response.text
 
 
 @pytest.fixture

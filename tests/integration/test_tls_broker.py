@@ -9,7 +9,6 @@ path arrives, so anything the attack let through would have arrived before it.
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from cryptography import x509
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from harness import wait_for
+from harness import Inbox, wait_for
 from tls_fleet import (
     CONTROL,
     TIMEOUT,
@@ -34,33 +33,12 @@ from control_plane.app import create_app
 from control_plane.pki import CertificateAuthority, cert_to_pem, key_to_pem, read_revoked
 from edgefleet import topics
 from edgefleet.fileio import atomic_write
-from edgefleet.mqtt import Incoming, MqttLink, TlsOptions
+from edgefleet.mqtt import MqttLink, TlsOptions
 
 pytestmark = pytest.mark.integration
 
 ALICE = "dev-alice0001"
 BOB = "dev-bob000001"
-
-
-@dataclass
-class Inbox:
-    messages: list[Incoming] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __call__(self, message: Incoming) -> None:
-        with self._lock:
-            self.messages.append(message)
-
-    def on(self, topic: str) -> list[bytes]:
-        with self._lock:
-            return [m.payload for m in self.messages if m.topic == topic]
-
-    def topics(self) -> set[str]:
-        with self._lock:
-            return {m.topic for m in self.messages}
-
-    def wait_for_payload(self, topic: str, payload: bytes) -> None:
-        wait_for(lambda: payload in self.on(topic), f"{payload!r} on {topic}")
 
 
 @dataclass
