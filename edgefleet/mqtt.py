@@ -218,8 +218,10 @@ class MqttLink:
         self._session_expiry = session_expiry
         self._keepalive = keepalive
         self._connected = threading.Event()
+        self._subscribed = threading.Event()  # connected, and every SUBSCRIBE acknowledged
         self._lock = threading.Lock()
         self._subscriptions: list[_Subscription] = []
+        self._unacked_subscribes: set[int] = set()
         self._on_connect_callbacks: list[Callable[[], None]] = []
         self._started = False
         self._stopping = False
@@ -247,6 +249,7 @@ class MqttLink:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
+        client.on_subscribe = self._handle_subscribe
         client.on_socket_open = self._handle_socket_open
         client.on_publish = self._handle_publish
         self._client = client
@@ -286,6 +289,14 @@ class MqttLink:
         """Block until connected or ``timeout`` seconds pass; True when connected."""
         return self._connected.wait(timeout)
 
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Block until connected with every subscription acknowledged by the broker.
+
+        Connected is not enough for a subscriber: until its SUBACK, the broker may route
+        a message published on another connection past the subscription.
+        """
+        return self._subscribed.wait(timeout)
+
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -314,11 +325,18 @@ class MqttLink:
         handler (or whoever it hands the message to) calls ``Incoming.ack``.
         """
         sub = _Subscription(topic_filter, handler, qos, shared_group, deferred_ack)
+        self._client.message_callback_add(topic_filter, self._dispatcher(sub))
         with self._lock:
             self._subscriptions.append(sub)
-        self._client.message_callback_add(topic_filter, self._dispatcher(sub))
-        if self.connected:
-            self._client.subscribe(sub.wire_filter, qos=qos)
+            if self.connected:
+                self._send_subscribe(sub)
+
+    def _send_subscribe(self, sub: _Subscription) -> None:
+        """SUBSCRIBE, counted until its SUBACK (call with ``_lock`` held)."""
+        result, mid = self._client.subscribe(sub.wire_filter, qos=sub.qos)
+        if result == paho.MQTT_ERR_SUCCESS and mid is not None:
+            self._subscribed.clear()
+            self._unacked_subscribes.add(mid)
 
     def publish(
         self,
@@ -445,20 +463,30 @@ class MqttLink:
                 "mqtt connect refused client_id=%s reason=%s", self.client_id, reason_code
             )
             return
-        with self._lock:
-            subscriptions = list(self._subscriptions)
-            callbacks = list(self._on_connect_callbacks)
-        for sub in subscriptions:
-            client.subscribe(sub.wire_filter, qos=sub.qos)
         if isinstance(client, _JitteredClient):
             client._attempt = 0
-        self._connected.set()
+        with self._lock:
+            self._connected.set()
+            self._unacked_subscribes.clear()
+            for sub in self._subscriptions:
+                self._send_subscribe(sub)
+            if not self._unacked_subscribes:
+                self._subscribed.set()
+            callbacks = list(self._on_connect_callbacks)
         logger.info("mqtt connected client_id=%s broker=%s", self.client_id, self.broker.url())
         for callback in callbacks:
             try:
                 callback()
             except Exception:
                 logger.exception("on_connect callback failed client_id=%s", self.client_id)
+
+    def _handle_subscribe(
+        self, _client: paho.Client, _userdata: Any, mid: int, _codes: Any, _properties: Any
+    ) -> None:
+        with self._lock:
+            self._unacked_subscribes.discard(mid)
+            if not self._unacked_subscribes and self._connected.is_set():
+                self._subscribed.set()
 
     def _handle_disconnect(
         self,
@@ -470,5 +498,6 @@ class MqttLink:
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        self._subscribed.clear()
         if was_connected and not self._stopping:
             logger.warning("mqtt disconnected client_id=%s reason=%s", self.client_id, reason_code)

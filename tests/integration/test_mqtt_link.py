@@ -44,7 +44,7 @@ def test_request_properties_reach_the_subscriber(
     client = make_link(broker)
     links += [server, client]
     server.subscribe(f"{prefix}/req", received.put)
-    assert server.wait_connected(TIMEOUT) and client.wait_connected(TIMEOUT)
+    assert server.wait_subscribed(TIMEOUT) and client.wait_connected(TIMEOUT)
     client.publish(
         f"{prefix}/req",
         b"\x00\x01binary",
@@ -69,8 +69,8 @@ def test_shared_subscription_delivers_each_message_to_one_member(
     links += [a, b, publisher]
     a.subscribe(f"{prefix}/+/up", got_a.put, shared_group="g")
     b.subscribe(f"{prefix}/+/up", got_b.put, shared_group="g")
-    for link in links:
-        assert link.wait_connected(TIMEOUT)
+    assert a.wait_subscribed(TIMEOUT) and b.wait_subscribed(TIMEOUT)
+    assert publisher.wait_connected(TIMEOUT)
     for i in range(20):
         publisher.publish(f"{prefix}/{i}/up", str(i).encode(), wait=TIMEOUT)
     seen: list[bytes] = []
@@ -94,7 +94,7 @@ def test_link_connects_once_a_broker_appears_later(
     with pytest.raises(TransportError, match="not connected"):
         link.publish(f"{prefix}/x", b"early", wait=1.0)
     broker.start()
-    assert link.wait_connected(TIMEOUT)
+    assert link.wait_subscribed(TIMEOUT)
     link.publish(f"{prefix}/x", b"late", wait=TIMEOUT)
     payloads = {received.get(timeout=TIMEOUT).payload for _ in range(2)}
     # paho queued the message published while offline and sent it after reconnect.
@@ -132,7 +132,7 @@ def test_last_will_is_published_when_a_link_dies(
     watcher = make_link(broker)
     links.append(watcher)
     watcher.subscribe(f"{prefix}/status", received.put)
-    assert watcher.wait_connected(TIMEOUT)
+    assert watcher.wait_subscribed(TIMEOUT)
     doomed = MqttLink(
         client_id="cp-doomed1",
         broker=broker.address,
@@ -167,7 +167,7 @@ def test_a_deferred_ack_message_comes_back_to_the_resumed_session_until_acked(
         )
         link.subscribe(f"{prefix}/events", received.put, deferred_ack=True)
         link.start()
-        assert link.wait_connected(TIMEOUT)
+        assert link.wait_subscribed(TIMEOUT)
         return link, received
 
     consumer, received = session()
