@@ -25,8 +25,8 @@ import numpy as np
 
 from agent import __version__
 from agent.config import AgentConfig
+from agent.credentials import Credentials, load_credentials
 from agent.drift import DriftSupervisor
-from agent.enrol import Credentials, load_credentials
 from agent.errors import ConfigError, RuntimeLoadError, SlotError
 from agent.fetcher import MqttFetcher
 from agent.forwarder import Forwarder
@@ -38,6 +38,7 @@ from agent.slots import SlotStore, read_slot_manifest
 from agent.spool import Spool
 from agent.telemetry import InferenceStats, inference_event, install_event, resource_event
 from agent.updater import Installer, OfferWorker, ensure_trust_root
+from agent.verifier import InProcessVerifier, ProcessVerifier, ResumingTransport, downloads_dir
 from edgefleet import topics
 from edgefleet.bundle import verify_directory
 from edgefleet.errors import BundleError, MessageError, TransportError
@@ -93,7 +94,7 @@ def agent_link(config: AgentConfig, credentials: Credentials | None = None) -> M
 
 
 def agent_fetcher(link: MqttLink, config: AgentConfig) -> MqttFetcher:
-    """TUF's transport over ``link``, sized by ``[fetch]``, resuming under ``downloads/parts``."""
+    """Repository files over ``link``, sized by ``[fetch]``, resumable in ``downloads/parts``."""
     return MqttFetcher(
         link,
         config.device_id,
@@ -101,8 +102,27 @@ def agent_fetcher(link: MqttLink, config: AgentConfig) -> MqttFetcher:
         window=config.fetch.window,
         timeout=config.fetch.timeout_s,
         retries=config.fetch.retries,
-        part_dir=Path(config.data_dir) / "downloads" / "parts",
+        part_dir=downloads_dir(config.data_dir) / "parts",
     )
+
+
+def agent_verifier(
+    link: MqttLink, config: AgentConfig, *, isolated: bool = True
+) -> ProcessVerifier | InProcessVerifier:
+    """TUF verification fed by ``link``, waiting out broker outages per ``[fetch]``.
+
+    ``isolated`` (the daemon) runs each verification in a child process, so python-tuf
+    never enters the agent's own memory; the fleet simulator runs it in-process.
+    """
+    transport = ResumingTransport(
+        agent_fetcher(link, config),
+        link_ready=link.wait_connected,
+        attempts=config.fetch.resume_attempts,
+        wait_s=config.fetch.reconnect_wait_s,
+    )
+    if isolated:
+        return ProcessVerifier(config.data_dir, transport)
+    return InProcessVerifier(config.data_dir, transport)
 
 
 def status_path(data_dir: Path) -> Path:
@@ -156,7 +176,6 @@ class Agent:
             self.link = agent_link(config, credentials)
         except TransportError as e:  # a missing certificate: not enrolled yet
             raise ConfigError(f"{e} (run `edgefleet-agent enrol` first?)", field="tls") from e
-        self.fetcher = agent_fetcher(self.link, config)
         self.spool = Spool(
             Path(config.data_dir) / SPOOL_FILE,
             max_bytes=int(config.telemetry.spool_max_mb * 2**20),
@@ -174,11 +193,10 @@ class Agent:
             config=config,
             slots=self.slots,
             holder=self.holder,
-            fetcher=self.fetcher,
+            verifier=agent_verifier(self.link, config),
             report=self.publish_report,
             on_active=self.publish_status,
             stats=self.stats,
-            link_ready=self.link.wait_connected,
             shadow=self.shadow,
         )
         self.worker = OfferWorker(self.installer)

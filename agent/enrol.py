@@ -13,7 +13,8 @@ depends on the broker:
   in the answer; it is written to ``cert_file``, and the CA to ``ca_file`` when that
   file does not exist yet.
 
-The daemon reads these files at start-up and connects with them. Uses the standard
+The daemon reads these files at start-up (``agent.credentials``, which does not
+import ``cryptography``) and connects with them. Uses the standard
 library's HTTP client and ``cryptography`` so the agent stays free of extra
 dependencies. An ``https://`` control plane is verified with ``ca_file`` (the
 ``--ca-file`` option), else the config's ``[tls] ca_file`` if it exists, else the
@@ -38,12 +39,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.config import AgentConfig, TlsConfig
+from agent.credentials import Credentials, credentials_path
 from agent.errors import AgentError
 from edgefleet.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
-CREDENTIALS_FILE = "credentials.json"
 TIMEOUT_S = 30.0
 
 
@@ -57,39 +58,12 @@ class EnrolmentError(AgentError):
 
 
 @dataclass(frozen=True)
-class Credentials:
-    """The device's broker login; ``repr`` never shows the password."""
-
-    username: str
-    password: str
-
-    def __repr__(self) -> str:
-        return f"Credentials(username={self.username!r}, password=***)"
-
-
-@dataclass(frozen=True)
 class CertificateCredentials:
     """The device's client certificate and the private key that never left it."""
 
     username: str
     cert_file: Path
     key_file: Path
-
-
-def credentials_path(data_dir: Path) -> Path:
-    return Path(data_dir) / CREDENTIALS_FILE
-
-
-def load_credentials(data_dir: Path) -> Credentials | None:
-    """The saved credentials, or None before enrolment (an anonymous broker needs none)."""
-    path = credentials_path(data_dir)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return Credentials(username=str(raw["username"]), password=str(raw["password"]))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise EnrolmentError(f"cannot read {path}: {e}") from e
 
 
 def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:

@@ -1,26 +1,27 @@
-"""TUF transport over MQTT request/response: ``mqtt://repo/<path>`` -> chunks.
+"""The signed repository's files over MQTT request/response: a path -> its chunks.
 
-python-tuf's ngclient asks a ``FetcherInterface`` for URLs; this one maps
-``mqtt://repo/metadata/<file>`` and ``mqtt://repo/targets/<file>`` to repository
-paths and pulls them as ``FetchRequest`` chunks on ``fleet/<dev>/up/fetch``. The
-control plane answers on ``fleet/<dev>/down/fetch`` with the request's correlation
-data, the raw bytes, and ``status``/``total``/``offset`` user properties.
+``MqttFetcher.stream("metadata/<file>")`` or ``stream("targets/<file>")`` pulls a
+file as ``FetchRequest`` chunks on ``fleet/<dev>/up/fetch``. The control plane
+answers on ``fleet/<dev>/down/fetch`` with the request's correlation data, the raw
+bytes, and ``status``/``total``/``offset`` user properties. It only moves bytes:
+TUF verification happens elsewhere (``agent.tuf_client``, normally in a child
+process, see ``agent.verifier``), which is why this module never imports python-tuf.
 
 Several chunks are kept in flight (a window of about 1 MiB) so a download costs a
 few round trips, not one per chunk. Every wait is bounded: a chunk not answered in
 ``timeout`` seconds is asked for again, up to ``retries`` times, each time waiting
 twice as long (an overloaded control plane is not answered with more requests: the
 fleet benchmark saw thousands of re-asked chunks at a fixed timeout), then the fetch
-fails with ``DownloadError``.
+fails with ``TransferError``.
 
 Target downloads resume: with ``part_dir`` set, every in-order chunk of a
-``targets/`` file is appended to ``<part_dir>/<name>.part`` as it is handed to
-ngclient. A later fetch of the same path (after a broker outage or an agent
-restart) first replays the ``.part`` bytes and asks the control plane only for the
-rest. Target names carry their SHA-256 (consistent snapshots), so a ``.part`` can
-only ever belong to the same content. Each chunk is checked as it arrives (offset,
-length, constant total); ngclient still checks the whole file's length and hashes,
-and the installer drops the ``.part`` files of a download that failed them.
+``targets/`` file is appended to ``<part_dir>/<name>.part`` as it is handed on. A
+later fetch of the same path (after a broker outage or an agent restart) first
+replays the ``.part`` bytes and asks the control plane only for the rest. Target
+names carry their SHA-256 (consistent snapshots), so a ``.part`` can only ever
+belong to the same content. Each chunk is checked as it arrives (offset, length,
+constant total); TUF still checks the whole file's length and hashes, and the
+verifier drops the ``.part`` files of a download that failed them.
 """
 
 from __future__ import annotations
@@ -32,15 +33,12 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import unquote, urlsplit
 
-from tuf.api.exceptions import DownloadError, DownloadHTTPError
-from tuf.ngclient.fetcher import FetcherInterface
-
+from agent.errors import TransferError
 from edgefleet import topics
 from edgefleet.messages import (
     FETCH_MAX_CHUNK,
@@ -55,7 +53,6 @@ from edgefleet.topics import Down, Up
 
 logger = logging.getLogger(__name__)
 
-REPO_HOST = "repo"
 DEFAULT_CHUNK = 128 * 1024
 DEFAULT_WINDOW = 8
 FSYNC_EVERY = 1024 * 1024
@@ -72,19 +69,17 @@ class _Pending:
     attempts: int = 1
 
 
-def repository_path(url: str) -> str:
-    """``mqtt://repo/metadata/root.json`` -> ``metadata/root.json``; DownloadError otherwise."""
-    parts = urlsplit(url)
-    path = unquote(parts.path).lstrip("/")
-    if parts.scheme != "mqtt" or parts.hostname != REPO_HOST or parts.query or parts.fragment:
-        raise DownloadError(f"not an mqtt://{REPO_HOST}/ URL: {url}")
-    kind, _, name = path.partition("/")
-    if kind not in ("metadata", "targets") or not name or "/" in name:
-        raise DownloadError(f"unsupported repository path {path!r} in {url}")
-    return path
+def _bounded(chunks: Generator[bytes, None, None], max_length: int) -> Iterator[bytes]:
+    given = 0
+    with contextlib.closing(chunks):
+        for chunk in chunks:
+            yield chunk
+            given += len(chunk)
+            if given > max_length:
+                return
 
 
-class MqttFetcher(FetcherInterface):
+class MqttFetcher:
     """Fetches repository files in windowed chunks over one device's MQTT link."""
 
     def __init__(
@@ -126,13 +121,18 @@ class MqttFetcher(FetcherInterface):
             return
         waiter.put(incoming)
 
-    # -- FetcherInterface ----------------------------------------------------------
+    # -- fetching ------------------------------------------------------------------
 
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        path = repository_path(url)
+    def stream(self, path: str, max_length: int) -> Iterator[bytes]:
+        """The bytes of repository ``path`` in order; ``TransferError`` when it fails.
+
+        Stops asking once more than ``max_length`` bytes were handed on (the caller
+        refuses such a file: a repository that serves endless data costs one chunk
+        past the bound, not a full disk).
+        """
         if not self._link.connected:
-            raise DownloadError(f"cannot fetch {path}: not connected to the broker")
-        return self._stream(path)
+            raise TransferError(f"cannot fetch {path}: not connected to the broker")
+        return _bounded(self._stream(path), max_length)
 
     def part_path(self, path: str) -> Path | None:
         """Where a partial download of repository ``path`` is kept (targets only)."""
@@ -147,7 +147,7 @@ class MqttFetcher(FetcherInterface):
                 with contextlib.suppress(OSError):
                     part.unlink()
 
-    def _stream(self, path: str) -> Iterator[bytes]:
+    def _stream(self, path: str) -> Generator[bytes, None, None]:
         part = self.part_path(path)
         start = 0
         if part is not None and part.exists():
@@ -169,7 +169,7 @@ class MqttFetcher(FetcherInterface):
                 sink.close()
         if part is not None:
             with contextlib.suppress(OSError):
-                part.unlink()  # complete: ngclient holds the bytes and checks them now
+                part.unlink()  # complete: the caller holds the bytes and checks them now
 
     def _stream_from(self, path: str, start: int, sink: BinaryIO | None) -> Iterator[bytes]:
         responses: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
@@ -177,7 +177,7 @@ class MqttFetcher(FetcherInterface):
         received: dict[int, bytes] = {}
         total: int | None = None
         next_request = start  # first offset not yet asked for
-        next_yield = start  # first offset not yet handed to ngclient
+        next_yield = start  # first offset not yet handed on
         unsynced = 0
 
         def send(offset: int, length: int, attempts: int = 1) -> None:
@@ -255,7 +255,7 @@ class MqttFetcher(FetcherInterface):
             with self._lock:
                 self._waiters.pop(correlation, None)
             if entry.attempts > self.retries:
-                raise DownloadError(
+                raise TransferError(
                     f"fetch {path} offset={entry.offset}: no answer after "
                     f"{entry.attempts} attempts (first waited {self.timeout}s, doubling)"
                 )
@@ -279,22 +279,22 @@ class MqttFetcher(FetcherInterface):
             status = 0
         if status != 200:
             reason = props.get(FETCH_REASON) or f"fetch of {path} refused"
-            raise DownloadHTTPError(f"{path}: {reason}", status or 500)
+            raise TransferError(f"{path}: {reason}", status=status or 500)
         try:
             claimed_total = int(props[FETCH_TOTAL])
             offset = int(props.get(FETCH_OFFSET, str(entry.offset)))
         except (KeyError, ValueError) as e:
-            raise DownloadError(f"fetch {path}: response lacks a valid total/offset") from e
+            raise TransferError(f"fetch {path}: response lacks a valid total/offset") from e
         if entry.offset > claimed_total:
-            raise DownloadError(f"fetch {path}: resume offset {entry.offset} past its end")
+            raise TransferError(f"fetch {path}: resume offset {entry.offset} past its end")
         if offset != entry.offset:
-            raise DownloadError(f"fetch {path}: asked offset {entry.offset}, got {offset}")
+            raise TransferError(f"fetch {path}: asked offset {entry.offset}, got {offset}")
         if total is not None and claimed_total != total:
-            raise DownloadError(f"fetch {path}: file length changed during download")
+            raise TransferError(f"fetch {path}: file length changed during download")
         data = incoming.payload
         expected = max(0, min(entry.length, claimed_total - entry.offset))
         if len(data) > expected or (expected and not data):
-            raise DownloadError(
+            raise TransferError(
                 f"fetch {path} offset={entry.offset}: got {len(data)} bytes, expected {expected}"
             )
         return claimed_total, data

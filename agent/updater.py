@@ -1,4 +1,4 @@
-"""Offer -> install pipeline: TUF verify, download, unpack, smoke test, switch, probation.
+"""Offer -> install pipeline: verify, download, unpack, smoke test, switch, probation.
 
 Offers and commands arrive on the network thread and are queued to one worker
 thread (``OfferWorker``), which runs them in turn and, between them, ticks the
@@ -16,10 +16,9 @@ back on the next start. The steps and the reports they send::
                  previous slot serves again
     failed       any step refused: the current model keeps serving, active.json untouched
 
-TUF's Updater trusts only signed metadata: the offer is a hint, never evidence.
-Its expiry checks trust the device clock, so the clock is first checked against
-the time floor (``agent.timefloor``).
-ngclient alone would accept an older bundle still listed in newer metadata, so the
+The signed metadata is verified by a ``Verifier`` (``agent.verifier``: normally a
+short-lived child process running python-tuf; the offer is a hint, never evidence).
+TUF alone would accept an older bundle still listed in newer metadata, so the
 release counter is checked here against the highest release ever installed.
 """
 
@@ -35,37 +34,37 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from tuf.api.exceptions import DownloadError, DownloadHTTPError, RepositoryError
-from tuf.api.metadata import TargetFile
-from tuf.ngclient import Updater
-from tuf.ngclient.fetcher import FetcherInterface
 
 from agent.config import AgentConfig
-from agent.errors import AgentError, InstallError, SlotError
+from agent.errors import AgentError, InstallError, SlotError, TransferError
 from agent.journal import Journal, JournalEvent, JournalRecord, resume_action
 from agent.runtime import ActiveModel, ModelHolder, load_runtime
 from agent.shadow import ShadowRunner
 from agent.slots import ActiveRecord, SlotName, SlotStore, read_slot_manifest
 from agent.smoke import run_smoke_test
 from agent.telemetry import InferenceStats, probation_breach
-from agent.timefloor import TimeFloor
+from agent.verifier import SignedBundle, Verifier, tuf_metadata_dir
 from edgefleet.bundle import Manifest, unpack_bundle, verify_directory
 from edgefleet.errors import BundleError
 from edgefleet.messages import BundleOffer, DeviceCommand, InstallReport, InstallState
 
 logger = logging.getLogger(__name__)
 
-METADATA_BASE_URL = "mqtt://repo/metadata/"
-TARGET_BASE_URL = "mqtt://repo/targets/"
-
 ReportSink = Callable[[InstallReport], None]
-REFUSALS = (AgentError, BundleError, RepositoryError, DownloadError, OSError, ValueError)
+REFUSALS = (AgentError, BundleError, OSError, ValueError)
 """What a bad bundle, bad metadata or a broken transfer raises: refused, never a crash."""
 DISK_MARGIN_BYTES = 32 * 1024 * 1024
 """Free space always left on the data dir's filesystem after a download and unpack."""
+
+
+def signed_custom(signed: SignedBundle) -> TargetCustom:
+    """The signed target's custom fields, checked; ``InstallError`` names what is wrong."""
+    try:
+        return TargetCustom.model_validate(signed.custom)
+    except ValidationError as e:
+        raise InstallError(f"signed target has invalid custom fields: {e.errors()[0]}") from e
 
 
 def tree_size(path: Path) -> int:
@@ -89,10 +88,6 @@ class TargetCustom(BaseModel):
     model_version: str | None = None
     profiles: list[str] = Field(default_factory=list)
     hardware: list[str] = Field(default_factory=list)
-
-
-def tuf_metadata_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "tuf" / "metadata"
 
 
 def ensure_trust_root(config: AgentConfig) -> Path:
@@ -122,28 +117,25 @@ class Installer:
         config: AgentConfig,
         slots: SlotStore,
         holder: ModelHolder,
-        fetcher: FetcherInterface,
+        verifier: Verifier,
         report: ReportSink,
         on_active: Callable[[], None] = lambda: None,
         machine: str | None = None,
         stats: InferenceStats | None = None,
-        link_ready: Callable[[float], bool] = lambda _timeout: True,
         clock: Callable[[], float] = time.monotonic,
         shadow: ShadowRunner | None = None,
     ) -> None:
         self.config = config
         self.slots = slots
         self.holder = holder
-        self.fetcher = fetcher
+        self.verifier = verifier
         self.report = report
         self.on_active = on_active
         self.machine = machine or platform.machine()
         self.stats = stats or InferenceStats()
-        self.link_ready = link_ready
         self.clock = clock
         self.shadow = shadow
         self.journal = Journal(config.data_dir)
-        self.time_floor = TimeFloor(config.data_dir)
         self._probation_started: float | None = None
 
     # -- install ---------------------------------------------------------------------
@@ -201,24 +193,24 @@ class Installer:
         send: Callable[..., InstallReport],
         started: float,
     ) -> InstallReport:
-        updater, info, custom = self._verified_target(offer)
-        active = self.slots.read_active()
-        if self._check_signed(offer, custom, active):
-            logger.info("bundle already active bundle_id=%s", offer.bundle_id)
-            self.journal.fire(record, "error", reason="already active")
-            return send("active", install_seconds=time.monotonic() - started)
-        slot = self.slots.inactive_slot(active)
-        self._check_disk_budget(info, self.slots.slot_dir(slot))
+        ensure_trust_root(self.config)
+        with self.verifier.open(offer.target) as signed:
+            custom = signed_custom(signed)
+            active = self.slots.read_active()
+            if self._check_signed(offer, custom, active):
+                logger.info("bundle already active bundle_id=%s", offer.bundle_id)
+                self.journal.fire(record, "error", reason="already active")
+                return send("active", install_seconds=time.monotonic() - started)
+            slot = self.slots.inactive_slot(active)
+            self._check_disk_budget(signed.length, self.slots.slot_dir(slot))
 
-        record = self.journal.fire(record, "start")
-        path = updater.find_cached_target(info) or self._retrying(
-            lambda: updater.download_target(info)
-        )
+            record = self.journal.fire(record, "start")
+            path = signed.download()
         record = self.journal.fire(record, "downloaded")
         send("verified")
 
         slot_dir = self.slots.prepare_slot(slot)
-        manifest = self._unpack_checked(Path(path), slot_dir, custom)
+        manifest = self._unpack_checked(path, slot_dir, custom)
         record = self.journal.fire(record, "unpacked", slot=slot)
         send("staged")
 
@@ -256,20 +248,17 @@ class Installer:
         )
         final = send("active", install_seconds=elapsed)
         self.on_active()
-        with contextlib.suppress(OSError):  # only a cache; ngclient re-downloads
-            Path(path).unlink()
+        with contextlib.suppress(OSError):  # only a cache; TUF re-downloads
+            path.unlink()
         self.tick()
         return final
 
-    def _refusal_reason(self, e: Exception) -> str:
-        """One line saying why, for the report; a bad final hash also drops partial bytes."""
-        reason = e.reason if isinstance(e, InstallError | BundleError) else str(e)
+    @staticmethod
+    def _refusal_reason(e: Exception) -> str:
+        """One line saying why, for the report."""
+        reason = e.reason if isinstance(e, InstallError | BundleError | TransferError) else str(e)
         if isinstance(e, BundleError) and e.file:
             reason = f"{e.file}: {e.reason}"
-        if isinstance(e, RepositoryError | DownloadError):
-            reason = f"{type(e).__name__}: {e}"
-        if isinstance(e, RepositoryError):
-            self._discard_parts()  # never resume those bytes
         return reason or type(e).__name__
 
     # -- shadow ----------------------------------------------------------------------
@@ -298,20 +287,20 @@ class Installer:
             return None
         directory = self.shadow.directory
         try:
-            updater, info, custom = self._verified_target(offer)
-            if self._check_signed(offer, custom, self.slots.read_active()):
-                raise InstallError("the bundle is already active: nothing to shadow")
-            self._check_disk_budget(info, directory)
-            path = updater.find_cached_target(info) or self._retrying(
-                lambda: updater.download_target(info)
-            )
+            ensure_trust_root(self.config)
+            with self.verifier.open(offer.target) as signed:
+                custom = signed_custom(signed)
+                if self._check_signed(offer, custom, self.slots.read_active()):
+                    raise InstallError("the bundle is already active: nothing to shadow")
+                self._check_disk_budget(signed.length, directory)
+                path = signed.download()
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(parents=True)
-            manifest = self._unpack_checked(Path(path), directory, custom)
+            manifest = self._unpack_checked(path, directory, custom)
             runtime = load_runtime(manifest, directory)
             run_smoke_test(runtime, manifest, directory)
             with contextlib.suppress(OSError):
-                Path(path).unlink()
+                path.unlink()
         except REFUSALS as e:
             reason = self._refusal_reason(e)
             logger.warning("shadow refused bundle_id=%s reason=%s", offer.bundle_id, reason)
@@ -324,39 +313,6 @@ class Installer:
     def stop_shadow(self, command: DeviceCommand) -> None:
         if self.shadow is not None:
             self.shadow.stop(command.reason or "shadow_stop command")
-
-    def _verified_target(self, offer: BundleOffer) -> tuple[Updater, TargetFile, TargetCustom]:
-        """Refresh the signed metadata and find the offer's target in it, custom fields checked."""
-
-        def refreshed() -> Updater:
-            # ngclient allows one refresh() per Updater: a refresh broken off after the
-            # timestamp loaded cannot be repeated on it, so each attempt starts afresh
-            # (from the metadata verified and cached so far).
-            updater = Updater(
-                metadata_dir=str(ensure_trust_root(self.config)),
-                metadata_base_url=METADATA_BASE_URL,
-                target_base_url=TARGET_BASE_URL,
-                target_dir=str(Path(self.config.data_dir) / "downloads"),
-                fetcher=self.fetcher,
-                bootstrap=None,
-            )
-            updater.refresh()
-            return updater
-
-        # The floor is checked before ngclient judges expiry, and again once a
-        # verified refresh may have raised it.
-        self.time_floor.check()
-        updater: Updater = self._retrying(refreshed)
-        self.time_floor.raise_to_signed(tuf_metadata_dir(self.config.data_dir) / "timestamp.json")
-        self.time_floor.check()
-        info = updater.get_targetinfo(offer.target)
-        if info is None:
-            raise InstallError(f"target {offer.target!r} not in signed metadata")
-        try:
-            custom = TargetCustom.model_validate(info.custom or {})
-        except ValidationError as e:
-            raise InstallError(f"signed target has invalid custom fields: {e.errors()[0]}") from e
-        return updater, info, custom
 
     def _unpack_checked(self, path: Path, directory: Path, custom: TargetCustom) -> Manifest:
         """Unpack (every member re-checked) and hold the manifest to the signed fields."""
@@ -371,30 +327,10 @@ class Installer:
             raise InstallError(f"manifest is not built for profile {self.config.profile}")
         return manifest
 
-    def _retrying(self, step: Callable[[], Any]) -> Any:
-        """Run a network step, waiting out broker outages (a download resumes its .part)."""
-        attempts = self.config.fetch.resume_attempts
-        for attempt in range(attempts + 1):
-            try:
-                return step()
-            except DownloadHTTPError:
-                raise
-            except DownloadError as e:
-                if attempt >= attempts:
-                    raise
-                logger.warning(
-                    "transfer interrupted, waiting for the broker attempt=%d reason=%s",
-                    attempt + 1,
-                    e,
-                )
-                if not self.link_ready(self.config.fetch.reconnect_wait_s):
-                    raise
-        raise AssertionError("unreachable")
-
-    def _check_disk_budget(self, info: TargetFile, replaced: Path) -> None:
+    def _check_disk_budget(self, length: int, replaced: Path) -> None:
         """Refuse, before any download, a bundle that would not fit (download + unpacked)."""
         data_dir = Path(self.config.data_dir)
-        need = 2 * info.length
+        need = 2 * length
         used = tree_size(data_dir) - tree_size(replaced)
         budget = int(self.config.disk_budget_mb * 2**20)
         if used + need > budget:
@@ -408,11 +344,6 @@ class Installer:
                 f"bundle needs {need / 2**20:.1f} MiB, only {free / 2**20:.1f} MiB free "
                 f"(keeping {DISK_MARGIN_BYTES // 2**20} MiB spare)"
             )
-
-    def _discard_parts(self) -> None:
-        discard = getattr(self.fetcher, "discard_parts", None)
-        if callable(discard):
-            discard()
 
     # -- probation, roll-back, recovery -------------------------------------------------
 

@@ -37,7 +37,7 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from agent.config import AgentConfig, FetchConfig, ProbationConfig
-from agent.daemon import agent_fetcher, agent_link, device_status
+from agent.daemon import agent_link, agent_verifier, device_status
 from agent.runtime import ModelHolder
 from agent.slots import SlotStore
 from agent.telemetry import InferenceStats, LatencyWindow, inference_event, install_event
@@ -113,7 +113,7 @@ def device_config(spec: WorkerSpec, device_id: str) -> AgentConfig:
 
 
 class SimDevice:
-    """One device: the agent's link, TUF fetcher, installer and offer worker, no HTTP server."""
+    """One device: the agent's link, verifier, installer and offer worker, no HTTP server."""
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
@@ -122,16 +122,15 @@ class SimDevice:
         self.slots = SlotStore(config.data_dir)
         self.holder = ModelHolder()
         self.link = agent_link(config)
-        self.fetcher = agent_fetcher(self.link, config)
         self.installer = Installer(
             config=config,
             slots=self.slots,
             holder=self.holder,
-            fetcher=self.fetcher,
+            # In-process: a child process per device would measure process start-up.
+            verifier=agent_verifier(self.link, config, isolated=False),
             report=self.publish_report,
             on_active=self.publish_status,
             stats=InferenceStats(),
-            link_ready=self.link.wait_connected,
         )
         self.worker = OfferWorker(self.installer, tick_s=WORKER_TICK_S)
 

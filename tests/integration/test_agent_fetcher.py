@@ -1,4 +1,5 @@
-"""The TUF fetcher over MQTT request/response, against a real Mosquitto.
+"""Repository files over MQTT request/response, and TUF verification fed by them,
+against a real Mosquitto.
 
 A tiny responder built on ``MqttLink`` plays the control plane: it serves files
 from a dict in the chunks asked for, answering with correlation data and the
@@ -15,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tuf.api.exceptions import DownloadError, DownloadHTTPError
-from tuf.ngclient import Updater
+from tuf.api.exceptions import DownloadLengthMismatchError
 
-from agent.fetcher import MqttFetcher, repository_path
+from agent.errors import TransferError, VerificationError
+from agent.fetcher import MqttFetcher
+from agent.tuf_client import TargetVerifier, TransportFetcher, repository_path
+from agent.verifier import ProcessVerifier
 from control_plane.broker import MosquittoBroker
 from control_plane.errors import ControlPlaneError
 from control_plane.repository import SignedRepository
@@ -101,8 +104,8 @@ def _start(*links: MqttLink) -> None:
         assert link.wait_connected(CONNECT_TIMEOUT)
 
 
-def _fetch_all(fetcher: MqttFetcher, url: str) -> bytes:
-    return b"".join(fetcher.fetch(url))
+def _fetch_all(fetcher: MqttFetcher, path: str, max_length: int = 1 << 30) -> bytes:
+    return b"".join(fetcher.stream(path, max_length))
 
 
 def _wait_subscribed(fetcher: MqttFetcher, files: dict[str, bytes]) -> None:
@@ -111,9 +114,9 @@ def _wait_subscribed(fetcher: MqttFetcher, files: dict[str, bytes]) -> None:
     deadline = time.monotonic() + CONNECT_TIMEOUT
     while True:
         try:
-            assert _fetch_all(fetcher, "mqtt://repo/metadata/probe.json") == b"{}"
+            assert _fetch_all(fetcher, "metadata/probe.json") == b"{}"
             return
-        except DownloadError:
+        except TransferError:
             if time.monotonic() > deadline:
                 raise
 
@@ -128,13 +131,29 @@ def test_multi_chunk_target_arrives_intact_and_in_order(
     _start(responder_link, device_link)
     _wait_subscribed(fetcher, files)
 
-    assert _fetch_all(fetcher, "mqtt://repo/targets/digits-1.tar") == data
+    assert _fetch_all(fetcher, "targets/digits-1.tar") == data
     chunk_requests = [r for r in responder.requests if r.path == "targets/digits-1.tar"]
     assert len(chunk_requests) >= len(data) // (16 * 1024)
     assert all(r.length <= 16 * 1024 for r in chunk_requests)
 
 
-def test_download_file_via_tuf_interface_respects_max_length(
+def test_a_file_longer_than_allowed_is_cut_off_one_chunk_past_the_bound(
+    device_link: MqttLink, responder_link: MqttLink
+) -> None:
+    files = {"metadata/timestamp.json": b"x" * 50_000}
+    responder = Responder(responder_link, files)
+    fetcher = MqttFetcher(device_link, DEVICE, chunk_size=1024, window=2, timeout=0.5)
+    _start(responder_link, device_link)
+    _wait_subscribed(fetcher, files)
+
+    assert len(_fetch_all(fetcher, "metadata/timestamp.json", 50_000)) == 50_000
+    asked_before = len(responder.requests)
+    cut = _fetch_all(fetcher, "metadata/timestamp.json", 4000)
+    assert 4000 < len(cut) <= 4000 + 1024
+    assert len(responder.requests) - asked_before <= 4000 // 1024 + 1 + 2  # + the window
+
+
+def test_tuf_sees_a_file_past_its_signed_length_as_a_length_mismatch(
     device_link: MqttLink, responder_link: MqttLink
 ) -> None:
     files = {"metadata/timestamp.json": b"x" * 5000}
@@ -142,13 +161,12 @@ def test_download_file_via_tuf_interface_respects_max_length(
     fetcher = MqttFetcher(device_link, DEVICE, chunk_size=1024, window=2, timeout=0.5)
     _start(responder_link, device_link)
     _wait_subscribed(fetcher, files)
+    tuf_fetcher = TransportFetcher(fetcher)
 
-    assert (
-        fetcher.download_bytes("mqtt://repo/metadata/timestamp.json", 5000)
-        == files["metadata/timestamp.json"]
-    )
-    with pytest.raises(DownloadError):
-        fetcher.download_bytes("mqtt://repo/metadata/timestamp.json", 4000)
+    url = "mqtt://repo/metadata/timestamp.json"
+    assert tuf_fetcher.download_bytes(url, 5000) == files["metadata/timestamp.json"]
+    with pytest.raises(DownloadLengthMismatchError):
+        tuf_fetcher.download_bytes(url, 4000)
 
 
 def test_empty_file_yields_no_bytes(device_link: MqttLink, responder_link: MqttLink) -> None:
@@ -157,10 +175,10 @@ def test_empty_file_yields_no_bytes(device_link: MqttLink, responder_link: MqttL
     fetcher = MqttFetcher(device_link, DEVICE, timeout=0.5)
     _start(responder_link, device_link)
     _wait_subscribed(fetcher, files)
-    assert _fetch_all(fetcher, "mqtt://repo/targets/empty.bin") == b""
+    assert _fetch_all(fetcher, "targets/empty.bin") == b""
 
 
-def test_missing_file_raises_download_http_error_404(
+def test_missing_file_raises_a_transfer_error_with_status_404(
     device_link: MqttLink, responder_link: MqttLink
 ) -> None:
     files: dict[str, bytes] = {}
@@ -169,26 +187,27 @@ def test_missing_file_raises_download_http_error_404(
     _start(responder_link, device_link)
     _wait_subscribed(fetcher, files)
 
-    with pytest.raises(DownloadHTTPError) as caught:
-        _fetch_all(fetcher, "mqtt://repo/metadata/2.root.json")
-    assert caught.value.status_code == 404
+    with pytest.raises(TransferError) as caught:
+        _fetch_all(fetcher, "metadata/2.root.json")
+    assert caught.value.status == 404
     assert "not found" in str(caught.value)
 
 
-def test_no_responder_raises_download_error_after_bounded_retries(
+def test_no_responder_raises_a_transfer_error_after_bounded_retries(
     device_link: MqttLink,
 ) -> None:
     fetcher = MqttFetcher(device_link, DEVICE, timeout=0.2, retries=1)
     _start(device_link)
-    with pytest.raises(DownloadError, match="no answer"):
-        _fetch_all(fetcher, "mqtt://repo/metadata/timestamp.json")
+    with pytest.raises(TransferError, match="no answer") as caught:
+        _fetch_all(fetcher, "metadata/timestamp.json")
+    assert caught.value.status is None  # a broken transfer, worth resuming
 
 
-def test_not_connected_raises_download_error_at_once(broker: MosquittoBroker) -> None:
+def test_not_connected_raises_a_transfer_error_at_once(broker: MosquittoBroker) -> None:
     link = _link(broker, DEVICE)  # never started
     fetcher = MqttFetcher(link, DEVICE, timeout=5.0)
-    with pytest.raises(DownloadError, match="not connected"):
-        _fetch_all(fetcher, "mqtt://repo/metadata/timestamp.json")
+    with pytest.raises(TransferError, match="not connected"):
+        _fetch_all(fetcher, "metadata/timestamp.json")
 
 
 def test_unmatched_response_is_dropped(device_link: MqttLink, responder_link: MqttLink) -> None:
@@ -200,7 +219,7 @@ def test_unmatched_response_is_dropped(device_link: MqttLink, responder_link: Mq
     fetcher.handle_response(
         Incoming(topic=topics.down(DEVICE, topics.Down.FETCH), payload=b"junk", correlation=b"x")
     )
-    assert _fetch_all(fetcher, "mqtt://repo/targets/a.bin") == b"abc"
+    assert _fetch_all(fetcher, "targets/a.bin") == b"abc"
 
 
 @pytest.mark.parametrize(
@@ -213,8 +232,9 @@ def test_unmatched_response_is_dropped(device_link: MqttLink, responder_link: Mq
     ],
 )
 def test_urls_outside_the_repository_are_refused(url: str) -> None:
-    with pytest.raises(DownloadError):
+    with pytest.raises(TransferError) as caught:
         repository_path(url)
+    assert caught.value.status == 400
 
 
 def test_repository_urls_map_to_repository_paths() -> None:
@@ -251,31 +271,73 @@ class RepositoryResponder:
         )
 
 
-def test_tuf_updater_refreshes_and_downloads_a_target_over_mqtt(
-    tmp_path: Path, device_link: MqttLink, responder_link: MqttLink
-) -> None:
+def _signed_repository(tmp_path: Path, bundle: bytes) -> tuple[SignedRepository, Path]:
+    """A control-plane repository with one target, and a device data dir trusting its root."""
     repo = SignedRepository(tmp_path / "repo")
     repo.init_or_load()
-    bundle = os.urandom(200_000)
     repo.add_target("digits-1.tar", bundle, {"bundle_id": "digits-1", "release": 1})
-    metadata_dir = tmp_path / "client" / "metadata"
+    data_dir = tmp_path / "device"
+    metadata_dir = data_dir / "tuf" / "metadata"
     metadata_dir.mkdir(parents=True)
     (metadata_dir / "root.json").write_bytes(repo.root_bytes())
+    return repo, data_dir
+
+
+def test_tuf_verification_refreshes_and_downloads_a_target_over_mqtt(
+    tmp_path: Path, device_link: MqttLink, responder_link: MqttLink
+) -> None:
+    bundle = os.urandom(200_000)
+    repo, data_dir = _signed_repository(tmp_path, bundle)
     RepositoryResponder(responder_link, repo)
     fetcher = MqttFetcher(device_link, DEVICE, chunk_size=32 * 1024, timeout=2.0)
     _start(responder_link, device_link)
 
-    updater = Updater(
-        metadata_dir=str(metadata_dir),
-        metadata_base_url="mqtt://repo/metadata/",
-        target_base_url="mqtt://repo/targets/",
-        target_dir=str(tmp_path / "client" / "downloads"),
-        fetcher=fetcher,
-        bootstrap=None,
-    )
-    updater.refresh()  # probes 2.root.json, which must come back as a 404
-    info = updater.get_targetinfo("digits-1.tar")
-    assert info is not None
-    assert info.custom == {"bundle_id": "digits-1", "release": 1}
-    path = updater.download_target(info)
-    assert Path(path).read_bytes() == bundle
+    verifier = TargetVerifier(data_dir, fetcher)
+    signed = verifier.find("digits-1.tar")  # probes 2.root.json, which must come back 404
+    assert signed.length == len(bundle)
+    assert signed.custom == {"bundle_id": "digits-1", "release": 1}
+    assert verifier.download().read_bytes() == bundle
+
+
+def test_verification_in_a_child_process_fetches_every_file_through_the_agent(
+    tmp_path: Path, device_link: MqttLink, responder_link: MqttLink
+) -> None:
+    bundle = os.urandom(300_000)
+    repo, data_dir = _signed_repository(tmp_path, bundle)
+    RepositoryResponder(responder_link, repo)
+    fetcher = MqttFetcher(device_link, DEVICE, chunk_size=32 * 1024, timeout=2.0)
+    asked: list[str] = []
+    serve = fetcher.stream
+
+    def counted(path: str, max_length: int) -> Iterator[bytes]:
+        asked.append(path)
+        return serve(path, max_length)
+
+    fetcher.stream = counted  # type: ignore[method-assign]
+    _start(responder_link, device_link)
+
+    with ProcessVerifier(data_dir, fetcher).open("digits-1.tar") as signed:
+        assert (signed.length, signed.custom["release"]) == (len(bundle), 1)
+        path = signed.download()
+    assert path.read_bytes() == bundle
+    assert path.parent == data_dir / "downloads"
+    assert "metadata/timestamp.json" in asked and any(p.startswith("targets/") for p in asked)
+
+
+def test_a_tampered_target_is_refused_by_the_child_and_its_partial_bytes_dropped(
+    tmp_path: Path, device_link: MqttLink, responder_link: MqttLink
+) -> None:
+    bundle = os.urandom(100_000)
+    repo, data_dir = _signed_repository(tmp_path, bundle)
+    (target,) = repo.targets_dir.glob("*.digits-1.tar")
+    target.write_bytes(os.urandom(100_000))  # same length, other bytes
+    RepositoryResponder(responder_link, repo)
+    parts = data_dir / "downloads" / "parts"
+    fetcher = MqttFetcher(device_link, DEVICE, chunk_size=32 * 1024, timeout=2.0, part_dir=parts)
+    _start(responder_link, device_link)
+
+    verifier = ProcessVerifier(data_dir, fetcher)
+    with pytest.raises(VerificationError) as caught, verifier.open("digits-1.tar") as signed:
+        signed.download()
+    assert caught.value.error == "LengthOrHashMismatchError"
+    assert not list(parts.glob("*.part"))  # never resumed from
