@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from agent.config import parse_config
-from agent.enrol import EnrolmentError, enrol, load_credentials
+from agent.credentials import load_credentials
+from agent.enrol import EnrolmentError, enrol
 from control_plane.app import create_app
 from control_plane.broker import MosquittoBroker
 from control_plane.broker_security import BrokerAuthFiles, read_password_file, verify_password
