@@ -2,8 +2,10 @@
 
 Each case runs in a fresh interpreter (so imports are cold in the module cache,
 warm in the OS page cache) several times; the median is reported, with ratios to a
-bare ``python -c pass`` measured in the same run. The control plane's import is
-shown for scale: it is what the agent must never pull in.
+bare ``python -c pass`` measured in the same run. The verify worker is the child
+process that exists only while an offer is verified (python-tuf lives there, not
+in the agent). The control plane's import is shown for scale: it is what the agent
+must never pull in.
 
 Then the issue's memory target, in one run: a real ``edgefleet-agent`` process,
 connected to a private Mosquitto, with the digits bundle installed through the
@@ -54,6 +56,7 @@ CASES = {
         "import onnxruntime as ort\n"
         "session = ort.InferenceSession({model!r})\n"
     ),
+    "verify worker (child, only during an install)": "import agent.verify_worker, agent.tuf_client",
     "control plane app (for scale)": "import control_plane.app",
 }
 
