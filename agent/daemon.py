@@ -207,7 +207,7 @@ class Agent:
             port=config.inference.port,
             max_concurrency=config.inference.max_concurrency,
             max_body_bytes=config.inference.max_body_bytes,
-            observer=self.stats.observe,
+            observer=self.stats.record,
             input_observer=self.observe_request,
         )
         self._next_window = time.monotonic() + config.telemetry.window_s
@@ -314,7 +314,8 @@ class Agent:
         self.spool.append(event)
 
     def _periodic(self) -> None:
-        """Forwarder thread, every tick: close telemetry windows, refresh status.json."""
+        """Forwarder thread, every tick: fold request stats, close windows, refresh status.json."""
+        self.stats.fold()
         now = time.monotonic()
         if now >= self._next_window:
             window_s = self.config.telemetry.window_s

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -96,8 +96,9 @@ def parse_infer_request(
     return feeds, request
 
 
-Observer = Callable[[str, float, bool], None]
-"""Called after every inference with (bundle_id, latency in ms, succeeded)."""
+Observer = Callable[[tuple[str, float, bool]], None]
+"""Called after every inference with one (bundle_id, latency in ms, succeeded) tuple;
+on the request path, so it must be cheap (``InferenceStats.record``: a deque append)."""
 InputObserver = Callable[[ActiveModel, dict[str, np.ndarray], dict[str, np.ndarray]], None]
 """Called after every successful inference with the model, its inputs and its outputs
 (drift scoring, shadow comparison); must not block."""
@@ -107,7 +108,7 @@ def run_inference(
     model: ActiveModel, feeds: dict[str, np.ndarray], observer: Observer | None = None
 ) -> dict[str, np.ndarray]:
     """The in-process inference path: the runtime call, timed for telemetry and probation."""
-    started = time.perf_counter()
+    started = perf_counter()
     ok = False
     try:
         outputs = model.runtime.infer(feeds)
@@ -115,7 +116,7 @@ def run_inference(
         return outputs
     finally:
         if observer is not None:
-            observer(model.bundle_id, (time.perf_counter() - started) * 1000.0, ok)
+            observer((model.bundle_id, (perf_counter() - started) * 1000.0, ok))
 
 
 class InferenceServer:

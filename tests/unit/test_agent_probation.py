@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 
 from agent.config import ProbationConfig
 from agent.telemetry import InferenceStats, LatencyWindow, probation_breach
@@ -46,6 +47,35 @@ def test_only_the_bundle_on_probation_counts_toward_its_window() -> None:
     assert stats.probation_window().count == 1
     assert stats.take_window().count == 2
     assert stats.take_window().count == 0
+
+
+def test_observations_recorded_from_many_threads_are_each_counted_once() -> None:
+    stats = InferenceStats()
+    stats.start_probation("new")
+    per_thread = 5000
+
+    def serve(bundle: str) -> None:
+        for i in range(per_thread):
+            stats.record((bundle, float(i % 700), i % 10 != 0))
+
+    threads = [threading.Thread(target=serve, args=(b,)) for b in ("old", "new", "new", "new")]
+    for thread in threads:
+        thread.start()
+    folded = 0
+    while any(t.is_alive() for t in threads):  # folding while they record
+        folded += stats.fold()
+    for thread in threads:
+        thread.join()
+    folded += stats.fold()
+    window, probation = stats.take_window(), stats.probation_window()
+    assert folded == window.count == 4 * per_thread
+    assert window.errors == 4 * per_thread // 10
+    assert probation.count == 3 * per_thread
+    assert sum(window.buckets) == window.count
+    one_thread = LatencyWindow()  # the one-at-a-time bisect reference
+    for i in range(per_thread):
+        one_thread.add(float(i % 700), True)
+    assert probation.buckets == [3 * n for n in one_thread.buckets]
 
 
 def test_window_reports_the_documented_inference_shape() -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from agent.runtime import ActiveModel, ModelHolder, OnnxRuntime
 from agent.server import InferenceServer
+from agent.telemetry import InferenceStats
 from control_plane.digits import DigitsModel, train_digits_model
 from edgefleet.tensors import ModelSignature, encode_tensor
 
@@ -254,3 +255,35 @@ def test_swapping_the_model_changes_what_is_served(
     )
     assert status == 200
     assert body["model_version"] == "4"
+
+
+def test_the_onnx_runtime_calls_the_compiled_session_with_the_public_apis_answers(
+    digits_model: ActiveModel, digits: DigitsModel
+) -> None:
+    runtime = digits_model.runtime
+    assert isinstance(runtime, OnnxRuntime)
+    session = runtime._session
+    # onnxruntime's Python-level feed checks are skipped (the feed was checked already);
+    # this fails when an onnxruntime release drops the binding and the fallback runs.
+    assert runtime._run == session._sess.run
+    x = digits.holdout_x[:25].astype(np.float32)
+    label, probabilities = session.run(["label", "probabilities"], {"input": x})
+    outputs = runtime.infer({"input": x})
+    np.testing.assert_array_equal(outputs["label"], label)
+    np.testing.assert_array_equal(outputs["probabilities"], probabilities)
+
+
+def test_every_answered_request_is_recorded_once_for_telemetry(
+    holder: ModelHolder, digits: DigitsModel
+) -> None:
+    stats = InferenceStats()
+    with serving(holder, observer=stats.record) as server:
+        for i in range(5):
+            body = infer_body(digits.holdout_x[i : i + 1].astype(np.float32))
+            status, _ = request(server, "POST", "/v2/models/digits/infer", body)
+            assert status == 200
+        status, _ = request(server, "POST", "/v2/models/digits/infer", raw=b"{bad json")
+        assert status == 400  # refused before the model ran: not an inference
+    window = stats.take_window()
+    assert (window.count, window.errors) == (5, 0)
+    assert stats.take_window().count == 0
