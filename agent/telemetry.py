@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import ProbationConfig
+from edgefleet import schema
 from edgefleet.messages import InstallReport, TelemetryEvent
 
 BOUNDS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -146,7 +147,7 @@ def install_event(report: InstallReport) -> TelemetryEvent:
         priority=INSTALL_PRIORITY,
         bundle_id=report.bundle_id,
         release=report.release,
-        data=report.model_dump(mode="json", exclude_none=True),
+        data=schema.to_builtins(report, omit_none=True),
     )
 
 
