@@ -1,10 +1,11 @@
 """The contract's records on msgspec: typed, checked when built, open to newer peers.
 
 The records both sides share (wire messages, the bundle manifest, the agent's config and
-files on disk) are ``msgspec.Struct`` types: msgspec costs the agent about a megabyte of
-memory where pydantic cost over twelve. msgspec checks types and constraints
-(``Annotated[int, msgspec.Meta(ge=1)]``) only while it decodes, and drops the fields a
-type does not declare. This module adds what the contract needs on top, once:
+files on disk) are ``msgspec.Struct`` types, so the agent never loads pydantic and its
+schema machinery, which would cost it far more memory than msgspec does. msgspec checks
+types and constraints (``Annotated[int, msgspec.Meta(ge=1)]``) only while it decodes,
+and drops the fields a type does not declare. This module adds what the contract needs
+on top, once:
 
 - ``Struct`` checks every field when a record is built in code too, and stores the
   converted value (an ``int`` given for a ``float`` field is kept as a float); a bad
