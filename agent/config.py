@@ -1,95 +1,82 @@
 """The agent's configuration: one TOML file, validated once at start-up.
 
-Unknown keys are refused (``extra="forbid"``) so a typo fails loudly with the name
-of the field instead of being silently ignored.
+Unknown keys are refused (``forbid_unknown_fields``) so a typo fails loudly with the
+name of the field instead of being silently ignored. Paths are read from TOML strings
+and numbers from TOML integers or floats; nothing else is coerced.
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+import msgspec
+from msgspec import Meta, field
 
 from agent.errors import ConfigError
-from edgefleet import topics
+from edgefleet import schema, topics
+from edgefleet.errors import FieldError
 from edgefleet.mqtt import BrokerAddress, TlsOptions
 
 
-class InferenceConfig(BaseModel):
+class _Section(schema.Struct, frozen=True, forbid_unknown_fields=True):
+    """A table of ``agent.toml``: read-only, every key declared."""
+
+
+class InferenceConfig(_Section, frozen=True, kw_only=True):
     """Where the local Open Inference Protocol endpoint listens."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     host: str = "127.0.0.1"
-    port: int = Field(default=8501, ge=0, le=65535)
-    max_concurrency: int = Field(default=4, ge=1, le=1024)
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8501
+    max_concurrency: Annotated[int, Meta(ge=1, le=1024)] = 4
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024 * 1024
 
 
-class FetchConfig(BaseModel):
+class FetchConfig(_Section, frozen=True, kw_only=True):
     """How bundles are pulled over MQTT, and how long a broken download keeps trying."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    chunk_kib: int = Field(default=128, ge=1, le=256)
-    window: int = Field(default=8, ge=1, le=64)
-    timeout_s: float = Field(default=10.0, gt=0)
-    retries: int = Field(default=3, ge=0)
-    resume_attempts: int = Field(default=10, ge=0)
-    reconnect_wait_s: float = Field(default=120.0, gt=0)
+    chunk_kib: Annotated[int, Meta(ge=1, le=256)] = 128
+    window: Annotated[int, Meta(ge=1, le=64)] = 8
+    timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    retries: Annotated[int, Meta(ge=0)] = 3
+    resume_attempts: Annotated[int, Meta(ge=0)] = 10
+    reconnect_wait_s: Annotated[float, Meta(gt=0)] = 120.0
 
 
-class ProbationConfig(BaseModel):
+class ProbationConfig(_Section, frozen=True, kw_only=True):
     """The health rule a new model must keep before it is committed."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    seconds: float = Field(default=60.0, ge=0)
-    max_requests: int = Field(default=0, ge=0, description="commit early after this many; 0 = off")
-    min_requests: int = Field(default=20, ge=1, description="judge the rule only past this many")
-    max_error_rate: float = Field(default=0.05, ge=0, le=1)
-    max_p95_ms: float = Field(default=500.0, gt=0)
+    seconds: Annotated[float, Meta(ge=0)] = 60.0
+    max_requests: Annotated[int, Meta(ge=0)] = 0  # commit early after this many; 0 = off
+    min_requests: Annotated[int, Meta(ge=1)] = 20  # judge the rule only past this many
+    max_error_rate: Annotated[float, Meta(ge=0, le=1)] = 0.05
+    max_p95_ms: Annotated[float, Meta(gt=0)] = 500.0
 
 
-class TelemetryConfig(BaseModel):
+class TelemetryConfig(_Section, frozen=True, kw_only=True):
     """The store-and-forward spool and what the agent reports through it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    window_s: float = Field(default=10.0, gt=0)
-    spool_max_mb: float = Field(default=64.0, gt=0)
-    replay_per_s: float = Field(default=500.0, gt=0)
-    max_inflight: int = Field(default=100, ge=1)
+    window_s: Annotated[float, Meta(gt=0)] = 10.0
+    spool_max_mb: Annotated[float, Meta(gt=0)] = 64.0
+    replay_per_s: Annotated[float, Meta(gt=0)] = 500.0
+    max_inflight: Annotated[int, Meta(ge=1)] = 100
 
 
-class DriftConfig(BaseModel):
+class DriftConfig(_Section, frozen=True, kw_only=True):
     """Drift scoring on the device; the reservoir sample for retraining is off (0) by default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    sample_size: int = Field(
-        default=0, ge=0, le=500, description="rows sampled per window and sent back; 0 = off"
-    )
+    sample_size: Annotated[int, Meta(ge=0, le=500)] = 0  # rows sampled per window; 0 = off
 
 
-class LinkConfig(BaseModel):
+class LinkConfig(_Section, frozen=True, kw_only=True):
     """Reconnect backoff bounds (exponential with jitter between them)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    reconnect_min_s: float = Field(default=1.0, gt=0)
-    reconnect_max_s: float = Field(default=30.0, gt=0)
+    reconnect_min_s: Annotated[float, Meta(gt=0)] = 1.0
+    reconnect_max_s: Annotated[float, Meta(gt=0)] = 30.0
 
 
-class TlsConfig(BaseModel):
+class TlsConfig(_Section, frozen=True, kw_only=True):
     """TLS to an ``mqtts://`` broker: the CA that verifies it, and the device's certificate.
 
     With ``cert_file`` and ``key_file``, ``edgefleet-agent enrol`` makes the private key
@@ -99,19 +86,17 @@ class TlsConfig(BaseModel):
     that file does not exist yet).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
 
-    @model_validator(mode="after")
-    def _cert_and_key_together(self) -> TlsConfig:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise FieldError(missing, "cert_file and key_file go together")
         if self.cert_file is not None and self.cert_file == self.key_file:
-            raise ValueError("cert_file and key_file must be different files")
-        return self
+            raise FieldError("key_file", "cert_file and key_file must be different files")
 
     @property
     def client_certificate(self) -> bool:
@@ -121,43 +106,33 @@ class TlsConfig(BaseModel):
         return TlsOptions(self.ca_file, self.cert_file, self.key_file)
 
 
-class AgentConfig(BaseModel):
+class AgentConfig(_Section, frozen=True, kw_only=True):
     """Everything the agent needs to run, as read from ``agent.toml``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     device_id: str
-    profile: str = Field(min_length=1)
+    profile: Annotated[str, Meta(min_length=1)]
     broker: str = "mqtt://127.0.0.1:1883"
     data_dir: Path
     trust_root: Path
-    disk_budget_mb: float = Field(default=2048.0, gt=0)
-    inference: InferenceConfig = Field(default_factory=InferenceConfig)
-    fetch: FetchConfig = Field(default_factory=FetchConfig)
-    probation: ProbationConfig = Field(default_factory=ProbationConfig)
-    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
-    link: LinkConfig = Field(default_factory=LinkConfig)
-    drift: DriftConfig = Field(default_factory=DriftConfig)
+    disk_budget_mb: Annotated[float, Meta(gt=0)] = 2048.0
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    probation: ProbationConfig = field(default_factory=ProbationConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    link: LinkConfig = field(default_factory=LinkConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     tls: TlsConfig | None = None
 
-    @field_validator("device_id")
-    @classmethod
-    def _check_device_id(cls, value: str) -> str:
-        if not topics.is_device_id(value):
-            raise ValueError(f"must match {topics.DEVICE_ID_RE.pattern}")
-        return value
-
-    @field_validator("broker")
-    @classmethod
-    def _check_broker(cls, value: str) -> str:
-        BrokerAddress.parse(value)  # raises ValueError with a readable message
-        return value
-
-    @model_validator(mode="after")
-    def _tls_needs_mqtts(self) -> AgentConfig:
-        if self.tls is not None and not self.broker_address.tls:
-            raise ValueError("a [tls] section needs an mqtts:// broker")
-        return self
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not topics.is_device_id(self.device_id):
+            raise FieldError("device_id", f"must match {topics.DEVICE_ID_RE.pattern}")
+        try:
+            address = BrokerAddress.parse(self.broker)
+        except ValueError as e:  # its message is readable as it is
+            raise FieldError("broker", str(e)) from e
+        if self.tls is not None and not address.tls:
+            raise FieldError("tls", "a [tls] section needs an mqtts:// broker")
 
     @property
     def broker_address(self) -> BrokerAddress:
@@ -178,13 +153,12 @@ def parse_config(text: str, *, source: str = "<config>") -> AgentConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source} is not valid TOML: {e}") from e
     try:
-        return AgentConfig.model_validate(raw)
-    except ValidationError as e:
-        errors = e.errors()
-        # A misspelt key also makes the intended one "missing": name the typo first.
-        first = next((err for err in errors if err["type"] == "extra_forbidden"), errors[0])
-        field = ".".join(str(p) for p in first.get("loc", ())) or None
-        raise ConfigError(f"{first.get('msg')} (in {source})", field=field) from e
+        return schema.convert(raw, AgentConfig)
+    except msgspec.ValidationError as e:
+        # A misspelt key also makes the intended one "missing": msgspec reports the
+        # unknown key first, as it checks for missing ones only once every key is read.
+        field, reason = schema.locate(e)
+        raise ConfigError(f"{reason} (in {source})", field=field) from e
 
 
 def load_config(path: Path) -> AgentConfig:

@@ -27,9 +27,11 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgspec
+from msgspec import field
 
 from agent.errors import JournalError
+from edgefleet import schema
 from edgefleet.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -92,10 +94,8 @@ MAX_SAVES = 64
 MAX_RESTARTS = 3
 
 
-class JournalRecord(BaseModel):
-    """One install as the journal holds it."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
+class JournalRecord(schema.Open, frozen=True, kw_only=True):
+    """One install as the journal holds it (fields a newer agent wrote are kept)."""
 
     bundle_id: str
     target: str
@@ -103,14 +103,12 @@ class JournalRecord(BaseModel):
     rollout_id: int | None = None
     state: JournalState = "offered"
     slot: str | None = None
-    previous: dict[str, Any] | None = Field(
-        default=None, description="active.json before the switch (for roll-back)"
-    )
+    previous: dict[str, Any] | None = None  # active.json before the switch (for roll-back)
     reason: str | None = None
-    history: list[JournalState] = Field(default_factory=list)
+    history: list[JournalState] = field(default_factory=list)
     saves: int = 0
     restarts: int = 0
-    updated_at: float = Field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
 
     @property
     def finished(self) -> bool:
@@ -139,14 +137,16 @@ class Journal:
         except FileNotFoundError:
             return None
         try:
-            return JournalRecord.model_validate_json(data)
-        except ValidationError as e:
-            logger.error("journal unreadable, ignoring it path=%s reason=%s", self.path, e)
+            return schema.decode_json(data, JournalRecord)
+        except msgspec.DecodeError as e:
+            logger.error(
+                "journal unreadable, ignoring it path=%s reason=%s", self.path, schema.describe(e)
+            )
             return None
 
     def begin(self, record: JournalRecord) -> JournalRecord:
         """Record a new install in state ``offered``."""
-        fresh = record.model_copy(update={"state": "offered", "history": ["offered"], "saves": 0})
+        fresh = schema.replace(record, state="offered", history=["offered"], saves=0)
         return self._save(fresh)
 
     def fire(self, record: JournalRecord, event: JournalEvent, **update: Any) -> JournalRecord:
@@ -161,18 +161,18 @@ class Journal:
             update["reason"] = f"install looped: more than {self.max_saves} journal saves"
         state = next_state(record.state, event)
         return self._save(
-            record.model_copy(
-                update={**update, "state": state, "history": [*record.history, state]}
+            schema.replace(
+                record, **{**update, "state": state, "history": [*record.history, state]}
             )
         )
 
     def note_restart(self, record: JournalRecord) -> JournalRecord:
         """Count a start-up that found ``record`` unfinished."""
-        return self._save(record.model_copy(update={"restarts": record.restarts + 1}))
+        return self._save(schema.replace(record, restarts=record.restarts + 1))
 
     def _save(self, record: JournalRecord) -> JournalRecord:
-        record = record.model_copy(update={"saves": record.saves + 1, "updated_at": time.time()})
-        payload = json.dumps(record.model_dump(mode="json"), sort_keys=True).encode()
+        record = schema.replace(record, saves=record.saves + 1, updated_at=time.time())
+        payload = json.dumps(schema.to_builtins(record), sort_keys=True).encode()
         atomic_write(self.path, payload + b"\n")
         logger.info(
             "journal state=%s bundle_id=%s saves=%d", record.state, record.bundle_id, record.saves

@@ -118,9 +118,7 @@ class BoundaryQuantization:
 
 
 def _boundary_from_manifest(manifest: Manifest) -> dict[str, BoundaryQuantization]:
-    raw = getattr(manifest, "quantization", None) or {}
-    if not isinstance(raw, dict):
-        raise RuntimeLoadError("manifest quantization must map tensor names to parameters")
+    raw = manifest.quantization or {}
     try:
         return {
             str(name): BoundaryQuantization(

@@ -13,11 +13,13 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgspec
+from msgspec import field
 
 from agent.errors import SlotError
+from edgefleet import schema
 from edgefleet.bundle import MANIFEST_NAME, Manifest
 from edgefleet.errors import BundleError
 from edgefleet.fileio import atomic_write
@@ -29,22 +31,30 @@ SLOT_NAMES: tuple[SlotName, SlotName] = ("a", "b")
 ACTIVE_FILE = "active.json"
 
 
-class ActiveRecord(BaseModel):
-    """What ``active.json`` holds: the slot being served and what is in it."""
+class ActiveRecord(schema.Open, frozen=True, kw_only=True):
+    """What ``active.json`` holds: the slot being served and what is in it.
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    Fields a newer agent wrote are kept (``edgefleet.schema.Open``).
+    """
 
     slot: SlotName
     bundle_id: str
     release: int
     model: str
     model_version: str
-    installed_at: float = Field(default_factory=time.time)
+    installed_at: float = field(default_factory=time.time)
     highest_release: int = 0
 
     def highest(self) -> int:
         """Highest release ever installed (never below the active one)."""
         return max(self.release, self.highest_release)
+
+    def model_dump(self, *, mode: str = "json") -> dict[str, Any]:
+        """Deprecated pydantic spelling of ``edgefleet.schema.to_builtins(record)``.
+
+        Kept only until ``agent/updater.py`` is ported off pydantic; remove it then.
+        """
+        return dict(schema.to_builtins(self))
 
 
 class SlotStore:
@@ -66,9 +76,9 @@ class SlotStore:
         except OSError as e:
             raise SlotError(f"cannot read {self.active_path}: {e}") from e
         try:
-            return ActiveRecord.model_validate_json(data)
-        except ValidationError as e:
-            raise SlotError(f"{self.active_path} is invalid: {e.errors()[0].get('msg')}") from e
+            return schema.decode_json(data, ActiveRecord)
+        except msgspec.DecodeError as e:
+            raise SlotError(f"{self.active_path} is invalid: {schema.describe(e)}") from e
 
     def inactive_slot(self, active: ActiveRecord | None = None) -> SlotName:
         """The slot a new bundle goes into: whichever is not active."""
@@ -91,8 +101,8 @@ class SlotStore:
         """Make ``record`` the active one atomically, carrying the highest release forward."""
         previous = self.read_active()
         highest = max(record.highest(), previous.highest() if previous else 0)
-        record = record.model_copy(update={"highest_release": highest})
-        payload = json.dumps(record.model_dump(mode="json"), indent=2, sort_keys=True)
+        record = schema.replace(record, highest_release=highest)
+        payload = json.dumps(schema.to_builtins(record), indent=2, sort_keys=True)
         atomic_write(self.active_path, payload.encode() + b"\n")
         logger.info(
             "active slot switched slot=%s bundle_id=%s release=%d",
@@ -111,10 +121,8 @@ def read_slot_manifest(slot_dir: Path) -> Manifest:
     except OSError as e:
         raise BundleError(f"cannot read: {e.strerror or e}", file=MANIFEST_NAME) from e
     try:
-        manifest = Manifest.model_validate_json(data)
-    except ValidationError as e:
-        raise BundleError(
-            f"invalid manifest: {e.errors()[0].get('msg')}", file=MANIFEST_NAME
-        ) from e
+        manifest = schema.decode_json(data, Manifest)
+    except msgspec.DecodeError as e:
+        raise BundleError(f"invalid manifest: {schema.describe(e)}", file=MANIFEST_NAME) from e
     manifest.check_consistency()
     return manifest

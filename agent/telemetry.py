@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from agent.config import ProbationConfig
+from edgefleet import schema
 from edgefleet.messages import InstallReport, TelemetryEvent
 
 BOUNDS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -187,7 +188,7 @@ def install_event(report: InstallReport) -> TelemetryEvent:
         priority=INSTALL_PRIORITY,
         bundle_id=report.bundle_id,
         release=report.release,
-        data=report.model_dump(mode="json", exclude_none=True),
+        data=schema.to_builtins(report, omit_none=True),
     )
 
 

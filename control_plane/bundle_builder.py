@@ -33,6 +33,7 @@ from control_plane.settings import Settings
 from converters.errors import ConversionError, GateError
 from converters.pipeline import BuildOutcome, Holdout, Progress, build_for_profile
 from converters.runner import runner_for
+from edgefleet import schema
 from edgefleet.bundle import FileRole, write_bundle
 from edgefleet.errors import BundleError, ProfileError
 from edgefleet.profile import FirmwareProfile, load_profiles
@@ -208,7 +209,7 @@ def build_bundle(
             "runtime": {"name": profile.runtime.name, "version": profile.runtime.version},
             "artifact": artifact.filename,
             "format": artifact.format,
-            "signature": signature.model_dump(mode="json"),
+            "signature": schema.to_builtins(signature),
             # Integer model boundaries: the agent quantizes inputs and dequantizes
             # outputs with these, so clients always send and receive float tensors.
             "quantization": {n: q.as_dict() for n, q in artifact.io_quantization.items()},
@@ -275,7 +276,7 @@ def build_bundle(
             sha256=target_file.hashes["sha256"],
             length=target_file.length,
             path=str(path),
-            manifest=manifest.model_dump(mode="json", exclude_none=True),
+            manifest=schema.to_builtins(manifest, omit_none=True),
         )
         session.add(bundle)
         session.commit()

@@ -28,45 +28,44 @@ import re
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from msgspec import Meta, field
 
+from edgefleet import schema
 from edgefleet.errors import BundleError
 from edgefleet.fileio import atomic_write, fsync_dir
 from edgefleet.tensors import ModelSignature
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
-MEMBER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MEMBER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z"
+MEMBER_NAME_RE = re.compile(MEMBER_NAME_PATTERN)
 DEFAULT_MAX_UNPACKED_BYTES = 512 * 1024 * 1024
 
 FileRole = Literal["model", "smoke_input", "smoke_output", "reference_stats", "other"]
 
 
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class FileEntry(_Open):
-    path: str = Field(pattern=MEMBER_NAME_RE.pattern)
-    length: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+class FileEntry(schema.Open, frozen=True, kw_only=True):
+    path: Annotated[str, Meta(pattern=MEMBER_NAME_PATTERN)]
+    length: Annotated[int, Meta(ge=0)]
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z")]
     role: FileRole = "other"
 
 
-class ModelRef(_Open):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
-    version: str = Field(min_length=1, max_length=64)
+class ModelRef(schema.Open, frozen=True, kw_only=True):
+    name: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}\Z")]
+    version: Annotated[str, Meta(min_length=1, max_length=64)]
 
 
-class RuntimeRequirement(_Open):
+class RuntimeRequirement(schema.Open, frozen=True, kw_only=True):
     name: str  # e.g. "onnxruntime"
     version: str = ""  # PEP 440 specifier, e.g. ">=1.17,<2"
 
 
-class SmokeTest(_Open):
+class SmokeTest(schema.Open, frozen=True, kw_only=True):
     """Inputs to run after install and the outputs they must give.
 
     ``inputs`` and ``expected`` map tensor names to member files (``.npy``). Float
@@ -81,23 +80,29 @@ class SmokeTest(_Open):
     min_agreement: float = 1.0
 
 
-class Manifest(_Open):
-    """What a bundle contains and what it is for."""
+class Manifest(schema.Open, frozen=True, kw_only=True):
+    """What a bundle contains and what it is for.
+
+    Fields it does not declare (the control plane adds the artifact's ``format``, the
+    ``candidates`` table and the build ``objective``) are kept and written back.
+    """
 
     schema_version: int = MANIFEST_SCHEMA_VERSION
-    bundle_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    bundle_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")]
     model: ModelRef
-    release: int = Field(ge=1)
-    profiles: list[str] = Field(min_length=1)
-    hardware: list[str] = Field(default_factory=list)  # CPU architectures, e.g. ["x86_64"]
+    release: Annotated[int, Meta(ge=1)]
+    profiles: Annotated[list[str], Meta(min_length=1)]
+    hardware: list[str] = field(default_factory=list)  # CPU architectures, e.g. ["x86_64"]
     runtime: RuntimeRequirement
     artifact: str  # the member holding the model
     signature: ModelSignature
     smoke_test: SmokeTest | None = None
     reference_stats: str | None = None
     files: list[FileEntry]
-    lineage: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] | None = None
+    """Integer model boundaries: input/output name -> ``{dtype, scale, zero_point}``."""
 
     def file(self, path: str) -> FileEntry:
         """The entry for member ``path``; ``BundleError`` when the manifest lacks it."""
@@ -123,7 +128,7 @@ class Manifest(_Open):
 
     def to_bytes(self) -> bytes:
         return json.dumps(
-            self.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True
+            schema.to_builtins(self, omit_none=True), indent=2, sort_keys=True
         ).encode()
 
 
@@ -136,13 +141,13 @@ def build_manifest(
 ) -> Manifest:
     """A validated manifest for ``files`` (name -> (content, role)) plus ``fields``."""
     entries = [
-        FileEntry(path=name, length=len(data), sha256=sha256_hex(data), role=role)
+        {"path": name, "length": len(data), "sha256": sha256_hex(data), "role": role}
         for name, (data, role) in sorted(files.items())
     ]
     try:
-        manifest = Manifest.model_validate({**fields, "files": entries})
-    except ValidationError as e:
-        raise BundleError(f"invalid manifest: {e}", file=MANIFEST_NAME) from e
+        manifest = schema.convert({**fields, "files": entries}, Manifest)
+    except msgspec.ValidationError as e:
+        raise BundleError(f"invalid manifest: {schema.describe(e)}", file=MANIFEST_NAME) from e
     manifest.check_consistency()
     return manifest
 
@@ -219,11 +224,9 @@ def check_npy(name: str, handle: Any) -> None:
 
 def _parse_manifest(data: bytes) -> Manifest:
     try:
-        manifest = Manifest.model_validate_json(data)
-    except ValidationError as e:
-        raise BundleError(
-            f"invalid manifest: {e.errors()[0].get('msg')}", file=MANIFEST_NAME
-        ) from e
+        manifest = schema.decode_json(data, Manifest)
+    except msgspec.DecodeError as e:
+        raise BundleError(f"invalid manifest: {schema.describe(e)}", file=MANIFEST_NAME) from e
     if manifest.schema_version > MANIFEST_SCHEMA_VERSION:
         raise BundleError(
             f"unsupported manifest schema version {manifest.schema_version}", file=MANIFEST_NAME

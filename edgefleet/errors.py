@@ -3,6 +3,8 @@
 ::
 
     EdgefleetError
+    ├── FieldError          a record built in code with a value its field does not allow
+    │                       (also a ValueError)
     ├── MessageError        a wire message that cannot be decoded or validated
     ├── BundleError         a bundle whose archive, manifest or files do not check out
     ├── ProfileError        a firmware profile that does not match its schema
@@ -18,6 +20,19 @@ from __future__ import annotations
 
 class EdgefleetError(Exception):
     """Base class of every error the shared contract raises."""
+
+
+class FieldError(EdgefleetError, ValueError):
+    """A record was given a value its field does not allow; ``field`` is its dotted path.
+
+    Raised when a record is built in code, and by a record's own checks; decoding
+    reports the same through msgspec's ``ValidationError`` (see ``edgefleet.schema``).
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 class MessageError(EdgefleetError):

@@ -1,9 +1,11 @@
 """Versioned wire messages, validated on receipt.
 
 Every message is a JSON object with ``v`` (schema version) and ``type``. Unknown
-fields are kept, so a newer peer's additions survive a read-write round trip; a
-message of an unknown type or failing validation raises ``MessageError``, which
-receivers log and drop.
+fields are kept (``edgefleet.schema.Open``), so a newer peer's additions survive a
+read-write round trip; a message of an unknown type, of a newer schema version or
+failing validation raises ``MessageError``, which receivers log and drop. A message
+built in code with a value its field does not allow raises ``FieldError``. Fields
+whose value is None are left off the wire; ``v`` and ``type`` are always on it.
 
 Fetch *responses* are not JSON: they carry raw bytes, with their status and
 position in MQTT 5 user properties (see ``FETCH_*`` below), so a chunk costs no
@@ -16,8 +18,10 @@ import time
 import uuid
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+import msgspec
+from msgspec import Meta, field
 
+from edgefleet import schema
 from edgefleet.errors import MessageError
 
 SCHEMA_VERSION = 1
@@ -51,19 +55,17 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-class WireMessage(BaseModel):
+class WireMessage(schema.Open, frozen=True, kw_only=True):
     """Base of every JSON wire message: versioned, tolerant of unknown fields."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
 
     v: int = SCHEMA_VERSION
 
     def to_bytes(self) -> bytes:
-        """Encode for the wire."""
-        return self.model_dump_json(exclude_none=True).encode()
+        """Encode for the wire (fields that are None left out, unknown fields kept)."""
+        return msgspec.json.encode(schema.to_builtins(self, omit_none=True))
 
 
-class DeviceStatus(WireMessage):
+class DeviceStatus(WireMessage, frozen=True, kw_only=True):
     """Retained presence on ``up/status``; the last will sets ``online`` false."""
 
     type: Literal["status"] = "status"
@@ -74,36 +76,36 @@ class DeviceStatus(WireMessage):
     model_version: str | None = None
     bundle_id: str | None = None
     release: int | None = None
-    ts: float = Field(default_factory=time.time)
+    ts: float = field(default_factory=time.time)
 
 
-class InstallReport(WireMessage):
+class InstallReport(WireMessage, frozen=True, kw_only=True):
     """Progress or outcome of one bundle install, on ``up/report``."""
 
     type: Literal["install"] = "install"
-    event_id: str = Field(default_factory=new_event_id)
+    event_id: str = field(default_factory=new_event_id)
     bundle_id: str
     release: int | None = None
     rollout_id: int | None = None
     state: InstallState
     reason: str | None = None
     install_seconds: float | None = None
-    ts: float = Field(default_factory=time.time)
+    ts: float = field(default_factory=time.time)
 
 
-class FetchRequest(WireMessage):
+class FetchRequest(WireMessage, frozen=True, kw_only=True):
     """Ask for ``length`` bytes of ``path`` from ``offset``, on ``up/fetch``.
 
     ``path`` is ``metadata/<file>`` or ``targets/<file>`` in the signed repository.
     """
 
     type: Literal["fetch"] = "fetch"
-    path: str = Field(pattern=r"^(metadata|targets)/[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
-    offset: int = Field(ge=0)
-    length: int = Field(gt=0, le=FETCH_MAX_CHUNK)
+    path: Annotated[str, Meta(pattern=r"^(metadata|targets)/[A-Za-z0-9][A-Za-z0-9._-]{0,200}\Z")]
+    offset: Annotated[int, Meta(ge=0)]
+    length: Annotated[int, Meta(gt=0, le=FETCH_MAX_CHUNK)]
 
 
-class BundleOffer(WireMessage):
+class BundleOffer(WireMessage, frozen=True, kw_only=True):
     """Tells a device to install a bundle, on ``down/offer``.
 
     The offer is only a hint: the device trusts nothing in it until the signed
@@ -113,9 +115,9 @@ class BundleOffer(WireMessage):
     type: Literal["offer"] = "offer"
     rollout_id: int | None = None
     bundle_id: str
-    target: str = Field(description="target path in the signed targets metadata")
-    release: int = Field(ge=1)
-    ts: float = Field(default_factory=time.time)
+    target: str  # target path in the signed targets metadata
+    release: Annotated[int, Meta(ge=1)]
+    ts: float = field(default_factory=time.time)
 
 
 TelemetryKind = Literal[
@@ -123,7 +125,7 @@ TelemetryKind = Literal[
 ]
 
 
-class TelemetryEvent(WireMessage):
+class TelemetryEvent(WireMessage, frozen=True, kw_only=True):
     """One event from a device's store-and-forward spool, on ``up/telemetry``.
 
     ``event_id`` is unique per event, so the control plane stores each event once
@@ -141,19 +143,21 @@ class TelemetryEvent(WireMessage):
     """
 
     type: Literal["telemetry"] = "telemetry"
-    event_id: str = Field(default_factory=new_event_id, min_length=8, max_length=64)
+    event_id: Annotated[str, Meta(min_length=8, max_length=64)] = field(
+        default_factory=new_event_id
+    )
     kind: TelemetryKind
-    priority: int = Field(default=1, ge=0, le=3)
+    priority: Annotated[int, Meta(ge=0, le=3)] = 1
     bundle_id: str | None = None
     release: int | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
-    ts: float = Field(default_factory=time.time)
+    data: dict[str, Any] = field(default_factory=dict)
+    ts: float = field(default_factory=time.time)
 
 
 CommandName = Literal["rollback", "shadow_start", "shadow_stop"]
 
 
-class DeviceCommand(WireMessage):
+class DeviceCommand(WireMessage, frozen=True, kw_only=True):
     """An instruction from the control plane, on ``down/command``.
 
     ``rollback`` switches the device back to the bundle in its other slot and is
@@ -161,20 +165,25 @@ class DeviceCommand(WireMessage):
     """
 
     type: Literal["command"] = "command"
-    command_id: str = Field(default_factory=new_event_id)
+    command_id: str = field(default_factory=new_event_id)
     command: CommandName
     rollout_id: int | None = None
     bundle_id: str | None = None
     reason: str | None = None
-    args: dict[str, Any] = Field(default_factory=dict)
-    ts: float = Field(default_factory=time.time)
+    args: dict[str, Any] = field(default_factory=dict)
+    ts: float = field(default_factory=time.time)
 
 
-Message = Annotated[
-    DeviceStatus | InstallReport | FetchRequest | BundleOffer | TelemetryEvent | DeviceCommand,
-    Field(discriminator="type"),
-]
-_message_adapter: TypeAdapter[Any] = TypeAdapter(Message)
+Message = DeviceStatus | InstallReport | FetchRequest | BundleOffer | TelemetryEvent | DeviceCommand
+
+_MESSAGE_TYPES: dict[str, type[WireMessage]] = {
+    "status": DeviceStatus,
+    "install": InstallReport,
+    "fetch": FetchRequest,
+    "offer": BundleOffer,
+    "telemetry": TelemetryEvent,
+    "command": DeviceCommand,
+}
 
 M = TypeVar("M", bound=WireMessage)
 
@@ -182,11 +191,19 @@ M = TypeVar("M", bound=WireMessage)
 def decode_message(payload: bytes, *, topic: str | None = None) -> WireMessage:
     """Decode and validate any wire message; ``MessageError`` names what is wrong."""
     try:
-        message = _message_adapter.validate_json(payload)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "message"
-        raise MessageError(f"invalid message: {where}: {first.get('msg')}", topic=topic) from e
+        raw = msgspec.json.decode(payload)
+    except msgspec.DecodeError as e:
+        raise MessageError(f"invalid message: {e}", topic=topic) from e
+    if not isinstance(raw, dict):
+        raise MessageError("invalid message: not a JSON object", topic=topic)
+    kind = raw.get("type")
+    message_type = _MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if message_type is None:
+        raise MessageError(f"invalid message: type: unknown message type {kind!r}", topic=topic)
+    try:
+        message = schema.convert(raw, message_type)
+    except msgspec.ValidationError as e:
+        raise MessageError(f"invalid message: {schema.describe(e)}", topic=topic) from e
     if message.v > SCHEMA_VERSION:
         raise MessageError(f"unsupported schema version {message.v}", topic=topic)
     return message

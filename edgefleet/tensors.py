@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+
+from edgefleet.schema import Open
 
 # Open Inference Protocol datatype names <-> numpy dtypes.
 OIP_TO_NUMPY: dict[str, np.dtype[Any]] = {
@@ -30,10 +31,8 @@ OIP_TO_NUMPY: dict[str, np.dtype[Any]] = {
 NUMPY_TO_OIP: dict[np.dtype[Any], str] = {v: k for k, v in OIP_TO_NUMPY.items()}
 
 
-class TensorSpec(BaseModel):
+class TensorSpec(Open, frozen=True, kw_only=True):
     """One model input or output: name, OIP datatype, shape (-1 for a dynamic axis)."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str
     datatype: str
@@ -46,10 +45,8 @@ class TensorSpec(BaseModel):
         )
 
 
-class ModelSignature(BaseModel):
+class ModelSignature(Open, frozen=True, kw_only=True):
     """Inputs and outputs of a model, as the runtime sees them."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]

@@ -15,6 +15,7 @@ from control_plane.models import MODEL_NAME_PATTERN, ModelVersion
 from control_plane.settings import Settings
 from converters.errors import ConversionError
 from converters.onnx_inspect import inspect_onnx
+from edgefleet import schema
 from edgefleet.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def register_model(
         size_bytes=inspection.size_bytes,
         path=str(model_path),
         samples_path=str(samples_path),
-        signature=inspection.signature.model_dump(mode="json"),
+        signature=schema.to_builtins(inspection.signature),
     )
     session.add(model)
     session.commit()

@@ -54,6 +54,14 @@ def test_config_rejects_unknown_inference_field_naming_it() -> None:
     assert caught.value.field == "inference.max_concurency"
 
 
+@pytest.mark.parametrize("value", ["70000", '"8501"'])
+def test_config_rejects_a_bad_value_in_a_section_naming_it(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(VALID.replace("port = 8501", f"port = {value}"))
+    assert caught.value.field == "inference.port"
+    assert str(caught.value).startswith("inference.port: Expected `int`")
+
+
 def test_config_rejects_malformed_device_id() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(VALID.replace("dev-abc12345", "cp-controlplane"))

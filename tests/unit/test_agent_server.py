@@ -17,16 +17,18 @@ from agent.runtime import ActiveModel, ModelHolder, OnnxRuntime
 from agent.server import InferenceServer
 from agent.telemetry import InferenceStats
 from control_plane.digits import DigitsModel, train_digits_model
+from edgefleet import schema
 from edgefleet.tensors import ModelSignature, encode_tensor
 
-SIGNATURE = ModelSignature.model_validate(
+SIGNATURE = schema.convert(
     {
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
         "outputs": [
             {"name": "label", "datatype": "INT64", "shape": [-1]},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
         ],
-    }
+    },
+    ModelSignature,
 )
 
 

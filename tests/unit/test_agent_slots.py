@@ -8,17 +8,22 @@ import pytest
 
 from agent.errors import SlotError
 from agent.slots import ActiveRecord, SlotStore
+from edgefleet import schema
 
 
-def _record(slot: str = "a", release: int = 1, bundle_id: str = "b1") -> ActiveRecord:
-    return ActiveRecord.model_validate(
+def _record(
+    slot: str = "a", release: int = 1, bundle_id: str = "b1", **more: object
+) -> ActiveRecord:
+    return schema.convert(
         {
             "slot": slot,
             "bundle_id": bundle_id,
             "release": release,
             "model": "digits",
             "model_version": "1",
-        }
+            **more,
+        },
+        ActiveRecord,
     )
 
 
@@ -80,7 +85,7 @@ def test_corrupt_active_record_is_a_slot_error(tmp_path: Path) -> None:
 
 def test_active_record_keeps_unknown_fields_from_a_newer_agent(tmp_path: Path) -> None:
     store = SlotStore(tmp_path)
-    store.write_active(_record().model_copy(update={"journal": "x"}))
+    store.write_active(_record(journal="x"))
     record = store.read_active()
     assert record is not None
-    assert record.model_extra == {"journal": "x"}
+    assert record.unrecognized_fields == {"journal": "x"}

@@ -13,6 +13,7 @@ from agent.errors import RuntimeLoadError, SmokeTestError
 from agent.runtime import load_runtime
 from agent.smoke import run_smoke_test
 from control_plane.digits import DigitsModel, train_digits_model
+from edgefleet import schema
 from edgefleet.bundle import Manifest, unpack_bundle, write_bundle
 from edgefleet.tensors import ModelSignature
 
@@ -87,7 +88,7 @@ def test_onnx_runtime_loads_bundle_and_reports_manifest_signature(
 ) -> None:
     manifest, slot = make_bundle(tmp_path, digits)
     runtime = load_runtime(manifest, slot)
-    assert runtime.signature == ModelSignature.model_validate(SIGNATURE)
+    assert runtime.signature == schema.convert(SIGNATURE, ModelSignature)
     outputs = runtime.infer({"input": digits.holdout_x[:5]})
     assert outputs["label"].shape == (5,)
     assert outputs["probabilities"].shape == (5, 10)

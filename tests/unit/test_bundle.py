@@ -227,7 +227,7 @@ def test_unknown_manifest_fields_survive_round_trip(tmp_path: Path) -> None:
     bundle = tmp_path / "b.tar"
     write_bundle(bundle, manifest_fields(future_field={"x": 1}), FILES)
     manifest = read_manifest(bundle)
-    assert manifest.model_extra == {"future_field": {"x": 1}}
+    assert manifest.unrecognized_fields == {"future_field": {"x": 1}}
     assert b"future_field" in manifest.to_bytes()
 
 
