@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 from msgspec import field
@@ -48,13 +48,6 @@ class ActiveRecord(schema.Open, frozen=True, kw_only=True):
     def highest(self) -> int:
         """Highest release ever installed (never below the active one)."""
         return max(self.release, self.highest_release)
-
-    def model_dump(self, *, mode: str = "json") -> dict[str, Any]:
-        """Deprecated pydantic spelling of ``edgefleet.schema.to_builtins(record)``.
-
-        Kept only until ``agent/updater.py`` is ported off pydantic; remove it then.
-        """
-        return dict(schema.to_builtins(self))
 
 
 class SlotStore:

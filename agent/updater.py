@@ -34,8 +34,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgspec
 
 from agent.config import AgentConfig
 from agent.errors import AgentError, InstallError, SlotError, TransferError
@@ -46,6 +47,7 @@ from agent.slots import ActiveRecord, SlotName, SlotStore, read_slot_manifest
 from agent.smoke import run_smoke_test
 from agent.telemetry import InferenceStats, probation_breach
 from agent.verifier import SignedBundle, Verifier, tuf_metadata_dir
+from edgefleet import schema
 from edgefleet.bundle import Manifest, unpack_bundle, verify_directory
 from edgefleet.errors import BundleError
 from edgefleet.messages import BundleOffer, DeviceCommand, InstallReport, InstallState
@@ -62,9 +64,9 @@ DISK_MARGIN_BYTES = 32 * 1024 * 1024
 def signed_custom(signed: SignedBundle) -> TargetCustom:
     """The signed target's custom fields, checked; ``InstallError`` names what is wrong."""
     try:
-        return TargetCustom.model_validate(signed.custom)
-    except ValidationError as e:
-        raise InstallError(f"signed target has invalid custom fields: {e.errors()[0]}") from e
+        return msgspec.convert(signed.custom, TargetCustom)
+    except msgspec.ValidationError as e:
+        raise InstallError(f"signed target has invalid custom fields: {schema.describe(e)}") from e
 
 
 def tree_size(path: Path) -> int:
@@ -77,17 +79,15 @@ def tree_size(path: Path) -> int:
     return total
 
 
-class TargetCustom(BaseModel):
-    """The ``custom`` fields of a bundle's signed TUF target entry."""
-
-    model_config = ConfigDict(extra="allow")
+class TargetCustom(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``custom`` fields of a bundle's signed TUF target entry (others are ignored)."""
 
     bundle_id: str
-    release: int = Field(ge=1)
+    release: Annotated[int, msgspec.Meta(ge=1)]
     model: str | None = None
     model_version: str | None = None
-    profiles: list[str] = Field(default_factory=list)
-    hardware: list[str] = Field(default_factory=list)
+    profiles: list[str] = msgspec.field(default_factory=list)
+    hardware: list[str] = msgspec.field(default_factory=list)
 
 
 def ensure_trust_root(config: AgentConfig) -> Path:
@@ -223,7 +223,7 @@ class Installer:
         record = self.journal.fire(
             record,
             "switched",
-            previous=previous.model_dump(mode="json") if previous else None,
+            previous=schema.to_builtins(previous) if previous else None,
         )
         self.slots.write_active(
             ActiveRecord(
@@ -280,7 +280,7 @@ class Installer:
                 release=int(command.args.get("release", -1)),
                 rollout_id=command.rollout_id,
             )
-        except (ValidationError, TypeError, ValueError) as e:
+        except (TypeError, ValueError) as e:
             return self._send_plain("failed", command.bundle_id or "", None, command.rollout_id,
                                     f"shadow: malformed shadow_start: {e}")  # fmt: skip
         if self.shadow.bundle_id == offer.bundle_id:
