@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 from urllib.parse import unquote, urlsplit
 
 from tuf.api.exceptions import (
@@ -35,7 +34,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 
 from agent.errors import InstallError, TransferError, VerificationError
 from agent.timefloor import TimeFloor
-from agent.verifier import Transport, downloads_dir, tuf_metadata_dir
+from agent.verifier import SignedBundle, Transport, downloads_dir, tuf_metadata_dir
 
 REPO_HOST = "repo"
 METADATA_BASE_URL = f"mqtt://{REPO_HOST}/metadata/"
@@ -112,15 +111,6 @@ def tuf_errors() -> Iterator[None]:
         raise VerificationError(type(e).__name__, str(e)) from e
 
 
-@dataclass(frozen=True)
-class SignedTarget:
-    """What the signed targets metadata says about the offered bundle."""
-
-    name: str
-    length: int
-    custom: dict[str, Any]
-
-
 class TargetVerifier:
     """One verification: ``find`` the offered target in fresh metadata, then ``download``."""
 
@@ -131,7 +121,7 @@ class TargetVerifier:
         self._updater: Updater | None = None
         self._info: TargetFile | None = None
 
-    def find(self, target: str) -> SignedTarget:
+    def find(self, target: str) -> SignedBundle:
         """Refresh the signed metadata and look ``target`` up; ``InstallError`` if absent."""
         # The floor is checked before ngclient judges expiry, and again once a
         # verified refresh may have raised it.
@@ -155,7 +145,7 @@ class TargetVerifier:
         if info is None:
             raise InstallError(f"target {target!r} not in signed metadata")
         self._updater, self._info = updater, info
-        return SignedTarget(name=target, length=info.length, custom=dict(info.custom or {}))
+        return SignedBundle(target, info.length, dict(info.custom or {}), self.download)
 
     def download(self) -> Path:
         """The target's file, its length and hashes checked against the signed ones."""

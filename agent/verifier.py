@@ -160,10 +160,8 @@ class InProcessVerifier:
     def open(self, target: str) -> Iterator[SignedBundle]:
         from agent.tuf_client import TargetVerifier
 
-        verifier = TargetVerifier(self.data_dir, self.transport)
         try:
-            signed = verifier.find(target)
-            yield SignedBundle(signed.name, signed.length, signed.custom, verifier.download)
+            yield TargetVerifier(self.data_dir, self.transport).find(target)
         except VerificationError:
             _discard_parts(self.transport)  # never resume bytes that failed their check
             raise
