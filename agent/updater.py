@@ -64,7 +64,7 @@ DISK_MARGIN_BYTES = 32 * 1024 * 1024
 def signed_custom(signed: SignedBundle) -> TargetCustom:
     """The signed target's custom fields, checked; ``InstallError`` names what is wrong."""
     try:
-        return msgspec.convert(signed.custom, TargetCustom)
+        return schema.convert(signed.custom, TargetCustom)
     except msgspec.ValidationError as e:
         raise InstallError(f"signed target has invalid custom fields: {schema.describe(e)}") from e
 
@@ -79,7 +79,7 @@ def tree_size(path: Path) -> int:
     return total
 
 
-class TargetCustom(msgspec.Struct, frozen=True, kw_only=True):
+class TargetCustom(schema.Struct, frozen=True, kw_only=True):
     """The ``custom`` fields of a bundle's signed TUF target entry (others are ignored)."""
 
     bundle_id: str

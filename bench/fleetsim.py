@@ -24,6 +24,7 @@ session and one network thread each, like the devices' links.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import socket
 import threading
@@ -367,6 +368,10 @@ def run_worker(conn: Connection, spec: WorkerSpec) -> None:
         level=logging.WARNING,
         format="%(asctime)s %(process)d %(threadName)s %(name)s %(levelname)s %(message)s",
     )
+    # A worker killed by a signal (a crash in a C extension) leaves every thread's
+    # Python stack in its log instead of vanishing.
+    crash_log = open(spec.log_path, "a")  # noqa: SIM115 - open for the process's lifetime
+    faulthandler.enable(file=crash_log, all_threads=True)
     worker = Worker(spec)
     try:
         while True:

@@ -18,6 +18,13 @@ on top, once:
   encoding and ``msgspec.structs.replace`` do not know about them: use these.
 - ``locate`` and ``describe`` turn msgspec's ``ValidationError`` into the dotted path of
   the field at fault and the reason, for the callers' own errors.
+- Thread safety. msgspec works out a record type's field types the first time the type
+  is decoded or converted, and publishes that half-built while it calls into Python:
+  a second thread using the same type at that moment reads a missing field type and
+  the process dies (SIGSEGV; seen in the fleet benchmark, with 250 devices per process
+  installing at once; ``tests/unit/test_schema.py`` has the scenario).
+  So every ``Struct`` type is registered when defined, and the first conversion in
+  the process prepares all of them under one lock, in one thread, before any goes on.
 
 Records are read-only. Declare every one with ``frozen=True, kw_only=True``: msgspec does
 not inherit ``kw_only`` (records take keyword arguments only, and required fields may
@@ -29,6 +36,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import re
+import threading
 import typing
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -99,12 +107,40 @@ def _layout(cls: type[msgspec.Struct]) -> _Layout:
     )
 
 
+_unprepared: list[type[msgspec.Struct]] = []
+"""Record types defined but not yet known to msgspec (see "Thread safety" above)."""
+_prepare_lock = threading.Lock()
+
+
+def prepare() -> None:
+    """Have msgspec work out every record type defined so far, once, in this thread.
+
+    Cheap after the first call (a list check). A type that cannot be prepared yet (its
+    module is still defining the types it refers to) stays listed for the next call.
+    """
+    if not _unprepared:
+        return
+    with _prepare_lock:
+        for cls in list(_unprepared):
+            try:
+                msgspec.json.Decoder(cls)
+                msgspec.json.Decoder(_layout(cls).row)
+            except NameError:
+                continue
+            _unprepared.remove(cls)
+
+
 class Struct(msgspec.Struct, frozen=True):
     """A read-only record whose fields are checked when it is built in code, as when decoded."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _unprepared.append(cls)
 
     def __post_init__(self) -> None:
         if _decoding.get():
             return
+        prepare()
         layout = _layout(type(self))
         values = tuple(getattr(self, name) for name in layout.names)
         try:
@@ -136,6 +172,7 @@ def convert(data: Any, type_: type[T]) -> T:
     Raises ``msgspec.ValidationError``; ``locate`` says where. Undeclared fields of
     ``Open`` records are kept.
     """
+    prepare()
     token = _decoding.set(True)
     try:
         result: T = msgspec.convert(data, type_, dec_hook=_dec_hook)

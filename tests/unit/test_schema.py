@@ -4,6 +4,8 @@ with the files the pydantic-based agent and control plane wrote before them."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,40 @@ def test_journal_keeps_fields_a_newer_agent_wrote_across_saves(tmp_path: Path) -
     assert record is not None
     journal.fire(record, "probation_passed")
     assert json.loads((tmp_path / "journal.json").read_text())["attempt_id"] == "x-1"
+
+
+FIRST_USE_IN_MANY_THREADS = """
+import sys, threading, msgspec
+from typing import Annotated, Literal
+from edgefleet import schema
+sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+for round in range(200):
+    fields = [(f"f{i}", Annotated[int, msgspec.Meta(ge=0)] | None, None) for i in range(40)]
+    fields += [(f"l{i}", list[dict[str, Literal["a", "b"]]], msgspec.field(default_factory=list))
+               for i in range(20)]
+    Record = msgspec.defstruct(f"Record{round}", fields, bases=(schema.Struct,), kw_only=True,
+                               frozen=True)
+    start = threading.Barrier(16)
+    def use():
+        start.wait()
+        schema.convert({"f1": 1}, Record)
+        Record(f2=3)
+    threads = [threading.Thread(target=use) for _ in range(16)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+print("survived")
+"""
+
+
+def test_a_record_type_first_used_by_many_threads_at_once_does_not_crash_the_process() -> None:
+    # The same script with msgspec.convert in place of schema.convert dies with SIGSEGV
+    # within a second here (msgspec 0.22.0): msgspec publishes a type's field types
+    # half-built on first use. A worker of the fleet benchmark died of it.
+    result = subprocess.run(
+        [sys.executable, "-c", FIRST_USE_IN_MANY_THREADS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "survived"
