@@ -61,14 +61,6 @@ DISK_MARGIN_BYTES = 32 * 1024 * 1024
 """Free space always left on the data dir's filesystem after a download and unpack."""
 
 
-def signed_custom(signed: SignedBundle) -> TargetCustom:
-    """The signed target's custom fields, checked; ``InstallError`` names what is wrong."""
-    try:
-        return schema.convert(signed.custom, TargetCustom)
-    except msgspec.ValidationError as e:
-        raise InstallError(f"signed target has invalid custom fields: {schema.describe(e)}") from e
-
-
 def tree_size(path: Path) -> int:
     """Bytes of every regular file under ``path`` (0 when absent)."""
     total = 0
@@ -88,6 +80,14 @@ class TargetCustom(schema.Struct, frozen=True, kw_only=True):
     model_version: str | None = None
     profiles: list[str] = msgspec.field(default_factory=list)
     hardware: list[str] = msgspec.field(default_factory=list)
+
+
+def signed_custom(signed: SignedBundle) -> TargetCustom:
+    """The signed target's custom fields, checked; ``InstallError`` names what is wrong."""
+    try:
+        return schema.convert(signed.custom, TargetCustom)
+    except msgspec.ValidationError as e:
+        raise InstallError(f"signed target has invalid custom fields: {schema.describe(e)}") from e
 
 
 def ensure_trust_root(config: AgentConfig) -> Path:
