@@ -73,9 +73,12 @@ class Forwarder:
         while not self._stop.wait(TICK):
             try:
                 self.step()
-                self.on_tick()
             except (SpoolError, OSError):  # top of the loop: log and try again next tick
                 logger.exception("spool forwarding failed")
+            try:
+                self.on_tick()
+            except Exception:  # a bad periodic task must not stop telemetry for good
+                logger.exception("periodic task failed")
 
     def step(self) -> int:
         """One round: flush, report drops, settle acks, send what rate and window allow."""

@@ -147,6 +147,11 @@ class FleetLink:
     def wait_connected(self, timeout: float) -> bool:
         return self._link.wait_connected(timeout)
 
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Connected with every subscription acknowledged: from then on nothing a device
+        publishes slips past the (clean-start) ingest session."""
+        return self._link.wait_subscribed(timeout)
+
     # -- outgoing ----------------------------------------------------------------
 
     def publish_offer(self, device_id: str, offer: BundleOffer) -> None:

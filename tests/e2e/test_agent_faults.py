@@ -219,7 +219,7 @@ def restart_broker_control_plane_first(rig: Rig) -> None:
     rig.process.send_signal(signal.SIGSTOP)
     try:
         rig.broker.start()
-        assert rig.app.state.link.wait_connected(TIMEOUT)
+        assert rig.app.state.link.wait_subscribed(TIMEOUT)
     finally:
         rig.process.send_signal(signal.SIGCONT)
 

@@ -139,7 +139,7 @@ def fleet(tmp_path: Path) -> Iterator[SecureFleet]:
     secure = None
     try:
         with TestClient(app) as api:
-            assert app.state.link._link.wait_connected(TIMEOUT), "control plane not connected"
+            assert app.state.link._link.wait_subscribed(TIMEOUT), "control plane not connected"
             secure = SecureFleet(broker, files, app, api, observer_password)
             yield secure
     finally:

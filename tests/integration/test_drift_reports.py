@@ -61,7 +61,7 @@ def test_fleet_rule_fires_when_enough_devices_drift_and_plot_shows_it(
             "/api/v1/bundles",
             json={"model": "digits", "version": "1", "profile": "x86-64-gateway-onnx"},
         ).json()
-        assert app.state.link.wait_connected(10)
+        assert app.state.link.wait_subscribed(10)
 
         start = time.time() - 600
         histories = {

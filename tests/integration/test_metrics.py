@@ -98,7 +98,7 @@ def api(tmp_path: Path, broker: MosquittoBroker) -> Iterator[TestClient]:
 
 
 def test_empty_control_plane_exposes_zero_fleet_and_a_connected_broker(api: TestClient) -> None:
-    assert api.app.state.link.wait_connected(10)  # type: ignore[attr-defined]
+    assert api.app.state.link.wait_subscribed(10)  # type: ignore[attr-defined]
     samples = scrape(api)
     assert samples[("edgefleet_broker_connected", ())] == 1.0
     assert not [key for key in samples if key[0] == "edgefleet_devices"]

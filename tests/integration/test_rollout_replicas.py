@@ -91,7 +91,7 @@ def test_surviving_replica_finishes_a_rollout_when_the_other_is_killed(
     try:
         app = create_app(settings)
         with TestClient(app) as api:
-            assert app.state.link.wait_connected(10)
+            assert app.state.link.wait_subscribed(10)
             add_bundle(app.state.engine, OLD, 1)
             add_bundle(app.state.engine, NEW, 2)
             for i in range(4):

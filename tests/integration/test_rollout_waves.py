@@ -40,7 +40,7 @@ class Rig:
         app = create_app(self.settings)
         self.api = TestClient(app)
         self.api.__enter__()
-        assert app.state.link.wait_connected(10)
+        assert app.state.link.wait_subscribed(10)
         return self.api
 
     def stop_control_plane(self) -> None:

@@ -37,7 +37,7 @@ def test_redelivered_events_are_stored_once_and_attributed_to_the_topic_device(
 ) -> None:
     app = create_app(Settings(data_dir=tmp_path / "cp", broker_url=broker.url))
     with TestClient(app) as api:
-        assert app.state.link.wait_connected(10)
+        assert app.state.link.wait_subscribed(10)
         device = MqttLink(client_id=DEVICE, broker=broker.address, clean_start=True)
         device.start()
         assert device.wait_connected(10)

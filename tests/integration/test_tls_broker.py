@@ -84,7 +84,7 @@ def fleet(tmp_path: Path) -> Iterator[TlsFleet]:
     secure = None
     try:
         with TestClient(app) as api:
-            assert app.state.link._link.wait_connected(TIMEOUT), "control plane not connected"
+            assert app.state.link._link.wait_subscribed(TIMEOUT), "control plane not connected"
             secure = TlsFleet(tls, app, api, tmp_path / "devices")
             yield secure
     finally:
