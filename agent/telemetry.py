@@ -43,13 +43,10 @@ class LatencyWindow:
     buckets: list[int] = field(default_factory=lambda: [0] * (len(BOUNDS_MS) + 1))
 
     def add(self, latency_ms: float, ok: bool) -> None:
-        self.add_to_bucket(bisect.bisect_left(BOUNDS_MS, latency_ms), ok)
-
-    def add_to_bucket(self, bucket: int, ok: bool) -> None:
         self.count += 1
         if not ok:
             self.errors += 1
-        self.buckets[bucket] += 1
+        self.buckets[bisect.bisect_left(BOUNDS_MS, latency_ms)] += 1
 
     def add_counts(self, buckets: np.ndarray, errors: int) -> None:
         """Add a histogram (``len(BOUNDS_MS) + 1`` counts) and its error count."""
@@ -106,9 +103,6 @@ class InferenceStats:
         self._window = LatencyWindow()
         self._probation = LatencyWindow()
         self._probation_bundle: str | None = None
-
-    def observe(self, bundle_id: str, latency_ms: float, ok: bool) -> None:
-        self.record((bundle_id, latency_ms, ok))
 
     def fold(self) -> int:
         """Move what was recorded into the windows; returns how many observations."""

@@ -110,8 +110,7 @@ def idle_agent_rss(tmp: Path, onnx_bytes: bytes, samples: np.ndarray) -> float:
 
     from control_plane.app import create_app
     from control_plane.broker import MosquittoBroker
-    from control_plane.demo import agent_config
-    from control_plane.netutil import free_port
+    from control_plane.demo import write_agent_config
     from control_plane.settings import Settings
     from edgefleet.messages import BundleOffer
 
@@ -134,17 +133,14 @@ def idle_agent_rss(tmp: Path, onnx_bytes: bytes, samples: np.ndarray) -> float:
             ).json()
             root = tmp / "root.json"
             root.write_bytes(api.get("/api/v1/trust/root").content)
-            port = free_port()
             config = tmp / "agent.toml"
-            config.write_text(
-                agent_config(
-                    device_id="dev-footprint01",
-                    profile="x86-64-gateway-onnx",
-                    broker=broker.url,
-                    data_dir=tmp / "agent",
-                    trust_root=root,
-                    port=port,
-                )
+            port = write_agent_config(
+                config,
+                device_id="dev-footprint01",
+                profile="x86-64-gateway-onnx",
+                broker=broker.url,
+                data_dir=tmp / "agent",
+                trust_root=root,
             )
             agent = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--config", str(config)],

@@ -108,6 +108,27 @@ def agent_config(
     )
 
 
+def write_agent_config(
+    path: Path, *, device_id: str, profile: str, broker: str, data_dir: Path, trust_root: Path,
+    extra: str = "",
+) -> int:  # fmt: skip
+    """Write one agent's ``agent.toml`` (``extra`` TOML appended) with its endpoint on a
+    free port; returns that port."""
+    port = free_port()
+    path.write_text(
+        agent_config(
+            device_id=device_id,
+            profile=profile,
+            broker=broker,
+            data_dir=data_dir,
+            trust_root=trust_root,
+            port=port,
+        )
+        + extra
+    )
+    return port
+
+
 def infer_accuracy(port: int, x: np.ndarray, y: np.ndarray) -> float:
     """Accuracy of the model behind an agent's local endpoint on ``x``/``y``."""
     body = {"id": "demo", "inputs": [encode_tensor("input", x.astype(np.float32))]}
@@ -225,17 +246,14 @@ class Demo:
             profile = self.profiles[(i - 1) % len(self.profiles)]
             agent_dir = self.data_dir / "agents" / device_id
             agent_dir.mkdir(parents=True, exist_ok=True)
-            port = free_port()
             config = agent_dir / "agent.toml"
-            config.write_text(
-                agent_config(
-                    device_id=device_id,
-                    profile=profile,
-                    broker=broker_url,
-                    data_dir=agent_dir / "data",
-                    trust_root=root_path,
-                    port=port,
-                )
+            port = write_agent_config(
+                config,
+                device_id=device_id,
+                profile=profile,
+                broker=broker_url,
+                data_dir=agent_dir / "data",
+                trust_root=root_path,
             )
             self.processes.start_module(
                 device_id, "agent", ["run", "--config", str(config)], agent_dir / "agent.log"

@@ -144,9 +144,6 @@ class FleetLink:
     def connected(self) -> bool:
         return self._link.connected
 
-    def wait_connected(self, timeout: float) -> bool:
-        return self._link.wait_connected(timeout)
-
     def wait_subscribed(self, timeout: float) -> bool:
         """Connected with every subscription acknowledged: from then on nothing a device
         publishes slips past the (clean-start) ingest session."""

@@ -1,5 +1,6 @@
 """What many tests need and must do the same way: waiting on real processes, registering
-the digits model, building a bundle and rolling it out through a control plane,
+the digits model, provisioning and starting an agent, building a bundle and rolling it
+out through a control plane,
 collecting what an MQTT link receives. Importable as ``harness`` (``tests/`` is on
 ``sys.path`` because ``tests/conftest.py`` lives there)."""
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from control_plane.demo import write_agent_config
 from edgefleet.mqtt import Incoming
 
 POLL_S = 0.05
@@ -49,6 +51,27 @@ def register_model(
     )
     assert response.status_code == 201, response.text
     return dict(response.json())
+
+
+def provision_agent(
+    tmp: Path, api: Any, *, broker: str, device_id: str, profile: str, extra: str = ""
+) -> tuple[Path, int]:
+    """What one agent needs under ``tmp``: the control plane's trust root (``root.json``)
+    and ``agent.toml`` (data in ``tmp/agent``, endpoint on a free port, ``extra`` TOML
+    appended). Returns (config path, endpoint port)."""
+    root = tmp / "root.json"
+    root.write_bytes(api.get("/api/v1/trust/root").content)
+    config = tmp / "agent.toml"
+    port = write_agent_config(
+        config,
+        device_id=device_id,
+        profile=profile,
+        broker=broker,
+        data_dir=tmp / "agent",
+        trust_root=root,
+        extra=extra,
+    )
+    return config, port
 
 
 def start_agent(

@@ -25,15 +25,13 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from harness import build_bundle, register_model, start_agent, wait_for
+from harness import build_bundle, provision_agent, register_model, start_agent, wait_for
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Timestamp
 
 from control_plane.app import create_app
 from control_plane.broker import MosquittoBroker
-from control_plane.demo import agent_config
 from control_plane.digits import DigitsModel, train_digits_model
-from control_plane.netutil import free_port
 from control_plane.settings import Settings
 from edgefleet import topics
 from edgefleet.messages import BundleOffer
@@ -141,19 +139,8 @@ def target(tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel) -> Iter
     with TestClient(app) as api:
         for version in ("1", "2"):
             register_model(api, digits.onnx_bytes, digits.samples, version=version)
-        root = tmp_path / "root.json"
-        root.write_bytes(api.get("/api/v1/trust/root").content)
-        port = free_port()
-        config = tmp_path / "agent.toml"
-        config.write_text(
-            agent_config(
-                device_id=DEVICE,
-                profile=PROFILE,
-                broker=broker.url,
-                data_dir=tmp_path / "agent",
-                trust_root=root,
-                port=port,
-            )
+        config, port = provision_agent(
+            tmp_path, api, broker=broker.url, device_id=DEVICE, profile=PROFILE
         )
         harness = Target(api, app, broker, port, config, tmp_path / "agent.log")
         try:

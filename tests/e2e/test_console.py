@@ -28,10 +28,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from harness import start_agent, wait_for
+from harness import provision_agent, start_agent, wait_for
 
 from control_plane.broker import MosquittoBroker
-from control_plane.demo import agent_config
 from control_plane.digits import train_digits_model
 from control_plane.netutil import free_port
 from edgefleet import topics
@@ -146,19 +145,7 @@ def _register_and_build(api: httpx.Client) -> dict[str, Any]:
 
 
 def _start_agent(root: Path, broker: MosquittoBroker, api: httpx.Client) -> subprocess.Popen[bytes]:
-    trust_root = root / "root.json"
-    trust_root.write_bytes(api.get("/api/v1/trust/root").content)
-    config = root / "agent.toml"
-    config.write_text(
-        agent_config(
-            device_id=AGENT,
-            profile=PROFILE,
-            broker=broker.url,
-            data_dir=root / "agent",
-            trust_root=trust_root,
-            port=free_port(),
-        )
-    )
+    config, _port = provision_agent(root, api, broker=broker.url, device_id=AGENT, profile=PROFILE)
     return start_agent(config, root / "agent.log")
 
 

@@ -10,13 +10,11 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from harness import start_agent, wait_for
+from harness import provision_agent, start_agent, wait_for
 
 from control_plane.app import create_app
 from control_plane.broker import MosquittoBroker
-from control_plane.demo import agent_config
 from control_plane.digits import DigitsModel, train_digits_model
-from control_plane.netutil import free_port
 from control_plane.retrain_digits import shift_digits
 from control_plane.settings import Settings
 from edgefleet.tensors import encode_tensor
@@ -44,20 +42,13 @@ def served(
         bundle = api.post(
             "/api/v1/bundles", json={"model": "digits", "version": "1", "profile": PROFILE}
         ).json()
-        root = tmp_path / "root.json"
-        root.write_bytes(api.get("/api/v1/trust/root").content)
-        port = free_port()
-        config = tmp_path / "agent.toml"
-        config.write_text(
-            agent_config(
-                device_id=DEVICE,
-                profile=PROFILE,
-                broker=broker.url,
-                data_dir=tmp_path / "agent",
-                trust_root=root,
-                port=port,
-            )
-            + f"[drift]\nsample_size = {SAMPLE_SIZE}\n"
+        config, port = provision_agent(
+            tmp_path,
+            api,
+            broker=broker.url,
+            device_id=DEVICE,
+            profile=PROFILE,
+            extra=f"[drift]\nsample_size = {SAMPLE_SIZE}\n",
         )
         agent = start_agent(config, tmp_path / "agent.log")
         try:

@@ -42,8 +42,8 @@ def test_latency_breach_names_the_p95() -> None:
 def test_only_the_bundle_on_probation_counts_toward_its_window() -> None:
     stats = InferenceStats()
     stats.start_probation("new")
-    stats.observe("old", 1.0, False)
-    stats.observe("new", 1.0, True)
+    stats.record(("old", 1.0, False))
+    stats.record(("new", 1.0, True))
     assert stats.probation_window().count == 1
     assert stats.take_window().count == 2
     assert stats.take_window().count == 0
