@@ -14,6 +14,7 @@ base64 inflation.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Annotated, Any, Literal, TypeVar
@@ -36,6 +37,15 @@ FETCH_OFFSET = "offset"
 FETCH_REASON = "reason"
 FETCH_MAX_CHUNK = 256 * 1024
 """Largest chunk a device may ask for; well under any broker's max packet size."""
+
+MAX_MESSAGE_BYTES = 256 * 1024
+"""Largest JSON wire message accepted; checked before decoding."""
+MAX_NESTING = 32
+"""Deepest nesting of JSON arrays and objects accepted; checked before decoding, so a
+payload of ``[[[[…`` is refused as that message's fault instead of exhausting the
+decoder's recursion limit on the receiving thread."""
+RECEIPT_MAX_IDS = 1000
+"""Most event ids one receipt acknowledges."""
 
 InstallState = Literal[
     "offered",
@@ -76,6 +86,10 @@ class DeviceStatus(WireMessage, frozen=True, kw_only=True):
     model_version: str | None = None
     bundle_id: str | None = None
     release: int | None = None
+    spool_depth: int | None = None  # events waiting in the telemetry spool right now
+    trusted_versions: dict[str, int] | None = None
+    """Versions of the signed metadata the device trusts now (``root``, ``timestamp``,
+    ``snapshot``, ``targets``): the control plane never publishes below the highest."""
     ts: float = field(default_factory=time.time)
 
 
@@ -174,7 +188,29 @@ class DeviceCommand(WireMessage, frozen=True, kw_only=True):
     ts: float = field(default_factory=time.time)
 
 
-Message = DeviceStatus | InstallReport | FetchRequest | BundleOffer | TelemetryEvent | DeviceCommand
+class Receipt(WireMessage, frozen=True, kw_only=True):
+    """The control plane's end-to-end receipt, on ``down/receipt``.
+
+    Lists the ``event_id`` of telemetry events and install reports that are committed
+    to the control plane's database. A device deletes a spooled event only when a
+    receipt names it (the broker's PUBACK only frees the in-flight window) and sends
+    again what stays unreceipted; event ids make a resend harmless.
+    """
+
+    type: Literal["receipt"] = "receipt"
+    event_ids: Annotated[list[str], Meta(max_length=RECEIPT_MAX_IDS)]
+    ts: float = field(default_factory=time.time)
+
+
+Message = (
+    DeviceStatus
+    | InstallReport
+    | FetchRequest
+    | BundleOffer
+    | TelemetryEvent
+    | DeviceCommand
+    | Receipt
+)
 
 _MESSAGE_TYPES: dict[str, type[WireMessage]] = {
     "status": DeviceStatus,
@@ -183,16 +219,56 @@ _MESSAGE_TYPES: dict[str, type[WireMessage]] = {
     "offer": BundleOffer,
     "telemetry": TelemetryEvent,
     "command": DeviceCommand,
+    "receipt": Receipt,
 }
 
 M = TypeVar("M", bound=WireMessage)
 
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nesting_depth(payload: bytes) -> int:
+    """How deeply JSON arrays and objects nest in ``payload`` (brackets inside strings
+    do not count); cheap enough to run on every message before decoding."""
+    brackets = _STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
+    depth = deepest = 0
+    for byte in brackets:
+        if byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def check_bounds(
+    payload: bytes,
+    *,
+    topic: str | None = None,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+    max_nesting: int = MAX_NESTING,
+) -> None:
+    """Refuse a payload too large or too deeply nested to decode safely."""
+    if len(payload) > max_bytes:
+        raise MessageError(
+            f"message too large: {len(payload)} bytes (limit {max_bytes})", topic=topic
+        )
+    depth = nesting_depth(payload)
+    if depth > max_nesting:
+        raise MessageError(f"message nested too deeply: {depth} (limit {max_nesting})", topic=topic)
+
 
 def decode_message(payload: bytes, *, topic: str | None = None) -> WireMessage:
-    """Decode and validate any wire message; ``MessageError`` names what is wrong."""
+    """Decode and validate any wire message; ``MessageError`` names what is wrong.
+
+    Size and nesting are bounded before the decoder sees the payload, and anything the
+    decoder raises is this message's fault: no payload can take its receiver down.
+    """
+    check_bounds(payload, topic=topic)
     try:
         raw = msgspec.json.decode(payload)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, RecursionError, MemoryError) as e:
         raise MessageError(f"invalid message: {e}", topic=topic) from e
     if not isinstance(raw, dict):
         raise MessageError("invalid message: not a JSON object", topic=topic)

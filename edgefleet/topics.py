@@ -3,7 +3,7 @@
 ::
 
     fleet/<device_id>/up/<channel>     device -> cloud  (status, report, fetch, telemetry)
-    fleet/<device_id>/down/<channel>   cloud -> device  (offer, command, fetch)
+    fleet/<device_id>/down/<channel>   cloud -> device  (offer, command, fetch, receipt)
     fleet/all/down/<channel>           cloud -> every device
 
 Device ids are ``dev-`` plus 8 to 32 lowercase letters or digits so that a broker ACL
@@ -36,6 +36,7 @@ class Down(StrEnum):
     OFFER = "offer"  # a bundle the device should install
     FETCH = "fetch"  # responses to the device's fetch requests
     COMMAND = "command"
+    RECEIPT = "receipt"  # event ids the control plane has committed (end-to-end acks)
 
 
 def is_device_id(value: str) -> bool:

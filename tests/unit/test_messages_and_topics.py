@@ -13,8 +13,10 @@ from edgefleet.messages import (
     DeviceStatus,
     FetchRequest,
     InstallReport,
+    Receipt,
     decode_as,
     decode_message,
+    nesting_depth,
 )
 from edgefleet.topics import Down, Up
 
@@ -88,3 +90,25 @@ def test_invalid_or_reserved_device_ids_are_refused(device_id: str) -> None:
 def test_parse_up_refuses_anything_but_a_device_up_topic(topic: str) -> None:
     with pytest.raises(ValueError):
         topics.parse_up(topic)
+
+
+def test_deeply_nested_payload_is_refused_as_a_message_error_before_decoding():
+    payload = b"[" * 900_000
+    with pytest.raises(MessageError, match="too large"):
+        decode_message(payload, topic="fleet/dev-abcdefgh/up/telemetry")
+    with pytest.raises(MessageError, match="nested too deeply"):
+        decode_message(b"[" * 5000 + b"]" * 5000)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    text = '{"type": "telemetry", "kind": "error", "data": {"reason": "[[[[\\"[[[[[[[[[[[[[["}}'
+    assert nesting_depth(text.encode()) == 2
+    assert nesting_depth(b'{"a": [[{"b": []}]]}') == 5
+
+
+def test_receipt_round_trips_and_bounds_its_ids():
+    receipt = Receipt(event_ids=["a" * 32, "b" * 32])
+    assert decode_as(receipt.to_bytes(), Receipt).event_ids == ["a" * 32, "b" * 32]
+    too_many = b'{"type": "receipt", "event_ids": [' + b",".join([b'"x"'] * 1001) + b"]}"
+    with pytest.raises(MessageError):
+        decode_message(too_many)
