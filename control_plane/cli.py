@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -148,7 +149,7 @@ def up(
     from sqlmodel import Session
 
     from control_plane.app import create_app
-    from control_plane.broker import MosquittoBroker, prepare_tls
+    from control_plane.broker import MosquittoBroker, let_broker_enter, prepare_tls
     from control_plane.broker_security import BrokerAuthFiles
     from control_plane.db import create_db_and_tables, make_engine
     from control_plane.errors import ControlPlaneError
@@ -164,6 +165,10 @@ def up(
         raise _fail(ValueError("an anonymous broker stays on loopback: add --mqtt-tls to --bind"))
     https = https or https_cert is not None
     hosts = list(dict.fromkeys([*LOOPBACK[:2], *(tls_host or [])]))
+    # Everything written from here on (database, keys, tokens, the broker's files) is
+    # this process's alone: files 0600, directories 0700.
+    os.umask(0o077)
+    let_broker_enter(data_dir)
     settings = Settings(data_dir=data_dir, broker_url=f"mqtt://127.0.0.1:{mqtt_port}")
     pki = PkiFiles(data_dir / "pki")
     security = tls = ca = None
@@ -192,15 +197,17 @@ def up(
         data_dir / "broker", port=mqtt_port, security=security, tls=tls, bind=bind
     )
     try:
-        broker.start()
         if security is not None and ca is not None:
-            # The database is the record of who is enrolled and revoked: apply it to
-            # the ACL and CRL before the first device can connect.
+            # The database is the record of who is enrolled and revoked: write it
+            # (and the CRL) where the broker's configuration is rendered from. A pid
+            # file left by a crash names no broker of ours: nothing to signal yet.
+            security.pid_file.unlink(missing_ok=True)
             engine = make_engine(settings)
             create_db_and_tables(engine)
             with Session(engine) as session:
                 apply_to_broker(session=session, files=security, issuer=IssuingCa(pki, ca))
             engine.dispose()
+        broker.start()
     except (ControlPlaneError, OSError) as e:
         broker.stop()
         raise _fail(e) from e

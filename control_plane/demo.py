@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from control_plane.broker import MosquittoBroker
+from control_plane.broker import MosquittoBroker, let_broker_enter
 from control_plane.client import ApiClient
 from control_plane.digits import train_digits_model
 from control_plane.drift_demo import DriftDemoResult, run_drift_phase
@@ -184,6 +184,7 @@ class Demo:
         self.step(f"data directory {self.data_dir}")
 
         if self.broker_url is None:
+            let_broker_enter(self.data_dir)  # started by root, it runs as `mosquitto`
             self.broker = MosquittoBroker(self.data_dir / "broker")
             self.broker.start()
             broker_url = self.broker.url

@@ -4,24 +4,23 @@ An operator issues a one-time token (stored as its SHA-256, with an expiry). A d
 presents it with the id it chose; the control plane checks the id (``dev-`` + 8-32
 lowercase letters/digits, so never a ``cp-`` name), consumes the token in the same
 transaction that records the credential (a token can enrol exactly one device, even
-under concurrent requests), returns a random password once, and regenerates the
-broker's password file and ACL, then sends the broker SIGHUP.
+under concurrent requests), returns a random password once, records the device in
+the broker's auth files (what the broker starts with) and creates its client and role
+in the running broker's dynamic-security plugin (``broker_security``).
 
-Revocation marks the credential revoked, drops it from the password file, adds a
-``deny #`` ACL section for the id and reloads the broker. Measured on Mosquitto
-2.0.11: on SIGHUP the broker re-checks every live client against the new password
-file and disconnects the revoked device at once; its reconnects are refused
-(CONNACK 135, not authorized). The deny entry is there so a revoked id cannot act
-even if the password check were skipped (e.g. a broker reconfigured by hand).
+Revocation marks the credential revoked, drops the device from the auth files and
+deletes its client and role from the running broker, which closes its live
+connection at once; its reconnects are refused (no such client: CONNACK 135), and
+a session that were somehow still there could neither publish nor subscribe.
 
 A revoked id stays revoked: it cannot enrol again (a new device takes a new id).
 
 With the control plane's CA (``IssuingCa``, TLS broker) the device sends a CSR for a
 key it made itself; the CA signs it with ``CN=<device id>`` and the response carries
 the certificate and the CA instead of a password. The CSR is checked before the token
-is spent. Revoking such a device also lists its certificates' serials in the CRL and,
-because Mosquitto 2.0 does not re-check live TLS sessions on reload, ends its live
-session through the admin listener (``broker_security.end_session``).
+is spent. Revoking such a device also lists its certificates' serials in the CRL,
+which the broker re-reads on SIGHUP, so its certificate no longer completes a
+handshake.
 """
 
 from __future__ import annotations
@@ -40,10 +39,11 @@ from sqlmodel import Session, col, select
 
 from control_plane.broker_security import (
     BrokerAuthFiles,
-    end_session,
     hash_password,
+    install_crl,
     new_password,
     reload_broker,
+    update_broker_device,
     write_auth_files,
 )
 from control_plane.errors import ConflictError, InvalidRequestError, NotFoundError
@@ -148,6 +148,7 @@ def enrol_device(
     if consumed.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         raise EnrolmentRefusedError("token consumed concurrently")
+    password: str | None = None
     if issuer is not None and csr is not None:
         certificate = issuer.ca.sign_device_csr(csr, device_id)
         password_hash = ""
@@ -177,6 +178,7 @@ def enrol_device(
         session.rollback()
         raise ConflictError(f"device {device_id} is already enrolled") from e
     apply_to_broker(session=session, files=files, issuer=issuer)
+    update_broker_device(files, device_id, password=password)
     logger.info(
         "device enrolled device_id=%s profile=%s with=%s",
         device_id,
@@ -209,9 +211,10 @@ def revoke_device(
             session.add(certificate)
     session.commit()
     session.refresh(credential)
-    reloaded = apply_to_broker(session=session, files=files, issuer=issuer)
-    if issuer is not None and reloaded:
-        end_session(files, device_id)
+    # The CRL first (and the SIGHUP that re-reads it), then the client: once the
+    # broker has closed the live session, a reconnect already meets the new CRL.
+    apply_to_broker(session=session, files=files, issuer=issuer)
+    update_broker_device(files, device_id, revoked=True)
     logger.warning("device revoked device_id=%s", device_id)
     return credential
 
@@ -219,32 +222,29 @@ def revoke_device(
 def apply_to_broker(
     *, session: Session, files: BrokerAuthFiles, issuer: IssuingCa | None = None
 ) -> bool:
-    """Rewrite the broker's password file, ACL (and CRL) from the database, then SIGHUP it.
+    """Write the broker's device record (and the CRL) from the database; with a CA,
+    SIGHUP the broker so it re-reads the CRL. True when a broker was signalled.
 
-    A TLS broker's password file gets no device at all: devices authenticate by
-    certificate there, and only the control plane may log in on its admin listener.
+    The record is what the broker's dynamic-security configuration is rendered from
+    when it starts; a running broker is changed by ``update_broker_device``.
     """
     rows = session.exec(select(DeviceCredential)).all()
-    if issuer is not None:
-        revoked_certificates = session.exec(
-            select(DeviceCertificate).where(col(DeviceCertificate.revoked_at).is_not(None))
-        ).all()
-        write_crl(
-            issuer.files,
-            issuer.ca,
-            revoked=[
-                (int(c.serial, 16), c.revoked_at) for c in revoked_certificates if c.revoked_at
-            ],
-        )
     write_auth_files(
         files,
-        devices={
-            r.device_id: r.password_hash
-            for r in rows
-            if r.revoked_at is None and r.password_hash and issuer is None
-        },
+        devices={r.device_id: r.password_hash if issuer is None else "" for r in rows},
         revoked=[r.device_id for r in rows if r.revoked_at is not None],
     )
+    if issuer is None:
+        return False
+    revoked_certificates = session.exec(
+        select(DeviceCertificate).where(col(DeviceCertificate.revoked_at).is_not(None))
+    ).all()
+    write_crl(
+        issuer.files,
+        issuer.ca,
+        revoked=[(int(c.serial, 16), c.revoked_at) for c in revoked_certificates if c.revoked_at],
+    )
+    install_crl(files, issuer.files.crl)
     return reload_broker(files)
 
 

@@ -30,6 +30,7 @@ from tls_fleet import (
 
 from agent.enrol import load_or_create_key, make_csr
 from control_plane.app import create_app
+from control_plane.broker_security import read_devices
 from control_plane.pki import CertificateAuthority, cert_to_pem, key_to_pem, read_revoked
 from edgefleet import topics
 from edgefleet.fileio import atomic_write
@@ -191,9 +192,11 @@ def test_revoking_a_device_cuts_its_live_tls_session_and_it_cannot_reconnect(
     assert response.status_code == 200, response.text
 
     wait_for(lambda: not alice.connected, "the broker to drop alice's live session")
-    # Her certificate is in the CRL, her id denied in the ACL, and a new handshake fails.
+    # Her certificate is in the CRL (the broker's copy too), she is no longer a client
+    # of the broker, and a new handshake fails.
     assert alice_cert.serial_number in [serial for serial, _ in read_revoked(fleet.tls.pki)]
-    assert f"user {ALICE}\ntopic deny #" in fleet.tls.files.acl_file.read_text()
+    assert fleet.tls.files.crl_file.read_bytes() == fleet.tls.pki.crl.read_bytes()
+    assert ALICE not in read_devices(fleet.tls.files) and BOB in read_devices(fleet.tls.files)
     refused = try_connect(
         fleet.tls.broker.port,
         ca_file=fleet.tls.ca_file,
@@ -201,7 +204,7 @@ def test_revoking_a_device_cuts_its_live_tls_session_and_it_cannot_reconnect(
         key_file=alice_tls.key_file,
     )
     assert refused != "accepted"
-    # No device ever has a password on a TLS broker: the admin listener is control-only.
+    # No device ever has a password on a TLS broker: the admin listener is cp-admin's.
     assert ALICE not in fleet.tls.files.password_file.read_text()
     assert BOB not in fleet.tls.files.password_file.read_text()
 

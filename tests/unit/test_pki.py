@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import shutil
 import stat
 import subprocess
@@ -18,13 +19,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from agent.enrol import load_or_create_key, make_csr
 from control_plane.broker import prepare_tls, render_config
 from control_plane.broker_security import (
-    REVOKER_USER,
+    CONTROL_ROLE,
     BrokerAuthFiles,
     add_control_identity,
-    ensure_revoker,
-    read_password_file,
-    read_revoker,
-    verify_password,
+    render_dynsec_config,
     write_auth_files,
 )
 from control_plane.pki import (
@@ -181,7 +179,10 @@ def test_prepare_tls_issues_once_and_reissues_for_a_new_host(
     pki, files = PkiFiles(tmp_path / "pki"), BrokerAuthFiles(tmp_path / "auth")
     ca.save(pki)
     listener = prepare_tls(pki, ca, files, hosts=["127.0.0.1"], control_name="cp-main01")
-    assert listener.crl_file == pki.crl and pki.crl.exists()
+    # The broker reads its own copies (0600, in its auth directory), never the PKI's.
+    assert listener.crl_file == files.crl_file and pki.crl.exists()
+    assert listener.key_file.read_bytes() == pki.server_key.read_bytes()
+    assert stat.S_IMODE(listener.key_file.stat().st_mode) == 0o600
     server = pki.server_cert.read_bytes()
     prepare_tls(pki, ca, files, hosts=["127.0.0.1"], control_name="cp-main01")
     assert pki.server_cert.read_bytes() == server  # still current: kept
@@ -204,10 +205,10 @@ def test_tls_config_requires_client_certificates_and_keeps_the_acl(
     ).splitlines()
     tls_block = [
         "listener 8883 127.0.0.1",
-        f"cafile {pki.ca_cert}",
-        f"certfile {pki.server_cert}",
-        f"keyfile {pki.server_key}",
-        f"crlfile {pki.crl}",
+        f"cafile {listener.ca_file}",
+        f"certfile {listener.cert_file}",
+        f"keyfile {listener.key_file}",
+        f"crlfile {listener.crl_file}",
         "tls_version tlsv1.2",
         "require_certificate true",
         "use_identity_as_username true",
@@ -218,8 +219,7 @@ def test_tls_config_requires_client_certificates_and_keeps_the_acl(
     assert lines[start : start + len(tls_block)] == tls_block
     for line in (
         "allow_anonymous false",
-        f"acl_file {files.acl_file}",
-        f"password_file {files.password_file}",
+        f"plugin_opt_config_file {tmp_path / 'dynamic-security.json'}",
         "listener 9001 127.0.0.1",
         "max_packet_size 1048576",
     ):
@@ -229,21 +229,13 @@ def test_tls_config_requires_client_certificates_and_keeps_the_acl(
         render_config(port=8883, data_dir=tmp_path, tls=listener)
 
 
-def test_cert_identities_get_control_rights_and_the_revoker_none(tmp_path: Path) -> None:
+def test_cert_identities_get_control_rights_without_a_password(tmp_path: Path) -> None:
     files = BrokerAuthFiles(tmp_path / "auth")
     add_control_identity(files, "cp-main01")
-    revoker = ensure_revoker(files, port=9001)
-    assert ensure_revoker(files, port=9002).password == revoker.password  # kept, port updated
-    assert read_revoker(files) is not None and read_revoker(files).port == 9002  # type: ignore[union-attr]
-    assert stat.S_IMODE(files.revoker_file.stat().st_mode) == 0o600
     write_auth_files(files, devices={}, revoked=["dev-gone00001"])
-    acl = files.acl_file.read_text()
-    assert "user cp-main01\ntopic readwrite fleet/#" in acl
-    assert REVOKER_USER not in acl  # it may connect, never read or write
-    assert "user dev-gone00001\ntopic deny #" in acl
-    entries = read_password_file(files.password_file)
-    assert list(entries) == [REVOKER_USER]
-    assert verify_password(revoker.password, entries[REVOKER_USER])
+    config = json.loads(render_dynsec_config(files))
+    (client,) = config["clients"]
+    assert client == {"username": "cp-main01", "roles": [{"rolename": CONTROL_ROLE}]}
     with pytest.raises(ValueError, match="cp- names"):
         add_control_identity(files, DEVICE)
 
