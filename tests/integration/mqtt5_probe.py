@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 TIMEOUT = 20.0
 NOT_AUTHORIZED = 0x87
 GRANTED_QOS_1 = 0x01
+REFUSED_BEFORE_CONNACK = -1
 
 
 def _string(value: bytes) -> bytes:
@@ -57,7 +58,14 @@ class Mqtt5Probe:
     _next_id: int = 1
 
     def connect(self) -> int:
-        """CONNECT; the CONNACK reason code (0 = success)."""
+        """CONNECT; the CONNACK reason code (0 = success), or ``REFUSED_BEFORE_CONNACK``
+        when the broker ended the TLS handshake or the connection instead."""
+        try:
+            return self._connect()
+        except (ssl.SSLError, OSError):
+            return REFUSED_BEFORE_CONNACK
+
+    def _connect(self) -> int:
         raw = socket.create_connection((self.host, self.port), timeout=TIMEOUT)
         if self.context is not None:
             raw = self.context.wrap_socket(raw, server_hostname=self.host)
