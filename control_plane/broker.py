@@ -328,6 +328,7 @@ class MosquittoBroker:
             user=self.user,
         )
         write_private(config, rendered.encode())
+        fd = os.open(self.stderr_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         if self.user not in (None, "root"):
             assert self.user is not None
             owned = [self.data_dir]
@@ -336,7 +337,6 @@ class MosquittoBroker:
             ):
                 owned.append(self.security.directory)
             hand_over(owned, self.user)
-        fd = os.open(self.stderr_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             self._process = subprocess.Popen(
                 [find_mosquitto(), "-c", str(config)],

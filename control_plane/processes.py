@@ -21,9 +21,14 @@ class ProcessGroup:
     def start_module(
         self, name: str, module: str, args: list[str], log_path: Path
     ) -> subprocess.Popen[bytes]:
-        """Run ``python -m module *args`` with stdout and stderr going to ``log_path``."""
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
+        """Run ``python -m module *args`` with stdout and stderr going to ``log_path``.
+
+        The log (0600: it names devices and what they sent) is a file, never a pipe
+        that would block the child once nobody reads it.
+        """
+        log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
             process = subprocess.Popen(
                 [sys.executable, "-m", module, *args],
                 stdout=log,
@@ -31,6 +36,8 @@ class ProcessGroup:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
+        finally:
+            os.close(log)
         self._children.append((name, process, log_path))
         logger.info("started name=%s pid=%d", name, process.pid)
         return process

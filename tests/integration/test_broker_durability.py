@@ -68,9 +68,7 @@ def test_broker_runs_unprivileged_and_keeps_a_sessions_queue_through_sigkill(
         inbox = Inbox()
 
         def subscriber() -> MqttLink:
-            link = MqttLink(
-                client_id="cp-durable01", broker=broker.address, session_expiry=3600
-            )
+            link = MqttLink(client_id="cp-durable01", broker=broker.address, session_expiry=3600)
             link.subscribe("fleet/+/down/#", inbox)
             links.append(link)
             return link
