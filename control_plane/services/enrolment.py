@@ -46,7 +46,12 @@ from control_plane.broker_security import (
     update_broker_device,
     write_auth_files,
 )
-from control_plane.errors import ConflictError, InvalidRequestError, NotFoundError
+from control_plane.errors import (
+    BrokerError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+)
 from control_plane.models import (
     DeviceCertificate,
     DeviceCredential,
@@ -178,7 +183,12 @@ def enrol_device(
         session.rollback()
         raise ConflictError(f"device {device_id} is already enrolled") from e
     apply_to_broker(session=session, files=files, issuer=issuer)
-    update_broker_device(files, device_id, password=password)
+    try:
+        update_broker_device(files, device_id, password=password)
+    except BrokerError as e:
+        # The token is spent and the credential recorded: the device must get it. The
+        # broker admits the device once it is reachable and restarted from the record.
+        logger.error("broker not updated for new device device_id=%s reason=%s", device_id, e)
     logger.info(
         "device enrolled device_id=%s profile=%s with=%s",
         device_id,
