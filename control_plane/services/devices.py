@@ -25,7 +25,8 @@ def upsert_device_status(*, session: Session, device_id: str, status: DeviceStat
     device.last_seen = utcnow()
     device.stale = False
     # A last will carries only ``online``: keep what we knew about the device.
-    for field in ("profile", "agent_version", "model", "model_version", "bundle_id", "release"):
+    fields = ("profile", "agent_version", "model", "model_version", "bundle_id", "release")
+    for field in (*fields, "spool_depth"):
         value = getattr(status, field)
         if value is not None:
             setattr(device, field, value)

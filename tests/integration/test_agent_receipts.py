@@ -102,7 +102,10 @@ POISON = {
     "wrong message": b'{"v": 1, "type": "offer", "bundle_id": 5, "release": "x"}',
     "not json": b"\xff\xfe\x00garbage",
     "empty": b"",
-    "nested object": b'{"v": 1, "type": "command", "args": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001,
+    "nested object": b'{"v": 1, "type": "command", "args": '
+    + b'{"a": ' * 5000
+    + b"1"
+    + b"}" * 5001,
 }
 
 
