@@ -158,3 +158,24 @@ def test_agent_notices_a_broker_that_stopped_answering_within_seconds(
     finally:
         os.kill(pid, signal.SIGCONT)
         link.stop()
+
+
+def test_status_carries_the_current_spool_depth_as_it_grows_and_drains(
+    tmp_path: Path, broker: MosquittoBroker, plane: ReceiptingPlane
+) -> None:
+    plane.receipting = False
+    plane.start()
+    agent = started(agent_config(tmp_path, broker, "receipt_timeout_s = 1.0\n"))
+    try:
+        for i in range(60):
+            agent.emit(TelemetryEvent(kind="error", data={"n": i}))
+
+        def depths() -> list[int]:
+            return [s["spool_depth"] for s in plane.statuses if s.get("spool_depth") is not None]
+
+        wait_for(lambda: max(depths(), default=0) >= 60, "a status with the grown depth")
+        plane.receipting = True  # resent after the receipt timeout, receipted, deleted
+        wait_for(lambda: agent.spool.depth() == 0, "the spool to drain")
+        wait_for(lambda: depths()[-1] == 0, "a status saying the spool is empty")
+    finally:
+        agent.stop()
