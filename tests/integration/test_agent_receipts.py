@@ -17,6 +17,7 @@ from receipting import ReceiptingPlane
 
 from agent.config import AgentConfig, parse_config
 from agent.daemon import Agent, agent_link
+from agent.telemetry import LatencyWindow, inference_event
 from control_plane.broker import MAX_PACKET_SIZE, MosquittoBroker
 from control_plane.netutil import free_port
 from edgefleet import topics
@@ -43,6 +44,13 @@ def plane(broker: MosquittoBroker) -> Iterator[ReceiptingPlane]:
     instance = ReceiptingPlane(broker.address)
     yield instance
     instance.stop()
+
+
+def latency_window(count: int) -> LatencyWindow:
+    window = LatencyWindow()
+    for _ in range(count):
+        window.add(2.0, True)
+    return window
 
 
 def started(config: AgentConfig) -> Agent:
@@ -179,3 +187,36 @@ def test_status_carries_the_current_spool_depth_as_it_grows_and_drains(
         wait_for(lambda: depths()[-1] == 0, "a status saying the spool is empty")
     finally:
         agent.stop()
+
+
+def test_loss_in_an_overflowing_outage_is_one_summary_that_reconciles_exactly(
+    tmp_path: Path, broker: MosquittoBroker, plane: ReceiptingPlane
+) -> None:
+    plane.start()
+    agent = started(agent_config(tmp_path, broker, "spool_max_mb = 0.004\n"))
+    try:
+        install = TelemetryEvent(kind="install", priority=0, data={"state": "active"})
+        agent.emit(install)
+        wait_for(lambda: agent.spool.depth() == 0, "the install event receipted")
+        broker.kill()
+        wait_for(lambda: not agent.link.connected, "the link to drop")
+        windows = [
+            inference_event(latency_window(n), 10.0, "digits-1-x", 1) for n in range(1, 41)
+        ]
+        drift = TelemetryEvent(kind="drift", priority=1, data={"psi": [0.1] * 8})
+        agent.emit(drift)
+        for window in windows:
+            agent.emit(window)
+            agent.spool.flush()  # one overflow after another, each merged into one summary
+        broker.start()
+        summaries = wait_for(lambda: plane.events("spool"), "the drop summary", 60)
+        wait_for(lambda: agent.spool.depth() == 0, "the spool to drain")
+    finally:
+        agent.stop()
+    assert len(summaries) == 1
+    summary = summaries[0].data
+    received = plane.events("inference")
+    assert drift.event_id in plane.telemetry  # never displaced by the summary
+    assert summary["lost"]["inference"] + len(received) == len(windows)
+    total = sum(int(w.data["count"]) for w in windows)
+    assert summary["inferences"] + sum(int(e.data["count"]) for e in received) == total
