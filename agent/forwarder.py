@@ -114,16 +114,20 @@ class Forwarder:
     def step(self) -> int:
         """One round: flush, settle acks and receipts, resend what timed out, send more."""
         now = time.monotonic()
-        if now >= self._next_check:
+        periodic = now >= self._next_check
+        if periodic:
             self._next_check = now + CHECK_EVERY_S
             if self.spool.check():  # recreated: every row has a new key
                 self._forget_all()
-        self.spool.flush()
+        try:
+            self.spool.flush()
+        except SpoolError:  # a full disk: what is spooled already still goes out
+            logger.exception("spool flush failed")
         self._settle()
         self._expire(now)
         if not self.link.connected:
             return 0
-        if self.spool.seconds_since_drop() >= SUMMARY_QUIET_S:
+        if periodic and self.spool.seconds_since_drop() >= SUMMARY_QUIET_S:
             self.spool.seal_summary()
         self._tokens = min(float(self.max_inflight), self._tokens + (now - self._last) * self.rate)
         self._last = now

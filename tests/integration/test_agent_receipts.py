@@ -200,9 +200,7 @@ def test_loss_in_an_overflowing_outage_is_one_summary_that_reconciles_exactly(
         wait_for(lambda: agent.spool.depth() == 0, "the install event receipted")
         broker.kill()
         wait_for(lambda: not agent.link.connected, "the link to drop")
-        windows = [
-            inference_event(latency_window(n), 10.0, "digits-1-x", 1) for n in range(1, 41)
-        ]
+        windows = [inference_event(latency_window(n), 10.0, "digits-1-x", 1) for n in range(1, 41)]
         drift = TelemetryEvent(kind="drift", priority=1, data={"psi": [0.1] * 8})
         agent.emit(drift)
         for window in windows:
