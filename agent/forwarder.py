@@ -15,7 +15,8 @@ stores each ``event_id`` once, so a resend never becomes a duplicate.
 
 Receipts arrive on paho's network thread, which only queues them (``receive``); this
 thread applies them. Once the link is back and the spool has stopped dropping for
-``SUMMARY_QUIET_S``, the running drop summary is sealed into one ``spool`` event.
+``SUMMARY_QUIET_S`` (or the summary is ``SUMMARY_MAX_AGE_S`` old), the running drop
+summary is sealed into one ``spool`` event.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ SUMMARY_QUIET_S = 5.0
 """Drops must have stopped this long, with the link up, before their summary is sent:
 a dropped event that was already with the broker may still be receipted meanwhile,
 and is then taken off the summary."""
+SUMMARY_MAX_AGE_S = 60.0
+"""With the link up and drops going on (the broker is there, the control plane is not),
+the running summary is sent once it is this old, and a new one starts."""
 
 
 class Forwarder:
@@ -127,7 +131,10 @@ class Forwarder:
         self._expire(now)
         if not self.link.connected:
             return 0
-        if periodic and self.spool.seconds_since_drop() >= SUMMARY_QUIET_S:
+        if periodic and (
+            self.spool.seconds_since_drop() >= SUMMARY_QUIET_S
+            or self.spool.summary_age() >= SUMMARY_MAX_AGE_S
+        ):
             self.spool.seal_summary()
         self._tokens = min(float(self.max_inflight), self._tokens + (now - self._last) * self.rate)
         self._last = now

@@ -27,7 +27,7 @@ the WAL limit plus one batch of rows (at most ``batch_size`` times the largest e
 ``drops``, rewritten in the transaction that drops): rows dropped per priority, per
 kind, and the inferences the dropped ``inference`` windows counted. It is not a row
 of the spool, so it never causes a drop. ``seal_summary`` (the forwarder calls it once
-the link is back and drops have stopped) turns it into one ``spool`` event that is
+the link is back and drops have stopped, or the summary is a minute old) turns it into one ``spool`` event that is
 never dropped itself. A dropped row that had already been handed to the broker may
 still arrive: if a receipt names it before the summary is sealed, it is taken off.
 
@@ -140,6 +140,7 @@ class Spool:
         self._handed: dict[str, int] = {}  # event id -> seq of rows handed to the forwarder
         self._maybe_delivered: dict[str, tuple[int, str, int]] = {}
         self._last_drop = 0.0
+        self._first_drop = 0.0
         self._ino: int | None = None
         self._memory_since = 0.0
         self._rows = self._bytes = self._counter = 0
@@ -234,6 +235,7 @@ class Spool:
             summary["until"] = now
             self._save_summary(summary)
             self._last_drop = time.monotonic()
+            self._first_drop = self._first_drop or self._last_drop
             logger.warning(
                 "spool full, dropped events dropped=%d lost=%s inferences=%d max_bytes=%d",
                 dropped,
@@ -325,7 +327,12 @@ class Spool:
             return self._open_summary()
 
     def seconds_since_drop(self) -> float:
+        """Since the last drop in this process (infinite without one)."""
         return time.monotonic() - self._last_drop if self._last_drop else float("inf")
+
+    def summary_age(self) -> float:
+        """Since the running summary's first drop in this process (0 without one)."""
+        return time.monotonic() - self._first_drop if self._first_drop else 0.0
 
     def seal_summary(self) -> TelemetryEvent | None:
         """Turn the running drop summary into one ``spool`` event that is never dropped
@@ -357,6 +364,7 @@ class Spool:
                 self._failed(e, "write failed")
                 return None
             self._maybe_delivered.clear()
+            self._first_drop = 0.0
         logger.info("spool drop summary sealed event_id=%s data=%s", event.event_id, data)
         return event
 
