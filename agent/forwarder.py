@@ -108,7 +108,7 @@ class Forwarder:
         while not self._stop.wait(TICK):
             try:
                 self.step()
-            except (SpoolError, OSError):  # top of the loop: log and try again next tick
+            except Exception:  # top of the loop: telemetry must not stop for good
                 logger.exception("spool forwarding failed")
             try:
                 self.on_tick()
@@ -149,7 +149,10 @@ class Forwarder:
             self._inflight.add(row.event_id)
             self._sent_order.append((now, row.event_id))
             self.link.publish(
-                self.topics[row.channel], row.payload, qos=1, on_published=self._acker(row.event_id)
+                self.topics.get(row.channel, self.topics["telemetry"]),
+                row.payload,
+                qos=1,
+                on_published=self._acker(row.event_id),
             )
         self._tokens -= len(rows)
         self.sent += len(rows)

@@ -27,9 +27,10 @@ the WAL limit plus one batch of rows (at most ``batch_size`` times the largest e
 ``drops``, rewritten in the transaction that drops): rows dropped per priority, per
 kind, and the inferences the dropped ``inference`` windows counted. It is not a row
 of the spool, so it never causes a drop. ``seal_summary`` (the forwarder calls it once
-the link is back and drops have stopped, or the summary is a minute old) turns it into one ``spool`` event that is
-never dropped itself. A dropped row that had already been handed to the broker may
-still arrive: if a receipt names it before the summary is sealed, it is taken off.
+the link is back and drops have stopped, or the summary is a minute old) turns it
+into one ``spool`` event that is never dropped itself. A dropped row that had already
+been handed to the broker may still arrive: if a receipt names it before the summary
+is sealed, it is taken off.
 
 **A buffer, never a single point of failure**: a spool that cannot be opened (garbage
 over its header, a torn file) is moved aside as ``spool.sqlite.corrupt-<ts>`` and a

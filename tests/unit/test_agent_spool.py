@@ -271,3 +271,21 @@ def test_batch_is_committed_once_full_without_an_explicit_flush(tmp_path: Path) 
     for i in range(3):
         spool.append(event(1, i))
     assert len(spool.next_batch(10)) == 3
+
+
+def test_spool_that_cannot_be_made_on_disk_runs_in_memory_and_returns_to_disk(
+    tmp_path: Path,
+) -> None:
+    blocked = tmp_path / "data"
+    blocked.write_text("a file where the data directory should be")
+    spool = Spool(blocked / "spool.sqlite", max_bytes=10**7)
+    for i in range(3):
+        spool.append(event(2, i))
+    spool.flush()
+    assert spool.depth() == 4  # three events and the error event saying why
+    blocked.unlink()
+    blocked.mkdir()
+    spool._memory_since = 0.0  # its next retry is due
+    assert spool.check()
+    spool.close()
+    assert Spool(blocked / "spool.sqlite", max_bytes=10**7).depth() == 4
