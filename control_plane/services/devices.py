@@ -25,11 +25,12 @@ def upsert_device_status(*, session: Session, device_id: str, status: DeviceStat
     device.last_seen = utcnow()
     device.stale = False
     # A last will carries only ``online``: keep what we knew about the device.
-    fields = ("profile", "agent_version", "model", "model_version", "bundle_id", "release")
-    for field in (*fields, "spool_depth"):
+    for field in ("profile", "agent_version", "model", "model_version", "bundle_id", "release"):
         value = getattr(status, field)
         if value is not None:
             setattr(device, field, value)
+    if status.spool_depth is not None:  # the depth now, republished as it changes
+        device.spool_depth = status.spool_depth
     session.add(device)
     session.commit()
     session.refresh(device)
