@@ -93,6 +93,8 @@ MAYBE_DELIVERED_MAX = 10_000
 CORRUPT_ERRORS = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 BUFFER_BATCHES = 8
 """Batches kept in memory while the disk refuses writes; older ones are dropped."""
+DROP_LOG_EVERY_S = 10.0
+"""Least time between two "spool full" warnings (each states the running summary)."""
 MEMORY_RETRY_S = 30.0
 """How often a spool that fell back to memory tries its file again."""
 
@@ -142,6 +144,7 @@ class Spool:
         self._maybe_delivered: dict[str, tuple[int, str, int]] = {}
         self._last_drop = 0.0
         self._first_drop = 0.0
+        self._last_drop_log = -DROP_LOG_EVERY_S
         self._ino: int | None = None
         self._memory_since = 0.0
         self._rows = self._bytes = self._counter = 0
@@ -237,6 +240,9 @@ class Spool:
             self._save_summary(summary)
             self._last_drop = time.monotonic()
             self._first_drop = self._first_drop or self._last_drop
+            if self._last_drop - self._last_drop_log < DROP_LOG_EVERY_S:
+                return
+            self._last_drop_log = self._last_drop
             logger.warning(
                 "spool full, dropped events dropped=%d lost=%s inferences=%d max_bytes=%d",
                 dropped,
@@ -290,6 +296,7 @@ class Spool:
         """Delete the rows the control plane receipted; returns how many went."""
         with self._lock:
             seqs = []
+            deleted = 0
             summary: dict[str, Any] | None = None
             for event_id in event_ids:
                 seq = self._handed.pop(event_id, None)
@@ -316,11 +323,12 @@ class Spool:
                         self._db.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
                         self._rows -= int(gone)
                         self._bytes -= int(size)
+                        deleted = int(gone)
             except sqlite3.Error as e:
                 self._failed(e, "delete failed")
                 return 0
             self._checkpoint_if_needed()
-        return len(seqs)
+        return deleted
 
     def drop_summary(self) -> dict[str, Any] | None:
         """The running summary of drops not yet sealed into an event (None without drops)."""
