@@ -193,7 +193,9 @@ def test_loss_in_an_overflowing_outage_is_one_summary_that_reconciles_exactly(
     tmp_path: Path, broker: MosquittoBroker, plane: ReceiptingPlane
 ) -> None:
     plane.start()
-    agent = started(agent_config(tmp_path, broker, "spool_max_mb = 0.004\n"))
+    agent = started(
+        agent_config(tmp_path, broker, "spool_max_mb = 0.004\n[link]\nreconnect_max_s = 2\n")
+    )
     try:
         install = TelemetryEvent(kind="install", priority=0, data={"state": "active"})
         agent.emit(install)
