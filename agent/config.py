@@ -60,7 +60,9 @@ class TelemetryConfig(_Section, frozen=True, kw_only=True):
     window_s: Annotated[float, Meta(gt=0)] = 10.0
     spool_max_mb: Annotated[float, Meta(gt=0)] = 64.0
     replay_per_s: Annotated[float, Meta(gt=0)] = 500.0
-    max_inflight: Annotated[int, Meta(ge=1)] = 100
+    max_inflight: Annotated[int, Meta(ge=1)] = 100  # published, no PUBACK yet
+    max_unreceipted: Annotated[int, Meta(ge=1)] = 1000  # published, no receipt yet
+    receipt_timeout_s: Annotated[float, Meta(gt=0)] = 30.0  # then sent again
 
 
 class DriftConfig(_Section, frozen=True, kw_only=True):
@@ -70,10 +72,15 @@ class DriftConfig(_Section, frozen=True, kw_only=True):
 
 
 class LinkConfig(_Section, frozen=True, kw_only=True):
-    """Reconnect backoff bounds (exponential with jitter between them)."""
+    """Reconnect backoff bounds (exponential with jitter between them), and how soon a
+    broker that stopped answering is noticed: a ping after ``keepalive_s`` of silence,
+    the link dropped when its answer is ``keepalive_s`` late (so within about twice
+    ``keepalive_s``), and unacknowledged bytes on the socket time it out after
+    ``2 * keepalive_s`` (TCP_USER_TIMEOUT, for a broker whose host vanished)."""
 
     reconnect_min_s: Annotated[float, Meta(gt=0)] = 1.0
     reconnect_max_s: Annotated[float, Meta(gt=0)] = 30.0
+    keepalive_s: Annotated[int, Meta(ge=1, le=65535)] = 3
 
 
 class TlsConfig(_Section, frozen=True, kw_only=True):

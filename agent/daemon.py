@@ -5,9 +5,16 @@ once and the link connects (and reconnects) in the background. Every connect
 publishes a retained ``DeviceStatus``; the broker publishes the last will (offline)
 if the agent vanishes, and a clean shutdown publishes offline itself.
 
-Telemetry goes through the spool (``agent.spool``) and its forwarder, never
-straight to the link. A small ``status.json`` (written atomically every second)
-tells ``edgefleet-agent status`` the link state and spool depth.
+Telemetry and install reports go through the spool (``agent.spool``) and its
+forwarder, never straight to the link: a row leaves the spool only when the control
+plane's ``Receipt`` on ``down/receipt`` names it. A small ``status.json`` (written
+atomically every second) tells ``edgefleet-agent status`` the link state and spool
+depth; the retained ``DeviceStatus`` carries the spool depth too, republished when it
+changes materially (``spool_depth_changed``), at most every ``STATUS_DEPTH_EVERY_S``.
+
+Every handler of a down topic survives any payload: what does not decode as the
+message it expects is logged with its topic and dropped (and ``edgefleet.mqtt``
+catches anything a handler still raises, so paho's network thread never dies).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from edgefleet.messages import (
     DeviceCommand,
     DeviceStatus,
     InstallReport,
+    Receipt,
     TelemetryEvent,
     decode_as,
 )
@@ -61,12 +69,27 @@ SHUTDOWN_ACK_TIMEOUT = 3.0
 STATUS_FILE = "status.json"
 SPOOL_FILE = "spool.sqlite"
 STATUS_EVERY_S = 1.0
+STATUS_DEPTH_EVERY_S = 5.0
+"""Least time between two statuses republished for a new spool depth."""
 
 
-def device_status(profile: str, model: ActiveModel | None, *, online: bool) -> DeviceStatus:
-    """The retained ``up/status`` message: online or not, and what is serving."""
+def spool_depth_changed(published: int | None, depth: int) -> bool:
+    """Whether ``depth`` differs materially from the depth last published: emptied, no
+    longer empty, or moved by at least 10 % (and by at least 10 rows)."""
+    if published is None:
+        return True
+    if (published == 0) != (depth == 0):
+        return True
+    return abs(depth - published) >= max(10, published // 10)
+
+
+def device_status(
+    profile: str, model: ActiveModel | None, *, online: bool, spool_depth: int | None = None
+) -> DeviceStatus:
+    """The retained ``up/status`` message: online or not, what is serving, spool depth."""
     return DeviceStatus(
         online=online,
+        spool_depth=spool_depth,
         profile=profile,
         agent_version=__version__,
         model=model.name if model else None,
@@ -89,6 +112,7 @@ def agent_link(config: AgentConfig, credentials: Credentials | None = None) -> M
         will=Will(topics.up(config.device_id, Up.STATUS), offline.to_bytes(), retain=True),
         reconnect_min_delay=config.link.reconnect_min_s,
         reconnect_max_delay=config.link.reconnect_max_s,
+        keepalive=config.link.keepalive_s,
         tls=config.tls_options,
     )
 
@@ -179,6 +203,7 @@ class Agent:
         self.spool = Spool(
             Path(config.data_dir) / SPOOL_FILE,
             max_bytes=int(config.telemetry.spool_max_mb * 2**20),
+            expect_existing=status_path(config.data_dir).exists(),
         )
         self.forwarder = Forwarder(
             self.spool,
@@ -186,8 +211,12 @@ class Agent:
             self.device_id,
             rate=config.telemetry.replay_per_s,
             max_inflight=config.telemetry.max_inflight,
+            max_unreceipted=config.telemetry.max_unreceipted,
+            receipt_timeout=config.telemetry.receipt_timeout_s,
             on_tick=self._periodic,
         )
+        self._published_depth: int | None = None
+        self._next_depth_status = 0.0
         self.shadow = ShadowRunner(config.data_dir, self.emit)
         self.installer = Installer(
             config=config,
@@ -225,6 +254,7 @@ class Agent:
         self.link.on_connect(self.publish_status)
         self.link.subscribe(topics.down(self.device_id, Down.OFFER), self.handle_offer, qos=1)
         self.link.subscribe(topics.down(self.device_id, Down.COMMAND), self.handle_command, qos=1)
+        self.link.subscribe(topics.down(self.device_id, Down.RECEIPT), self.handle_receipt, qos=1)
         self.link.start()
         logger.info(
             "agent started device_id=%s broker=%s", self.device_id, self.config.broker_address.url()
@@ -282,7 +312,7 @@ class Agent:
         try:
             offer = decode_as(incoming.payload, BundleOffer, topic=incoming.topic)
         except MessageError as e:
-            logger.warning("dropped invalid offer reason=%s", e)
+            logger.warning("dropped invalid offer topic=%s reason=%s", incoming.topic, e)
             return
         logger.info("offer received bundle_id=%s release=%d", offer.bundle_id, offer.release)
         self.worker.submit(offer)
@@ -292,14 +322,24 @@ class Agent:
         try:
             command = decode_as(incoming.payload, DeviceCommand, topic=incoming.topic)
         except MessageError as e:
-            logger.warning("dropped invalid command reason=%s", e)
+            logger.warning("dropped invalid command topic=%s reason=%s", incoming.topic, e)
             return
         logger.info("command received command=%s id=%s", command.command, command.command_id)
         self.worker.submit(command)
 
+    def handle_receipt(self, incoming: Incoming) -> None:
+        """Network thread: hand the receipted event ids to the forwarder, nothing more."""
+        try:
+            receipt = decode_as(incoming.payload, Receipt, topic=incoming.topic)
+        except MessageError as e:
+            logger.warning("dropped invalid receipt topic=%s reason=%s", incoming.topic, e)
+            return
+        self.forwarder.receive(receipt.event_ids)
+
     def publish_report(self, report: InstallReport) -> None:
-        """Install progress: straight to ``up/report`` and, durably, as an install event."""
-        self.link.publish(topics.up(self.device_id, Up.REPORT), report.to_bytes(), qos=1)
+        """Install progress for ``up/report``, kept in the spool until the control plane
+        receipts it (sent again otherwise, across restarts too), and as an install event."""
+        self.spool.append_report(report)
         self.emit(install_event(report))
 
     def observe_request(
@@ -336,6 +376,13 @@ class Agent:
         if now >= self._next_status:
             self._next_status = now + STATUS_EVERY_S
             self.write_status_file()
+        if (
+            now >= self._next_depth_status
+            and self.link.connected
+            and spool_depth_changed(self._published_depth, self.spool.depth())
+        ):
+            self._next_depth_status = now + STATUS_DEPTH_EVERY_S
+            self.publish_status()
 
     def write_status_file(self) -> None:
         """What ``edgefleet-agent status`` shows that only the running daemon knows."""
@@ -349,6 +396,10 @@ class Agent:
             "spool_depth": self.spool.depth(),
             "telemetry_sent": self.forwarder.sent,
             "telemetry_acked": self.forwarder.acked,
+            "telemetry_receipted": self.forwarder.receipted,
+            "telemetry_unreceipted": self.forwarder.unreceipted,
+            "spool_bytes": self.spool.disk_bytes(),
+            "spool_recreated": self.spool.recreated,
             "serving": model.bundle_id if model else None,
             "journal_state": record.state if record else None,
         }
@@ -367,4 +418,8 @@ class Agent:
         )
 
     def _status(self, *, online: bool) -> DeviceStatus:
-        return device_status(self.config.profile, self.holder.current(), online=online)
+        depth = self.spool.depth()
+        self._published_depth = depth
+        return device_status(
+            self.config.profile, self.holder.current(), online=online, spool_depth=depth
+        )

@@ -128,6 +128,9 @@ class DeviceBase(SQLModel):
     model: str | None = None
     model_version: str | None = None
     agent_version: str | None = None
+    spool_depth: int | None = Field(
+        default=None, description="events waiting in the device's spool, as of its last status"
+    )
     stale: bool = Field(
         default=False, description="connected by presence, but silent for longer than allowed"
     )

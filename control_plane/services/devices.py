@@ -29,6 +29,8 @@ def upsert_device_status(*, session: Session, device_id: str, status: DeviceStat
         value = getattr(status, field)
         if value is not None:
             setattr(device, field, value)
+    if status.spool_depth is not None:  # the depth now, republished as it changes
+        device.spool_depth = status.spool_depth
     session.add(device)
     session.commit()
     session.refresh(device)

@@ -169,6 +169,7 @@ def _simulate_devices(broker: MosquittoBroker, bundle: dict[str, Any]) -> None:
             model_version="1",
             bundle_id=str(bundle["id"]),
             release=int(bundle["release"]),
+            spool_depth=7 * n,
         )
         up = topics.up(device_id, topics.Up.STATUS)
         link.publish(up, status.to_bytes(), retain=True, wait=10)
@@ -193,7 +194,8 @@ def _simulate_devices(broker: MosquittoBroker, bundle: dict[str, Any]) -> None:
                 },
             )
             link.publish(telemetry, event.to_bytes(), wait=10)
-        spool = TelemetryEvent(kind="spool", data={"depth": 7 * n, "dropped": {}})
+        # An old drop report's depth is history: the console shows the status's.
+        spool = TelemetryEvent(kind="spool", data={"depth": 999, "dropped": {}})
         link.publish(telemetry, spool.to_bytes(), wait=10)
         link.stop()
 

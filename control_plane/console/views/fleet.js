@@ -16,18 +16,6 @@ function labels(device) {
   return el("span", { class: "tags" }, items.map((t) => el("span", { class: "tag" }, t)));
 }
 
-// The newest ``spool`` telemetry event per device carries its spool depth.
-async function spoolDepths() {
-  const depths = new Map();
-  const events = await get("/events?kind=spool&limit=1000");
-  for (const event of events) {
-    if (!depths.has(event.device_id) && typeof event.data?.depth === "number") {
-      depths.set(event.device_id, event.data.depth);
-    }
-  }
-  return depths;
-}
-
 function tile(label, value, tone = "") {
   return el("div", { class: `tile ${tone}` }, el("div", { class: "tile-value" }, value),
     el("div", { class: "tile-label" }, label));
@@ -39,9 +27,7 @@ export function mount(root) {
   root.append(el("h1", {}, "Fleet"), tiles, section("Devices", body));
 
   return async function refresh() {
-    const [devices, rollouts, depths] = await Promise.all([
-      get("/devices"), get("/rollouts"), spoolDepths().catch(() => new Map()),
-    ]);
+    const [devices, rollouts] = await Promise.all([get("/devices"), get("/rollouts")]);
     const online = devices.filter((d) => d.online).length;
     const bundles = new Set(devices.map((d) => d.bundle_id).filter(Boolean));
     const running = rollouts.filter((r) => ["in_progress", "paused"].includes(r.state));
@@ -61,7 +47,9 @@ export function mount(root) {
       { label: "Model", cell: (d) => (d.model ? `${d.model} v${d.model_version}` : "—") },
       { label: "Release", class: "num", cell: (d) => d.release ?? "—" },
       { label: "Agent", cell: (d) => d.agent_version ?? "—" },
-      { label: "Spool depth", class: "num", cell: (d) => depths.get(d.id) ?? "—" },
+      // The depth the device's status says now (republished as it changes), not the
+      // last drop report's.
+      { label: "Spool depth", class: "num", cell: (d) => d.spool_depth ?? "—" },
       { label: "Last seen", cell: (d) => el("span", { title: d.last_seen ?? "" }, ago(d.last_seen)) },
     ].filter(Boolean);
     replace(body, table(columns, devices, {
