@@ -478,16 +478,17 @@ class Agent:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
 
-    def ready(self) -> bool:
+    def ready(self, probe: str = "ready") -> bool:
+        """The endpoint answers ``/v2/health/<probe>`` (``ready``: a model is loaded)."""
         try:
-            response = httpx.get(f"http://127.0.0.1:{self.port}/v2/health/ready", timeout=2)
+            response = httpx.get(f"http://127.0.0.1:{self.port}/v2/health/{probe}", timeout=2)
         except httpx.HTTPError:
             return False
         return response.status_code == 200
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> bool:
-        wait_until(lambda: self.ready() or not self.alive(), timeout)
-        return self.alive() and self.ready()
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S, probe: str = "ready") -> bool:
+        wait_until(lambda: self.ready(probe) or not self.alive(), timeout)
+        return self.alive() and self.ready(probe)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -666,7 +667,7 @@ class Chaos:
             agent.start()
             self.agents[device] = agent
         for agent in self.agents.values():
-            if not agent.wait_ready():
+            if not agent.wait_ready(probe="live"):  # no model yet
                 raise RuntimeError(f"{agent.device_id} did not start: {agent.last_log_line()}")
         wanted = set(self.ids)
         require(
@@ -1048,8 +1049,8 @@ class Chaos:
 
     def run(self) -> None:
         """The steady baseline, then each scenario; ``results`` keeps what finished."""
-        steady = Fault(time.monotonic(), notes=["baseline"])
-        self.results.append(self.measure("steady", "no fault", lambda: steady))
+        no_fault = lambda: Fault(time.monotonic(), notes=["baseline"])  # noqa: E731
+        self.results.append(self.measure("steady", "no fault", no_fault))
         available = self.scenarios()
         for name in self.o.scenarios:
             title, inject = available[name]
