@@ -74,6 +74,7 @@ from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
+from agent.telemetry import INFERENCE_PRIORITY
 from control_plane.broker import MosquittoBroker
 from control_plane.client import ApiClient, ApiError
 from control_plane.demo import agent_config, write_agent_config
@@ -257,6 +258,7 @@ class Reported:
     """What a device's spool drop summaries said it lost."""
 
     events: int = 0
+    inference_events: int = 0
     inferences: int | None = None  # None: no summary said how many inferences
 
 
@@ -267,21 +269,26 @@ class Stored:
     reported: dict[str, Reported]
 
 
-def drop_figures(data: Any) -> tuple[int, int | None]:
-    """(events, inferences) one ``spool`` event's ``data`` reports dropped.
+def drop_figures(data: Any) -> Reported:
+    """What one ``spool`` event's ``data`` reports dropped.
 
     Events: the numbers under ``dropped`` (``{priority or kind: n}``, or
-    ``{kind: {"events": n, ...}}``). Inferences: any number under one of
-    ``INFERENCE_KEYS`` anywhere in ``data``; None when there is none.
+    ``{kind: {"events": n, ...}}``); inference events: those under ``inference`` or
+    the inference priority. Inferences: any number under one of ``INFERENCE_KEYS``
+    anywhere in ``data``; None when there is none.
     """
-    events = 0
+    events = inference_events = 0
     dropped = data.get("dropped") if isinstance(data, dict) else None
     if isinstance(dropped, dict):
-        for value in dropped.values():
+        for key, value in dropped.items():
+            n = 0
             if isinstance(value, int | float):
-                events += int(value)
+                n = int(value)
             elif isinstance(value, dict) and isinstance(value.get("events"), int | float):
-                events += int(value["events"])
+                n = int(value["events"])
+            events += n
+            if key in ("inference", str(INFERENCE_PRIORITY)):
+                inference_events += n
     found: list[int] = []
 
     def walk(value: Any) -> None:
@@ -293,7 +300,7 @@ def drop_figures(data: Any) -> tuple[int, int | None]:
                     walk(v)
 
     walk(data)
-    return events, (sum(found) if found else None)
+    return Reported(events, inference_events, sum(found) if found else None)
 
 
 class Store:
@@ -315,11 +322,12 @@ class Store:
             db.close()
         reported: dict[str, Reported] = {}
         for device, data in spools:
-            events, inferences = drop_figures(json.loads(data) if data else {})
+            one = drop_figures(json.loads(data) if data else {})
             r = reported.setdefault(device, Reported())
-            r.events += events
-            if inferences is not None:
-                r.inferences = (r.inferences or 0) + inferences
+            r.events += one.events
+            r.inference_events += one.inference_events
+            if one.inferences is not None:
+                r.inferences = (r.inferences or 0) + one.inferences
         return Stored(
             inferences={d: int(s) for d, _, s in rows},
             windows={d: int(n) for d, n, _ in rows},
@@ -539,6 +547,7 @@ class DeviceOutcome:
     lost: int
     duplicated: int
     reported_events: int
+    reported_inference_events: int
     reported_inferences: int | None
     refused: int
     unanswered: int
@@ -555,6 +564,7 @@ class ScenarioResult:
     lost: int
     duplicated: int
     reported_events: int
+    reported_inference_events: int
     reported_inferences: int | None
     refused: int
     unanswered: int
@@ -759,14 +769,14 @@ class Chaos:
             return got
 
         def caught_up() -> float | None:
-            now = time.monotonic()
+            cutoff = time.monotonic() - lag
             stored = self.stored()
             behind = [
                 d
                 for d in self.ids
-                if counted(stored, d) < ledger.count(d, before=now - lag) - ledger0[d]
+                if counted(stored, d) < ledger.count(d, before=cutoff) - ledger0[d]
             ]
-            return None if behind else now
+            return None if behind else time.monotonic()  # after the read: never early
 
         converged_at = wait_until(caught_up, self.o.converge_timeout)
         converged = None if converged_at is None else max(0.0, converged_at - fault.healed_at)
@@ -801,6 +811,7 @@ class Chaos:
                     lost=max(0, want - got),
                     duplicated=max(0, got - want),
                     reported_events=after.events - before.events,
+                    reported_inference_events=after.inference_events - before.inference_events,
                     reported_inferences=inferences,
                     refused=errors[d][0] - errors0[d][0],
                     unanswered=errors[d][1] - errors0[d][1],
@@ -826,6 +837,7 @@ class Chaos:
             lost=sum(r.lost for r in rows),
             duplicated=sum(r.duplicated for r in rows),
             reported_events=sum(r.reported_events for r in rows),
+            reported_inference_events=sum(r.reported_inference_events for r in rows),
             reported_inferences=sum(reported) if reported else None,
             refused=sum(r.refused for r in rows),
             unanswered=sum(r.unanswered for r in rows),
@@ -915,10 +927,10 @@ class Chaos:
         agent.configure()  # the default replay rate again
         agent.start()
         healed = time.monotonic()
+        self.load.resume([device])  # requests refused while it starts show as refused
         failed = not agent.wait_ready()
         if failed:
             notes.append(f"{device} did not come back: {agent.last_log_line()}")
-        self.load.resume([device])
         return Fault(healed, notes=notes, failed=failed)
 
     def spool_overflow(self) -> Fault:
@@ -958,6 +970,7 @@ class Chaos:
             f.write(b"\xa5" * 100)  # the 100-byte SQLite database header
         agent.start()
         healed = time.monotonic()
+        self.load.resume([device])  # requests refused while it is down show as refused
         notes = [f"{device}: spool header overwritten (depth {depth} at stop)"]
         failed = not agent.wait_ready()
         if failed:
@@ -969,7 +982,6 @@ class Chaos:
             agent.start()
             if agent.wait_ready():
                 notes.append("the benchmark moved the spool aside to go on")
-        self.load.resume([device])
         return Fault(healed, notes=notes, failed=failed)
 
     def partition(self) -> Fault:
@@ -1063,8 +1075,11 @@ class Chaos:
 def reported_cell(r: ScenarioResult) -> str:
     if not r.reported_events and r.reported_inferences is None:
         return "-"
-    inferences = "? inf" if r.reported_inferences is None else f"{r.reported_inferences:,} inf"
-    return f"{r.reported_events:,} ev / {inferences}"
+    inferences = "?" if r.reported_inferences is None else f"{r.reported_inferences:,}"
+    return (
+        f"{r.reported_events:,} events ({r.reported_inference_events:,} inference) / "
+        f"{inferences} inferences"
+    )
 
 
 def converged_cell(r: ScenarioResult) -> str:
