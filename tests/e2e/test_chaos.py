@@ -7,10 +7,14 @@ reads one scenario's outcome from the run's JSON and asserts that every inferenc
 agent answered was stored exactly once: per device, the sum of the stored ``inference``
 windows' counts equals the load driver's ledger. How long convergence took is the
 benchmark's to print, not a test's to assert.
+
+The fault proxy the benchmark partitions agents with is checked on its own first,
+against a real Mosquitto and real MQTT sessions.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -18,11 +22,64 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import Inbox, wait_for
+
+from control_plane.broker import MosquittoBroker
+from edgefleet.mqtt import BrokerAddress, MqttLink
 
 pytestmark = pytest.mark.e2e
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+SCRIPT = BENCH / "chaos.py"
+TOPIC = "chaos/proxy"
 SCENARIOS = ["broker-kill", "poison", "cp-kill"]
+
+
+def test_fault_proxy_stalls_cuts_and_heals_a_real_mqtt_session(
+    broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))
+    proxy = importlib.import_module("chaos_faults").FaultProxy("127.0.0.1", broker.port)
+    inbox = Inbox()
+    watcher = MqttLink(client_id="cp-proxywatch", broker=broker.address, clean_start=True)
+    watcher.subscribe(TOPIC, inbox)
+    device = MqttLink(
+        client_id="dev-proxy0001",
+        broker=BrokerAddress("127.0.0.1", proxy.add_route("dev")),
+        clean_start=True,
+        reconnect_min_delay=0.1,
+        reconnect_max_delay=0.5,
+    )
+    try:
+        watcher.start()
+        assert watcher.wait_subscribed(30)
+        device.start()
+        assert device.wait_connected(30)
+        device.publish(TOPIC, b"through", qos=1, wait=10)
+        inbox.wait_for_payload(TOPIC, b"through")
+
+        proxy.stall("dev")  # nothing moves, the session stays up
+        device.publish(TOPIC, b"stalled", qos=1)
+        watcher.publish(TOPIC, b"direct", qos=1, wait=10)
+        inbox.wait_for_payload(TOPIC, b"direct")
+        assert b"stalled" not in inbox.on(TOPIC)
+        assert device.connected
+        proxy.heal("dev")
+        inbox.wait_for_payload(TOPIC, b"stalled")
+
+        accepted = proxy.connections("dev")
+        proxy.cut("dev")  # the session drops; reconnects are closed at once
+        wait_for(lambda: not device.connected, "the device to notice the cut")
+        wait_for(lambda: proxy.connections("dev") > accepted, "a reconnect attempt")
+        assert not device.connected
+        proxy.heal("dev")
+        assert device.wait_connected(30)
+        device.publish(TOPIC, b"healed", qos=1, wait=10)
+        inbox.wait_for_payload(TOPIC, b"healed")
+    finally:
+        device.stop()
+        watcher.stop()
+        proxy.close()
 
 
 @pytest.fixture(scope="module")
