@@ -21,7 +21,8 @@ each after a settle phase under load:
 ``poison``             one device publishes a ~900 KB ``[[[[…`` payload and a small deeply
                        nested one on each of its up topics (status, report, fetch,
                        telemetry); the control plane is restarted after ``--poison-hold``
-                       seconds, so a poison the broker redelivers is met again.
+                       seconds, so a poison the broker redelivers is met again
+                       ("converged" counts from that restart).
 
 ``poison`` runs last by default: on a control plane that it stops storing telemetry
 for good, every later scenario would only show that again.
@@ -1031,7 +1032,6 @@ class Chaos:
                         notes.append(f"{channel} poison not acknowledged: {e}")
         finally:
             sender.stop()
-        healed = time.monotonic()
         notes.append(f"{sent} poison messages from {device} (QoS 1, not retained)")
         time.sleep(self.o.poison_hold)
         notes.append(
@@ -1040,6 +1040,7 @@ class Chaos:
             + f", health {self.cp.health()}; then restarted (SIGTERM)"
         )
         self.cp.stop()
+        healed = time.monotonic()  # converged: from the restart, as for cp-kill
         self.cp.start()
         return Fault(healed, notes=notes)
 
