@@ -629,13 +629,19 @@ class Chaos:
         ids = [f"dev-chaos{i:04d}" for i in range(1, options.agents + 1)]
         n = len(ids)
         # Roles. The capped, replaying and partitioned agents reach the broker through
-        # the fault proxy (a route each); the others connect to it directly.
+        # the fault proxy (a route each) when their scenario runs; the others, and
+        # every agent in a run without those scenarios, connect to it directly.
         self.capped = ids[0]
         self.replayer = ids[1]
         self.partitioned = ids[2 : 2 + max(1, n // 5)]
         self.corrupted = ids[-1]
         self.poisoner = ids[-2] if n > 3 else ids[-1]
-        self.proxied = {self.capped, self.replayer, *self.partitioned}
+        wanted = set(options.scenarios)
+        self.proxied = {
+            *([self.capped] if "spool-overflow" in wanted else []),
+            *([self.replayer] if "agent-kill-replay" in wanted else []),
+            *(self.partitioned if "partition" in wanted else []),
+        }
         self.ids = ids
 
     # -- set-up ---------------------------------------------------------------------------
@@ -704,7 +710,7 @@ class Chaos:
             self.console,
             f"{len(self.ids)} agents serving {bundle['id']}, set up in "
             f"{time.monotonic() - started:.0f} s; through the proxy: "
-            + ", ".join(sorted(self.proxied)),
+            + (", ".join(sorted(self.proxied)) or "none"),
         )
         x = model.holdout_x[:1].astype(np.float32)
         body = json.dumps({"inputs": [encode_tensor("input", x)]}).encode()
