@@ -1,0 +1,146 @@
+"""The chaos benchmark (bench/chaos.py) in a short version: three agents, outages of a
+few seconds, the faults that matter most.
+
+One run of the benchmark (a real Mosquitto, the control plane and three agent processes
+under steady inference, each fault in turn) is shared by the tests below; each test
+reads one scenario's outcome from the run's JSON and asserts that every inference an
+agent answered was stored exactly once: per device, the sum of the stored ``inference``
+windows' counts equals the load driver's ledger. How long convergence took is the
+benchmark's to print, not a test's to assert.
+
+The fault proxy the benchmark partitions agents with is checked on its own first,
+against a real Mosquitto and real MQTT sessions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Inbox, wait_for
+
+from control_plane.broker import MosquittoBroker
+from edgefleet.mqtt import BrokerAddress, MqttLink
+
+pytestmark = pytest.mark.e2e
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+SCRIPT = BENCH / "chaos.py"
+TOPIC = "chaos/proxy"
+SCENARIOS = ["broker-kill", "poison", "cp-kill"]
+
+
+def test_fault_proxy_stalls_cuts_and_heals_a_real_mqtt_session(
+    broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))
+    proxy = importlib.import_module("chaos_faults").FaultProxy("127.0.0.1", broker.port)
+    inbox = Inbox()
+    watcher = MqttLink(client_id="cp-proxywatch", broker=broker.address, clean_start=True)
+    watcher.subscribe(TOPIC, inbox)
+    device = MqttLink(
+        client_id="dev-proxy0001",
+        broker=BrokerAddress("127.0.0.1", proxy.add_route("dev")),
+        clean_start=True,
+        reconnect_min_delay=0.1,
+        reconnect_max_delay=0.5,
+    )
+    try:
+        watcher.start()
+        assert watcher.wait_subscribed(30)
+        device.start()
+        assert device.wait_connected(30)
+        device.publish(TOPIC, b"through", qos=1, wait=10)
+        inbox.wait_for_payload(TOPIC, b"through")
+
+        proxy.stall("dev")  # nothing moves, the session stays up
+        device.publish(TOPIC, b"stalled", qos=1)
+        watcher.publish(TOPIC, b"direct", qos=1, wait=10)
+        inbox.wait_for_payload(TOPIC, b"direct")
+        assert b"stalled" not in inbox.on(TOPIC)
+        assert device.connected
+        proxy.heal("dev")
+        inbox.wait_for_payload(TOPIC, b"stalled")
+
+        accepted = proxy.connections("dev")
+        proxy.cut("dev")  # the session drops; reconnects are closed at once
+        wait_for(lambda: not device.connected, "the device to notice the cut")
+        wait_for(lambda: proxy.connections("dev") > accepted, "a reconnect attempt")
+        assert not device.connected
+        proxy.heal("dev")
+        assert device.wait_connected(30)
+        device.publish(TOPIC, b"healed", qos=1, wait=10)
+        inbox.wait_for_payload(TOPIC, b"healed")
+    finally:
+        device.stop()
+        watcher.stop()
+        proxy.close()
+
+
+@pytest.fixture(scope="module")
+def chaos_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("chaos")
+    out = root / "result.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--agents", "3",
+            "--rate", "5",
+            "--window", "0.5",
+            "--broker-down", "3",
+            "--cp-down", "1",
+            "--poison-hold", "2",
+            "--settle", "2",
+            "--converge-timeout", "45",
+            "--reconnect-max", "2",
+            "--scenarios", ",".join(SCENARIOS),
+            "--data-dir", str(root / "run"),
+            "--json", str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )  # fmt: skip
+    # 0: every scenario kept its ledger; 1: one did not (the tests below say which).
+    assert run.returncode in (0, 1), run.stdout[-4000:] + run.stderr[-4000:]
+    payload = json.loads(out.read_text())
+    assert payload["aborted"] is None, payload["aborted"]
+    return {r["name"]: r for r in payload["results"]}
+
+
+def assert_ledger_kept(result: dict[str, Any]) -> None:
+    off = {
+        d["device_id"]: (d["expected"], d["stored"])
+        for d in result["per_device"]
+        if d["stored"] != d["expected"]
+    }
+    assert not off, f"(answered, stored) per device off the ledger: {off}; {result['notes']}"
+    assert result["expected"] > 0  # the load ran through the scenario
+    assert result["converged_s"] is not None, result["notes"]
+
+
+def test_steady_load_is_counted_exactly_once(chaos_run: dict[str, Any]) -> None:
+    assert_ledger_kept(chaos_run["steady"])
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="issue 13 item 2: agents that reconnect before the control plane has re-subscribed "
+    "have their replay acknowledged by a broker that kept no session for it, and delete it",
+)
+def test_broker_killed_and_restarted_loses_no_inference(chaos_run: dict[str, Any]) -> None:
+    assert_ledger_kept(chaos_run["broker-kill"])
+
+
+def test_poison_messages_on_every_up_topic_do_not_stop_ingest(chaos_run: dict[str, Any]) -> None:
+    assert_ledger_kept(chaos_run["poison"])
+
+
+def test_control_plane_killed_and_restarted_loses_no_inference(chaos_run: dict[str, Any]) -> None:
+    assert_ledger_kept(chaos_run["cp-kill"])
