@@ -53,8 +53,9 @@ def upsert_device_status(*, session: Session, device_id: str, status: DeviceStat
         insert(Device)
         .values(id=device_id, online=False, stale=False, labels={})
         .on_conflict_do_nothing(index_elements=["id"])
-    )
-    if created.rowcount:  # type: ignore[attr-defined]
+        .returning(col(Device.id))
+    ).first()
+    if created is not None:
         logger.info("device discovered device_id=%s", device_id)
     device = session.get(Device, device_id, with_for_update=True, populate_existing=True)
     assert device is not None  # inserted above, or already there
