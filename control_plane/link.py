@@ -23,8 +23,9 @@ device id and topic (never the payload), counted per device, channel and reason
 (``MessageRejection``: ``GET /api/v1/devices/<id>`` and
 ``edgefleet_messages_rejected_total``), acknowledged and dropped. A burst of telemetry
 the database refuses as a whole is stored event by event, so one bad event costs only
-itself. Only a transient database failure (connection lost, database locked) leaves a
-message unhandled: it is neither acknowledged nor receipted, and comes back.
+itself. Only a failure of the database itself (``is_transient``: a lost connection,
+a locked database, a missing table) leaves a message unhandled: it is neither
+acknowledged nor receipted, and comes back.
 
 **Receipts.** Once a burst of telemetry is committed, each device gets a ``Receipt``
 (QoS 1, ``down/receipt``, up to ``RECEIPT_MAX_IDS`` ids each) naming every event id of
@@ -53,7 +54,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import Session
 
@@ -133,10 +141,19 @@ def rejection_reason(error: BaseException) -> str:
 
 
 def is_transient(error: BaseException) -> bool:
-    """A database failure that says nothing about the message: retry it later."""
-    if isinstance(error, OperationalError | InterfaceError | PoolTimeoutError):
+    """A failure of the database or the deployment, not of the message: retry it later.
+
+    Connection trouble, a locked database, a missing table or permission — the same
+    message would go through once that is fixed, so it must not be refused (and
+    receipted) for good. What stays is the message's own fault: a value the database
+    refuses (``DataError``, ``IntegrityError``) or an exception our code raised on it.
+    """
+    if isinstance(error, PoolTimeoutError):
         return True
-    return isinstance(error, DBAPIError) and error.connection_invalidated
+    if isinstance(error, DBAPIError):
+        systemic = OperationalError | InterfaceError | InternalError | ProgrammingError
+        return error.connection_invalidated or isinstance(error, systemic | NotSupportedError)
+    return False
 
 
 class FleetLink:

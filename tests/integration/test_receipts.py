@@ -6,6 +6,8 @@ plane through a real Mosquitto and listens on its ``down/receipt`` topic.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,4 +110,31 @@ def test_a_burst_larger_than_one_receipt_is_receipted_in_chunks(
         assert sum(len(r.event_ids) for r in device.receipts()) == len(ids)
         assert stored_ids(api, DEVICE) == ids
     finally:
+        device.link.stop()
+
+
+def test_no_receipt_while_the_database_cannot_store_and_one_for_the_resend(
+    tmp_path: Path, api: TestClient, broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    device = Device(broker, DEVICE)
+    database = sqlite3.connect(tmp_path / "cp" / "control-plane.db", isolation_level=None)
+    try:
+        caplog.set_level(logging.WARNING, logger="control_plane.link")
+        # The database, not the message, is at fault: a table gone from under the control plane.
+        database.execute("ALTER TABLE event RENAME TO event_away")
+        event = TelemetryEvent(kind="inference", data={"count": 3})
+        topic = topics.up(DEVICE, topics.Up.TELEMETRY)
+        device.link.publish(topic, event.to_bytes(), wait=10)
+        wait_for(lambda: "telemetry not stored" in caplog.text, "the failed store")
+        database.execute("ALTER TABLE event_away RENAME TO event")
+
+        # The device resends what no receipt named; now it is stored and receipted, once.
+        device.link.publish(topic, event.to_bytes(), wait=10)
+        wait_for(lambda: device.receipted() == {event.event_id}, "a receipt for the resend")
+        assert [r.event_ids for r in device.receipts()] == [[event.event_id]]
+        assert stored_ids(api, DEVICE) == {event.event_id}
+        assert api.get(f"/api/v1/devices/{DEVICE}").status_code == 404  # no status, no row
+        assert "edgefleet_messages_rejected_total{" not in api.get("/metrics").text
+    finally:
+        database.close()
         device.link.stop()
