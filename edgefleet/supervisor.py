@@ -147,7 +147,7 @@ class Supervisor:
             worker.timer.daemon = True
             worker.timer.start()
         logger.error(
-            "worker died, restarting worker=%s restarts=%d delay_s=%.1f error=%s",
+            "worker died, restarting worker=%s restarts=%d delay_s=%.2f error=%s",
             worker.name,
             worker.restarts,
             delay,

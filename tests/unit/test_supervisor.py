@@ -77,4 +77,4 @@ def test_a_worker_that_keeps_dying_at_once_keeps_being_restarted() -> None:
         assert deaths.acquire(timeout=TIMEOUT)
     supervisor.stop()
     assert supervisor.join(TIMEOUT)
-    assert supervisor.workers()[0].restarts >= 6
+    assert supervisor.workers()[0].restarts >= 5  # the sixth run may end while stopping
