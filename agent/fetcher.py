@@ -14,6 +14,15 @@ twice as long (an overloaded control plane is not answered with more requests: t
 fleet benchmark saw thousands of re-asked chunks at a fixed timeout), then the fetch
 fails with ``TransferError``.
 
+Before that, one quick re-ask (not counted in ``retries``): a request stranded on a
+dead control-plane replica (the broker keeps handing a dead replica's session its
+turn of the shared subscription until the session expires) is asked again after
+``first_timeout`` (2 s) and goes to a live member of the group. It is made only for a
+chunk the download is stuck on — the oldest one outstanding, or one that a later
+request has overtaken — and only once the download has heard nothing for
+``first_timeout``: a control plane that is slow but answering gets no extra requests,
+one that is overloaded at most one per chunk.
+
 Target downloads resume: with ``part_dir`` set, every in-order chunk of a
 ``targets/`` file is appended to ``<part_dir>/<name>.part`` as it is handed on. A
 later fetch of the same path (after a broker outage or an agent restart) first
@@ -58,6 +67,8 @@ DEFAULT_WINDOW = 8
 FSYNC_EVERY = 1024 * 1024
 MAX_BACKOFF_DOUBLINGS = 3
 """A re-asked chunk waits at most 8x ``timeout``."""
+FIRST_TIMEOUT = 2.0
+"""Seconds of silence before a stuck chunk's one quick re-ask (see the module docstring)."""
 
 
 @dataclass
@@ -65,8 +76,18 @@ class _Pending:
     offset: int
     length: int
     correlation: bytes
+    sent_at: float
     deadline: float
     attempts: int = 1
+    seq: int = 0
+
+
+@dataclass
+class _Heard:
+    """When a download last heard an answer, and the newest request answered."""
+
+    at: float
+    newest: int = -1
 
 
 def _bounded(chunks: Generator[bytes, None, None], max_length: int) -> Iterator[bytes]:
@@ -91,6 +112,7 @@ class MqttFetcher:
         window: int = DEFAULT_WINDOW,
         timeout: float = 10.0,
         retries: int = 3,
+        first_timeout: float = FIRST_TIMEOUT,
         part_dir: Path | None = None,
     ) -> None:
         if not 0 < chunk_size <= FETCH_MAX_CHUNK:
@@ -104,6 +126,7 @@ class MqttFetcher:
         self.window = window
         self.timeout = timeout
         self.retries = retries
+        self.first_timeout = min(first_timeout, timeout)
         self.part_dir = Path(part_dir) if part_dir is not None else None
         self._lock = threading.Lock()
         self._waiters: dict[bytes, queue.SimpleQueue[Incoming]] = {}
@@ -179,15 +202,22 @@ class MqttFetcher:
         next_request = start  # first offset not yet asked for
         next_yield = start  # first offset not yet handed on
         unsynced = 0
+        sent = 0  # requests sent so far: a request's ``seq``
+        heard = _Heard(at=time.monotonic())
 
         def send(offset: int, length: int, attempts: int = 1) -> None:
+            nonlocal sent
             correlation = uuid.uuid4().bytes
             with self._lock:
                 self._waiters[correlation] = responses
-            wait = self.timeout * 2 ** min(attempts - 1, MAX_BACKOFF_DOUBLINGS)
+            # The first wait is the quick re-ask's (see ``_due``); then the doubling.
+            doublings = min(max(attempts - 2, 0), MAX_BACKOFF_DOUBLINGS)
+            wait = self.timeout * 2**doublings
+            now = time.monotonic()
             pending[correlation] = _Pending(
-                offset, length, correlation, time.monotonic() + wait, attempts
+                offset, length, correlation, now, now + wait, attempts, sent
             )
+            sent += 1
             request = FetchRequest(path=path, offset=offset, length=length)
             self._link.publish(
                 self._request_topic,
@@ -221,15 +251,17 @@ class MqttFetcher:
                         next_request += length
                         in_flight += 1
                 now = time.monotonic()
-                wait = min(p.deadline for p in pending.values()) - now if pending else 0.0
+                wait = min(self._due(pending, heard).values(), default=now) - now
                 try:
                     incoming = responses.get(timeout=max(wait, 0.0))
                 except queue.Empty:
-                    self._retry_expired(path, pending, send)
+                    self._retry_expired(path, pending, send, self._due(pending, heard))
                     continue
                 entry = pending.pop(incoming.correlation or b"", None)
                 if entry is None:
                     continue
+                heard.at = time.monotonic()
+                heard.newest = max(heard.newest, entry.seq)
                 total, data = self._accept(path, incoming, entry, total)
                 if total is not None and next_request > total:
                     next_request = total  # the first request asked past a short file
@@ -244,20 +276,41 @@ class MqttFetcher:
                 for correlation in pending:
                     self._waiters.pop(correlation, None)
 
+    def _due(self, pending: dict[bytes, _Pending], heard: _Heard) -> dict[bytes, float]:
+        """When each pending request is asked again.
+
+        A first request the download is stuck on (the oldest outstanding, or one a
+        later request overtook) is due ``first_timeout`` after both its sending and the
+        last answer this download heard; every other request at its own deadline.
+        """
+        head = min(pending.values(), key=lambda p: p.offset, default=None)
+        due: dict[bytes, float] = {}
+        for correlation, entry in pending.items():
+            due[correlation] = entry.deadline
+            if entry.attempts == 1 and (entry is head or entry.seq < heard.newest):
+                quick = max(entry.sent_at, heard.at) + self.first_timeout
+                due[correlation] = min(entry.deadline, quick)
+        return due
+
     def _retry_expired(
-        self, path: str, pending: dict[bytes, _Pending], send: Callable[[int, int, int], None]
+        self,
+        path: str,
+        pending: dict[bytes, _Pending],
+        send: Callable[[int, int, int], None],
+        due: dict[bytes, float],
     ) -> None:
         now = time.monotonic()
         for correlation, entry in list(pending.items()):
-            if entry.deadline > now:
+            if due[correlation] > now:
                 continue
             del pending[correlation]
             with self._lock:
                 self._waiters.pop(correlation, None)
-            if entry.attempts > self.retries:
+            if entry.attempts > self.retries + 1:  # the quick re-ask is not a retry
                 raise TransferError(
                     f"fetch {path} offset={entry.offset}: no answer after "
-                    f"{entry.attempts} attempts (first waited {self.timeout}s, doubling)"
+                    f"{entry.attempts} attempts (a quick re-ask after {self.first_timeout}s, "
+                    f"then waits from {self.timeout}s, doubling)"
                 )
             logger.warning(
                 "fetch chunk timed out, retrying path=%s offset=%d attempt=%d",

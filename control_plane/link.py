@@ -1,15 +1,47 @@
 """The control plane's MQTT link to the fleet.
 
-Subscribes to every device's ``up/status`` (a normal subscription, so retained
-statuses arrive on connect) and to ``up/report`` and ``up/fetch`` through an MQTT 5
-shared subscription, so several control-plane replicas split that traffic.
+Subscribes to every device's ``up/status`` (a plain subscription: retained statuses
+reach only plain subscriptions, so every replica sees every status and the upsert is
+idempotent across replicas) and to ``up/report``, ``up/fetch`` and ``up/telemetry``
+through an MQTT 5 shared subscription, so several control-plane replicas split that
+traffic. The group name is ``Settings.mqtt_shared_group``: random unless set, the same
+on every replica.
 
 The device id always comes from the topic, which the broker ACL ties to the
-device's credentials, never from a payload. Status and report messages are applied
-to the database in arrival order on one worker thread; fetch requests are served on
-a small pool; telemetry is stored in bursts of up to ``TELEMETRY_BURST`` events per
-transaction on a thread of its own. Nothing is done on paho's network thread but
-hand-off, and a malformed message is logged and dropped.
+device's credentials, never from a payload. Nothing is done on paho's network thread
+but hand-off to worker threads, each run by a ``Supervisor`` that restarts it if it
+dies (the death is logged, counted in ``/metrics`` and shown by ``/api/v1/health``):
+
+- ``cp-events``: status and install reports, applied in arrival order;
+- ``cp-fetch-<n>``: fetch requests, answered from the signed repository;
+- ``cp-telemetry``: telemetry, stored in bursts of up to ``TELEMETRY_BURST`` events
+  per transaction and acknowledged to the broker only once stored.
+
+**Poison messages.** Whatever goes wrong with one message — it does not decode, or
+handling it raises anything at all — is that message's failure: it is logged with the
+device id and topic (never the payload), counted per device, channel and reason
+(``MessageRejection``: ``GET /api/v1/devices/<id>`` and
+``edgefleet_messages_rejected_total``), acknowledged and dropped. A burst of telemetry
+the database refuses as a whole is stored event by event, so one bad event costs only
+itself. Only a failure of the database itself (``is_transient``: a lost connection,
+a locked database, a missing table) leaves a message unhandled: it is neither
+acknowledged nor receipted, and comes back.
+
+**Receipts.** Once a burst of telemetry is committed, each device gets a ``Receipt``
+(QoS 1, ``down/receipt``, up to ``RECEIPT_MAX_IDS`` ids each) naming every event id of
+the burst that is now in the database, duplicates included; an install report is
+receipted once ``apply_install_report`` has committed, also when it was a duplicate or
+refused as stale. A decoded message refused for good (it can never be stored) is
+receipted too, so the device stops resending it; an undecodable one has no id to
+receipt and is only dropped. Devices delete spooled events on the receipt and resend
+what stays unreceipted.
+
+**Sessions.** The control plane's session is persistent but short-lived
+(``Settings.mqtt_session_expiry_s``, 30 s by default): it rides out a quick restart
+with the queued traffic intact, and a replica that dies and stays dead stops being
+handed its turn of the shared subscriptions within half a minute. A longer session
+buys nothing now that devices resend what was not receipted (and re-ask unanswered
+fetch chunks), and it would strand traffic on a dead replica.
 """
 
 from __future__ import annotations
@@ -17,19 +49,25 @@ from __future__ import annotations
 import logging
 import queue
 import secrets
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import Session
 
 from control_plane.errors import InvalidRequestError, NotFoundError
-from control_plane.models import Device
 from control_plane.repository import SignedRepository
-from control_plane.services.devices import upsert_device_status
+from control_plane.services.devices import record_rejections, upsert_device_status
 from control_plane.services.events import ingest_events
 from control_plane.services.rollouts import apply_install_report, reoffer_on_reconnect
 from control_plane.settings import Settings
@@ -41,21 +79,28 @@ from edgefleet.messages import (
     FETCH_REASON,
     FETCH_STATUS,
     FETCH_TOTAL,
+    RECEIPT_MAX_IDS,
     BundleOffer,
     DeviceCommand,
     DeviceStatus,
     FetchRequest,
     InstallReport,
+    Receipt,
     TelemetryEvent,
     decode_as,
 )
 from edgefleet.mqtt import BrokerAddress, Incoming, MqttLink
+from edgefleet.supervisor import Supervisor, WorkerState
 
 logger = logging.getLogger(__name__)
 
-SHARED_GROUP = "edgefleet-cp"
 TELEMETRY_BURST = 500
 """Most telemetry events stored in one transaction."""
+FETCH_WORKERS = 4
+STOP_TIMEOUT_S = 30.0
+
+RejectionKey = tuple[str, str, str]
+"""``(device_id, channel, reason)``."""
 
 
 def stable_client_id(data_dir: Path) -> str:
@@ -63,13 +108,52 @@ def stable_client_id(data_dir: Path) -> str:
 
     Each replica has its own data directory, hence its own id and session.
     """
-    path = Path(data_dir) / "mqtt-client-id"
+    return _kept_token(Path(data_dir) / "mqtt-client-id", "cp-", 6)
+
+
+def stable_shared_group(data_dir: Path) -> str:
+    """The shared-subscription group name, created once at random and kept in ``data_dir``.
+
+    Used when ``Settings.mqtt_shared_group`` is not set; replicas with data
+    directories of their own must set that instead, to one value.
+    """
+    return _kept_token(Path(data_dir) / "mqtt-shared-group", "cp-", 12)
+
+
+def _kept_token(path: Path, prefix: str, nbytes: int) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        client_id = f"cp-{secrets.token_hex(6)}"
-        atomic_write(path, client_id.encode())
-        return client_id
+        token = f"{prefix}{secrets.token_hex(nbytes)}"
+        atomic_write(path, token.encode())
+        return token
+
+
+def rejection_reason(error: BaseException) -> str:
+    """The reason label a refused message is counted under (a small, fixed set)."""
+    if isinstance(error, MessageError):
+        if error.reason.startswith("message too large"):
+            return "too_large"
+        if error.reason.startswith("message nested too deeply"):
+            return "too_deep"
+        return "invalid"
+    return "failed"
+
+
+def is_transient(error: BaseException) -> bool:
+    """A failure of the database or the deployment, not of the message: retry it later.
+
+    Connection trouble, a locked database, a missing table or permission — the same
+    message would go through once that is fixed, so it must not be refused (and
+    receipted) for good. What stays is the message's own fault: a value the database
+    refuses (``DataError``, ``IntegrityError``) or an exception our code raised on it.
+    """
+    if isinstance(error, PoolTimeoutError):
+        return True
+    if isinstance(error, DBAPIError):
+        systemic = OperationalError | InterfaceError | InternalError | ProgrammingError
+        return error.connection_invalidated or isinstance(error, systemic | NotSupportedError)
+    return False
 
 
 class FleetLink:
@@ -81,13 +165,13 @@ class FleetLink:
         settings: Settings,
         engine: Engine,
         repository: SignedRepository,
-        fetch_workers: int = 4,
+        fetch_workers: int = FETCH_WORKERS,
     ) -> None:
         self._engine = engine
         self._repository = repository
-        # A persistent session: while the control plane restarts, the broker keeps
-        # queuing device traffic for it (a clean session would let it be acknowledged
-        # to devices and then dropped).
+        self.shared_group = settings.mqtt_shared_group or stable_shared_group(settings.data_dir)
+        # A persistent session, short-lived (see the module docstring): while the control
+        # plane restarts, the broker keeps queuing its share of device traffic.
         self._link = MqttLink(
             client_id=settings.client_id or stable_client_id(settings.data_dir),
             broker=BrokerAddress.parse(settings.broker_url),
@@ -95,13 +179,11 @@ class FleetLink:
             session_expiry=settings.mqtt_session_expiry_s,
             tls=settings.mqtt_tls,
         )
-        self._fetch_pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="cp-fetch")
-        self._event_pool = ThreadPoolExecutor(1, thread_name_prefix="cp-events")
-        # Telemetry is stored in bursts on a thread of its own (one transaction each).
+        self.supervisor = Supervisor()
+        self._fetch_workers = fetch_workers
+        self._events: queue.Queue[tuple[topics.Up, str, Incoming] | None] = queue.Queue()
+        self._fetches: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
         self._telemetry: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
-        self._telemetry_thread = threading.Thread(
-            target=self._store_telemetry, name="cp-telemetry", daemon=True
-        )
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------
@@ -110,22 +192,24 @@ class FleetLink:
         """Subscribe and start connecting in the background (works with the broker down)."""
         if self._started:
             return
+        group = self.shared_group
         self._link.subscribe(topics.up_filter(topics.Up.STATUS), self._on_status)
         self._link.subscribe(
-            topics.up_filter(topics.Up.REPORT), self._on_report, shared_group=SHARED_GROUP
+            topics.up_filter(topics.Up.REPORT), self._on_report, shared_group=group
         )
-        self._link.subscribe(
-            topics.up_filter(topics.Up.FETCH), self._on_fetch, shared_group=SHARED_GROUP
-        )
+        self._link.subscribe(topics.up_filter(topics.Up.FETCH), self._on_fetch, shared_group=group)
         # Telemetry is acknowledged to the broker only once stored: a control plane
         # that dies with a burst in memory gets it again when its session resumes.
         self._link.subscribe(
             topics.up_filter(topics.Up.TELEMETRY),
             self._on_telemetry,
-            shared_group=SHARED_GROUP,
+            shared_group=group,
             deferred_ack=True,
         )
-        self._telemetry_thread.start()
+        self.supervisor.start("cp-events", self._run_events)
+        for n in range(self._fetch_workers):
+            self.supervisor.start(f"cp-fetch-{n}", self._run_fetches)
+        self.supervisor.start("cp-telemetry", self._store_telemetry)
         self._link.start()
         self._started = True
         logger.info("fleet link starting broker=%s", self._link.broker.url())
@@ -134,15 +218,23 @@ class FleetLink:
         if not self._started:
             return
         self._link.stop()
-        self._fetch_pool.shutdown(wait=True, cancel_futures=True)
-        self._event_pool.shutdown(wait=True, cancel_futures=False)
-        self._telemetry.put(None)  # after whatever is queued: that is still stored
-        self._telemetry_thread.join(timeout=30)
+        self.supervisor.stop()
+        # After whatever is queued: that is still handled (telemetry stored).
+        self._events.put(None)
+        for _ in range(self._fetch_workers):
+            self._fetches.put(None)
+        self._telemetry.put(None)
+        if not self.supervisor.join(STOP_TIMEOUT_S):
+            logger.warning("fleet link workers still busy at stop")
         self._started = False
 
     @property
     def connected(self) -> bool:
         return self._link.connected
+
+    def workers(self) -> list[WorkerState]:
+        """The link's supervised worker threads, for health and metrics."""
+        return self.supervisor.workers()
 
     def wait_subscribed(self, timeout: float) -> bool:
         """Connected with every subscription acknowledged: from then on nothing a device
@@ -171,6 +263,17 @@ class FleetLink:
             command.rollout_id,
         )
 
+    def publish_receipts(self, device_id: str, event_ids: Sequence[str]) -> None:
+        """Tell a device which of its event ids are handled (QoS 1, chunked)."""
+        for start in range(0, len(event_ids), RECEIPT_MAX_IDS):
+            chunk = list(event_ids[start : start + RECEIPT_MAX_IDS])
+            self._link.publish(
+                topics.down(device_id, topics.Down.RECEIPT),
+                Receipt(event_ids=chunk).to_bytes(),
+                qos=1,
+            )
+        logger.debug("receipt published device_id=%s events=%d", device_id, len(event_ids))
+
     # -- incoming (network thread: parse the topic, hand off) ---------------------
 
     @staticmethod
@@ -185,34 +288,16 @@ class FleetLink:
             return None
         return device_id
 
-    def _submit(self, pool: ThreadPoolExecutor, job: Callable[[], None], topic: str) -> None:
-        try:
-            pool.submit(self._guarded, job, topic)
-        except RuntimeError:  # pool shut down while stopping
-            logger.info("message dropped during shutdown topic=%s", topic)
-
-    @staticmethod
-    def _guarded(job: Callable[[], None], topic: str) -> None:
-        try:
-            job()
-        except Exception:  # top of a worker job: one bad message must not stop the pool
-            logger.exception("message handling failed topic=%s", topic)
-
     def _on_status(self, message: Incoming) -> None:
         device_id = self._device_id(message, topics.Up.STATUS)
         if device_id is None or not message.payload:  # empty = retained status cleared
             return
-        self._submit(
-            self._event_pool, lambda: self._handle_status(device_id, message), message.topic
-        )
+        self._events.put((topics.Up.STATUS, device_id, message))
 
     def _on_report(self, message: Incoming) -> None:
         device_id = self._device_id(message, topics.Up.REPORT)
-        if device_id is None:
-            return
-        self._submit(
-            self._event_pool, lambda: self._handle_report(device_id, message), message.topic
-        )
+        if device_id is not None:
+            self._events.put((topics.Up.REPORT, device_id, message))
 
     def _on_telemetry(self, message: Incoming) -> None:
         device_id = self._device_id(message, topics.Up.TELEMETRY)
@@ -228,43 +313,99 @@ class FleetLink:
         if message.correlation is None:
             logger.warning("fetch dropped device_id=%s reason=no correlation data", device_id)
             return
-        self._submit(
-            self._fetch_pool, lambda: self._handle_fetch(device_id, message), message.topic
-        )
+        self._fetches.put((device_id, message))
 
-    # -- workers ------------------------------------------------------------------
+    # -- refused messages -----------------------------------------------------------
 
-    def _handle_status(self, device_id: str, message: Incoming) -> None:
-        try:
-            status = decode_as(message.payload, DeviceStatus, topic=message.topic)
-        except MessageError as e:
-            logger.warning("status dropped device_id=%s reason=%s", device_id, e.reason)
+    def _refused(
+        self, device_id: str, channel: topics.Up, topic: str, error: BaseException
+    ) -> RejectionKey:
+        """Log one refused message (never its payload); the key it is counted under."""
+        reason = rejection_reason(error)
+        if isinstance(error, MessageError):
+            logger.warning(
+                "message refused device_id=%s topic=%s reason=%s detail=%s",
+                device_id,
+                topic,
+                reason,
+                error.reason,
+            )
+        else:
+            logger.error(
+                "message refused device_id=%s topic=%s reason=%s error=%s",
+                device_id,
+                topic,
+                reason,
+                type(error).__name__,
+                exc_info=error,
+            )
+        return (device_id, channel.value, reason)
+
+    def _count_refused(self, counts: dict[RejectionKey, int]) -> None:
+        """Add refused messages to the per-device counts; a failure here is only logged."""
+        if not counts:
             return
         try:
             with Session(self._engine) as session:
-                known = session.get(Device, device_id)
-                was_online = known is not None and known.online
-                upsert_device_status(session=session, device_id=device_id, status=status)
-                if status.online and not was_online:
+                record_rejections(session=session, counts=counts)
+        except Exception:  # counting must never stop the pipeline it counts for
+            logger.exception("refused messages not counted messages=%d", sum(counts.values()))
+
+    def _refuse(self, device_id: str, channel: topics.Up, topic: str, error: BaseException) -> None:
+        self._count_refused({self._refused(device_id, channel, topic, error): 1})
+
+    # -- workers (each under the supervisor) -------------------------------------------
+
+    def _run_events(self) -> None:
+        """cp-events: status and reports in arrival order, each message on its own."""
+        handlers: dict[topics.Up, Callable[[str, Incoming], None]] = {
+            topics.Up.STATUS: self._handle_status,
+            topics.Up.REPORT: self._handle_report,
+        }
+        while (item := self._events.get()) is not None:
+            channel, device_id, message = item
+            try:
+                handlers[channel](device_id, message)
+            except Exception as e:  # this message's failure, whatever it is
+                self._refuse(device_id, channel, message.topic, e)
+
+    def _run_fetches(self) -> None:
+        """cp-fetch-<n>: answer fetch requests."""
+        while (item := self._fetches.get()) is not None:
+            device_id, message = item
+            try:
+                self._handle_fetch(device_id, message)
+            except Exception as e:  # this request's failure: the device asks again
+                self._refuse(device_id, topics.Up.FETCH, message.topic, e)
+
+    def _handle_status(self, device_id: str, message: Incoming) -> None:
+        status = decode_as(message.payload, DeviceStatus, topic=message.topic)
+        try:
+            with Session(self._engine) as session:
+                update = upsert_device_status(session=session, device_id=device_id, status=status)
+                if update.came_online:
                     # Back from offline: offer again what running rollouts still owe it.
                     reoffer_on_reconnect(session=session, publisher=self, device_id=device_id)
-        except SQLAlchemyError:
-            logger.exception("status not stored device_id=%s", device_id)
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            logger.warning("status not stored device_id=%s error=%s", device_id, e)
 
     def _handle_report(self, device_id: str, message: Incoming) -> None:
-        try:
-            report = decode_as(message.payload, InstallReport, topic=message.topic)
-        except MessageError as e:
-            logger.warning("report dropped device_id=%s reason=%s", device_id, e.reason)
-            return
+        report = decode_as(message.payload, InstallReport, topic=message.topic)
         try:
             with Session(self._engine) as session:
                 apply_install_report(session=session, device_id=device_id, report=report)
-        except SQLAlchemyError:
-            logger.exception("report not stored device_id=%s", device_id)
+        except Exception as e:
+            if is_transient(e):  # no receipt: the device sends it again
+                logger.warning("report not stored device_id=%s error=%s", device_id, e)
+                return
+            # Refused for good: counted, and receipted so the device stops resending it.
+            self._refuse(device_id, topics.Up.REPORT, message.topic, e)
+        self.publish_receipts(device_id, [report.event_id])
 
     def _store_telemetry(self) -> None:
-        """Telemetry thread: take what has queued up (at most a burst), store it at once."""
+        """cp-telemetry: take what has queued up (at most a burst), store it at once."""
         while True:
             item = self._telemetry.get()
             if item is None:
@@ -282,25 +423,64 @@ class FleetLink:
             self._ingest(burst)
 
     def _ingest(self, burst: list[tuple[str, Incoming]]) -> None:
+        """Store one burst; receipt what it holds per device, then acknowledge it."""
+        refused: Counter[RejectionKey] = Counter()
         events: list[tuple[str, TelemetryEvent]] = []
         for device_id, message in burst:
             try:
-                events.append(
-                    (device_id, decode_as(message.payload, TelemetryEvent, topic=message.topic))
-                )
-            except MessageError as e:
-                logger.warning("telemetry dropped device_id=%s reason=%s", device_id, e.reason)
-        try:
-            with Session(self._engine) as session:
-                stored = ingest_events(session=session, batch=events)
-        except SQLAlchemyError:
-            # Not acknowledged: the broker redelivers the burst when the session resumes.
-            logger.exception("telemetry not stored events=%d", len(events))
+                event = decode_as(message.payload, TelemetryEvent, topic=message.topic)
+            except Exception as e:  # this message's failure, whatever it is
+                refused[self._refused(device_id, topics.Up.TELEMETRY, message.topic, e)] += 1
+                continue
+            events.append((device_id, event))
+        handled = self._store_events(events, refused)
+        if handled is None:
+            # Not acknowledged: the broker redelivers the burst when the session resumes,
+            # and devices resend what no receipt named.
             return
+        self._count_refused(refused)
+        receipts: defaultdict[str, list[str]] = defaultdict(list)
+        for device_id, event in handled:
+            receipts[device_id].append(event.event_id)
+        for device_id, event_ids in receipts.items():
+            self.publish_receipts(device_id, list(dict.fromkeys(event_ids)))
         for _device_id, message in burst:  # in arrival order, as MQTT asks
             message.ack()
-        if stored < len(events):
-            logger.debug("duplicate telemetry ignored count=%d", len(events) - stored)
+
+    def _store_events(
+        self, events: list[tuple[str, TelemetryEvent]], refused: Counter[RejectionKey]
+    ) -> list[tuple[str, TelemetryEvent]] | None:
+        """Store ``events`` (one transaction, else one by one); the events now handled.
+
+        Handled: in the database (new or stored before), or refused for good (counted in
+        ``refused``). None after a transient database failure: nothing to receipt.
+        """
+        if not events:
+            return []
+        try:
+            with Session(self._engine) as session:
+                ingest_events(session=session, batch=events)
+            return events
+        except Exception as e:
+            if is_transient(e):
+                logger.warning("telemetry not stored events=%d error=%s", len(events), e)
+                return None
+            logger.warning(
+                "telemetry burst refused, storing it event by event events=%d error=%s",
+                len(events),
+                type(e).__name__,
+            )
+        for device_id, event in events:
+            try:
+                with Session(self._engine) as session:
+                    ingest_events(session=session, batch=[(device_id, event)])
+            except Exception as e:
+                if is_transient(e):
+                    logger.warning("telemetry not stored events=%d error=%s", len(events), e)
+                    return None
+                topic = topics.up(device_id, topics.Up.TELEMETRY)
+                refused[self._refused(device_id, topics.Up.TELEMETRY, topic, e)] += 1
+        return events
 
     def _handle_fetch(self, device_id: str, message: Incoming) -> None:
         properties: dict[str, str]
@@ -314,6 +494,7 @@ class FleetLink:
                 FETCH_OFFSET: str(request.offset),
             }
         except MessageError as e:
+            self._refuse(device_id, topics.Up.FETCH, message.topic, e)
             properties = {FETCH_STATUS: "400", FETCH_REASON: e.reason}
         except InvalidRequestError as e:
             properties = {FETCH_STATUS: "400", FETCH_REASON: str(e)}

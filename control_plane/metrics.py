@@ -6,6 +6,10 @@ answers a scrape with the same fleet-wide figures, nothing is lost on restart, a
 no other module has to know that metrics exist. Ingest *rate* is Prometheus's job:
 ``rate(edgefleet_telemetry_events_total[5m])`` over the stored-event counter.
 
+Two families are the answering replica's own rather than the database's: whether its
+MQTT link is up, and its supervised worker threads (``edgefleet_worker_restarts_total``,
+``edgefleet_worker_up``), since a worker dies and restarts inside one process.
+
 ``/metrics`` needs a ``viewer`` token when API auth is on, like every read of the API
 (Prometheus: ``authorization: {credentials_file: ...}`` in the scrape config).
 """
@@ -26,8 +30,17 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from control_plane.auth import authorize
-from control_plane.models import Device, Event, RetrainingRequest, Rollout, RolloutDevice, utcnow
+from control_plane.models import (
+    Device,
+    Event,
+    MessageRejection,
+    RetrainingRequest,
+    Rollout,
+    RolloutDevice,
+    utcnow,
+)
 from control_plane.services.drift import DriftPoint, drift_series
+from edgefleet.supervisor import WorkerState
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +69,23 @@ def _latest_per_device(
 class FleetCollector(Collector):
     """Reads the fleet, rollouts, telemetry and drift tables when Prometheus scrapes."""
 
-    def __init__(self, engine: Engine, *, broker_connected: bool | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        broker_connected: bool | None = None,
+        workers: list[WorkerState] | None = None,
+    ) -> None:
         self._engine = engine
         self._broker_connected = broker_connected
+        self._workers = workers
 
     def collect(self) -> Iterator[Metric]:
         with Session(self._engine) as session:
             yield from self._fleet(session)
             yield from self._rollouts(session)
             yield from self._telemetry(session)
+            yield from self._rejections(session)
             yield from self._drift(session)
             yield from self._retraining(session)
         if self._broker_connected is not None:
@@ -73,6 +94,8 @@ class FleetCollector(Collector):
             )
             up.add_metric([], 1.0 if self._broker_connected else 0.0)
             yield up
+        if self._workers is not None:
+            yield from self._worker_metrics(self._workers)
 
     def _fleet(self, session: Session) -> Iterator[Metric]:
         devices = GaugeMetricFamily(
@@ -131,6 +154,39 @@ class FleetCollector(Collector):
             events.add_metric([kind], int(count))
         yield events
 
+    def _rejections(self, session: Session) -> Iterator[Metric]:
+        rejected = CounterMetricFamily(
+            "edgefleet_messages_rejected",
+            "Device messages refused (undecodable, or failing when handled), acknowledged "
+            "and dropped, by channel and reason; per device on /api/v1/devices/<id>",
+            labels=["channel", "reason"],
+        )
+        for channel, reason, count in session.exec(
+            select(
+                MessageRejection.channel, MessageRejection.reason, func.sum(MessageRejection.count)
+            )
+            .group_by(col(MessageRejection.channel), col(MessageRejection.reason))
+            .order_by(col(MessageRejection.channel), col(MessageRejection.reason))
+        ).all():
+            rejected.add_metric([channel, reason], int(count))
+        yield rejected
+
+    @staticmethod
+    def _worker_metrics(workers: list[WorkerState]) -> Iterator[Metric]:
+        restarts = CounterMetricFamily(
+            "edgefleet_worker_restarts",
+            "Times this replica restarted a worker thread that died",
+            labels=["worker"],
+        )
+        up = GaugeMetricFamily(
+            "edgefleet_worker_up", "1 while this replica's worker thread runs", labels=["worker"]
+        )
+        for worker in workers:
+            restarts.add_metric([worker.name], worker.restarts)
+            up.add_metric([worker.name], 1.0 if worker.running else 0.0)
+        yield restarts
+        yield up
+
     def _drift(self, session: Session) -> Iterator[Metric]:
         labels = ["model", "model_version", "cohort"]
         reporting = GaugeMetricFamily(
@@ -184,14 +240,19 @@ class FleetCollector(Collector):
         yield requests
 
 
-def render_metrics(engine: Engine, *, broker_connected: bool | None = None) -> bytes:
+def render_metrics(
+    engine: Engine,
+    *,
+    broker_connected: bool | None = None,
+    workers: list[WorkerState] | None = None,
+) -> bytes:
     """The Prometheus text exposition of the fleet as the database has it now.
 
     A fresh registry per scrape keeps several apps in one process (tests) apart and
     leaves the process-global registry to whoever embeds the control plane.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(engine, broker_connected=broker_connected))
+    registry.register(FleetCollector(engine, broker_connected=broker_connected, workers=workers))
     return bytes(generate_latest(registry))
 
 
@@ -212,5 +273,6 @@ def read_metrics(request: Request) -> Response:
     body = render_metrics(
         request.app.state.engine,
         broker_connected=None if link is None else bool(link.connected),
+        workers=None if link is None else link.workers(),
     )
     return Response(content=body, media_type=CONTENT_TYPE_LATEST)

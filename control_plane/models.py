@@ -143,9 +143,35 @@ class Device(DeviceBase, table=True):
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
 
 
+class MessageRejection(SQLModel, table=True):
+    """How many of one device's messages on one channel were refused, and why.
+
+    ``reason`` is one of a small set (``too_large``, ``too_deep``, ``invalid``,
+    ``failed``), so the table stays a handful of rows per device however many
+    poison messages a device sends.
+    """
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    channel: str = Field(primary_key=True, max_length=16)
+    reason: str = Field(primary_key=True, max_length=16)
+    count: int = 0
+    last_at: datetime = _ts_field()
+
+
+class MessageRejectionPublic(SQLModel):
+    channel: str
+    reason: str
+    count: int
+    last_at: datetime
+
+
 class DevicePublic(DeviceBase):
     id: str
     labels: dict[str, str] = {}
+    rejected_messages: int = Field(
+        default=0, description="messages from this device refused (undecodable or unhandleable)"
+    )
+    rejections: list[MessageRejectionPublic] = []
 
 
 class DeviceLabelsUpdate(SQLModel):

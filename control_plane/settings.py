@@ -32,7 +32,31 @@ class Settings(BaseSettings):
         pattern=r"^cp-[A-Za-z0-9_-]{1,60}$",
         description="MQTT client id; by default one kept in the data dir, stable across restarts",
     )
-    mqtt_session_expiry_s: int = Field(default=86_400, ge=0)
+    mqtt_session_expiry_s: int = Field(
+        default=30,
+        ge=0,
+        description="how long the broker keeps this control plane's MQTT session (and queues "
+        "its share of device traffic) after it disconnects",
+    )
+    """Short on purpose. Long enough to ride out a quick restart with the queued device
+    traffic intact; short enough that the share of the shared subscriptions a dead replica
+    held is released within half a minute (Mosquitto keeps handing a disconnected member
+    its turn until its session expires: with 24 h, a killed replica stalled installs for
+    minutes). Nothing relies on the broker holding traffic longer: devices resend telemetry
+    and install reports until the control plane's receipt names them, and re-ask fetch
+    chunks that go unanswered."""
+    mqtt_shared_group: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{8,64}$",
+        description="MQTT shared-subscription group for device traffic; every replica sets "
+        "the same value (default: a random name kept in the data dir)",
+    )
+    """Replicas split reports, fetch requests and telemetry only when they subscribe in one
+    group, so replicas with data directories of their own must all set
+    ``EDGEFLEET_MQTT_SHARED_GROUP`` to one value (replicas sharing a data directory share
+    the kept default). The name is random rather than fixed so that a client able to
+    subscribe to ``fleet/+/up/#`` cannot join the group by guessing it and take a share of
+    device traffic away from the control plane."""
     stale_after_s: int = Field(
         default=900, ge=30, description="an online device silent this long is flagged stale"
     )

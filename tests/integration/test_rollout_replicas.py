@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration
 
 ADMIN_DSN = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 OLD, NEW = "digits-1-x86", "digits-2-x86"
+GROUP = "cp-replicas-test"  # replicas with data directories of their own share one group
 
 
 @pytest.fixture
@@ -58,6 +59,7 @@ def start_replica(tmp_path: Path, broker: MosquittoBroker, db: str, name: str): 
         "EDGEFLEET_CLIENT_ID": f"cp-{name}",
         "EDGEFLEET_ROLLOUT_TICK_S": "0.1",
         "EDGEFLEET_API_AUTH": "false",
+        "EDGEFLEET_MQTT_SHARED_GROUP": GROUP,
         # A dead replica's persistent session would keep taking its turn of the shared
         # subscription's reports until it expires; this one goes when the replica does.
         "EDGEFLEET_MQTT_SESSION_EXPIRY_S": "0",
@@ -86,7 +88,7 @@ def test_surviving_replica_finishes_a_rollout_when_the_other_is_killed(
     devices: list[SimDevice] = []
     settings = Settings(
         data_dir=tmp_path / "b", broker_url=broker.url, database_url=pg_url,
-        client_id="cp-b", rollout_tick_s=0.1,
+        client_id="cp-b", rollout_tick_s=0.1, mqtt_shared_group=GROUP,
     )  # fmt: skip
     try:
         app = create_app(settings)

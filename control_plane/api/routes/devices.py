@@ -13,12 +13,18 @@ router = APIRouter(prefix="/devices", tags=["devices"])
 
 @router.get("")
 def list_devices(session: SessionDep) -> list[DevicePublic]:
-    return [DevicePublic.model_validate(d) for d in service.list_devices(session=session)]
+    rejected = service.rejected_totals(session=session)
+    devices = [DevicePublic.model_validate(d) for d in service.list_devices(session=session)]
+    for device in devices:
+        device.rejected_messages = rejected.get(device.id, 0)
+    return devices
 
 
 @router.get("/{device_id}")
 def read_device(session: SessionDep, device_id: str) -> DevicePublic:
-    return DevicePublic.model_validate(service.get_device(session=session, device_id=device_id))
+    """The device, with how many of its messages were refused, per channel and reason."""
+    device = service.get_device(session=session, device_id=device_id)
+    return service.device_public(session=session, device=device)
 
 
 @router.put("/{device_id}/labels")
