@@ -129,11 +129,6 @@ def test_steady_load_is_counted_exactly_once(chaos_run: dict[str, Any]) -> None:
     assert_ledger_kept(chaos_run["steady"])
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 13 item 2: agents that reconnect before the control plane has re-subscribed "
-    "have their replay acknowledged by a broker that kept no session for it, and delete it",
-)
 def test_broker_killed_and_restarted_loses_no_inference(chaos_run: dict[str, Any]) -> None:
     assert_ledger_kept(chaos_run["broker-kill"])
 
