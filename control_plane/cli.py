@@ -844,15 +844,19 @@ def keys_init(
     ] = None,
 ) -> None:
     """Create the signed repository and its keys (before the control plane first starts)."""
+    from control_plane.db import create_db_and_tables, make_engine
     from control_plane.repository import SignedRepository
     from control_plane.settings import Settings
 
     settings = Settings(data_dir=data_dir)
     if (settings.repository_dir / "metadata" / "root.json").exists():
         raise _fail(FileExistsError(f"a repository already exists in {settings.repository_dir}"))
+    engine = make_engine(settings)
+    create_db_and_tables(engine)
     try:
         repository = SignedRepository(
             settings.repository_dir,
+            engine=engine,
             passphrase=passphrase.encode() if passphrase else None,
             root_keys=root_keys,
             root_threshold=root_threshold,

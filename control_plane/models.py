@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import field_validator
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 RolloutState = Literal[
@@ -574,3 +574,49 @@ class DeviceCredentialPublic(SQLModel):
     profile: str
     enrolled_at: datetime
     revoked_at: datetime | None
+
+
+# -- the signed repository: metadata every replica signs from ------------------
+
+
+class RepositoryMetadata(SQLModel, table=True):
+    """One signed version of one TUF role, exactly as served (``control_plane.repository``).
+
+    A (role, version) pair is signed once: the constraint refuses a second, different
+    signing of the same version by any replica.
+    """
+
+    __tablename__ = "repository_metadata"
+    __table_args__ = (
+        UniqueConstraint("role", "version", name="uq_repository_metadata_role_version"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    role: str = Field(max_length=16, index=True)
+    version: int
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    signed_by: str | None = Field(default=None, max_length=100)
+    created_at: datetime = _ts_field()
+
+
+class RepositoryLock(SQLModel, table=True):
+    """The one row every signing step writes first: signing is serialized across replicas."""
+
+    __tablename__ = "repository_lock"
+
+    id: int = Field(default=1, primary_key=True)
+    steps: int = 0  # signing steps committed so far
+
+
+class TrustFloor(SQLModel, table=True):
+    """Per role, the highest metadata version any device reported trusting.
+
+    The repository never publishes a version at or below it (a device would refuse it).
+    """
+
+    __tablename__ = "trust_floor"
+
+    role: str = Field(primary_key=True, max_length=16)
+    version: int
+    device_id: str = Field(max_length=64)
+    reported_at: datetime = _ts_field()

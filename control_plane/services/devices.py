@@ -10,6 +10,7 @@ from sqlmodel import Session, col, select
 
 from control_plane.errors import NotFoundError
 from control_plane.models import Device, utcnow
+from control_plane.repository import raise_trust_floor
 from edgefleet.messages import DeviceStatus
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ def upsert_device_status(*, session: Session, device_id: str, status: DeviceStat
         if value is not None:
             setattr(device, field, value)
     session.add(device)
+    if status.trusted_versions:
+        raise_trust_floor(session=session, device_id=device_id, versions=status.trusted_versions)
     session.commit()
     session.refresh(device)
     return device
