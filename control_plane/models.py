@@ -207,8 +207,10 @@ class RolloutGates(SQLModel):
 
     Rates are fractions (0.05 = 5 %). ``max_p95_latency_ratio`` compares the wave's
     p95 inference latency on the new bundle with devices of the rollout still on
-    another bundle. ``min_inferences`` makes a wave keep soaking until its devices
-    have reported at least that many inferences on the new bundle.
+    another bundle. A telemetry gate needs evidence: a wave keeps soaking until its
+    devices have reported at least ``min_inferences`` (at least one) inferences on
+    the new bundle, and at least one telemetry window has passed (or every device of
+    the wave has reported); past ``evidence_wait_s`` it fails for want of evidence.
     """
 
     model_config = {"extra": "forbid"}
@@ -218,6 +220,13 @@ class RolloutGates(SQLModel):
     max_p95_latency_ratio: float | None = Field(default=None, gt=0.0)
     min_agreement: float | None = Field(default=None, ge=0.0, le=1.0)
     min_inferences: int = Field(default=0, ge=0)
+    evidence_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=7 * 86_400,
+        description="how long a wave may soak past its soak time (and the devices' "
+        "telemetry window) for its gates' minimum evidence; then it fails",
+    )
 
 
 class RolloutCreate(SQLModel):

@@ -134,8 +134,8 @@ def standalone_engine(path: Path) -> Engine:
 
 def create_repository_tables(engine: Engine) -> None:
     """The repository's tables (the control plane creates them with all the others)."""
-    tables = [m.__table__ for m in (RepositoryMetadata, RepositoryLock, TrustFloor)]  # type: ignore[attr-defined]
-    SQLModel.metadata.create_all(engine, tables=tables)
+    names = ("repository_metadata", "repository_lock", "trust_floor")
+    SQLModel.metadata.create_all(engine, tables=[SQLModel.metadata.tables[n] for n in names])
 
 
 # -- trust floors: what devices already trust ---------------------------------------
