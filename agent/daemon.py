@@ -38,7 +38,13 @@ from agent.slots import SlotStore, read_slot_manifest
 from agent.spool import Spool
 from agent.telemetry import InferenceStats, inference_event, install_event, resource_event
 from agent.updater import Installer, OfferWorker, ensure_trust_root
-from agent.verifier import InProcessVerifier, ProcessVerifier, ResumingTransport, downloads_dir
+from agent.verifier import (
+    InProcessVerifier,
+    ProcessVerifier,
+    ResumingTransport,
+    downloads_dir,
+    trusted_versions,
+)
 from edgefleet import topics
 from edgefleet.bundle import verify_directory
 from edgefleet.errors import BundleError, MessageError, TransportError
@@ -63,8 +69,14 @@ SPOOL_FILE = "spool.sqlite"
 STATUS_EVERY_S = 1.0
 
 
-def device_status(profile: str, model: ActiveModel | None, *, online: bool) -> DeviceStatus:
-    """The retained ``up/status`` message: online or not, and what is serving."""
+def device_status(
+    profile: str,
+    model: ActiveModel | None,
+    *,
+    online: bool,
+    trusted: dict[str, int] | None = None,
+) -> DeviceStatus:
+    """The retained ``up/status`` message: online or not, what is serving, what it trusts."""
     return DeviceStatus(
         online=online,
         profile=profile,
@@ -73,6 +85,7 @@ def device_status(profile: str, model: ActiveModel | None, *, online: bool) -> D
         model_version=model.version if model else None,
         bundle_id=model.bundle_id if model else None,
         release=model.release if model else None,
+        trusted_versions=trusted,
     )
 
 
@@ -367,4 +380,9 @@ class Agent:
         )
 
     def _status(self, *, online: bool) -> DeviceStatus:
-        return device_status(self.config.profile, self.holder.current(), online=online)
+        return device_status(
+            self.config.profile,
+            self.holder.current(),
+            online=online,
+            trusted=trusted_versions(self.config.data_dir),
+        )
