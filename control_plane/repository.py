@@ -194,6 +194,7 @@ class _Step:
     session: Session
     floors: dict[str, tuple[int, str]]
     signed: list[tuple[str, int, bytes]] = field(default_factory=list)
+    filling_root_chain: bool = False
 
     def floor(self, role: str) -> int:
         return self.floors.get(role, (0, ""))[0]
@@ -426,7 +427,11 @@ class SignedRepository:
             raise RuntimeError("signing outside a repository step")
         role, version = md.signed.type, md.signed.version
         floor = step.floor(role)
-        if version <= floor:
+        # A device trusting version N of a role refuses to go back below it, and for
+        # timestamp, snapshot and targets ignores another N. A root at or below N it
+        # never fetches (it asks for N + 1): only a bump, filling in the chain for
+        # devices further behind, signs one.
+        if version <= floor and not (role == Root.type and step.filling_root_chain):
             raise TrustFloorError(role, version, floor, step.floors[role][1])
         signers = self._signers(role)
         threshold = self._root_md.signed.roles[role].threshold
@@ -488,13 +493,16 @@ class SignedRepository:
 
     def _resign_past_floors(self, step: _Step) -> None:
         """New versions of every online role above what any device trusts; root too when a
-        device trusts a root version the repository does not have (each missing version)."""
+        device trusts a root version the repository does not have (each missing version, up
+        to the one devices trust: they keep theirs and follow the chain from it)."""
         now = _now()
         root = self._root_md.signed
-        while root.version <= step.floor(Root.type):
+        step.filling_root_chain = True
+        while root.version < step.floor(Root.type):
             root.version += 1
             root.expires = now + EXPIRY[Root.type]
             self._write_root()
+        step.filling_root_chain = False
         targets = self._targets_md.signed
         targets.version = max(targets.version, step.floor(Targets.type)) + 1
         targets.expires = now + EXPIRY[Targets.type]
@@ -570,8 +578,9 @@ class SignedRepository:
     def bump(self) -> dict[str, int]:
         """Re-sign every role past the highest version devices trust; the new versions.
 
-        Root is re-signed (each missing version, needing the root keys' threshold)
-        only when a device trusts a root version the repository lacks.
+        Root is re-signed (each missing version up to the one devices trust, needing
+        the root keys' threshold) only when a device trusts a root version the
+        repository lacks.
         """
         with self._step() as step:
             self._resign_past_floors(step)
