@@ -624,13 +624,16 @@ class SignedRepository:
             new = self.keyring.generate(role)
             try:
                 self._change_root(add=[(role, new.public_key())], revoke=[(role, old.keyid)])
+                self._resign_after_key_change(role)
             except SigningError:
                 self.keyring.remove(new.keyid)
                 raise
+        # Only once the new root is committed (until then the old key still signs),
+        # and under the lock, as every change to the shared keyring.
+        with self._step():
             self.keyring.remove(old.keyid)
-            self._resign_after_key_change(role)
-            logger.info("key rotated role=%s old=%s new=%s", role, old.keyid[:12], new.keyid[:12])
-            return new
+        logger.info("key rotated role=%s old=%s new=%s", role, old.keyid[:12], new.keyid[:12])
+        return new
 
     def revoke_key(self, keyid: str) -> KeyEntry:
         """Remove a key from its role; refused when the role would fall below its threshold."""
@@ -643,10 +646,11 @@ class SignedRepository:
                     f"({role_meta.threshold}); rotate the key instead"
                 )
             self._change_root(add=[], revoke=[(entry.role, entry.keyid)])
-            self.keyring.remove(entry.keyid)
             self._resign_after_key_change(entry.role)
-            logger.info("key revoked role=%s keyid=%s", entry.role, entry.keyid[:12])
-            return entry
+        with self._step():  # once the root without it is committed
+            self.keyring.remove(entry.keyid)
+        logger.info("key revoked role=%s keyid=%s", entry.role, entry.keyid[:12])
+        return entry
 
     def add_command_key(self, role: str, command: list[str], public_key: Key) -> KeyEntry:
         """Delegate signing for ``role`` to an external command holding ``public_key``'s pair."""
