@@ -20,7 +20,7 @@ from tuf.ngclient import FetcherInterface, Updater
 from control_plane.db import create_db_and_tables
 from control_plane.errors import NotFoundError
 from control_plane.models import RepositoryMetadata
-from control_plane.repository import SignedRepository
+from control_plane.repository import SignedRepository, raise_trust_floor, trust_floors
 
 pytestmark = pytest.mark.integration
 
@@ -103,5 +103,17 @@ def test_replicas_signing_at_once_queue_on_the_lock_and_lose_nothing(
         for i in range(PER_REPLICA):
             info = updater.get_targetinfo(f"r{n}-{i}.tar")
             assert info is not None, f"r{n}-{i}.tar missing"
+
+    # Devices' trusted versions on PostgreSQL: an upsert per role that only goes up.
+    with Session(engines[1]) as session:
+        raise_trust_floor(session=session, device_id="dev-pgfloor01", versions={"targets": 3})
+        raise_trust_floor(
+            session=session, device_id="dev-pgfloor02", versions={"targets": 2, "timestamp": 4}
+        )
+        session.commit()
+        assert trust_floors(session) == {
+            "targets": (3, "dev-pgfloor01"),
+            "timestamp": (4, "dev-pgfloor02"),
+        }
     for engine in engines:
         engine.dispose()
