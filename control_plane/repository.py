@@ -363,10 +363,7 @@ class SignedRepository:
         behind = self.behind()
         if behind:
             logger.warning("tuf repository behind what devices trust roles=%s", behind)
-            try:
-                self.bump()
-            except SigningError as e:
-                logger.error("tuf repository could not bump past devices reason=%s", e)
+            self.bump(root_required=False)
 
     def _create(self) -> None:
         now = _now()
@@ -491,14 +488,26 @@ class SignedRepository:
         }
         return [role for role in ROLES if current.get(role, 0) < step.floor(role)]
 
-    def _resign_past_floors(self, step: _Step) -> None:
+    def _resign_past_floors(self, step: _Step, *, root_required: bool = True) -> None:
         """New versions of every online role above what any device trusts; root too when a
         device trusts a root version the repository does not have (each missing version, up
         to the one devices trust: they keep theirs and follow the chain from it)."""
         now = _now()
         root = self._root_md.signed
+        behind = root.version < step.floor(Root.type)
+        threshold = root.roles[Root.type].threshold
+        if behind and not root_required and len(self._signers(Root.type)) < threshold:
+            # Root keys offline: the online roles still move on (a timestamp must not
+            # expire for want of them); ``edgefleet repo bump`` signs root where they are.
+            logger.error(
+                "root is behind what devices trust and its keys are not here: run "
+                "`edgefleet repo bump` where they are root_version=%d trusted=%d",
+                root.version,
+                step.floor(Root.type),
+            )
+            behind = False
         step.filling_root_chain = True
-        while root.version < step.floor(Root.type):
+        while behind and root.version < step.floor(Root.type):
             root.version += 1
             root.expires = now + EXPIRY[Root.type]
             self._write_root()
@@ -549,7 +558,7 @@ class SignedRepository:
             now = _now()
             if self._behind(step):
                 logger.warning("tuf repository behind what devices trust: re-signing past them")
-                self._resign_past_floors(step)
+                self._resign_past_floors(step, root_required=False)
                 return True
 
             def near(expires: datetime, role: str) -> bool:
@@ -575,16 +584,16 @@ class SignedRepository:
         with self._step() as step:
             return self._behind(step)
 
-    def bump(self) -> dict[str, int]:
+    def bump(self, *, root_required: bool = True) -> dict[str, int]:
         """Re-sign every role past the highest version devices trust; the new versions.
 
         Root is re-signed (each missing version up to the one devices trust, needing
         the root keys' threshold) only when a device trusts a root version the
-        repository lacks.
+        repository lacks; with ``root_required`` off, missing root keys are logged and
+        the other roles bumped all the same.
         """
         with self._step() as step:
-            self._resign_past_floors(step)
-            self._publish_all(step.session)
+            self._resign_past_floors(step, root_required=root_required)
             versions = {role: version for role, version, _ in step.signed}
         logger.warning("tuf repository bumped past what devices trust versions=%s", versions)
         return versions

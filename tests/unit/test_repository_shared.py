@@ -21,6 +21,7 @@ from tuf.ngclient import FetcherInterface, Updater
 
 from agent.verifier import trusted_versions, tuf_metadata_dir
 from control_plane.errors import ConflictError, NotFoundError
+from control_plane.keyring import SigningError
 from control_plane.models import RepositoryMetadata
 from control_plane.repository import (
     SignedRepository,
@@ -225,3 +226,26 @@ def test_trust_floor_only_goes_up_and_ignores_nonsense(engine: Engine) -> None:
         )
         session.commit()
         assert trust_floors(session) == {"targets": (5, "dev-a0000001")}
+
+
+def test_root_keys_offline_do_not_stop_the_online_roles_moving_past_devices(
+    tmp_path: Path, engine: Engine
+) -> None:
+    repository = replica(tmp_path / "shared", engine, "cp-a")
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    for key in repository.keyring.keys_dir.glob("root-*.pem"):
+        key.rename(offline / key.name)
+    with Session(engine) as session:
+        raise_trust_floor(
+            session=session, device_id="dev-ahead0002", versions={"root": 2, "timestamp": 5}
+        )
+        session.commit()
+    with pytest.raises(SigningError, match="root needs 2 signatures"):
+        repository.bump()
+    assert repository.refresh_timestamp()  # the scheduled refresh: timestamp past 5 anyway
+    versions = repository.versions()
+    assert (versions["root"]["version"], versions["timestamp"]["version"]) == (1, 6)
+    for key in offline.iterdir():
+        key.rename(repository.keyring.keys_dir / key.name)
+    assert repository.bump()["root"] == 2  # where the root keys are
