@@ -249,3 +249,23 @@ def test_root_keys_offline_do_not_stop_the_online_roles_moving_past_devices(
     for key in offline.iterdir():
         key.rename(repository.keyring.keys_dir / key.name)
     assert repository.bump()["root"] == 2  # where the root keys are
+
+
+def test_repository_that_kept_metadata_only_in_files_is_taken_into_the_database(
+    tmp_path: Path, engine: Engine
+) -> None:
+    before = replica(tmp_path / "shared", engine, "cp-a")
+    before.add_target("b0.tar", b"zero", CUSTOM)
+    device(before, tmp_path / "device").refresh()
+    engine.dispose()
+    (tmp_path / "control-plane.db").unlink()  # as before the database held the metadata
+    fresh = standalone_engine(tmp_path / "control-plane.db")
+    create_repository_tables(fresh)
+
+    after = replica(tmp_path / "shared", fresh, "cp-a")
+    assert after.versions()["targets"]["version"] == 2
+    after.add_target("b1.tar", b"one", CUSTOM)  # same keys, versions carry on
+    client = device(after, tmp_path / "device")
+    client.refresh()
+    assert client.get_targetinfo("b0.tar") is not None
+    assert client.get_targetinfo("b1.tar") is not None
