@@ -45,7 +45,13 @@ from agent.slots import SlotStore, read_slot_manifest
 from agent.spool import Spool
 from agent.telemetry import InferenceStats, inference_event, install_event, resource_event
 from agent.updater import Installer, OfferWorker, ensure_trust_root
-from agent.verifier import InProcessVerifier, ProcessVerifier, ResumingTransport, downloads_dir
+from agent.verifier import (
+    InProcessVerifier,
+    ProcessVerifier,
+    ResumingTransport,
+    downloads_dir,
+    trusted_versions,
+)
 from edgefleet import topics
 from edgefleet.bundle import verify_directory
 from edgefleet.errors import BundleError, MessageError, TransportError
@@ -84,9 +90,15 @@ def spool_depth_changed(published: int | None, depth: int) -> bool:
 
 
 def device_status(
-    profile: str, model: ActiveModel | None, *, online: bool, spool_depth: int | None = None
+    profile: str,
+    model: ActiveModel | None,
+    *,
+    online: bool,
+    spool_depth: int | None = None,
+    trusted: dict[str, int] | None = None,
 ) -> DeviceStatus:
-    """The retained ``up/status`` message: online or not, what is serving, spool depth."""
+    """The retained ``up/status`` message: online or not, what is serving, spool depth,
+    the metadata versions it trusts."""
     return DeviceStatus(
         online=online,
         spool_depth=spool_depth,
@@ -96,6 +108,7 @@ def device_status(
         model_version=model.version if model else None,
         bundle_id=model.bundle_id if model else None,
         release=model.release if model else None,
+        trusted_versions=trusted,
     )
 
 
@@ -421,5 +434,9 @@ class Agent:
         depth = self.spool.depth()
         self._published_depth = depth
         return device_status(
-            self.config.profile, self.holder.current(), online=online, spool_depth=depth
+            self.config.profile,
+            self.holder.current(),
+            online=online,
+            spool_depth=depth,
+            trusted=trusted_versions(self.config.data_dir),
         )

@@ -57,6 +57,25 @@ def tuf_metadata_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "tuf" / "metadata"
 
 
+def trusted_versions(data_dir: Path) -> dict[str, int] | None:
+    """Versions of the signed metadata this device trusts now, from ngclient's cache.
+
+    Reported in the device's status so that a repository restored from an older
+    backup knows what it must sign past. Only a verified refresh writes these files.
+    """
+    versions: dict[str, int] = {}
+    for role in ("root", "timestamp", "snapshot", "targets"):
+        try:
+            version = json.loads((tuf_metadata_dir(data_dir) / f"{role}.json").read_bytes())[
+                "signed"
+            ]["version"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(version, int) and not isinstance(version, bool):
+            versions[role] = version
+    return versions or None
+
+
 def downloads_dir(data_dir: Path) -> Path:
     """Where verified bundle files land (and ``parts/`` their resumable downloads)."""
     return Path(data_dir) / "downloads"

@@ -87,8 +87,12 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.api_auth:
             with Session(engine) as session:
                 ensure_admin_token(session=session, settings=settings)
+        replica = settings.client_id or stable_client_id(settings.data_dir)
         repository = SignedRepository(
-            settings.repository_dir, passphrase=settings.key_passphrase_bytes
+            settings.repository_dir,
+            engine=engine,
+            passphrase=settings.key_passphrase_bytes,
+            replica=replica,
         )
         repository.init_or_load()
         repository.refresh_timestamp()
@@ -125,7 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
         orchestrator = RolloutOrchestrator(
             engine=engine,
             publisher=link,
-            replica=settings.client_id or stable_client_id(settings.data_dir),
+            replica=replica,
         )
         scheduler.add_job(
             orchestrator.tick,

@@ -851,15 +851,19 @@ def keys_init(
     ] = None,
 ) -> None:
     """Create the signed repository and its keys (before the control plane first starts)."""
+    from control_plane.db import create_db_and_tables, make_engine
     from control_plane.repository import SignedRepository
     from control_plane.settings import Settings
 
     settings = Settings(data_dir=data_dir)
     if (settings.repository_dir / "metadata" / "root.json").exists():
         raise _fail(FileExistsError(f"a repository already exists in {settings.repository_dir}"))
+    engine = make_engine(settings)
+    create_db_and_tables(engine)
     try:
         repository = SignedRepository(
             settings.repository_dir,
+            engine=engine,
             passphrase=passphrase.encode() if passphrase else None,
             root_keys=root_keys,
             root_threshold=root_threshold,
@@ -1000,6 +1004,69 @@ def device_revoke(device_id: str, api: ApiOption = DEFAULT_API) -> None:
     except ApiError as e:
         raise _fail(e) from e
     console.print(f"device {result['device_id']} revoked at {result['revoked_at']}")
+
+
+repo_app = typer.Typer(
+    no_args_is_help=True,
+    help="The signed repository every replica shares (run where its database and "
+    "shared directory are reachable; safe while replicas run).",
+)
+app.add_typer(repo_app, name="repo")
+DataDirOption = Annotated[Path, typer.Option(envvar="EDGEFLEET_DATA_DIR")]
+DatabaseOption = Annotated[str | None, typer.Option(envvar="EDGEFLEET_DATABASE_URL")]
+
+
+def _open_repository(data_dir: Path, database_url: str | None) -> Any:
+    from control_plane.db import make_engine
+    from control_plane.repository import SignedRepository
+    from control_plane.settings import Settings
+
+    settings = Settings(data_dir=data_dir, database_url=database_url)
+    if not (settings.repository_dir / "keys" / "keyring.json").exists():
+        raise _fail(FileNotFoundError(f"no repository in {settings.repository_dir}"))
+    return SignedRepository(
+        settings.repository_dir,
+        engine=make_engine(settings),
+        passphrase=settings.key_passphrase_bytes,
+        replica="cli",
+    )
+
+
+def _print_versions(versions: dict[str, dict[str, Any]]) -> None:
+    rows = [{"role": role, **info} for role, info in versions.items()]
+    columns = ["role", "version", "device_trusts", "reported_by", "expires"]
+    console.print(_table(rows, columns, "signed metadata"))
+
+
+@repo_app.command("status")
+def repo_status(
+    data_dir: DataDirOption = Path(".edgefleet"),
+    database_url: DatabaseOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Each role's latest signed version against the highest any device trusts."""
+    versions = _open_repository(data_dir, database_url).versions()
+    if as_json:
+        console.print_json(json.dumps(versions))
+    else:
+        _print_versions(versions)
+
+
+@repo_app.command("bump")
+def repo_bump(
+    data_dir: DataDirOption = Path(".edgefleet"),
+    database_url: DatabaseOption = None,
+) -> None:
+    """Re-sign every role past the highest version devices trust (after a restore)."""
+    from control_plane.keyring import SigningError
+
+    repository = _open_repository(data_dir, database_url)
+    try:
+        signed = repository.bump()
+    except SigningError as e:
+        raise _fail(e) from e
+    console.print("re-signed " + ", ".join(f"{r} v{v}" for r, v in signed.items()))
+    _print_versions(repository.versions())
 
 
 def main() -> None:

@@ -149,11 +149,15 @@ def run_drift_phase(
         return result
 
     rollout_id = request["rollout_id"]
-    rollout = _wait(
-        lambda: (r := api.get_rollout(rollout_id))["state"] not in ("in_progress", "paused") and r,
-        timeout,
-        f"canary rollout {rollout_id} to finish",
-    )
+
+    def canary_finished() -> dict[str, Any] | None:
+        # The devices keep serving while the canary soaks: its gates need that telemetry.
+        for device in drifting:
+            _infer(device_ports[device], shifted[:50])
+        rollout = api.get_rollout(rollout_id)
+        return rollout if rollout["state"] not in ("in_progress", "paused") else None
+
+    rollout = _wait(canary_finished, timeout, f"canary rollout {rollout_id} to finish")
     step(f"canary rollout {rollout_id} of {rollout['bundle_id']}: {rollout['state']}")
 
     before = {p["device_id"]: p for p in api.drift_series(model="digits")}

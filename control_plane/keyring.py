@@ -110,9 +110,15 @@ class Keyring:
         self.index_path = self.keys_dir / "keyring.json"
         self._passphrase = passphrase
         self._entries: list[KeyEntry] = []
+        self.reload()
+
+    def reload(self) -> None:
+        """Read ``keyring.json`` again: another replica sharing ``keys/`` may have changed it."""
         if self.index_path.exists():
             raw = json.loads(self.index_path.read_text())
             self._entries = [KeyEntry(**entry) for entry in raw["keys"]]
+        else:
+            self._entries = []
 
     @property
     def exists(self) -> bool:

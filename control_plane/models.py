@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import field_validator
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 RolloutState = Literal[
@@ -236,8 +236,10 @@ class RolloutGates(SQLModel):
 
     Rates are fractions (0.05 = 5 %). ``max_p95_latency_ratio`` compares the wave's
     p95 inference latency on the new bundle with devices of the rollout still on
-    another bundle. ``min_inferences`` makes a wave keep soaking until its devices
-    have reported at least that many inferences on the new bundle.
+    another bundle. A telemetry gate needs evidence: a wave keeps soaking until its
+    devices have reported at least ``min_inferences`` (at least one) inferences on
+    the new bundle, and at least one telemetry window has passed (or every device of
+    the wave has reported); past ``evidence_wait_s`` it fails for want of evidence.
     """
 
     model_config = {"extra": "forbid"}
@@ -247,6 +249,13 @@ class RolloutGates(SQLModel):
     max_p95_latency_ratio: float | None = Field(default=None, gt=0.0)
     min_agreement: float | None = Field(default=None, ge=0.0, le=1.0)
     min_inferences: int = Field(default=0, ge=0)
+    evidence_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=7 * 86_400,
+        description="how long a wave may soak past its soak time (and the devices' "
+        "telemetry window) for its gates' minimum evidence; then it fails",
+    )
 
 
 class RolloutCreate(SQLModel):
@@ -603,3 +612,49 @@ class DeviceCredentialPublic(SQLModel):
     profile: str
     enrolled_at: datetime
     revoked_at: datetime | None
+
+
+# -- the signed repository: metadata every replica signs from ------------------
+
+
+class RepositoryMetadata(SQLModel, table=True):
+    """One signed version of one TUF role, exactly as served (``control_plane.repository``).
+
+    A (role, version) pair is signed once: the constraint refuses a second, different
+    signing of the same version by any replica.
+    """
+
+    __tablename__ = "repository_metadata"
+    __table_args__ = (
+        UniqueConstraint("role", "version", name="uq_repository_metadata_role_version"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    role: str = Field(max_length=16, index=True)
+    version: int
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    signed_by: str | None = Field(default=None, max_length=100)
+    created_at: datetime = _ts_field()
+
+
+class RepositoryLock(SQLModel, table=True):
+    """The one row every signing step writes first: signing is serialized across replicas."""
+
+    __tablename__ = "repository_lock"
+
+    id: int = Field(default=1, primary_key=True)
+    steps: int = 0  # signing steps committed so far
+
+
+class TrustFloor(SQLModel, table=True):
+    """Per role, the highest metadata version any device reported trusting.
+
+    The repository never publishes a version at or below it (a device would refuse it).
+    """
+
+    __tablename__ = "trust_floor"
+
+    role: str = Field(primary_key=True, max_length=16)
+    version: int
+    device_id: str = Field(max_length=64)
+    reported_at: datetime = _ts_field()

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     rollout_tick_s: float = Field(
         default=1.0, gt=0, le=60, description="how often the orchestrator advances rollouts"
     )
+    shared_dir: Path | None = Field(
+        default=None,
+        description="storage every replica shares (repository keys, metadata and bundle "
+        "files, registered models); default: the data dir, for a single control plane",
+    )
 
     @model_validator(mode="after")
     def _refuse_unprotected_keys_in_production(self) -> Settings:
@@ -128,15 +133,15 @@ class Settings(BaseSettings):
 
     @property
     def repository_dir(self) -> Path:
-        return self.data_dir / "repository"
+        return (self.shared_dir or self.data_dir) / "repository"
 
     @property
     def models_dir(self) -> Path:
-        return self.data_dir / "models"
+        return (self.shared_dir or self.data_dir) / "models"
 
     @property
     def bundles_dir(self) -> Path:
-        return self.data_dir / "bundles"
+        return (self.shared_dir or self.data_dir) / "bundles"
 
 
 @lru_cache

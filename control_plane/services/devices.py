@@ -18,6 +18,7 @@ from control_plane.models import (
     MessageRejectionPublic,
     utcnow,
 )
+from control_plane.repository import raise_trust_floor
 from edgefleet.messages import DeviceStatus
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ def upsert_device_status(*, session: Session, device_id: str, status: DeviceStat
     if status.spool_depth is not None:  # the depth now, republished as it changes
         device.spool_depth = status.spool_depth
     session.add(device)
+    if status.trusted_versions:
+        raise_trust_floor(session=session, device_id=device_id, versions=status.trusted_versions)
     session.commit()
     session.refresh(device)
     return StatusUpdate(device, came_online)

@@ -15,7 +15,9 @@ One pass of ``advance_rollout`` for wave k (phases in ``Rollout.phase``)::
                         install gate: breach -> aborted; else soaking
     soaking             soak time over -> all gates over the wave's telemetry since
                         the wave started: breach -> aborted (wave rolls back);
-                        too little telemetry -> keep soaking; pass -> next
+                        too little evidence -> keep soaking, up to the gates'
+                        ``evidence_wait_s`` -> then aborted, "not enough evidence";
+                        pass -> next
     awaiting_promotion  manual mode: wait for ``promote``
     waiting_offline     last wave passed; devices still offline get it on return
     next                last wave -> complete / failed; else wave k+1
@@ -151,10 +153,11 @@ def _step(session: Session, publisher: FleetPublisher, rollout: Rollout, now: da
         assert rollout.soak_started_at is not None
         if (now - aware(rollout.soak_started_at)).total_seconds() < rollout.soak_seconds:
             return False
-        verdict = wave_verdict(session, rollout, wave)
+        verdict = wave_verdict(session, rollout, wave, now=now)
         values = [v.model_dump() for v in verdict.values]
-        install = [v for v in verdict.breached if v.name == "install_failure_rate"]
-        if install or (verdict.breached and verdict.waiting is None):
+        if verdict.breached or verdict.expired:
+            # A breach the evidence shows ends the wave at once, whatever else is
+            # still missing; missing evidence ends it only at its deadline.
             _abort_on_breach(session, publisher, rollout, verdict.reason(), actor, values)
             return False
         if verdict.waiting is not None:

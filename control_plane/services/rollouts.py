@@ -427,10 +427,18 @@ def end_rollout(
 # -- gates -------------------------------------------------------------------------
 
 
-def wave_verdict(session: Session, rollout: Rollout, wave: int) -> GateVerdict:
-    """Gate values for wave ``wave`` now, from its rows and the events since it started."""
+def wave_verdict(
+    session: Session, rollout: Rollout, wave: int, *, now: datetime | None = None
+) -> GateVerdict:
+    """Gate values for wave ``wave`` at ``now``, from its rows and the events since it started.
+
+    While the wave soaks, the time since the soak began decides how long the gates
+    may still wait for evidence (``services.gates``).
+    """
     rows = wave_rows(session, rollout)
     members = [r.device_id for r in rows if r.wave == wave and r.state not in INACTIVE_ROW_STATES]
+    running = {r.device_id for r in rows if r.wave == wave and r.state in ("active", "shadowing")}
+    reporting: set[str] = set()
     finished = [r for r in rows if r.wave == wave and r.state in FINISHED_STATES | {"rolling_back"}]
     failed = [r for r in finished if r.state in FAILED_STATES | {"rolling_back"}]
     gates = RolloutGates.model_validate(rollout.gates or {})
@@ -458,9 +466,12 @@ def wave_verdict(session: Session, rollout: Rollout, wave: int) -> GateVerdict:
                 about = data.get("bundle_id") or bundle_id
                 if device_id in member_set and about == rollout.bundle_id:
                     shadow.append(data)
+                    if rollout.strategy == "shadow":
+                        reporting.add(device_id)
             elif bundle_id == rollout.bundle_id:
                 if device_id in member_set:
                     candidate.append(data)
+                    reporting.add(device_id)
             elif bundle_id is not None:
                 baseline.append(data)
     if rollout.strategy == "shadow":
@@ -468,9 +479,18 @@ def wave_verdict(session: Session, rollout: Rollout, wave: int) -> GateVerdict:
         # against the active model's own inference windows on the same devices.
         baseline = baseline + candidate
         candidate = [
-            {"count": s.get("count", 0), "errors": 0, "latency_ms": s.get("latency_ms") or {}}
+            {
+                "count": s.get("count", 0),
+                "errors": 0,
+                "latency_ms": s.get("latency_ms") or {},
+                "window_s": s.get("window_s"),
+            }
             for s in shadow
         ]
+    soaking = rollout.phase == "soaking" and rollout.current_wave == wave
+    elapsed = None
+    if soaking and rollout.soak_started_at is not None:
+        elapsed = ((now or utcnow()) - aware(rollout.soak_started_at)).total_seconds()
     return evaluate_gates(
         gates=gates,
         inputs=GateInputs(
@@ -479,6 +499,10 @@ def wave_verdict(session: Session, rollout: Rollout, wave: int) -> GateVerdict:
             candidate=candidate,
             baseline=baseline,
             shadow=shadow,
+            members=len(running),
+            reporting=len(reporting & running),
+            soak_elapsed_s=elapsed,
+            soak_s=rollout.soak_seconds,
         ),
     )
 

@@ -6,7 +6,7 @@ import pytest
 
 from control_plane.errors import InvalidRequestError
 from control_plane.models import RolloutGates
-from control_plane.services.gates import GateInputs, evaluate_gates, merged_p95
+from control_plane.services.gates import DEFAULT_WINDOW_S, GateInputs, evaluate_gates, merged_p95
 from control_plane.services.rollouts import wave_sizes
 
 
@@ -50,12 +50,67 @@ def test_latency_ratio_compares_merged_histograms_with_the_previous_bundle() -> 
     assert (gate.value, gate.ok) == (2.0, False)
 
 
-def test_missing_telemetry_waits_only_when_a_minimum_is_set() -> None:
+def test_missing_telemetry_keeps_the_wave_waiting_up_to_min_inferences() -> None:
     gates = RolloutGates(max_error_rate=0.05, min_inferences=50)
     verdict = evaluate_gates(gates=gates, inputs=GateInputs(candidate=[window(10)]))
     assert verdict.waiting is not None and not verdict.breached
-    relaxed = evaluate_gates(gates=RolloutGates(max_error_rate=0.05), inputs=GateInputs())
-    assert relaxed.waiting is None and not relaxed.breached
+    assert "10 of 50 inferences" in verdict.waiting
+
+
+def test_telemetry_gate_never_passes_without_telemetry() -> None:
+    verdict = evaluate_gates(
+        gates=RolloutGates(max_error_rate=0.05, max_p95_latency_ratio=1.5, min_agreement=0.9),
+        inputs=GateInputs(members=2, soak_elapsed_s=30.0),
+    )
+    assert not any(v.ok for v in verdict.values)
+    assert not verdict.breached  # missing evidence is not a breach...
+    assert verdict.waiting is not None and not verdict.expired  # ...the wave keeps soaking
+    assert {v.name for v in verdict.values} == set(verdict.lacking)
+    assert all(v.detail.startswith("not enough evidence") for v in verdict.values)
+
+
+def test_soak_lasts_a_telemetry_window_unless_every_device_already_reported() -> None:
+    gates = RolloutGates(max_error_rate=0.05)
+    windows = [window(100) | {"window_s": 10}]
+    early = GateInputs(candidate=windows, members=2, reporting=1, soak_elapsed_s=4.0)
+    assert evaluate_gates(gates=gates, inputs=early).waiting == (
+        "1 of 2 devices reported within the first telemetry window (10 s)"
+    )
+    everyone = GateInputs(candidate=windows, members=2, reporting=2, soak_elapsed_s=4.0)
+    assert evaluate_gates(gates=gates, inputs=everyone).waiting is None
+    later = GateInputs(candidate=windows, members=2, reporting=1, soak_elapsed_s=10.0)
+    verdict = evaluate_gates(gates=gates, inputs=later)
+    assert verdict.waiting is None and [v.ok for v in verdict.values] == [True]
+    # Before any device reported, the agents' default window is assumed.
+    silent = GateInputs(members=1, soak_elapsed_s=DEFAULT_WINDOW_S - 1)
+    assert "telemetry window" in (evaluate_gates(gates=gates, inputs=silent).waiting or "")
+
+
+def test_wave_without_evidence_fails_at_its_deadline_rather_than_passing() -> None:
+    gates = RolloutGates(max_error_rate=0.05, evidence_wait_s=20)
+    inputs = GateInputs(members=1, soak_s=5.0, soak_elapsed_s=DEFAULT_WINDOW_S + 19)
+    assert not evaluate_gates(gates=gates, inputs=inputs).expired
+    inputs = GateInputs(members=1, soak_s=5.0, soak_elapsed_s=DEFAULT_WINDOW_S + 20)
+    verdict = evaluate_gates(gates=gates, inputs=inputs)
+    assert verdict.expired and not verdict.breached
+    assert verdict.reason() == "not enough evidence: error_rate: 0 of 1 inferences"
+
+
+def test_breach_shown_by_enough_evidence_is_not_held_back_by_other_missing_evidence() -> None:
+    verdict = evaluate_gates(
+        gates=RolloutGates(max_error_rate=0.05, min_agreement=0.9),
+        inputs=GateInputs(candidate=[window(100, errors=50)], members=1, reporting=1),
+    )
+    assert [v.name for v in verdict.breached] == ["error_rate"]
+    assert verdict.lacking == ("agreement",)
+
+
+def test_gates_without_telemetry_thresholds_need_no_evidence() -> None:
+    verdict = evaluate_gates(
+        gates=RolloutGates(max_install_failure_rate=0.0),
+        inputs=GateInputs(finished=1, members=1, soak_elapsed_s=0.0),
+    )
+    assert verdict.waiting is None and [v.ok for v in verdict.values] == [True]
 
 
 def test_install_failure_rate_and_agreement_gates() -> None:
