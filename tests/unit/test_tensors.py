@@ -21,7 +21,7 @@ def test_tensor_round_trips_through_oip_encoding() -> None:
     [
         ({"name": "x", "datatype": "FP99", "shape": [1], "data": [1]}, "unknown datatype"),
         ({"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3]}, "do not fill"),
-        ({"name": "x", "datatype": "INT32", "shape": [1], "data": ["a"]}, "not INT32"),
+        ({"name": "x", "datatype": "INT32", "shape": [1], "data": ["a"]}, "INT32 data must be integers"),
         ({"name": "", "datatype": "FP32", "shape": [1], "data": [1]}, "name"),
         ({"name": "x", "datatype": "FP32", "shape": "1", "data": [1]}, "shape"),
     ],
