@@ -90,7 +90,6 @@ MAX_RANK = 32
 _NUMBERS = frozenset({int, float})
 _INTEGERS = frozenset({int})
 _BOOLEANS = frozenset({bool})
-_JSON_NAMES = {str: "a string", bool: "a boolean", type(None): "null", dict: "an object"}
 
 
 def _accepted_types(datatype: str) -> frozenset[type]:
@@ -129,11 +128,13 @@ def _leaves(name: str, data: list[Any]) -> tuple[list[Any], set[type]]:
 def _value_error(name: str, datatype: str, values: list[Any], accepted: frozenset[type]) -> str:
     bad = next(v for v in values if type(v) not in accepted)
     want = {_NUMBERS: "numbers", _INTEGERS: "integers", _BOOLEANS: "true or false"}[accepted]
-    if type(bad) in _NUMBERS:
-        got = "a number" if accepted is _BOOLEANS else "a number with a fraction or exponent"
-    else:
-        got = _JSON_NAMES.get(type(bad), "a value")
-    return f"tensor {name!r}: {datatype} data must be {want}, got {got} ({shown(bad)})"
+    if isinstance(bad, str):
+        got = f"a string {shown(bad)}"
+    elif isinstance(bad, dict):
+        got = "an object"
+    else:  # true/false, null, or a number of the wrong kind: as JSON wrote it
+        got = shown(bad)
+    return f"tensor {name!r}: {datatype} data must be {want}, got {got}"
 
 
 def decode_tensor(
