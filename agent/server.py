@@ -439,6 +439,10 @@ def _make_handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
                 message = f"method {shown(self.command)} not allowed: use GET or POST"
             logger.debug("http refused status=%d reason=%s", code, message)
             self.close_connection = True
+            if self.request_version == "HTTP/0.9" and len(self.requestline.split()) != 2:
+                # http.server leaves a request line with a bad version at 0.9, which
+                # answers without a status line; only a bare "GET /path" is HTTP/0.9.
+                self.request_version = "HTTP/1.0"
             self._send(status, {"error": message or status.phrase})
 
         def log_message(self, format: str, *args: Any) -> None:
