@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.runtime import ActiveModel, ModelHolder, OnnxRuntime
 from agent.server import InferenceServer
@@ -474,5 +476,106 @@ def test_a_get_with_a_body_keeps_a_keep_alive_connection_in_step(
         second = connection.getresponse()
         assert second.status == 200
         assert json.loads(second.read())["name"] == "digits"
+    finally:
+        connection.close()
+
+
+# -- fuzzing every route of a live server ---------------------------------------------
+
+FUZZ_MAX_BODY = 4096
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=30,
+)
+TENSORS = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["input", "pixels", ""]) | JSON_SCALARS,
+        "datatype": st.sampled_from(["FP32", "FP64", "FP16", "INT64", "INT8", "BOOL", "fp32"])
+        | JSON_SCALARS,
+        "shape": st.sampled_from([[1, 64], [2, 64], [0, 64], [64], [-1, 64], [True, 64]])
+        | st.lists(st.integers(-2, 70), max_size=4)
+        | JSON_VALUES,
+        "data": st.sampled_from([[0.5] * 64, [[0.5] * 64], [0.5] * 128, [], [1] * 64])
+        | st.lists(JSON_SCALARS, min_size=60, max_size=70)
+        | JSON_VALUES,
+    },
+    optional={"parameters": JSON_VALUES},
+)
+INFER_REQUESTS = st.fixed_dictionaries(
+    {"inputs": st.lists(TENSORS, max_size=3) | JSON_VALUES},
+    optional={
+        "id": JSON_VALUES,
+        "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["label", "x"])}))
+        | JSON_VALUES,
+        "parameters": JSON_VALUES,
+    },
+)
+
+
+def _deep(depth: int, opener: bytes, closer: bytes) -> bytes:
+    return opener * depth + closer * depth
+
+
+BODIES = st.one_of(
+    st.none(),
+    st.binary(max_size=600),
+    JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+    INFER_REQUESTS.map(lambda v: json.dumps(v).encode()),  # NaN and Infinity tokens included
+    INFER_REQUESTS.map(lambda v: json.dumps(v).encode()[: len(json.dumps(v)) // 2]),
+    st.builds(_deep, st.integers(1, 3000), st.just(b"["), st.just(b"]")),
+    st.builds(_deep, st.integers(1, 3000), st.just(b'{"inputs":'), st.just(b"}")),
+    st.integers(FUZZ_MAX_BODY + 1, FUZZ_MAX_BODY + 100_000).map(lambda n: b" " * n),
+    st.text(max_size=200).map(lambda t: t.encode("utf-16")),
+)
+PATHS = st.sampled_from(
+    [*GET_ROUTES, INFER, "/v2/models/other/infer", "/v2/models/digits/infer?x=1", "/", "/v2//"]
+) | st.lists(st.sampled_from(["v2", "models", "digits", "infer", "ready", "%ff", ".."])).map(
+    lambda parts: "/" + "/".join(parts)
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(digits_model: ActiveModel) -> Iterator[InferenceServer]:
+    with serving(ModelHolder(digits_model), max_body_bytes=FUZZ_MAX_BODY) as running:
+        yield running
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    method=st.sampled_from(["GET", "POST", "POST", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]),
+    path=PATHS,
+    body=BODIES,
+)
+def test_every_route_answers_any_body_with_a_json_2xx_or_4xx_and_keeps_serving(
+    fuzz_server: InferenceServer, method: str, path: str, body: bytes | None
+) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", fuzz_server.port, timeout=30)
+    try:
+        connection.request(method, path, body=body)
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        assert 200 <= response.status < 500, (response.status, answer)
+        assert response.getheader("Content-Type") == "application/json"
+        assert isinstance(answer, dict)
+        if response.status >= 400:
+            assert isinstance(answer["error"], str) and answer["error"]
+        # The same connection (or a new one, when the server closed it) still serves.
+        valid = json.dumps(infer_body(np.zeros((1, 64), np.float32))).encode()
+        connection.request("POST", INFER, body=valid)
+        response = connection.getresponse()
+        assert response.status == 200
+        assert json.loads(response.read())["model_name"] == "digits"
     finally:
         connection.close()
