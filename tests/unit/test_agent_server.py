@@ -16,6 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.config import parse_config
+from agent.errors import ConfigError
 from agent.runtime import ActiveModel, ModelHolder, OnnxRuntime
 from agent.server import InferenceServer
 from agent.telemetry import InferenceStats
@@ -408,6 +410,20 @@ def test_non_finite_inputs_reach_a_model_whose_policy_allows_them(holder: ModelH
         assert request(server, "POST", INFER, raw=raw)[0] == 200
 
 
+def test_the_nan_policy_is_read_from_the_agent_config_per_model() -> None:
+    base = 'device_id = "dev-abcdefgh"\nprofile = "p"\ndata_dir = "/d"\ntrust_root = "/r"\n'
+    assert parse_config(base).inference.nan_policy == "reject"
+    config = parse_config(
+        base + '[inference]\nnan_policy = "allow"\n[inference.nan_policy_by_model]\n'
+        'digits = "reject"\n'
+    )
+    assert config.inference.nan_policy == "allow"
+    assert config.inference.nan_policy_by_model == {"digits": "reject"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(base + '[inference]\nnan_policy = "ignore"\n')
+    assert caught.value.field == "inference.nan_policy"
+
+
 def test_a_refused_request_never_reaches_the_model(holder: ModelHolder) -> None:
     stats = InferenceStats()
     with serving(holder, observer=stats.record) as server:
@@ -549,7 +565,7 @@ def fuzz_server(digits_model: ActiveModel) -> Iterator[InferenceServer]:
 
 
 @settings(
-    max_examples=400,
+    max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
