@@ -7,12 +7,13 @@ Concurrency is bounded by a semaphore: when every slot is busy the request gets
 It reads the model from a ``ModelHolder`` per request, so it keeps answering with the
 old model during an install and switches the instant the holder is swapped.
 
-Whatever arrives, every route answers with a status and a JSON body ``{"error": reason}``
-(never a dropped connection): a body above ``max_body_bytes`` gets 413, one that is not
-JSON, not UTF-8, not an object or nested deeper than ``MAX_NESTING`` gets 400, and so
-does a tensor with a wrong name, datatype, shape or element count, or with strings,
-booleans, nulls or objects among its numbers (``edgefleet.tensors``); the reason names
-the input.
+Whatever arrives, every route answers with a status and a JSON body, ``{"error": reason}``
+for a refusal, never a dropped connection: a body above ``max_body_bytes`` gets 413;
+one that is not UTF-8 JSON, not an object or nested deeper than ``MAX_NESTING`` gets
+400, and so does a tensor with a wrong name, datatype, shape or element count, an empty
+one, or one with strings, booleans, nulls or objects among its numbers
+(``edgefleet.tensors``), the reason naming the input. http.server's own refusals (a bad
+request line, a method no route takes) come in the same JSON shape.
 
 Non-finite inputs (NaN, ±Inf) are a policy per model: ``"reject"`` (the default) answers
 400 naming the input, ``"allow"`` passes them to the model. JSON has no NaN; they can
@@ -191,6 +192,11 @@ def parse_infer_request(
             raise RequestError(
                 HTTPStatus.BAD_REQUEST,
                 f"input {spec.name!r}: shape {list(array.shape)} does not fit {spec.shape}",
+            )
+        if array.size == 0:  # runtimes fail on these, and a failure counts against the model
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST,
+                f"input {spec.name!r}: shape {list(array.shape)} holds no values to infer on",
             )
         feeds[spec.name] = array
     missing = sorted(set(specs) - set(feeds))

@@ -351,6 +351,7 @@ def test_non_numbers_in_a_numeric_tensor_are_refused_with_400_naming_the_input(
         (tensor([0] * 64, datatype="INT64"), "input 'input': datatype \"INT64\" != expected FP32"),
         (tensor([0.0] * 64, shape=(64,)), "input 'input': shape [64] does not fit [-1, 64]"),
         (tensor([0.0] * 64, shape=(True, 64)), "'shape' must be a list"),
+        (tensor([], shape=(0, 64)), "input 'input': shape [0, 64] holds no values"),
         ({"inputs": [5]}, "inputs[0] must be a JSON object"),
         ({"inputs": [{"datatype": "FP32"}]}, "inputs[0] needs a non-empty 'name'"),
         ({"inputs": "input"}, "an 'inputs' list"),
