@@ -117,7 +117,9 @@ def decode_json_body(body: bytes) -> Any:
         ) from e
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
         raise RequestError(HTTPStatus.BAD_REQUEST, f"request body is not valid JSON: {e}") from e
-    if nested_deeper_than(value, MAX_NESTING):
+    # Fewer opening brackets than the limit cannot nest past it (the usual request).
+    brackets = body.count(b"[") + body.count(b"{")
+    if brackets > MAX_NESTING and nested_deeper_than(value, MAX_NESTING):
         raise RequestError(
             HTTPStatus.BAD_REQUEST, f"request body nested too deeply (limit {MAX_NESTING})"
         )
