@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, field
@@ -31,6 +31,9 @@ class InferenceConfig(_Section, frozen=True, kw_only=True):
     port: Annotated[int, Meta(ge=0, le=65535)] = 8501
     max_concurrency: Annotated[int, Meta(ge=1, le=1024)] = 4
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024 * 1024
+    # NaN/±Inf inputs: "reject" (400) or "allow"; per model name in [inference.nan_policy_by_model]
+    nan_policy: Literal["reject", "allow"] = "reject"
+    nan_policy_by_model: dict[str, Literal["reject", "allow"]] = field(default_factory=dict)
 
 
 class FetchConfig(_Section, frozen=True, kw_only=True):

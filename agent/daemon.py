@@ -249,6 +249,8 @@ class Agent:
             port=config.inference.port,
             max_concurrency=config.inference.max_concurrency,
             max_body_bytes=config.inference.max_body_bytes,
+            nan_policy=config.inference.nan_policy,
+            nan_policy_by_model=config.inference.nan_policy_by_model,
             observer=self.stats.record,
             input_observer=self.observe_request,
         )

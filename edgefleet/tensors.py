@@ -2,11 +2,23 @@
 
 The agent's local endpoint and every client of it (the demo, tests, applications)
 encode tensors the same way, so the mapping lives in the contract.
+
+Decoding is strict about what JSON puts in ``data``, flat or nested (regular nesting
+only): float tensors take JSON numbers, integer tensors integers within the datatype's
+range, ``BOOL`` tensors ``true``/``false``. Strings, nulls, objects and booleans in a
+numeric tensor are refused, so ``"NaN"`` or ``"1.5"`` never turn into a number. The
+only non-finite floats JSON can carry are the non-standard tokens ``NaN``,
+``Infinity`` and ``-Infinity`` (Python's ``json`` reads and writes them) and numbers
+beyond the datatype's range, which become ±Inf; ``allow_non_finite=False`` refuses
+them (the agent's default policy, see ``agent.server``).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -70,8 +82,66 @@ def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
     }
 
 
-def decode_tensor(obj: Mapping[str, Any]) -> tuple[str, np.ndarray]:
-    """Turn an OIP tensor object into (name, array); ``ValueError`` says what is wrong."""
+MAX_RANK = 32
+"""Most dimensions a decoded tensor may have (numpy's own limit is 64)."""
+
+# The Python types json.loads gives for the JSON values each kind of tensor accepts
+# (bool is not int here: ``true`` in an FP32 tensor is refused, not read as 1.0).
+_NUMBERS = frozenset({int, float})
+_INTEGERS = frozenset({int})
+_BOOLEANS = frozenset({bool})
+
+
+def _accepted_types(datatype: str) -> frozenset[type]:
+    if datatype == "BOOL":
+        return _BOOLEANS
+    if datatype.startswith("FP"):
+        return _NUMBERS
+    return _INTEGERS
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """``value`` as JSON (or its repr), cut to ``limit`` characters: for error messages
+    that quote what a client sent."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _leaves(name: str, data: list[Any]) -> tuple[list[Any], set[type]]:
+    """The values of flat or regularly nested ``data``, row-major, and their types;
+    ``ValueError`` for ragged nesting, lists mixed with values, or nesting deeper than
+    ``MAX_RANK``."""
+    level = data
+    for _ in range(MAX_RANK):
+        types = set(map(type, level))
+        if list not in types:
+            return level, types
+        if types != {list} or len(set(map(len, level))) != 1:
+            raise ValueError(f"tensor {name!r}: nested 'data' is ragged or mixes lists and values")
+        level = list(chain.from_iterable(level))
+    raise ValueError(f"tensor {name!r}: 'data' nests deeper than {MAX_RANK} levels")
+
+
+def _value_error(name: str, datatype: str, values: list[Any], accepted: frozenset[type]) -> str:
+    bad = next(v for v in values if type(v) not in accepted)
+    want = {_NUMBERS: "numbers", _INTEGERS: "integers", _BOOLEANS: "true or false"}[accepted]
+    if isinstance(bad, str):
+        got = f"a string {shown(bad)}"
+    elif isinstance(bad, dict):
+        got = "an object"
+    else:  # true/false, null, or a number of the wrong kind: as JSON wrote it
+        got = shown(bad)
+    return f"tensor {name!r}: {datatype} data must be {want}, got {got}"
+
+
+def decode_tensor(
+    obj: Mapping[str, Any], *, allow_non_finite: bool = True
+) -> tuple[str, np.ndarray]:
+    """Turn an OIP tensor object into (name, array); ``ValueError`` says what is wrong
+    and names the tensor. ``allow_non_finite=False`` also refuses NaN and ±Inf."""
     if not isinstance(obj, Mapping):
         raise ValueError("tensor must be a JSON object")
     name = obj.get("name")
@@ -80,21 +150,39 @@ def decode_tensor(obj: Mapping[str, Any]) -> tuple[str, np.ndarray]:
     data = obj.get("data")
     if not isinstance(name, str) or not name:
         raise ValueError("tensor needs a non-empty 'name'")
-    if datatype not in OIP_TO_NUMPY:
-        raise ValueError(f"tensor {name!r}: unknown datatype {datatype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ValueError(f"tensor {name!r}: 'shape' must be a list of non-negative integers")
+    if not isinstance(datatype, str) or datatype not in OIP_TO_NUMPY:
+        raise ValueError(f"tensor {name!r}: unknown datatype {shown(datatype)}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_RANK
+        or not all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise ValueError(
+            f"tensor {name!r}: 'shape' must be a list of at most {MAX_RANK} non-negative integers"
+        )
     if not isinstance(data, list):
         raise ValueError(f"tensor {name!r}: 'data' must be a list")
+    values, types = _leaves(name, data)
+    expected = math.prod(shape)
+    if len(values) != expected:
+        raise ValueError(f"tensor {name!r}: {len(values)} values do not fill shape {shape}")
+    accepted = _accepted_types(datatype)
+    if not types <= accepted:
+        raise ValueError(_value_error(name, datatype, values, accepted))
+    dtype = OIP_TO_NUMPY[datatype]
     try:
-        array = np.asarray(data, dtype=OIP_TO_NUMPY[datatype])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"tensor {name!r}: data is not {datatype}") from e
-    expected = int(np.prod(shape)) if shape else 1
-    flat = array.reshape(-1)
-    if flat.size != expected:
-        raise ValueError(f"tensor {name!r}: {flat.size} values do not fill shape {shape}")
-    return name, flat.reshape(shape)
+        with np.errstate(over="ignore"):  # beyond a float type's range: ±Inf, judged below
+            array = np.asarray(values, dtype=dtype)
+    except OverflowError as e:  # an integer beyond the datatype's range
+        raise ValueError(f"tensor {name!r}: a value is out of range for {datatype}") from e
+    if not allow_non_finite and dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(
+            f"tensor {name!r}: non-finite value (NaN, Infinity, or beyond {datatype}'s range)"
+        )
+    try:
+        return name, array.reshape(shape)
+    except (ValueError, OverflowError) as e:  # an empty tensor with absurd dimensions
+        raise ValueError(f"tensor {name!r}: cannot hold shape {shown(shape)}") from e
 
 
 def top1_classes(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
