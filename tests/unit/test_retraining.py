@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from harness import wait_for
-
 from pydantic import ValidationError
 
 from control_plane.digits import train_digits_model
@@ -67,7 +66,7 @@ def test_command_hook_inherits_nothing_but_what_is_documented(
     spec = python_hook(script, env={"TRAINER_REGION": "eu"})
     workspace = tmp_path / "workspace"
     workspace.mkdir()
-    with pytest.raises(HookError, match="did not write model.onnx") as failure:
+    with pytest.raises(HookError, match=r"did not write model\.onnx") as failure:
         run_hook(spec, context(workspace), workspace=workspace)
     seen = json.loads(failure.value.output)
     assert seen["cwd"] == str(workspace)
