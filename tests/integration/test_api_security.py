@@ -22,7 +22,7 @@ from sqlmodel import Session
 from control_plane.app import create_app
 from control_plane.auth import ApiToken
 from control_plane.broker import MosquittoBroker
-from control_plane.digits import train_digits_model
+from control_plane.digits import DigitsModel, train_digits_model
 from control_plane.models import utcnow
 from control_plane.settings import Settings
 
@@ -124,10 +124,15 @@ def api(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Api]:
         yield Api(client, tokens, token_ids, settings)
 
 
+@pytest.fixture(scope="module")
+def digits_model() -> DigitsModel:
+    return train_digits_model()
+
+
 @pytest.fixture
-def digits(api: Api) -> Api:
+def digits(api: Api, digits_model: DigitsModel) -> Api:
     """``api`` with digits v1 registered."""
-    model = train_digits_model()
+    model = digits_model
 
     class Authed:
         def post(self, url: str, **kwargs: Any) -> Any:
