@@ -6,6 +6,7 @@ route added without an entry fails ``test_every_route_has_a_role_decision``.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -106,7 +107,12 @@ def api(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Api]:
         api_auth=True,
         retraining_hooks={  # type: ignore[arg-type]
             MARKER_HOOK: {
-                "command": [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('ran')"]
+                "command": [
+                    sys.executable,
+                    "-c",
+                    "import json, os; seen = [os.getcwd(), dict(os.environ)];"
+                    f"open({str(marker)!r}, 'w').write(json.dumps(seen))",
+                ]
             }
         },
     )
@@ -253,9 +259,25 @@ def test_approved_request_runs_only_the_selected_admin_hook(digits: Api, tmp_pat
     digits.client.post(f"/api/v1/retraining/{second['id']}/approve", headers=operator)
     digits.client.app.state.drift_loop.tick()  # type: ignore[attr-defined]
     ran = digits.client.get(f"/api/v1/retraining/{second['id']}", headers=operator).json()
-    assert (tmp_path / "hook-ran").read_text() == "ran"
+    cwd, env = json.loads((tmp_path / "hook-ran").read_text())
     assert ran["detail"]["hook"] == MARKER_HOOK
     assert "did not write model.onnx" in ran["reason"]
+    # It ran away from the data directory and its secrets, in a directory since removed.
+    data_dir = str(digits.settings.data_dir.resolve())
+    assert not Path(cwd).resolve().is_relative_to(data_dir) and not Path(cwd).exists()
+    assert not any(data_dir in value for value in env.values())
+    assert not any(digits.tokens["admin"] in value for value in env.values())
+    assert "EDGEFLEET_API_AUTH" not in env and "PYTHONPATH" not in env
+
+    digits.settings.retraining_hooks.clear()  # the admin removes the hook from the config
+    third = digits.client.post(
+        "/api/v1/retraining", json={"model": "digits", "version": "1"}, headers=operator
+    ).json()
+    digits.client.post(f"/api/v1/retraining/{third['id']}/approve", headers=operator)
+    digits.client.app.state.drift_loop.tick()  # type: ignore[attr-defined]
+    gone = digits.client.get(f"/api/v1/retraining/{third['id']}", headers=operator).json()
+    assert gone["state"] == "failed"
+    assert f"hook '{MARKER_HOOK}' is not defined" in gone["reason"]
 
 
 def test_policy_change_keeps_what_it_does_not_name(digits: Api) -> None:
