@@ -54,7 +54,11 @@ def issuing_ca(settings: SettingsDep) -> IssuingCa | None:
 
 
 def rate_limit(request: Request, settings: SettingsDep) -> None:
-    """429 once a client address has used its burst; every attempt counts, good or bad."""
+    """429 once a client address has used its burst; every attempt counts, good or bad.
+
+    The address is the TCP peer's; uvicorn replaces it with ``X-Forwarded-For`` only
+    for peers listed in ``EDGEFLEET_FORWARDED_ALLOW_IPS`` (``app.server_options``).
+    """
     limiter: service.RateLimiter | None = getattr(request.app.state, "enrol_limiter", None)
     if limiter is None:
         limiter = service.RateLimiter(
