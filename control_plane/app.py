@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -74,6 +75,16 @@ def _refresh_metadata(repository: SignedRepository) -> None:
         repository.refresh_timestamp()
     except Exception:  # top of a scheduled job
         logger.exception("metadata refresh failed")
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn options for ``settings``: forwarding headers from the configured proxies only.
+
+    uvicorn's default trusts ``X-Forwarded-For`` from 127.0.0.1, which lets anyone on
+    the host pose as any client address (and so slip past per-address rate limits).
+    """
+    proxies = settings.trusted_proxies
+    return {"proxy_headers": bool(proxies), "forwarded_allow_ips": proxies}
 
 
 def create_app(settings: Settings) -> FastAPI:

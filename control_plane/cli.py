@@ -36,6 +36,7 @@ trust_app = typer.Typer(no_args_is_help=True, help="Trust material devices are g
 drift_app = typer.Typer(no_args_is_help=True, help="Input drift the fleet reports.")
 retraining_app = typer.Typer(no_args_is_help=True, help="Retraining requests from the drift loop.")
 policy_app = typer.Typer(no_args_is_help=True, help="Per-model drift-loop policy.")
+hook_app = typer.Typer(no_args_is_help=True, help="Retraining hooks an admin defined.")
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys of the bundle repository.")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens (admin).")
 audit_app = typer.Typer(no_args_is_help=True, help="Who did what to rollouts, and why.")
@@ -47,6 +48,7 @@ app.add_typer(trust_app, name="trust")
 app.add_typer(drift_app, name="drift")
 app.add_typer(retraining_app, name="retraining")
 app.add_typer(policy_app, name="policy")
+app.add_typer(hook_app, name="hook")
 app.add_typer(keys_app, name="keys")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
@@ -95,17 +97,31 @@ def serve(
     broker: Annotated[str, typer.Option(envvar="EDGEFLEET_BROKER_URL")] = "mqtt://127.0.0.1:1883",
     data_dir: Annotated[Path, typer.Option(envvar="EDGEFLEET_DATA_DIR")] = Path(".edgefleet"),
     database_url: Annotated[str | None, typer.Option(envvar="EDGEFLEET_DATABASE_URL")] = None,
+    hooks_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="EDGEFLEET_RETRAINING_HOOKS_FILE",
+            help="TOML file of the retraining hooks policies may select",
+        ),
+    ] = None,
     log_level: str = "info",
 ) -> None:
     """Run the control-plane API and fleet link against a running broker."""
     import uvicorn
 
-    from control_plane.app import create_app
+    from control_plane.app import create_app, server_options
     from control_plane.settings import Settings
 
     _setup_logging(log_level)
-    settings = Settings(data_dir=data_dir, broker_url=broker, database_url=database_url)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    settings = Settings(
+        data_dir=data_dir,
+        broker_url=broker,
+        database_url=database_url,
+        retraining_hooks_file=hooks_file,
+    )
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level=log_level, **server_options(settings)
+    )
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -148,7 +164,7 @@ def up(
     import uvicorn
     from sqlmodel import Session
 
-    from control_plane.app import create_app
+    from control_plane.app import create_app, server_options
     from control_plane.broker import MosquittoBroker, let_broker_enter, prepare_tls
     from control_plane.broker_security import BrokerAuthFiles
     from control_plane.db import create_db_and_tables, make_engine
@@ -225,7 +241,14 @@ def up(
             "ssl_keyfile": str(https_key or pki.server_key),
         }
     try:
-        uvicorn.run(create_app(settings), host=bind, port=port, log_level=log_level, **ssl_files)
+        uvicorn.run(
+            create_app(settings),
+            host=bind,
+            port=port,
+            log_level=log_level,
+            **ssl_files,
+            **server_options(settings),
+        )
     finally:
         broker.stop()
 
@@ -771,6 +794,22 @@ def retraining_list(api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -
     console.print(_table(rows, columns, "retraining requests"))
 
 
+@retraining_app.command("request")
+def retraining_request(
+    model: str,
+    version: Annotated[str, typer.Option(help="the model version to retrain from")],
+    reason: Annotated[str | None, typer.Option(help="why")] = None,
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """File a retraining request by hand; the model's policy decides if it needs approval."""
+    try:
+        with _client(api) as client:
+            row = client.request_retraining(model=model, version=version, reason=reason)
+    except ApiError as e:
+        raise _fail(e) from e
+    console.print(f"request {row['id']} {row['state']}")
+
+
 @retraining_app.command("approve")
 def retraining_approve(request_id: int, api: ApiOption = DEFAULT_API) -> None:
     """Approve a request waiting for approval; the drift loop runs it next."""
@@ -810,34 +849,53 @@ def policy_show(model: str, api: ApiOption = DEFAULT_API) -> None:
 @policy_app.command("set")
 def policy_set(
     model: str,
-    retrain: Annotated[str, typer.Option(help="automatic | approval | off")] = "approval",
-    hook_command: Annotated[
-        str | None, typer.Option(help="retraining command (split like a shell would)")
+    retrain: Annotated[str | None, typer.Option(help="automatic | approval | off")] = None,
+    hook: Annotated[
+        str | None, typer.Option(help="a retraining hook an admin defined (edgefleet hook list)")
     ] = None,
-    hook_webhook: Annotated[str | None, typer.Option(help="retraining webhook URL")] = None,
-    canary_devices: Annotated[int, typer.Option(min=1)] = 1,
-    margin: Annotated[float, typer.Option(help="accuracy the challenger must gain")] = 0.0,
+    clear_hook: Annotated[bool, typer.Option("--clear-hook", help="select no hook")] = False,
+    canary_devices: Annotated[int | None, typer.Option(min=1)] = None,
+    margin: Annotated[float | None, typer.Option(help="accuracy the challenger must gain")] = None,
+    cron: Annotated[str | None, typer.Option(help="crontab for scheduled retraining")] = None,
     api: ApiOption = DEFAULT_API,
 ) -> None:
-    """Set how drift on a model is handled and which hook retrains it."""
-    import shlex
-
-    policy: dict[str, Any] = {
-        "retrain": retrain,
-        "canary_device_count": canary_devices,
-        "comparison_margin": margin,
+    """Change how drift on a model is handled; options not given keep their value."""
+    if hook is not None and clear_hook:
+        raise _fail(ValueError("give either --hook or --clear-hook"))
+    changes: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "retrain": retrain,
+            "hook": hook,
+            "canary_device_count": canary_devices,
+            "comparison_margin": margin,
+            "retrain_cron": cron,
+        }.items()
+        if v is not None
     }
-    if hook_command and hook_webhook:
-        raise _fail(ValueError("give either --hook-command or --hook-webhook"))
-    if hook_command:
-        policy |= {"hook_kind": "command", "hook_target": shlex.split(hook_command)}
-    if hook_webhook:
-        policy |= {"hook_kind": "webhook", "hook_target": hook_webhook}
+    if clear_hook:
+        changes["hook"] = None
+    if not changes:
+        raise _fail(ValueError("nothing to change: give at least one option"))
     try:
         with _client(api) as client:
-            console.print_json(json.dumps(client.set_policy(model, policy)))
+            console.print_json(json.dumps(client.set_policy(model, changes)))
     except ApiError as e:
         raise _fail(e) from e
+
+
+@hook_app.command("list")
+def hook_list(api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -> None:
+    """Retraining hooks an admin defined (EDGEFLEET_RETRAINING_HOOKS_FILE); policies pick one."""
+    try:
+        with _client(api) as client:
+            rows = client.list_hooks()
+    except ApiError as e:
+        raise _fail(e) from e
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    console.print(_table(rows, ["name", "kind", "timeout_s", "description"], "retraining hooks"))
 
 
 @keys_app.command("init")
@@ -934,19 +992,36 @@ def keys_revoke(keyid: str, api: ApiOption = DEFAULT_API) -> None:
     console.print(f"{result['role']} key {result['keyid'][:16]} revoked")
 
 
+def parse_duration(text: str) -> int:
+    """``30d``, ``12h``, ``90m``, ``3600s`` or plain seconds, as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+    value = text.strip().lower()
+    try:
+        if value and value[-1] in units:
+            return int(float(value[:-1]) * units[value[-1]])
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a duration like 30d, 12h or 90m") from None
+
+
 @token_app.command("create")
 def token_create(
     name: str,
     role: Annotated[str, typer.Option(help="viewer | operator | admin")] = "viewer",
+    expires_in: Annotated[
+        str | None, typer.Option(help="lifetime, e.g. 30d, 12h, 90m (default: no expiry)")
+    ] = None,
     api: ApiOption = DEFAULT_API,
 ) -> None:
-    """Issue an API token; its secret is printed once."""
+    """Issue an API token; its secret is printed once. Names are unique."""
+    seconds = parse_duration(expires_in) if expires_in is not None else None
     try:
         with _client(api) as client:
-            token = client.create_token(name=name, role=role)
+            token = client.create_token(name=name, role=role, expires_in_s=seconds)
     except ApiError as e:
         raise _fail(e) from e
-    console.print(f"token {token['id']} ({token['role']}) for {token['name']}:")
+    expiry = f", expires {token['expires_at']}" if token.get("expires_at") else ""
+    console.print(f"token {token['id']} ({token['role']}) for {token['name']}{expiry}:")
     console.print(token["token"], soft_wrap=True)
 
 
@@ -958,7 +1033,8 @@ def token_list(api: ApiOption = DEFAULT_API) -> None:
             rows = client.list_tokens()
     except ApiError as e:
         raise _fail(e) from e
-    console.print(_table(rows, ["id", "name", "role", "created_at", "revoked"], "api tokens"))
+    columns = ["id", "name", "role", "created_at", "expires_at", "revoked"]
+    console.print(_table(rows, columns, "api tokens"))
 
 
 @token_app.command("revoke")

@@ -225,8 +225,18 @@ class ApiClient:
     def get_policy(self, model: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/policies/{model}"))
 
-    def set_policy(self, model: str, policy: dict[str, Any]) -> dict[str, Any]:
-        return dict(self._call("PUT", f"/policies/{model}", json=policy))
+    def set_policy(self, model: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change only the policy fields in ``changes`` (``hook`` names an admin's hook)."""
+        return dict(self._call("PATCH", f"/policies/{model}", json=changes))
+
+    def list_hooks(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/hooks"))
+
+    def request_retraining(
+        self, *, model: str, version: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        body = {"model": model, "version": version} | ({"reason": reason} if reason else {})
+        return dict(self._call("POST", "/retraining", json=body))
 
     def list_keys(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/keys"))
@@ -238,8 +248,13 @@ class ApiClient:
     def revoke_key(self, keyid: str) -> dict[str, Any]:
         return dict(self._call("POST", "/keys/revoke", json={"keyid": keyid}))
 
-    def create_token(self, *, name: str, role: str) -> dict[str, Any]:
-        return dict(self._call("POST", "/tokens", json={"name": name, "role": role}))
+    def create_token(
+        self, *, name: str, role: str, expires_in_s: int | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "role": role}
+        if expires_in_s is not None:
+            body["expires_in_s"] = expires_in_s
+        return dict(self._call("POST", "/tokens", json=body))
 
     def list_tokens(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/tokens"))

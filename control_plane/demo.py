@@ -30,7 +30,7 @@ from rich.table import Table
 from control_plane.broker import MosquittoBroker, let_broker_enter
 from control_plane.client import ApiClient
 from control_plane.digits import train_digits_model
-from control_plane.drift_demo import DriftDemoResult, run_drift_phase
+from control_plane.drift_demo import DriftDemoResult, run_drift_phase, write_hooks_file
 from control_plane.netutil import free_port
 from control_plane.processes import ProcessGroup
 from edgefleet.mqtt import BrokerAddress
@@ -194,6 +194,8 @@ class Demo:
             self.step(f"using broker {broker_url}")
 
         api_port = free_port()
+        hooks_file = self.data_dir / "retraining-hooks.toml"
+        write_hooks_file(hooks_file)
         self.processes.start_module(
             "control plane",
             "control_plane",
@@ -207,6 +209,8 @@ class Demo:
                 broker_url,
                 "--data-dir",
                 str(self.data_dir / "control-plane"),
+                "--hooks-file",
+                str(hooks_file),
             ],
             self.data_dir / "control-plane.log",
         )

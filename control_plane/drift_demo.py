@@ -8,10 +8,12 @@ v1 on the comparison; the canary rollout installs it; drift on those devices fal
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +28,23 @@ from edgefleet.tensors import decode_tensor, encode_tensor
 
 SHIFT = 6.0
 WINDOWS_PER_PHASE = 3
+HOOK_NAME = "digits-shift"
+
+
+def write_hooks_file(path: Path) -> None:
+    """The demo's one retraining hook, as an admin would define it for the control plane.
+
+    ``retrain_digits`` run by this Python, importing the same edgefleet code as the
+    control plane (the hook inherits no environment, so ``PYTHONPATH`` is explicit).
+    """
+    package_root = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-m", "control_plane.retrain_digits", "--shift", str(SHIFT)]
+    path.write_text(
+        f"[hooks.{HOOK_NAME}]\n"
+        f"command = {json.dumps(argv)}\n"
+        f'description = "retrain digits on original and brighter digits"\n'
+        f"env = {{ PYTHONPATH = {json.dumps(str(package_root))} }}\n"
+    )
 
 
 @dataclass
@@ -96,19 +115,12 @@ def run_drift_phase(
         "digits",
         {
             "retrain": "automatic",
-            "hook_kind": "command",
-            "hook_target": [
-                sys.executable,
-                "-m",
-                "control_plane.retrain_digits",
-                "--shift",
-                str(SHIFT),
-            ],
+            "hook": HOOK_NAME,
             "canary_device_count": 1,
             "drift_min_devices": min(2, len(drifting)),
         },
     )
-    step("policy for digits: retrain automatically on fleet drift, hook = retrain_digits")
+    step(f"policy for digits: retrain automatically on fleet drift, hook = {HOOK_NAME}")
 
     result = DriftDemoResult(drifted_devices=drifting, request={}, share_before=0, share_after=0)
     for device in devices:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -46,10 +45,6 @@ class DriftLoop:
         self._link = link
         self._lock = threading.Lock()
 
-    @property
-    def work_dir(self) -> Path:
-        return self._settings.data_dir / "retraining"
-
     def tick(self) -> None:
         """One pass: new requests from drift, then every approved request.
 
@@ -79,7 +74,7 @@ class DriftLoop:
         return retraining.run_request(
             session=session,
             request_id=request_id,
-            work_dir=self.work_dir,
+            hooks=self._settings.retraining_hooks,
             register=self._register,
             build=self._build,
             roll_out=self._roll_out,

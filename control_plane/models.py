@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import field_validator
+from pydantic import StringConstraints, field_validator
 from sqlalchemy import JSON, Column, DateTime, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from control_plane.hooks import HOOK_NAME_PATTERN
 
 RolloutState = Literal[
     "draft",  # created, nothing offered yet; ``start`` begins wave 1
@@ -382,6 +384,7 @@ class AuditEntry(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     ts: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True), index=True)
     actor: str = Field(max_length=100)
+    actor_token_id: int | None = None  # the API token that acted; None for the system
     action: str = Field(max_length=64, index=True)
     rollout_id: int | None = Field(default=None, index=True)
     target: str | None = Field(default=None, max_length=200)
@@ -393,6 +396,7 @@ class AuditEntryPublic(SQLModel):
     id: int
     ts: datetime
     actor: str
+    actor_token_id: int | None = None
     action: str
     rollout_id: int | None
     target: str | None
@@ -443,14 +447,21 @@ RetrainingState = Literal[
 ]
 
 
+HookName = Annotated[str, StringConstraints(pattern=HOOK_NAME_PATTERN)]
+
+
 class ModelPolicyUpdate(SQLModel):
-    """What an operator sets for a model's drift loop (validated; unknown keys refused)."""
+    """What an operator sets for a model's drift loop (validated; unknown keys refused).
+
+    A change names only what it changes (PATCH): fields left out keep their value.
+    ``hook`` selects one of the retraining hooks an admin defined on the control
+    plane (``control_plane.hooks``) by name; ``null`` clears it.
+    """
 
     model_config = {"extra": "forbid"}
 
     retrain: RetrainMode = "approval"
-    hook_kind: Literal["command", "webhook"] | None = None
-    hook_target: list[str] | str | None = None
+    hook: HookName | None = None
     retrain_cron: str | None = Field(default=None, description="crontab for scheduled retraining")
     canary_device_count: int = Field(default=1, ge=1)
     comparison_margin: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -474,8 +485,7 @@ class ModelPolicy(SQLModel, table=True):
 
     model: str = Field(primary_key=True, max_length=64)
     retrain: str = "approval"
-    hook_kind: str | None = None
-    hook_target: list[str] | str | None = Field(default=None, sa_column=Column(JSON))
+    hook: str | None = Field(default=None, max_length=64)
     retrain_cron: str | None = None
     canary_device_count: int = 1
     comparison_margin: float = 0.0
@@ -507,6 +517,8 @@ class RetrainingRequest(SQLModel, table=True):
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     rollout_id: int | None = None
     decided_by: str | None = None
+    requested_by: str | None = Field(default=None, max_length=100)
+    requested_by_token_id: int | None = None
     created_at: datetime = _ts_field()
     updated_at: datetime = _ts_field()
 
@@ -523,6 +535,8 @@ class RetrainingRequestPublic(SQLModel):
     detail: dict[str, Any]
     rollout_id: int | None
     decided_by: str | None
+    requested_by: str | None = None
+    requested_by_token_id: int | None = None
     created_at: datetime
     updated_at: datetime
 

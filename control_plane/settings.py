@@ -6,6 +6,7 @@ own ``Settings`` and hand it to ``create_app``.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -13,6 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from control_plane.hooks import HOOK_NAME_PATTERN, RetrainHookSpec, load_hooks_file
 from edgefleet.mqtt import BrokerAddress, TlsOptions
 from edgefleet.profile import default_profiles_dir
 
@@ -142,6 +144,37 @@ class Settings(BaseSettings):
     @property
     def bundles_dir(self) -> Path:
         return (self.shared_dir or self.data_dir) / "bundles"
+
+    retraining_hooks: dict[str, RetrainHookSpec] = Field(
+        default_factory=dict,
+        description="admin-defined retraining hooks by name (JSON); policies select one by name",
+    )
+    retraining_hooks_file: Path | None = Field(
+        default=None, description="a TOML file of [hooks.<name>] tables, merged into the above"
+    )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="comma-separated addresses of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are trusted; empty: the headers are ignored",
+    )
+
+    @model_validator(mode="after")
+    def _load_retraining_hooks(self) -> Settings:
+        hooks = dict(self.retraining_hooks)
+        if self.retraining_hooks_file is not None:
+            for name, spec in load_hooks_file(self.retraining_hooks_file).items():
+                if name in hooks:
+                    raise ValueError(f"retraining hook {name!r} is defined twice")
+                hooks[name] = spec
+        bad = [name for name in hooks if not re.fullmatch(HOOK_NAME_PATTERN, name)]
+        if bad:
+            raise ValueError(f"retraining hook names must match {HOOK_NAME_PATTERN}: {bad}")
+        self.retraining_hooks = hooks
+        return self
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        return [a.strip() for a in self.forwarded_allow_ips.split(",") if a.strip()]
 
 
 @lru_cache

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
 from sqlmodel import Session
 
-from control_plane.db import get_session
+from control_plane.auth import Principal
 from control_plane.link import FleetLink
 from control_plane.repository import SignedRepository
 from control_plane.settings import Settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request on the app's engine, carrying who calls.
+
+    ``authorize`` (a router dependency, so resolved first) has set the principal;
+    ``record_audit`` reads it from ``session.info`` to log the token's id beside
+    its name, whichever service writes the entry.
+    """
+    with Session(request.app.state.engine) as session:
+        principal = getattr(request.state, "principal", None)
+        if principal is not None:
+            session.info["principal"] = principal
+        yield session
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -38,10 +53,16 @@ DbId = Annotated[int, Path(ge=1, le=2**63 - 1, description="a database id")]
 """Integer ids in paths: bounded so an absurd id is a 422, not a database overflow."""
 
 
+def get_principal(request: Request) -> Principal:
+    """The caller, as ``authorize`` found it."""
+    principal = getattr(request.state, "principal", None)
+    return principal if isinstance(principal, Principal) else Principal("anonymous", "viewer")
+
+
 def get_actor(request: Request) -> str:
     """Who the audit log names: the caller's API token, set by ``authorize``."""
-    principal = getattr(request.state, "principal", None)
-    return str(principal.name) if principal is not None else "anonymous"
+    return get_principal(request).name
 
 
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
 ActorDep = Annotated[str, Depends(get_actor)]

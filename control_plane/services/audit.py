@@ -1,7 +1,9 @@
 """The audit log: every operator action and automatic rollout decision.
 
 ``record_audit`` only adds the entry to the caller's session, so the entry commits
-(or rolls back) together with the change it explains.
+(or rolls back) together with the change it explains. Beside the actor's name it
+records the id of the API token that acted: given, or taken from the principal an
+API request's session carries (``api.deps.get_session``) when the names match.
 """
 
 from __future__ import annotations
@@ -26,9 +28,15 @@ def record_audit(
     rollout_id: int | None = None,
     target: str | None = None,
     detail: dict[str, Any] | None = None,
+    actor_token_id: int | None = None,
 ) -> AuditEntry:
+    if actor_token_id is None:
+        principal = session.info.get("principal")
+        if principal is not None and getattr(principal, "name", None) == actor:
+            actor_token_id = getattr(principal, "token_id", None)
     entry = AuditEntry(
         actor=actor,
+        actor_token_id=actor_token_id,
         action=action,
         reason=reason,
         rollout_id=rollout_id,
@@ -37,8 +45,9 @@ def record_audit(
     )
     session.add(entry)
     logger.info(
-        "audit actor=%s action=%s rollout_id=%s target=%s reason=%s",
+        "audit actor=%s token_id=%s action=%s rollout_id=%s target=%s reason=%s",
         actor,
+        actor_token_id,
         action,
         rollout_id,
         target,

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from sqlmodel import Session, col, select
 
 from control_plane.drift_rule import CohortVerdict, DriftRule
 from control_plane.errors import ControlPlaneError, InvalidRequestError, NotFoundError
+from control_plane.hooks import RetrainHookSpec
 from control_plane.models import (
     Bundle,
     Device,
@@ -33,11 +35,12 @@ from control_plane.models import (
 )
 from control_plane.retraining import (
     Comparison,
+    HookError,
     RetrainContext,
-    RetrainHook,
     compare_models,
     run_hook,
 )
+from control_plane.services.audit import record_audit
 from control_plane.services.drift import fleet_verdicts
 
 logger = logging.getLogger(__name__)
@@ -55,13 +58,29 @@ def get_policy(*, session: Session, model: str) -> ModelPolicy:
     return session.get(ModelPolicy, model) or ModelPolicy(model=model)
 
 
-def set_policy(*, session: Session, model: str, update: ModelPolicyUpdate) -> ModelPolicy:
+def set_policy(
+    *,
+    session: Session,
+    model: str,
+    update: ModelPolicyUpdate,
+    hooks: Mapping[str, RetrainHookSpec],
+) -> ModelPolicy:
+    """Change the fields ``update`` names (PATCH); the rest keep their value.
+
+    A hook is selected by name among ``hooks``, the ones an admin defined.
+    """
     if session.exec(select(ModelVersion).where(ModelVersion.name == model)).first() is None:
         raise NotFoundError(f"model {model} not found")
-    if update.retrain != "off" and update.hook_kind is not None and not update.hook_target:
-        raise InvalidRequestError("hook_target is required with hook_kind")
+    changes = update.model_dump(exclude_unset=True)
+    hook = changes.get("hook")
+    if hook is not None and hook not in hooks:
+        defined = ", ".join(sorted(hooks)) or "none"
+        raise InvalidRequestError(
+            f"no retraining hook named {hook!r} on this control plane (defined: {defined}); "
+            "an admin defines hooks in EDGEFLEET_RETRAINING_HOOKS(_FILE)"
+        )
     policy = session.get(ModelPolicy, model) or ModelPolicy(model=model)
-    for field, value in update.model_dump().items():
+    for field, value in changes.items():
         setattr(policy, field, value)
     policy.updated_at = utcnow()
     session.add(policy)
@@ -97,6 +116,8 @@ def create_request(
     reason: str,
     cohort: str | None = None,
     detail: dict[str, object] | None = None,
+    requested_by: str | None = None,
+    requested_by_token_id: int | None = None,
 ) -> RetrainingRequest:
     policy = get_policy(session=session, model=model)
     request = RetrainingRequest(
@@ -107,8 +128,21 @@ def create_request(
         state="approved" if policy.retrain == "automatic" else "pending_approval",
         reason=reason,
         detail={"trigger_reason": reason, **(detail or {})},
+        requested_by=requested_by,
+        requested_by_token_id=requested_by_token_id,
     )
     session.add(request)
+    if requested_by is not None:
+        session.flush()  # the id, for the audit entry that commits with the request
+        record_audit(
+            session=session,
+            actor=requested_by,
+            actor_token_id=requested_by_token_id,
+            action="retraining.request",
+            target=f"request {request.id}",
+            reason=reason,
+            detail={"model": model, "from_version": from_version, "state": request.state},
+        )
     session.commit()
     session.refresh(request)
     logger.info(
@@ -119,6 +153,34 @@ def create_request(
         request.state,
     )
     return request
+
+
+def request_retraining(
+    *,
+    session: Session,
+    model: str,
+    version: str,
+    reason: str,
+    requested_by: str,
+    requested_by_token_id: int | None,
+) -> RetrainingRequest:
+    """A retraining request filed by a person, for a model version that exists."""
+    exists = session.exec(
+        select(ModelVersion).where(ModelVersion.name == model, ModelVersion.version == version)
+    ).first()
+    if exists is None:
+        known = session.exec(select(ModelVersion).where(ModelVersion.name == model)).first()
+        what = f"model {model} has no version {version}" if known else f"model {model} not found"
+        raise NotFoundError(f"{what}: register it before asking to retrain it")
+    return create_request(
+        session=session,
+        model=model,
+        from_version=version,
+        trigger="manual",
+        reason=reason,
+        requested_by=requested_by,
+        requested_by_token_id=requested_by_token_id,
+    )
 
 
 def check_drift(*, session: Session) -> list[RetrainingRequest]:
@@ -223,17 +285,36 @@ def _holdout(path: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
         return data["x"].astype(np.float32), data["y"]
 
 
+def _record_hook_run(
+    session: Session, request: RetrainingRequest, name: str, output: str, exit_code: int | None
+) -> None:
+    request.detail = {
+        **request.detail,
+        "hook": name,
+        "hook_exit_code": exit_code,
+        "hook_output": output,
+    }
+    session.add(request)
+    session.commit()
+
+
 def run_request(
     *,
     session: Session,
     request_id: int,
-    work_dir: Path,
+    hooks: Mapping[str, RetrainHookSpec],
     register: RegisterFn,
     build: BuildFn,
     roll_out: RolloutFn,
     champion_holdout: Callable[[ModelVersion], Path | None] = lambda _m: None,
+    scratch_dir: Path | None = None,
 ) -> RetrainingRequest:
-    """Carry an approved request through hook, registration, gates, comparison, canary."""
+    """Carry an approved request through hook, registration, gates, comparison, canary.
+
+    The hook is the one the model's policy selects among ``hooks`` (the admin's);
+    it runs in a fresh directory under ``scratch_dir`` (default: the system's temp
+    directory, never the data directory), removed when the request is done with it.
+    """
     claimed = session.exec(
         update(RetrainingRequest)
         .where(col(RetrainingRequest.id) == request_id, col(RetrainingRequest.state) == "approved")
@@ -245,8 +326,23 @@ def run_request(
         # Not approved, or another pass (or replica) claimed it first.
         raise InvalidRequestError(f"request {request_id} is {request.state}, not approved")
     policy = get_policy(session=session, model=request.model)
-    if policy.hook_kind is None or not policy.hook_target:
-        _finish(session, request, "failed", f"model {request.model} has no retraining hook")
+    if policy.hook is None:
+        _finish(
+            session,
+            request,
+            "failed",
+            f"the policy of {request.model} selects no retraining hook "
+            f"(edgefleet policy set {request.model} --hook NAME)",
+        )
+        return request
+    spec = hooks.get(policy.hook)
+    if spec is None:
+        _finish(
+            session,
+            request,
+            "failed",
+            f"retraining hook {policy.hook!r} is not defined on this control plane",
+        )
         return request
     champion = session.exec(
         select(ModelVersion).where(
@@ -264,39 +360,48 @@ def run_request(
     session.add(request)
     session.commit()
     assert request.id is not None
-    hook = RetrainHook(kind=policy.hook_kind, target=policy.hook_target)  # type: ignore[arg-type]
-    context = RetrainContext(
-        request_id=request.id,
-        model=request.model,
-        version=request.from_version,
-        new_version=request.new_version,
-        output_dir=work_dir / f"request-{request.id}",
-    )
-    try:
-        output = run_hook(hook, context)
-        if output is None:
+    with tempfile.TemporaryDirectory(
+        prefix="edgefleet-hook-", dir=scratch_dir, ignore_cleanup_errors=True
+    ) as scratch:
+        workspace = Path(scratch)
+        context = RetrainContext(
+            request_id=request.id,
+            model=request.model,
+            version=request.from_version,
+            new_version=request.new_version,
+            output_dir=workspace / "output",
+        )
+        try:
+            output = run_hook(spec, context, workspace=workspace, name=policy.hook)
+        except HookError as e:
+            _record_hook_run(session, request, policy.hook, e.output, e.exit_code)
+            _finish(session, request, "failed", str(e))
+            return request
+        _record_hook_run(session, request, policy.hook, output.output, output.exit_code)
+        if output.model_path is None or output.samples_path is None:
             _finish(session, request, "awaiting_model", "webhook called; waiting for the trainer")
             return request
-        challenger_bytes = output.model_path.read_bytes()
-        challenger = register(
-            session,
-            request.model,
-            request.new_version,
-            challenger_bytes,
-            output.samples_path.read_bytes(),
-        )
-        profile = request.cohort or _cohort_of(session, champion)
-        bundle = build(session, request.model, challenger.version, profile)
-        comparison = _compare(
-            champion,
-            challenger_bytes,
-            champion_holdout,
-            output.holdout_path,
-            policy.comparison_margin,
-        )
-    except (ControlPlaneError, OSError, ValueError, KeyError) as e:
-        _finish(session, request, "failed", str(e))
-        return request
+        try:
+            challenger_bytes = output.model_path.read_bytes()
+            challenger = register(
+                session,
+                request.model,
+                request.new_version,
+                challenger_bytes,
+                output.samples_path.read_bytes(),
+            )
+            profile = request.cohort or _cohort_of(session, champion)
+            bundle = build(session, request.model, challenger.version, profile)
+            comparison = _compare(
+                champion,
+                challenger_bytes,
+                champion_holdout,
+                output.holdout_path,
+                policy.comparison_margin,
+            )
+        except (ControlPlaneError, OSError, ValueError, KeyError) as e:
+            _finish(session, request, "failed", str(e))
+            return request
 
     request.detail = {
         **request.detail,

@@ -32,7 +32,16 @@ from edgefleet.mqtt import Incoming, MqttLink
 pytestmark = pytest.mark.integration
 PROFILE = "x86-64-gateway-onnx"
 DEVICES = ["dev-loop00001", "dev-loop00002", "dev-loop00003"]
-HOOK = [sys.executable, "-m", "control_plane.retrain_digits"]
+REPO = Path(__file__).resolve().parents[2]
+RETRAIN = [sys.executable, "-m", "control_plane.retrain_digits"]
+HOOKS = {
+    # What an admin defines; the hook inherits no environment, so PYTHONPATH is explicit.
+    "digits": {"command": [*RETRAIN, "--shift", "6"], "env": {"PYTHONPATH": str(REPO)}},
+    "digits-unshifted": {"command": [*RETRAIN, "--shift", "0"], "env": {"PYTHONPATH": str(REPO)}},
+    "offline": {
+        "command": [sys.executable, "-c", "import sys; print('trainer offline'); sys.exit(1)"]
+    },
+}
 
 
 class Loop:
@@ -88,12 +97,14 @@ class Loop:
 
 
 @pytest.fixture
-def loop(
-    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Loop, dict[str, Any]]]:
-    monkeypatch.setenv("EDGEFLEET_DIGITS_SHIFT", "6")
+def loop(tmp_path: Path, broker: MosquittoBroker) -> Iterator[tuple[Loop, dict[str, Any]]]:
     model = train_digits_model()
-    app = create_app(Settings(data_dir=tmp_path / "cp", broker_url=broker.url))
+    settings = Settings(
+        data_dir=tmp_path / "cp",
+        broker_url=broker.url,
+        retraining_hooks=HOOKS,  # type: ignore[arg-type]
+    )
+    app = create_app(settings)
     with TestClient(app) as api:
         samples = io.BytesIO()
         np.save(samples, model.samples, allow_pickle=False)
@@ -120,8 +131,8 @@ def loop(
 
 
 def set_policy(api: TestClient, **fields: Any) -> None:
-    body = {"hook_kind": "command", "hook_target": HOOK, **fields}
-    response = api.put("/api/v1/policies/digits", json=body)
+    body = {"hook": "digits", **fields}
+    response = api.patch("/api/v1/policies/digits", json=body)
     assert response.status_code == 200, response.text
 
 
@@ -140,6 +151,8 @@ def test_fleet_drift_retrains_builds_compares_and_starts_a_canary_by_itself(
     assert request["detail"]["devices_drifted"] == DEVICES[:2]
     assert request["new_version"] == "2"
     assert request["detail"]["challenger_accuracy"] > request["detail"]["champion_accuracy"]
+    assert request["detail"]["hook"] == "digits"
+    assert "retrained digits with shift 6.0" in request["detail"]["hook_output"]
     versions = {m["version"] for m in harness.api.get("/api/v1/models").json()}
     assert versions == {"1", "2"}
     rollout = harness.api.get(f"/api/v1/rollouts/{request['rollout_id']}").json()
@@ -183,11 +196,11 @@ def test_approval_policy_waits_for_a_person_then_runs(
 
 
 def test_challenger_that_does_not_beat_the_champion_is_rejected(
-    loop: tuple[Loop, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+    loop: tuple[Loop, dict[str, Any]],
 ) -> None:
     harness, bundle = loop
-    monkeypatch.setenv("EDGEFLEET_DIGITS_SHIFT", "0")  # retrains on nothing new
-    set_policy(harness.api, retrain="automatic", comparison_margin=0.05)
+    # Retrains on nothing new.
+    set_policy(harness.api, retrain="automatic", hook="digits-unshifted", comparison_margin=0.05)
     harness.report_drift(bundle, {DEVICES[0]: True, DEVICES[1]: True}, windows=3)
     harness.app.state.drift_loop.tick()
     (request,) = harness.api.get("/api/v1/retraining").json()
@@ -200,22 +213,21 @@ def test_failing_hook_fails_the_request_with_its_output(
     loop: tuple[Loop, dict[str, Any]],
 ) -> None:
     harness, bundle = loop
-    set_policy(
-        harness.api,
-        retrain="automatic",
-        hook_target=[sys.executable, "-c", "import sys; print('trainer offline'); sys.exit(1)"],
-    )
+    set_policy(harness.api, retrain="automatic", hook="offline")
     harness.report_drift(bundle, {DEVICES[0]: True, DEVICES[1]: True}, windows=3)
     harness.app.state.drift_loop.tick()
     (request,) = harness.api.get("/api/v1/retraining").json()
     assert request["state"] == "failed"
     assert "trainer offline" in request["reason"]
+    assert request["detail"]["hook"] == "offline"
+    assert request["detail"]["hook_exit_code"] == 1
+    assert request["detail"]["hook_output"].strip() == "trainer offline"
 
 
 def test_policy_for_unknown_model_or_with_typo_is_refused(
     loop: tuple[Loop, dict[str, Any]],
 ) -> None:
     harness, _bundle = loop
-    assert harness.api.put("/api/v1/policies/nomodel", json={}).status_code == 404
-    typo = harness.api.put("/api/v1/policies/digits", json={"retrian": "off"})
+    assert harness.api.patch("/api/v1/policies/nomodel", json={}).status_code == 404
+    typo = harness.api.patch("/api/v1/policies/digits", json={"retrian": "off"})
     assert typo.status_code == 422

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
-from sqlmodel import Session, select
 
 from control_plane.api.deps import SessionDep, SettingsDep
-from control_plane.auth import RANK, ApiToken
+from control_plane.auth import authenticate
 from control_plane.broker_security import BrokerAuthFiles
 from control_plane.models import (
     DeviceCredentialPublic,
@@ -34,18 +32,8 @@ def require_operator(request: Request) -> None:
     checks the caller's token itself rather than rely on the prefix table.
     """
     settings: Settings = request.app.state.settings
-    if not settings.api_auth:
-        return
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secret:
-        raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
-    digest = hashlib.sha256(secret.strip().encode()).hexdigest()
-    with Session(request.app.state.engine) as session:
-        token = session.exec(select(ApiToken).where(ApiToken.token_sha256 == digest)).first()
-    if token is None or token.revoked:
-        raise HTTPException(401, "invalid or revoked token", {"WWW-Authenticate": "Bearer"})
-    if RANK[token.role] < RANK["operator"]:
-        raise HTTPException(403, f"operator role required; token {token.name} is {token.role}")
+    if settings.api_auth:
+        request.state.principal = authenticate(request, "operator")
 
 
 def auth_files(settings: SettingsDep) -> BrokerAuthFiles:
@@ -66,7 +54,11 @@ def issuing_ca(settings: SettingsDep) -> IssuingCa | None:
 
 
 def rate_limit(request: Request, settings: SettingsDep) -> None:
-    """429 once a client address has used its burst; every attempt counts, good or bad."""
+    """429 once a client address has used its burst; every attempt counts, good or bad.
+
+    The address is the TCP peer's; uvicorn replaces it with ``X-Forwarded-For`` only
+    for peers listed in ``EDGEFLEET_FORWARDED_ALLOW_IPS`` (``app.server_options``).
+    """
     limiter: service.RateLimiter | None = getattr(request.app.state, "enrol_limiter", None)
     if limiter is None:
         limiter = service.RateLimiter(

@@ -1,4 +1,5 @@
-"""Retraining requests from the drift loop, and the per-model policy that governs them."""
+"""Retraining requests from the drift loop, the per-model policy that governs them, and
+the retraining hooks an admin defined (which a policy selects by name)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from control_plane.api.deps import ActorDep, DbId, SessionDep
+from control_plane.api.deps import ActorDep, DbId, PrincipalDep, SessionDep, SettingsDep
+from control_plane.hooks import RetrainHookPublic
 from control_plane.models import (
     ModelPolicyPublic,
     ModelPolicyUpdate,
@@ -35,17 +37,26 @@ def read_retraining_request(session: SessionDep, request_id: DbId) -> Retraining
     )
 
 
-@router.post("/retraining", status_code=201)
+@router.post(
+    "/retraining", status_code=201, responses={404: {"description": "no such model version"}}
+)
 def request_retraining(
     session: SessionDep,
-    model: Annotated[str, Body(embed=True)],
-    version: Annotated[str, Body(embed=True)],
-    reason: Annotated[str, Body(embed=True)] = "requested by an operator",
+    principal: PrincipalDep,
+    model: Annotated[str, Body(embed=True, max_length=64)],
+    version: Annotated[str, Body(embed=True, max_length=64)],
+    reason: Annotated[str, Body(embed=True, max_length=500)] = "requested by an operator",
 ) -> RetrainingRequestPublic:
-    """Open a retraining request by hand (the policy decides whether it needs approval)."""
+    """Open a retraining request by hand for a registered model version (the policy
+    decides whether it needs approval); the caller's token is its requester."""
     return RetrainingRequestPublic.model_validate(
-        service.create_request(
-            session=session, model=model, from_version=version, trigger="manual", reason=reason
+        service.request_retraining(
+            session=session,
+            model=model,
+            version=version,
+            reason=reason,
+            requested_by=principal.name,
+            requested_by_token_id=principal.token_id,
         )
     )
 
@@ -93,17 +104,36 @@ def read_policy(session: SessionDep, model: str) -> ModelPolicyPublic:
     return ModelPolicyPublic.model_validate(service.get_policy(session=session, model=model))
 
 
-@router.put("/policies/{model}")
-def write_policy(
-    session: SessionDep, actor: ActorDep, model: str, update: ModelPolicyUpdate
+@router.patch("/policies/{model}")
+def update_policy(
+    session: SessionDep,
+    settings: SettingsDep,
+    actor: ActorDep,
+    model: str,
+    update: ModelPolicyUpdate,
 ) -> ModelPolicyPublic:
-    policy = service.set_policy(session=session, model=model, update=update)
+    """Change the fields given; the others keep their value. ``hook`` names one of
+    the hooks listed at ``/hooks``."""
+    policy = service.set_policy(
+        session=session, model=model, update=update, hooks=settings.retraining_hooks
+    )
     record_audit(
         session=session,
         actor=actor,
         action="policy.set",
         target=model,
-        detail=update.model_dump(mode="json"),
+        detail=update.model_dump(mode="json", exclude_unset=True),
     )
     session.commit()
     return ModelPolicyPublic.model_validate(policy)
+
+
+@router.get("/hooks")
+def list_hooks(settings: SettingsDep) -> list[RetrainHookPublic]:
+    """The retraining hooks an admin defined on this control plane (names and kinds only)."""
+    return [
+        RetrainHookPublic(
+            name=name, kind=spec.kind, description=spec.description, timeout_s=spec.timeout_s
+        )
+        for name, spec in sorted(settings.retraining_hooks.items())
+    ]
