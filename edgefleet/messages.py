@@ -224,7 +224,9 @@ _MESSAGE_TYPES: dict[str, type[WireMessage]] = {
 
 M = TypeVar("M", bound=WireMessage)
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+# The closing quote is optional so that an unclosed string ends the scan in one pass
+# (a required one makes a run of escaped quotes rescan from every quote: quadratic time).
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 

@@ -9,6 +9,7 @@ import pytest
 from edgefleet import topics
 from edgefleet.errors import MessageError
 from edgefleet.messages import (
+    MAX_MESSAGE_BYTES,
     BundleOffer,
     DeviceStatus,
     FetchRequest,
@@ -112,3 +113,11 @@ def test_receipt_round_trips_and_bounds_its_ids():
     too_many = b'{"type": "receipt", "event_ids": [' + b",".join([b'"x"'] * 1001) + b"]}"
     with pytest.raises(MessageError):
         decode_message(too_many)
+
+
+def test_an_unclosed_run_of_escaped_quotes_is_scanned_in_one_pass():
+    # Quadratic before: minutes of CPU for a payload at the size limit.
+    payload = b'"' + b'\\"' * (MAX_MESSAGE_BYTES // 2 - 1)
+    assert nesting_depth(payload) == 0
+    with pytest.raises(MessageError):
+        decode_message(payload)
