@@ -285,6 +285,11 @@ class Agent:
         self.worker.stop()
         self.shadow.close()
         self.forwarder.stop()
+        # The window still open holds requests already answered: spool them (the spool
+        # outlives the process) so a clean stop never loses a count.
+        self.stats.fold()
+        elapsed = self.config.telemetry.window_s - (self._next_window - time.monotonic())
+        self._close_window(max(elapsed, 0.0))
         self.spool.close()
         if self.link.connected:
             try:
@@ -375,17 +380,7 @@ class Agent:
         if now >= self._next_window:
             window_s = self.config.telemetry.window_s
             self._next_window = now + window_s
-            window = self.stats.take_window()
-            model = self.holder.current()
-            if window.count:
-                self.emit(
-                    inference_event(
-                        window,
-                        window_s,
-                        model.bundle_id if model else None,
-                        model.release if model else None,
-                    )
-                )
+            self._close_window(window_s)
             self.shadow.flush(window_s)
             self.emit(resource_event(self.config.data_dir))
         if now >= self._next_status:
@@ -398,6 +393,20 @@ class Agent:
         ):
             self._next_depth_status = now + STATUS_DEPTH_EVERY_S
             self.publish_status()
+
+    def _close_window(self, window_s: float) -> None:
+        """Spool the requests answered since the last window as one inference event."""
+        window = self.stats.take_window()
+        model = self.holder.current()
+        if window.count:
+            self.emit(
+                inference_event(
+                    window,
+                    window_s,
+                    model.bundle_id if model else None,
+                    model.release if model else None,
+                )
+            )
 
     def write_status_file(self) -> None:
         """What ``edgefleet-agent status`` shows that only the running daemon knows."""

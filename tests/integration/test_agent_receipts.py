@@ -220,3 +220,22 @@ def test_loss_in_an_overflowing_outage_is_one_summary_that_reconciles_exactly(
     assert summary["lost"]["inference"] + len(received) == len(windows)
     total = sum(int(w.data["count"]) for w in windows)
     assert summary["inferences"] + sum(int(e.data["count"]) for e in received) == total
+
+
+def test_a_clean_stop_spools_the_open_window_so_no_answered_request_goes_uncounted(
+    tmp_path: Path, broker: MosquittoBroker, plane: ReceiptingPlane
+) -> None:
+    config = agent_config(tmp_path, broker)  # a one-hour window: open when the agent stops
+    agent = started(config)
+    for _ in range(7):
+        agent.stats.record(("no-bundle", 2.0, True))
+    agent.stop()
+    plane.start()
+    agent = started(config)  # the next start sends what the stop spooled
+    try:
+        wait_for(
+            lambda: [e.data.get("count") for e in plane.events("inference")] == [7],
+            "the stopped agent's open window to arrive",
+        )
+    finally:
+        agent.stop()
