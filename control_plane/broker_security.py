@@ -63,7 +63,6 @@ so a hash moves from one to the other unchanged.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -73,7 +72,6 @@ import queue
 import re
 import secrets
 import signal
-import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,7 +81,7 @@ from typing import Any
 from control_plane.errors import BrokerError
 from edgefleet import topics
 from edgefleet.errors import TransportError
-from edgefleet.fileio import fsync_dir
+from edgefleet.fileio import atomic_write
 from edgefleet.mqtt import BrokerAddress, Incoming, MqttLink
 
 logger = logging.getLogger(__name__)
@@ -173,21 +171,10 @@ def write_private(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     parent = path.parent.stat()
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fchmod(tmp.fileno(), 0o600)
-            if os.geteuid() == 0 and (parent.st_uid, parent.st_gid) != (0, 0):
-                os.fchown(tmp.fileno(), parent.st_uid, parent.st_gid)
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    fsync_dir(path.parent)
+    owned_by_other = os.geteuid() == 0 and (parent.st_uid, parent.st_gid) != (0, 0)
+    atomic_write(
+        path, data, mode=0o600, owner=(parent.st_uid, parent.st_gid) if owned_by_other else None
+    )
 
 
 def hash_password(
