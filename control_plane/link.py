@@ -125,7 +125,7 @@ def _kept_token(path: Path, prefix: str, nbytes: int) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         token = f"{prefix}{secrets.token_hex(nbytes)}"
-        atomic_write(path, token.encode())
+        atomic_write(path, token.encode(), mode=0o600)  # the group name is a second lock
         return token
 
 

@@ -268,7 +268,7 @@ def test_slow_retrieval_of_the_bundle_fails_bounded_and_keeps_the_model(
     monkeypatch.setattr(target.repository, "read_chunk", dripping)
     report = target.offer(bundle["id"], bundle["target"], bundle["release"])
     assert report["state"] == "failed"
-    assert "no answer after 2 attempts" in report["reason"]
+    assert "no answer after 3 attempts (a quick re-ask" in report["reason"]
 
 
 def test_mixed_snapshot_and_targets_versions_are_refused(target: Target) -> None:

@@ -137,9 +137,7 @@ def test_up_writes_every_file_0600_and_hands_the_broker_its_own_directory(
             mode = stat.S_IMODE(info.st_mode)
             expected = 0o700 if stat.S_ISDIR(info.st_mode) else 0o600
             relative = str(path.relative_to(data_dir))
-            if relative == "mqtt-client-id" or (
-                relative.startswith(PUBLIC) and not relative.endswith(".key")
-            ):
+            if relative.startswith(PUBLIC) and not relative.endswith(".key"):
                 expected = 0o644
             if mode != expected:
                 wrong.append(f"{path.relative_to(data_dir)} {mode:o}")
