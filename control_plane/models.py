@@ -433,6 +433,15 @@ class EventPublic(SQLModel):
     data: dict[str, Any]
 
 
+class EventSummary(SQLModel):
+    """One device's stored events of one kind: how many, and the sum of ``data.count``
+    (for ``inference`` events: the inferences served in those windows)."""
+
+    device_id: str
+    events: int
+    count_total: int
+
+
 # -- drift loop: per-model policy and retraining requests ---------------------
 
 RetrainMode = Literal["automatic", "approval", "off"]
