@@ -333,6 +333,7 @@ class RolloutDevicePublic(SQLModel):
     state: str
     reason: str | None
     install_seconds: float | None
+    offered_at: datetime | None = None
     updated_at: datetime
 
 
