@@ -25,9 +25,10 @@ each after a settle phase under load:
                        ("converged" counts from that restart).
 
 ``replica-kill``       (``--replicas 2``) a rollout of a new bundle to every agent in
-                       waves with short soaks; when wave ``--kill-wave`` starts, one of
-                       the two replicas is killed -9 and stays down until the rollout
-                       has completed and the ledger is checked.
+                       waves (1 device, 33 %, 66 %, 100 %; ``--soak`` seconds each, an
+                       error-rate gate); when wave ``--kill-wave`` starts, the second
+                       replica is killed -9 and stays down until the rollout has
+                       completed and the ledger is checked.
 
 ``poison`` runs last by default: on a control plane that it stops storing telemetry
 for good, every later scenario would only show that again.
@@ -140,6 +141,7 @@ NEEDS_REPLICAS = frozenset({"replica-kill"})
 ADMIN_DSN = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 SHARED_GROUP = "cp-chaos-replicas"
 WATCH_POLL_S = 0.1
+NOT_PROGRESS = frozenset({"pending", "superseded", "cancelled"})  # rollout rows, not installs
 STALL_GOAL_S = 5.0
 
 
@@ -741,7 +743,7 @@ class Options:
     replicas: int = 1
     postgres: str = ADMIN_DSN
     soak: float = 2.0  # per wave of the replica-kill rollout
-    kill_wave: int = 2
+    kill_wave: int = 3
     scenarios: list[str] = field(
         default_factory=lambda: [s for s in SCENARIO_ORDER if s not in NEEDS_REPLICAS]
     )
@@ -801,7 +803,7 @@ class RolloutWatch:
                 if offered is not None:
                     self.offered[device] = offered
                 updated = epoch(row.get("updated_at"))
-                if updated is not None:
+                if updated is not None and row["state"] not in NOT_PROGRESS:
                     self.steps.setdefault(device, {}).setdefault(row["state"], updated)
 
     def state(self) -> dict[str, Any]:
@@ -821,7 +823,11 @@ class RolloutWatch:
                 offered = self.offered.get(device)
                 steps = self.steps.get(device, {})
                 active = steps.get("active")
-                before = [t for t in [offered, *steps.values()] if t is not None and t <= killed_at]
+                before = [
+                    t
+                    for t in [offered, *steps.values()]
+                    if t is not None and offered is not None and offered <= t <= killed_at
+                ]
                 after_kill = active is None or active > killed_at
                 # After the kill: from its offer, or from its last progress before the kill.
                 start = max(before) if after_kill and before else offered
@@ -1347,7 +1353,7 @@ class Chaos:
         assert self.next_bundle is not None and len(self.replicas) >= 2
         survivor, victim = self.replicas[0], self.replicas[-1]
         assert survivor.api is not None and victim.api is not None
-        waves: list[int | str] = [1, 2, "50%", "100%"]
+        waves: list[int | str] = [1, "33%", "66%", "100%"]
         rollout = victim.api.create_rollout(  # created through the replica about to die
             bundle_id=self.next_bundle,
             device_ids=self.ids,
@@ -1564,7 +1570,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     if not 1 <= args.replicas <= 2:
         parser.error("--replicas must be 1 or 2")
     if not 2 <= args.kill_wave <= 4:
-        parser.error("--kill-wave must be 2, 3 or 4 (the rollout has waves 1, 2, 50 %, 100 %)")
+        parser.error("--kill-wave must be 2, 3 or 4 (the rollout's waves: 1, 33 %, 66 %, 100 %)")
     options = Options(
         agents=args.agents,
         rate=args.rate,
