@@ -100,6 +100,7 @@ from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
+from agent.config import TelemetryConfig
 from agent.telemetry import INFERENCE_PRIORITY
 from control_plane.broker import MosquittoBroker
 from control_plane.client import ApiClient, ApiError
@@ -118,6 +119,7 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.25
 CLOSE_MARGIN_S = 1.0  # after a window closes: fold, spool flush, forwarder tick, ingest
+RESEND_S = TelemetryConfig().receipt_timeout_s  # the agents' wait for a receipt, then resend
 SPOOL_FILE = "spool.sqlite"
 POISON_BIG = b"[" * 900_000
 POISON_NESTED = b"[" * 20_000 + b"]" * 20_000
@@ -1093,7 +1095,13 @@ class Chaos:
                 return stored
             return None
 
-        final_wait = self.o.converge_timeout / 4 if converged is not None else 2 * self.o.window
+        # A window sent just before the pause can still be stranded (on a dead replica's
+        # session, say): the agent sends it again once its receipt timeout has passed.
+        final_wait = (
+            max(self.o.converge_timeout / 4, RESEND_S + 2 * CLOSE_MARGIN_S)
+            if converged is not None
+            else 2 * self.o.window
+        )
         final = wait_until(exact, final_wait)
         stored = final or self.stored()
         errors = ledger.errors()
