@@ -1430,7 +1430,7 @@ class Chaos:
             f"{seconds_cell(base_max)} (n={len(baseline)})",
             f"stall after the kill: p50 {seconds_cell(stall_p50)}, max "
             f"{seconds_cell(stall_max)} (n={len(stalls)}; goal < {STALL_GOAL_S:g} s"
-            + (": [red]missed[/])" if over else ")"),
+            + (": missed)" if over else ")"),
             f"waves started {figures.waves_started} (sizes {figures.waves}); "
             f"{survivor.name} failed {watch.failures} of {watch.polls} API polls",
         ]
