@@ -628,6 +628,11 @@ class Agent:
             return None
         return str(state) if state else None
 
+    def offers_received(self, bundle_id: str) -> int:
+        """How many offers of ``bundle_id`` this agent logged receiving."""
+        needle = f"offer received bundle_id={bundle_id} "
+        return sum(needle in line for line in self.log.read_text(errors="replace").splitlines())
+
     def last_log_line(self) -> str:
         lines = [line for line in self.log.read_text(errors="replace").splitlines() if line]
         return lines[-1][-200:] if lines else ""
@@ -685,6 +690,7 @@ class RolloutFigures:
     stall_max_s: float | None
     stall_goal_s: float
     waves_started: list[int]
+    offers: dict[str, int]  # per device, offers of the bundle its agent logged receiving
     api_polls: int
     api_failures: int
     installs: list[InstallTiming] = field(default_factory=list)
@@ -1417,6 +1423,7 @@ class Chaos:
             stall_max_s=stall_max,
             stall_goal_s=STALL_GOAL_S,
             waves_started=sorted(int(e["detail"]["wave"]) for e in starts),
+            offers={d: a.offers_received(self.next_bundle) for d, a in self.agents.items()},
             api_polls=watch.polls,
             api_failures=watch.failures,
             installs=installs,
@@ -1431,8 +1438,9 @@ class Chaos:
             f"stall after the kill: p50 {seconds_cell(stall_p50)}, max "
             f"{seconds_cell(stall_max)} (n={len(stalls)}; goal < {STALL_GOAL_S:g} s"
             + (": missed)" if over else ")"),
-            f"waves started {figures.waves_started} (sizes {figures.waves}); "
-            f"{survivor.name} failed {watch.failures} of {watch.polls} API polls",
+            f"waves started {figures.waves_started} (sizes {figures.waves}); offers per "
+            f"device {sorted(set(figures.offers.values()))}; {survivor.name} failed "
+            f"{watch.failures} of {watch.polls} API polls",
         ]
         return Fault(healed, notes=notes, failed=not complete, rollout=figures)
 

@@ -197,6 +197,7 @@ def test_rollout_completes_on_the_survivor_when_a_replica_is_killed_mid_rollout(
     # The kill came mid-rollout: some installs finished before it, some after.
     assert rollout["baseline_installs"] >= 1 and rollout["stalled_installs"] >= 1, installs
     assert rollout["api_failures"] == 0  # the survivor answered every poll
+    assert set(rollout["offers"].values()) == {1}, rollout["offers"]  # no device offered twice
 
 
 def test_inference_counts_match_the_ledger_across_a_replica_kill(
