@@ -24,17 +24,39 @@ each after a settle phase under load:
                        seconds, so a poison the broker redelivers is met again
                        ("converged" counts from that restart).
 
+``replica-kill``       (``--replicas 2``) a rollout of a new bundle to every agent in
+                       waves (1 device, 33 %, 66 %, 100 %; ``--soak`` seconds each, an
+                       error-rate gate); when wave ``--kill-wave`` starts, the second
+                       replica is killed -9 and stays down until the rollout has
+                       completed and the ledger is checked.
+
 ``poison`` runs last by default: on a control plane that it stops storing telemetry
 for good, every later scenario would only show that again.
+
+``--replicas 2`` runs two ``edgefleet serve`` replicas in docs/replicas.md's layout
+instead of one control plane on SQLite: a fresh PostgreSQL database (created on the
+server ``--postgres`` names, dropped afterwards), one shared directory, one shared
+subscription group, a client id and data directory each, the product's default MQTT
+session expiry. Every scenario then runs against them (``cp-kill`` and ``poison``
+restart the first replica), and ``replica-kill`` is added to the default scenarios.
+Choosing ``replica-kill`` implies ``--replicas 2``. What it measures, from the rollout
+as the surviving replica's API shows it (polled every 0.1 s; offer and progress times
+are the database's): per device, the install time from its offer to the control plane
+seeing it active, for the installs finished before the kill (the baseline); and the
+install stall of those finished after it: from the later of the device's offer and its
+last progress before the kill, to the control plane seeing it active (goal: under
+5 s); the time from the kill to the rollout's completion; that each wave started once;
+and how many of the survivor's API answers failed.
 
 After each fault the load keeps running until every device's stored inference count has
 caught up with its ledger (less the window still open on the device), within
 ``--converge-timeout``; that time, counted from the moment the fault was healed, is
 "converged". Then the load pauses, the agents close their windows, and the stored counts
-(the sum of ``data.count`` over stored ``inference`` events, read from the control
-plane's database) are compared with the frozen ledger: lost, duplicated, and what the
-agents reported dropped from their spools (``spool`` events). Where a spool cap forced
-drops, the reported loss should equal the ledger's difference exactly.
+(the sum of ``data.count`` over stored ``inference`` events, read through the control
+plane's ``GET /api/v1/events/summary``) are compared with the frozen ledger: lost,
+duplicated, and what the agents reported dropped from their spools (``spool`` events).
+Where a spool cap forced drops, the reported loss should equal the ledger's difference
+exactly.
 
 An agent's open telemetry window lives only in its memory, and a stop or a kill -9 loses
 it: before the benchmark stops or kills an agent it pauses that agent's load for one
@@ -43,6 +65,7 @@ window, so what is measured is the spool and the pipeline, not that known gap.
     .venv/bin/python bench/chaos.py                      # 20 agents, full durations
     .venv/bin/python bench/chaos.py --agents 4 --short   # a few minutes
     .venv/bin/python bench/chaos.py --scenarios broker-kill,poison --json out.json
+    .venv/bin/python bench/chaos.py --agents 6 --short --scenarios replica-kill
 
 Exit status 0 when every scenario kept its ledger, 1 when one did not, 2 when the run
 could not be set up or was cut short.
@@ -56,15 +79,17 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +100,7 @@ from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
+from agent.config import TelemetryConfig
 from agent.telemetry import INFERENCE_PRIORITY
 from control_plane.broker import MosquittoBroker
 from control_plane.client import ApiClient, ApiError
@@ -93,6 +119,7 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.25
 CLOSE_MARGIN_S = 1.0  # after a window closes: fold, spool flush, forwarder tick, ingest
+RESEND_S = TelemetryConfig().receipt_timeout_s  # the agents' wait for a receipt, then resend
 SPOOL_FILE = "spool.sqlite"
 POISON_BIG = b"[" * 900_000
 POISON_NESTED = b"[" * 20_000 + b"]" * 20_000
@@ -109,8 +136,15 @@ SCENARIO_ORDER = [
     "spool-overflow",
     "spool-corrupt",
     "partition",
+    "replica-kill",
     "poison",
 ]
+NEEDS_REPLICAS = frozenset({"replica-kill"})
+ADMIN_DSN = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+SHARED_GROUP = "cp-chaos-replicas"
+WATCH_POLL_S = 0.1
+NOT_PROGRESS = frozenset({"pending", "superseded", "cancelled"})  # rollout rows, not installs
+STALL_GOAL_S = 5.0
 
 
 def log(console: Console, text: str) -> None:
@@ -305,48 +339,105 @@ def drop_figures(data: Any) -> Reported:
 
 
 class Store:
-    """Reads the control plane's SQLite database directly, read-only: cheap enough to poll
-    four times a second, and readable while the control plane is down."""
+    """Reads what the control plane stored through its API: ``/events/summary`` for the
+    inference windows and their counts, ``/events?kind=spool`` for drop summaries. Asks
+    each live replica in turn, and retries for a while (a restarted one may still be
+    coming up)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, apis: Callable[[], list[ApiClient]]) -> None:
+        self.apis = apis
 
     def read(self) -> Stored:
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
-        try:
-            rows = db.execute(
-                "SELECT device_id, COUNT(*), COALESCE(SUM(CAST(json_extract(data, '$.count')"
-                " AS INTEGER)), 0) FROM event WHERE kind = 'inference' GROUP BY device_id"
-            ).fetchall()
-            spools = db.execute("SELECT device_id, data FROM event WHERE kind = 'spool'").fetchall()
-        finally:
-            db.close()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            failure: ApiError | None = None
+            for api in self.apis():
+                try:
+                    return self._read(api)
+                except ApiError as e:
+                    failure = e
+            if time.monotonic() > deadline:
+                raise failure or RuntimeError("no live control plane to read from")
+            time.sleep(POLL_S)
+
+    @staticmethod
+    def _read(api: ApiClient) -> Stored:
+        summary = api.event_summary(kind="inference")
+        spools = api.list_events(kind="spool", limit=10_000)
         reported: dict[str, Reported] = {}
-        for device, data in spools:
-            one = drop_figures(json.loads(data) if data else {})
-            r = reported.setdefault(device, Reported())
+        for event in spools:
+            one = drop_figures(event.get("data") or {})
+            r = reported.setdefault(event["device_id"], Reported())
             r.events += one.events
             r.inference_events += one.inference_events
             if one.inferences is not None:
                 r.inferences = (r.inferences or 0) + one.inferences
         return Stored(
-            inferences={d: int(s) for d, _, s in rows},
-            windows={d: int(n) for d, n, _ in rows},
+            inferences={row["device_id"]: int(row["count_total"]) for row in summary},
+            windows={row["device_id"]: int(row["events"]) for row in summary},
             reported=reported,
         )
+
+
+class Database:
+    """A fresh PostgreSQL database for the replicas, dropped when the run ends."""
+
+    def __init__(self, admin_dsn: str) -> None:
+        self.admin_dsn = admin_dsn
+        self.name = f"edgefleet_chaos_{uuid.uuid4().hex[:12]}"
+        self.created = False
+
+    @property
+    def url(self) -> str:
+        base = self.admin_dsn.rsplit("/", 1)[0]
+        return f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{self.name}"
+
+    def _execute(self, statement: str) -> None:
+        import psycopg  # only the replica runs need it
+
+        try:
+            with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=5) as admin:
+                admin.execute(statement)
+        except psycopg.Error as e:
+            raise RuntimeError(f"PostgreSQL at {self.admin_dsn}: {e}") from e
+
+    def create(self) -> str:
+        self._execute(f'CREATE DATABASE "{self.name}"')
+        self.created = True
+        return self.url
+
+    def drop(self) -> None:
+        if self.created:
+            self._execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            self.created = False
 
 
 # -- processes --------------------------------------------------------------------------
 
 
 class ControlPlane:
-    """``python -m control_plane serve`` on a fixed port and data directory, restartable."""
+    """``python -m control_plane serve`` on a fixed port and data directory, restartable.
 
-    def __init__(self, root: Path, broker_url: str) -> None:
-        self.data_dir = root / "control-plane"
-        self.log = root / "control-plane.log"
+    With ``shared`` (docs/replicas.md's shared settings: database, shared directory,
+    broker, group) it is one replica: its own client id ``cp-<name>`` and data directory.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        broker_url: str,
+        *,
+        name: str = "control-plane",
+        shared: dict[str, str] | None = None,
+        token: str | None = None,
+    ) -> None:
+        self.name = name
+        self.data_dir = root / name
+        self.log = root / f"{name}.log"
         self.port = free_port()
         self.broker_url = broker_url
+        self.shared = shared
+        self.token = token  # None: the admin token this one wrote on a fresh database
         self.process: subprocess.Popen[bytes] | None = None
         self.api: ApiClient | None = None
         self.starts = 0
@@ -355,35 +446,40 @@ class ControlPlane:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "control-plane.db"
-
     def start(self) -> None:
         self.starts += 1
+        command = [
+            sys.executable, "-m", "control_plane", "serve", "--host", "127.0.0.1",
+            "--port", str(self.port), "--log-level", "info",
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.shared is None:
+            command += ["--broker", self.broker_url, "--data-dir", str(self.data_dir)]
+        else:
+            env |= self.shared | {
+                "EDGEFLEET_CLIENT_ID": f"cp-{self.name}",
+                "EDGEFLEET_DATA_DIR": str(self.data_dir),
+            }
         with self.log.open("ab") as out:
             out.write(f"==== chaos: start {self.starts}\n".encode())
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "control_plane", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--broker", self.broker_url,
-                 "--data-dir", str(self.data_dir), "--log-level", "info"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
+                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
         probe = ApiClient(self.base_url, token="none")
         try:
-            require(lambda: self._healthy(probe), READY_TIMEOUT_S, "the control plane API")
+            require(lambda: self._healthy(probe), READY_TIMEOUT_S, f"the {self.name} API")
         finally:
             probe.close()
         if self.api is None:
             token_file = self.data_dir / "admin.token"
-            token = token_file.read_text().strip() if token_file.exists() else None
-            self.api = ApiClient(self.base_url, token=token, timeout=120)
+            if self.token is None and token_file.exists():
+                self.token = token_file.read_text().strip()
+            self.api = ApiClient(self.base_url, token=self.token, timeout=120)
 
     def _healthy(self, probe: ApiClient) -> bool:
         if not self.alive():
             tail = self.log.read_text(errors="replace").splitlines()[-20:]
-            raise RuntimeError("control plane exited:\n" + "\n".join(tail))
+            raise RuntimeError(f"{self.name} exited:\n" + "\n".join(tail))
         try:
             return probe.health().get("status") == "ok"
         except (ApiError, httpx.HTTPError):
@@ -532,6 +628,11 @@ class Agent:
             return None
         return str(state) if state else None
 
+    def offers_received(self, bundle_id: str) -> int:
+        """How many offers of ``bundle_id`` this agent logged receiving."""
+        needle = f"offer received bundle_id={bundle_id} "
+        return sum(needle in line for line in self.log.read_text(errors="replace").splitlines())
+
     def last_log_line(self) -> str:
         lines = [line for line in self.log.read_text(errors="replace").splitlines() if line]
         return lines[-1][-200:] if lines else ""
@@ -556,6 +657,46 @@ class DeviceOutcome:
 
 
 @dataclass
+class InstallTiming:
+    """One device's install in the replica-kill rollout, in seconds from the kill
+    (negative: before it), as the database recorded them."""
+
+    device_id: str
+    wave: int
+    offered: float | None
+    last_progress_before_kill: float | None  # None: offered after the kill
+    active: float | None  # None: never seen active
+    seconds: float | None  # install time (before the kill) or stall (after it)
+    after_kill: bool
+
+
+@dataclass
+class RolloutFigures:
+    """What the replica-kill rollout did around the kill."""
+
+    bundle_id: str
+    rollout_id: int
+    waves: list[int]  # cumulative sizes
+    soak_s: float
+    killed: str
+    kill_wave: int
+    state: str
+    complete_after_kill_s: float | None
+    baseline_installs: int
+    baseline_p50_s: float | None
+    baseline_max_s: float | None
+    stalled_installs: int
+    stall_p50_s: float | None
+    stall_max_s: float | None
+    stall_goal_s: float
+    waves_started: list[int]
+    offers: dict[str, int]  # per device, offers of the bundle its agent logged receiving
+    api_polls: int
+    api_failures: int
+    installs: list[InstallTiming] = field(default_factory=list)
+
+
+@dataclass
 class ScenarioResult:
     name: str
     title: str
@@ -576,6 +717,7 @@ class ScenarioResult:
     capped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     per_device: list[DeviceOutcome] = field(default_factory=list)
+    rollout: RolloutFigures | None = None
 
 
 @dataclass
@@ -588,6 +730,7 @@ class Fault:
     notes: list[str] = field(default_factory=list)
     undo: Callable[[], None] | None = None
     failed: bool = False  # the system did not come back on its own
+    rollout: RolloutFigures | None = None
 
 
 @dataclass
@@ -605,7 +748,118 @@ class Options:
     settle: float = 10.0
     converge_timeout: float = 180.0
     reconnect_max: float | None = None
-    scenarios: list[str] = field(default_factory=lambda: list(SCENARIO_ORDER))
+    replicas: int = 1
+    postgres: str = ADMIN_DSN
+    soak: float = 2.0  # per wave of the replica-kill rollout
+    kill_wave: int = 3
+    scenarios: list[str] = field(
+        default_factory=lambda: [s for s in SCENARIO_ORDER if s not in NEEDS_REPLICAS]
+    )
+
+
+# -- a rollout, watched ----------------------------------------------------------------
+
+
+def epoch(stamp: str | None) -> float | None:
+    """An API timestamp as epoch seconds (naive ones are UTC, as the API writes them)."""
+    if not stamp:
+        return None
+    moment = datetime.fromisoformat(stamp)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+class RolloutWatch:
+    """Polls one rollout through one control plane's API every ``WATCH_POLL_S`` and keeps,
+    per device, its offer time and every (state, time) the database recorded, plus how
+    many polls failed. The times are the database's, so polling only decides which
+    intermediate states are seen, not when they happened."""
+
+    def __init__(self, api: ApiClient, rollout_id: int) -> None:
+        self.api = api
+        self.rollout_id = rollout_id
+        self.latest: dict[str, Any] = {}
+        self.offered: dict[str, float] = {}
+        self.steps: dict[str, dict[str, float]] = {}  # device -> state -> first time seen
+        self.waves: dict[str, int] = {}
+        self.polls = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="rollout-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            self._stop.wait(WATCH_POLL_S)
+
+    def poll(self) -> None:
+        try:
+            rollout = self.api.get_rollout(self.rollout_id)
+        except ApiError:
+            with self._lock:
+                self.polls += 1
+                self.failures += 1
+            return
+        with self._lock:
+            self.polls += 1
+            self.latest = rollout
+            for row in rollout.get("devices", []):
+                device = row["device_id"]
+                self.waves[device] = int(row["wave"])
+                offered = epoch(row.get("offered_at"))
+                if offered is not None:
+                    self.offered[device] = offered
+                updated = epoch(row.get("updated_at"))
+                if updated is not None and row["state"] not in NOT_PROGRESS:
+                    self.steps.setdefault(device, {}).setdefault(row["state"], updated)
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self.latest)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.poll()  # the final state, whatever the timing of the last loop
+
+    def timings(self, killed_at: float) -> list[InstallTiming]:
+        """Per device: install time (finished before the kill) or stall (after it)."""
+        rows = []
+        with self._lock:
+            for device, wave in sorted(self.waves.items()):
+                offered = self.offered.get(device)
+                steps = self.steps.get(device, {})
+                active = steps.get("active")
+                before = [
+                    t
+                    for t in [offered, *steps.values()]
+                    if t is not None and offered is not None and offered <= t <= killed_at
+                ]
+                after_kill = active is None or active > killed_at
+                # After the kill: from its offer, or from its last progress before the kill.
+                start = max(before) if after_kill and before else offered
+                seconds = None if active is None or start is None else active - start
+                rows.append(
+                    InstallTiming(
+                        device_id=device,
+                        wave=wave,
+                        offered=None if offered is None else offered - killed_at,
+                        last_progress_before_kill=(max(before) - killed_at) if before else None,
+                        active=None if active is None else active - killed_at,
+                        seconds=seconds,
+                        after_kill=after_kill,
+                    )
+                )
+        return rows
+
+
+def p50_max(values: list[float]) -> tuple[float | None, float | None]:
+    return (statistics.median(values), max(values)) if values else (None, None)
+
+
+def seconds_cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -620,7 +874,10 @@ class Chaos:
         self.console = console
         self.broker = MosquittoBroker(root / "broker")
         self.proxy: FaultProxy | None = None
-        self.cp: ControlPlane | None = None
+        self.cp: ControlPlane | None = None  # the one control plane, or the first replica
+        self.replicas: list[ControlPlane] = []  # every control-plane process, self.cp first
+        self.database: Database | None = None
+        self.next_bundle: str | None = None  # what replica-kill rolls out
         self.agents: dict[str, Agent] = {}
         self.ledger: Ledger | None = None
         self.load: LoadDriver | None = None
@@ -650,13 +907,14 @@ class Chaos:
         started = time.monotonic()
         self.broker.start()
         self.proxy = FaultProxy("127.0.0.1", self.broker.port)
-        self.cp = ControlPlane(self.root, self.broker.url)
-        self.cp.start()
-        assert self.cp.api is not None
+        self.start_control_planes()
+        assert self.cp is not None and self.cp.api is not None
         api = self.cp.api
         log(
             self.console,
-            f"mosquitto {self.broker.url}, control plane {self.cp.base_url}, data in {self.root}",
+            f"mosquitto {self.broker.url}, control plane "
+            + ", ".join(f"{cp.name} {cp.base_url}" for cp in self.replicas)
+            + f", data in {self.root}",
         )
         with threadpool_limits(1):
             model = train_digits_model()
@@ -672,6 +930,19 @@ class Chaos:
         trust_root = self.root / "root.json"
         trust_root.write_bytes(api.trust_root())
         log(self.console, f"bundle {bundle['id']} built and signed")
+        if "replica-kill" in self.o.scenarios:  # built through the other replica
+            other = self.replicas[-1].api
+            assert other is not None
+            other.register_model(
+                name=MODEL,
+                version="2",
+                model=model.onnx_bytes,
+                samples=model.samples,
+                holdout_x=model.holdout_x,
+                holdout_y=model.holdout_y,
+            )
+            self.next_bundle = other.build_bundle(model=MODEL, version="2", profile=PROFILE)["id"]
+            log(self.console, f"bundle {self.next_bundle} built and signed for replica-kill")
 
         telemetry: dict[str, float] = {"window_s": self.o.window}
         link = {} if self.o.reconnect_max is None else {"reconnect_max_s": self.o.reconnect_max}
@@ -717,7 +988,35 @@ class Chaos:
         self.ledger = Ledger(self.ids)
         ports = {d: a.port for d, a in self.agents.items()}
         self.load = LoadDriver(ports, self.o.rate, body, self.ledger)
-        self.store = Store(self.cp.db_path)
+        self.store = Store(self.live_apis)
+
+    def start_control_planes(self) -> None:
+        """One control plane on SQLite, or ``--replicas`` in docs/replicas.md's layout,
+        the first (which initialises the database and shared directory) before the next."""
+        if self.o.replicas < 2:
+            self.cp = ControlPlane(self.root, self.broker.url)
+            self.replicas = [self.cp]
+            self.cp.start()
+            return
+        self.database = Database(self.o.postgres)
+        shared = {
+            "EDGEFLEET_DATABASE_URL": self.database.create(),
+            "EDGEFLEET_SHARED_DIR": str(self.root / "shared"),
+            "EDGEFLEET_BROKER_URL": self.broker.url,
+            "EDGEFLEET_MQTT_SHARED_GROUP": SHARED_GROUP,
+        }
+        for n in range(self.o.replicas):
+            token = self.replicas[0].token if self.replicas else None
+            replica = ControlPlane(
+                self.root, self.broker.url, name=f"cp-{chr(ord('a') + n)}", shared=shared,
+                token=token,
+            )  # fmt: skip
+            self.replicas.append(replica)
+            replica.start()
+        self.cp = self.replicas[0]
+
+    def live_apis(self) -> list[ApiClient]:
+        return [cp.api for cp in self.replicas if cp.api is not None and cp.alive()]
 
     def stop(self) -> None:
         if self.load is not None:
@@ -726,9 +1025,14 @@ class Chaos:
             agent.stop()
         if self.proxy is not None:
             self.proxy.close()
-        if self.cp is not None:
-            self.cp.close()
+        for cp in self.replicas:
+            cp.close()
         self.broker.stop()
+        if self.database is not None:
+            try:
+                self.database.drop()
+            except RuntimeError as e:
+                log(self.console, f"[red]could not drop {self.database.name}:[/] {e}")
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -797,7 +1101,13 @@ class Chaos:
                 return stored
             return None
 
-        final_wait = self.o.converge_timeout / 4 if converged is not None else 2 * self.o.window
+        # A window sent just before the pause can still be stranded (on a dead replica's
+        # session, say): the agent sends it again once its receipt timeout has passed.
+        final_wait = (
+            max(self.o.converge_timeout / 4, RESEND_S + 2 * CLOSE_MARGIN_S)
+            if converged is not None
+            else 2 * self.o.window
+        )
         final = wait_until(exact, final_wait)
         stored = final or self.stored()
         errors = ledger.errors()
@@ -855,6 +1165,7 @@ class Chaos:
             capped=sorted(fault.capped),
             notes=notes,
             per_device=rows,
+            rollout=fault.rollout,
         )
         log(self.console, summary_line(result))
         return result
@@ -873,9 +1184,10 @@ class Chaos:
                 )
                 agent.start()
                 agent.wait_ready()
-        if self.cp is not None and not self.cp.alive():
-            notes.append("control plane had exited; restarted")
-            self.cp.start()
+        for cp in self.replicas:
+            if not cp.alive():
+                notes.append(f"{cp.name} had exited; restarted")
+                cp.start()
         return notes
 
     # -- the faults -----------------------------------------------------------------------
@@ -1050,6 +1362,88 @@ class Chaos:
         self.cp.start()
         return Fault(healed, notes=notes)
 
+    def replica_kill(self) -> Fault:
+        """A rollout in waves; kill -9 the last replica when wave ``kill_wave`` starts."""
+        assert self.next_bundle is not None and len(self.replicas) >= 2
+        survivor, victim = self.replicas[0], self.replicas[-1]
+        assert survivor.api is not None and victim.api is not None
+        waves: list[int | str] = [1, "33%", "66%", "100%"]
+        rollout = victim.api.create_rollout(  # created through the replica about to die
+            bundle_id=self.next_bundle,
+            device_ids=self.ids,
+            waves=waves,
+            soak_seconds=self.o.soak,
+            gates={"max_error_rate": 0.05, "max_install_failure_rate": 0.0},
+        )
+        watch = RolloutWatch(survivor.api, int(rollout["id"]))
+        notes: list[str] = []
+        try:
+            started = wait_until(
+                lambda: (
+                    (r := watch.state()).get("wave", 0) >= self.o.kill_wave
+                    or r.get("state") not in (None, "draft", "in_progress")
+                ),
+                self.o.converge_timeout,
+                poll=0.02,
+            )
+            killed_at = time.time()
+            healed = time.monotonic()
+            victim.kill()
+            if not started or watch.state().get("wave", 0) < self.o.kill_wave:
+                notes.append(f"the kill came late: rollout {watch.state().get('state')}")
+            wait_until(
+                lambda: watch.state().get("state") not in (None, "draft", "in_progress"),
+                self.o.converge_timeout,
+            )
+        finally:
+            watch.stop()
+        final = watch.state()
+        installs = watch.timings(killed_at)
+        baseline = [t.seconds for t in installs if not t.after_kill and t.seconds is not None]
+        stalls = [t.seconds for t in installs if t.after_kill and t.seconds is not None]
+        base_p50, base_max = p50_max(baseline)
+        stall_p50, stall_max = p50_max(stalls)
+        complete = final.get("state") == "complete"
+        completed_at = epoch(final.get("updated_at")) if complete else None
+        starts = survivor.api.list_audit(rollout_id=int(rollout["id"]), action="rollout.wave_start")
+        figures = RolloutFigures(
+            bundle_id=self.next_bundle,
+            rollout_id=int(rollout["id"]),
+            waves=[int(w["size"]) for w in final.get("wave_status", [])],
+            soak_s=self.o.soak,
+            killed=victim.name,
+            kill_wave=self.o.kill_wave,
+            state=str(final.get("state")),
+            complete_after_kill_s=None if completed_at is None else completed_at - killed_at,
+            baseline_installs=len(baseline),
+            baseline_p50_s=base_p50,
+            baseline_max_s=base_max,
+            stalled_installs=len(stalls),
+            stall_p50_s=stall_p50,
+            stall_max_s=stall_max,
+            stall_goal_s=STALL_GOAL_S,
+            waves_started=sorted(int(e["detail"]["wave"]) for e in starts),
+            offers={d: a.offers_received(self.next_bundle) for d, a in self.agents.items()},
+            api_polls=watch.polls,
+            api_failures=watch.failures,
+            installs=installs,
+        )
+        over = stall_max is not None and stall_max >= STALL_GOAL_S
+        after = f" {seconds_cell(figures.complete_after_kill_s)} after the kill" if complete else ""
+        notes[:0] = [
+            f"{victim.name} killed -9 as wave {self.o.kill_wave} started; rollout "
+            f"{figures.state}{after}",
+            f"installs before the kill: p50 {seconds_cell(base_p50)}, max "
+            f"{seconds_cell(base_max)} (n={len(baseline)})",
+            f"stall after the kill: p50 {seconds_cell(stall_p50)}, max "
+            f"{seconds_cell(stall_max)} (n={len(stalls)}; goal < {STALL_GOAL_S:g} s"
+            + (": missed)" if over else ")"),
+            f"waves started {figures.waves_started} (sizes {figures.waves}); offers per "
+            f"device {sorted(set(figures.offers.values()))}; {survivor.name} failed "
+            f"{watch.failures} of {watch.polls} API polls",
+        ]
+        return Fault(healed, notes=notes, failed=not complete, rollout=figures)
+
     def scenarios(self) -> dict[str, tuple[str, Callable[[], Fault]]]:
         o = self.o
         return {
@@ -1063,6 +1457,10 @@ class Chaos:
             ),
             "spool-corrupt": ("spool header overwritten", self.spool_corrupt),
             "partition": (f"proxy stall/cut {o.outage:g} s", self.partition),
+            "replica-kill": (
+                f"replica kill -9 mid-rollout, soak {o.soak:g} s",
+                self.replica_kill,
+            ),
             "poison": ("poison on every up topic", self.poison),
         }
 
@@ -1105,8 +1503,9 @@ def summary_line(r: ScenarioResult) -> str:
 
 
 def render_table(results: list[ScenarioResult], options: Options) -> Table:
+    replicas = f", {options.replicas} replicas on PostgreSQL" if options.replicas > 1 else ""
     table = Table(
-        title=f"chaos: {options.agents} agents, {options.rate:g} requests/s each, "
+        title=f"chaos: {options.agents} agents{replicas}, {options.rate:g} requests/s each, "
         f"telemetry window {options.window:g} s, {os.cpu_count()} cores"
     )
     table.add_column("scenario")
@@ -1154,6 +1553,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     add("--settle", type=float, default=d.settle, help="steady load before each fault, s")
     add("--converge-timeout", type=float, default=d.converge_timeout, help="bound per wait, s")
     add("--reconnect-max", type=float, default=None, help="agents' [link] reconnect_max_s")
+    add("--replicas", type=int, default=d.replicas, help="control-plane replicas (1 or 2)")
+    add("--postgres", default=d.postgres, help="admin DSN of the server for --replicas 2")
+    add("--soak", type=float, default=d.soak, help="replica-kill: each wave's soak, s")
+    add("--kill-wave", type=int, default=d.kill_wave, help="replica-kill: kill as it starts")
     add("--short", action="store_true", help="every duration scaled down (a few minutes)")
     add("--scenarios", default=None, help=f"comma-separated, of {','.join(SCENARIO_ORDER)}")
     add("--data-dir", type=Path, default=None, help="keep logs, databases and spools here")
@@ -1171,10 +1574,19 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         args.spool_cap_kib = min(args.spool_cap_kib, 12.0)
         args.settle = min(args.settle, 3.0)
         args.converge_timeout = min(args.converge_timeout, 60.0)
-    scenarios = args.scenarios.split(",") if args.scenarios else list(SCENARIO_ORDER)
+    if args.scenarios:
+        scenarios = args.scenarios.split(",")
+    else:
+        scenarios = [s for s in SCENARIO_ORDER if args.replicas > 1 or s not in NEEDS_REPLICAS]
     unknown = [s for s in scenarios if s not in SCENARIO_ORDER]
     if unknown:
         parser.error(f"unknown scenarios {unknown}; choose from {SCENARIO_ORDER}")
+    if NEEDS_REPLICAS & set(scenarios):
+        args.replicas = max(args.replicas, 2)
+    if not 1 <= args.replicas <= 2:
+        parser.error("--replicas must be 1 or 2")
+    if not 2 <= args.kill_wave <= 4:
+        parser.error("--kill-wave must be 2, 3 or 4 (the rollout's waves: 1, 33 %, 66 %, 100 %)")
     options = Options(
         agents=args.agents,
         rate=args.rate,
@@ -1189,6 +1601,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         settle=args.settle,
         converge_timeout=args.converge_timeout,
         reconnect_max=args.reconnect_max,
+        replicas=args.replicas,
+        postgres=args.postgres,
+        soak=args.soak,
+        kill_wave=args.kill_wave,
         scenarios=scenarios,
     )
     return args, options
@@ -1217,7 +1633,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             chaos.start()
             chaos.run()
-        except (RuntimeError, TimeoutError, ApiError, OSError, sqlite3.Error) as e:
+        except (RuntimeError, TimeoutError, ApiError, OSError) as e:
             aborted = f"{type(e).__name__}: {e}"
             console.print(f"[bold red]run aborted:[/] {aborted}")
         finally:

@@ -182,6 +182,17 @@ class ApiClient:
             params["action"] = action
         return list(self._call("GET", "/audit", params=params))
 
+    def list_events(
+        self, *, kind: str | None = None, device_id: str | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        params.update({k: v for k, v in {"kind": kind, "device_id": device_id}.items() if v})
+        return list(self._call("GET", "/events", params=params))
+
+    def event_summary(self, *, kind: str = "inference") -> list[dict[str, Any]]:
+        """Per device: stored ``kind`` events and the sum of their ``data.count``."""
+        return list(self._call("GET", "/events/summary", params={"kind": kind}))
+
     def set_device_labels(self, device_id: str, labels: dict[str, str]) -> dict[str, Any]:
         return dict(self._call("PUT", f"/devices/{device_id}/labels", json={"labels": labels}))
 

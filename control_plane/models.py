@@ -333,6 +333,7 @@ class RolloutDevicePublic(SQLModel):
     state: str
     reason: str | None
     install_seconds: float | None
+    offered_at: datetime | None = None
     updated_at: datetime
 
 
@@ -431,6 +432,15 @@ class EventPublic(SQLModel):
     ts: datetime
     received_at: datetime
     data: dict[str, Any]
+
+
+class EventSummary(SQLModel):
+    """One device's stored events of one kind: how many, and the sum of ``data.count``
+    (for ``inference`` events: the inferences served in those windows)."""
+
+    device_id: str
+    events: int
+    count_total: int
 
 
 # -- drift loop: per-model policy and retraining requests ---------------------

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import Numeric, Text, case, cast, insert, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, func, select
 
-from control_plane.models import Device, Event, utcnow
+from control_plane.models import Device, Event, EventSummary, utcnow
 from control_plane.services.devices import touch_device
 from edgefleet.messages import TelemetryEvent
 
@@ -104,3 +105,44 @@ def count_events(*, session: Session, device_id: str | None = None, kind: str | 
     if kind is not None:
         query = query.where(Event.kind == kind)
     return int(session.exec(query).one())
+
+
+def summarize_events(
+    *, session: Session, kind: str, device_id: str | None = None
+) -> list[EventSummary]:
+    """Per device: how many ``kind`` events are stored, and the sum of their ``data.count``.
+
+    For ``inference`` events the sum is the inferences the device served in the stored
+    windows. One aggregate query, grouped in the database, so its cost is a scan of the
+    kind's index rather than a transfer of every event. A ``count`` that is not a JSON
+    number (a device may send anything in ``data``) adds nothing, as in the gates.
+    """
+    total = func.coalesce(func.sum(_data_count(session)), 0)
+    query = (
+        select(Event.device_id, func.count(), total)
+        .where(Event.kind == kind)
+        .group_by(Event.device_id)
+        .order_by(Event.device_id)
+    )
+    if device_id is not None:
+        query = query.where(Event.device_id == device_id)
+    return [
+        EventSummary(device_id=device, events=int(events), count_total=int(count_total))
+        for device, events, count_total in session.exec(query).all()
+    ]
+
+
+def _data_count(session: Session) -> ColumnElement[Any]:
+    """``data.count`` as a number when it is a JSON number, else NULL (SQL, per dialect).
+
+    SQLite's ``json_extract`` already yields an integer or a real; PostgreSQL's ``->>``
+    yields text, cast to ``numeric`` only once ``json_typeof`` has said it is a number
+    (a cast of anything else would fail the whole query).
+    """
+    data = col(Event.data)
+    if session.get_bind().dialect.name == "postgresql":
+        is_number = func.json_typeof(data.op("->")("count")) == "number"
+        text = data.op("->>", return_type=Text)("count")
+        return case((is_number, cast(text, Numeric)), else_=None)
+    is_number = func.json_type(data, "$.count").in_(["integer", "real"])
+    return case((is_number, func.json_extract(data, "$.count")), else_=None)

@@ -804,6 +804,7 @@ def rollout_public(*, session: Session, rollout: Rollout) -> RolloutPublic:
                 state=row.state,
                 reason=row.reason,
                 install_seconds=row.install_seconds,
+                offered_at=row.offered_at,
                 updated_at=row.updated_at,
             )
             for row in rows

@@ -9,13 +9,16 @@ windows' counts equals the load driver's ledger. How long convergence took is th
 benchmark's to print, not a test's to assert.
 
 The fault proxy the benchmark partitions agents with is checked on its own first,
-against a real Mosquitto and real MQTT sessions.
+against a real Mosquitto and real MQTT sessions. A second run (``replica-kill``, two
+replicas on PostgreSQL) kills a replica mid-rollout: the rollout completes and the
+ledger holds; the install stall it measures is the benchmark's to print.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +36,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 SCRIPT = BENCH / "chaos.py"
 TOPIC = "chaos/proxy"
 SCENARIOS = ["broker-kill", "poison", "cp-kill"]
+ADMIN_DSN = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def test_fault_proxy_stalls_cuts_and_heals_a_real_mqtt_session(
@@ -139,3 +143,65 @@ def test_poison_messages_on_every_up_topic_do_not_stop_ingest(chaos_run: dict[st
 
 def test_control_plane_killed_and_restarted_loses_no_inference(chaos_run: dict[str, Any]) -> None:
     assert_ledger_kept(chaos_run["cp-kill"])
+
+
+@pytest.fixture(scope="module")
+def replica_kill_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The benchmark's replica-kill scenario, short: two replicas on a fresh PostgreSQL
+    database, three agents under load, a rollout in waves, one replica killed -9 as
+    wave 2 starts."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        psycopg.connect(ADMIN_DSN, connect_timeout=3).close()
+    except psycopg.OperationalError as e:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL unreachable at {ADMIN_DSN} under CI: {e}")
+        pytest.skip(f"PostgreSQL unreachable at {ADMIN_DSN}: {e}")
+    root = tmp_path_factory.mktemp("chaos-replicas")
+    out = root / "result.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--agents", "3",
+            "--rate", "5",
+            "--window", "0.5",
+            "--settle", "2",
+            "--soak", "1",
+            "--converge-timeout", "90",
+            "--reconnect-max", "2",
+            "--scenarios", "replica-kill",
+            "--postgres", ADMIN_DSN,
+            "--data-dir", str(root / "run"),
+            "--json", str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )  # fmt: skip
+    assert run.returncode in (0, 1), run.stdout[-4000:] + run.stderr[-4000:]
+    payload = json.loads(out.read_text())
+    assert payload["aborted"] is None, payload["aborted"]
+    return {r["name"]: r for r in payload["results"]}
+
+
+def test_rollout_completes_on_the_survivor_when_a_replica_is_killed_mid_rollout(
+    replica_kill_run: dict[str, Any],
+) -> None:
+    result = replica_kill_run["replica-kill"]
+    rollout = result["rollout"]
+    assert rollout["state"] == "complete", result["notes"]
+    assert rollout["waves_started"] == list(range(1, len(rollout["waves"]) + 1))
+    installs = rollout["installs"]
+    assert len(installs) == 3 and all(i["active"] is not None for i in installs), installs
+    # The kill came mid-rollout: some installs finished before it, some after.
+    assert rollout["baseline_installs"] >= 1 and rollout["stalled_installs"] >= 1, installs
+    assert rollout["api_failures"] == 0  # the survivor answered every poll
+    assert set(rollout["offers"].values()) == {1}, rollout["offers"]  # no device offered twice
+
+
+def test_inference_counts_match_the_ledger_across_a_replica_kill(
+    replica_kill_run: dict[str, Any],
+) -> None:
+    assert_ledger_kept(replica_kill_run["steady"])
+    assert_ledger_kept(replica_kill_run["replica-kill"])

@@ -55,6 +55,7 @@ ROLE_NEEDED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/audit"): "viewer",
     ("GET", "/api/v1/events"): "viewer",
     ("GET", "/api/v1/events/count"): "viewer",
+    ("GET", "/api/v1/events/summary"): "viewer",
     ("GET", "/api/v1/drift/series"): "viewer",
     ("GET", "/api/v1/drift/status"): "viewer",
     ("GET", "/api/v1/retraining"): "viewer",

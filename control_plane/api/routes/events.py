@@ -1,4 +1,4 @@
-"""Telemetry events as stored: list with filters, and counts."""
+"""Telemetry events as stored: list with filters, counts, and per-device summaries."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from control_plane.api.deps import SessionDep
-from control_plane.models import EventPublic
-from control_plane.services.events import count_events, list_events
+from control_plane.models import EventPublic, EventSummary
+from control_plane.services.events import count_events, list_events, summarize_events
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -32,3 +32,12 @@ def read_event_count(
     session: SessionDep, device_id: str | None = None, kind: str | None = None
 ) -> dict[str, int]:
     return {"count": count_events(session=session, device_id=device_id, kind=kind)}
+
+
+@router.get("/summary")
+def read_event_summary(
+    session: SessionDep, kind: str = "inference", device_id: str | None = None
+) -> list[EventSummary]:
+    """Per device, the stored events of ``kind`` and the sum of their ``data.count``:
+    for ``inference`` (the default), the inferences served in the stored windows."""
+    return summarize_events(session=session, kind=kind, device_id=device_id)
