@@ -36,12 +36,13 @@ receipted too, so the device stops resending it; an undecodable one has no id to
 receipt and is only dropped. Devices delete spooled events on the receipt and resend
 what stays unreceipted.
 
-**Sessions.** The control plane's session is persistent but short-lived
-(``Settings.mqtt_session_expiry_s``, 30 s by default): it rides out a quick restart
-with the queued traffic intact, and a replica that dies and stays dead stops being
-handed its turn of the shared subscriptions within half a minute. A longer session
-buys nothing now that devices resend what was not receipted (and re-ask unanswered
-fetch chunks), and it would strand traffic on a dead replica.
+**Sessions.** The control plane's session ends with its connection
+(``Settings.mqtt_session_expiry_s``, 0 by default): Mosquitto keeps handing a
+disconnected member of a shared subscription its turn until the member's session
+expires, so any expiry strands a dead replica's share of device traffic for that long.
+Nothing is lost by not keeping a session: devices resend what was not receipted and
+re-ask unanswered fetch chunks, so what a restarting control plane misses arrives with
+those resends.
 """
 
 from __future__ import annotations

@@ -82,9 +82,6 @@ def start_replica(tmp_path: Path, broker: MosquittoBroker, db: str, name: str) -
     env = os.environ | replica_env(tmp_path, broker, db, name) | {
         "EDGEFLEET_ROLLOUT_TICK_S": "0.1",
         "EDGEFLEET_API_AUTH": "false",
-        # A dead replica's persistent session would keep taking its turn of the shared
-        # subscription's reports until it expires; this one goes when the replica does.
-        "EDGEFLEET_MQTT_SESSION_EXPIRY_S": "0",
     }  # fmt: skip
     command = [
         sys.executable, "-m", "control_plane", "serve", "--port", str(port), "--log-level",

@@ -26,8 +26,8 @@ def test_shared_group_setting_refuses_what_is_no_mqtt_share_name(group: str) -> 
         Settings(mqtt_shared_group=group)
 
 
-def test_replicas_release_their_share_quickly_by_default() -> None:
-    assert 0 < Settings().mqtt_session_expiry_s <= 60
+def test_a_replica_releases_its_share_of_device_traffic_when_it_disconnects() -> None:
+    assert Settings().mqtt_session_expiry_s == 0
 
 
 def test_refused_messages_are_counted_under_a_small_set_of_reasons() -> None:
