@@ -102,7 +102,7 @@ from threadpoolctl import threadpool_limits
 
 from agent.config import TelemetryConfig
 from agent.telemetry import INFERENCE_PRIORITY
-from control_plane.broker import MosquittoBroker
+from control_plane.broker import MosquittoBroker, let_broker_enter
 from control_plane.client import ApiClient, ApiError
 from control_plane.demo import agent_config, write_agent_config
 from control_plane.digits import train_digits_model
@@ -1614,6 +1614,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
 def run_directory(keep: Path | None) -> Iterator[Path]:
     root = keep or Path(tempfile.mkdtemp(prefix="edgefleet-chaos-"))
     root.mkdir(parents=True, exist_ok=True)
+    let_broker_enter(root)  # started by root, the broker runs as `mosquitto`, as `up` does
     try:
         yield root
     finally:
