@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import text
 from sqlmodel import Session, col, func, select
 
 from control_plane.errors import BuildError, NotFoundError
@@ -44,6 +45,21 @@ SMOKE_SAMPLES = 16
 HISTOGRAM_BINS = 10
 REFERENCE_STATS_NAME = "reference_stats.json"
 _build_lock = threading.Lock()  # release numbers are handed out one build at a time
+RELEASE_LOCK_KEY = 0x65646765_72656C  # PostgreSQL advisory lock: one release handed out at a time
+
+
+def next_release(session: Session) -> int:
+    """The next release counter, held for ``session``'s transaction.
+
+    Within one process ``_build_lock`` serializes builds; across control-plane replicas
+    on one PostgreSQL database a transaction-scoped advisory lock does, so two replicas
+    building at the same moment never pick the same release (it is released when the
+    build's transaction commits or rolls back). SQLite allows a single writer anyway.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RELEASE_LOCK_KEY})
+    latest = session.exec(select(func.max(col(Bundle.release)))).one()
+    return int(latest or 0) + 1
 
 
 def get_profile(settings: Settings, profile_name: str) -> FirmwareProfile:
@@ -196,8 +212,7 @@ def build_bundle(
     )
 
     with _build_lock:
-        latest = session.exec(select(func.max(col(Bundle.release)))).one()
-        release = int(latest or 0) + 1
+        release = next_release(session)
         bundle_id = f"{model_name}-{model_version}-{profile.name}-r{release}"
         target = f"{bundle_id}.tar"
         fields: dict[str, Any] = {
