@@ -119,7 +119,7 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.25
 CLOSE_MARGIN_S = 1.0  # after a window closes: fold, spool flush, forwarder tick, ingest
-RESEND_S = TelemetryConfig().receipt_timeout_s  # the agents' wait for a receipt, then resend
+RESEND_S = TelemetryConfig().receipt_timeout_s  # the agents' default wait for a receipt
 SPOOL_FILE = "spool.sqlite"
 POISON_BIG = b"[" * 900_000
 POISON_NESTED = b"[" * 20_000 + b"]" * 20_000
@@ -748,6 +748,7 @@ class Options:
     settle: float = 10.0
     converge_timeout: float = 180.0
     reconnect_max: float | None = None
+    receipt_timeout: float = RESEND_S  # the agents' wait for a receipt before they resend
     replicas: int = 1
     postgres: str = ADMIN_DSN
     soak: float = 2.0  # per wave of the replica-kill rollout
@@ -944,7 +945,10 @@ class Chaos:
             self.next_bundle = other.build_bundle(model=MODEL, version="2", profile=PROFILE)["id"]
             log(self.console, f"bundle {self.next_bundle} built and signed for replica-kill")
 
-        telemetry: dict[str, float] = {"window_s": self.o.window}
+        telemetry: dict[str, float] = {
+            "window_s": self.o.window,
+            "receipt_timeout_s": self.o.receipt_timeout,
+        }
         link = {} if self.o.reconnect_max is None else {"reconnect_max_s": self.o.reconnect_max}
         for device in self.ids:
             url = self.broker.url
@@ -1104,7 +1108,7 @@ class Chaos:
         # A window sent just before the pause can still be stranded (on a dead replica's
         # session, say): the agent sends it again once its receipt timeout has passed.
         final_wait = (
-            max(self.o.converge_timeout / 4, RESEND_S + 2 * CLOSE_MARGIN_S)
+            max(self.o.converge_timeout / 4, self.o.receipt_timeout + 2 * CLOSE_MARGIN_S)
             if converged is not None
             else 2 * self.o.window
         )
@@ -1553,6 +1557,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     add("--settle", type=float, default=d.settle, help="steady load before each fault, s")
     add("--converge-timeout", type=float, default=d.converge_timeout, help="bound per wait, s")
     add("--reconnect-max", type=float, default=None, help="agents' [link] reconnect_max_s")
+    add(
+        "--receipt-timeout",
+        type=float,
+        default=d.receipt_timeout,
+        help="agents' [telemetry] receipt_timeout_s: unreceipted events are sent again after it",
+    )
     add("--replicas", type=int, default=d.replicas, help="control-plane replicas (1 or 2)")
     add("--postgres", default=d.postgres, help="admin DSN of the server for --replicas 2")
     add("--soak", type=float, default=d.soak, help="replica-kill: each wave's soak, s")
@@ -1574,6 +1584,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         args.spool_cap_kib = min(args.spool_cap_kib, 12.0)
         args.settle = min(args.settle, 3.0)
         args.converge_timeout = min(args.converge_timeout, 60.0)
+        args.receipt_timeout = min(args.receipt_timeout, 5.0)
     if args.scenarios:
         scenarios = args.scenarios.split(",")
     else:
@@ -1601,6 +1612,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         settle=args.settle,
         converge_timeout=args.converge_timeout,
         reconnect_max=args.reconnect_max,
+        receipt_timeout=args.receipt_timeout,
         replicas=args.replicas,
         postgres=args.postgres,
         soak=args.soak,
