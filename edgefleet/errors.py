@@ -17,6 +17,8 @@ parsing strings.
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class EdgefleetError(Exception):
     """Base class of every error the shared contract raises."""
@@ -35,13 +37,23 @@ class FieldError(EdgefleetError, ValueError):
         self.reason = reason
 
 
-class MessageError(EdgefleetError):
-    """A wire message was malformed, of an unknown type, or failed validation."""
+MessageFault = Literal["invalid", "too_large", "too_deep"]
 
-    def __init__(self, reason: str, *, topic: str | None = None) -> None:
+
+class MessageError(EdgefleetError):
+    """A wire message was malformed, of an unknown type, or failed validation.
+
+    ``fault`` sorts it for counting: ``too_large`` and ``too_deep`` are refused before
+    decoding, ``invalid`` is everything the decoder or the schema refused.
+    """
+
+    def __init__(
+        self, reason: str, *, topic: str | None = None, fault: MessageFault = "invalid"
+    ) -> None:
         super().__init__(reason if topic is None else f"{reason} (topic={topic})")
         self.reason = reason
         self.topic = topic
+        self.fault = fault
 
 
 class BundleError(EdgefleetError):

@@ -254,11 +254,17 @@ def check_bounds(
     """Refuse a payload too large or too deeply nested to decode safely."""
     if len(payload) > max_bytes:
         raise MessageError(
-            f"message too large: {len(payload)} bytes (limit {max_bytes})", topic=topic
+            f"message too large: {len(payload)} bytes (limit {max_bytes})",
+            topic=topic,
+            fault="too_large",
         )
     depth = nesting_depth(payload)
     if depth > max_nesting:
-        raise MessageError(f"message nested too deeply: {depth} (limit {max_nesting})", topic=topic)
+        raise MessageError(
+            f"message nested too deeply: {depth} (limit {max_nesting})",
+            topic=topic,
+            fault="too_deep",
+        )
 
 
 def decode_message(payload: bytes, *, topic: str | None = None) -> WireMessage:
