@@ -15,7 +15,7 @@ dies (the death is logged, counted in ``/metrics`` and shown by ``/api/v1/health
 - ``cp-events``: status and install reports, applied in arrival order;
 - ``cp-fetch-<n>``: fetch requests, answered from the signed repository;
 - ``cp-telemetry``: telemetry, stored in bursts of up to ``TELEMETRY_BURST`` events
-  per transaction and acknowledged to the broker only once stored.
+  per transaction and acknowledged to the broker once the burst is handled.
 
 **Poison messages.** Whatever goes wrong with one message — it does not decode, or
 handling it raises anything at all — is that message's failure: it is logged with the
@@ -24,8 +24,8 @@ device id and topic (never the payload), counted per device, channel and reason
 ``edgefleet_messages_rejected_total``), acknowledged and dropped. A burst of telemetry
 the database refuses as a whole is stored event by event, so one bad event costs only
 itself. Only a failure of the database itself (``is_transient``: a lost connection,
-a locked database, a missing table) leaves a message unhandled: it is neither
-acknowledged nor receipted, and comes back.
+a locked database, a missing table) leaves a message unhandled: it is not receipted,
+and the device sends it again.
 
 **Receipts.** Once a burst of telemetry is committed, each device gets a ``Receipt``
 (QoS 1, ``down/receipt``, up to ``RECEIPT_MAX_IDS`` ids each) naming every event id of
@@ -132,13 +132,7 @@ def _kept_token(path: Path, prefix: str, nbytes: int) -> str:
 
 def rejection_reason(error: BaseException) -> str:
     """The reason label a refused message is counted under (a small, fixed set)."""
-    if isinstance(error, MessageError):
-        if error.reason.startswith("message too large"):
-            return "too_large"
-        if error.reason.startswith("message nested too deeply"):
-            return "too_deep"
-        return "invalid"
-    return "failed"
+    return error.fault if isinstance(error, MessageError) else "failed"
 
 
 def is_transient(error: BaseException) -> bool:
@@ -171,8 +165,8 @@ class FleetLink:
         self._engine = engine
         self._repository = repository
         self.shared_group = settings.mqtt_shared_group or stable_shared_group(settings.data_dir)
-        # A persistent session, short-lived (see the module docstring): while the control
-        # plane restarts, the broker keeps queuing its share of device traffic.
+        # The session ends with the connection by default (see the module docstring):
+        # devices resend what no receipt named, so nothing waits on this session.
         self._link = MqttLink(
             client_id=settings.client_id or stable_client_id(settings.data_dir),
             broker=BrokerAddress.parse(settings.broker_url),
@@ -199,8 +193,8 @@ class FleetLink:
             topics.up_filter(topics.Up.REPORT), self._on_report, shared_group=group
         )
         self._link.subscribe(topics.up_filter(topics.Up.FETCH), self._on_fetch, shared_group=group)
-        # Telemetry is acknowledged to the broker only once stored: a control plane
-        # that dies with a burst in memory gets it again when its session resumes.
+        # Telemetry is acknowledged to the broker once its burst is handled, in arrival
+        # order; what a control plane dies holding is sent again by the devices.
         self._link.subscribe(
             topics.up_filter(topics.Up.TELEMETRY),
             self._on_telemetry,
@@ -239,7 +233,7 @@ class FleetLink:
 
     def wait_subscribed(self, timeout: float) -> bool:
         """Connected with every subscription acknowledged: from then on nothing a device
-        publishes slips past the (clean-start) ingest session."""
+        publishes slips past this session unseen."""
         return self._link.wait_subscribed(timeout)
 
     # -- outgoing ----------------------------------------------------------------
@@ -435,17 +429,17 @@ class FleetLink:
                 continue
             events.append((device_id, event))
         handled = self._store_events(events, refused)
-        if handled is None:
-            # Not acknowledged: the broker redelivers the burst when the session resumes,
-            # and devices resend what no receipt named.
-            return
-        self._count_refused(refused)
-        receipts: defaultdict[str, list[str]] = defaultdict(list)
-        for device_id, event in handled:
-            receipts[device_id].append(event.event_id)
-        for device_id, event_ids in receipts.items():
-            self.publish_receipts(device_id, list(dict.fromkeys(event_ids)))
-        for _device_id, message in burst:  # in arrival order, as MQTT asks
+        if handled is not None:  # None: the database failed, no receipts, devices resend
+            self._count_refused(refused)
+            receipts: defaultdict[str, list[str]] = defaultdict(list)
+            for device_id, event in handled:
+                receipts[device_id].append(event.event_id)
+            for device_id, event_ids in receipts.items():
+                self.publish_receipts(device_id, list(dict.fromkeys(event_ids)))
+        # Acknowledged either way, in arrival order as MQTT asks: the session keeps nothing
+        # for later (it ends with the connection), and an unacknowledged message would
+        # only hold a slot of the broker's in-flight window until the link drops.
+        for _device_id, message in burst:
             message.ack()
 
     def _store_events(
