@@ -50,14 +50,16 @@ print(json.dumps({{"seconds": elapsed, "rss_mib": rss_kib / 1024,
 
 CASES = {
     "baseline: bare interpreter": "pass",
-    "agent daemon imported": "import agent.daemon",
+    "agent daemon imported": "import edgefleet.agent.daemon",
     "agent + digits model loaded in onnxruntime": (
-        "import agent.daemon, agent.runtime\n"
+        "import edgefleet.agent.daemon, edgefleet.agent.inference.runtime\n"
         "import onnxruntime as ort\n"
         "session = ort.InferenceSession({model!r})\n"
     ),
-    "verify worker (child, only during an install)": "import agent.verify_worker, agent.tuf_client",
-    "control plane app (for scale)": "import control_plane.app",
+    "verify worker (child, only during an install)": (
+        "import edgefleet.agent.verification.verify_worker, edgefleet.agent.verification.tuf_client"
+    ),
+    "control plane app (for scale)": "import edgefleet.control_plane.app",
 }
 
 
@@ -108,11 +110,11 @@ def idle_agent_rss(tmp: Path, onnx_bytes: bytes, samples: np.ndarray) -> float:
     """VmRSS of a live agent serving the installed digits bundle, after IDLE_S idle."""
     from fastapi.testclient import TestClient
 
-    from control_plane.app import create_app
-    from control_plane.broker import MosquittoBroker
-    from control_plane.demo import write_agent_config
-    from control_plane.settings import Settings
+    from edgefleet.control_plane.app import create_app
+    from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+    from edgefleet.control_plane.core.settings import Settings
     from edgefleet.messages import BundleOffer
+    from edgefleet_demo.spine import write_agent_config
 
     broker = MosquittoBroker(tmp / "broker")
     broker.start()
@@ -143,7 +145,7 @@ def idle_agent_rss(tmp: Path, onnx_bytes: bytes, samples: np.ndarray) -> float:
                 trust_root=root,
             )
             agent = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(config)],
+                [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(config)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -174,7 +176,7 @@ def idle_agent_rss(tmp: Path, onnx_bytes: bytes, samples: np.ndarray) -> float:
 
 
 def main() -> None:
-    from control_plane.digits import train_digits_model
+    from edgefleet_demo.digits import train_digits_model
 
     digits = train_digits_model()
     with tempfile.TemporaryDirectory() as tmp:

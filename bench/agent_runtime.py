@@ -8,7 +8,8 @@
   plus recording the request for telemetry and probation) and of the local OIP HTTP
   endpoint, against calling onnxruntime's ``InferenceSession.run`` directly (target:
   in-process ≤ 5 %). The agent calls the compiled session under ``run`` (see
-  ``agent.runtime``), so that binding is timed too, to show what the agent adds to it;
+  ``edgefleet.agent.inference.runtime``), so that binding is timed too, to show what the agent adds
+  to it;
 - idle RSS: see ``bench/agent_footprint.py`` (agent + model vs bare runtime + model).
 
     .venv/bin/python bench/agent_runtime.py
@@ -27,19 +28,19 @@ import httpx
 import msgspec
 import numpy as np
 
-from agent.forwarder import Forwarder
-from agent.runtime import ActiveModel, ModelHolder, OnnxRuntime
-from agent.server import InferenceServer, run_inference
-from agent.spool import Spool
-from agent.telemetry import InferenceStats
-from control_plane.broker import MosquittoBroker
-from control_plane.digits import train_digits_model
-from converters.onnx_inspect import inspect_onnx
 from edgefleet import topics
+from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, OnnxRuntime
+from edgefleet.agent.inference.server import InferenceServer, run_inference
+from edgefleet.agent.telemetry.counters import InferenceStats
+from edgefleet.agent.telemetry.forwarder import Forwarder
+from edgefleet.agent.telemetry.spool import Spool
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.converters.onnx_inspect import inspect_onnx
 from edgefleet.messages import Receipt, TelemetryEvent
 from edgefleet.mqtt import Incoming, MqttLink
 from edgefleet.tensors import encode_tensor
 from edgefleet.topics import Down
+from edgefleet_demo.digits import train_digits_model
 
 SPOOL_EVENTS = 50_000
 DRAIN_EVENTS = 20_000

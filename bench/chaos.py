@@ -100,17 +100,17 @@ from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
-from agent.config import TelemetryConfig
-from agent.telemetry import INFERENCE_PRIORITY
-from control_plane.broker import MosquittoBroker, let_broker_enter
-from control_plane.client import ApiClient, ApiError
-from control_plane.demo import agent_config, write_agent_config
-from control_plane.digits import train_digits_model
-from control_plane.netutil import free_port
 from edgefleet import topics
+from edgefleet.agent.config import TelemetryConfig
+from edgefleet.agent.telemetry.counters import INFERENCE_PRIORITY
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker, let_broker_enter
+from edgefleet.control_plane.client import ApiClient, ApiError
+from edgefleet.control_plane.core.netutil import free_port
 from edgefleet.errors import TransportError
 from edgefleet.mqtt import MqttLink
 from edgefleet.tensors import encode_tensor
+from edgefleet_demo.digits import train_digits_model
+from edgefleet_demo.spine import agent_config, write_agent_config
 
 PROFILE = "x86-64-gateway-onnx"
 MODEL = "digits"
@@ -416,7 +416,7 @@ class Database:
 
 
 class ControlPlane:
-    """``python -m control_plane serve`` on a fixed port and data directory, restartable.
+    """``python -m edgefleet.control_plane serve`` on a fixed port and data directory, restartable.
 
     With ``shared`` (docs/replicas.md's shared settings: database, shared directory,
     broker, group) it is one replica: its own client id ``cp-<name>`` and data directory.
@@ -449,7 +449,7 @@ class ControlPlane:
     def start(self) -> None:
         self.starts += 1
         command = [
-            sys.executable, "-m", "control_plane", "serve", "--host", "127.0.0.1",
+            sys.executable, "-m", "edgefleet.control_plane", "serve", "--host", "127.0.0.1",
             "--port", str(self.port), "--log-level", "info",
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -576,7 +576,7 @@ class Agent:
         with self.log.open("ab") as out:
             out.write(f"==== chaos: start {self.starts}\n".encode())
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
+                [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(self.config_path)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

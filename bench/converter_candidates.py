@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import warnings
 
-from control_plane.digits import build_digits_cnn, train_digits_model
-from converters.errors import ConversionError, GateError
-from converters.gate import CandidateResult
-from converters.pipeline import Holdout, build_for_profile
+from edgefleet.converters.errors import ConversionError, GateError
+from edgefleet.converters.gate import CandidateResult
+from edgefleet.converters.pipeline import Holdout, build_for_profile
 from edgefleet.profile import default_profiles_dir, load_profiles
+from edgefleet_demo.digits import build_digits_cnn, train_digits_model
 
 PROFILES = [
     "x86-64-gateway-onnx",

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.stats import ks_2samp
 from sklearn.datasets import load_breast_cancer, load_digits
 
-from control_plane.bundle_builder import reference_statistics
+from edgefleet.control_plane.services.bundle_builder import reference_statistics
 from edgefleet.drift import DEFAULT_SHARE_THRESHOLD, DriftDetector, DriftThresholds, Reference
 
 WINDOW = 500

@@ -60,13 +60,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
-from agent.config import FetchConfig
-from control_plane.broker import MosquittoBroker
-from control_plane.client import ApiClient, ApiError
-from control_plane.digits import train_digits_model
-from control_plane.netutil import free_port
+from edgefleet.agent.config import FetchConfig
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.client import ApiClient, ApiError
+from edgefleet.control_plane.core.netutil import free_port
 from edgefleet.mqtt import MqttLink
 from edgefleet.profile import default_profiles_dir, load_profile
+from edgefleet_demo.digits import train_digits_model
 
 MODEL = "fleetsim"
 BASE_PROFILE = "x86-64-gateway-onnx"
@@ -229,7 +229,7 @@ class System:
         }
         with self.cp_log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "control_plane", "serve", "--host", "127.0.0.1",
+                [sys.executable, "-m", "edgefleet.control_plane", "serve", "--host", "127.0.0.1",
                  "--port", str(port), "--broker", self.broker.url,
                  "--data-dir", str(self.cp_dir), "--log-level", "warning"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,

@@ -2,7 +2,7 @@
 
 ``bench/fleet_rollout.py`` starts a few worker processes (``run_worker``) and drives
 them over a pipe. Each simulated device is composed from the agent's own parts the
-way ``agent.daemon.Agent`` composes them: its own ``MqttLink`` (own client id and
+way ``edgefleet.agent.daemon.Agent`` composes them: its own ``MqttLink`` (own client id and
 persistent session, last will, retained status), ``MqttFetcher`` (TUF over MQTT
 request/response), ``Installer`` + ``OfferWorker`` (ngclient verification, release
 and profile checks, unpack into a slot, smoke test in onnxruntime, journal, switch)
@@ -37,13 +37,18 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from agent.config import AgentConfig, FetchConfig, ProbationConfig
-from agent.daemon import agent_link, agent_verifier, device_status
-from agent.runtime import ModelHolder
-from agent.slots import SlotStore
-from agent.telemetry import InferenceStats, LatencyWindow, inference_event, install_event
-from agent.updater import Installer, OfferWorker, ensure_trust_root
 from edgefleet import topics
+from edgefleet.agent.config import AgentConfig, FetchConfig, ProbationConfig
+from edgefleet.agent.daemon import agent_link, agent_verifier, device_status
+from edgefleet.agent.inference.runtime import ModelHolder
+from edgefleet.agent.install.slots import SlotStore
+from edgefleet.agent.install.updater import Installer, OfferWorker, ensure_trust_root
+from edgefleet.agent.telemetry.counters import (
+    InferenceStats,
+    LatencyWindow,
+    inference_event,
+    install_event,
+)
 from edgefleet.errors import MessageError
 from edgefleet.messages import (
     BundleOffer,

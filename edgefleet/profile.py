@@ -13,6 +13,8 @@ before they build anything from it.
 from __future__ import annotations
 
 import tomllib
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Literal, Self
 
@@ -167,26 +169,34 @@ def parse_profile(data: bytes | str, *, source: str = "profile") -> FirmwareProf
         raise ProfileError(reason, field=_field_of(dict(first)), profile=source) from e
 
 
-def load_profile(path: Path) -> FirmwareProfile:
-    """Read and validate one profile file."""
-    path = Path(path)
+def load_profile(path: Path | Traversable) -> FirmwareProfile:
+    """Read and validate one profile file (a path, or a file inside an installed package)."""
     try:
         text = path.read_text()
     except OSError as e:
         raise ProfileError(f"cannot read: {e}", profile=path.name) from e
     profile = parse_profile(text, source=path.name)
-    if profile.name != path.stem:
+    if profile.name != path.name.removesuffix(".toml"):
         raise ProfileError(
             f"name {profile.name!r} does not match the file name", field="name", profile=path.name
         )
     return profile
 
 
-def load_profiles(directory: Path) -> dict[str, FirmwareProfile]:
+def load_profiles(directory: Path | Traversable) -> dict[str, FirmwareProfile]:
     """Every ``*.toml`` profile in ``directory``, by name."""
-    return {p.name: p for p in (load_profile(f) for f in sorted(Path(directory).glob("*.toml")))}
+    files = sorted(
+        (f for f in directory.iterdir() if f.name.endswith(".toml") and f.is_file()),
+        key=lambda f: f.name,
+    )
+    return {p.name: p for p in (load_profile(f) for f in files)}
 
 
-def default_profiles_dir() -> Path:
-    """The ``firmware_profiles/`` directory shipped beside the packages."""
-    return Path(__file__).resolve().parent.parent / "firmware_profiles"
+def default_profiles_dir() -> Traversable:
+    """The profiles shipped as package data (``edgefleet/firmware_profiles/*.toml``).
+
+    Found through ``importlib.resources``, so an installed wheel finds them as a source
+    checkout does; ``EDGEFLEET_PROFILES_DIR`` points the control plane at a directory of
+    the operator's own.
+    """
+    return resources.files("edgefleet").joinpath("firmware_profiles")

@@ -10,7 +10,7 @@ numeric tensor are refused, so ``"NaN"`` or ``"1.5"`` never turn into a number. 
 only non-finite floats JSON can carry are the non-standard tokens ``NaN``,
 ``Infinity`` and ``-Infinity`` (Python's ``json`` reads and writes them) and numbers
 beyond the datatype's range, which become ±Inf; ``allow_non_finite=False`` refuses
-them (the agent's default policy, see ``agent.server``).
+them (the agent's default policy, see ``edgefleet.agent.inference.server``).
 """
 
 from __future__ import annotations

@@ -99,5 +99,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 # The gate runs tflite-runtime 2.14 candidates in that runtime's own small virtualenv
 # (numpy < 2), inside this one: converters/worker_envs.py. Only does what is missing.
-"$VENV/bin/python" -m converters.worker_envs install
+"$VENV/bin/python" -m edgefleet.converters.worker_envs install
 echo "setup: ready ($("$VENV/bin/python" --version), $(command -v mosquitto || echo /usr/sbin/mosquitto))"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.broker import MosquittoBroker
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from control_plane.demo import write_agent_config
 from edgefleet.mqtt import Incoming
+from edgefleet_demo.spine import write_agent_config
 
 POLL_S = 0.05
 
@@ -80,7 +80,7 @@ def start_agent(
     """``edgefleet-agent run --config`` as its own OS process, output appended to ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(config)],
+            [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

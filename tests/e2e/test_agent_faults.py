@@ -24,17 +24,17 @@ import pytest
 from fastapi.testclient import TestClient
 from harness import build_bundle, register_model, roll_out, start_agent, wait_for
 
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.demo import agent_config
-from control_plane.digits import DigitsModel, train_digits_model
-from control_plane.netutil import free_port
-from control_plane.settings import Settings
 from edgefleet import topics
 from edgefleet.bundle import FileRole, write_bundle
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.netutil import free_port
+from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import BundleOffer, DeviceCommand
 from edgefleet.mqtt import MqttLink
 from edgefleet.tensors import decode_tensor, encode_tensor
+from edgefleet_demo.digits import DigitsModel, train_digits_model
+from edgefleet_demo.spine import agent_config
 
 pytestmark = pytest.mark.e2e
 

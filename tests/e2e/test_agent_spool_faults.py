@@ -17,8 +17,8 @@ import pytest
 from harness import start_agent, wait_for
 from receipting import ReceiptingPlane
 
-from control_plane.broker import MosquittoBroker
-from control_plane.netutil import free_port
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.netutil import free_port
 
 DEVICE = "dev-spoolfault01"
 

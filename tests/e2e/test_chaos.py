@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from harness import Inbox, wait_for
 
-from control_plane.broker import MosquittoBroker
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.mqtt import BrokerAddress, MqttLink
 
 pytestmark = pytest.mark.e2e

@@ -1,6 +1,6 @@
 """The operator console in a real browser against a real control plane, broker and agent.
 
-The control plane runs as its own process (``python -m control_plane serve``) with API
+The control plane runs as its own process (``python -m edgefleet.control_plane serve``) with API
 tokens on, a private Mosquitto carries the fleet traffic, one ``edgefleet-agent``
 process installs what the console rolls out, and a few simulated devices report
 status, spool depth and drift windows. Headless Debian chromium, driven by
@@ -30,12 +30,12 @@ import numpy as np
 import pytest
 from harness import provision_agent, start_agent, wait_for
 
-from control_plane.broker import MosquittoBroker
-from control_plane.digits import train_digits_model
-from control_plane.netutil import free_port
 from edgefleet import topics
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.netutil import free_port
 from edgefleet.messages import DeviceStatus, TelemetryEvent
 from edgefleet.mqtt import MqttLink
+from edgefleet_demo.digits import train_digits_model
 
 pytestmark = pytest.mark.e2e
 

@@ -29,9 +29,9 @@ import httpx
 import pytest
 from harness import wait_for
 
-from agent.enrol import load_or_create_key, make_csr
-from control_plane.netutil import free_port, wait_for_port
 from edgefleet import topics
+from edgefleet.agent.enrolment.enrol import load_or_create_key, make_csr
+from edgefleet.control_plane.core.netutil import free_port, wait_for_port
 from edgefleet.messages import TelemetryEvent
 from edgefleet.mqtt import BrokerAddress, MqttLink, TlsOptions
 
@@ -62,7 +62,7 @@ def test_up_writes_every_file_0600_and_hands_the_broker_its_own_directory(
         "EDGEFLEET_KEY_PASSPHRASE": "file-modes-test-passphrase",
         "PYTHONUNBUFFERED": "1",
     }
-    command = [sys.executable, "-m", "control_plane", "up", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "edgefleet.control_plane", "up", "--data-dir", str(data_dir)]
     command += ["--port", str(api_port), "--mqtt-port", str(mqtt_port), "--mqtt-tls"]
     with (tmp_path / "up.log").open("wb") as log:
         up = subprocess.Popen(

@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from control_plane.broker import MosquittoBroker
-from control_plane.models import Bundle
 from edgefleet import topics
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.tables import Bundle
 from edgefleet.messages import (
     BundleOffer,
     DeviceCommand,

@@ -12,12 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 from harness import provision_agent, start_agent, wait_for
 
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.digits import DigitsModel, train_digits_model
-from control_plane.retrain_digits import shift_digits
-from control_plane.settings import Settings
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.settings import Settings
 from edgefleet.tensors import encode_tensor
+from edgefleet_demo.digits import DigitsModel, train_digits_model
+from edgefleet_demo.retrain_digits import shift_digits
 
 pytestmark = pytest.mark.integration
 PROFILE = "x86-64-gateway-onnx"

@@ -18,14 +18,18 @@ from typing import Any
 import pytest
 from tuf.api.exceptions import DownloadLengthMismatchError
 
-from agent.errors import TransferError, VerificationError
-from agent.fetcher import MqttFetcher
-from agent.tuf_client import TargetVerifier, TransportFetcher, repository_path
-from agent.verifier import ProcessVerifier
-from control_plane.broker import MosquittoBroker
-from control_plane.errors import ControlPlaneError
-from control_plane.repository import SignedRepository
 from edgefleet import topics
+from edgefleet.agent.errors import TransferError, VerificationError
+from edgefleet.agent.verification.fetcher import MqttFetcher
+from edgefleet.agent.verification.tuf_client import (
+    TargetVerifier,
+    TransportFetcher,
+    repository_path,
+)
+from edgefleet.agent.verification.verifier import ProcessVerifier
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.errors import ControlPlaneError
+from edgefleet.control_plane.trust.repository import SignedRepository
 from edgefleet.messages import (
     FETCH_OFFSET,
     FETCH_REASON,

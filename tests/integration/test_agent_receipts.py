@@ -15,12 +15,12 @@ import pytest
 from harness import wait_for
 from receipting import ReceiptingPlane
 
-from agent.config import AgentConfig, parse_config
-from agent.daemon import Agent, agent_link
-from agent.telemetry import LatencyWindow, inference_event
-from control_plane.broker import MAX_PACKET_SIZE, MosquittoBroker
-from control_plane.netutil import free_port
 from edgefleet import topics
+from edgefleet.agent.config import AgentConfig, parse_config
+from edgefleet.agent.daemon import Agent, agent_link
+from edgefleet.agent.telemetry.counters import LatencyWindow, inference_event
+from edgefleet.control_plane.broker.mosquitto import MAX_PACKET_SIZE, MosquittoBroker
+from edgefleet.control_plane.core.netutil import free_port
 from edgefleet.messages import InstallReport, TelemetryEvent
 from edgefleet.mqtt import MqttLink
 from edgefleet.topics import Down

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane.app import create_app
-from control_plane.auth import required_role
-from control_plane.broker import MosquittoBroker
-from control_plane.settings import Settings
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.auth import required_role
+from edgefleet.control_plane.core.settings import Settings
 
 pytestmark = pytest.mark.integration
 

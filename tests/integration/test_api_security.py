@@ -20,12 +20,12 @@ from fastapi.testclient import TestClient
 from harness import register_model
 from sqlmodel import Session
 
-from control_plane.app import create_app
-from control_plane.auth import ApiToken
-from control_plane.broker import MosquittoBroker
-from control_plane.digits import DigitsModel, train_digits_model
-from control_plane.models import utcnow
-from control_plane.settings import Settings
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.auth import ApiToken
+from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.core.tables import utcnow
+from edgefleet_demo.digits import DigitsModel, train_digits_model
 
 pytestmark = pytest.mark.integration
 

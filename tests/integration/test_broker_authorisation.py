@@ -23,17 +23,17 @@ from harness import Inbox, wait_for
 from mqtt5_probe import GRANTED_QOS_1, NOT_AUTHORIZED, Mqtt5Probe
 from tls_fleet import enrol_with_csr, start_tls_broker
 
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.broker_security import (
+from edgefleet import topics
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.broker.security import (
     ADMIN_USER,
     BrokerAuthFiles,
     add_control_user,
     read_admin,
     write_auth_files,
 )
-from control_plane.settings import Settings
-from edgefleet import topics
+from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import TelemetryEvent
 from edgefleet.mqtt import MqttLink, TlsOptions
 

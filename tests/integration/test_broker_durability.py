@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from harness import Inbox, wait_for
 
-from control_plane.broker import AUTOSAVE_INTERVAL_S, MosquittoBroker
+from edgefleet.control_plane.broker.mosquitto import AUTOSAVE_INTERVAL_S, MosquittoBroker
 from edgefleet.mqtt import MqttLink
 
 pytestmark = pytest.mark.integration

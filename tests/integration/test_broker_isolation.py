@@ -24,16 +24,16 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from harness import Inbox, wait_for
 
-from control_plane.app import create_app
-from control_plane.broker import MAX_PACKET_SIZE, MosquittoBroker
-from control_plane.broker_security import (
+from edgefleet import topics
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MAX_PACKET_SIZE, MosquittoBroker
+from edgefleet.control_plane.broker.security import (
     BrokerAuthFiles,
     add_control_user,
     read_devices,
     write_auth_files,
 )
-from control_plane.settings import Settings
-from edgefleet import topics
+from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import TelemetryEvent
 from edgefleet.mqtt import BrokerAddress, MqttLink
 

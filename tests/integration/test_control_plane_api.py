@@ -14,11 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 from harness import wait_for
 
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.digits import DigitsModel, train_digits_model
-from control_plane.settings import Settings
 from edgefleet import topics
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import (
     FETCH_OFFSET,
     FETCH_REASON,
@@ -31,6 +30,7 @@ from edgefleet.messages import (
     decode_as,
 )
 from edgefleet.mqtt import Incoming, MqttLink
+from edgefleet_demo.digits import DigitsModel, train_digits_model
 
 pytestmark = [
     pytest.mark.integration,

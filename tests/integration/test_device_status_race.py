@@ -13,9 +13,9 @@ import pytest
 from sqlmodel import Session, col, create_engine, func, select
 from test_rollout_replicas import pg_url  # noqa: F401  (the PostgreSQL database fixture)
 
-from control_plane.db import create_db_and_tables
-from control_plane.models import Device
-from control_plane.services.devices import StatusUpdate, upsert_device_status
+from edgefleet.control_plane.core.db import create_db_and_tables
+from edgefleet.control_plane.core.tables import Device
+from edgefleet.control_plane.services.devices import StatusUpdate, upsert_device_status
 from edgefleet.messages import DeviceStatus
 
 pytestmark = pytest.mark.integration

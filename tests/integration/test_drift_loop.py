@@ -21,19 +21,19 @@ import pytest
 from fastapi.testclient import TestClient
 from harness import wait_for
 
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.digits import train_digits_model
-from control_plane.settings import Settings
 from edgefleet import topics
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import DeviceStatus, TelemetryEvent
 from edgefleet.mqtt import Incoming, MqttLink
+from edgefleet_demo.digits import train_digits_model
 
 pytestmark = pytest.mark.integration
 PROFILE = "x86-64-gateway-onnx"
 DEVICES = ["dev-loop00001", "dev-loop00002", "dev-loop00003"]
 REPO = Path(__file__).resolve().parents[2]
-RETRAIN = [sys.executable, "-m", "control_plane.retrain_digits"]
+RETRAIN = [sys.executable, "-m", "edgefleet_demo.retrain_digits"]
 HOOKS = {
     # What an admin defines; the hook inherits no environment, so PYTHONPATH is explicit.
     "digits": {"command": [*RETRAIN, "--shift", "6"], "env": {"PYTHONPATH": str(REPO)}},

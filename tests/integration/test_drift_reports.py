@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.digits import train_digits_model
-from control_plane.drift_plot import plot_drift
-from control_plane.settings import Settings
 from edgefleet import topics
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.drift.plot import plot_drift
 from edgefleet.messages import TelemetryEvent
 from edgefleet.mqtt import MqttLink
+from edgefleet_demo.digits import train_digits_model
 
 pytestmark = pytest.mark.integration
 

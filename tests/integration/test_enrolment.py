@@ -14,15 +14,19 @@ import uvicorn
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from agent.config import parse_config
-from agent.credentials import load_credentials
-from agent.enrol import EnrolmentError, enrol
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.broker_security import BrokerAuthFiles, read_password_file, verify_password
-from control_plane.models import DeviceCredential, EnrolmentToken, utcnow
-from control_plane.netutil import free_port, wait_for_port
-from control_plane.settings import Settings
+from edgefleet.agent.config import parse_config
+from edgefleet.agent.enrolment.credentials import load_credentials
+from edgefleet.agent.enrolment.enrol import EnrolmentError, enrol
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.broker.security import (
+    BrokerAuthFiles,
+    read_password_file,
+    verify_password,
+)
+from edgefleet.control_plane.core.netutil import free_port, wait_for_port
+from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.core.tables import DeviceCredential, EnrolmentToken, utcnow
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from test_rollout_replicas import pg_url  # noqa: F401  (the PostgreSQL database fixture)
 
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.db import create_db_and_tables, make_engine
-from control_plane.models import EventSummary
-from control_plane.services.events import ingest_events, summarize_events
-from control_plane.settings import Settings
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.db import create_db_and_tables, make_engine
+from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.core.tables import EventSummary
+from edgefleet.control_plane.services.events import ingest_events, summarize_events
 from edgefleet.messages import TelemetryEvent
 
 pytestmark = pytest.mark.integration

@@ -17,11 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 from harness import wait_for
 
-from agent.fetcher import MqttFetcher
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.settings import Settings
 from edgefleet import topics
+from edgefleet.agent.verification.fetcher import MqttFetcher
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.settings import Settings
 from edgefleet.mqtt import MqttLink
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ def test_fetches_stranded_on_a_dead_replicas_session_are_reasked_on_the_live_one
         fetcher = MqttFetcher(device, DEVICE, timeout=LONG_TIMEOUT)
         device.start()
         assert device.wait_subscribed(10)
-        caplog.set_level(logging.INFO, logger="agent.fetcher")
+        caplog.set_level(logging.INFO, logger="edgefleet.agent.verification.fetcher")
         fetched: list[bytes] = []
 
         def fetch_all() -> None:

@@ -21,14 +21,14 @@ import pytest
 from fastapi.testclient import TestClient
 from harness import build_bundle, provision_agent, register_model, roll_out, start_agent, wait_for
 
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.digits import DigitsModel, train_digits_model
-from control_plane.settings import Settings
 from edgefleet import topics
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import BundleOffer
 from edgefleet.mqtt import MqttLink
 from edgefleet.tensors import decode_tensor, encode_tensor
+from edgefleet_demo.digits import DigitsModel, train_digits_model
 
 pytestmark = pytest.mark.integration
 

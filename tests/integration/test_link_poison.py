@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from harness import Inbox, wait_for
 
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.settings import Settings
 from edgefleet import topics
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import DeviceStatus, Receipt, TelemetryEvent, decode_as
 from edgefleet.mqtt import MqttLink
 

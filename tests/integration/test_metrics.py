@@ -12,10 +12,17 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session
 
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.models import Bundle, Device, Event, Rollout, RolloutDevice, utcnow
-from control_plane.settings import Settings
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.core.tables import (
+    Bundle,
+    Device,
+    Event,
+    Rollout,
+    RolloutDevice,
+    utcnow,
+)
 
 pytestmark = pytest.mark.integration
 

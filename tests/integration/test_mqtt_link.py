@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from control_plane.broker import MosquittoBroker
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.errors import TransportError
 from edgefleet.mqtt import BrokerAddress, Incoming, MqttLink, Will
 

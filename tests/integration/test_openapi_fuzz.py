@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from control_plane.broker import MosquittoBroker
-from control_plane.netutil import free_port, wait_for_port
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.netutil import free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 

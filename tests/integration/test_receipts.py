@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from harness import Inbox, wait_for
 
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.settings import Settings
 from edgefleet import topics
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import RECEIPT_MAX_IDS, InstallReport, Receipt, TelemetryEvent, decode_as
 from edgefleet.mqtt import MqttLink
 
@@ -119,7 +119,7 @@ def test_no_receipt_while_the_database_cannot_store_and_one_for_the_resend(
     device = Device(broker, DEVICE)
     database = sqlite3.connect(tmp_path / "cp" / "control-plane.db", isolation_level=None)
     try:
-        caplog.set_level(logging.WARNING, logger="control_plane.link")
+        caplog.set_level(logging.WARNING, logger="edgefleet.control_plane.broker.link")
         # The database, not the message, is at fault: a table gone from under the control plane.
         database.execute("ALTER TABLE event RENAME TO event_away")
         event = TelemetryEvent(kind="inference", data={"count": 3})

@@ -9,9 +9,9 @@ import pytest
 from sqlmodel import Session, create_engine
 from test_rollout_replicas import pg_url  # noqa: F401  (the PostgreSQL database fixture)
 
-from control_plane.bundle_builder import next_release
-from control_plane.db import create_db_and_tables
-from control_plane.models import Bundle
+from edgefleet.control_plane.core.db import create_db_and_tables
+from edgefleet.control_plane.core.tables import Bundle
+from edgefleet.control_plane.services.bundle_builder import next_release
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,14 @@ from test_rollout_replicas import pg_url  # noqa: F401  (the fixture)
 from tuf.api.exceptions import DownloadHTTPError
 from tuf.ngclient import FetcherInterface, Updater
 
-from control_plane.db import create_db_and_tables
-from control_plane.errors import NotFoundError
-from control_plane.models import RepositoryMetadata
-from control_plane.repository import SignedRepository, raise_trust_floor, trust_floors
+from edgefleet.control_plane.core.db import create_db_and_tables
+from edgefleet.control_plane.core.errors import NotFoundError
+from edgefleet.control_plane.core.tables import RepositoryMetadata
+from edgefleet.control_plane.trust.repository import (
+    SignedRepository,
+    raise_trust_floor,
+    trust_floors,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -21,10 +21,10 @@ import pytest
 from fastapi.testclient import TestClient
 from harness import build_bundle, provision_agent, register_model, roll_out, start_agent, wait_for
 
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.digits import train_digits_model
-from control_plane.settings import Settings
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.settings import Settings
+from edgefleet_demo.digits import train_digits_model
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,7 @@ def test_restored_repository_refuses_to_sign_below_the_fleet_until_bumped(
             assert DEVICE in response.json()["detail"]
 
             bump = subprocess.run(
-                [sys.executable, "-m", "control_plane", "repo", "bump", "--data-dir",
+                [sys.executable, "-m", "edgefleet.control_plane", "repo", "bump", "--data-dir",
                  str(settings.data_dir)],
                 capture_output=True, text=True, env=os.environ, timeout=120,
             )  # fmt: skip

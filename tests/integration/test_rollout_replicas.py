@@ -28,11 +28,11 @@ from fastapi.testclient import TestClient
 from harness import provision_agent, register_model, start_agent, wait_for
 from rollout_fleet import SimDevice, add_bundle
 
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.digits import train_digits_model
-from control_plane.netutil import free_port
-from control_plane.settings import Settings
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.netutil import free_port
+from edgefleet.control_plane.core.settings import Settings
+from edgefleet_demo.digits import train_digits_model
 
 pytestmark = pytest.mark.integration
 
@@ -84,8 +84,8 @@ def start_replica(tmp_path: Path, broker: MosquittoBroker, db: str, name: str) -
         "EDGEFLEET_API_AUTH": "false",
     }  # fmt: skip
     command = [
-        sys.executable, "-m", "control_plane", "serve", "--port", str(port), "--log-level",
-        "warning",
+        sys.executable, "-m", "edgefleet.control_plane", "serve", "--port", str(port),
+        "--log-level", "warning",
     ]  # fmt: skip
     log = (tmp_path / f"replica-{name}.log").open("ab")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from harness import wait_for
 from rollout_fleet import Behaviour, SimDevice, add_bundle
 
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.settings import Settings
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,10 @@ import pytest
 from harness import wait_for
 from typer.testing import CliRunner
 
-from control_plane.cli import app as cli
-from control_plane.client import ApiClient
-from control_plane.digits import train_digits_model
-from control_plane.netutil import free_port
+from edgefleet.control_plane.cli.main import app as cli
+from edgefleet.control_plane.client import ApiClient
+from edgefleet.control_plane.core.netutil import free_port
+from edgefleet_demo.digits import train_digits_model
 
 pytestmark = pytest.mark.integration
 BURST = 3
@@ -31,14 +31,14 @@ Serve = Callable[..., str]
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Serve]:
-    """Start `python -m control_plane serve` with extra environment; its base URL."""
+    """Start `python -m edgefleet.control_plane serve` with extra environment; its base URL."""
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(**env: str) -> str:
         port = free_port()
         data_dir = tmp_path / f"cp-{port}"
         log = (tmp_path / f"serve-{port}.log").open("wb")
-        command = [sys.executable, "-m", "control_plane", "serve", "--port", str(port)]
+        command = [sys.executable, "-m", "edgefleet.control_plane", "serve", "--port", str(port)]
         command += ["--data-dir", str(data_dir), "--broker", f"mqtt://127.0.0.1:{free_port()}"]
         process = subprocess.Popen(
             command,

@@ -1,7 +1,8 @@
 """Mosquitto in TLS mode, against the configuration the control plane generates.
 
 Devices enrol through the real API with a CSR and connect with the certificate the
-test's CA (``control_plane.pki``) signed. Negative outcomes on topics are asserted by
+test's CA (``edgefleet.control_plane.trust.pki``) signed. Negative outcomes on topics are asserted
+by
 delivery, as in test_broker_isolation.py: a marker sent after the attack on the same
 path arrives, so anything the attack let through would have arrived before it.
 """
@@ -28,11 +29,16 @@ from tls_fleet import (
     try_connect,
 )
 
-from agent.enrol import load_or_create_key, make_csr
-from control_plane.app import create_app
-from control_plane.broker_security import read_devices
-from control_plane.pki import CertificateAuthority, cert_to_pem, key_to_pem, read_revoked
 from edgefleet import topics
+from edgefleet.agent.enrolment.enrol import load_or_create_key, make_csr
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.security import read_devices
+from edgefleet.control_plane.trust.pki import (
+    CertificateAuthority,
+    cert_to_pem,
+    key_to_pem,
+    read_revoked,
+)
 from edgefleet.fileio import atomic_write
 from edgefleet.mqtt import MqttLink, TlsOptions
 

@@ -1,7 +1,7 @@
 """HTTPS for the API, and a device that enrols over it with a CSR and works over mqtts.
 
 The control plane runs under uvicorn with a server certificate from the test's CA
-(``control_plane.pki``); the device is the real ``edgefleet-agent`` in its own
+(``edgefleet.control_plane.trust.pki``); the device is the real ``edgefleet-agent`` in its own
 processes: ``enrol`` makes its key, sends a CSR and saves the certificate, ``run``
 connects to the TLS broker with it and installs a signed bundle.
 """
@@ -28,17 +28,17 @@ from fastapi.testclient import TestClient
 from harness import wait_for
 from tls_fleet import TIMEOUT, TlsBroker, start_tls_broker
 
-from agent.config import parse_config
-from agent.enrol import EnrolmentError, enrol
-from control_plane.app import create_app
-from control_plane.broker import MosquittoBroker
-from control_plane.client import ApiClient, ApiError
-from control_plane.digits import DigitsModel, train_digits_model
-from control_plane.netutil import free_port, wait_for_port
-from control_plane.pki import CertificateAuthority, PkiFiles, ensure_server_files
-from control_plane.settings import Settings
+from edgefleet.agent.config import parse_config
+from edgefleet.agent.enrolment.enrol import EnrolmentError, enrol
+from edgefleet.control_plane.app import create_app
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.client import ApiClient, ApiError
+from edgefleet.control_plane.core.netutil import free_port, wait_for_port
+from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.trust.pki import CertificateAuthority, PkiFiles, ensure_server_files
 from edgefleet.messages import BundleOffer
 from edgefleet.tensors import encode_tensor
+from edgefleet_demo.digits import DigitsModel, train_digits_model
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +130,7 @@ def tls(tmp_path: Path) -> Iterator[TlsBroker]:
 def agent(*args: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "agent", *args],
+            [sys.executable, "-m", "edgefleet.agent", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from harness import wait_for
 
-from control_plane.repository import SignedRepository
+from edgefleet.control_plane.trust.repository import SignedRepository
 
 pytestmark = pytest.mark.integration
 
 AGENT_STAND_IN = """
 import sys, time
 from pathlib import Path
-from agent.verifier import ProcessVerifier
+from edgefleet.agent.verification.verifier import ProcessVerifier
 
 class NeverAnswers:
     def stream(self, path, max_length):

@@ -1,8 +1,9 @@
 """A Mosquitto broker in TLS mode, set up the way ``edgefleet up --mqtt-tls`` does it.
 
-The test's CA is made by ``control_plane.pki``; ``prepare_tls`` issues the broker's
+The test's CA is made by ``edgefleet.control_plane.trust.pki``; ``prepare_tls`` issues the broker's
 server certificate and the control plane's client certificate from it and writes the
-CRL; the broker runs with exactly the configuration ``control_plane.broker`` renders.
+CRL; the broker runs with exactly the configuration ``edgefleet.control_plane.broker.mosquitto``
+renders.
 ``try_connect`` speaks TLS and MQTT 3.1.1 over a plain socket, so a refusal is seen
 where it happens (handshake or CONNACK) without a client library retrying behind it.
 """
@@ -18,11 +19,11 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from agent.enrol import load_or_create_key, make_csr
-from control_plane.broker import MosquittoBroker, prepare_tls
-from control_plane.broker_security import BrokerAuthFiles
-from control_plane.pki import CertificateAuthority, PkiFiles
-from control_plane.settings import Settings
+from edgefleet.agent.enrolment.enrol import load_or_create_key, make_csr
+from edgefleet.control_plane.broker.mosquitto import MosquittoBroker, prepare_tls
+from edgefleet.control_plane.broker.security import BrokerAuthFiles
+from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.trust.pki import CertificateAuthority, PkiFiles
 from edgefleet.fileio import atomic_write
 from edgefleet.mqtt import TlsOptions
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config, parse_config
-from agent.errors import ConfigError
+from edgefleet.agent.config import load_config, parse_config
+from edgefleet.agent.errors import ConfigError
 
 VALID = """
 device_id = "dev-abc12345"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import JournalError
-from agent.journal import (
+from edgefleet.agent.errors import JournalError
+from edgefleet.agent.install.journal import (
     RESUME,
     TRANSITIONS,
     Journal,

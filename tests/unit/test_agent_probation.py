@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import threading
 
-from agent.config import ProbationConfig
-from agent.telemetry import InferenceStats, LatencyWindow, probation_breach
+from edgefleet.agent.config import ProbationConfig
+from edgefleet.agent.telemetry.counters import InferenceStats, LatencyWindow, probation_breach
 from edgefleet.mqtt import backoff_delay
 
 RULE = ProbationConfig(min_requests=10, max_error_rate=0.1, max_p95_ms=100)

@@ -14,14 +14,14 @@ import platform
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.config import AgentConfig
-from agent.errors import TransferError
-from agent.runtime import ModelHolder
-from agent.slots import SlotStore
-from agent.updater import Installer
-from agent.verifier import InProcessVerifier, ResumingTransport
-from control_plane.errors import NotFoundError
-from control_plane.repository import SignedRepository
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.errors import TransferError
+from edgefleet.agent.inference.runtime import ModelHolder
+from edgefleet.agent.install.slots import SlotStore
+from edgefleet.agent.install.updater import Installer
+from edgefleet.agent.verification.verifier import InProcessVerifier, ResumingTransport
+from edgefleet.control_plane.core.errors import NotFoundError
+from edgefleet.control_plane.trust.repository import SignedRepository
 from edgefleet.messages import BundleOffer, InstallReport
 
 PROFILE = "x86-64-gateway-onnx"

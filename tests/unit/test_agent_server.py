@@ -16,14 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.config import parse_config
-from agent.errors import ConfigError
-from agent.runtime import ActiveModel, ModelHolder, OnnxRuntime
-from agent.server import InferenceServer
-from agent.telemetry import InferenceStats
-from control_plane.digits import DigitsModel, train_digits_model
 from edgefleet import schema
+from edgefleet.agent.config import parse_config
+from edgefleet.agent.errors import ConfigError
+from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, OnnxRuntime
+from edgefleet.agent.inference.server import InferenceServer
+from edgefleet.agent.telemetry.counters import InferenceStats
 from edgefleet.tensors import ModelSignature, encode_tensor
+from edgefleet_demo.digits import DigitsModel, train_digits_model
 
 SIGNATURE = schema.convert(
     {

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import SlotError
-from agent.slots import ActiveRecord, SlotStore
 from edgefleet import schema
+from edgefleet.agent.errors import SlotError
+from edgefleet.agent.install.slots import ActiveRecord, SlotStore
 
 
 def _record(

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.errors import RuntimeLoadError, SmokeTestError
-from agent.runtime import load_runtime
-from agent.smoke import run_smoke_test
-from control_plane.digits import DigitsModel, train_digits_model
 from edgefleet import schema
+from edgefleet.agent.errors import RuntimeLoadError, SmokeTestError
+from edgefleet.agent.inference.runtime import load_runtime
+from edgefleet.agent.install.smoke import run_smoke_test
 from edgefleet.bundle import Manifest, unpack_bundle, write_bundle
 from edgefleet.tensors import ModelSignature
+from edgefleet_demo.digits import DigitsModel, train_digits_model
 
 SIGNATURE = {
     "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],

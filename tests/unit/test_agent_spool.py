@@ -9,8 +9,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-from agent.spool import REPORT, ROW_OVERHEAD, Spool, disk_slack
-from agent.telemetry import LatencyWindow
+from edgefleet.agent.telemetry.counters import LatencyWindow
+from edgefleet.agent.telemetry.spool import REPORT, ROW_OVERHEAD, Spool, disk_slack
 from edgefleet.messages import InstallReport, TelemetryEvent
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import InstallError
-from agent.timefloor import ALLOWED_SKEW, TimeFloor
+from edgefleet.agent.errors import InstallError
+from edgefleet.agent.verification.timefloor import ALLOWED_SKEW, TimeFloor
 from edgefleet.trust import ISSUED_FIELD
 
 SIGNED_AT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from control_plane.broker import broker_user, find_dynsec_plugin, render_config
-from control_plane.broker_security import (
+from edgefleet.control_plane.broker.mosquitto import broker_user, find_dynsec_plugin, render_config
+from edgefleet.control_plane.broker.security import (
     ADMIN_ROLE,
     ADMIN_USER,
     CONTROL_ROLE,
@@ -30,7 +30,7 @@ from control_plane.broker_security import (
     verify_password,
     write_auth_files,
 )
-from control_plane.services.enrolment import RateLimiter
+from edgefleet.control_plane.services.enrolment import RateLimiter
 
 
 def test_password_hash_matches_what_mosquitto_passwd_writes(tmp_path: Path) -> None:

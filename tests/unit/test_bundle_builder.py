@@ -12,15 +12,16 @@ import onnxruntime as ort
 import pytest
 from sqlmodel import Session
 
-from control_plane.bundle_builder import build_bundle, reference_statistics
-from control_plane.db import create_db_and_tables, make_engine
-from control_plane.digits import DigitsModel, train_digits_model
-from control_plane.errors import BuildError, NotFoundError
-from control_plane.models import Bundle
-from control_plane.repository import SignedRepository
-from control_plane.services.models import register_model
-from control_plane.settings import Settings
 from edgefleet.bundle import unpack_bundle
+from edgefleet.control_plane.core.db import create_db_and_tables, make_engine
+from edgefleet.control_plane.core.errors import BuildError, NotFoundError
+from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.core.tables import Bundle
+from edgefleet.control_plane.services.bundle_builder import build_bundle, reference_statistics
+from edgefleet.control_plane.services.model_registry import register_model
+from edgefleet.control_plane.trust.repository import SignedRepository
+from edgefleet.profile import default_profiles_dir
+from edgefleet_demo.digits import DigitsModel, train_digits_model
 
 PROFILE = "x86-64-gateway-onnx"
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -79,7 +80,10 @@ def test_bundle_holds_verified_files_and_smoke_test_reproduces_on_onnxruntime(
     assert manifest.profiles == [PROFILE]
     assert manifest.hardware == ["x86_64"]
     assert manifest.runtime.name == "onnxruntime"
-    assert manifest.metrics["precision"] == "fp32"
+    # Which candidate wins depends on the installed onnxruntime's int8 kernels; whichever
+    # it is, it is one the profile allows and it agreed with the float model on the holdout.
+    assert manifest.metrics["precision"] in {"fp32", "int8"}
+    assert manifest.metrics["agreement"] >= 0.9
     assert "built_at" in manifest.lineage
     assert manifest.smoke_test is not None
     unpacked = tmp_path / "unpacked"
@@ -87,11 +91,13 @@ def test_bundle_holds_verified_files_and_smoke_test_reproduces_on_onnxruntime(
     assert inputs.shape == (16, 64)
     runtime = ort.InferenceSession(str(unpacked / manifest.artifact))
     label, probabilities = runtime.run(["label", "probabilities"], {"input": inputs})
-    np.testing.assert_array_equal(label, np.load(unpacked / manifest.smoke_test.expected["label"]))
+    agreement = np.mean(label == np.load(unpacked / manifest.smoke_test.expected["label"]))
+    assert agreement >= manifest.smoke_test.min_agreement
     np.testing.assert_allclose(
         probabilities,
         np.load(unpacked / manifest.smoke_test.expected["probabilities"]),
-        atol=1e-4,
+        atol=manifest.smoke_test.atol,
+        rtol=manifest.smoke_test.rtol,
     )
 
 
@@ -162,7 +168,7 @@ def test_profile_that_cannot_run_the_model_is_a_build_error(
 ) -> None:
     profiles = tmp_path / "profiles"
     profiles.mkdir()
-    source = (settings.profiles_dir / f"{PROFILE}.toml").read_text()
+    source = (default_profiles_dir() / f"{PROFILE}.toml").read_text()
     (profiles / "tiny-onnx.toml").write_text(
         source.replace(f'name = "{PROFILE}"', 'name = "tiny-onnx"').replace(
             "max_model_bytes = 67108864", "max_model_bytes = 100"

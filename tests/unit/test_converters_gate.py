@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from converters.gate import CandidateResult, GateLimits, choose, judge
+from edgefleet.converters.gate import CandidateResult, GateLimits, choose, judge
 
 LIMITS = GateLimits(max_accuracy_drop=0.01, max_model_bytes=1000, latency_budget_ms=5.0)
 LABELS = np.repeat(np.arange(10), 20)

@@ -7,13 +7,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converters import pipeline
-from converters.candidate import Candidate
-from converters.errors import ConversionError, GateError, UnsupportedOpError
-from converters.pipeline import Holdout, build_for_profile
-from converters.runner import measure_in_worker
-from converters.tflite_build import dense_graph_from_onnx
-from converters.worker_envs import ENV_VAR, spec_for, worker_python
+from edgefleet.converters import pipeline
+from edgefleet.converters.candidate import Candidate
+from edgefleet.converters.errors import ConversionError, GateError, UnsupportedOpError
+from edgefleet.converters.pipeline import Holdout, build_for_profile
+from edgefleet.converters.runner import measure_in_worker
+from edgefleet.converters.tflite_build import dense_graph_from_onnx
+from edgefleet.converters.worker_envs import ENV_VAR, spec_for, worker_python
 from edgefleet.profile import default_profiles_dir, load_profiles, parse_profile
 
 pytestmark = pytest.mark.filterwarnings(
@@ -24,7 +24,7 @@ PROFILES = load_profiles(default_profiles_dir())
 
 @pytest.fixture(scope="module")
 def digits():  # type: ignore[no-untyped-def]
-    from control_plane.digits import train_digits_model
+    from edgefleet_demo.digits import train_digits_model
 
     return train_digits_model(max_iter=80)
 
@@ -194,8 +194,8 @@ def test_cnn_lowers_to_tflite_computing_what_onnxruntime_computes(digits) -> Non
     import onnxruntime as ort
     from ai_edge_litert.interpreter import Interpreter
 
-    from control_plane.digits import build_digits_cnn
-    from converters.tflite_build import build_float_tflite
+    from edgefleet.converters.tflite_build import build_float_tflite
+    from edgefleet_demo.digits import build_digits_cnn
 
     cnn = build_digits_cnn()
     graph = dense_graph_from_onnx(cnn)
@@ -216,7 +216,7 @@ def test_cnn_lowers_to_tflite_computing_what_onnxruntime_computes(digits) -> Non
 
 @pytest.mark.parametrize("name", ["rpi-arm64-litert-int8", "legacy-armv7-tflite214"])
 def test_cnn_builds_for_tflite_profiles_through_the_gate(name: str) -> None:
-    from control_plane.digits import build_digits_cnn, load_split
+    from edgefleet_demo.digits import build_digits_cnn, load_split
 
     _train_x, _train_y, samples, holdout_x, holdout_y = load_split(0)
     outcome = build_for_profile(

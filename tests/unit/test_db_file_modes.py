@@ -8,9 +8,9 @@ from pathlib import Path
 
 from sqlmodel import Session
 
-from control_plane.auth import issue_token
-from control_plane.db import create_db_and_tables, make_engine
-from control_plane.settings import Settings
+from edgefleet.control_plane.core.auth import issue_token
+from edgefleet.control_plane.core.db import create_db_and_tables, make_engine
+from edgefleet.control_plane.core.settings import Settings
 
 
 def test_database_and_its_wal_files_are_0600_under_a_permissive_umask(tmp_path: Path) -> None:

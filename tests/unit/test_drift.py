@@ -120,7 +120,7 @@ def test_constant_reference_feature_drifts_only_when_values_leave_its_bin() -> N
 
 
 def test_reservoir_keeps_at_most_its_size_and_samples_uniformly() -> None:
-    from agent.drift import Reservoir
+    from edgefleet.agent.telemetry.drift import Reservoir
 
     hits = np.zeros(1000)
     for seed in range(300):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from control_plane.drift_rule import DriftRule, device_drifted, evaluate_cohort
+from edgefleet.control_plane.drift.rule import DriftRule, device_drifted, evaluate_cohort
 
 RULE = DriftRule(enter=3, leave=3, min_devices=2, device_share=0.3)
 T, F = True, False

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from sqlmodel import Session, func, select
 
-from control_plane.db import create_db_and_tables, make_engine
-from control_plane.models import Device, Event
-from control_plane.services.events import ingest_event, ingest_events
-from control_plane.settings import Settings
+from edgefleet.control_plane.core.db import create_db_and_tables, make_engine
+from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.core.tables import Device, Event
+from edgefleet.control_plane.services.events import ingest_event, ingest_events
 from edgefleet.messages import TelemetryEvent
 
 

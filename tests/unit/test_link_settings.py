@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from control_plane.link import rejection_reason, stable_shared_group
-from control_plane.settings import Settings
+from edgefleet.control_plane.broker.link import rejection_reason, stable_shared_group
+from edgefleet.control_plane.core.settings import Settings
 from edgefleet.errors import MessageError
 from edgefleet.messages import decode_message
 

@@ -16,16 +16,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.enrol import load_or_create_key, make_csr
-from control_plane.broker import prepare_tls, render_config
-from control_plane.broker_security import (
+from edgefleet.agent.enrolment.enrol import load_or_create_key, make_csr
+from edgefleet.control_plane.broker.mosquitto import prepare_tls, render_config
+from edgefleet.control_plane.broker.security import (
     CONTROL_ROLE,
     BrokerAuthFiles,
     add_control_identity,
     render_dynsec_config,
     write_auth_files,
 )
-from control_plane.pki import (
+from edgefleet.control_plane.trust.pki import (
     CertificateAuthority,
     CsrError,
     PkiError,

@@ -13,8 +13,8 @@ from tuf.api.exceptions import DownloadHTTPError, RepositoryError, UnsignedMetad
 from tuf.api.metadata import Metadata, Root, Timestamp
 from tuf.ngclient import FetcherInterface, Updater
 
-from control_plane.errors import InvalidRequestError, NotFoundError
-from control_plane.repository import SignedRepository
+from edgefleet.control_plane.core.errors import InvalidRequestError, NotFoundError
+from edgefleet.control_plane.trust.repository import SignedRepository
 from edgefleet.trust import ISSUED_FIELD, issued_at
 
 PREFIX = "mqtt://repo/"

@@ -19,9 +19,9 @@ from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
 
-from control_plane.errors import NotFoundError
-from control_plane.keyring import SigningError
-from control_plane.repository import SignedRepository
+from edgefleet.control_plane.core.errors import NotFoundError
+from edgefleet.control_plane.trust.keyring import SigningError
+from edgefleet.control_plane.trust.repository import SignedRepository
 
 PREFIX = "mqtt://repo/"
 

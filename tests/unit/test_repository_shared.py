@@ -19,11 +19,11 @@ from sqlmodel import Session, select
 from tuf.api.exceptions import BadVersionNumberError, DownloadHTTPError
 from tuf.ngclient import FetcherInterface, Updater
 
-from agent.verifier import trusted_versions, tuf_metadata_dir
-from control_plane.errors import ConflictError, NotFoundError
-from control_plane.keyring import SigningError
-from control_plane.models import RepositoryMetadata
-from control_plane.repository import (
+from edgefleet.agent.verification.verifier import trusted_versions, tuf_metadata_dir
+from edgefleet.control_plane.core.errors import ConflictError, NotFoundError
+from edgefleet.control_plane.core.tables import RepositoryMetadata
+from edgefleet.control_plane.trust.keyring import SigningError
+from edgefleet.control_plane.trust.repository import (
     SignedRepository,
     TrustFloorError,
     create_repository_tables,

@@ -14,10 +14,9 @@ import pytest
 from harness import wait_for
 from pydantic import ValidationError
 
-from control_plane.digits import train_digits_model
-from control_plane.hooks import RetrainHookSpec, load_hooks_file
-from control_plane.retrain_digits import shift_digits, train_shift_aware
-from control_plane.retraining import (
+from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.drift.hook_config import RetrainHookSpec, load_hooks_file
+from edgefleet.control_plane.drift.hook_runner import (
     HOOK_PATH,
     OUTPUT_LIMIT,
     HookError,
@@ -25,7 +24,8 @@ from control_plane.retraining import (
     compare_models,
     run_hook,
 )
-from control_plane.settings import Settings
+from edgefleet_demo.digits import train_digits_model
+from edgefleet_demo.retrain_digits import shift_digits, train_shift_aware
 
 
 def context(tmp_path: Path) -> RetrainContext:

@@ -10,7 +10,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import ValidationError
 from sqlmodel import Session, SQLModel, create_engine, select
 
-from control_plane.models import (
+from edgefleet.control_plane.core.tables import (
     Bundle,
     Device,
     ModelPolicy,
@@ -18,12 +18,12 @@ from control_plane.models import (
     RetrainingRequest,
     utcnow,
 )
-from control_plane.schedules import (
+from edgefleet.control_plane.jobs.schedules import (
     CRON_JOB_PREFIX,
     request_scheduled_retraining,
     sync_cron_jobs,
 )
-from control_plane.services.devices import mark_stale_devices
+from edgefleet.control_plane.services.devices import mark_stale_devices
 
 
 @pytest.fixture

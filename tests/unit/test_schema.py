@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, ProbationConfig
-from agent.journal import Journal
-from agent.slots import SlotStore, read_slot_manifest
 from edgefleet import schema
+from edgefleet.agent.config import AgentConfig, ProbationConfig
+from edgefleet.agent.install.journal import Journal
+from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
 from edgefleet.errors import FieldError, MessageError
 from edgefleet.messages import BundleOffer, TelemetryEvent, decode_message
 from edgefleet.tensors import ModelSignature, TensorSpec

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.config import parse_config
-from agent.errors import ConfigError
-from control_plane.settings import Settings
+from edgefleet.agent.config import parse_config
+from edgefleet.agent.errors import ConfigError
+from edgefleet.control_plane.core.settings import Settings
 from edgefleet.errors import TransportError
 from edgefleet.mqtt import BrokerAddress, MqttLink, TlsOptions
 

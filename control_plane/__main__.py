@@ -1,3 +1,0 @@
-from control_plane.cli import main
-
-main()

@@ -1,0 +1,143 @@
+"""``edgefleet-agent``: ``run`` the daemon, or print the installed ``status`` from disk."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sqlite3
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edgefleet.agent import __version__
+from edgefleet.agent.config import AgentConfig, load_config
+from edgefleet.agent.errors import AgentError, SlotError
+from edgefleet.agent.install.slots import SlotStore
+
+logger = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgefleet-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("run", "run the agent until SIGTERM/SIGINT"),
+        ("status", "print the installed model, journal, spool and link state from disk"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--config", type=Path, required=True, help="path to agent.toml")
+        command.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    enrol = commands.add_parser("enrol", help="trade a one-time token for broker credentials")
+    enrol.add_argument("--config", type=Path, required=True, help="path to agent.toml")
+    enrol.add_argument("--api", required=True, help="control plane URL, e.g. http://host:8000")
+    enrol.add_argument("--token", required=True, help="one-time enrolment token")
+    enrol.add_argument("--ca-file", type=Path, help="CA that verifies an https:// control plane")
+    enrol.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    return parser
+
+
+def print_status(config: AgentConfig) -> int:
+    """Print what is installed according to ``active.json``; exit status 0 either way."""
+    store = SlotStore(config.data_dir)
+    try:
+        record = store.read_active()
+    except SlotError as e:
+        print(f"device_id: {config.device_id}\ninstalled: unknown ({e})")
+        return 1
+    lines = [f"device_id: {config.device_id}", f"profile: {config.profile}"]
+    if record is None:
+        lines.append("installed: no")
+    else:
+        lines += [
+            "installed: yes",
+            f"model: {record.model}",
+            f"model_version: {record.model_version}",
+            f"bundle_id: {record.bundle_id}",
+            f"release: {record.release}",
+            f"highest_release: {record.highest()}",
+            f"slot: {record.slot}",
+            f"slot_dir: {store.slot_dir(record.slot)}",
+        ]
+    lines += _journal_lines(config) + _daemon_lines(config)
+    print("\n".join(lines))
+    return 0
+
+
+def _journal_lines(config: AgentConfig) -> list[str]:
+    from edgefleet.agent.install.journal import Journal
+
+    record = Journal(config.data_dir).read()
+    if record is None:
+        return ["journal: empty"]
+    lines = [
+        f"journal_state: {record.state}",
+        f"journal_bundle_id: {record.bundle_id}",
+        f"journal_history: {' -> '.join(record.history)}",
+    ]
+    if record.reason:
+        lines.append(f"journal_reason: {record.reason}")
+    return lines
+
+
+def _daemon_lines(config: AgentConfig) -> list[str]:
+    """Spool depth (read from the database) and link state (from the daemon's status file)."""
+    from edgefleet.agent.daemon import SPOOL_FILE, status_path
+
+    lines = []
+    spool = Path(config.data_dir) / SPOOL_FILE
+    if spool.exists():
+        try:
+            with sqlite3.connect(f"file:{spool}?mode=ro", uri=True) as db:
+                depth = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            lines.append(f"spool_depth: {depth}")
+        except sqlite3.Error as e:
+            lines.append(f"spool_depth: unknown ({e})")
+    else:
+        lines.append("spool_depth: 0")
+    try:
+        status = json.loads(status_path(config.data_dir).read_text())
+        lines += [
+            f"link: {status.get('link')} (as of {status.get('updated_at', 0):.0f}, "
+            f"pid {status.get('pid')})",
+            f"serving: {status.get('serving')}",
+        ]
+    except (OSError, ValueError):
+        lines.append("link: unknown (agent not running)")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``edgefleet-agent`` and ``python -m edgefleet.agent``."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        config = load_config(args.config)
+        if args.command == "status":
+            return print_status(config)
+        if args.command == "enrol":
+            from edgefleet.agent.enrolment.enrol import (
+                CertificateCredentials,
+                credentials_path,
+                enrol,
+            )
+
+            issued = enrol(config, api_url=args.api, token=args.token, ca_file=args.ca_file)
+            saved = (
+                issued.cert_file
+                if isinstance(issued, CertificateCredentials)
+                else credentials_path(config.data_dir)
+            )
+            print(f"enrolled {config.device_id}; credentials in {saved}")
+            return 0
+        from edgefleet.agent.daemon import Agent
+
+        Agent(config).run()
+    except AgentError as e:
+        print(f"edgefleet-agent: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,180 @@
+"""The agent's configuration: one TOML file, validated once at start-up.
+
+Unknown keys are refused (``forbid_unknown_fields``) so a typo fails loudly with the
+name of the field instead of being silently ignored. Paths are read from TOML strings
+and numbers from TOML integers or floats; nothing else is coerced.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, field
+
+from edgefleet import schema, topics
+from edgefleet.agent.errors import ConfigError
+from edgefleet.errors import FieldError
+from edgefleet.mqtt import BrokerAddress, TlsOptions
+
+
+class _Section(schema.Struct, frozen=True, forbid_unknown_fields=True):
+    """A table of ``agent.toml``: read-only, every key declared."""
+
+
+class InferenceConfig(_Section, frozen=True, kw_only=True):
+    """Where the local Open Inference Protocol endpoint listens."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8501
+    max_concurrency: Annotated[int, Meta(ge=1, le=1024)] = 4
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024 * 1024
+    # NaN/±Inf inputs: "reject" (400) or "allow"; per model name in [inference.nan_policy_by_model]
+    nan_policy: Literal["reject", "allow"] = "reject"
+    nan_policy_by_model: dict[str, Literal["reject", "allow"]] = field(default_factory=dict)
+
+
+class FetchConfig(_Section, frozen=True, kw_only=True):
+    """How bundles are pulled over MQTT, and how long a broken download keeps trying."""
+
+    chunk_kib: Annotated[int, Meta(ge=1, le=256)] = 128
+    window: Annotated[int, Meta(ge=1, le=64)] = 8
+    timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    retries: Annotated[int, Meta(ge=0)] = 3
+    resume_attempts: Annotated[int, Meta(ge=0)] = 10
+    reconnect_wait_s: Annotated[float, Meta(gt=0)] = 120.0
+
+
+class ProbationConfig(_Section, frozen=True, kw_only=True):
+    """The health rule a new model must keep before it is committed."""
+
+    seconds: Annotated[float, Meta(ge=0)] = 60.0
+    max_requests: Annotated[int, Meta(ge=0)] = 0  # commit early after this many; 0 = off
+    min_requests: Annotated[int, Meta(ge=1)] = 20  # judge the rule only past this many
+    max_error_rate: Annotated[float, Meta(ge=0, le=1)] = 0.05
+    max_p95_ms: Annotated[float, Meta(gt=0)] = 500.0
+
+
+class TelemetryConfig(_Section, frozen=True, kw_only=True):
+    """The store-and-forward spool and what the agent reports through it."""
+
+    window_s: Annotated[float, Meta(gt=0)] = 10.0
+    spool_max_mb: Annotated[float, Meta(gt=0)] = 64.0
+    replay_per_s: Annotated[float, Meta(gt=0)] = 500.0
+    max_inflight: Annotated[int, Meta(ge=1)] = 100  # published, no PUBACK yet
+    max_unreceipted: Annotated[int, Meta(ge=1)] = 1000  # published, no receipt yet
+    receipt_timeout_s: Annotated[float, Meta(gt=0)] = 30.0  # then sent again
+
+
+class DriftConfig(_Section, frozen=True, kw_only=True):
+    """Drift scoring on the device; the reservoir sample for retraining is off (0) by default."""
+
+    sample_size: Annotated[int, Meta(ge=0, le=500)] = 0  # rows sampled per window; 0 = off
+
+
+class LinkConfig(_Section, frozen=True, kw_only=True):
+    """Reconnect backoff bounds (exponential with jitter between them), and how soon a
+    broker that stopped answering is noticed: a ping after ``keepalive_s`` of silence,
+    the link dropped when its answer is ``keepalive_s`` late (so within about twice
+    ``keepalive_s``), and unacknowledged bytes on the socket time it out after
+    ``2 * keepalive_s`` (TCP_USER_TIMEOUT, for a broker whose host vanished)."""
+
+    reconnect_min_s: Annotated[float, Meta(gt=0)] = 1.0
+    reconnect_max_s: Annotated[float, Meta(gt=0)] = 30.0
+    keepalive_s: Annotated[int, Meta(ge=1, le=65535)] = 3
+
+
+class TlsConfig(_Section, frozen=True, kw_only=True):
+    """TLS to an ``mqtts://`` broker: the CA that verifies it, and the device's certificate.
+
+    With ``cert_file`` and ``key_file``, ``edgefleet-agent enrol`` makes the private key
+    here (P-256, mode 0600), sends a CSR and saves the certificate it is given; the
+    daemon then connects with them. Without ``ca_file`` the system's trust store
+    verifies the broker (and enrolment writes the CA it receives to ``ca_file`` when
+    that file does not exist yet).
+    """
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise FieldError(missing, "cert_file and key_file go together")
+        if self.cert_file is not None and self.cert_file == self.key_file:
+            raise FieldError("key_file", "cert_file and key_file must be different files")
+
+    @property
+    def client_certificate(self) -> bool:
+        return self.cert_file is not None
+
+    def options(self) -> TlsOptions:
+        return TlsOptions(self.ca_file, self.cert_file, self.key_file)
+
+
+class AgentConfig(_Section, frozen=True, kw_only=True):
+    """Everything the agent needs to run, as read from ``agent.toml``."""
+
+    device_id: str
+    profile: Annotated[str, Meta(min_length=1)]
+    broker: str = "mqtt://127.0.0.1:1883"
+    data_dir: Path
+    trust_root: Path
+    disk_budget_mb: Annotated[float, Meta(gt=0)] = 2048.0
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    probation: ProbationConfig = field(default_factory=ProbationConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    link: LinkConfig = field(default_factory=LinkConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    tls: TlsConfig | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not topics.is_device_id(self.device_id):
+            raise FieldError("device_id", f"must match {topics.DEVICE_ID_RE.pattern}")
+        try:
+            address = BrokerAddress.parse(self.broker)
+        except ValueError as e:  # its message is readable as it is
+            raise FieldError("broker", str(e)) from e
+        if self.tls is not None and not address.tls:
+            raise FieldError("tls", "a [tls] section needs an mqtts:// broker")
+
+    @property
+    def broker_address(self) -> BrokerAddress:
+        return BrokerAddress.parse(self.broker)
+
+    @property
+    def tls_options(self) -> TlsOptions | None:
+        """What the link needs for an ``mqtts://`` broker (None for ``mqtt://``)."""
+        if not self.broker_address.tls:
+            return None
+        return self.tls.options() if self.tls is not None else TlsOptions()
+
+
+def parse_config(text: str, *, source: str = "<config>") -> AgentConfig:
+    """Validate TOML ``text``; ``ConfigError`` names the first offending field."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source} is not valid TOML: {e}") from e
+    try:
+        return schema.convert(raw, AgentConfig)
+    except msgspec.ValidationError as e:
+        # A misspelt key also makes the intended one "missing": msgspec reports the
+        # unknown key first, as it checks for missing ones only once every key is read.
+        field, reason = schema.locate(e)
+        raise ConfigError(f"{reason} (in {source})", field=field) from e
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate the config file at ``path``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from e
+    return parse_config(text, source=str(path))

@@ -1,0 +1,458 @@
+"""The agent process: MQTT link, offer worker and inference endpoint wired together.
+
+Start-up never depends on the broker: the endpoint serves the installed model at
+once and the link connects (and reconnects) in the background. Every connect
+publishes a retained ``DeviceStatus``; the broker publishes the last will (offline)
+if the agent vanishes, and a clean shutdown publishes offline itself.
+
+Telemetry and install reports go through the spool (``edgefleet.agent.telemetry.spool``) and its
+forwarder, never straight to the link: a row leaves the spool only when the control
+plane's ``Receipt`` on ``down/receipt`` names it. A small ``status.json`` (written
+atomically every second) tells ``edgefleet-agent status`` the link state and spool
+depth; the retained ``DeviceStatus`` carries the spool depth too, republished when it
+changes materially (``spool_depth_changed``), at most every ``STATUS_DEPTH_EVERY_S``.
+
+Every handler of a down topic survives any payload: what does not decode as the
+message it expects is logged with its topic and dropped (and ``edgefleet.mqtt``
+catches anything a handler still raises, so paho's network thread never dies).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import numpy as np
+
+from edgefleet import topics
+from edgefleet.agent import __version__
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.enrolment.credentials import Credentials, load_credentials
+from edgefleet.agent.errors import ConfigError, RuntimeLoadError, SlotError
+from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, load_runtime
+from edgefleet.agent.inference.server import InferenceServer
+from edgefleet.agent.install.journal import Journal
+from edgefleet.agent.install.shadow import ShadowRunner
+from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
+from edgefleet.agent.install.updater import Installer, OfferWorker, ensure_trust_root
+from edgefleet.agent.telemetry.counters import (
+    InferenceStats,
+    inference_event,
+    install_event,
+    resource_event,
+)
+from edgefleet.agent.telemetry.drift import DriftSupervisor
+from edgefleet.agent.telemetry.forwarder import Forwarder
+from edgefleet.agent.telemetry.spool import Spool
+from edgefleet.agent.verification.fetcher import MqttFetcher
+from edgefleet.agent.verification.verifier import (
+    InProcessVerifier,
+    ProcessVerifier,
+    ResumingTransport,
+    downloads_dir,
+    trusted_versions,
+)
+from edgefleet.bundle import verify_directory
+from edgefleet.errors import BundleError, MessageError, TransportError
+from edgefleet.fileio import atomic_write
+from edgefleet.messages import (
+    BundleOffer,
+    DeviceCommand,
+    DeviceStatus,
+    InstallReport,
+    Receipt,
+    TelemetryEvent,
+    decode_as,
+)
+from edgefleet.mqtt import Incoming, MqttLink, Will
+from edgefleet.topics import Down, Up
+
+logger = logging.getLogger(__name__)
+
+SESSION_EXPIRY = 7 * 24 * 3600
+SHUTDOWN_ACK_TIMEOUT = 3.0
+STATUS_FILE = "status.json"
+SPOOL_FILE = "spool.sqlite"
+STATUS_EVERY_S = 1.0
+STATUS_DEPTH_EVERY_S = 5.0
+"""Least time between two statuses republished for a new spool depth."""
+
+
+def spool_depth_changed(published: int | None, depth: int) -> bool:
+    """Whether ``depth`` differs materially from the depth last published: emptied, no
+    longer empty, or moved by at least 10 % (and by at least 10 rows)."""
+    if published is None:
+        return True
+    if (published == 0) != (depth == 0):
+        return True
+    return abs(depth - published) >= max(10, published // 10)
+
+
+def device_status(
+    profile: str,
+    model: ActiveModel | None,
+    *,
+    online: bool,
+    spool_depth: int | None = None,
+    trusted: dict[str, int] | None = None,
+) -> DeviceStatus:
+    """The retained ``up/status`` message: online or not, what is serving, spool depth,
+    the metadata versions it trusts."""
+    return DeviceStatus(
+        online=online,
+        spool_depth=spool_depth,
+        profile=profile,
+        agent_version=__version__,
+        model=model.name if model else None,
+        model_version=model.version if model else None,
+        bundle_id=model.bundle_id if model else None,
+        release=model.release if model else None,
+        trusted_versions=trusted,
+    )
+
+
+def agent_link(config: AgentConfig, credentials: Credentials | None = None) -> MqttLink:
+    """The device's one MQTT session: its id as client id, persistent, with an offline will."""
+    offline = device_status(config.profile, None, online=False)
+    return MqttLink(
+        client_id=config.device_id,
+        broker=config.broker_address,
+        username=credentials.username if credentials else None,
+        password=credentials.password if credentials else None,
+        clean_start=False,
+        session_expiry=SESSION_EXPIRY,
+        will=Will(topics.up(config.device_id, Up.STATUS), offline.to_bytes(), retain=True),
+        reconnect_min_delay=config.link.reconnect_min_s,
+        reconnect_max_delay=config.link.reconnect_max_s,
+        keepalive=config.link.keepalive_s,
+        tls=config.tls_options,
+    )
+
+
+def agent_fetcher(link: MqttLink, config: AgentConfig) -> MqttFetcher:
+    """Repository files over ``link``, sized by ``[fetch]``, resumable in ``downloads/parts``."""
+    return MqttFetcher(
+        link,
+        config.device_id,
+        chunk_size=config.fetch.chunk_kib * 1024,
+        window=config.fetch.window,
+        timeout=config.fetch.timeout_s,
+        retries=config.fetch.retries,
+        part_dir=downloads_dir(config.data_dir) / "parts",
+    )
+
+
+def agent_verifier(
+    link: MqttLink, config: AgentConfig, *, isolated: bool = True
+) -> ProcessVerifier | InProcessVerifier:
+    """TUF verification fed by ``link``, waiting out broker outages per ``[fetch]``.
+
+    ``isolated`` (the daemon) runs each verification in a child process, so python-tuf
+    never enters the agent's own memory; the fleet simulator runs it in-process.
+    """
+    transport = ResumingTransport(
+        agent_fetcher(link, config),
+        link_ready=link.wait_connected,
+        attempts=config.fetch.resume_attempts,
+        wait_s=config.fetch.reconnect_wait_s,
+    )
+    if isolated:
+        return ProcessVerifier(config.data_dir, transport)
+    return InProcessVerifier(config.data_dir, transport)
+
+
+def status_path(data_dir: Path) -> Path:
+    return Path(data_dir) / STATUS_FILE
+
+
+def load_active_model(slots: SlotStore) -> ActiveModel | None:
+    """The installed model, re-verified against its manifest; None when absent or broken.
+
+    A broken slot must not stop the agent: it starts with no model (ready = 503)
+    and the next offer installs a good one.
+    """
+    try:
+        record = slots.read_active()
+        if record is None:
+            logger.info("no model installed yet")
+            return None
+        slot_dir = slots.slot_dir(record.slot)
+        manifest = read_slot_manifest(slot_dir)
+        verify_directory(slot_dir, manifest)
+        if manifest.bundle_id != record.bundle_id:
+            raise SlotError(
+                f"slot {record.slot} holds {manifest.bundle_id}, not {record.bundle_id}"
+            )
+        model = ActiveModel.from_manifest(manifest, load_runtime(manifest, slot_dir))
+    except (SlotError, BundleError, RuntimeLoadError, OSError) as e:
+        logger.error("installed model unusable, starting without one reason=%s", e)
+        return None
+    logger.info(
+        "model loaded bundle_id=%s release=%d slot=%s",
+        record.bundle_id,
+        record.release,
+        record.slot,
+    )
+    return model
+
+
+class Agent:
+    """One running device agent; ``start()`` then ``stop()`` (or ``run()`` until a signal)."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.device_id = config.device_id
+        self.slots = SlotStore(config.data_dir)
+        self.holder = ModelHolder()
+        self.stats = InferenceStats()
+        self._stopped = threading.Event()
+        self._link_since = time.time()
+        credentials = load_credentials(config.data_dir)  # written by `edgefleet-agent enrol`
+        try:
+            self.link = agent_link(config, credentials)
+        except TransportError as e:  # a missing certificate: not enrolled yet
+            raise ConfigError(f"{e} (run `edgefleet-agent enrol` first?)", field="tls") from e
+        self.spool = Spool(
+            Path(config.data_dir) / SPOOL_FILE,
+            max_bytes=int(config.telemetry.spool_max_mb * 2**20),
+            expect_existing=status_path(config.data_dir).exists(),
+        )
+        self.forwarder = Forwarder(
+            self.spool,
+            self.link,
+            self.device_id,
+            rate=config.telemetry.replay_per_s,
+            max_inflight=config.telemetry.max_inflight,
+            max_unreceipted=config.telemetry.max_unreceipted,
+            receipt_timeout=config.telemetry.receipt_timeout_s,
+            on_tick=self._periodic,
+        )
+        self._published_depth: int | None = None
+        self._next_depth_status = 0.0
+        self.shadow = ShadowRunner(config.data_dir, self.emit)
+        self.installer = Installer(
+            config=config,
+            slots=self.slots,
+            holder=self.holder,
+            verifier=agent_verifier(self.link, config),
+            report=self.publish_report,
+            on_active=self.publish_status,
+            stats=self.stats,
+            shadow=self.shadow,
+        )
+        self.worker = OfferWorker(self.installer)
+        self.drift = DriftSupervisor(self.slots, self.emit, sample_size=config.drift.sample_size)
+        self.server = InferenceServer(
+            self.holder,
+            host=config.inference.host,
+            port=config.inference.port,
+            max_concurrency=config.inference.max_concurrency,
+            max_body_bytes=config.inference.max_body_bytes,
+            nan_policy=config.inference.nan_policy,
+            nan_policy_by_model=config.inference.nan_policy_by_model,
+            observer=self.stats.record,
+            input_observer=self.observe_request,
+        )
+        self._next_window = time.monotonic() + config.telemetry.window_s
+        self._next_status = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the installed model, open the endpoint, start MQTT; returns at once."""
+        ensure_trust_root(self.config)
+        self.holder.swap(load_active_model(self.slots))
+        self.server.start()
+        self.worker.start()
+        self.forwarder.start()
+        self.link.on_connect(self.publish_status)
+        self.link.subscribe(topics.down(self.device_id, Down.OFFER), self.handle_offer, qos=1)
+        self.link.subscribe(topics.down(self.device_id, Down.COMMAND), self.handle_command, qos=1)
+        self.link.subscribe(topics.down(self.device_id, Down.RECEIPT), self.handle_receipt, qos=1)
+        self.link.start()
+        logger.info(
+            "agent started device_id=%s broker=%s", self.device_id, self.config.broker_address.url()
+        )
+
+    def stop(self) -> None:
+        """Say offline (bounded wait for the ack), then stop everything."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.server.stop()
+        self.drift.stop()
+        self.worker.stop()
+        self.shadow.close()
+        self.forwarder.stop()
+        # The window still open holds requests already answered: spool them (the spool
+        # outlives the process) so a clean stop never loses a count.
+        self.stats.fold()
+        elapsed = self.config.telemetry.window_s - (self._next_window - time.monotonic())
+        self._close_window(max(elapsed, 0.0))
+        self.spool.close()
+        if self.link.connected:
+            try:
+                self.link.publish(
+                    topics.up(self.device_id, Up.STATUS),
+                    self._status(online=False).to_bytes(),
+                    qos=1,
+                    retain=True,
+                    wait=SHUTDOWN_ACK_TIMEOUT,
+                )
+            except TransportError as e:
+                logger.warning("offline status not acknowledged reason=%s", e)
+        self.link.stop()
+        logger.info("agent stopped device_id=%s", self.device_id)
+
+    def run(self) -> None:
+        """Run until SIGTERM/SIGINT; a second signal exits at once."""
+        shutdown = threading.Event()
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            if shutdown.is_set():
+                logger.warning("second signal, forcing exit signal=%d", signum)
+                raise SystemExit(128 + signum)
+            logger.info("shutting down signal=%d", signum)
+            shutdown.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        try:
+            while not shutdown.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+    # -- MQTT ------------------------------------------------------------------------
+
+    def handle_offer(self, incoming: Incoming) -> None:
+        """Network thread: validate and queue; the install runs on the worker."""
+        try:
+            offer = decode_as(incoming.payload, BundleOffer, topic=incoming.topic)
+        except MessageError as e:
+            logger.warning("dropped invalid offer topic=%s reason=%s", incoming.topic, e)
+            return
+        logger.info("offer received bundle_id=%s release=%d", offer.bundle_id, offer.release)
+        self.worker.submit(offer)
+
+    def handle_command(self, incoming: Incoming) -> None:
+        """Network thread: validate and queue a command for the worker."""
+        try:
+            command = decode_as(incoming.payload, DeviceCommand, topic=incoming.topic)
+        except MessageError as e:
+            logger.warning("dropped invalid command topic=%s reason=%s", incoming.topic, e)
+            return
+        logger.info("command received command=%s id=%s", command.command, command.command_id)
+        self.worker.submit(command)
+
+    def handle_receipt(self, incoming: Incoming) -> None:
+        """Network thread: hand the receipted event ids to the forwarder, nothing more."""
+        try:
+            receipt = decode_as(incoming.payload, Receipt, topic=incoming.topic)
+        except MessageError as e:
+            logger.warning("dropped invalid receipt topic=%s reason=%s", incoming.topic, e)
+            return
+        self.forwarder.receive(receipt.event_ids)
+
+    def publish_report(self, report: InstallReport) -> None:
+        """Install progress for ``up/report``, kept in the spool until the control plane
+        receipts it (sent again otherwise, across restarts too), and as an install event."""
+        self.spool.append_report(report)
+        self.emit(install_event(report))
+
+    def observe_request(
+        self, model: ActiveModel, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+    ) -> None:
+        """After each answered request: drift scoring and the shadow model's comparison."""
+        self.drift.observe(model, feeds, outputs)
+        self.shadow.observe(model, feeds, outputs)
+
+    def emit(self, event: TelemetryEvent) -> None:
+        """Accept a telemetry event into the spool (it is sent when the broker is reachable)."""
+        self.spool.append(event)
+
+    def _periodic(self) -> None:
+        """Forwarder thread, every tick: fold request stats, close windows, refresh status.json."""
+        self.stats.fold()
+        now = time.monotonic()
+        if now >= self._next_window:
+            window_s = self.config.telemetry.window_s
+            self._next_window = now + window_s
+            self._close_window(window_s)
+            self.shadow.flush(window_s)
+            self.emit(resource_event(self.config.data_dir))
+        if now >= self._next_status:
+            self._next_status = now + STATUS_EVERY_S
+            self.write_status_file()
+        if (
+            now >= self._next_depth_status
+            and self.link.connected
+            and spool_depth_changed(self._published_depth, self.spool.depth())
+        ):
+            self._next_depth_status = now + STATUS_DEPTH_EVERY_S
+            self.publish_status()
+
+    def _close_window(self, window_s: float) -> None:
+        """Spool the requests answered since the last window as one inference event."""
+        window = self.stats.take_window()
+        model = self.holder.current()
+        if window.count:
+            self.emit(
+                inference_event(
+                    window,
+                    window_s,
+                    model.bundle_id if model else None,
+                    model.release if model else None,
+                )
+            )
+
+    def write_status_file(self) -> None:
+        """What ``edgefleet-agent status`` shows that only the running daemon knows."""
+        record = Journal(self.config.data_dir).read()
+        model = self.holder.current()
+        status = {
+            "pid": os.getpid(),
+            "updated_at": time.time(),
+            "link": "connected" if self.link.connected else "disconnected",
+            "broker": self.config.broker_address.url(),
+            "spool_depth": self.spool.depth(),
+            "telemetry_sent": self.forwarder.sent,
+            "telemetry_acked": self.forwarder.acked,
+            "telemetry_receipted": self.forwarder.receipted,
+            "telemetry_unreceipted": self.forwarder.unreceipted,
+            "spool_bytes": self.spool.disk_bytes(),
+            "spool_recreated": self.spool.recreated,
+            "serving": model.bundle_id if model else None,
+            "journal_state": record.state if record else None,
+        }
+        try:
+            atomic_write(status_path(self.config.data_dir), json.dumps(status).encode() + b"\n")
+        except OSError as e:
+            logger.warning("status file not written reason=%s", e)
+
+    def publish_status(self) -> None:
+        """Retained status: online, and what is installed (runs on connect and after install)."""
+        self.link.publish(
+            topics.up(self.device_id, Up.STATUS),
+            self._status(online=True).to_bytes(),
+            qos=1,
+            retain=True,
+        )
+
+    def _status(self, *, online: bool) -> DeviceStatus:
+        depth = self.spool.depth()
+        self._published_depth = depth
+        return device_status(
+            self.config.profile,
+            self.holder.current(),
+            online=online,
+            spool_depth=depth,
+            trusted=trusted_versions(self.config.data_dir),
+        )

@@ -1,0 +1,1 @@
+"""What the device reports: counters, drift windows, and the spool that loses nothing offline."""

@@ -1,0 +1,284 @@
+"""Drift detection on the device, kept off the inference path.
+
+The inference path only puts its input batch on a bounded queue (a dropped batch
+is counted, never waited for); a background thread feeds the detector and
+publishes one ``drift`` telemetry event per full window through the spool.
+Memory stays bounded: the queue holds at most ``max_queued_rows`` rows and the
+detector one count per reference bin per feature.
+
+Optional and off by default (``[drift] sample_size``): a capped reservoir sample
+(Algorithm R, uniform over every row seen) of the inputs and the model's top-1
+answers since the previous window, sent with each window as a ``sample`` event of
+the lowest priority, for retraining (``GET /api/v1/events?kind=sample``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefleet.agent.errors import SlotError
+from edgefleet.agent.inference.runtime import ActiveModel
+from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
+from edgefleet.bundle import BundleError, Manifest
+from edgefleet.drift import DriftDetector, DriftReport, DriftThresholds, Reference
+from edgefleet.messages import TelemetryEvent, TelemetryKind
+from edgefleet.tensors import top1_classes
+
+logger = logging.getLogger(__name__)
+
+DRIFT_PRIORITY = 1
+SAMPLE_PRIORITY = 3  # dropped first when the spool is full
+
+
+class Reservoir:
+    """A uniform sample of at most ``size`` (input row, answer) pairs of all offered."""
+
+    def __init__(self, size: int, seed: int | None = None) -> None:
+        self.size = size
+        self.seen = 0
+        self._rows: list[tuple[np.ndarray, int | None]] = []
+        self._random = random.Random(seed)
+
+    def offer(self, inputs: np.ndarray, answers: np.ndarray | None) -> None:
+        for i, row in enumerate(inputs):
+            self.seen += 1
+            answer = None if answers is None else int(answers[i])
+            if len(self._rows) < self.size:
+                self._rows.append((row, answer))
+            else:
+                j = self._random.randrange(self.seen)
+                if j < self.size:
+                    self._rows[j] = (row, answer)
+
+    def take(self) -> tuple[list[tuple[np.ndarray, int | None]], int]:
+        """The sample and how many rows it was drawn from; starts afresh."""
+        rows, seen = self._rows, self.seen
+        self._rows, self.seen = [], 0
+        return rows, seen
+
+
+class DriftMonitor:
+    """Scores the inputs of one installed bundle against the bundle's reference."""
+
+    def __init__(
+        self,
+        *,
+        reference: Reference,
+        manifest: Manifest,
+        publish: Callable[[TelemetryEvent], None],
+        thresholds: DriftThresholds | None = None,
+        max_queued_rows: int = 10_000,
+        sample_size: int = 0,
+    ) -> None:
+        self._detector = DriftDetector(reference, thresholds)
+        self._manifest = manifest
+        self._publish = publish
+        self._reservoir = Reservoir(sample_size) if sample_size > 0 else None
+        self._queue: queue.Queue[tuple[np.ndarray, np.ndarray | None] | None] = queue.Queue()
+        self._queued_rows = 0
+        self._max_queued_rows = max_queued_rows
+        self._lock = threading.Lock()
+        self.dropped_rows = 0
+        self.reports = 0
+        self._thread = threading.Thread(target=self._run, name="drift", daemon=True)
+
+    @classmethod
+    def for_slot(
+        cls,
+        manifest: Manifest,
+        slot_dir: Path,
+        publish: Callable[[TelemetryEvent], None],
+        thresholds: DriftThresholds | None = None,
+        sample_size: int = 0,
+    ) -> DriftMonitor | None:
+        """A monitor for an installed slot, or None when its bundle ships no reference."""
+        if not manifest.reference_stats:
+            return None
+        try:
+            data = json.loads((Path(slot_dir) / manifest.reference_stats).read_text())
+            reference = Reference.from_json(data)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logger.error("drift reference unusable bundle_id=%s reason=%s", manifest.bundle_id, e)
+            return None
+        return cls(
+            reference=reference,
+            manifest=manifest,
+            publish=publish,
+            thresholds=thresholds,
+            sample_size=sample_size,
+        )
+
+    @property
+    def sampling(self) -> bool:
+        return self._reservoir is not None
+
+    @property
+    def input_name(self) -> str:
+        return self._detector.reference.input_name
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def submit(self, inputs: np.ndarray, answers: np.ndarray | None = None) -> None:
+        """Queue a batch (and, when sampling, its top-1 answers) for scoring; drops it
+        (counted) when the queue is full."""
+        rows = len(inputs)
+        with self._lock:
+            if self._queued_rows + rows > self._max_queued_rows:
+                self.dropped_rows += rows
+                return
+            self._queued_rows += rows
+        self._queue.put((np.array(inputs, copy=True), answers))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch, answers = item
+            with self._lock:
+                self._queued_rows -= len(batch)
+            try:
+                if self._reservoir is not None:
+                    self._reservoir.offer(batch, answers)
+                for report in self._detector.observe(batch):
+                    self._emit(report)
+                    self._emit_sample()
+            except Exception:  # top of the monitor loop: bad input must not stop it
+                logger.exception("drift scoring failed bundle_id=%s", self._manifest.bundle_id)
+
+    def _emit(self, report: DriftReport) -> None:
+        self.reports += 1
+        data = {
+            **report.to_data(),
+            "model": self._manifest.model.name,
+            "model_version": self._manifest.model.version,
+            "input": self.input_name,
+            "dropped_rows": self.dropped_rows,
+        }
+        logger.info(
+            "drift window bundle_id=%s drifted=%s share=%.3f",
+            self._manifest.bundle_id,
+            report.drifted,
+            report.share_drifted,
+        )
+        self._publish(self._event("drift", DRIFT_PRIORITY, data))
+
+    def _emit_sample(self) -> None:
+        if self._reservoir is None:
+            return
+        rows, seen = self._reservoir.take()
+        if not rows:
+            return
+        self._publish(
+            self._event(
+                "sample",
+                SAMPLE_PRIORITY,
+                {
+                    "model": self._manifest.model.name,
+                    "model_version": self._manifest.model.version,
+                    "input": self.input_name,
+                    "drawn_from": seen,
+                    "inputs": [np.round(row.astype(np.float64), 6).tolist() for row, _ in rows],
+                    "outputs": [answer for _, answer in rows],
+                },
+            )
+        )
+
+    def _event(self, kind: TelemetryKind, priority: int, data: dict[str, Any]) -> TelemetryEvent:
+        """A telemetry event about this monitor's bundle."""
+        return TelemetryEvent(
+            kind=kind,
+            priority=priority,
+            bundle_id=self._manifest.bundle_id,
+            release=self._manifest.release,
+            data=data,
+        )
+
+
+class DriftSupervisor:
+    """Keeps one ``DriftMonitor`` for whichever bundle is serving.
+
+    The monitor of a newly active bundle is built on its first input, from the
+    reference its slot holds; the old bundle's monitor is stopped then.
+    """
+
+    def __init__(
+        self,
+        slots: SlotStore,
+        publish: Callable[[TelemetryEvent], None],
+        thresholds: DriftThresholds | None = None,
+        sample_size: int = 0,
+    ) -> None:
+        self._slots = slots
+        self._publish = publish
+        self._thresholds = thresholds
+        self._sample_size = sample_size
+        self._lock = threading.Lock()
+        self._bundle_id: str | None = None
+        self._monitor: DriftMonitor | None = None
+
+    def observe(
+        self,
+        model: ActiveModel,
+        feeds: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Pass one request's inputs (and answers, when sampling) to the model's monitor."""
+        monitor = self._monitor_for(model.bundle_id)
+        if monitor is None:
+            return
+        inputs = feeds.get(monitor.input_name)
+        if inputs is None or inputs.ndim != 2:
+            return
+        answers = None
+        if monitor.sampling and outputs is not None:
+            try:
+                answers = top1_classes(outputs)
+            except ValueError:
+                answers = None
+        monitor.submit(inputs, answers)
+
+    def _monitor_for(self, bundle_id: str) -> DriftMonitor | None:
+        with self._lock:
+            if bundle_id == self._bundle_id:
+                return self._monitor
+            if self._monitor is not None:
+                self._monitor.stop()
+            self._bundle_id, self._monitor = bundle_id, None
+            try:
+                record = self._slots.read_active()
+                if record is None or record.bundle_id != bundle_id:
+                    return None
+                slot_dir = self._slots.slot_dir(record.slot)
+                manifest = read_slot_manifest(slot_dir)
+            except (SlotError, BundleError, OSError) as e:
+                logger.error("no drift monitor bundle_id=%s reason=%s", bundle_id, e)
+                return None
+            monitor = DriftMonitor.for_slot(
+                manifest, slot_dir, self._publish, self._thresholds, self._sample_size
+            )
+            if monitor is not None:
+                monitor.start()
+                logger.info("drift monitor started bundle_id=%s", bundle_id)
+            self._monitor = monitor
+            return monitor
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._monitor is not None:
+                self._monitor.stop()
+            self._monitor = None

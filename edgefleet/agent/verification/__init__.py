@@ -1,0 +1,1 @@
+"""Verifying an offered bundle: TUF over MQTT, in a short-lived child process, with a time floor."""

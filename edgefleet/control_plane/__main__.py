@@ -1,0 +1,3 @@
+from edgefleet.control_plane.cli.main import main
+
+main()

@@ -1,0 +1,515 @@
+"""The control plane's MQTT link to the fleet.
+
+Subscribes to every device's ``up/status`` (a plain subscription: retained statuses
+reach only plain subscriptions, so every replica sees every status and the upsert is
+idempotent across replicas) and to ``up/report``, ``up/fetch`` and ``up/telemetry``
+through an MQTT 5 shared subscription, so several control-plane replicas split that
+traffic. The group name is ``Settings.mqtt_shared_group``: random unless set, the same
+on every replica.
+
+The device id always comes from the topic, which the broker ACL ties to the
+device's credentials, never from a payload. Nothing is done on paho's network thread
+but hand-off to worker threads, each run by a ``Supervisor`` that restarts it if it
+dies (the death is logged, counted in ``/metrics`` and shown by ``/api/v1/health``):
+
+- ``cp-events``: status and install reports, applied in arrival order;
+- ``cp-fetch-<n>``: fetch requests, answered from the signed repository;
+- ``cp-telemetry``: telemetry, stored in bursts of up to ``TELEMETRY_BURST`` events
+  per transaction and acknowledged to the broker once the burst is handled.
+
+**Poison messages.** Whatever goes wrong with one message — it does not decode, or
+handling it raises anything at all — is that message's failure: it is logged with the
+device id and topic (never the payload), counted per device, channel and reason
+(``MessageRejection``: ``GET /api/v1/devices/<id>`` and
+``edgefleet_messages_rejected_total``), acknowledged and dropped. A burst of telemetry
+the database refuses as a whole is stored event by event, so one bad event costs only
+itself. Only a failure of the database itself (``is_transient``: a lost connection,
+a locked database, a missing table) leaves a message unhandled: it is not receipted,
+and the device sends it again.
+
+**Receipts.** Once a burst of telemetry is committed, each device gets a ``Receipt``
+(QoS 1, ``down/receipt``, up to ``RECEIPT_MAX_IDS`` ids each) naming every event id of
+the burst that is now in the database, duplicates included; an install report is
+receipted once ``apply_install_report`` has committed, also when it was a duplicate or
+refused as stale. A decoded message refused for good (it can never be stored) is
+receipted too, so the device stops resending it; an undecodable one has no id to
+receipt and is only dropped. Devices delete spooled events on the receipt and resend
+what stays unreceipted.
+
+**Sessions.** The control plane's session ends with its connection
+(``Settings.mqtt_session_expiry_s``, 0 by default): Mosquitto keeps handing a
+disconnected member of a shared subscription its turn until the member's session
+expires, so any expiry strands a dead replica's share of device traffic for that long.
+Nothing is lost by not keeping a session: devices resend what was not receipted and
+re-ask unanswered fetch chunks, so what a restarting control plane misses arrives with
+those resends.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import (
+    DBAPIError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlmodel import Session
+
+from edgefleet import topics
+from edgefleet.control_plane.core.errors import InvalidRequestError, NotFoundError
+from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.services.devices import record_rejections, upsert_device_status
+from edgefleet.control_plane.services.events import ingest_events
+from edgefleet.control_plane.services.rollouts import apply_install_report, reoffer_on_reconnect
+from edgefleet.control_plane.trust.repository import SignedRepository
+from edgefleet.errors import MessageError
+from edgefleet.fileio import atomic_write
+from edgefleet.messages import (
+    FETCH_OFFSET,
+    FETCH_REASON,
+    FETCH_STATUS,
+    FETCH_TOTAL,
+    RECEIPT_MAX_IDS,
+    BundleOffer,
+    DeviceCommand,
+    DeviceStatus,
+    FetchRequest,
+    InstallReport,
+    Receipt,
+    TelemetryEvent,
+    decode_as,
+)
+from edgefleet.mqtt import BrokerAddress, Incoming, MqttLink
+from edgefleet.supervisor import Supervisor, WorkerState
+
+logger = logging.getLogger(__name__)
+
+TELEMETRY_BURST = 500
+"""Most telemetry events stored in one transaction."""
+FETCH_WORKERS = 4
+STOP_TIMEOUT_S = 30.0
+
+RejectionKey = tuple[str, str, str]
+"""``(device_id, channel, reason)``."""
+
+
+def stable_client_id(data_dir: Path) -> str:
+    """This control plane's MQTT client id, created once and kept in ``data_dir``.
+
+    Each replica has its own data directory, hence its own id and session.
+    """
+    return _kept_token(Path(data_dir) / "mqtt-client-id", "cp-", 6)
+
+
+def stable_shared_group(data_dir: Path) -> str:
+    """The shared-subscription group name, created once at random and kept in ``data_dir``.
+
+    Used when ``Settings.mqtt_shared_group`` is not set; replicas with data
+    directories of their own must set that instead, to one value.
+    """
+    return _kept_token(Path(data_dir) / "mqtt-shared-group", "cp-", 12)
+
+
+def _kept_token(path: Path, prefix: str, nbytes: int) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        token = f"{prefix}{secrets.token_hex(nbytes)}"
+        atomic_write(path, token.encode(), mode=0o600)  # the group name is a second lock
+        return token
+
+
+def rejection_reason(error: BaseException) -> str:
+    """The reason label a refused message is counted under (a small, fixed set)."""
+    return error.fault if isinstance(error, MessageError) else "failed"
+
+
+def is_transient(error: BaseException) -> bool:
+    """A failure of the database or the deployment, not of the message: retry it later.
+
+    Connection trouble, a locked database, a missing table or permission — the same
+    message would go through once that is fixed, so it must not be refused (and
+    receipted) for good. What stays is the message's own fault: a value the database
+    refuses (``DataError``, ``IntegrityError``) or an exception our code raised on it.
+    """
+    if isinstance(error, PoolTimeoutError):
+        return True
+    if isinstance(error, DBAPIError):
+        systemic = OperationalError | InterfaceError | InternalError | ProgrammingError
+        return error.connection_invalidated or isinstance(error, systemic | NotSupportedError)
+    return False
+
+
+class FleetLink:
+    """One MQTT session for the control plane: device state in, offers and chunks out."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engine: Engine,
+        repository: SignedRepository,
+        fetch_workers: int = FETCH_WORKERS,
+    ) -> None:
+        self._engine = engine
+        self._repository = repository
+        self.shared_group = settings.mqtt_shared_group or stable_shared_group(settings.data_dir)
+        # The session ends with the connection by default (see the module docstring):
+        # devices resend what no receipt named, so nothing waits on this session.
+        self._link = MqttLink(
+            client_id=settings.client_id or stable_client_id(settings.data_dir),
+            broker=BrokerAddress.parse(settings.broker_url),
+            clean_start=False,
+            session_expiry=settings.mqtt_session_expiry_s,
+            tls=settings.mqtt_tls,
+        )
+        self.supervisor = Supervisor()
+        self._fetch_workers = fetch_workers
+        self._events: queue.Queue[tuple[topics.Up, str, Incoming] | None] = queue.Queue()
+        self._fetches: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
+        self._telemetry: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Subscribe and start connecting in the background (works with the broker down)."""
+        if self._started:
+            return
+        group = self.shared_group
+        self._link.subscribe(topics.up_filter(topics.Up.STATUS), self._on_status)
+        self._link.subscribe(
+            topics.up_filter(topics.Up.REPORT), self._on_report, shared_group=group
+        )
+        self._link.subscribe(topics.up_filter(topics.Up.FETCH), self._on_fetch, shared_group=group)
+        # Telemetry is acknowledged to the broker once its burst is handled, in arrival
+        # order; what a control plane dies holding is sent again by the devices.
+        self._link.subscribe(
+            topics.up_filter(topics.Up.TELEMETRY),
+            self._on_telemetry,
+            shared_group=group,
+            deferred_ack=True,
+        )
+        self.supervisor.start("cp-events", self._run_events)
+        for n in range(self._fetch_workers):
+            self.supervisor.start(f"cp-fetch-{n}", self._run_fetches)
+        self.supervisor.start("cp-telemetry", self._store_telemetry)
+        self._link.start()
+        self._started = True
+        logger.info("fleet link starting broker=%s", self._link.broker.url())
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self._link.stop()
+        self.supervisor.stop()
+        # After whatever is queued: that is still handled (telemetry stored).
+        self._events.put(None)
+        for _ in range(self._fetch_workers):
+            self._fetches.put(None)
+        self._telemetry.put(None)
+        if not self.supervisor.join(STOP_TIMEOUT_S):
+            logger.warning("fleet link workers still busy at stop")
+        self._started = False
+
+    @property
+    def connected(self) -> bool:
+        return self._link.connected
+
+    def workers(self) -> list[WorkerState]:
+        """The link's supervised worker threads, for health and metrics."""
+        return self.supervisor.workers()
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Connected with every subscription acknowledged: from then on nothing a device
+        publishes slips past this session unseen."""
+        return self._link.wait_subscribed(timeout)
+
+    # -- outgoing ----------------------------------------------------------------
+
+    def publish_offer(self, device_id: str, offer: BundleOffer) -> None:
+        """Offer a bundle to one device (QoS 1; queued while the link is down)."""
+        self._link.publish(topics.down(device_id, topics.Down.OFFER), offer.to_bytes(), qos=1)
+        logger.info(
+            "offer published device_id=%s bundle_id=%s rollout_id=%s",
+            device_id,
+            offer.bundle_id,
+            offer.rollout_id,
+        )
+
+    def publish_command(self, device_id: str, command: DeviceCommand) -> None:
+        """Send a command (e.g. rollback) to one device (QoS 1; queued while offline)."""
+        self._link.publish(topics.down(device_id, topics.Down.COMMAND), command.to_bytes(), qos=1)
+        logger.info(
+            "command published device_id=%s command=%s rollout_id=%s",
+            device_id,
+            command.command,
+            command.rollout_id,
+        )
+
+    def publish_receipts(self, device_id: str, event_ids: Sequence[str]) -> None:
+        """Tell a device which of its event ids are handled (QoS 1, chunked)."""
+        for start in range(0, len(event_ids), RECEIPT_MAX_IDS):
+            chunk = list(event_ids[start : start + RECEIPT_MAX_IDS])
+            self._link.publish(
+                topics.down(device_id, topics.Down.RECEIPT),
+                Receipt(event_ids=chunk).to_bytes(),
+                qos=1,
+            )
+        logger.debug("receipt published device_id=%s events=%d", device_id, len(event_ids))
+
+    # -- incoming (network thread: parse the topic, hand off) ---------------------
+
+    @staticmethod
+    def _device_id(message: Incoming, channel: topics.Up) -> str | None:
+        try:
+            device_id, got = topics.parse_up(message.topic)
+        except ValueError as e:
+            logger.warning("message dropped topic=%s reason=%s", message.topic, e)
+            return None
+        if got is not channel:
+            logger.warning("message dropped topic=%s reason=unexpected channel", message.topic)
+            return None
+        return device_id
+
+    def _on_status(self, message: Incoming) -> None:
+        device_id = self._device_id(message, topics.Up.STATUS)
+        if device_id is None or not message.payload:  # empty = retained status cleared
+            return
+        self._events.put((topics.Up.STATUS, device_id, message))
+
+    def _on_report(self, message: Incoming) -> None:
+        device_id = self._device_id(message, topics.Up.REPORT)
+        if device_id is not None:
+            self._events.put((topics.Up.REPORT, device_id, message))
+
+    def _on_telemetry(self, message: Incoming) -> None:
+        device_id = self._device_id(message, topics.Up.TELEMETRY)
+        if device_id is None:
+            message.ack()
+            return
+        self._telemetry.put((device_id, message))
+
+    def _on_fetch(self, message: Incoming) -> None:
+        device_id = self._device_id(message, topics.Up.FETCH)
+        if device_id is None:
+            return
+        if message.correlation is None:
+            logger.warning("fetch dropped device_id=%s reason=no correlation data", device_id)
+            return
+        self._fetches.put((device_id, message))
+
+    # -- refused messages -----------------------------------------------------------
+
+    def _refused(
+        self, device_id: str, channel: topics.Up, topic: str, error: BaseException
+    ) -> RejectionKey:
+        """Log one refused message (never its payload); the key it is counted under."""
+        reason = rejection_reason(error)
+        if isinstance(error, MessageError):
+            logger.warning(
+                "message refused device_id=%s topic=%s reason=%s detail=%s",
+                device_id,
+                topic,
+                reason,
+                error.reason,
+            )
+        else:
+            logger.error(
+                "message refused device_id=%s topic=%s reason=%s error=%s",
+                device_id,
+                topic,
+                reason,
+                type(error).__name__,
+                exc_info=error,
+            )
+        return (device_id, channel.value, reason)
+
+    def _count_refused(self, counts: dict[RejectionKey, int]) -> None:
+        """Add refused messages to the per-device counts; a failure here is only logged."""
+        if not counts:
+            return
+        try:
+            with Session(self._engine) as session:
+                record_rejections(session=session, counts=counts)
+        except Exception:  # counting must never stop the pipeline it counts for
+            logger.exception("refused messages not counted messages=%d", sum(counts.values()))
+
+    def _refuse(self, device_id: str, channel: topics.Up, topic: str, error: BaseException) -> None:
+        self._count_refused({self._refused(device_id, channel, topic, error): 1})
+
+    # -- workers (each under the supervisor) -------------------------------------------
+
+    def _run_events(self) -> None:
+        """cp-events: status and reports in arrival order, each message on its own."""
+        handlers: dict[topics.Up, Callable[[str, Incoming], None]] = {
+            topics.Up.STATUS: self._handle_status,
+            topics.Up.REPORT: self._handle_report,
+        }
+        while (item := self._events.get()) is not None:
+            channel, device_id, message = item
+            try:
+                handlers[channel](device_id, message)
+            except Exception as e:  # this message's failure, whatever it is
+                self._refuse(device_id, channel, message.topic, e)
+
+    def _run_fetches(self) -> None:
+        """cp-fetch-<n>: answer fetch requests."""
+        while (item := self._fetches.get()) is not None:
+            device_id, message = item
+            try:
+                self._handle_fetch(device_id, message)
+            except Exception as e:  # this request's failure: the device asks again
+                self._refuse(device_id, topics.Up.FETCH, message.topic, e)
+
+    def _handle_status(self, device_id: str, message: Incoming) -> None:
+        status = decode_as(message.payload, DeviceStatus, topic=message.topic)
+        try:
+            with Session(self._engine) as session:
+                update = upsert_device_status(session=session, device_id=device_id, status=status)
+                if update.came_online:
+                    # Back from offline: offer again what running rollouts still owe it.
+                    reoffer_on_reconnect(session=session, publisher=self, device_id=device_id)
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            logger.warning("status not stored device_id=%s error=%s", device_id, e)
+
+    def _handle_report(self, device_id: str, message: Incoming) -> None:
+        report = decode_as(message.payload, InstallReport, topic=message.topic)
+        try:
+            with Session(self._engine) as session:
+                apply_install_report(session=session, device_id=device_id, report=report)
+        except Exception as e:
+            if is_transient(e):  # no receipt: the device sends it again
+                logger.warning("report not stored device_id=%s error=%s", device_id, e)
+                return
+            # Refused for good: counted, and receipted so the device stops resending it.
+            self._refuse(device_id, topics.Up.REPORT, message.topic, e)
+        self.publish_receipts(device_id, [report.event_id])
+
+    def _store_telemetry(self) -> None:
+        """cp-telemetry: take what has queued up (at most a burst), store it at once."""
+        while True:
+            item = self._telemetry.get()
+            if item is None:
+                return
+            burst = [item]
+            while len(burst) < TELEMETRY_BURST:
+                try:
+                    item = self._telemetry.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._ingest(burst)
+                    return
+                burst.append(item)
+            self._ingest(burst)
+
+    def _ingest(self, burst: list[tuple[str, Incoming]]) -> None:
+        """Store one burst; receipt what it holds per device, then acknowledge it."""
+        refused: Counter[RejectionKey] = Counter()
+        events: list[tuple[str, TelemetryEvent]] = []
+        for device_id, message in burst:
+            try:
+                event = decode_as(message.payload, TelemetryEvent, topic=message.topic)
+            except Exception as e:  # this message's failure, whatever it is
+                refused[self._refused(device_id, topics.Up.TELEMETRY, message.topic, e)] += 1
+                continue
+            events.append((device_id, event))
+        handled = self._store_events(events, refused)
+        if handled is not None:  # None: the database failed, no receipts, devices resend
+            self._count_refused(refused)
+            receipts: defaultdict[str, list[str]] = defaultdict(list)
+            for device_id, event in handled:
+                receipts[device_id].append(event.event_id)
+            for device_id, event_ids in receipts.items():
+                self.publish_receipts(device_id, list(dict.fromkeys(event_ids)))
+        # Acknowledged either way, in arrival order as MQTT asks: the session keeps nothing
+        # for later (it ends with the connection), and an unacknowledged message would
+        # only hold a slot of the broker's in-flight window until the link drops.
+        for _device_id, message in burst:
+            message.ack()
+
+    def _store_events(
+        self, events: list[tuple[str, TelemetryEvent]], refused: Counter[RejectionKey]
+    ) -> list[tuple[str, TelemetryEvent]] | None:
+        """Store ``events`` (one transaction, else one by one); the events now handled.
+
+        Handled: in the database (new or stored before), or refused for good (counted in
+        ``refused``). None after a transient database failure: nothing to receipt.
+        """
+        if not events:
+            return []
+        try:
+            with Session(self._engine) as session:
+                ingest_events(session=session, batch=events)
+            return events
+        except Exception as e:
+            if is_transient(e):
+                logger.warning("telemetry not stored events=%d error=%s", len(events), e)
+                return None
+            logger.warning(
+                "telemetry burst refused, storing it event by event events=%d error=%s",
+                len(events),
+                type(e).__name__,
+            )
+        for device_id, event in events:
+            try:
+                with Session(self._engine) as session:
+                    ingest_events(session=session, batch=[(device_id, event)])
+            except Exception as e:
+                if is_transient(e):
+                    logger.warning("telemetry not stored events=%d error=%s", len(events), e)
+                    return None
+                topic = topics.up(device_id, topics.Up.TELEMETRY)
+                refused[self._refused(device_id, topics.Up.TELEMETRY, topic, e)] += 1
+        return events
+
+    def _handle_fetch(self, device_id: str, message: Incoming) -> None:
+        properties: dict[str, str]
+        data = b""
+        try:
+            request = decode_as(message.payload, FetchRequest, topic=message.topic)
+            data, total = self._repository.read_chunk(request.path, request.offset, request.length)
+            properties = {
+                FETCH_STATUS: "200",
+                FETCH_TOTAL: str(total),
+                FETCH_OFFSET: str(request.offset),
+            }
+        except MessageError as e:
+            self._refuse(device_id, topics.Up.FETCH, message.topic, e)
+            properties = {FETCH_STATUS: "400", FETCH_REASON: e.reason}
+        except InvalidRequestError as e:
+            properties = {FETCH_STATUS: "400", FETCH_REASON: str(e)}
+        except NotFoundError as e:
+            properties = {FETCH_STATUS: "404", FETCH_REASON: str(e)}
+        except OSError as e:
+            logger.error("fetch failed device_id=%s reason=%s", device_id, e)
+            properties = {FETCH_STATUS: "500", FETCH_REASON: "repository read failed"}
+        if properties[FETCH_STATUS] != "200":
+            logger.info(
+                "fetch refused device_id=%s status=%s reason=%s",
+                device_id,
+                properties[FETCH_STATUS],
+                properties.get(FETCH_REASON),
+            )
+        # The reply goes to the device's own down topic, whatever response topic it asked for.
+        self._link.publish(
+            topics.down(device_id, topics.Down.FETCH),
+            data,
+            qos=1,
+            correlation=message.correlation,
+            user_properties=properties,
+        )

@@ -1,0 +1,280 @@
+"""HTTP client for the control-plane API, used by the CLI and the demo.
+
+An ``https://`` control plane is verified against ``ca_file`` (or the file named by
+``EDGEFLEET_API_CA_FILE``, which is how the CLI is pointed at a private CA such as
+the control plane's own), else against the system's trust store.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from edgefleet.control_plane.core.errors import ControlPlaneError
+
+
+class ApiError(ControlPlaneError):
+    """The API answered with an error; ``status`` is the HTTP code, ``detail`` its reason."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+def find_token() -> str | None:
+    """``EDGEFLEET_TOKEN``, else the admin token ``edgefleet up`` wrote in the data dir."""
+    if token := os.environ.get("EDGEFLEET_TOKEN"):
+        return token
+    path = Path(os.environ.get("EDGEFLEET_DATA_DIR", ".edgefleet")) / "admin.token"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def tls_verification(ca_file: Path | None = None) -> ssl.SSLContext | bool:
+    """What httpx verifies the API's certificate with: ``ca_file``, the env's, or the system."""
+    configured = os.environ.get("EDGEFLEET_API_CA_FILE")
+    path = ca_file or (Path(configured) if configured else None)
+    if path is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as e:
+        raise ApiError(0, f"cannot use CA file {path}: {e}") from e
+
+
+class ApiClient:
+    """Thin typed wrapper over ``/api/v1``; every call raises ``ApiError`` on a 4xx/5xx."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 60.0,
+        ca_file: Path | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        token = token or find_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=f"{self.base_url}/api/v1",
+            timeout=timeout,
+            headers=headers,
+            verify=tls_verification(ca_file),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise ApiError(0, f"control plane at {self.base_url} unreachable: {e}") from e
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ApiError(response.status_code, str(detail))
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.content
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/health"))
+
+    def register_model(
+        self,
+        *,
+        name: str,
+        version: str,
+        model: bytes,
+        samples: np.ndarray,
+        holdout_x: np.ndarray | None = None,
+        holdout_y: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(samples, dtype=np.float32), allow_pickle=False)
+        files = {
+            "model": ("model.onnx", model, "application/octet-stream"),
+            "samples": ("samples.npy", buffer.getvalue(), "application/octet-stream"),
+        }
+        if holdout_x is not None:
+            arrays: dict[str, Any] = {"x": np.asarray(holdout_x, dtype=np.float32)}
+            if holdout_y is not None:
+                arrays["y"] = np.asarray(holdout_y, dtype=np.int64)
+            npz = io.BytesIO()
+            np.savez(npz, **arrays)
+            files["holdout"] = ("holdout.npz", npz.getvalue(), "application/octet-stream")
+        return dict(
+            self._call("POST", "/models", data={"name": name, "version": version}, files=files)
+        )
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/models"))
+
+    def build_bundle(
+        self,
+        *,
+        model: str,
+        version: str,
+        profile: str,
+        max_accuracy_drop: float | None = None,
+        holdout_x: np.ndarray | None = None,
+        holdout_y: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "version": version, "profile": profile}
+        if max_accuracy_drop is not None:
+            body["max_accuracy_drop"] = max_accuracy_drop
+        if holdout_x is not None:
+            body["holdout"] = {
+                "x": np.asarray(holdout_x, dtype=np.float32).tolist(),
+                "y": None if holdout_y is None else np.asarray(holdout_y).astype(int).tolist(),
+            }
+        return dict(self._call("POST", "/bundles", json=body))
+
+    def list_bundles(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/bundles"))
+
+    def list_devices(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/devices"))
+
+    def create_rollout(
+        self, *, bundle_id: str, device_ids: list[str] | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """``options``: selector, strategy, waves, soak_seconds, gates, mode, start."""
+        body: dict[str, Any] = {"bundle_id": bundle_id}
+        if device_ids:
+            body["device_ids"] = device_ids
+        body.update({k: v for k, v in options.items() if v is not None})
+        return dict(self._call("POST", "/rollouts", json=body))
+
+    def act_on_rollout(
+        self, rollout_id: int, action: str, *, reason: str | None = None
+    ) -> dict[str, Any]:
+        """``start | pause | resume | promote | abort | rollback``."""
+        body = {"reason": reason} if reason else None
+        return dict(self._call("POST", f"/rollouts/{rollout_id}/{action}", json=body))
+
+    def list_audit(
+        self, *, rollout_id: int | None = None, action: str | None = None, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if rollout_id is not None:
+            params["rollout_id"] = rollout_id
+        if action:
+            params["action"] = action
+        return list(self._call("GET", "/audit", params=params))
+
+    def list_events(
+        self, *, kind: str | None = None, device_id: str | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        params.update({k: v for k, v in {"kind": kind, "device_id": device_id}.items() if v})
+        return list(self._call("GET", "/events", params=params))
+
+    def event_summary(self, *, kind: str = "inference") -> list[dict[str, Any]]:
+        """Per device: stored ``kind`` events and the sum of their ``data.count``."""
+        return list(self._call("GET", "/events/summary", params={"kind": kind}))
+
+    def set_device_labels(self, device_id: str, labels: dict[str, str]) -> dict[str, Any]:
+        return dict(self._call("PUT", f"/devices/{device_id}/labels", json={"labels": labels}))
+
+    def set_group(
+        self, name: str, device_ids: list[str], description: str | None = None
+    ) -> dict[str, Any]:
+        body = {"device_ids": device_ids, "description": description}
+        return dict(self._call("PUT", f"/groups/{name}", json=body))
+
+    def list_groups(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/groups"))
+
+    def get_rollout(self, rollout_id: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/rollouts/{rollout_id}"))
+
+    def list_rollouts(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/rollouts"))
+
+    def drift_series(
+        self, *, model: str | None = None, version: str | None = None
+    ) -> list[dict[str, Any]]:
+        params = {k: v for k, v in {"model": model, "version": version}.items() if v}
+        return list(self._call("GET", "/drift/series", params=params))
+
+    def drift_status(self, *, model: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/drift/status", params={"model": model} if model else {}))
+
+    def list_retraining(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/retraining"))
+
+    def decide_retraining(
+        self, request_id: int, *, approve: bool, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Approve or reject; the control plane records the caller's token as who decided."""
+        action = "approve" if approve else "reject"
+        body: dict[str, Any] = {}
+        if reason and not approve:
+            body["reason"] = reason
+        return dict(self._call("POST", f"/retraining/{request_id}/{action}", json=body))
+
+    def get_policy(self, model: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/policies/{model}"))
+
+    def set_policy(self, model: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change only the policy fields in ``changes`` (``hook`` names an admin's hook)."""
+        return dict(self._call("PATCH", f"/policies/{model}", json=changes))
+
+    def list_hooks(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/hooks"))
+
+    def request_retraining(
+        self, *, model: str, version: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        body = {"model": model, "version": version} | ({"reason": reason} if reason else {})
+        return dict(self._call("POST", "/retraining", json=body))
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/keys"))
+
+    def rotate_key(self, role: str, keyid: str | None = None) -> dict[str, Any]:
+        body = {"role": role} | ({"keyid": keyid} if keyid else {})
+        return dict(self._call("POST", "/keys/rotate", json=body))
+
+    def revoke_key(self, keyid: str) -> dict[str, Any]:
+        return dict(self._call("POST", "/keys/revoke", json={"keyid": keyid}))
+
+    def create_token(
+        self, *, name: str, role: str, expires_in_s: int | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "role": role}
+        if expires_in_s is not None:
+            body["expires_in_s"] = expires_in_s
+        return dict(self._call("POST", "/tokens", json=body))
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/tokens"))
+
+    def revoke_token(self, token_id: int) -> dict[str, Any]:
+        return dict(self._call("POST", f"/tokens/{token_id}/revoke"))
+
+    def trust_root(self) -> bytes:
+        response = self._http.get("/trust/root")
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, response.text)
+        return response.content

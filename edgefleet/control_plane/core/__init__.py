@@ -1,0 +1,1 @@
+"""What every part of the control plane stands on: settings, database and tables, auth, errors."""

@@ -1,0 +1,685 @@
+"""SQLModel tables and the public (API) models, one family per entity."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import StringConstraints, field_validator
+from sqlalchemy import JSON, Column, DateTime, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from edgefleet.control_plane.drift.hook_config import HOOK_NAME_PATTERN
+
+RolloutState = Literal[
+    "draft",  # created, nothing offered yet; ``start`` begins wave 1
+    "in_progress",  # a wave is installing, soaking or waiting for promotion
+    "paused",  # no new wave starts; reports are still recorded
+    "complete",  # every wave passed its gates (and every device is done)
+    "aborted",  # a gate breached or an operator aborted: the wave rolled back
+    "failed",  # no gates and at least one device failed (the single-wave default)
+    "rolled_back",  # an operator rolled every device of the rollout back
+]
+RUNNING_ROLLOUT_STATES = frozenset({"in_progress", "paused"})
+DeviceInstallState = Literal[
+    "pending",  # in a later wave, not offered yet
+    "offered",
+    "downloading",
+    "verified",
+    "staged",
+    "smoke_tested",
+    "active",
+    "failed",
+    "rolling_back",  # a rollback command was sent
+    "rolled_back",
+    "shadowing",  # shadow strategy: the candidate runs beside the active model
+    "superseded",  # a newer rollout took the device over
+    "cancelled",  # the rollout ended before the device's wave
+]
+TERMINAL_DEVICE_STATES = frozenset(
+    {"active", "failed", "rolled_back", "superseded", "cancelled", "shadowing"}
+)
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts_field() -> Any:
+    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+# -- models -------------------------------------------------------------------
+
+
+class ModelVersionBase(SQLModel):
+    name: str = Field(index=True, max_length=64)
+    version: str = Field(max_length=64)
+
+
+class ModelVersion(ModelVersionBase, table=True):
+    """A registered float ONNX model and its representative samples."""
+
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_name_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    sha256: str
+    size_bytes: int
+    path: str
+    samples_path: str
+    signature: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created_at: datetime = _ts_field()
+
+
+class ModelPublic(ModelVersionBase):
+    id: int
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    signature: dict[str, Any]
+
+
+# -- bundles ------------------------------------------------------------------
+
+
+class BundleCreate(SQLModel):
+    model: str
+    version: str
+    profile: str
+
+
+class Bundle(SQLModel, table=True):
+    """A built, signed bundle: one TUF target ``<id>.tar``."""
+
+    id: str = Field(primary_key=True, max_length=128)
+    model: str = Field(index=True)
+    model_version: str
+    profile: str = Field(index=True)
+    release: int = Field(unique=True)
+    target: str
+    sha256: str
+    length: int
+    path: str
+    manifest: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created_at: datetime = _ts_field()
+
+
+class BundlePublic(SQLModel):
+    id: str
+    model: str
+    model_version: str
+    profile: str
+    release: int
+    target: str
+    sha256: str
+    length: int
+    created_at: datetime
+    manifest: dict[str, Any]
+
+
+# -- devices ------------------------------------------------------------------
+
+
+class DeviceBase(SQLModel):
+    profile: str | None = None
+    online: bool = False
+    last_seen: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    bundle_id: str | None = None
+    release: int | None = None
+    model: str | None = None
+    model_version: str | None = None
+    agent_version: str | None = None
+    spool_depth: int | None = Field(
+        default=None, description="events waiting in the device's spool, as of its last status"
+    )
+    stale: bool = Field(
+        default=False, description="connected by presence, but silent for longer than allowed"
+    )
+
+
+class Device(DeviceBase, table=True):
+    """A device as last seen on its status topic, plus the labels operators set."""
+
+    id: str = Field(primary_key=True, max_length=64)
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class MessageRejection(SQLModel, table=True):
+    """How many of one device's messages on one channel were refused, and why.
+
+    ``reason`` is one of a small set (``too_large``, ``too_deep``, ``invalid``,
+    ``failed``), so the table stays a handful of rows per device however many
+    poison messages a device sends.
+    """
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    channel: str = Field(primary_key=True, max_length=16)
+    reason: str = Field(primary_key=True, max_length=16)
+    count: int = 0
+    last_at: datetime = _ts_field()
+
+
+class MessageRejectionPublic(SQLModel):
+    channel: str
+    reason: str
+    count: int
+    last_at: datetime
+
+
+class DevicePublic(DeviceBase):
+    id: str
+    labels: dict[str, str] = {}
+    rejected_messages: int = Field(
+        default=0, description="messages from this device refused (undecodable or unhandleable)"
+    )
+    rejections: list[MessageRejectionPublic] = []
+
+
+class DeviceLabelsUpdate(SQLModel):
+    """Replace a device's labels (``{"site": "berlin", "ring": "early"}``)."""
+
+    model_config = {"extra": "forbid"}
+
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+# -- device groups --------------------------------------------------------------
+
+
+class DeviceGroupBase(SQLModel):
+    description: str | None = Field(default=None, max_length=200)
+    device_ids: list[str] = Field(default_factory=list)
+
+
+class DeviceGroupUpdate(DeviceGroupBase):
+    model_config = {"extra": "forbid"}
+
+
+class DeviceGroup(DeviceGroupBase, table=True):
+    """A named, explicit set of devices a rollout selector can name."""
+
+    name: str = Field(primary_key=True, max_length=64)
+    device_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    updated_at: datetime = _ts_field()
+
+
+class DeviceGroupPublic(DeviceGroupBase):
+    name: str
+    updated_at: datetime
+
+
+# -- rollouts -----------------------------------------------------------------
+
+
+RolloutStrategy = Literal["canary", "blue_green", "shadow"]
+RolloutMode = Literal["automatic", "manual"]
+WaveSpec = int | str
+WAVE_PATTERN = r"^(100|[1-9][0-9]?)(\.[0-9]+)?%$"
+
+
+class RolloutSelector(SQLModel):
+    """Which devices a rollout targets; always narrowed to the bundle's profile.
+
+    With ``device_ids`` and/or ``groups``, their union; otherwise every device of
+    the profile. ``labels`` then keeps the devices carrying all the given labels.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    profile: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    device_ids: list[str] | None = None
+    groups: list[str] | None = None
+
+
+class RolloutGates(SQLModel):
+    """Thresholds checked at the end of each wave's soak; None switches a gate off.
+
+    Rates are fractions (0.05 = 5 %). ``max_p95_latency_ratio`` compares the wave's
+    p95 inference latency on the new bundle with devices of the rollout still on
+    another bundle. A telemetry gate needs evidence: a wave keeps soaking until its
+    devices have reported at least ``min_inferences`` (at least one) inferences on
+    the new bundle, and at least one telemetry window has passed (or every device of
+    the wave has reported); past ``evidence_wait_s`` it fails for want of evidence.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    max_install_failure_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_error_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_p95_latency_ratio: float | None = Field(default=None, gt=0.0)
+    min_agreement: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_inferences: int = Field(default=0, ge=0)
+    evidence_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=7 * 86_400,
+        description="how long a wave may soak past its soak time (and the devices' "
+        "telemetry window) for its gates' minimum evidence; then it fails",
+    )
+
+
+class RolloutCreate(SQLModel):
+    """A rollout request; ``{bundle_id, device_ids}`` alone is one wave of 100 %, no gates."""
+
+    model_config = {"extra": "forbid"}
+
+    bundle_id: str
+    device_ids: list[str] | None = None
+    selector: RolloutSelector | None = None
+    strategy: RolloutStrategy = "canary"
+    waves: list[WaveSpec] = Field(
+        default_factory=lambda: ["100%"],
+        min_length=1,
+        max_length=20,
+        description='cumulative wave sizes: counts or percentages, e.g. [1, "10%", "50%", "100%"]',
+    )
+    soak_seconds: float = Field(default=0.0, ge=0.0, le=7 * 86_400)
+    gates: RolloutGates = Field(default_factory=RolloutGates)
+    mode: RolloutMode = "automatic"
+    start: bool = Field(default=True, description="false: create as a draft")
+
+
+class RolloutAction(SQLModel):
+    """An operator action on a rollout (pause, resume, promote, abort, rollback, start)."""
+
+    model_config = {"extra": "forbid"}
+
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class Rollout(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    bundle_id: str = Field(foreign_key="bundle.id", index=True)
+    state: str = Field(default="in_progress", index=True)
+    strategy: str = "canary"
+    mode: str = "automatic"
+    selector: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    waves: list[Any] = Field(default_factory=list, sa_column=Column(JSON))
+    wave_sizes: list[int] = Field(default_factory=list, sa_column=Column(JSON))
+    soak_seconds: float = 0.0
+    gates: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    current_wave: int = 0  # 0-based index into wave_sizes
+    phase: str = "installing"  # installing | soaking | awaiting_promotion | done
+    wave_started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    soak_started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    promoted: bool = False
+    wave_results: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    reason: str | None = None
+    created_by: str | None = None
+    owner: str | None = None  # replica that advanced it last
+    revision: int = 0  # bumped by every pass and action: takes the write lock first
+    created_at: datetime = _ts_field()
+    updated_at: datetime = _ts_field()
+
+
+class RolloutDevice(SQLModel, table=True):
+    """One device's progress in one rollout."""
+
+    rollout_id: int = Field(foreign_key="rollout.id", primary_key=True)
+    device_id: str = Field(foreign_key="device.id", primary_key=True)
+    wave: int = 0
+    state: str = "offered"
+    reason: str | None = None
+    install_seconds: float | None = None
+    offered_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    updated_at: datetime = _ts_field()
+
+
+class RolloutDevicePublic(SQLModel):
+    device_id: str
+    wave: int
+    state: str
+    reason: str | None
+    install_seconds: float | None
+    offered_at: datetime | None = None
+    updated_at: datetime
+
+
+class GateValue(SQLModel):
+    name: str
+    value: float | None
+    threshold: float | None
+    ok: bool
+    detail: str
+
+
+class WavePublic(SQLModel):
+    wave: int  # 1-based
+    size: int  # devices in this wave
+    state: str  # pending | installing | soaking | awaiting_promotion | passed | breached
+    counts: dict[str, int]
+    gates: list[GateValue]
+    soak_until: datetime | None = None
+
+
+class RolloutPublic(SQLModel):
+    id: int
+    bundle_id: str
+    state: str
+    strategy: str = "canary"
+    mode: str = "automatic"
+    selector: dict[str, Any] = {}
+    waves: list[Any] = []
+    soak_seconds: float = 0.0
+    gates: dict[str, Any] = {}
+    wave: int = 1  # current wave, 1-based
+    wave_count: int = 1
+    phase: str = "installing"
+    reason: str | None = None
+    created_by: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    counts: dict[str, int]
+    wave_status: list[WavePublic] = []
+    devices: list[RolloutDevicePublic]
+
+
+# -- audit log ------------------------------------------------------------------
+
+
+class AuditEntry(SQLModel, table=True):
+    """One operator action or automatic decision: who, what, when, why."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    ts: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True), index=True)
+    actor: str = Field(max_length=100)
+    actor_token_id: int | None = None  # the API token that acted; None for the system
+    action: str = Field(max_length=64, index=True)
+    rollout_id: int | None = Field(default=None, index=True)
+    target: str | None = Field(default=None, max_length=200)
+    reason: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class AuditEntryPublic(SQLModel):
+    id: int
+    ts: datetime
+    actor: str
+    actor_token_id: int | None = None
+    action: str
+    rollout_id: int | None
+    target: str | None
+    reason: str | None
+    detail: dict[str, Any]
+
+
+# -- telemetry events ---------------------------------------------------------
+
+
+class Event(SQLModel, table=True):
+    """One telemetry event a device sent, stored once whatever the redeliveries."""
+
+    event_id: str = Field(primary_key=True, max_length=64)
+    device_id: str = Field(index=True, max_length=40)
+    kind: str = Field(index=True, max_length=16)
+    priority: int = 1
+    bundle_id: str | None = Field(default=None, index=True)
+    release: int | None = None
+    ts: datetime = Field(sa_type=DateTime(timezone=True), index=True)
+    received_at: datetime = _ts_field()
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class EventPublic(SQLModel):
+    event_id: str
+    device_id: str
+    kind: str
+    priority: int
+    bundle_id: str | None
+    release: int | None
+    ts: datetime
+    received_at: datetime
+    data: dict[str, Any]
+
+
+class EventSummary(SQLModel):
+    """One device's stored events of one kind: how many, and the sum of ``data.count``
+    (for ``inference`` events: the inferences served in those windows)."""
+
+    device_id: str
+    events: int
+    count_total: int
+
+
+# -- drift loop: per-model policy and retraining requests ---------------------
+
+RetrainMode = Literal["automatic", "approval", "off"]
+RetrainingState = Literal[
+    "pending_approval",  # drift fired; a person must approve (policy "approval")
+    "approved",  # will run the hook on the next scheduler pass
+    "running",  # hook running, then build through the gates and compare
+    "awaiting_model",  # webhook called; waits for the trainer to register the version
+    "rolled_out",  # challenger won; canary rollout started
+    "rejected",  # a person rejected it, or the challenger lost (reason says which)
+    "failed",  # hook, build or rollout failed (reason says why)
+]
+
+
+HookName = Annotated[str, StringConstraints(pattern=HOOK_NAME_PATTERN)]
+
+
+class ModelPolicyUpdate(SQLModel):
+    """What an operator sets for a model's drift loop (validated; unknown keys refused).
+
+    A change names only what it changes (PATCH): fields left out keep their value.
+    ``hook`` selects one of the retraining hooks an admin defined on the control
+    plane (``edgefleet.control_plane.drift.hook_config``) by name; ``null`` clears it.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    retrain: RetrainMode = "approval"
+    hook: HookName | None = None
+    retrain_cron: str | None = Field(default=None, description="crontab for scheduled retraining")
+    canary_device_count: int = Field(default=1, ge=1)
+    comparison_margin: float = Field(default=0.0, ge=0.0, le=1.0)
+    drift_enter: int = Field(default=3, ge=1)
+    drift_leave: int = Field(default=3, ge=1)
+    drift_min_devices: int = Field(default=2, ge=1)
+    drift_device_share: float = Field(default=0.3, gt=0.0, le=1.0)
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _valid_crontab(cls, value: str | None) -> str | None:
+        if value is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            CronTrigger.from_crontab(value, timezone="UTC")  # ValueError names the bad field
+        return value
+
+
+class ModelPolicy(SQLModel, table=True):
+    """How the drift loop treats one model: retrain automatically, after approval, or never."""
+
+    model: str = Field(primary_key=True, max_length=64)
+    retrain: str = "approval"
+    hook: str | None = Field(default=None, max_length=64)
+    retrain_cron: str | None = None
+    canary_device_count: int = 1
+    comparison_margin: float = 0.0
+    drift_enter: int = 3
+    drift_leave: int = 3
+    drift_min_devices: int = 2
+    drift_device_share: float = 0.3
+    updated_at: datetime = _ts_field()
+
+
+class ModelPolicyPublic(ModelPolicyUpdate):
+    model_config = {"extra": "ignore"}
+
+    model: str
+    updated_at: datetime
+
+
+class RetrainingRequest(SQLModel, table=True):
+    """One pass of the drift loop, from the verdict to the canary rollout."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(index=True, max_length=64)
+    from_version: str
+    new_version: str | None = None
+    cohort: str | None = None
+    trigger: str = "drift"  # drift | schedule | manual
+    state: str = Field(default="pending_approval", index=True)
+    reason: str = ""
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    rollout_id: int | None = None
+    decided_by: str | None = None
+    requested_by: str | None = Field(default=None, max_length=100)
+    requested_by_token_id: int | None = None
+    created_at: datetime = _ts_field()
+    updated_at: datetime = _ts_field()
+
+
+class RetrainingRequestPublic(SQLModel):
+    id: int
+    model: str
+    from_version: str
+    new_version: str | None
+    cohort: str | None
+    trigger: str
+    state: str
+    reason: str
+    detail: dict[str, Any]
+    rollout_id: int | None
+    decided_by: str | None
+    requested_by: str | None = None
+    requested_by_token_id: int | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+# -- device enrolment: one-time tokens and broker credentials -----------------
+
+
+class EnrolmentTokenCreate(SQLModel):
+    """What an operator asks for: how long the one-time token stays valid."""
+
+    model_config = {"extra": "forbid"}
+
+    ttl_seconds: int = Field(default=3600, ge=60, le=30 * 24 * 3600)
+    note: str | None = Field(default=None, max_length=200)
+
+
+class EnrolmentToken(SQLModel, table=True):
+    """A one-time enrolment token; only its SHA-256 is stored, the secret is shown once."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_sha256: str = Field(unique=True, max_length=64)
+    note: str | None = None
+    created_at: datetime = _ts_field()
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True))
+    used_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    used_by: str | None = Field(default=None, max_length=64)
+
+
+class EnrolmentTokenIssued(SQLModel):
+    id: int
+    token: str
+    expires_at: datetime
+
+
+class EnrolRequest(SQLModel):
+    """What a device sends to enrol (its id is checked again by the service)."""
+
+    model_config = {"extra": "forbid"}
+
+    token: str = Field(min_length=1, max_length=200)
+    device_id: str = Field(max_length=64)
+    profile: str = Field(min_length=1, max_length=64)
+    csr: str | None = Field(
+        default=None,
+        max_length=8192,
+        description="PEM certificate signing request (P-256 key made on the device); "
+        "required when the broker authenticates devices by certificate",
+    )
+
+
+class EnrolResponse(SQLModel):
+    """The device's broker credentials: a password (shown once) or a client certificate."""
+
+    device_id: str
+    username: str
+    password: str | None = None
+    certificate: str | None = Field(default=None, description="PEM client certificate, CN=id")
+    ca_certificate: str | None = Field(default=None, description="PEM CA that issued it")
+
+
+class DeviceCredential(SQLModel, table=True):
+    """An enrolled device's broker credential (Mosquitto ``$7$`` hash, never the password).
+
+    ``password_hash`` is empty for a device that enrolled with a certificate signing
+    request: its certificates are ``DeviceCertificate`` rows.
+    """
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    profile: str
+    password_hash: str
+    enrolled_at: datetime = _ts_field()
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class DeviceCertificate(SQLModel, table=True):
+    """A client certificate the control plane's CA issued to a device (serial in hex)."""
+
+    serial: str = Field(primary_key=True, max_length=40)
+    device_id: str = Field(index=True, max_length=64)
+    not_after: datetime = Field(sa_type=DateTime(timezone=True))
+    issued_at: datetime = _ts_field()
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class DeviceCredentialPublic(SQLModel):
+    device_id: str
+    profile: str
+    enrolled_at: datetime
+    revoked_at: datetime | None
+
+
+# -- the signed repository: metadata every replica signs from ------------------
+
+
+class RepositoryMetadata(SQLModel, table=True):
+    """One signed version of one TUF role, exactly as served
+    (``edgefleet.control_plane.trust.repository``).
+
+    A (role, version) pair is signed once: the constraint refuses a second, different
+    signing of the same version by any replica.
+    """
+
+    __tablename__ = "repository_metadata"
+    __table_args__ = (
+        UniqueConstraint("role", "version", name="uq_repository_metadata_role_version"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    role: str = Field(max_length=16, index=True)
+    version: int
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    signed_by: str | None = Field(default=None, max_length=100)
+    created_at: datetime = _ts_field()
+
+
+class RepositoryLock(SQLModel, table=True):
+    """The one row every signing step writes first: signing is serialized across replicas."""
+
+    __tablename__ = "repository_lock"
+
+    id: int = Field(default=1, primary_key=True)
+    steps: int = 0  # signing steps committed so far
+
+
+class TrustFloor(SQLModel, table=True):
+    """Per role, the highest metadata version any device reported trusting.
+
+    The repository never publishes a version at or below it (a device would refuse it).
+    """
+
+    __tablename__ = "trust_floor"
+
+    role: str = Field(primary_key=True, max_length=16)
+    version: int
+    device_id: str = Field(max_length=64)
+    reported_at: datetime = _ts_field()

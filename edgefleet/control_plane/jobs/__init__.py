@@ -1,0 +1,1 @@
+"""Periodic jobs the control plane runs on its scheduler."""

@@ -1,0 +1,78 @@
+"""Device groups (named explicit sets) and device labels, both used by rollout selectors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from sqlmodel import Session, col, select
+
+from edgefleet.control_plane.core.errors import InvalidRequestError, NotFoundError
+from edgefleet.control_plane.core.tables import Device, DeviceGroup, DeviceGroupUpdate, utcnow
+from edgefleet.control_plane.services.audit import record_audit
+
+logger = logging.getLogger(__name__)
+GROUP_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+def set_group(
+    *, session: Session, name: str, group_in: DeviceGroupUpdate, actor: str
+) -> DeviceGroup:
+    """Create or replace group ``name``; every member must be a known device."""
+    device_ids = list(dict.fromkeys(group_in.device_ids))
+    unknown = [d for d in device_ids if session.get(Device, d) is None]
+    if unknown:
+        raise InvalidRequestError(f"unknown devices: {', '.join(unknown)}")
+    group = session.get(DeviceGroup, name) or DeviceGroup(name=name)
+    group.device_ids = device_ids
+    group.description = group_in.description
+    group.updated_at = utcnow()
+    session.add(group)
+    record_audit(
+        session=session,
+        actor=actor,
+        action="group.set",
+        target=name,
+        detail={"device_ids": device_ids},
+    )
+    session.commit()
+    session.refresh(group)
+    return group
+
+
+def list_groups(*, session: Session) -> Sequence[DeviceGroup]:
+    return session.exec(select(DeviceGroup).order_by(col(DeviceGroup.name))).all()
+
+
+def get_group(*, session: Session, name: str) -> DeviceGroup:
+    group = session.get(DeviceGroup, name)
+    if group is None:
+        raise NotFoundError(f"group {name} not found")
+    return group
+
+
+def delete_group(*, session: Session, name: str, actor: str) -> None:
+    group = get_group(session=session, name=name)
+    session.delete(group)
+    record_audit(session=session, actor=actor, action="group.delete", target=name)
+    session.commit()
+
+
+def set_device_labels(
+    *, session: Session, device_id: str, labels: dict[str, str], actor: str
+) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFoundError(f"device {device_id} not found")
+    device.labels = dict(labels)
+    session.add(device)
+    record_audit(
+        session=session,
+        actor=actor,
+        action="device.labels",
+        target=device_id,
+        detail={"labels": dict(labels)},
+    )
+    session.commit()
+    session.refresh(device)
+    return device

@@ -1,0 +1,1 @@
+"""Trust: the signed TUF repository, its signing keys, and the certificate authority."""

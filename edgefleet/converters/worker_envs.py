@@ -1,0 +1,98 @@
+"""Separate Python environments for runtimes that cannot share the control plane's.
+
+tflite-runtime 2.14, the last release legacy ARMv7 boards can install, needs
+numpy < 2, while the control plane runs numpy 2. Gating such a profile's candidates
+in ai-edge-litert would measure a different runtime from the one on the device, so
+the gate runs them in a small virtualenv holding exactly that runtime and numpy
+(``converters/tflite_worker.py``), and records which runtime judged the bundle.
+
+The environments live under ``<sys.prefix>/worker-envs/`` (inside the control
+plane's own virtualenv, so they come and go with it), or ``$EDGEFLEET_WORKER_ENVS``.
+``make setup`` creates them: ``python -m edgefleet.converters.worker_envs install``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefleet.profile import FirmwareProfile
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "EDGEFLEET_WORKER_ENVS"
+
+
+@dataclass(frozen=True)
+class WorkerEnvSpec:
+    """One runtime at one version, and the exact packages its environment holds."""
+
+    runtime: str
+    version: str
+    requirements: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.runtime}-{self.version}"
+
+
+WORKER_ENVS: tuple[WorkerEnvSpec, ...] = (
+    WorkerEnvSpec("tflite-runtime", "2.14.0", ("tflite-runtime==2.14.0", "numpy>=1.23,<2")),
+)
+
+
+def worker_envs_root() -> Path:
+    return Path(os.environ.get(ENV_VAR) or Path(sys.prefix) / "worker-envs")
+
+
+def worker_python(spec: WorkerEnvSpec) -> Path:
+    return worker_envs_root() / spec.name / "bin" / "python"
+
+
+def spec_for(profile: FirmwareProfile) -> WorkerEnvSpec | None:
+    """The worker environment that runs ``profile``'s runtime, if one is defined."""
+    for spec in WORKER_ENVS:
+        if spec.runtime == profile.runtime.name and profile.runtime.admits(spec.version):
+            return spec
+    return None
+
+
+def installed_python(profile: FirmwareProfile) -> Path | None:
+    """The worker interpreter for ``profile`` when its environment has been installed."""
+    spec = spec_for(profile)
+    if spec is None:
+        return None
+    python = worker_python(spec)
+    return python if python.exists() else None
+
+
+def install(spec: WorkerEnvSpec, *, python: str = sys.executable) -> Path:
+    """Create the environment (idempotent) and return its interpreter."""
+    env_dir = worker_envs_root() / spec.name
+    stamp = env_dir / ".edgefleet-requirements.json"
+    wanted = json.dumps(list(spec.requirements))
+    if stamp.exists() and stamp.read_text() == wanted and worker_python(spec).exists():
+        return worker_python(spec)
+    subprocess.run([python, "-m", "venv", "--clear", str(env_dir)], check=True)
+    subprocess.run(
+        [str(worker_python(spec)), "-m", "pip", "install", "-q", *spec.requirements], check=True
+    )
+    stamp.write_text(wanted)
+    logger.info("worker environment installed name=%s dir=%s", spec.name, env_dir)
+    return worker_python(spec)
+
+
+def main() -> None:
+    if sys.argv[1:] != ["install"]:
+        raise SystemExit("usage: python -m edgefleet.converters.worker_envs install")
+    for spec in WORKER_ENVS:
+        print(f"worker environment {spec.name}: {install(spec)}")
+
+
+if __name__ == "__main__":
+    main()
