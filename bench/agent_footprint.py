@@ -44,7 +44,8 @@ with open("/proc/self/status") as status:
 print(json.dumps({{"seconds": elapsed, "rss_mib": rss_kib / 1024,
                    "modules": len(sys.modules),
                    "heavy": sorted(m for m in ("fastapi", "sqlmodel", "apscheduler", "uvicorn",
-                                               "sklearn", "control_plane", "converters")
+                                               "sklearn", "edgefleet.control_plane",
+                                               "edgefleet.converters")
                                    if m in sys.modules)}}))
 """
 

@@ -97,7 +97,7 @@ def _start_control_plane(
             [
                 sys.executable,
                 "-m",
-                "control_plane",
+                "edgefleet.control_plane",
                 "serve",
                 "--port",
                 str(port),

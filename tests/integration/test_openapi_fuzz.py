@@ -27,7 +27,7 @@ def test_generated_requests_never_cause_a_server_error(
         [
             sys.executable,
             "-m",
-            "control_plane",
+            "edgefleet.control_plane",
             "serve",
             "--port",
             str(port),
