@@ -43,7 +43,27 @@ def create_rollout(
     rollout_in: RolloutCreate,
     actor: str = "system",
 ) -> Rollout:
-    """Create a rollout of ``rollout_in.bundle_id``; unless a draft, offer wave 1 now."""
+    """Create a rollout of ``rollout_in.bundle_id``; unless a draft, offer wave 1 now.
+
+    The devices are split into waves in selection order (online first), older
+    rollouts give up the devices they had not finished, and the offers go out
+    after the commit so that the devices' first reports find the rollout.
+
+    Args:
+        session: the caller's session; committed here.
+        publisher: sends wave 1's offers.
+        rollout_in: the bundle, selector, waves, gates, strategy and mode.
+        actor: who creates it, for the audit log.
+
+    Returns:
+        The rollout as committed: ``in_progress``, or ``draft`` when
+        ``rollout_in.start`` is false.
+
+    Raises:
+        NotFoundError: the bundle does not exist.
+        InvalidRequestError: the selector finds no devices or is invalid (see
+            ``selection.select_devices``), or a wave spec is invalid.
+    """
     bundle = session.get(Bundle, rollout_in.bundle_id)
     if bundle is None:
         raise NotFoundError(f"bundle {rollout_in.bundle_id} not found")

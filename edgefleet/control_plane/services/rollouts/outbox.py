@@ -14,6 +14,8 @@ from edgefleet.messages import BundleOffer, DeviceCommand
 
 
 class FleetPublisher(Protocol):
+    """Where offers and commands go: the fleet MQTT link, or a recorder in tests."""
+
     def publish_offer(self, device_id: str, offer: BundleOffer) -> None: ...
 
     def publish_command(self, device_id: str, command: DeviceCommand) -> None: ...
@@ -24,6 +26,7 @@ Outbox = list[tuple[str, BundleOffer | DeviceCommand]]
 
 
 def publish_outbox(publisher: FleetPublisher, outbox: Outbox) -> None:
+    """Send every message of ``outbox``, in order, each to its device."""
     for device_id, message in outbox:
         if isinstance(message, BundleOffer):
             publisher.publish_offer(device_id, message)
@@ -32,12 +35,14 @@ def publish_outbox(publisher: FleetPublisher, outbox: Outbox) -> None:
 
 
 def bundle_offer(bundle: Bundle, rollout: Rollout) -> BundleOffer:
+    """The offer that asks a device to install ``bundle`` for ``rollout``."""
     return BundleOffer(
         rollout_id=rollout.id, bundle_id=bundle.id, target=bundle.target, release=bundle.release
     )
 
 
 def shadow_start(bundle: Bundle, rollout: Rollout) -> DeviceCommand:
+    """The command that runs ``bundle`` beside a device's active model (shadow strategy)."""
     return DeviceCommand(
         command="shadow_start",
         rollout_id=rollout.id,

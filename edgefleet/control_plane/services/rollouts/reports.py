@@ -59,10 +59,14 @@ def _find_rollout_device(
 def apply_install_report(
     *, session: Session, device_id: str, report: InstallReport
 ) -> RolloutDevice | None:
-    """Record a device's install progress; None when it matches no rollout of ours.
+    """Record a device's install progress, and commit it.
 
     Only the device's row changes here: the orchestrator decides what the rollout
     does about it, on its next pass.
+
+    Returns:
+        The device's row (unchanged when the report came too late to matter), or
+        None when the report matches no rollout of ours.
     """
     found = _find_rollout_device(session, device_id, report)
     if found is None:
@@ -124,7 +128,11 @@ def apply_install_report(
 
 
 def reoffer_on_reconnect(*, session: Session, publisher: FleetPublisher, device_id: str) -> int:
-    """A device came back online: offer again whatever is unfinished in running rollouts."""
+    """A device came back online: offer again whatever is unfinished in running rollouts.
+
+    Returns:
+        How many offers and shadow_start commands were sent.
+    """
     rows = session.exec(
         select(RolloutDevice, Rollout)
         .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))

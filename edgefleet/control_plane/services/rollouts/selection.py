@@ -33,7 +33,15 @@ _PERCENT = re.compile(r"^(100|[1-9][0-9]?)(\.[0-9]+)?%$|^0\.[0-9]*[1-9][0-9]*%$"
 
 
 def wave_sizes(specs: Sequence[int | str], total: int) -> list[int]:
-    """Cumulative device counts per wave; waves adding nobody are dropped, 100 % appended."""
+    """Cumulative device counts per wave; waves adding nobody are dropped, 100 % appended.
+
+    Args:
+        specs: per wave, a cumulative count (``3``, ``"3"``) or share (``"10%"``).
+        total: how many devices the rollout has.
+
+    Raises:
+        InvalidRequestError: no devices, or a spec that is neither a count nor a share.
+    """
     if total < 1:
         raise InvalidRequestError("no devices to split into waves")
     sizes: list[int] = []
@@ -58,6 +66,15 @@ def wave_sizes(specs: Sequence[int | str], total: int) -> list[int]:
 
 
 def select_devices(session: Session, bundle: Bundle, rollout_in: RolloutCreate) -> list[Device]:
+    """The devices ``rollout_in`` selects for ``bundle``, online ones first.
+
+    Explicit device ids and groups are added up, then narrowed by labels; without
+    either, every device of the bundle's profile is a candidate.
+
+    Raises:
+        InvalidRequestError: an unknown device or group, or a device (or selector)
+            whose profile is not the bundle's.
+    """
     selector = rollout_in.selector or RolloutSelector()
     if selector.profile is not None and selector.profile != bundle.profile:
         raise InvalidRequestError(

@@ -22,10 +22,16 @@ from edgefleet.states.rollout import RUNNING_ROLLOUT_STATES
 
 
 def list_rollouts(*, session: Session) -> Sequence[Rollout]:
+    """Every rollout, oldest first."""
     return session.exec(select(Rollout).order_by(col(Rollout.id))).all()
 
 
 def get_rollout(*, session: Session, rollout_id: int) -> Rollout:
+    """The rollout ``rollout_id``.
+
+    Raises:
+        NotFoundError: no such rollout.
+    """
     rollout = session.get(Rollout, rollout_id)
     if rollout is None:
         raise NotFoundError(f"rollout {rollout_id} not found")

@@ -47,6 +47,7 @@ def aware(moment: datetime) -> datetime:
 
 
 def wave_rows(session: Session, rollout: Rollout, wave: int | None = None) -> list[RolloutDevice]:
+    """The rollout's device rows (of wave ``wave`` only, when given), by device id."""
     query = select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id)
     if wave is not None:
         query = query.where(RolloutDevice.wave == wave)
@@ -54,7 +55,14 @@ def wave_rows(session: Session, rollout: Rollout, wave: int | None = None) -> li
 
 
 def start_wave(*, session: Session, rollout: Rollout, wave: int, actor: str) -> Outbox:
-    """Move wave ``wave`` (0-based) to offered; the caller commits and sends the outbox."""
+    """Move wave ``wave`` (0-based) to offered; the caller commits and sends the outbox.
+
+    Pending rows become ``offered`` (``shadowing`` for the shadow strategy) and the
+    rollout's phase starts over at ``installing``; the rollout's state is the caller's.
+
+    Returns:
+        The offers (or shadow_start commands) owed to the wave's devices.
+    """
     bundle = session.get(Bundle, rollout.bundle_id)
     assert bundle is not None and rollout.id is not None
     now = utcnow()
@@ -95,7 +103,15 @@ def send_rollback(
     rows: Sequence[RolloutDevice],
     reason: str,
 ) -> list[str]:
-    """Roll back (or stop shadowing on) the rows that got the bundle; cancel pending ones."""
+    """Roll back (or stop shadowing on) the rows that got the bundle; cancel pending ones.
+
+    Commands are published at once, before the caller commits (not through an
+    outbox). Rows in any other state (failed, rolled back, superseded, cancelled)
+    are left alone.
+
+    Returns:
+        The devices a rollback or shadow_stop command was sent to.
+    """
     now = utcnow()
     sent: list[str] = []
     for row in rows:
@@ -145,7 +161,20 @@ def end_rollout(
     rollback_all: bool = False,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """Abort or roll back: the current wave (or every wave) rolls back, later waves cancel."""
+    """Abort or roll back: the current wave (or every wave) rolls back, later waves cancel.
+
+    Args:
+        session: the caller's session; the caller commits.
+        publisher: sends the rollback commands (at once, see ``send_rollback``).
+        rollout: a rollout already claimed by the caller.
+        state: the state the transition table gives for the caller's trigger
+            (``aborted`` or ``rolled_back``).
+        reason: why, for the audit log and the devices; ``action`` when None.
+        actor: who, for the audit log.
+        action: the audit action (``rollout.abort``, ``rollout.rollback``).
+        rollback_all: roll every wave back, not only the current one.
+        detail: extra audit detail (the gate values of a breach).
+    """
     rows = wave_rows(session, rollout)
     to_roll_back = [r for r in rows if rollback_all or r.wave == rollout.current_wave]
     to_cancel = [r for r in rows if r not in to_roll_back and r.state == "pending"]
