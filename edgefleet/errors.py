@@ -8,8 +8,9 @@
     ├── MessageError        a wire message that cannot be decoded or validated
     ├── BundleError         a bundle whose archive, manifest or files do not check out
     ├── ProfileError        a firmware profile that does not match its schema
-    └── TransportError      the MQTT link failed (not connected, timed out, refused)
-        └── FetchError      a remote file could not be fetched (carries the status)
+    ├── TransportError      the MQTT link failed (not connected, timed out, refused)
+    │   └── FetchError      a remote file could not be fetched (carries the status)
+    └── TransitionError     a state machine was asked for a move its table does not allow
 
 Each error carries its fields as attributes so callers can report them without
 parsing strings.
@@ -88,3 +89,17 @@ class FetchError(TransportError):
         self.reason = reason
         self.path = path
         self.status = status
+
+
+class TransitionError(EdgefleetError):
+    """A state machine of ``edgefleet.states`` has no move from ``state`` on ``trigger``.
+
+    ``machine`` names the vocabulary (``rollout``, ``install``); the caller decides
+    what the refusal means for its own callers (the control plane answers 409).
+    """
+
+    def __init__(self, machine: str, state: str, trigger: str) -> None:
+        super().__init__(f"{machine} in state {state} does not allow {trigger}")
+        self.machine = machine
+        self.state = state
+        self.trigger = trigger

@@ -52,7 +52,7 @@ from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.drift.loop import INTERVAL_S as DRIFT_LOOP_INTERVAL_S
 from edgefleet.control_plane.drift.loop import DriftLoop
 from edgefleet.control_plane.jobs.schedules import detect_stale_devices, sync_cron_jobs
-from edgefleet.control_plane.services.orchestrator import RolloutOrchestrator
+from edgefleet.control_plane.services.rollouts.orchestrator import RolloutOrchestrator
 from edgefleet.control_plane.trust.keyring import SigningError
 from edgefleet.control_plane.trust.repository import SignedRepository
 from edgefleet.mqtt import BrokerAddress

@@ -6,13 +6,13 @@ import pytest
 
 from edgefleet.control_plane.core.errors import InvalidRequestError
 from edgefleet.control_plane.core.tables import RolloutGates
-from edgefleet.control_plane.services.gates import (
+from edgefleet.control_plane.services.rollouts.gates import (
     DEFAULT_WINDOW_S,
     GateInputs,
     evaluate_gates,
     merged_p95,
 )
-from edgefleet.control_plane.services.rollouts import wave_sizes
+from edgefleet.control_plane.services.rollouts.selection import wave_sizes
 
 
 def window(count: int, errors: int = 0, p95_bucket: int = 3) -> dict[str, object]:

@@ -71,7 +71,10 @@ from edgefleet.control_plane.core.errors import InvalidRequestError, NotFoundErr
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.services.devices import record_rejections, upsert_device_status
 from edgefleet.control_plane.services.events import ingest_events
-from edgefleet.control_plane.services.rollouts import apply_install_report, reoffer_on_reconnect
+from edgefleet.control_plane.services.rollouts.reports import (
+    apply_install_report,
+    reoffer_on_reconnect,
+)
 from edgefleet.control_plane.trust.repository import SignedRepository
 from edgefleet.errors import MessageError
 from edgefleet.fileio import atomic_write

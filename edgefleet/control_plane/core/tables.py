@@ -11,16 +11,6 @@ from sqlmodel import Field, SQLModel
 
 from edgefleet.control_plane.drift.hook_config import HOOK_NAME_PATTERN
 
-RolloutState = Literal[
-    "draft",  # created, nothing offered yet; ``start`` begins wave 1
-    "in_progress",  # a wave is installing, soaking or waiting for promotion
-    "paused",  # no new wave starts; reports are still recorded
-    "complete",  # every wave passed its gates (and every device is done)
-    "aborted",  # a gate breached or an operator aborted: the wave rolled back
-    "failed",  # no gates and at least one device failed (the single-wave default)
-    "rolled_back",  # an operator rolled every device of the rollout back
-]
-RUNNING_ROLLOUT_STATES = frozenset({"in_progress", "paused"})
 DeviceInstallState = Literal[
     "pending",  # in a later wave, not offered yet
     "offered",

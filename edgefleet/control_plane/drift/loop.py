@@ -26,7 +26,7 @@ from edgefleet.control_plane.core.tables import (
 from edgefleet.control_plane.drift import retraining
 from edgefleet.control_plane.services import model_registry as model_service
 from edgefleet.control_plane.services.bundle_builder import build_bundle
-from edgefleet.control_plane.services.rollouts import create_rollout
+from edgefleet.control_plane.services.rollouts.lifecycle import create_rollout
 from edgefleet.control_plane.trust.repository import SignedRepository
 
 logger = logging.getLogger(__name__)

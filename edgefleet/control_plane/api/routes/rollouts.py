@@ -1,41 +1,37 @@
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, status
 
 from edgefleet.control_plane.api.deps import ActorDep, DbId, LinkDep, SessionDep
 from edgefleet.control_plane.core.tables import RolloutAction, RolloutCreate, RolloutPublic
-from edgefleet.control_plane.services import rollouts as service
+from edgefleet.control_plane.services.rollouts import lifecycle, views
+from edgefleet.states.rollout import OperatorAction
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
-
-
-Action = Literal["start", "pause", "resume", "promote", "abort", "rollback"]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_rollout(
     session: SessionDep, link: LinkDep, actor: ActorDep, rollout_in: RolloutCreate
 ) -> RolloutPublic:
-    rollout = service.create_rollout(
+    rollout = lifecycle.create_rollout(
         session=session, publisher=link, rollout_in=rollout_in, actor=actor
     )
-    return service.rollout_public(session=session, rollout=rollout)
+    return views.rollout_public(session=session, rollout=rollout)
 
 
 @router.get("")
 def list_rollouts(session: SessionDep) -> list[RolloutPublic]:
     return [
-        service.rollout_public(session=session, rollout=r)
-        for r in service.list_rollouts(session=session)
+        views.rollout_public(session=session, rollout=r)
+        for r in views.list_rollouts(session=session)
     ]
 
 
 @router.get("/{rollout_id}")
 def read_rollout(session: SessionDep, rollout_id: DbId) -> RolloutPublic:
-    rollout = service.get_rollout(session=session, rollout_id=rollout_id)
-    return service.rollout_public(session=session, rollout=rollout)
+    rollout = views.get_rollout(session=session, rollout_id=rollout_id)
+    return views.rollout_public(session=session, rollout=rollout)
 
 
 @router.post("/{rollout_id}/{action}")
@@ -44,11 +40,11 @@ def act_on_rollout(
     link: LinkDep,
     actor: ActorDep,
     rollout_id: DbId,
-    action: Action,
+    action: OperatorAction,
     body: RolloutAction | None = None,
 ) -> RolloutPublic:
     """Operator actions: start a draft, pause, resume, promote a wave, abort, roll back."""
-    rollout = service.act_on_rollout(
+    rollout = lifecycle.act_on_rollout(
         session=session,
         publisher=link,
         rollout_id=rollout_id,
@@ -56,4 +52,4 @@ def act_on_rollout(
         actor=actor,
         reason=body.reason if body else None,
     )
-    return service.rollout_public(session=session, rollout=rollout)
+    return views.rollout_public(session=session, rollout=rollout)

@@ -11,7 +11,7 @@ export const pollMs = 2000;
 const SHOWN = new Set(["id", "bundle_id", "state", "counts", "devices", "created_at",
   "updated_at", "wave_status", "wave", "wave_count", "phase", "gates"]);
 
-// Which action the API accepts in which rollout state (services/rollouts.py).
+// Which action the API accepts in which rollout state (edgefleet/states/rollout.py).
 const ACTIONS = [
   { verb: "start", label: "Start", states: ["draft"] },
   { verb: "pause", label: "Pause", states: ["in_progress"] },

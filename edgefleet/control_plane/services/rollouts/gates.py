@@ -1,7 +1,8 @@
 """Rollout health gates: pure arithmetic over install counts and telemetry windows.
 
-No database and no IO here: the orchestrator gathers the numbers (``GateInputs``)
-and this module turns them into gate values against thresholds and a verdict.
+No database and no IO here: ``waves.wave_verdict`` gathers the numbers
+(``GateInputs``) and this module turns them into gate values against thresholds
+and a verdict.
 
 Definitions (per wave, over the soak window):
 

@@ -21,6 +21,9 @@ One pass of ``advance_rollout`` for wave k (phases in ``Rollout.phase``)::
     awaiting_promotion  manual mode: wait for ``promote``
     waiting_offline     last wave passed; devices still offline get it on return
     next                last wave -> complete / failed; else wave k+1
+
+The rollout's state changes (aborted, complete, failed) are the orchestrator events
+of ``edgefleet.states.rollout.TRANSITIONS``.
 """
 
 from __future__ import annotations
@@ -33,19 +36,19 @@ from sqlmodel import Session, col, select
 
 from edgefleet.control_plane.core.tables import Device, Rollout, RolloutGates, utcnow
 from edgefleet.control_plane.services.audit import record_audit
-from edgefleet.control_plane.services.rollouts import (
+from edgefleet.control_plane.services.rollouts.lifecycle import claim_rollout
+from edgefleet.control_plane.services.rollouts.outbox import FleetPublisher, publish_outbox
+from edgefleet.control_plane.services.rollouts.waves import (
     FAILED_STATES,
     INSTALLING_STATES,
-    FleetPublisher,
     aware,
-    claim_rollout,
     end_rollout,
-    publish_outbox,
     send_rollback,
     start_wave,
     wave_rows,
     wave_verdict,
 )
+from edgefleet.states.rollout import next_rollout_state
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +81,7 @@ def _abort_on_breach(
         session=session,
         publisher=publisher,
         rollout=rollout,
-        state="aborted",
+        state=next_rollout_state(rollout.state, "gate_breached"),
         reason=text,
         actor=actor,
         action="rollout.abort",
@@ -107,11 +110,12 @@ def _finish(session: Session, publisher: FleetPublisher, rollout: Rollout, actor
             rows=[r for r in rows if r.state == "shadowing"],
             reason="shadow evaluation complete",
         )
-        state = "complete"
+        event = "all_waves_passed"
     elif failed and gates.max_install_failure_rate is None:
-        state = "failed"
+        event = "devices_failed"
     else:
-        state = "complete"
+        event = "all_waves_passed"
+    state = next_rollout_state(rollout.state, event)
     rollout.state = state
     rollout.phase = "done"
     session.add(rollout)

@@ -1,0 +1,280 @@
+"""A rollout's waves: offering one, rolling rows back, ending the rollout, judging a wave.
+
+Shared by the operator actions (``lifecycle``), the orchestrator's passes
+(``orchestrator``) and the API view (``views``). ``wave_verdict`` gathers a wave's
+numbers from the database; ``gates`` does the arithmetic on them.
+
+Device install states, as the rollout table groups them, are defined here until they
+move to the shared contract (``edgefleet.states.install``); every module of this
+package imports them from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from edgefleet.control_plane.core.tables import (
+    Bundle,
+    Event,
+    Rollout,
+    RolloutDevice,
+    RolloutGates,
+    utcnow,
+)
+from edgefleet.control_plane.services.audit import record_audit
+from edgefleet.control_plane.services.rollouts.gates import GateInputs, GateVerdict, evaluate_gates
+from edgefleet.control_plane.services.rollouts.outbox import (
+    FleetPublisher,
+    Outbox,
+    bundle_offer,
+    shadow_start,
+)
+from edgefleet.messages import DeviceCommand
+
+INSTALLING_STATES = frozenset({"offered", "downloading", "verified", "staged", "smoke_tested"})
+FINISHED_STATES = frozenset({"active", "failed", "rolled_back", "shadowing"})
+FAILED_STATES = frozenset({"failed", "rolled_back"})
+INACTIVE_ROW_STATES = frozenset({"pending", "superseded", "cancelled"})
+
+
+def aware(moment: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they were stored in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def wave_rows(session: Session, rollout: Rollout, wave: int | None = None) -> list[RolloutDevice]:
+    """The rollout's device rows (of wave ``wave`` only, when given), by device id."""
+    query = select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id)
+    if wave is not None:
+        query = query.where(RolloutDevice.wave == wave)
+    return list(session.exec(query.order_by(col(RolloutDevice.device_id))).all())
+
+
+def start_wave(*, session: Session, rollout: Rollout, wave: int, actor: str) -> Outbox:
+    """Move wave ``wave`` (0-based) to offered; the caller commits and sends the outbox.
+
+    Pending rows become ``offered`` (``shadowing`` for the shadow strategy) and the
+    rollout's phase starts over at ``installing``; the rollout's state is the caller's.
+
+    Returns:
+        The offers (or shadow_start commands) owed to the wave's devices.
+    """
+    bundle = session.get(Bundle, rollout.bundle_id)
+    assert bundle is not None and rollout.id is not None
+    now = utcnow()
+    rollout.current_wave = wave
+    rollout.phase = "installing"
+    rollout.wave_started_at = now
+    rollout.soak_started_at = None
+    rollout.promoted = False
+    rollout.updated_at = now
+    session.add(rollout)
+    rows = [r for r in wave_rows(session, rollout, wave) if r.state == "pending"]
+    for row in rows:
+        row.state = "shadowing" if rollout.strategy == "shadow" else "offered"
+        row.offered_at = now
+        row.updated_at = now
+        session.add(row)
+    record_audit(
+        session=session,
+        actor=actor,
+        action="rollout.wave_start",
+        rollout_id=rollout.id,
+        reason=f"wave {wave + 1} of {len(rollout.wave_sizes)}",
+        detail={"wave": wave + 1, "device_ids": [r.device_id for r in rows]},
+    )
+    session.flush()
+    outbox: Outbox = []
+    for row in rows:
+        message = shadow_start(bundle, rollout) if rollout.strategy == "shadow" else None
+        outbox.append((row.device_id, message or bundle_offer(bundle, rollout)))
+    return outbox
+
+
+def send_rollback(
+    *,
+    session: Session,
+    publisher: FleetPublisher,
+    rollout: Rollout,
+    rows: Sequence[RolloutDevice],
+    reason: str,
+) -> list[str]:
+    """Roll back (or stop shadowing on) the rows that got the bundle; cancel pending ones.
+
+    Commands are published at once, before the caller commits (not through an
+    outbox). Rows in any other state (failed, rolled back, superseded, cancelled)
+    are left alone.
+
+    Returns:
+        The devices a rollback or shadow_stop command was sent to.
+    """
+    now = utcnow()
+    sent: list[str] = []
+    for row in rows:
+        if row.state == "pending":
+            row.state = "cancelled"
+        elif row.state == "shadowing":
+            publisher.publish_command(
+                row.device_id,
+                DeviceCommand(
+                    command="shadow_stop",
+                    rollout_id=rollout.id,
+                    bundle_id=rollout.bundle_id,
+                    reason=reason,
+                ),
+            )
+            row.state = "cancelled"
+            sent.append(row.device_id)
+        elif row.state in INSTALLING_STATES or row.state in ("active", "rolling_back"):
+            publisher.publish_command(
+                row.device_id,
+                DeviceCommand(
+                    command="rollback",
+                    rollout_id=rollout.id,
+                    bundle_id=rollout.bundle_id,
+                    reason=reason,
+                ),
+            )
+            row.state = "rolling_back"
+            sent.append(row.device_id)
+        else:
+            continue
+        row.reason = reason
+        row.updated_at = now
+        session.add(row)
+    return sent
+
+
+def end_rollout(
+    *,
+    session: Session,
+    publisher: FleetPublisher,
+    rollout: Rollout,
+    state: str,
+    reason: str | None,
+    actor: str,
+    action: str,
+    rollback_all: bool = False,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Abort or roll back: the current wave (or every wave) rolls back, later waves cancel.
+
+    Args:
+        session: the caller's session; the caller commits.
+        publisher: sends the rollback commands (at once, see ``send_rollback``).
+        rollout: a rollout already claimed by the caller.
+        state: the state the transition table gives for the caller's trigger
+            (``aborted`` or ``rolled_back``).
+        reason: why, for the audit log and the devices; ``action`` when None.
+        actor: who, for the audit log.
+        action: the audit action (``rollout.abort``, ``rollout.rollback``).
+        rollback_all: roll every wave back, not only the current one.
+        detail: extra audit detail (the gate values of a breach).
+    """
+    rows = wave_rows(session, rollout)
+    to_roll_back = [r for r in rows if rollback_all or r.wave == rollout.current_wave]
+    to_cancel = [r for r in rows if r not in to_roll_back and r.state == "pending"]
+    text = reason or action
+    sent = send_rollback(
+        session=session, publisher=publisher, rollout=rollout, rows=to_roll_back, reason=text
+    )
+    send_rollback(
+        session=session, publisher=publisher, rollout=rollout, rows=to_cancel, reason=text
+    )
+    rollout.state = state
+    rollout.phase = "done"
+    rollout.reason = text
+    rollout.updated_at = utcnow()
+    session.add(rollout)
+    record_audit(
+        session=session,
+        actor=actor,
+        action=action,
+        rollout_id=rollout.id,
+        reason=text,
+        detail=(detail or {}) | {"rolled_back": sent, "wave": rollout.current_wave + 1},
+    )
+
+
+def wave_verdict(
+    session: Session, rollout: Rollout, wave: int, *, now: datetime | None = None
+) -> GateVerdict:
+    """Gate values for wave ``wave`` at ``now``, from its rows and the events since it started.
+
+    While the wave soaks, the time since the soak began decides how long the gates
+    may still wait for evidence (``gates``).
+    """
+    rows = wave_rows(session, rollout)
+    members = [r.device_id for r in rows if r.wave == wave and r.state not in INACTIVE_ROW_STATES]
+    running = {r.device_id for r in rows if r.wave == wave and r.state in ("active", "shadowing")}
+    reporting: set[str] = set()
+    finished = [r for r in rows if r.wave == wave and r.state in FINISHED_STATES | {"rolling_back"}]
+    failed = [r for r in finished if r.state in FAILED_STATES | {"rolling_back"}]
+    gates = RolloutGates.model_validate(rollout.gates or {})
+    since = aware(rollout.wave_started_at or rollout.created_at)
+    everyone = [r.device_id for r in rows]
+    candidate: list[dict[str, Any]] = []
+    baseline: list[dict[str, Any]] = []
+    shadow: list[dict[str, Any]] = []
+    needs_events = any(
+        v is not None
+        for v in (gates.max_error_rate, gates.max_p95_latency_ratio, gates.min_agreement)
+    ) or (gates.min_inferences > 0)
+    if needs_events and everyone:
+        events = session.exec(
+            select(Event.device_id, Event.kind, Event.bundle_id, Event.data).where(
+                col(Event.kind).in_(["inference", "shadow"]),
+                col(Event.device_id).in_(everyone),
+                col(Event.ts) >= since,
+            )
+        ).all()
+        member_set = set(members)
+        for device_id, kind, bundle_id, raw in events:
+            data: dict[str, Any] = dict(raw or {})
+            if kind == "shadow":
+                about = data.get("bundle_id") or bundle_id
+                if device_id in member_set and about == rollout.bundle_id:
+                    shadow.append(data)
+                    if rollout.strategy == "shadow":
+                        reporting.add(device_id)
+            elif bundle_id == rollout.bundle_id:
+                if device_id in member_set:
+                    candidate.append(data)
+                    reporting.add(device_id)
+            elif bundle_id is not None:
+                baseline.append(data)
+    if rollout.strategy == "shadow":
+        # The candidate only runs beside the active model: judge its shadow windows,
+        # against the active model's own inference windows on the same devices.
+        baseline = baseline + candidate
+        candidate = [
+            {
+                "count": s.get("count", 0),
+                "errors": 0,
+                "latency_ms": s.get("latency_ms") or {},
+                "window_s": s.get("window_s"),
+            }
+            for s in shadow
+        ]
+    soaking = rollout.phase == "soaking" and rollout.current_wave == wave
+    elapsed = None
+    if soaking and rollout.soak_started_at is not None:
+        elapsed = ((now or utcnow()) - aware(rollout.soak_started_at)).total_seconds()
+    return evaluate_gates(
+        gates=gates,
+        inputs=GateInputs(
+            finished=len(finished),
+            failed=len(failed),
+            candidate=candidate,
+            baseline=baseline,
+            shadow=shadow,
+            members=len(running),
+            reporting=len(reporting & running),
+            soak_elapsed_s=elapsed,
+            soak_s=rollout.soak_seconds,
+        ),
+    )
