@@ -198,7 +198,7 @@ class Demo:
         write_hooks_file(hooks_file)
         self.processes.start_module(
             "control plane",
-            "control_plane",
+            "edgefleet.control_plane",
             [
                 "serve",
                 "--host",
@@ -261,7 +261,10 @@ class Demo:
                 trust_root=root_path,
             )
             self.processes.start_module(
-                device_id, "agent", ["run", "--config", str(config)], agent_dir / "agent.log"
+                device_id,
+                "edgefleet.agent",
+                ["run", "--config", str(config)],
+                agent_dir / "agent.log",
             )
             device_ports[device_id] = port
             device_profiles[device_id] = profile

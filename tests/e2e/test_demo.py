@@ -21,7 +21,7 @@ def test_demo_rolls_a_signed_bundle_per_device_class_to_agents_that_answer_accur
         [
             sys.executable,
             "-m",
-            "control_plane",
+            "edgefleet.control_plane",
             "demo",
             "--agents",
             "4",
@@ -70,7 +70,7 @@ def test_demo_with_drift_closes_the_loop_and_drift_falls(tmp_path: Path) -> None
         [
             sys.executable,
             "-m",
-            "control_plane",
+            "edgefleet.control_plane",
             "demo",
             "--agents",
             "3",
