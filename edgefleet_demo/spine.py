@@ -261,7 +261,10 @@ class Demo:
                 trust_root=root_path,
             )
             self.processes.start_module(
-                device_id, "edgefleet.agent", ["run", "--config", str(config)], agent_dir / "agent.log"
+                device_id,
+                "edgefleet.agent",
+                ["run", "--config", str(config)],
+                agent_dir / "agent.log",
             )
             device_ports[device_id] = port
             device_profiles[device_id] = profile

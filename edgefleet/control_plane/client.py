@@ -193,6 +193,17 @@ class ApiClient:
         """Per device: stored ``kind`` events and the sum of their ``data.count``."""
         return list(self._call("GET", "/events/summary", params={"kind": kind}))
 
+    def revoke_device(self, device_id: str) -> dict[str, Any]:
+        """Revoke a device's broker credentials; ``device_id`` and ``revoked_at`` come back."""
+        return dict(self._call("POST", f"/devices/{device_id}/revoke"))
+
+    def create_enrolment_token(
+        self, *, ttl_seconds: int = 3600, note: str | None = None
+    ) -> dict[str, Any]:
+        """A one-time enrolment token; its secret (``token``) is in this answer only."""
+        body = {"ttl_seconds": ttl_seconds, "note": note}
+        return dict(self._call("POST", "/enrolment/tokens", json=body))
+
     def set_device_labels(self, device_id: str, labels: dict[str, str]) -> dict[str, Any]:
         return dict(self._call("PUT", f"/devices/{device_id}/labels", json={"labels": labels}))
 

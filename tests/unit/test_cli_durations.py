@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import typer
 
-from edgefleet.control_plane.cli.main import parse_duration
+from edgefleet.control_plane.cli.options import parse_duration
 
 
 @pytest.mark.parametrize(

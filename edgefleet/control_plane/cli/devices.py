@@ -1,0 +1,69 @@
+"""``device`` and ``enrol``: the fleet, its labels and groups, and the credentials
+devices enrol with and lose when revoked."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from edgefleet.control_plane.cli.options import DEFAULT_API, ApiOption, JsonOption, parse_labels
+from edgefleet.control_plane.cli.output import api_errors, console, print_rows
+from edgefleet.control_plane.client import ApiClient
+
+device_app = typer.Typer(no_args_is_help=True, help="See the fleet.")
+enrol_app = typer.Typer(no_args_is_help=True, help="Device enrolment (secured broker).")
+
+
+@device_app.command("list")
+def device_list(api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -> None:
+    """List devices with their presence and installed bundle."""
+    with api_errors(), ApiClient(api) as client:
+        rows = client.list_devices()
+    columns = ["id", "profile", "online", "bundle_id", "release", "last_seen"]
+    print_rows(rows, columns, "devices", as_json)
+
+
+@device_app.command("label")
+def device_label(
+    device_id: str,
+    label: Annotated[list[str], typer.Argument(help="key=value (replaces all labels)")],
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Set a device's labels, which rollout selectors match."""
+    with api_errors(), ApiClient(api) as client:
+        device = client.set_device_labels(device_id, parse_labels(label))
+    console.print(f"{device['id']} labels {device['labels']}")
+
+
+@device_app.command("group")
+def device_group(
+    name: str,
+    device: Annotated[list[str], typer.Argument(help="member device ids (replaces the group)")],
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Create or replace a device group, which rollout selectors can name."""
+    with api_errors(), ApiClient(api) as client:
+        group = client.set_group(name, device)
+    console.print(f"group {group['name']}: {len(group['device_ids'])} devices")
+
+
+@device_app.command("revoke")
+def device_revoke(device_id: str, api: ApiOption = DEFAULT_API) -> None:
+    """Revoke a device's broker credentials and cut its live session."""
+    with api_errors(), ApiClient(api) as client:
+        result = client.revoke_device(device_id)
+    console.print(f"device {result['device_id']} revoked at {result['revoked_at']}")
+
+
+@enrol_app.command("token")
+def enrol_token(
+    ttl: Annotated[int, typer.Option(help="seconds the token stays valid")] = 3600,
+    note: Annotated[str | None, typer.Option(help="what the token is for")] = None,
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Issue a one-time enrolment token; its secret is printed once."""
+    with api_errors(), ApiClient(api) as client:
+        token = client.create_enrolment_token(ttl_seconds=ttl, note=note)
+    console.print(f"enrolment token {token['id']} valid until {token['expires_at']}:")
+    console.print(token["token"], soft_wrap=True)

@@ -1,0 +1,229 @@
+"""``rollout`` and ``audit``: rolling bundles out in gated waves, and the record of
+who started, paused, promoted or stopped them, and why."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from edgefleet.control_plane.cli.options import DEFAULT_API, ApiOption, JsonOption, parse_labels
+from edgefleet.control_plane.cli.output import api_errors, console, print_rows, table
+from edgefleet.control_plane.client import ApiClient
+
+rollout_app = typer.Typer(no_args_is_help=True, help="Roll bundles out to devices.")
+audit_app = typer.Typer(no_args_is_help=True, help="Who did what to rollouts, and why.")
+
+ReasonOption = Annotated[str | None, typer.Option(help="why: recorded in the audit log")]
+
+
+@rollout_app.command("create")
+def rollout_create(
+    bundle: Annotated[str, typer.Option(help="bundle id")],
+    device: Annotated[
+        list[str] | None,
+        typer.Option(help="target device id (repeatable); default: all of the profile"),
+    ] = None,
+    group: Annotated[list[str] | None, typer.Option(help="device group (repeatable)")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="key=value the devices carry")] = None,
+    waves: Annotated[
+        str, typer.Option(help="cumulative waves, counts or shares: 1,10%,50%,100%")
+    ] = "100%",
+    soak: Annotated[float, typer.Option(help="seconds each wave soaks before its gates")] = 0.0,
+    max_install_failure_rate: Annotated[float | None, typer.Option()] = None,
+    max_error_rate: Annotated[float | None, typer.Option()] = None,
+    max_latency_ratio: Annotated[
+        float | None, typer.Option(help="p95 on the new bundle / p95 on the previous one")
+    ] = None,
+    min_agreement: Annotated[float | None, typer.Option()] = None,
+    min_inferences: Annotated[int, typer.Option(help="telemetry a wave needs first")] = 0,
+    strategy: Annotated[str, typer.Option(help="canary | blue_green | shadow")] = "canary",
+    manual: Annotated[bool, typer.Option("--manual", help="wait for promote after each wave")] = (
+        False
+    ),
+    draft: Annotated[bool, typer.Option("--draft", help="create without starting")] = False,
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Roll a bundle out in waves, with health gates between them."""
+    selector: dict[str, Any] = {}
+    if group:
+        selector["groups"] = group
+    if label:
+        selector["labels"] = parse_labels(label)
+    gates = {
+        "max_install_failure_rate": max_install_failure_rate,
+        "max_error_rate": max_error_rate,
+        "max_p95_latency_ratio": max_latency_ratio,
+        "min_agreement": min_agreement,
+        "min_inferences": min_inferences,
+    }
+    with api_errors(), ApiClient(api) as client:
+        rollout = client.create_rollout(
+            bundle_id=bundle,
+            device_ids=device,
+            selector=selector or None,
+            waves=[w.strip() for w in waves.split(",") if w.strip()],
+            soak_seconds=soak,
+            gates={k: v for k, v in gates.items() if v is not None},
+            strategy=strategy,
+            mode="manual" if manual else "automatic",
+            start=not draft,
+        )
+    sizes = [w["size"] for w in rollout.get("wave_status", [])]
+    console.print(
+        f"rollout {rollout['id']} {rollout['state']} to {len(rollout['devices'])} devices"
+        f" in waves of {sizes}"
+    )
+
+
+_DEVICE_COLUMNS = (
+    ("pending", ("pending",)),
+    ("downloading", ("offered", "downloading", "verified", "staged", "smoke_tested")),
+    ("active", ("active", "shadowing")),
+    ("failed", ("failed",)),
+    ("rolled back", ("rolling_back", "rolled_back")),
+    ("other", ("superseded", "cancelled")),
+)
+
+
+def _rollout_table(rollout: dict[str, Any]) -> Table:
+    """Per wave: devices by state and gate values against thresholds."""
+    title = (
+        f"rollout {rollout['id']} · {rollout['bundle_id']} · {rollout['state']}"
+        f" · wave {rollout.get('wave', 1)}/{rollout.get('wave_count', 1)}"
+        f" {rollout.get('phase', '')} · {rollout.get('strategy', 'canary')}"
+        f" {rollout.get('mode', 'automatic')}"
+    )
+    result = Table(title=title, caption=rollout.get("reason") or None)
+    result.add_column("wave")
+    result.add_column("size")
+    result.add_column("state")
+    for name, _states in _DEVICE_COLUMNS:
+        result.add_column(name, justify="right")
+    result.add_column("gates")
+    for wave in rollout.get("wave_status") or []:
+        counts = wave.get("counts", {})
+        gates = []
+        for gate in wave.get("gates", []):
+            value = "-" if gate["value"] is None else f"{gate['value']:.3f}"
+            mark = "[green]ok[/]" if gate["ok"] else "[red]BREACH[/]"
+            gates.append(f"{gate['name']} {value} / {gate['threshold']} {mark}")
+        result.add_row(
+            str(wave["wave"]),
+            str(wave["size"]),
+            wave["state"],
+            *(str(sum(counts.get(s, 0) for s in states)) for _n, states in _DEVICE_COLUMNS),
+            "\n".join(gates) or "-",
+        )
+    return result
+
+
+def _devices_table(rollout: dict[str, Any]) -> Table:
+    return table(
+        rollout["devices"],
+        ["device_id", "wave", "state", "install_seconds", "reason", "updated_at"],
+        "devices",
+    )
+
+
+@rollout_app.command("status")
+def rollout_status(
+    rollout_id: int,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="live view until the rollout ends")
+    ] = False,
+    devices: Annotated[bool, typer.Option("--devices", help="also list every device")] = False,
+    api: ApiOption = DEFAULT_API,
+    as_json: JsonOption = False,
+) -> None:
+    """Waves, device states and gate values of a rollout."""
+    with api_errors(), ApiClient(api) as client:
+        rollout = client.get_rollout(rollout_id)
+        if as_json:
+            console.print_json(json.dumps(rollout))
+            return
+        if not watch:
+            console.print(_rollout_table(rollout))
+            if devices:
+                console.print(_devices_table(rollout))
+            return
+        with Live(_rollout_table(rollout), console=console, refresh_per_second=4) as live:
+            while rollout["state"] in ("in_progress", "paused", "draft"):
+                time.sleep(0.5)
+                rollout = client.get_rollout(rollout_id)
+                live.update(_rollout_table(rollout))
+
+
+def _act(action: str, rollout_id: int, reason: str | None, api: str) -> None:
+    with api_errors(), ApiClient(api) as client:
+        rollout = client.act_on_rollout(rollout_id, action, reason=reason)
+    console.print(
+        f"rollout {rollout['id']} {rollout['state']} (wave {rollout['wave']}, {rollout['phase']})"
+    )
+
+
+@rollout_app.command("start")
+def rollout_start(
+    rollout_id: int, reason: ReasonOption = None, api: ApiOption = DEFAULT_API
+) -> None:
+    """Start a draft rollout."""
+    _act("start", rollout_id, reason, api)
+
+
+@rollout_app.command("pause")
+def rollout_pause(
+    rollout_id: int, reason: ReasonOption = None, api: ApiOption = DEFAULT_API
+) -> None:
+    """Start no new wave until resumed."""
+    _act("pause", rollout_id, reason, api)
+
+
+@rollout_app.command("resume")
+def rollout_resume(
+    rollout_id: int, reason: ReasonOption = None, api: ApiOption = DEFAULT_API
+) -> None:
+    """Resume a paused rollout."""
+    _act("resume", rollout_id, reason, api)
+
+
+@rollout_app.command("promote")
+def rollout_promote(
+    rollout_id: int, reason: ReasonOption = None, api: ApiOption = DEFAULT_API
+) -> None:
+    """Start the next wave of a manual rollout whose wave passed its gates."""
+    _act("promote", rollout_id, reason, api)
+
+
+@rollout_app.command("abort")
+def rollout_abort(
+    rollout_id: int, reason: ReasonOption = None, api: ApiOption = DEFAULT_API
+) -> None:
+    """Stop the rollout; the current wave's devices roll back."""
+    _act("abort", rollout_id, reason, api)
+
+
+@rollout_app.command("rollback")
+def rollout_rollback(
+    rollout_id: int, reason: ReasonOption = None, api: ApiOption = DEFAULT_API
+) -> None:
+    """Roll every device that got the bundle back to its previous one."""
+    _act("rollback", rollout_id, reason, api)
+
+
+@audit_app.command("list")
+def audit_list(
+    rollout: Annotated[int | None, typer.Option(help="only this rollout")] = None,
+    action: Annotated[str | None, typer.Option(help="only this action")] = None,
+    limit: int = 100,
+    api: ApiOption = DEFAULT_API,
+    as_json: JsonOption = False,
+) -> None:
+    """Operator actions and automatic decisions, newest first."""
+    with api_errors(), ApiClient(api) as client:
+        rows = client.list_audit(rollout_id=rollout, action=action, limit=limit)
+    columns = ["ts", "actor", "action", "rollout_id", "target", "reason"]
+    print_rows(rows, columns, "audit", as_json)
