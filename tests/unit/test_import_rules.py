@@ -2,7 +2,8 @@
 
 The contract (``edgefleet``'s own modules and ``edgefleet.states``) is a leaf; the agent
 and the converters stand on the contract alone; the control plane on the contract and the
-converters; nothing in the product loads the demo except on demand, inside a function.
+converters; nothing in the product loads the demo except on demand, inside a function;
+only ``edgefleet.mqtt`` imports paho-mqtt.
 A rule counts every import, lazy ones in functions too: a lazy import is still a
 dependency, and would pull the control plane's stack into a device that has none of it.
 What the long-lived agent process loads at run time (third-party stacks included) is
@@ -34,6 +35,8 @@ FORBIDDEN = {
     CONVERTERS: (AGENT, CONTROL_PLANE, DEMO),
     CONTROL_PLANE: (AGENT,),
 }
+MQTT_OWNER = "edgefleet.mqtt"
+"""The one module that imports paho-mqtt; everything else goes through its ``MqttLink``."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ def broken_rules(imports: list[Import]) -> list[str]:
         # The control plane's `edgefleet demo` command alone may load the demo, on demand.
         if part == CONTROL_PLANE and _within(imp.target, DEMO) and not imp.in_function:
             broken.add(f"{imp.importer}:{imp.line} imports {DEMO} outside a function")
+        if _within(imp.target, "paho") and imp.importer != MQTT_OWNER:
+            broken.add(f"{imp.importer}:{imp.line} imports paho (only {MQTT_OWNER} may)")
     return sorted(broken)
 
 
@@ -167,6 +172,8 @@ def test_the_rules_see_every_package_and_its_imports(imports: list[Import]) -> N
         ("edgefleet.control_plane.app", "from edgefleet.converters import pipeline", False),
         ("edgefleet.agent.daemon", "from ..messages import InstallOffer", False),
         ("edgefleet.agent.install.updater", "from .journal import Journal", False),
+        ("edgefleet.control_plane.broker.link", "import paho.mqtt.client as paho", True),
+        ("edgefleet.mqtt", "from paho.mqtt.properties import Properties", False),
     ],
 )
 def test_a_broken_rule_is_named(importer: str, source: str, broken: bool) -> None:
