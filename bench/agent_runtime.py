@@ -237,7 +237,8 @@ def main() -> None:
     )
     print(
         f"  of which runtime wrapper {infer['wrapper']:6.1f} us/call "
-        f"({infer['wrapper_ratio'] - 1:+.1%}; agent/runtime.py), recording the rest"
+        f"({infer['wrapper_ratio'] - 1:+.1%}; edgefleet/agent/inference/runtime.py), "
+        "recording the rest"
     )
     print(
         f"  onnxruntime's compiled session alone {infer['binding']:6.1f} us/call "

@@ -139,7 +139,19 @@ def sha256_hex(data: bytes) -> str:
 def build_manifest(
     fields: Mapping[str, Any], files: Mapping[str, tuple[bytes, FileRole]]
 ) -> Manifest:
-    """A validated manifest for ``files`` (name -> (content, role)) plus ``fields``."""
+    """A validated manifest for ``files`` plus the descriptive ``fields``.
+
+    Args:
+        fields: Every manifest field except ``files`` (model, version, release counter,
+            profiles, artifact, smoke test, ...), as plain data.
+        files: Member name -> (content, role); each gets its length and SHA-256.
+
+    Returns:
+        The manifest, checked against its schema and for consistency.
+
+    Raises:
+        BundleError: A field is invalid, or the manifest names a member it does not list.
+    """
     entries = [
         {"path": name, "length": len(data), "sha256": sha256_hex(data), "role": role}
         for name, (data, role) in sorted(files.items())
@@ -159,6 +171,17 @@ def write_bundle(
 
     Members are written in a fixed order with zeroed ownership and times, so the
     same inputs give byte-identical bundles.
+
+    Args:
+        path: The bundle file to write (atomically: a crash leaves no torn bundle).
+        fields: The manifest's fields except ``files`` (see ``build_manifest``).
+        files: Member name -> (content, role).
+
+    Returns:
+        The manifest written into the bundle.
+
+    Raises:
+        BundleError: A member name or file type is not allowed, or the manifest is invalid.
     """
     for name, (data, _role) in files.items():
         if not MEMBER_NAME_RE.fullmatch(name) or name == MANIFEST_NAME:
@@ -186,7 +209,17 @@ _PICKLE_PROTOCOLS = {bytes([0x80, p]) for p in range(2, 6)}
 
 
 def check_member_type(name: str, head: bytes, mode: int = 0o644) -> None:
-    """Refuse a member that is not a file type the runtimes load (``head``: first bytes)."""
+    """Refuse a member that is not a file type the runtimes load.
+
+    Args:
+        name: The member's name; its suffix must be one of ``ALLOWED_SUFFIXES``.
+        head: The member's first bytes (16 are enough), checked for executable, archive
+            and pickle signatures and for the TFLite and ORT magic numbers.
+        mode: The member's permission bits; any execute bit is refused.
+
+    Raises:
+        BundleError: Naming the member and why it was refused.
+    """
     if not name.endswith(ALLOWED_SUFFIXES):
         raise BundleError(f"file type not allowed (only {', '.join(ALLOWED_SUFFIXES)})", file=name)
     if mode & 0o111:
@@ -208,6 +241,13 @@ def check_npy(name: str, handle: Any) -> None:
     """Refuse a ``.npy`` member whose array holds Python objects (loaded by unpickling).
 
     Only the header is parsed, from a bounded in-memory copy of the member's head.
+
+    Args:
+        name: The member's name, for the error.
+        handle: A binary file object positioned at the member's start.
+
+    Raises:
+        BundleError: The header is not a numpy array header, or its dtype holds objects.
     """
     handle = io.BytesIO(handle.read(NPY_HEADER_LIMIT))
     try:
@@ -236,7 +276,18 @@ def _parse_manifest(data: bytes) -> Manifest:
 
 
 def read_manifest(bundle_path: Path) -> Manifest:
-    """Read and validate only the manifest of a bundle (no member is extracted)."""
+    """Read and validate only the manifest of a bundle (no member is extracted).
+
+    Args:
+        bundle_path: The bundle file.
+
+    Returns:
+        The validated manifest.
+
+    Raises:
+        BundleError: The archive is unreadable, has no manifest, or the manifest is
+            invalid, inconsistent or of a newer schema version.
+    """
     try:
         with tarfile.open(bundle_path, mode="r:") as tar:
             member = tar.getmember(MANIFEST_NAME)
@@ -251,7 +302,11 @@ def read_manifest(bundle_path: Path) -> Manifest:
 
 
 def verify_file(path: Path, entry: FileEntry) -> None:
-    """Check one file's length and SHA-256 against its manifest entry."""
+    """Check one file's length and SHA-256 against its manifest entry.
+
+    Raises:
+        BundleError: The file is missing, or its length or SHA-256 differs (naming it).
+    """
     try:
         size = path.stat().st_size
         if size != entry.length:
@@ -280,9 +335,20 @@ def unpack_bundle(
 ) -> Manifest:
     """Safely extract a bundle into the empty directory ``dest`` and verify every file.
 
-    Raises ``BundleError`` naming the member at fault: an unsafe or unlisted
-    member, an archive larger than ``max_unpacked_bytes``, or a file whose length
-    or SHA-256 differs from the manifest.
+    Args:
+        bundle_path: The bundle file, as downloaded.
+        dest: An empty (or not yet existing) directory; files are fsynced into it.
+        max_unpacked_bytes: The bound on the members' total size, checked before any
+            member is written.
+
+    Returns:
+        The bundle's manifest.
+
+    Raises:
+        BundleError: Naming the member at fault: an unsafe or unlisted member, an
+            archive larger than ``max_unpacked_bytes``, a file type the runtimes do not
+            load, or a file whose length or SHA-256 differs from the manifest; also a
+            ``dest`` that is not empty or an unreadable archive.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,16 @@ def _smooth(p: np.ndarray) -> np.ndarray:
 
 
 def psi(reference: np.ndarray, current: np.ndarray) -> float:
-    """Population Stability Index between two binned distributions (counts or shares)."""
+    """Population Stability Index between two binned distributions.
+
+    Args:
+        reference: Counts or shares per bin (the reference, p).
+        current: Counts or shares over the same bins (the window, q).
+
+    Returns:
+        PSI, 0 for identical distributions; both are smoothed by ``EPSILON``, so an
+        empty bin on either side gives a finite score, not infinity.
+    """
     p = _smooth(np.asarray(reference, dtype=np.float64))
     q = _smooth(np.asarray(current, dtype=np.float64))
     return float(np.sum((q - p) * np.log(q / p)))
@@ -92,7 +101,17 @@ def ks_binned(reference: np.ndarray, current: np.ndarray) -> float:
 
 
 def wasserstein_binned(edges: np.ndarray, reference: np.ndarray, current: np.ndarray) -> float:
-    """Wasserstein-1 distance between the inner bins' distributions, in feature units."""
+    """Wasserstein-1 distance between the inner bins' distributions, in feature units.
+
+    Args:
+        edges: The reference's bin edges (one more than the inner bins).
+        reference: Counts or shares per bin, underflow and overflow bins included
+            (they are left out of this measure: their width is unknown).
+        current: Counts or shares over the same bins.
+
+    Returns:
+        The distance, 0 when either side has nothing in the inner bins.
+    """
     widths = np.diff(edges)
     p = np.asarray(reference, dtype=np.float64)[1:-1]
     q = np.asarray(current, dtype=np.float64)[1:-1]
@@ -110,6 +129,8 @@ def chi_square(reference_proportions: np.ndarray, counts: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class FeatureReference:
+    """One input feature's reference: its bin edges and the share of samples in each bin."""
+
     index: int
     edges: np.ndarray
     proportions: np.ndarray  # with underflow and overflow bins
@@ -130,6 +151,13 @@ class Reference:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Reference:
+        """Parse a bundle's ``reference_stats.json``, as decoded.
+
+        Raises:
+            KeyError: A required key (``features``, or a feature's ``index``, ``edges`` or
+                ``proportions``) is missing.
+            ValueError, TypeError: A value is not a number or a list of numbers.
+        """
         features = [
             FeatureReference(
                 index=int(f["index"]),
@@ -143,6 +171,12 @@ class Reference:
 
 @dataclass(frozen=True)
 class DriftThresholds:
+    """When a window is scored, and when it counts as drifted (see the module docstring).
+
+    ``window``: samples per window; ``psi``: a feature drifts above this score;
+    ``share``: a window drifts when at least this share of informative features do.
+    """
+
     window: int = DEFAULT_WINDOW
     psi: float = DEFAULT_PSI_THRESHOLD
     share: float = DEFAULT_SHARE_THRESHOLD
@@ -185,6 +219,12 @@ class DriftDetector:
     """
 
     def __init__(self, reference: Reference, thresholds: DriftThresholds | None = None) -> None:
+        """Start with an empty window.
+
+        Args:
+            reference: The bundle's reference distributions.
+            thresholds: Window size and drift thresholds; the defaults when None.
+        """
         self.reference = reference
         self.thresholds = thresholds or DriftThresholds()
         self._counts = [np.zeros(len(f.proportions), dtype=np.int64) for f in reference.features]
@@ -196,7 +236,17 @@ class DriftDetector:
         return self._seen
 
     def observe(self, batch: np.ndarray) -> list[DriftReport]:
-        """Add a batch [n, features]; returns a report for each window it completed."""
+        """Count a batch of inputs, scoring every window it completes.
+
+        A batch may complete several windows, or none; the counts of a window that is not
+        yet full carry over to the next call.
+
+        Args:
+            batch: Inputs as [n, features] (or anything that reshapes to it row by row).
+
+        Returns:
+            One report per window completed, oldest first; empty when none was.
+        """
         batch = np.asarray(batch, dtype=np.float64).reshape(len(batch), -1)
         reports = []
         start = 0

@@ -251,7 +251,17 @@ def check_bounds(
     max_bytes: int = MAX_MESSAGE_BYTES,
     max_nesting: int = MAX_NESTING,
 ) -> None:
-    """Refuse a payload too large or too deeply nested to decode safely."""
+    """Refuse a payload too large or too deeply nested to decode safely.
+
+    Args:
+        payload: The message as received, not yet decoded.
+        topic: The topic it came on, carried into the error for the log.
+        max_bytes: Largest payload accepted.
+        max_nesting: Deepest nesting of JSON arrays and objects accepted.
+
+    Raises:
+        MessageError: With ``fault`` ``"too_large"`` or ``"too_deep"``.
+    """
     if len(payload) > max_bytes:
         raise MessageError(
             f"message too large: {len(payload)} bytes (limit {max_bytes})",
@@ -268,10 +278,23 @@ def check_bounds(
 
 
 def decode_message(payload: bytes, *, topic: str | None = None) -> WireMessage:
-    """Decode and validate any wire message; ``MessageError`` names what is wrong.
+    """Decode and validate any wire message.
 
     Size and nesting are bounded before the decoder sees the payload, and anything the
     decoder raises is this message's fault: no payload can take its receiver down.
+
+    Args:
+        payload: The JSON message as received.
+        topic: The topic it came on, carried into the error for the log.
+
+    Returns:
+        The message as its own type (``DeviceStatus``, ``InstallReport``, ...), with any
+        fields this version does not declare kept.
+
+    Raises:
+        MessageError: Naming what is wrong: too large or too deeply nested, not a JSON
+            object, an unknown ``type``, a field that fails validation, or a newer
+            schema version.
     """
     check_bounds(payload, topic=topic)
     try:
@@ -294,7 +317,14 @@ def decode_message(payload: bytes, *, topic: str | None = None) -> WireMessage:
 
 
 def decode_as(payload: bytes, expected: type[M], *, topic: str | None = None) -> M:
-    """Decode a message and insist it is of type ``expected``."""
+    """Decode a message and insist it is of type ``expected``.
+
+    Returns:
+        The message, typed as ``expected``.
+
+    Raises:
+        MessageError: As ``decode_message``, or the message is of another type.
+    """
     message = decode_message(payload, topic=topic)
     if not isinstance(message, expected):
         raise MessageError(

@@ -70,6 +70,14 @@ class BrokerAddress:
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
+        """Parse ``mqtt[s]://[user:password@]host[:port]`` (a bare ``host:port`` means mqtt).
+
+        The port defaults to 1883, or 8883 for ``mqtts://`` (also spelled ``ssl://``;
+        ``tcp://`` is plain). Percent-encoded credentials are decoded.
+
+        Raises:
+            ValueError: Another scheme, or no host.
+        """
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in _PLAIN_SCHEMES + _TLS_SCHEMES or not parts.hostname:
             raise ValueError(
@@ -82,6 +90,7 @@ class BrokerAddress:
         return cls(parts.hostname, port, username, password, tls)
 
     def url(self) -> str:
+        """The broker as a URL without credentials, safe to log."""
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
@@ -105,7 +114,8 @@ class TlsOptions:
     def context(self) -> ssl.SSLContext:
         """A client context: broker certificate and host name checked, TLS 1.2 or newer.
 
-        Raises ``TransportError`` when a file is missing or does not hold what it should.
+        Raises:
+            TransportError: A file is missing or does not hold what it should.
         """
         try:
             context = ssl.create_default_context(
@@ -218,6 +228,27 @@ class MqttLink:
         reconnect_max_delay: float = 30,
         tls: TlsOptions | None = None,
     ) -> None:
+        """Set the session up; nothing connects until ``start``.
+
+        Args:
+            client_id: The MQTT client id; the broker's ACLs key on it.
+            broker: Where to connect; its credentials are used unless ``username`` is given.
+            will: Published by the broker if the link drops without a clean ``stop``.
+            clean_start: Discard any session the broker kept for this client id.
+            session_expiry: Seconds the broker keeps the session after a disconnect (0:
+                none).
+            keepalive: Seconds of silence before a ping; a dead broker is noticed in about
+                twice this.
+            username: Overrides the broker URL's user name (with ``password``).
+            password: The password for ``username``.
+            reconnect_min_delay: The first reconnect backoff ceiling, in seconds.
+            reconnect_max_delay: The largest one.
+            tls: How to verify an ``mqtts://`` broker (the system's trust store when None).
+
+        Raises:
+            ValueError: ``tls`` given for a broker that is not ``mqtts://``.
+            TransportError: The TLS files cannot be loaded.
+        """
         if tls is not None and not broker.tls:
             raise ValueError(f"TLS options need an mqtts:// broker, got {broker.url()}")
         self.client_id = client_id
@@ -327,10 +358,16 @@ class MqttLink:
     ) -> None:
         """Deliver messages matching ``topic_filter`` to ``handler``, across reconnects.
 
-        With ``shared_group`` the broker spreads the messages over every client
-        subscribed in that group (MQTT 5 shared subscription). Messages are
-        acknowledged when the handler returns, or, with ``deferred_ack``, when the
-        handler (or whoever it hands the message to) calls ``Incoming.ack``.
+        Args:
+            topic_filter: An MQTT topic filter (``edgefleet.topics`` builds them).
+            handler: Called on the network thread with each ``Incoming``; it must be quick.
+            qos: The subscription's QoS.
+            shared_group: Subscribe as ``$share/<group>/<filter>``: the broker spreads the
+                messages over every client subscribed in the group (MQTT 5 shared
+                subscription).
+            deferred_ack: Acknowledge a message only when ``Incoming.ack`` is called (by the
+                handler, or whoever it hands the message to), not when the handler returns;
+                until then the broker redelivers it to a resumed session.
         """
         sub = _Subscription(topic_filter, handler, qos, shared_group, deferred_ack)
         self._client.message_callback_add(topic_filter, self._dispatcher(sub))
@@ -361,12 +398,25 @@ class MqttLink:
     ) -> None:
         """Publish a message; with ``wait``, block until the broker acknowledged it.
 
-        Without ``wait`` a QoS 1 message published while disconnected is queued in
-        memory and sent after reconnect. With ``wait`` a message the broker has not
-        acknowledged in time raises ``TransportError`` (it may still be delivered).
-        ``on_published`` runs (on the network thread, so it must be quick) once the
-        broker acknowledged the message: a store-and-forward queue deletes what it
-        sent only then, without blocking a thread per message.
+        Without ``wait`` a QoS 1 message published while disconnected is queued in memory
+        and sent after reconnect.
+
+        Args:
+            topic: The topic (``edgefleet.topics`` builds them).
+            payload: The raw bytes.
+            qos: 0 or 1.
+            retain: Ask the broker to keep the message for later subscribers.
+            correlation: MQTT 5 correlation data (request/response).
+            response_topic: MQTT 5 response topic (request/response).
+            user_properties: MQTT 5 user properties.
+            wait: Seconds to wait for the broker's acknowledgement; None returns at once.
+            on_published: Runs on the network thread (so it must be quick) once the broker
+                acknowledged the message: a store-and-forward queue deletes what it sent
+                only then, without blocking a thread per message.
+
+        Raises:
+            TransportError: Only with ``wait``: not connected (the message stays queued), or
+                no acknowledgement in time (it may still be delivered).
         """
         properties = None
         if correlation is not None or response_topic is not None or user_properties:

@@ -154,7 +154,19 @@ def _field_of(error: dict[str, object]) -> str | None:
 
 
 def parse_profile(data: bytes | str, *, source: str = "profile") -> FirmwareProfile:
-    """Validate TOML text as a firmware profile; ``ProfileError`` names the field."""
+    """Validate TOML text as a firmware profile.
+
+    Args:
+        data: The profile's TOML text.
+        source: What to call it in errors (the file name, usually).
+
+    Returns:
+        The validated profile.
+
+    Raises:
+        ProfileError: The text is not valid UTF-8 TOML, or a field is unknown, missing or
+            invalid; ``field`` names the dotted field and ``reason`` says why.
+    """
     try:
         raw = tomllib.loads(data.decode() if isinstance(data, bytes) else data)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -170,7 +182,19 @@ def parse_profile(data: bytes | str, *, source: str = "profile") -> FirmwareProf
 
 
 def load_profile(path: Path | Traversable) -> FirmwareProfile:
-    """Read and validate one profile file (a path, or a file inside an installed package)."""
+    """Read and validate one profile file.
+
+    Args:
+        path: A file on disk, or a file inside an installed package (a ``Traversable``
+            from ``default_profiles_dir()``).
+
+    Returns:
+        The validated profile.
+
+    Raises:
+        ProfileError: The file cannot be read, is not a valid profile, or its ``name``
+            differs from the file name without ``.toml``.
+    """
     try:
         text = path.read_text()
     except OSError as e:
@@ -184,7 +208,19 @@ def load_profile(path: Path | Traversable) -> FirmwareProfile:
 
 
 def load_profiles(directory: Path | Traversable) -> dict[str, FirmwareProfile]:
-    """Every ``*.toml`` profile in ``directory``, by name."""
+    """Every ``*.toml`` profile in ``directory``, by name.
+
+    Args:
+        directory: A directory on disk, or ``default_profiles_dir()`` for the shipped ones.
+
+    Returns:
+        Profile name -> profile, in file-name order.
+
+    Raises:
+        ProfileError: For the first file that is not a valid profile (one bad file
+            fails the whole load).
+        OSError: ``directory`` cannot be listed.
+    """
     files = sorted(
         (f for f in directory.iterdir() if f.name.endswith(".toml") and f.is_file()),
         key=lambda f: f.name,

@@ -167,10 +167,18 @@ class Open(Struct, frozen=True, dict=True):
 
 
 def convert(data: Any, type_: type[T]) -> T:
-    """Check ``data`` (dicts, lists and scalars, as decoded) and build a ``type_`` from it.
+    """Check ``data`` and build a ``type_`` from it.
 
-    Raises ``msgspec.ValidationError``; ``locate`` says where. Undeclared fields of
-    ``Open`` records are kept.
+    Args:
+        data: Dicts, lists and scalars, as decoded from JSON (or TOML).
+        type_: A record type, or any type msgspec can convert to (``list[Record]``, ...).
+
+    Returns:
+        The record, with the undeclared fields of every ``Open`` record in it kept.
+
+    Raises:
+        msgspec.ValidationError: ``data`` does not fit ``type_``; ``locate`` says which
+            field and why.
     """
     prepare()
     token = _decoding.set(True)
@@ -183,8 +191,15 @@ def convert(data: Any, type_: type[T]) -> T:
 
 
 def decode_json(data: bytes | str, type_: type[T]) -> T:
-    """Decode a JSON document into a ``type_``; ``msgspec.DecodeError`` when it is not
-    JSON, ``msgspec.ValidationError`` (a ``DecodeError``) when it does not fit."""
+    """Decode a JSON document into a ``type_``.
+
+    Returns:
+        The record, undeclared fields of ``Open`` records kept (as ``convert``).
+
+    Raises:
+        msgspec.DecodeError: The document is not JSON; its subclass
+            ``msgspec.ValidationError`` when it is but does not fit ``type_``.
+    """
     return convert(msgspec.json.decode(data), type_)
 
 
@@ -220,7 +235,11 @@ def to_builtins(obj: Any, *, omit_none: bool = False) -> Any:
 
 
 def replace(record: S, **changes: Any) -> S:
-    """A copy of ``record`` with ``changes`` (checked), keeping its undeclared fields."""
+    """A copy of ``record`` with ``changes``, keeping its undeclared fields.
+
+    Raises:
+        FieldError: A changed value is one its field does not allow.
+    """
     copy = msgspec.structs.replace(record, **changes)
     if isinstance(record, Open) and _UNRECOGNIZED in record.__dict__:
         copy.__dict__[_UNRECOGNIZED] = record.__dict__[_UNRECOGNIZED]
@@ -264,10 +283,13 @@ def _split(message: str) -> tuple[list[str], str]:
 
 
 def locate(error: msgspec.ValidationError) -> tuple[str | None, str]:
-    """The dotted path of the field at fault (None for the record as a whole) and why.
+    """Where a validation error lies, as a dotted field path, and why.
 
     An unknown or missing field is named in the path; a ``FieldError`` raised by a
     record's own check adds its field to the record's path.
+
+    Returns:
+        (path, reason); the path is None when the record as a whole is at fault.
     """
     path, reason = _split(str(error))
     named = _NAMED_FIELD.match(reason)

@@ -66,6 +66,15 @@ class Supervisor:
     def __init__(
         self, *, min_delay: float = 0.1, max_delay: float = 10.0, stable_after: float = 60.0
     ) -> None:
+        """Configure the restart backoff; no worker runs until ``start``.
+
+        Args:
+            min_delay: Seconds before a dead worker's first restart; doubled on every
+                further death that comes soon (before ``stable_after``) after a start.
+            max_delay: The longest restart delay.
+            stable_after: Seconds a worker must stay up for its next death to restart at
+                ``min_delay`` again.
+        """
         self.min_delay = min_delay
         self.max_delay = max_delay
         self.stable_after = stable_after
@@ -74,7 +83,16 @@ class Supervisor:
         self._stopping = False
 
     def start(self, name: str, target: Callable[[], None]) -> None:
-        """Run ``target`` on a supervised thread called ``name`` (unique)."""
+        """Run ``target`` on a supervised thread called ``name``.
+
+        Args:
+            name: The thread's name and the worker's key in ``workers()``; unique.
+            target: Runs until its owner tells it to stop; returning or raising before
+                ``stop()`` is a death, and it is run again.
+
+        Raises:
+            ValueError: A worker called ``name`` is already supervised.
+        """
         with self._lock:
             if name in self._workers:
                 raise ValueError(f"a worker called {name!r} is already supervised")
@@ -90,7 +108,14 @@ class Supervisor:
                     worker.timer.cancel()
 
     def join(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds in all for every worker thread; True if all ended."""
+        """Wait for every worker thread to end, after ``stop()`` and waking the workers.
+
+        Args:
+            timeout: Seconds in all, not per thread.
+
+        Returns:
+            True if every thread ended in time.
+        """
         deadline = time.monotonic() + timeout
         with self._lock:
             threads = [w.thread for w in self._workers.values() if w.thread is not None]

@@ -73,7 +73,14 @@ def oip_datatype(dtype: np.dtype[Any]) -> str:
 
 
 def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
-    """An OIP tensor object (row-major flattened data) for ``array``."""
+    """An OIP tensor object for ``array``, its data flattened row-major.
+
+    Returns:
+        ``{"name", "shape", "datatype", "data"}``, ready for ``json.dumps``.
+
+    Raises:
+        ValueError: The array's dtype has no OIP datatype.
+    """
     return {
         "name": name,
         "shape": list(array.shape),
@@ -140,8 +147,25 @@ def _value_error(name: str, datatype: str, values: list[Any], accepted: frozense
 def decode_tensor(
     obj: Mapping[str, Any], *, allow_non_finite: bool = True
 ) -> tuple[str, np.ndarray]:
-    """Turn an OIP tensor object into (name, array); ``ValueError`` says what is wrong
-    and names the tensor. ``allow_non_finite=False`` also refuses NaN and ±Inf."""
+    """Turn an OIP tensor object, as a client sent it, into a numpy array.
+
+    Flat and regularly nested ``data`` are both accepted. Every check happens before the
+    model sees the tensor, and every error names the tensor, so a client learns which
+    input it got wrong.
+
+    Args:
+        obj: The tensor object, as decoded from JSON.
+        allow_non_finite: False also refuses NaN and ±Inf in float tensors (including
+            numbers beyond the datatype's range, which would become ±Inf).
+
+    Returns:
+        (name, array) with the array in the stated datatype and shape.
+
+    Raises:
+        ValueError: A missing or invalid name, datatype or shape; ragged or too deeply
+            nested data; a value count that does not fill the shape; a value of the wrong
+            JSON kind or out of the datatype's range; or a refused non-finite value.
+    """
     if not isinstance(obj, Mapping):
         raise ValueError("tensor must be a JSON object")
     name = obj.get("name")
@@ -186,11 +210,20 @@ def decode_tensor(
 
 
 def top1_classes(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The predicted class of every row: argmax of the first 2-D float output (scores or
-    probabilities), else the first integer output (labels); ``ValueError`` if neither.
+    """The predicted class of every row of a model's outputs.
 
     The converters' gate and the agent's shadow comparison judge agreement with this one
     rule, so a candidate is compared the same way before and after it ships.
+
+    Args:
+        outputs: Output name -> array, as a runtime returned them.
+
+    Returns:
+        One int64 class per row: the argmax of the first 2-D float output (scores or
+        probabilities), else the first integer output (labels).
+
+    Raises:
+        ValueError: The outputs hold neither a 2-D float nor an integer array.
     """
     for value in outputs.values():
         if value.ndim == 2 and np.issubdtype(value.dtype, np.floating):

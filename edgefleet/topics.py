@@ -51,12 +51,20 @@ def _checked(device_id: str) -> str:
 
 
 def up(device_id: str, channel: Up) -> str:
-    """Topic a device publishes ``channel`` messages on."""
+    """Topic a device publishes ``channel`` messages on.
+
+    Raises:
+        ValueError: ``device_id`` is not a well-formed device id.
+    """
     return f"{ROOT}/{_checked(device_id)}/up/{channel.value}"
 
 
 def down(device_id: str, channel: Down) -> str:
-    """Topic the control plane publishes ``channel`` messages to one device on."""
+    """Topic the control plane publishes ``channel`` messages to one device on.
+
+    Raises:
+        ValueError: ``device_id`` is not a well-formed device id.
+    """
     return f"{ROOT}/{_checked(device_id)}/down/{channel.value}"
 
 
@@ -71,15 +79,29 @@ def up_filter(channel: Up | None = None) -> str:
 
 
 def device_down_filter(device_id: str) -> str:
-    """Subscription filter for everything addressed to one device."""
+    """Subscription filter for everything addressed to one device.
+
+    Raises:
+        ValueError: ``device_id`` is not a well-formed device id.
+    """
     return f"{ROOT}/{_checked(device_id)}/down/#"
 
 
 def parse_up(topic: str) -> tuple[str, Up]:
-    """Split an up topic into (device id, channel); ``ValueError`` for anything else.
+    """Split a device's up topic into the device id and the channel.
 
     The control plane trusts the device id in the topic (the broker ACL enforces
     it), never one in a payload.
+
+    Args:
+        topic: The topic a message arrived on, e.g. ``fleet/dev-0123abcd/up/status``.
+
+    Returns:
+        (device id, channel).
+
+    Raises:
+        ValueError: The topic is not ``fleet/<device_id>/up/<channel>``, its device id is
+            malformed, or its channel unknown.
     """
     parts = topic.split("/")
     if len(parts) != 4 or parts[0] != ROOT or parts[2] != "up":

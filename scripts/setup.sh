@@ -98,6 +98,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 # The gate runs tflite-runtime 2.14 candidates in that runtime's own small virtualenv
-# (numpy < 2), inside this one: converters/worker_envs.py. Only does what is missing.
+# (numpy < 2), inside this one: edgefleet/converters/worker_envs.py. Only does what is missing.
 "$VENV/bin/python" -m edgefleet.converters.worker_envs install
 echo "setup: ready ($("$VENV/bin/python" --version), $(command -v mosquitto || echo /usr/sbin/mosquitto))"
