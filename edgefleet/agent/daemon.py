@@ -51,12 +51,11 @@ from edgefleet.agent.telemetry.drift import DriftSupervisor
 from edgefleet.agent.telemetry.forwarder import Forwarder
 from edgefleet.agent.telemetry.spool import Spool
 from edgefleet.agent.verification.fetcher import MqttFetcher
+from edgefleet.agent.verification.transport import downloads_dir, trusted_versions
 from edgefleet.agent.verification.verifier import (
     InProcessVerifier,
     ProcessVerifier,
     ResumingTransport,
-    downloads_dir,
-    trusted_versions,
 )
 from edgefleet.bundle import verify_directory
 from edgefleet.errors import BundleError, MessageError, TransportError

@@ -10,6 +10,9 @@ from sqlalchemy import JSON, Column, DateTime, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from edgefleet.control_plane.drift.hook_config import HOOK_NAME_PATTERN
+from edgefleet.states.install import (  # re-exported for the rollout services
+    TERMINAL_DEVICE_STATES as TERMINAL_DEVICE_STATES,
+)
 
 RolloutState = Literal[
     "draft",  # created, nothing offered yet; ``start`` begins wave 1
@@ -21,24 +24,6 @@ RolloutState = Literal[
     "rolled_back",  # an operator rolled every device of the rollout back
 ]
 RUNNING_ROLLOUT_STATES = frozenset({"in_progress", "paused"})
-DeviceInstallState = Literal[
-    "pending",  # in a later wave, not offered yet
-    "offered",
-    "downloading",
-    "verified",
-    "staged",
-    "smoke_tested",
-    "active",
-    "failed",
-    "rolling_back",  # a rollback command was sent
-    "rolled_back",
-    "shadowing",  # shadow strategy: the candidate runs beside the active model
-    "superseded",  # a newer rollout took the device over
-    "cancelled",  # the rollout ended before the device's wave
-]
-TERMINAL_DEVICE_STATES = frozenset(
-    {"active", "failed", "rolled_back", "superseded", "cancelled", "shadowing"}
-)
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
