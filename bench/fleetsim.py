@@ -125,13 +125,12 @@ class SimDevice:
         self.slots = SlotStore(config.data_dir)
         self.holder = ModelHolder()
         self.session = DeviceSession.for_agent(config, self._status)
-        self.link = self.session.link
         self.installer = Installer(
             config=config,
             slots=self.slots,
             holder=self.holder,
             # In-process: a child process per device would measure process start-up.
-            verifier=agent_verifier(self.link, config, isolated=False),
+            verifier=agent_verifier(self.session.link, config, isolated=False),
             report=self.publish_report,
             on_active=self.publish_status,
             stats=InferenceStats(),
@@ -259,7 +258,7 @@ class Worker:
             self.devices.append(device)
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         connected = sum(
-            d.link.wait_connected(max(0.0, deadline - time.monotonic())) for d in self.devices
+            d.session.wait_connected(max(0.0, deadline - time.monotonic())) for d in self.devices
         )
         return {"connected": connected, "seconds": time.monotonic() - started}
 
@@ -330,7 +329,7 @@ class Worker:
             if not acked.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 break
         with ThreadPoolExecutor(PARALLEL_STOPS) as pool:
-            list(pool.map(lambda d: d.link.stop(), self.devices))
+            list(pool.map(lambda d: d.session.stop(), self.devices))
 
 
 def run_worker(conn: Connection, spec: WorkerSpec) -> None:

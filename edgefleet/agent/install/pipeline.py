@@ -188,15 +188,7 @@ class Installer:
             "switched",
             previous=schema.to_builtins(previous) if previous else None,
         )
-        self.slots.write_active(
-            ActiveRecord(
-                slot=slot,
-                bundle_id=manifest.bundle_id,
-                release=manifest.release,
-                model=manifest.model.name,
-                model_version=manifest.model.version,
-            )
-        )
+        self.slots.write_active(_active_record(slot, manifest))
         self.holder.swap(ActiveModel.from_manifest(manifest, runtime))
         if self.shadow is not None and self.shadow.bundle_id == manifest.bundle_id:
             self.shadow.stop("the shadowed bundle is now installed")
@@ -278,7 +270,7 @@ class Installer:
                 self.journal.fire(record, "error" if record.state != "active" else event,
                                   reason=reason)  # fmt: skip
             return self.send_report("failed", record.bundle_id, record.release, rollout_id, reason)
-        other: SlotName = "b" if active.slot == "a" else "a"
+        other = self.slots.inactive_slot(active)  # the slot served before
         try:
             target = self.load_slot(other)
         except (SlotError, BundleError, AgentError, OSError) as e:
@@ -304,14 +296,7 @@ class Installer:
         manifest = read_slot_manifest(slot_dir)
         verify_directory(slot_dir, manifest)
         model = ActiveModel.from_manifest(manifest, load_runtime(manifest, slot_dir))
-        record = ActiveRecord(
-            slot=slot,
-            bundle_id=manifest.bundle_id,
-            release=manifest.release,
-            model=manifest.model.name,
-            model_version=manifest.model.version,
-        )
-        return model, record
+        return model, _active_record(slot, manifest)
 
     def switch_to(self, slot: SlotName, loaded: tuple[ActiveModel, ActiveRecord]) -> None:
         model, record = loaded
@@ -332,3 +317,14 @@ class Installer:
         )
         self.report(message)
         return message
+
+
+def _active_record(slot: SlotName, manifest: Manifest) -> ActiveRecord:
+    """``active.json`` once ``slot``, holding ``manifest``'s bundle, serves."""
+    return ActiveRecord(
+        slot=slot,
+        bundle_id=manifest.bundle_id,
+        release=manifest.release,
+        model=manifest.model.name,
+        model_version=manifest.model.version,
+    )

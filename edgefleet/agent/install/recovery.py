@@ -11,7 +11,6 @@ import logging
 
 from edgefleet.agent.install.journal import resume_action
 from edgefleet.agent.install.pipeline import Installer
-from edgefleet.agent.install.slots import SlotName
 from edgefleet.messages import BundleOffer, InstallReport
 from edgefleet.states.install import RESUME, abort_event
 
@@ -29,7 +28,7 @@ def recover(installer: Installer) -> InstallReport | None:
         active.bundle_id == record.bundle_id
     ):  # fmt: skip
         # Recorded but not yet acted on when the power went: finish the switch back.
-        other: SlotName = "b" if active.slot == "a" else "a"
+        other = installer.slots.inactive_slot(active)  # the slot served before
         logger.warning("finishing an interrupted roll-back bundle_id=%s", record.bundle_id)
         installer.switch_to(other, installer.load_slot(other))
         return None
