@@ -2,8 +2,8 @@
 
 ``bench/fleet_rollout.py`` starts a few worker processes (``run_worker``) and drives
 them over a pipe. Each simulated device is composed from the agent's own parts the
-way ``edgefleet.agent.daemon.Agent`` composes them: its own ``MqttLink`` (own client id and
-persistent session, last will, retained status), ``MqttFetcher`` (TUF over MQTT
+way ``edgefleet.agent.daemon.Agent`` composes them: its own ``DeviceSession`` (own client
+id and persistent session, last will, retained status), ``MqttFetcher (TUF over MQTT
 request/response), ``Installer`` + ``OfferWorker`` (ngclient verification, release
 and profile checks, unpack into a slot, smoke test in onnxruntime, journal, switch)
 and ``SlotStore``, each device under its own data directory. Nothing is verified
@@ -37,29 +37,26 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from edgefleet import topics
 from edgefleet.agent.config import AgentConfig, FetchConfig, ProbationConfig
-from edgefleet.agent.daemon import agent_link, agent_verifier, device_status
+from edgefleet.agent.daemon import agent_verifier
 from edgefleet.agent.inference.runtime import ModelHolder
 from edgefleet.agent.install.slots import SlotStore
 from edgefleet.agent.install.updater import Installer, OfferWorker, ensure_trust_root
+from edgefleet.agent.session import DeviceSession, device_status
 from edgefleet.agent.telemetry.counters import (
     InferenceStats,
     LatencyWindow,
     inference_event,
     install_event,
 )
-from edgefleet.errors import MessageError
 from edgefleet.messages import (
     BundleOffer,
     DeviceCommand,
     DeviceStatus,
     InstallReport,
     TelemetryEvent,
-    decode_as,
 )
-from edgefleet.mqtt import BrokerAddress, Incoming
-from edgefleet.topics import Down, Up
+from edgefleet.mqtt import BrokerAddress
 
 logger = logging.getLogger(__name__)
 
@@ -127,13 +124,13 @@ class SimDevice:
         self.record = DeviceRecord(config.device_id)
         self.slots = SlotStore(config.data_dir)
         self.holder = ModelHolder()
-        self.link = agent_link(config)
+        self.session = DeviceSession.for_agent(config, self._status)
         self.installer = Installer(
             config=config,
             slots=self.slots,
             holder=self.holder,
             # In-process: a child process per device would measure process start-up.
-            verifier=agent_verifier(self.link, config, isolated=False),
+            verifier=agent_verifier(self.session.link, config, isolated=False),
             report=self.publish_report,
             on_active=self.publish_status,
             stats=InferenceStats(),
@@ -144,38 +141,21 @@ class SimDevice:
         """As ``Agent.start`` minus the endpoint: trust root, worker, subscriptions, link."""
         ensure_trust_root(self.config)
         self.worker.start()
-        self.link.on_connect(self.publish_status)
-        self.link.subscribe(topics.down(self.device_id, Down.OFFER), self.handle_offer, qos=1)
-        self.link.subscribe(topics.down(self.device_id, Down.COMMAND), self.handle_command, qos=1)
-        self.link.start()
+        self.session.on_offer(self.handle_offer)
+        self.session.on_command(self.handle_command)
+        self.session.start()
 
     def stop(self, acked: threading.Semaphore) -> None:
         """Say offline (the ack releases ``acked``), stop the worker, then the link."""
         self.worker.stop()
-        self.link.publish(
-            topics.up(self.device_id, Up.STATUS),
-            self._status(online=False).to_bytes(),
-            qos=1,
-            retain=True,
-            on_published=acked.release,
-        )
+        self.session.publish_status(False, on_published=acked.release)
 
-    def handle_offer(self, incoming: Incoming) -> None:
-        """Network thread: validate and queue, as the daemon does."""
-        try:
-            offer = decode_as(incoming.payload, BundleOffer, topic=incoming.topic)
-        except MessageError as e:
-            logger.warning("dropped invalid offer device_id=%s reason=%s", self.device_id, e)
-            return
+    def handle_offer(self, offer: BundleOffer) -> None:
+        """Network thread: queue, as the daemon does."""
         self.record.offered_at = time.time()
         self.worker.submit(offer)
 
-    def handle_command(self, incoming: Incoming) -> None:
-        try:
-            command = decode_as(incoming.payload, DeviceCommand, topic=incoming.topic)
-        except MessageError as e:
-            logger.warning("dropped invalid command device_id=%s reason=%s", self.device_id, e)
-            return
+    def handle_command(self, command: DeviceCommand) -> None:
         self.worker.submit(command)
 
     def publish_report(self, report: InstallReport) -> None:
@@ -186,26 +166,16 @@ class SimDevice:
             self.record.install_seconds = report.install_seconds
         elif report.state == "failed":
             self.record.failure = report.reason
-        self.link.publish(topics.up(self.device_id, Up.REPORT), report.to_bytes(), qos=1)
+        self.session.publish_report(report)
         self.publish_event(install_event(report))
 
     def publish_event(self, event: TelemetryEvent, on_published: Any = None) -> None:
-        self.link.publish(
-            topics.up(self.device_id, Up.TELEMETRY),
-            event.to_bytes(),
-            qos=1,
-            on_published=on_published,
-        )
+        self.session.publish_event(event, on_published=on_published)
 
     def publish_status(self) -> None:
-        self.link.publish(
-            topics.up(self.device_id, Up.STATUS),
-            self._status(online=True).to_bytes(),
-            qos=1,
-            retain=True,
-        )
+        self.session.publish_status()
 
-    def _status(self, *, online: bool) -> DeviceStatus:
+    def _status(self, online: bool) -> DeviceStatus:
         return device_status(self.config.profile, self.holder.current(), online=online)
 
     def final_record(self) -> DeviceRecord:
@@ -288,7 +258,7 @@ class Worker:
             self.devices.append(device)
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         connected = sum(
-            d.link.wait_connected(max(0.0, deadline - time.monotonic())) for d in self.devices
+            d.session.wait_connected(max(0.0, deadline - time.monotonic())) for d in self.devices
         )
         return {"connected": connected, "seconds": time.monotonic() - started}
 
@@ -359,7 +329,7 @@ class Worker:
             if not acked.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 break
         with ThreadPoolExecutor(PARALLEL_STOPS) as pool:
-            list(pool.map(lambda d: d.link.stop(), self.devices))
+            list(pool.map(lambda d: d.session.stop(), self.devices))
 
 
 def run_worker(conn: Connection, spec: WorkerSpec) -> None:

@@ -2,7 +2,7 @@
 
 A stopped (SIGSTOP) or partitioned broker keeps its TCP connection open, so nothing
 fails by itself: only MQTT keepalive tells. This starts a private Mosquitto, connects
-a link with the agent's settings (``edgefleet.agent.daemon.agent_link``; telemetry-like QoS 1
+a link with the agent's settings (``edgefleet.agent.session.agent_link``; telemetry-like QoS 1
 publishes at 5/s), SIGSTOPs the broker and times until the link reports itself
 disconnected; then SIGCONT. Once with the former keepalive (30 s) and once with the
 agent's configured default (``[link] keepalive_s``).
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from edgefleet.agent.config import LinkConfig, parse_config
-from edgefleet.agent.daemon import agent_link
+from edgefleet.agent.session import agent_link
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 
 DEVICE = "dev-linkstall01"

@@ -24,6 +24,7 @@ from msgspec import Meta, field
 
 from edgefleet import schema
 from edgefleet.errors import MessageError
+from edgefleet.states.install import InstallState
 
 SCHEMA_VERSION = 1
 
@@ -46,18 +47,6 @@ payload of ``[[[[…`` is refused as that message's fault instead of exhausting 
 decoder's recursion limit on the receiving thread."""
 RECEIPT_MAX_IDS = 1000
 """Most event ids one receipt acknowledges."""
-
-InstallState = Literal[
-    "offered",
-    "downloading",
-    "verified",
-    "staged",
-    "smoke_tested",
-    "active",  # switched to the new model; probation running
-    "committed",  # probation passed: the previous slot is no longer the fallback
-    "failed",
-    "rolled_back",
-]
 
 
 def new_event_id() -> str:

@@ -1,9 +1,9 @@
-"""The agent process: MQTT link, offer worker and inference endpoint wired together.
+"""The agent process: device session, offer worker and inference endpoint wired together.
 
 Start-up never depends on the broker: the endpoint serves the installed model at
-once and the link connects (and reconnects) in the background. Every connect
-publishes a retained ``DeviceStatus``; the broker publishes the last will (offline)
-if the agent vanishes, and a clean shutdown publishes offline itself.
+once and the device's MQTT session (``edgefleet.agent.session``: retained status on
+every connect, offline last will, the down topics' handlers) connects and reconnects
+in the background.
 
 Telemetry and install reports go through the spool (``edgefleet.agent.telemetry.spool``) and its
 forwarder, never straight to the link: a row leaves the spool only when the control
@@ -11,10 +11,6 @@ plane's ``Receipt`` on ``down/receipt`` names it. A small ``status.json`` (writt
 atomically every second) tells ``edgefleet-agent status`` the link state and spool
 depth; the retained ``DeviceStatus`` carries the spool depth too, republished when it
 changes materially (``spool_depth_changed``), at most every ``STATUS_DEPTH_EVERY_S``.
-
-Every handler of a down topic survives any payload: what does not decode as the
-message it expects is logged with its topic and dropped (and ``edgefleet.mqtt``
-catches anything a handler still raises, so paho's network thread never dies).
 """
 
 from __future__ import annotations
@@ -30,10 +26,8 @@ from types import FrameType
 
 import numpy as np
 
-from edgefleet import topics
-from edgefleet.agent import __version__
 from edgefleet.agent.config import AgentConfig
-from edgefleet.agent.enrolment.credentials import Credentials, load_credentials
+from edgefleet.agent.enrolment.credentials import load_credentials
 from edgefleet.agent.errors import ConfigError, RuntimeLoadError, SlotError
 from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, load_runtime
 from edgefleet.agent.inference.server import InferenceServer
@@ -41,6 +35,7 @@ from edgefleet.agent.install.journal import Journal
 from edgefleet.agent.install.shadow import ShadowRunner
 from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
 from edgefleet.agent.install.updater import Installer, OfferWorker, ensure_trust_root
+from edgefleet.agent.session import DeviceSession, device_status
 from edgefleet.agent.telemetry.counters import (
     InferenceStats,
     inference_event,
@@ -51,15 +46,14 @@ from edgefleet.agent.telemetry.drift import DriftSupervisor
 from edgefleet.agent.telemetry.forwarder import Forwarder
 from edgefleet.agent.telemetry.spool import Spool
 from edgefleet.agent.verification.fetcher import MqttFetcher
+from edgefleet.agent.verification.transport import downloads_dir, trusted_versions
 from edgefleet.agent.verification.verifier import (
     InProcessVerifier,
     ProcessVerifier,
     ResumingTransport,
-    downloads_dir,
-    trusted_versions,
 )
 from edgefleet.bundle import verify_directory
-from edgefleet.errors import BundleError, MessageError, TransportError
+from edgefleet.errors import BundleError, TransportError
 from edgefleet.fileio import atomic_write
 from edgefleet.messages import (
     BundleOffer,
@@ -68,15 +62,11 @@ from edgefleet.messages import (
     InstallReport,
     Receipt,
     TelemetryEvent,
-    decode_as,
 )
-from edgefleet.mqtt import Incoming, MqttLink, Will
-from edgefleet.topics import Down, Up
+from edgefleet.mqtt import MqttLink
 
 logger = logging.getLogger(__name__)
 
-SESSION_EXPIRY = 7 * 24 * 3600
-SHUTDOWN_ACK_TIMEOUT = 3.0
 STATUS_FILE = "status.json"
 SPOOL_FILE = "spool.sqlite"
 STATUS_EVERY_S = 1.0
@@ -92,47 +82,6 @@ def spool_depth_changed(published: int | None, depth: int) -> bool:
     if (published == 0) != (depth == 0):
         return True
     return abs(depth - published) >= max(10, published // 10)
-
-
-def device_status(
-    profile: str,
-    model: ActiveModel | None,
-    *,
-    online: bool,
-    spool_depth: int | None = None,
-    trusted: dict[str, int] | None = None,
-) -> DeviceStatus:
-    """The retained ``up/status`` message: online or not, what is serving, spool depth,
-    the metadata versions it trusts."""
-    return DeviceStatus(
-        online=online,
-        spool_depth=spool_depth,
-        profile=profile,
-        agent_version=__version__,
-        model=model.name if model else None,
-        model_version=model.version if model else None,
-        bundle_id=model.bundle_id if model else None,
-        release=model.release if model else None,
-        trusted_versions=trusted,
-    )
-
-
-def agent_link(config: AgentConfig, credentials: Credentials | None = None) -> MqttLink:
-    """The device's one MQTT session: its id as client id, persistent, with an offline will."""
-    offline = device_status(config.profile, None, online=False)
-    return MqttLink(
-        client_id=config.device_id,
-        broker=config.broker_address,
-        username=credentials.username if credentials else None,
-        password=credentials.password if credentials else None,
-        clean_start=False,
-        session_expiry=SESSION_EXPIRY,
-        will=Will(topics.up(config.device_id, Up.STATUS), offline.to_bytes(), retain=True),
-        reconnect_min_delay=config.link.reconnect_min_s,
-        reconnect_max_delay=config.link.reconnect_max_s,
-        keepalive=config.link.keepalive_s,
-        tls=config.tls_options,
-    )
 
 
 def agent_fetcher(link: MqttLink, config: AgentConfig) -> MqttFetcher:
@@ -215,9 +164,10 @@ class Agent:
         self._link_since = time.time()
         credentials = load_credentials(config.data_dir)  # written by `edgefleet-agent enrol`
         try:
-            self.link = agent_link(config, credentials)
+            self.session = DeviceSession.for_agent(config, self._status, credentials)
         except TransportError as e:  # a missing certificate: not enrolled yet
             raise ConfigError(f"{e} (run `edgefleet-agent enrol` first?)", field="tls") from e
+        self.link = self.session.link
         self.spool = Spool(
             Path(config.data_dir) / SPOOL_FILE,
             max_bytes=int(config.telemetry.spool_max_mb * 2**20),
@@ -271,11 +221,10 @@ class Agent:
         self.server.start()
         self.worker.start()
         self.forwarder.start()
-        self.link.on_connect(self.publish_status)
-        self.link.subscribe(topics.down(self.device_id, Down.OFFER), self.handle_offer, qos=1)
-        self.link.subscribe(topics.down(self.device_id, Down.COMMAND), self.handle_command, qos=1)
-        self.link.subscribe(topics.down(self.device_id, Down.RECEIPT), self.handle_receipt, qos=1)
-        self.link.start()
+        self.session.on_offer(self.handle_offer)
+        self.session.on_command(self.handle_command)
+        self.session.on_receipt(self.handle_receipt)
+        self.session.start()
         logger.info(
             "agent started device_id=%s broker=%s", self.device_id, self.config.broker_address.url()
         )
@@ -296,18 +245,7 @@ class Agent:
         elapsed = self.config.telemetry.window_s - (self._next_window - time.monotonic())
         self._close_window(max(elapsed, 0.0))
         self.spool.close()
-        if self.link.connected:
-            try:
-                self.link.publish(
-                    topics.up(self.device_id, Up.STATUS),
-                    self._status(online=False).to_bytes(),
-                    qos=1,
-                    retain=True,
-                    wait=SHUTDOWN_ACK_TIMEOUT,
-                )
-            except TransportError as e:
-                logger.warning("offline status not acknowledged reason=%s", e)
-        self.link.stop()
+        self.session.close()
         logger.info("agent stopped device_id=%s", self.device_id)
 
     def run(self) -> None:
@@ -332,33 +270,18 @@ class Agent:
 
     # -- MQTT ------------------------------------------------------------------------
 
-    def handle_offer(self, incoming: Incoming) -> None:
-        """Network thread: validate and queue; the install runs on the worker."""
-        try:
-            offer = decode_as(incoming.payload, BundleOffer, topic=incoming.topic)
-        except MessageError as e:
-            logger.warning("dropped invalid offer topic=%s reason=%s", incoming.topic, e)
-            return
+    def handle_offer(self, offer: BundleOffer) -> None:
+        """Network thread: queue; the install runs on the worker."""
         logger.info("offer received bundle_id=%s release=%d", offer.bundle_id, offer.release)
         self.worker.submit(offer)
 
-    def handle_command(self, incoming: Incoming) -> None:
-        """Network thread: validate and queue a command for the worker."""
-        try:
-            command = decode_as(incoming.payload, DeviceCommand, topic=incoming.topic)
-        except MessageError as e:
-            logger.warning("dropped invalid command topic=%s reason=%s", incoming.topic, e)
-            return
+    def handle_command(self, command: DeviceCommand) -> None:
+        """Network thread: queue a command for the worker."""
         logger.info("command received command=%s id=%s", command.command, command.command_id)
         self.worker.submit(command)
 
-    def handle_receipt(self, incoming: Incoming) -> None:
+    def handle_receipt(self, receipt: Receipt) -> None:
         """Network thread: hand the receipted event ids to the forwarder, nothing more."""
-        try:
-            receipt = decode_as(incoming.payload, Receipt, topic=incoming.topic)
-        except MessageError as e:
-            logger.warning("dropped invalid receipt topic=%s reason=%s", incoming.topic, e)
-            return
         self.forwarder.receive(receipt.event_ids)
 
     def publish_report(self, report: InstallReport) -> None:
@@ -439,14 +362,9 @@ class Agent:
 
     def publish_status(self) -> None:
         """Retained status: online, and what is installed (runs on connect and after install)."""
-        self.link.publish(
-            topics.up(self.device_id, Up.STATUS),
-            self._status(online=True).to_bytes(),
-            qos=1,
-            retain=True,
-        )
+        self.session.publish_status()
 
-    def _status(self, *, online: bool) -> DeviceStatus:
+    def _status(self, online: bool) -> DeviceStatus:
         depth = self.spool.depth()
         self._published_depth = depth
         return device_status(

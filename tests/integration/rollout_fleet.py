@@ -1,6 +1,7 @@
 """Simulated devices for rollout tests: speak the wire contract over a real Mosquitto.
 
-Each ``SimDevice`` has its own persistent MQTT session, announces its status,
+Each ``SimDevice`` has its own persistent MQTT session (the agent's ``DeviceSession``:
+status on connect, offline last will, decoded offers and commands), announces its status,
 answers offers with install reports (``active`` or a smoke-test ``failed``), answers
 ``rollback`` commands with ``rolled_back``, and, once active, sends an ``inference``
 telemetry window with the error rate and p95 it was told to have for that bundle.
@@ -17,7 +18,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from edgefleet import topics
+from edgefleet.agent.config import LinkConfig
+from edgefleet.agent.session import DeviceSession, device_link
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.tables import Bundle
 from edgefleet.messages import (
@@ -26,9 +28,7 @@ from edgefleet.messages import (
     DeviceStatus,
     InstallReport,
     TelemetryEvent,
-    decode_message,
 )
-from edgefleet.mqtt import Incoming, MqttLink, Will
 
 PROFILE = "x86-64-gateway-onnx"
 TIMEOUT = 20.0
@@ -71,54 +71,41 @@ class SimDevice:
     previous: str | None = None
     offers: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
-    link: MqttLink | None = None
+    session: DeviceSession | None = None
     holding: bool = False  # keep offers unanswered until ``release``
     held: list[BundleOffer] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def connect(self) -> None:
-        will = Will(
-            topic=topics.up(self.device_id, topics.Up.STATUS),
-            payload=DeviceStatus(online=False).to_bytes(),
-            qos=1,
-            retain=True,
-        )
-        self.link = MqttLink(
-            client_id=self.device_id,
-            broker=self.broker.address,
-            clean_start=False,
+        """Connect (the session announces the status on connect) and wait for it."""
+        link = device_link(
+            self.device_id,
+            self.broker.address,
+            will=DeviceStatus(online=False),
+            settings=LinkConfig(keepalive_s=30),
             session_expiry=3600,
-            will=will,
         )
-        self.link.subscribe(topics.device_down_filter(self.device_id), self._on_message)
-        self.link.start()
-        assert self.link.wait_connected(TIMEOUT)
-        self.announce()
+        self.session = DeviceSession(link, self._status)
+        self.session.on_offer(self._on_offer_message)
+        self.session.on_command(self._on_command_message)
+        self.session.start()
+        assert self.session.wait_connected(TIMEOUT)
 
-    def announce(self, online: bool = True) -> None:
-        assert self.link is not None
-        status = DeviceStatus(
+    def _status(self, online: bool) -> DeviceStatus:
+        return DeviceStatus(
             online=online, profile=PROFILE, agent_version="sim", bundle_id=self.bundle_id
-        )
-        self.link.publish(
-            topics.up(self.device_id, topics.Up.STATUS), status.to_bytes(), retain=True, wait=10
         )
 
     def go_offline(self) -> None:
         """A clean disconnect after saying so; the broker keeps the session's queue."""
-        self.announce(online=False)
-        assert self.link is not None
-        self.link.stop()
-        self.link = None
+        assert self.session is not None
+        self.session.close(timeout=10)
+        self.session = None
 
     def stop(self) -> None:
-        if self.link is not None:
-            self.link.stop()
-            self.link = None
-
-    def _publish(self, channel: topics.Up, payload: bytes) -> None:
-        if self.link is not None:  # network thread: never wait here
-            self.link.publish(topics.up(self.device_id, channel), payload, qos=1)
+        if self.session is not None:
+            self.session.stop()
+            self.session = None
 
     def _report(self, bundle_id: str, rollout_id: int | None, state: Any, reason: str = "") -> None:
         report = InstallReport(
@@ -128,7 +115,8 @@ class SimDevice:
             reason=reason or None,
             install_seconds=0.1 if state == "active" else None,
         )
-        self._publish(topics.Up.REPORT, report.to_bytes())
+        if self.session is not None:  # network thread: never wait here
+            self.session.publish_report(report)
 
     def send_inference(self, bundle_id: str | None = None) -> None:
         bundle = bundle_id or self.bundle_id
@@ -151,15 +139,16 @@ class SimDevice:
                 "histogram": {"bounds_ms": bounds, "counts": counts},
             },
         )
-        self._publish(topics.Up.TELEMETRY, event.to_bytes())
+        if self.session is not None:
+            self.session.publish_event(event)
 
-    def _on_message(self, message: Incoming) -> None:
-        parsed = decode_message(message.payload, topic=message.topic)
+    def _on_offer_message(self, offer: BundleOffer) -> None:
         with self._lock:
-            if isinstance(parsed, BundleOffer):
-                self._on_offer(parsed)
-            elif isinstance(parsed, DeviceCommand):
-                self._on_command(parsed)
+            self._on_offer(offer)
+
+    def _on_command_message(self, command: DeviceCommand) -> None:
+        with self._lock:
+            self._on_command(command)
 
     def release(self) -> None:
         with self._lock:

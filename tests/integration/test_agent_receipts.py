@@ -17,7 +17,8 @@ from receipting import ReceiptingPlane
 
 from edgefleet import topics
 from edgefleet.agent.config import AgentConfig, parse_config
-from edgefleet.agent.daemon import Agent, agent_link
+from edgefleet.agent.daemon import Agent
+from edgefleet.agent.session import agent_link
 from edgefleet.agent.telemetry.counters import LatencyWindow, inference_event
 from edgefleet.control_plane.broker.mosquitto import MAX_PACKET_SIZE, MosquittoBroker
 from edgefleet.control_plane.core.netutil import free_port

@@ -9,13 +9,12 @@ import pytest
 
 from edgefleet.agent.errors import JournalError
 from edgefleet.agent.install.journal import (
-    RESUME,
-    TRANSITIONS,
     Journal,
     JournalRecord,
     next_state,
     resume_action,
 )
+from edgefleet.states.install import RESUME, TRANSITIONS
 
 
 def new_record(journal: Journal) -> JournalRecord:

@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from tuf.api.exceptions import BadVersionNumberError, DownloadHTTPError
 from tuf.ngclient import FetcherInterface, Updater
 
-from edgefleet.agent.verification.verifier import trusted_versions, tuf_metadata_dir
+from edgefleet.agent.verification.transport import trusted_versions, tuf_metadata_dir
 from edgefleet.control_plane.core.errors import ConflictError, NotFoundError
 from edgefleet.control_plane.core.tables import RepositoryMetadata
 from edgefleet.control_plane.trust.keyring import SigningError

@@ -2,14 +2,9 @@
 
 One install at a time is tracked in ``journal.json`` (written with ``atomic_write``:
 temp file, fsync, rename, fsync the directory), so a power cut leaves either the
-previous record or the new one. The whole machine is the ``TRANSITIONS`` table::
-
-    offered -> downloading -> verified -> staged -> smoke_tested -> active -> committed
-       |            |             |          |            |            |
-       +------------+-------------+----------+------------+--> failed  +--> rolled_back
-
-``active`` is the probation period: the new model serves while the previous one
-stays in the other slot. A state is recorded *before* the work it names starts.
+previous record or the new one. The machine itself (``TRANSITIONS``, ``RESUME``) is
+data in ``edgefleet.states.install``, shared with the reports and the control plane.
+A state is recorded *before* the work it names starts.
 
 On start-up ``RESUME`` says where each saved state continues; every state not in
 it rolls back. Before the switch (``active``) a roll-back only discards the
@@ -25,7 +20,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from msgspec import field
@@ -33,6 +28,15 @@ from msgspec import field
 from edgefleet import schema
 from edgefleet.agent.errors import JournalError
 from edgefleet.fileio import atomic_write
+from edgefleet.states.install import (
+    ABORT_EVENTS,
+    RESUME,
+    TERMINAL,
+    TRANSITIONS,
+    InstallEvent,
+    InstallState,
+    abort_event,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,54 +46,6 @@ CRASH_HOOK_ENV = "EDGEFLEET_AGENT_CRASH_AT"
 the agent ``os._exit(137)`` right after recording that state (of that bundle only, when
 given), as a kill -9 or power cut would. Unset in production."""
 
-JournalState = Literal[
-    "offered",
-    "downloading",
-    "verified",
-    "staged",
-    "smoke_tested",
-    "active",
-    "committed",
-    "failed",
-    "rolled_back",
-]
-JournalEvent = Literal[
-    "start", "downloaded", "unpacked", "smoke_passed", "switched", "probation_passed",
-    "error", "breach", "rollback",
-]  # fmt: skip
-
-TRANSITIONS: dict[tuple[JournalState, JournalEvent], JournalState] = {
-    ("offered", "start"): "downloading",
-    ("downloading", "downloaded"): "verified",
-    ("verified", "unpacked"): "staged",
-    ("staged", "smoke_passed"): "smoke_tested",
-    ("smoke_tested", "switched"): "active",
-    ("active", "probation_passed"): "committed",
-    ("active", "breach"): "rolled_back",
-    ("active", "rollback"): "rolled_back",
-    ("active", "error"): "rolled_back",
-    ("committed", "rollback"): "rolled_back",
-    ("offered", "error"): "failed",
-    ("downloading", "error"): "failed",
-    ("verified", "error"): "failed",
-    ("staged", "error"): "failed",
-    ("smoke_tested", "error"): "failed",
-}
-
-ResumeAction = Literal["reinstall", "probation"]
-RESUME: dict[JournalState, ResumeAction] = {
-    # Nothing was switched yet and every step up to here is repeatable: run the
-    # install again; the download continues from its .part file or ngclient's cache.
-    "offered": "reinstall",
-    "downloading": "reinstall",
-    "verified": "reinstall",
-    # The new model was switched in and verified: restart its probation period.
-    "active": "probation",
-}
-"""Where a saved state continues on start-up. ``staged`` and ``smoke_tested`` (a slot
-unpacked but not yet proven) and anything else not listed roll back."""
-
-TERMINAL: frozenset[JournalState] = frozenset({"committed", "failed", "rolled_back"})
 MAX_SAVES = 64
 MAX_RESTARTS = 3
 
@@ -101,11 +57,11 @@ class JournalRecord(schema.Open, frozen=True, kw_only=True):
     target: str
     release: int
     rollout_id: int | None = None
-    state: JournalState = "offered"
+    state: InstallState = "offered"
     slot: str | None = None
     previous: dict[str, Any] | None = None  # active.json before the switch (for roll-back)
     reason: str | None = None
-    history: list[JournalState] = field(default_factory=list)
+    history: list[InstallState] = field(default_factory=list)
     saves: int = 0
     restarts: int = 0
     updated_at: float = field(default_factory=time.time)
@@ -115,7 +71,7 @@ class JournalRecord(schema.Open, frozen=True, kw_only=True):
         return self.state in TERMINAL
 
 
-def next_state(state: JournalState, event: JournalEvent) -> JournalState:
+def next_state(state: InstallState, event: InstallEvent) -> InstallState:
     """Look ``(state, event)`` up in ``TRANSITIONS``; ``JournalError`` if not allowed."""
     try:
         return TRANSITIONS[(state, event)]
@@ -149,15 +105,15 @@ class Journal:
         fresh = schema.replace(record, state="offered", history=["offered"], saves=0)
         return self._save(fresh)
 
-    def fire(self, record: JournalRecord, event: JournalEvent, **update: Any) -> JournalRecord:
+    def fire(self, record: JournalRecord, event: InstallEvent, **update: Any) -> JournalRecord:
         """Move ``record`` along ``event`` and record it before the caller acts on it.
 
         Past ``max_saves`` the machine is in a loop: the event becomes ``error``
         (or ``breach`` once switched) so the install ends instead.
         """
-        if record.saves + 1 > self.max_saves and event not in ("error", "breach", "rollback"):
+        if record.saves + 1 > self.max_saves and event not in ABORT_EVENTS:
             logger.error("journal save limit reached bundle_id=%s", record.bundle_id)
-            event = "breach" if record.state == "active" else "error"
+            event = abort_event(record.state)
             update["reason"] = f"install looped: more than {self.max_saves} journal saves"
         state = next_state(record.state, event)
         return self._save(

@@ -36,7 +36,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 
 from edgefleet.agent.errors import InstallError, TransferError, VerificationError
 from edgefleet.agent.verification.timefloor import TimeFloor
-from edgefleet.agent.verification.verifier import (
+from edgefleet.agent.verification.transport import (
     SignedBundle,
     Transport,
     downloads_dir,

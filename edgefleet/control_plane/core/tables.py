@@ -11,24 +11,6 @@ from sqlmodel import Field, SQLModel
 
 from edgefleet.control_plane.drift.hook_config import HOOK_NAME_PATTERN
 
-DeviceInstallState = Literal[
-    "pending",  # in a later wave, not offered yet
-    "offered",
-    "downloading",
-    "verified",
-    "staged",
-    "smoke_tested",
-    "active",
-    "failed",
-    "rolling_back",  # a rollback command was sent
-    "rolled_back",
-    "shadowing",  # shadow strategy: the candidate runs beside the active model
-    "superseded",  # a newer rollout took the device over
-    "cancelled",  # the rollout ended before the device's wave
-]
-TERMINAL_DEVICE_STATES = frozenset(
-    {"active", "failed", "rolled_back", "superseded", "cancelled", "shadowing"}
-)
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 

@@ -39,8 +39,6 @@ from edgefleet.control_plane.services.audit import record_audit
 from edgefleet.control_plane.services.rollouts.lifecycle import claim_rollout
 from edgefleet.control_plane.services.rollouts.outbox import FleetPublisher, publish_outbox
 from edgefleet.control_plane.services.rollouts.waves import (
-    FAILED_STATES,
-    INSTALLING_STATES,
     aware,
     end_rollout,
     send_rollback,
@@ -48,6 +46,7 @@ from edgefleet.control_plane.services.rollouts.waves import (
     wave_rows,
     wave_verdict,
 )
+from edgefleet.states.install import FAILED_STATES, INSTALLING_STATES
 from edgefleet.states.rollout import next_rollout_state
 
 logger = logging.getLogger(__name__)

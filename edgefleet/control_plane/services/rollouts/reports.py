@@ -15,7 +15,6 @@ import logging
 from sqlmodel import Session, col, select
 
 from edgefleet.control_plane.core.tables import (
-    TERMINAL_DEVICE_STATES,
     Bundle,
     Device,
     Rollout,
@@ -27,14 +26,18 @@ from edgefleet.control_plane.services.rollouts.outbox import (
     bundle_offer,
     shadow_start,
 )
-from edgefleet.control_plane.services.rollouts.waves import FAILED_STATES, INSTALLING_STATES
 from edgefleet.messages import InstallReport
+from edgefleet.states.install import (
+    FAILED_STATES,
+    INSTALLING_STATES,
+    TERMINAL_DEVICE_STATES,
+    device_state,
+)
 from edgefleet.states.rollout import RUNNING_ROLLOUT_STATES
 
 logger = logging.getLogger(__name__)
 
 # Agent states the rollout table does not distinguish.
-_REPORT_STATE = {"committed": "active"}
 
 
 def _find_rollout_device(
@@ -88,7 +91,7 @@ def apply_install_report(
     )
     assert locked is not None
     row = locked
-    state = _REPORT_STATE.get(report.state, report.state)
+    state = device_state(report.state)
     # A report can beat the commit of the wave that offered it (offers go out before
     # the commit), so ``pending`` in a running rollout still takes reports.
     late = (

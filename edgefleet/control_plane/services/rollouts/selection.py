@@ -25,7 +25,7 @@ from edgefleet.control_plane.core.tables import (
     utcnow,
 )
 from edgefleet.control_plane.services.audit import record_audit
-from edgefleet.control_plane.services.rollouts.waves import INSTALLING_STATES
+from edgefleet.states.install import INSTALLING_STATES
 from edgefleet.states.rollout import RUNNING_ROLLOUT_STATES
 
 _COUNT = re.compile(r"^[1-9][0-9]{0,6}$")

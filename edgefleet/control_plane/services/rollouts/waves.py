@@ -34,11 +34,12 @@ from edgefleet.control_plane.services.rollouts.outbox import (
     shadow_start,
 )
 from edgefleet.messages import DeviceCommand
-
-INSTALLING_STATES = frozenset({"offered", "downloading", "verified", "staged", "smoke_tested"})
-FINISHED_STATES = frozenset({"active", "failed", "rolled_back", "shadowing"})
-FAILED_STATES = frozenset({"failed", "rolled_back"})
-INACTIVE_ROW_STATES = frozenset({"pending", "superseded", "cancelled"})
+from edgefleet.states.install import (
+    FAILED_STATES,
+    FINISHED_STATES,
+    INACTIVE_ROW_STATES,
+    INSTALLING_STATES,
+)
 
 
 def aware(moment: datetime) -> datetime:

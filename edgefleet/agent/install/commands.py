@@ -1,0 +1,107 @@
+"""The control plane's commands to a device: ``rollback``, ``shadow_start``, ``shadow_stop``.
+
+A roll-back goes through the journal like any install step. A shadow is verified,
+unpacked and smoke-tested as for an install, then run beside the active model;
+nothing is switched and the journal is not touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+
+from edgefleet.agent.errors import InstallError
+from edgefleet.agent.inference.runtime import ActiveModel, load_runtime
+from edgefleet.agent.install.checks import (
+    REFUSALS,
+    ensure_trust_root,
+    refusal_reason,
+    signed_custom,
+)
+from edgefleet.agent.install.journal import JournalRecord
+from edgefleet.agent.install.pipeline import Installer
+from edgefleet.agent.install.smoke import run_smoke_test
+from edgefleet.messages import BundleOffer, DeviceCommand, InstallReport
+
+logger = logging.getLogger(__name__)
+
+
+def run_command(installer: Installer, command: DeviceCommand) -> InstallReport | None:
+    """Run ``command`` on ``installer``; returns the report it sent, if any."""
+    if command.command == "shadow_start":
+        return start_shadow(installer, command)
+    if command.command == "shadow_stop":
+        stop_shadow(installer, command)
+        return None
+    reason = command.reason or "rollback command"
+    active = installer.slots.read_active()
+    if active is None:
+        return installer.send_report("failed", command.bundle_id or "", None, command.rollout_id,
+                                     "rollback refused: nothing installed")  # fmt: skip
+    record = installer.journal.read()
+    if record is None or record.bundle_id != active.bundle_id or record.state not in (
+        "active", "committed"
+    ):  # fmt: skip
+        record = JournalRecord(
+            bundle_id=active.bundle_id,
+            target="",
+            release=active.release,
+            state="committed",
+            slot=active.slot,
+        )
+    return installer.roll_back(record, "rollback", reason, rollout_id=command.rollout_id)
+
+
+def start_shadow(installer: Installer, command: DeviceCommand) -> InstallReport | None:
+    """Verify, unpack and smoke-test a bundle as for an install, then shadow it.
+
+    A failure is reported (``failed``, reason prefixed ``shadow:``) and the active
+    model is unaffected. A repeated ``shadow_start`` for the bundle already shadowed
+    does nothing.
+    """
+    shadow = installer.shadow
+    if shadow is None:
+        logger.info("shadow_start ignored: this agent runs no shadow models")
+        return None
+    try:
+        offer = BundleOffer(
+            bundle_id=command.bundle_id or "",
+            target=str(command.args.get("target", "")),
+            release=int(command.args.get("release", -1)),
+            rollout_id=command.rollout_id,
+        )
+    except (TypeError, ValueError) as e:
+        return installer.send_report("failed", command.bundle_id or "", None, command.rollout_id,
+                                     f"shadow: malformed shadow_start: {e}")  # fmt: skip
+    if shadow.bundle_id == offer.bundle_id:
+        return None
+    directory = shadow.directory
+    try:
+        ensure_trust_root(installer.config)
+        with installer.verifier.open(offer.target) as signed:
+            custom = signed_custom(signed)
+            if installer.check_signed(offer, custom, installer.slots.read_active()):
+                raise InstallError("the bundle is already active: nothing to shadow")
+            installer.check_disk_budget(signed.length, directory)
+            path = signed.download()
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        manifest = installer.unpack_checked(path, directory, custom)
+        runtime = load_runtime(manifest, directory)
+        run_smoke_test(runtime, manifest, directory)
+        with contextlib.suppress(OSError):
+            path.unlink()
+    except REFUSALS as e:
+        reason = refusal_reason(e)
+        logger.warning("shadow refused bundle_id=%s reason=%s", offer.bundle_id, reason)
+        shutil.rmtree(directory, ignore_errors=True)
+        return installer.send_report("failed", offer.bundle_id, offer.release, offer.rollout_id,
+                                     f"shadow: {reason}")  # fmt: skip
+    shadow.start(ActiveModel.from_manifest(manifest, runtime), rollout_id=offer.rollout_id)
+    return None
+
+
+def stop_shadow(installer: Installer, command: DeviceCommand) -> None:
+    if installer.shadow is not None:
+        installer.shadow.stop(command.reason or "shadow_stop command")

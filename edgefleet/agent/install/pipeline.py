@@ -1,0 +1,330 @@
+"""Offer -> install pipeline: verify, download, unpack, smoke test, switch, probation.
+
+Every step goes through the install journal (``edgefleet.agent.install.journal``)
+before it acts, so a power cut at any point resumes or rolls back on the next start
+(``edgefleet.agent.install.recovery``). The steps and the reports they send::
+
+    downloading  TUF refresh; the signed target's custom fields are checked
+                 (bundle id, release counter, profile, hardware) and the disk
+                 budget before any download; a broken download resumes
+    verified     the bundle file matched its signed length and SHA-256
+    staged       unpacked into the inactive slot, every member re-checked
+    active       smoke test passed, active.json switched, server swapped: probation
+    rolled_back  probation breached its health rule, or a rollback command: the
+                 previous slot serves again
+    failed       any step refused: the current model keeps serving, active.json untouched
+
+The signed metadata is verified by a ``Verifier`` (``edgefleet.agent.verification``:
+normally a short-lived child process running python-tuf; the offer is a hint, never
+evidence); what it must prove is in ``edgefleet.agent.install.checks``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edgefleet import schema
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.errors import AgentError, SlotError
+from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, load_runtime
+from edgefleet.agent.install.checks import (
+    REFUSALS,
+    TargetCustom,
+    check_signed,
+    ensure_trust_root,
+    refusal_reason,
+    signed_custom,
+    unpack_checked,
+)
+from edgefleet.agent.install.disk import check_disk_budget
+from edgefleet.agent.install.journal import Journal, JournalRecord
+from edgefleet.agent.install.probation import Probation
+from edgefleet.agent.install.shadow import ShadowRunner
+from edgefleet.agent.install.slots import ActiveRecord, SlotName, SlotStore, read_slot_manifest
+from edgefleet.agent.install.smoke import run_smoke_test
+from edgefleet.agent.telemetry.counters import InferenceStats
+from edgefleet.agent.verification.transport import Verifier
+from edgefleet.bundle import Manifest, verify_directory
+from edgefleet.errors import BundleError
+from edgefleet.messages import BundleOffer, InstallReport
+from edgefleet.states.install import InstallEvent, InstallState
+
+logger = logging.getLogger(__name__)
+
+ReportSink = Callable[[InstallReport], None]
+
+
+class Installer:
+    """Runs installs, roll-backs and probation through the journal; never raises for a refusal.
+
+    Commands (``edgefleet.agent.install.commands``) and start-up recovery
+    (``edgefleet.agent.install.recovery``) drive it too; all of it runs on the one
+    ``OfferWorker`` thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        slots: SlotStore,
+        holder: ModelHolder,
+        verifier: Verifier,
+        report: ReportSink,
+        on_active: Callable[[], None] = lambda: None,
+        machine: str | None = None,
+        stats: InferenceStats | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        shadow: ShadowRunner | None = None,
+    ) -> None:
+        self.config = config
+        self.slots = slots
+        self.holder = holder
+        self.verifier = verifier
+        self.report = report
+        self.on_active = on_active
+        self.machine = machine or platform.machine()
+        self.stats = stats or InferenceStats()
+        self.shadow = shadow
+        self.journal = Journal(config.data_dir)
+        self.probation = Probation(self.stats, config.probation, clock)
+
+    # -- install ---------------------------------------------------------------------
+
+    def install(
+        self,
+        offer: BundleOffer,
+        *,
+        received_at: float | None = None,
+        resumed: JournalRecord | None = None,
+    ) -> InstallReport:
+        """Install ``offer``; returns the final report (``active`` or ``failed``) it sent.
+
+        Args:
+            offer: the bundle to install.
+            received_at: when the offer arrived (``time.monotonic``); the install's
+                reported duration counts from it.
+            resumed: the unfinished journal record this install continues, if any
+                (its restart count carries over).
+        """
+        started = received_at if received_at is not None else time.monotonic()
+        release: int | None = offer.release
+
+        def send(state: InstallState, **extra: object) -> InstallReport:
+            message = InstallReport(
+                state=state,
+                bundle_id=offer.bundle_id,
+                release=release,
+                rollout_id=offer.rollout_id,
+                **extra,  # type: ignore[arg-type]
+            )
+            self.report(message)
+            return message
+
+        record = self.journal.begin(
+            JournalRecord(
+                bundle_id=offer.bundle_id,
+                target=offer.target,
+                release=offer.release,
+                rollout_id=offer.rollout_id,
+                restarts=resumed.restarts if resumed else 0,
+            )
+        )
+        send("downloading")
+        try:
+            return self._run(offer, record, send, started)
+        except REFUSALS as e:
+            reason = refusal_reason(e)
+            logger.warning(
+                "install failed bundle_id=%s release=%s reason=%s", offer.bundle_id, release, reason
+            )
+            current = self.journal.read()
+            if current is not None and current.state == "active":
+                return self.roll_back(current, "error", reason, rollout_id=offer.rollout_id)
+            if current is not None and not current.finished:
+                self.journal.fire(current, "error", reason=reason)
+            return send("failed", reason=reason)
+
+    def _run(
+        self,
+        offer: BundleOffer,
+        record: JournalRecord,
+        send: Callable[..., InstallReport],
+        started: float,
+    ) -> InstallReport:
+        ensure_trust_root(self.config)
+        with self.verifier.open(offer.target) as signed:
+            custom = signed_custom(signed)
+            active = self.slots.read_active()
+            if self.check_signed(offer, custom, active):
+                logger.info("bundle already active bundle_id=%s", offer.bundle_id)
+                self.journal.fire(record, "error", reason="already active")
+                return send("active", install_seconds=time.monotonic() - started)
+            slot = self.slots.inactive_slot(active)
+            self.check_disk_budget(signed.length, self.slots.slot_dir(slot))
+
+            record = self.journal.fire(record, "start")
+            path = signed.download()
+        record = self.journal.fire(record, "downloaded")
+        send("verified")
+
+        slot_dir = self.slots.prepare_slot(slot)
+        manifest = self.unpack_checked(path, slot_dir, custom)
+        record = self.journal.fire(record, "unpacked", slot=slot)
+        send("staged")
+
+        runtime = load_runtime(manifest, slot_dir)
+        run_smoke_test(runtime, manifest, slot_dir)
+        record = self.journal.fire(record, "smoke_passed")
+        send("smoke_tested")
+
+        previous = self.slots.read_active()
+        record = self.journal.fire(
+            record,
+            "switched",
+            previous=schema.to_builtins(previous) if previous else None,
+        )
+        self.slots.write_active(_active_record(slot, manifest))
+        self.holder.swap(ActiveModel.from_manifest(manifest, runtime))
+        if self.shadow is not None and self.shadow.bundle_id == manifest.bundle_id:
+            self.shadow.stop("the shadowed bundle is now installed")
+        self.probation.start(manifest.bundle_id)
+        elapsed = time.monotonic() - started
+        logger.info(
+            "bundle active bundle_id=%s release=%d slot=%s install_seconds=%.2f",
+            manifest.bundle_id,
+            manifest.release,
+            slot,
+            elapsed,
+        )
+        final = send("active", install_seconds=elapsed)
+        self.on_active()
+        with contextlib.suppress(OSError):  # only a cache; TUF re-downloads
+            path.unlink()
+        self.tick()
+        return final
+
+    # -- the checks, with this device's settings -------------------------------------------
+
+    def check_signed(
+        self, offer: BundleOffer, custom: TargetCustom, active: ActiveRecord | None
+    ) -> bool:
+        """``checks.check_signed`` for this device; True when the bundle already serves."""
+        return check_signed(
+            offer,
+            custom,
+            active,
+            serving=self.holder.current(),
+            profile=self.config.profile,
+            machine=self.machine,
+        )
+
+    def check_disk_budget(self, length: int, replaced: Path) -> None:
+        check_disk_budget(self.config.data_dir, self.config.disk_budget_mb, length, replaced)
+
+    def unpack_checked(self, path: Path, directory: Path, custom: TargetCustom) -> Manifest:
+        return unpack_checked(path, directory, custom, self.config.profile)
+
+    # -- probation and roll-back -----------------------------------------------------------
+
+    def tick(self) -> InstallReport | None:
+        """Judge the model on probation: commit it, roll it back, or keep watching."""
+        if not self.probation.running:
+            return None
+        record = self.journal.read()
+        if record is None or record.state != "active":
+            self.probation.stop()
+            return None
+        verdict = self.probation.verdict()
+        if verdict is None:
+            return None
+        if verdict[0] == "breach":
+            reason = verdict[1]
+            logger.warning("probation breached bundle_id=%s reason=%s", record.bundle_id, reason)
+            return self.roll_back(record, "breach", reason, rollout_id=record.rollout_id)
+        window = verdict[1]
+        self.journal.fire(record, "probation_passed")
+        self.probation.stop()
+        logger.info(
+            "probation passed, committed bundle_id=%s requests=%d errors=%d",
+            record.bundle_id,
+            window.count,
+            window.errors,
+        )
+        return self.send_report(
+            "committed", record.bundle_id, record.release, record.rollout_id, None
+        )
+
+    def roll_back(
+        self, record: JournalRecord, event: InstallEvent, reason: str, *, rollout_id: int | None
+    ) -> InstallReport:
+        """Record the roll-back, then serve the other slot again; report the outcome."""
+        active = self.slots.read_active()
+        if active is None or active.bundle_id != record.bundle_id:
+            # The switch never happened: the model being served is the old one already.
+            if not record.finished:
+                self.journal.fire(record, "error" if record.state != "active" else event,
+                                  reason=reason)  # fmt: skip
+            return self.send_report("failed", record.bundle_id, record.release, rollout_id, reason)
+        other = self.slots.inactive_slot(active)  # the slot served before
+        try:
+            target = self.load_slot(other)
+        except (SlotError, BundleError, AgentError, OSError) as e:
+            why = f"cannot roll back to slot {other}: {e}"
+            logger.error("roll-back impossible bundle_id=%s reason=%s", record.bundle_id, why)
+            return self.send_report("failed", record.bundle_id, record.release, rollout_id, why)
+        self.journal.fire(record, event, reason=reason)
+        self.switch_to(other, target)
+        self.probation.stop()
+        logger.warning(
+            "rolled back bundle_id=%s to=%s reason=%s", record.bundle_id, target[0].bundle_id,
+            reason,
+        )  # fmt: skip
+        report = self.send_report(
+            "rolled_back", record.bundle_id, record.release, rollout_id, reason
+        )
+        self.on_active()
+        return report
+
+    def load_slot(self, slot: SlotName) -> tuple[ActiveModel, ActiveRecord]:
+        """The model in ``slot``, re-verified against its manifest and loaded."""
+        slot_dir = self.slots.slot_dir(slot)
+        manifest = read_slot_manifest(slot_dir)
+        verify_directory(slot_dir, manifest)
+        model = ActiveModel.from_manifest(manifest, load_runtime(manifest, slot_dir))
+        return model, _active_record(slot, manifest)
+
+    def switch_to(self, slot: SlotName, loaded: tuple[ActiveModel, ActiveRecord]) -> None:
+        model, record = loaded
+        self.slots.write_active(record)
+        self.holder.swap(model)
+
+    def send_report(
+        self,
+        state: InstallState,
+        bundle_id: str,
+        release: int | None,
+        rollout_id: int | None,
+        reason: str | None,
+    ) -> InstallReport:
+        """Send (and return) a report that names no install timing."""
+        message = InstallReport(
+            state=state, bundle_id=bundle_id, release=release, rollout_id=rollout_id, reason=reason
+        )
+        self.report(message)
+        return message
+
+
+def _active_record(slot: SlotName, manifest: Manifest) -> ActiveRecord:
+    """``active.json`` once ``slot``, holding ``manifest``'s bundle, serves."""
+    return ActiveRecord(
+        slot=slot,
+        bundle_id=manifest.bundle_id,
+        release=manifest.release,
+        model=manifest.model.name,
+        model_version=manifest.model.version,
+    )

@@ -1,0 +1,66 @@
+"""Start-up: continue or roll back whatever the journal says was under way.
+
+``RESUME`` (``edgefleet.states.install``) says where a saved state continues; every
+other unfinished state rolls back, and so does any state once the journal has counted
+more restarts in it than ``MAX_RESTARTS`` (a crash loop).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from edgefleet.agent.install.journal import resume_action
+from edgefleet.agent.install.pipeline import Installer
+from edgefleet.messages import BundleOffer, InstallReport
+from edgefleet.states.install import RESUME, abort_event
+
+logger = logging.getLogger(__name__)
+
+
+def recover(installer: Installer) -> InstallReport | None:
+    """Continue or roll back the journal's unfinished install; returns the report sent, if any."""
+    journal = installer.journal
+    record = journal.read()
+    if record is None:
+        return None
+    active = installer.slots.read_active()
+    if record.state == "rolled_back" and active is not None and (
+        active.bundle_id == record.bundle_id
+    ):  # fmt: skip
+        # Recorded but not yet acted on when the power went: finish the switch back.
+        other = installer.slots.inactive_slot(active)  # the slot served before
+        logger.warning("finishing an interrupted roll-back bundle_id=%s", record.bundle_id)
+        installer.switch_to(other, installer.load_slot(other))
+        return None
+    if record.finished:
+        return None
+    record = journal.note_restart(record)
+    action = resume_action(record)
+    logger.warning(
+        "resuming install bundle_id=%s state=%s action=%s restarts=%d",
+        record.bundle_id,
+        record.state,
+        action,
+        record.restarts,
+    )
+    if action == "reinstall":
+        offer = BundleOffer(
+            bundle_id=record.bundle_id,
+            target=record.target,
+            release=record.release,
+            rollout_id=record.rollout_id,
+        )
+        return installer.install(offer, resumed=record)
+    if action == "probation":
+        if active is not None and active.bundle_id == record.bundle_id:
+            installer.probation.start(record.bundle_id)
+            return None
+        return installer.roll_back(
+            record, "breach", "agent restarted before the switch completed",
+            rollout_id=record.rollout_id,
+        )  # fmt: skip
+    reason = f"agent restarted in state {record.state}"
+    if record.restarts > 0 and record.state in RESUME:
+        reason = f"install crash loop: {record.restarts} restarts in state {record.state}"
+    return installer.roll_back(record, abort_event(record.state), reason,
+                               rollout_id=record.rollout_id)  # fmt: skip

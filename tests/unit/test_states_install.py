@@ -1,0 +1,49 @@
+"""The install vocabulary's derived sets agree with its transition table."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from edgefleet.states.install import (
+    FAILED_STATES,
+    FINISHED_STATES,
+    INSTALLING_STATES,
+    RESUME,
+    TERMINAL,
+    TERMINAL_DEVICE_STATES,
+    TRANSITIONS,
+    DeviceInstallState,
+    InstallState,
+    abort_event,
+    device_state,
+)
+
+
+def test_the_sets_follow_the_table() -> None:
+    assert {"offered", "downloading", "verified", "staged", "smoke_tested"} == INSTALLING_STATES
+    assert {"failed", "rolled_back"} == FAILED_STATES
+    assert {"committed", "failed", "rolled_back"} == TERMINAL
+    assert not {state for state, _event in TRANSITIONS} & (TERMINAL - {"committed"})
+    assert set(RESUME) <= set(get_args(InstallState)) - TERMINAL
+
+
+def test_every_state_is_reached_from_offered() -> None:
+    reached = {"offered"}
+    while (
+        more := {after for (state, _e), after in TRANSITIONS.items() if state in reached} - reached
+    ):
+        reached |= more
+    assert reached == set(get_args(InstallState))
+
+
+def test_the_device_vocabulary_holds_every_reported_state() -> None:
+    device_states = set(get_args(DeviceInstallState))
+    assert {device_state(s) for s in get_args(InstallState)} <= device_states
+    assert device_state("committed") == "active"
+    assert FAILED_STATES | {"active", "shadowing"} == FINISHED_STATES
+    assert FINISHED_STATES | {"superseded", "cancelled"} == TERMINAL_DEVICE_STATES
+
+
+def test_an_unfinished_install_aborts_by_breach_only_once_switched() -> None:
+    assert abort_event("active") == "breach"
+    assert {abort_event(s) for s in INSTALLING_STATES} == {"error"}
