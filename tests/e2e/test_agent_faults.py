@@ -45,11 +45,6 @@ TIMEOUT = 60.0
 CRASH_EXIT = 137
 
 
-@pytest.fixture(scope="module")
-def digits() -> DigitsModel:
-    return train_digits_model()
-
-
 @dataclass
 class Rig:
     """The control plane, its broker and (re)startable agent processes for one device."""

@@ -35,18 +35,13 @@ from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import BundleOffer
 from edgefleet.mqtt import MqttLink
 from edgefleet.tensors import encode_tensor
-from edgefleet_demo.digits import DigitsModel, train_digits_model
+from edgefleet_demo.digits import DigitsModel
 from tests.support.harness import build_bundle, provision_agent, register_model, start_agent
 from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.e2e
 PROFILE = "x86-64-gateway-onnx"
 DEVICE = "dev-attacked01"
-
-
-@pytest.fixture(scope="module")
-def digits() -> DigitsModel:
-    return train_digits_model()
 
 
 class Target:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.tensors import encode_tensor
-from edgefleet_demo.digits import DigitsModel, train_digits_model
+from edgefleet_demo.digits import DigitsModel
 from edgefleet_demo.retrain_digits import shift_digits
+from tests.support.control_plane import serve
 from tests.support.harness import provision_agent, start_agent
 from tests.support.polling import wait_until
 
@@ -28,11 +28,10 @@ SAMPLE_SIZE = 40
 
 @pytest.fixture
 def served(
-    tmp_path: Path, broker: MosquittoBroker
+    tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel
 ) -> Iterator[tuple[TestClient, int, DigitsModel]]:
-    model = train_digits_model()
-    app = create_app(Settings(data_dir=tmp_path / "cp", broker_url=broker.url))
-    with TestClient(app) as api:
+    model = digits
+    with serve(Settings(data_dir=tmp_path / "cp", broker_url=broker.url)) as api:
         samples = io.BytesIO()
         np.save(samples, model.samples, allow_pickle=False)
         api.post(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from edgefleet.messages import (
 )
 from edgefleet.mqtt import Incoming, MqttLink
 from edgefleet.topics import Up
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -113,16 +113,16 @@ def _fetch_all(fetcher: MqttFetcher, path: str, max_length: int = 1 << 30) -> by
 
 
 def _wait_subscribed(fetcher: MqttFetcher, files: dict[str, bytes]) -> None:
-    """Poll (bounded) until a tiny fetch succeeds: both subscriptions are live."""
+    """Wait until a tiny fetch succeeds: both subscriptions are live."""
     files["metadata/probe.json"] = b"{}"
-    deadline = time.monotonic() + CONNECT_TIMEOUT
-    while True:
+
+    def probe_fetched() -> bool:
         try:
-            assert _fetch_all(fetcher, "metadata/probe.json") == b"{}"
-            return
+            return _fetch_all(fetcher, "metadata/probe.json") == b"{}"
         except TransferError:
-            if time.monotonic() > deadline:
-                raise
+            return False
+
+    wait_until(probe_fetched, "a fetch through both subscriptions", timeout=CONNECT_TIMEOUT)
 
 
 def test_multi_chunk_target_arrives_intact_and_in_order(

@@ -6,7 +6,6 @@ import io
 import queue
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,9 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edgefleet import topics
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
-from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import (
     FETCH_OFFSET,
     FETCH_REASON,
@@ -29,7 +26,8 @@ from edgefleet.messages import (
     decode_as,
 )
 from edgefleet.mqtt import Incoming, MqttLink
-from edgefleet_demo.digits import DigitsModel, train_digits_model
+from edgefleet_demo.digits import DigitsModel
+from tests.support.control_plane import ControlPlane
 from tests.support.polling import wait_until
 
 pytestmark = [
@@ -41,17 +39,11 @@ PROFILE = "x86-64-gateway-onnx"
 TIMEOUT = 10.0
 
 
-@pytest.fixture(scope="module")
-def digits() -> DigitsModel:
-    return train_digits_model(max_iter=60)
-
-
 @pytest.fixture
-def client(tmp_path: Path, broker: MosquittoBroker) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path / "cp", broker_url=broker.url, client_id="cp-test")
-    with TestClient(create_app(settings)) as test_client:
-        wait_until(lambda: test_client.get("/api/v1/health").json()["broker_connected"])
-        yield test_client
+def client(control_plane: ControlPlane) -> TestClient:
+    test_client = control_plane(client_id="cp-test")
+    wait_until(lambda: test_client.get("/api/v1/health").json()["broker_connected"])
+    return test_client
 
 
 class FakeDevice:

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.control_plane.app import create_app
-from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.auth import required_role
-from edgefleet.control_plane.core.settings import Settings
+from tests.support.control_plane import ControlPlane
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def app_and_admin(tmp_path: Path, broker: MosquittoBroker) -> Iterator[tuple[TestClient, str]]:
-    settings = Settings(data_dir=tmp_path / "cp", broker_url=broker.url, api_auth=True)
-    with TestClient(create_app(settings)) as api:
-        token_file = tmp_path / "cp" / "admin.token"
-        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-        yield api, token_file.read_text().strip()
+def app_and_admin(control_plane: ControlPlane, tmp_path: Path) -> tuple[TestClient, str]:
+    api = control_plane(api_auth=True)
+    token_file = tmp_path / "cp" / "admin.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    return api, token_file.read_text().strip()
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -19,12 +19,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.auth import ApiToken
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.core.tables import utcnow
-from edgefleet_demo.digits import DigitsModel, train_digits_model
+from edgefleet_demo.digits import DigitsModel
+from tests.support.control_plane import serve
 from tests.support.harness import register_model
 
 pytestmark = pytest.mark.integration
@@ -117,7 +117,7 @@ def api(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Api]:
             }
         },
     )
-    with TestClient(create_app(settings)) as client:
+    with serve(settings) as client:
         admin = (tmp_path / "cp" / "admin.token").read_text().strip()
         tokens, token_ids = {"admin": admin}, {"admin": 1}
         for role in ("viewer", "operator"):
@@ -131,15 +131,11 @@ def api(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Api]:
         yield Api(client, tokens, token_ids, settings)
 
 
-@pytest.fixture(scope="module")
-def digits_model() -> DigitsModel:
-    return train_digits_model()
-
-
 @pytest.fixture
-def digits(api: Api, digits_model: DigitsModel) -> Api:
-    """``api`` with digits v1 registered."""
-    model = digits_model
+def digits(api: Api, digits: DigitsModel) -> Api:
+    """``api`` with digits v1 registered (the trained model is the session's ``digits``,
+    which this fixture overrides for the module)."""
+    model = digits
 
     class Authed:
         def post(self, url: str, **kwargs: Any) -> Any:

@@ -26,7 +26,7 @@ from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import DeviceStatus, TelemetryEvent
 from edgefleet.mqtt import Incoming, MqttLink
-from edgefleet_demo.digits import train_digits_model
+from edgefleet_demo.digits import DigitsModel
 from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.integration
@@ -97,8 +97,10 @@ class Loop:
 
 
 @pytest.fixture
-def loop(tmp_path: Path, broker: MosquittoBroker) -> Iterator[tuple[Loop, dict[str, Any]]]:
-    model = train_digits_model()
+def loop(
+    tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel
+) -> Iterator[tuple[Loop, dict[str, Any]]]:
+    model = digits
     settings = Settings(
         data_dir=tmp_path / "cp",
         broker_url=broker.url,

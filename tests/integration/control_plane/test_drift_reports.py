@@ -5,19 +5,20 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from edgefleet import topics
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.drift.plot import plot_drift
 from edgefleet.messages import TelemetryEvent
 from edgefleet.mqtt import MqttLink
-from edgefleet_demo.digits import train_digits_model
+from edgefleet_demo.digits import DigitsModel
+from tests.support.control_plane import serve
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +40,10 @@ def drift_event(bundle: dict[str, object], drifted: bool, t: float) -> Telemetry
 
 
 def test_fleet_rule_fires_when_enough_devices_drift_and_plot_shows_it(
-    tmp_path: Path, broker: MosquittoBroker
+    tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel
 ) -> None:
-    model = train_digits_model()
-    app = create_app(Settings(data_dir=tmp_path / "cp", broker_url=broker.url))
-    with TestClient(app) as api:
+    model = digits
+    with serve(Settings(data_dir=tmp_path / "cp", broker_url=broker.url)) as api:
         samples = io.BytesIO()
         np.save(samples, model.samples, allow_pickle=False)
         assert (
@@ -61,7 +61,6 @@ def test_fleet_rule_fires_when_enough_devices_drift_and_plot_shows_it(
             "/api/v1/bundles",
             json={"model": "digits", "version": "1", "profile": "x86-64-gateway-onnx"},
         ).json()
-        assert app.state.link.wait_subscribed(10)
 
         start = time.time() - 600
         histories = {
@@ -79,13 +78,11 @@ def test_fleet_rule_fires_when_enough_devices_drift_and_plot_shows_it(
                 link.publish(topics.up(device_id, topics.Up.TELEMETRY), event.to_bytes(), wait=10)
             link.stop()
 
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        def all_windows() -> list[dict[str, Any]] | None:
             series = api.get("/api/v1/drift/series", params={"model": "digits"}).json()
-            if len(series) == 16:
-                break
-            time.sleep(0.1)
-        assert len(series) == 16
+            return list(series) if len(series) == 16 else None
+
+        series = wait_until(all_windows, "16 drift windows in the series", timeout=20)
         assert {p["cohort"] for p in series} == {"x86-64-gateway-onnx"}
         assert [p["ts"] for p in series] == sorted(p["ts"] for p in series)
 

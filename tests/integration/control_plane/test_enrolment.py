@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import stat
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from edgefleet.control_plane.broker.security import (
 from edgefleet.control_plane.core.netutil import free_port, wait_for_port
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.core.tables import DeviceCredential, EnrolmentToken, utcnow
+from tests.support.control_plane import ControlPlane, serve
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +45,8 @@ def make_settings(tmp_path: Path, broker: MosquittoBroker, **overrides: object) 
 
 
 @pytest.fixture
-def api(tmp_path: Path, broker: MosquittoBroker) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(tmp_path, broker))) as client:
-        yield client
+def api(control_plane: ControlPlane, tmp_path: Path) -> TestClient:
+    return control_plane(broker_auth_dir=tmp_path / "auth", enrol_burst=50)
 
 
 def new_token(api: TestClient, **body: object) -> str:
@@ -127,7 +126,7 @@ def test_an_enrolled_id_cannot_be_enrolled_again(api: TestClient) -> None:
 
 def test_enrolment_is_rate_limited_per_client(tmp_path: Path, broker: MosquittoBroker) -> None:
     settings = make_settings(tmp_path, broker, enrol_burst=3, enrol_rate_per_minute=1)
-    with TestClient(create_app(settings)) as api:
+    with serve(settings) as api:
         codes = [enrol_as(api, "efe_guess").status_code for _ in range(4)]
         assert codes == [403, 403, 403, 429]
         limited = enrol_as(api, new_token(api))  # even a good token waits its turn
@@ -137,7 +136,7 @@ def test_enrolment_is_rate_limited_per_client(tmp_path: Path, broker: MosquittoB
 
 def test_only_operators_issue_enrolment_tokens(tmp_path: Path, broker: MosquittoBroker) -> None:
     settings = make_settings(tmp_path, broker, api_auth=True)
-    with TestClient(create_app(settings)) as api:
+    with serve(settings) as api:
         admin = (tmp_path / "cp" / "admin.token").read_text().strip()
         assert api.post("/api/v1/enrolment/tokens", json={}).status_code == 401
         viewer = api.post(
@@ -154,7 +153,7 @@ def test_only_operators_issue_enrolment_tokens(tmp_path: Path, broker: Mosquitto
 
 
 def test_enrolment_needs_a_secured_broker(tmp_path: Path, broker: MosquittoBroker) -> None:
-    with TestClient(create_app(make_settings(tmp_path, broker, broker_auth_dir=None))) as api:
+    with serve(make_settings(tmp_path, broker, broker_auth_dir=None)) as api:
         assert enrol_as(api, new_token(api)).status_code == 409
 
 

@@ -14,14 +14,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from edgefleet import topics
 from edgefleet.agent.verification.fetcher import MqttFetcher
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.mqtt import MqttLink
+from tests.support.control_plane import serve
 from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.integration
@@ -48,9 +47,7 @@ def test_fetches_stranded_on_a_dead_replicas_session_are_reasked_on_the_live_one
     dead.stop()
 
     settings = Settings(data_dir=tmp_path / "cp", broker_url=broker.url, mqtt_shared_group=GROUP)
-    app = create_app(settings)
-    with TestClient(app):
-        assert app.state.link.wait_subscribed(10)
+    with serve(settings):
         device = MqttLink(client_id=DEVICE, broker=broker.address, clean_start=True)
         fetcher = MqttFetcher(device, DEVICE, timeout=LONG_TIMEOUT)
         device.start()

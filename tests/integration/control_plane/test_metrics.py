@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +11,6 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session
 
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.core.tables import (
@@ -23,6 +21,7 @@ from edgefleet.control_plane.core.tables import (
     RolloutDevice,
     utcnow,
 )
+from tests.support.control_plane import ControlPlane, serve
 
 pytestmark = pytest.mark.integration
 
@@ -98,10 +97,8 @@ def seed(session: Session) -> None:
 
 
 @pytest.fixture
-def api(tmp_path: Path, broker: MosquittoBroker) -> Iterator[TestClient]:
-    app = create_app(Settings(data_dir=tmp_path / "cp", broker_url=broker.url))
-    with TestClient(app) as client:
-        yield client
+def api(control_plane: ControlPlane) -> TestClient:
+    return control_plane()
 
 
 def test_empty_control_plane_exposes_zero_fleet_and_a_connected_broker(api: TestClient) -> None:
@@ -142,7 +139,7 @@ def test_metrics_need_a_viewer_token_when_api_auth_is_on(
 ) -> None:
     monkeypatch.setenv("EDGEFLEET_API_AUTH", "true")
     settings = Settings(data_dir=tmp_path / "cp", broker_url=broker.url)
-    with TestClient(create_app(settings)) as api:
+    with serve(settings) as api:
         assert api.get("/metrics").status_code == 401
         bad = api.get("/metrics", headers={"Authorization": "Bearer eft_not-a-token"})
         assert bad.status_code == 401
@@ -163,7 +160,7 @@ def test_console_is_served_without_a_token_and_the_root_redirects_to_it(
 ) -> None:
     monkeypatch.setenv("EDGEFLEET_API_AUTH", "true")
     settings = Settings(data_dir=tmp_path / "cp", broker_url=broker.url)
-    with TestClient(create_app(settings)) as api:
+    with serve(settings) as api:
         root = api.get("/", follow_redirects=False)
         assert root.status_code == 307
         assert root.headers["location"] == "/console/"

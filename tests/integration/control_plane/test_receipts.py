@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from edgefleet import topics
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
-from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import RECEIPT_MAX_IDS, InstallReport, Receipt, TelemetryEvent, decode_as
 from edgefleet.mqtt import MqttLink
+from tests.support.control_plane import ControlPlane
 from tests.support.harness import Inbox
 from tests.support.polling import wait_until
 
@@ -30,11 +28,8 @@ OTHER = "dev-receipts02"
 
 
 @pytest.fixture
-def api(tmp_path: Path, broker: MosquittoBroker) -> Iterator[TestClient]:
-    app = create_app(Settings(data_dir=tmp_path / "cp", broker_url=broker.url))
-    with TestClient(app) as client:
-        assert app.state.link.wait_subscribed(10)
-        yield client
+def api(control_plane: ControlPlane) -> TestClient:
+    return control_plane()
 
 
 class Device:

@@ -28,7 +28,7 @@ from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.netutil import free_port
 from edgefleet.control_plane.core.settings import Settings
-from edgefleet_demo.digits import train_digits_model
+from edgefleet_demo.digits import DigitsModel
 from tests.support.harness import provision_agent, register_model, start_agent
 from tests.support.polling import wait_until
 from tests.support.rollout_fleet import SimDevice, add_bundle
@@ -155,12 +155,11 @@ def test_surviving_replica_finishes_a_rollout_when_the_other_is_killed(
 
 
 def test_bundles_built_alternately_through_two_replicas_all_install_on_real_agents(
-    tmp_path: Path, broker: MosquittoBroker, pg_url: str
+    tmp_path: Path, broker: MosquittoBroker, pg_url: str, digits: DigitsModel
 ) -> None:
     """The issue's case: a bundle built through A, the next through B. B must sign on top
     of A's targets (not a second, different targets version without A's bundle), and real
     agents, whose fetches either replica answers, must install every one."""
-    digits = train_digits_model()
     first = start_replica(tmp_path, broker, pg_url, "a")  # initialises the repository
     second = start_replica(tmp_path, broker, pg_url, "b")  # finds it: must not re-initialise
     replicas = [first, second]

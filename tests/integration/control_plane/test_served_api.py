@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from edgefleet.control_plane.cli.main import app as cli
 from edgefleet.control_plane.client import ApiClient
 from edgefleet.control_plane.core.netutil import free_port
-from edgefleet_demo.digits import train_digits_model
+from edgefleet_demo.digits import DigitsModel
 from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.integration
@@ -91,11 +91,13 @@ def test_forwarded_for_counts_from_a_configured_proxy(serve: Serve) -> None:
     assert [enrol(url, "198.51.100.200") for _ in range(BURST + 1)] == [409] * BURST + [429]
 
 
-def test_cli_policy_set_changes_only_the_options_given(serve: Serve, tmp_path: Path) -> None:
+def test_cli_policy_set_changes_only_the_options_given(
+    serve: Serve, tmp_path: Path, digits: DigitsModel
+) -> None:
     hooks = tmp_path / "hooks.toml"
     hooks.write_text('[hooks.nightly]\ncommand = ["/bin/true"]\n')
     url = serve(EDGEFLEET_RETRAINING_HOOKS_FILE=str(hooks))
-    model = train_digits_model()
+    model = digits
     with ApiClient(url) as client:
         client.register_model(
             name="digits", version="1", model=model.onnx_bytes, samples=model.samples

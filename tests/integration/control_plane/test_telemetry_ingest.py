@@ -9,35 +9,31 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edgefleet import topics
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import TelemetryEvent
 from edgefleet.mqtt import MqttLink
+from tests.support.control_plane import serve
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.integration
 DEVICE = "dev-telemetry01"
 
 
 def wait_for_count(api: TestClient, expected: int, **params: str) -> int:
-    deadline = time.monotonic() + 20
-    count = -1
-    while time.monotonic() < deadline:
-        count = api.get("/api/v1/events/count", params=params).json()["count"]
-        if count >= expected:
-            # Let any stray extra message land before the caller compares.
-            time.sleep(0.3)
-            return int(api.get("/api/v1/events/count", params=params).json()["count"])
-        time.sleep(0.05)
-    return count
+    def count() -> int:
+        return int(api.get("/api/v1/events/count", params=params).json()["count"])
+
+    wait_until(lambda: count() >= expected, f"{expected} events {params}", timeout=20)
+    # Let any stray extra message land before the caller compares.
+    time.sleep(0.3)
+    return count()
 
 
 def test_redelivered_events_are_stored_once_and_attributed_to_the_topic_device(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    app = create_app(Settings(data_dir=tmp_path / "cp", broker_url=broker.url))
-    with TestClient(app) as api:
-        assert app.state.link.wait_subscribed(10)
+    with serve(Settings(data_dir=tmp_path / "cp", broker_url=broker.url)) as api:
         device = MqttLink(client_id=DEVICE, broker=broker.address, clean_start=True)
         device.start()
         assert device.wait_connected(10)

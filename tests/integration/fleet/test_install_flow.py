@@ -27,7 +27,7 @@ from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import BundleOffer
 from edgefleet.mqtt import MqttLink
 from edgefleet.tensors import decode_tensor, encode_tensor
-from edgefleet_demo.digits import DigitsModel, train_digits_model
+from edgefleet_demo.digits import DigitsModel
 from tests.support.harness import (
     build_bundle,
     provision_agent,
@@ -42,11 +42,6 @@ pytestmark = pytest.mark.integration
 PROFILE = "x86-64-gateway-onnx"
 DEVICE = "dev-install001"
 TIMEOUT = 60.0
-
-
-@pytest.fixture(scope="module")
-def digits() -> DigitsModel:
-    return train_digits_model()
 
 
 @dataclass

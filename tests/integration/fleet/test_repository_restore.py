@@ -12,18 +12,16 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
-from edgefleet_demo.digits import train_digits_model
+from edgefleet_demo.digits import DigitsModel
+from tests.support.control_plane import serve
 from tests.support.harness import (
     build_bundle,
     provision_agent,
@@ -37,14 +35,6 @@ pytestmark = pytest.mark.integration
 
 PROFILE = "x86-64-gateway-onnx"
 DEVICE = "dev-restore001"
-
-
-@contextmanager
-def control_plane(settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings)
-    with TestClient(app) as api:
-        assert app.state.link.wait_subscribed(10)
-        yield api
 
 
 def versions(api: TestClient) -> dict[str, dict[str, Any]]:
@@ -61,15 +51,14 @@ def backup_database(path: Path, to: Path) -> None:
 
 
 def test_restored_repository_refuses_to_sign_below_the_fleet_until_bumped(
-    tmp_path: Path, broker: MosquittoBroker
+    tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel
 ) -> None:
-    digits = train_digits_model()
     settings = Settings(data_dir=tmp_path / "cp", broker_url=broker.url, client_id="cp-restore")
     database = tmp_path / "cp" / "control-plane.db"
     backup = tmp_path / "backup.db"
     agent = None
     try:
-        with control_plane(settings) as api:
+        with serve(settings) as api:
             for version in ("1", "2", "3"):
                 register_model(api, digits.onnx_bytes, digits.samples, version=version)
             first = build_bundle(api, "1", PROFILE)
@@ -97,7 +86,7 @@ def test_restored_repository_refuses_to_sign_below_the_fleet_until_bumped(
             Path(f"{database}{suffix}").unlink(missing_ok=True)
         backup.rename(database)
 
-        with control_plane(settings) as api:
+        with serve(settings) as api:
             restored = versions(api)
             assert restored["targets"]["version"] < newest["targets"]["version"]
             wait_until(  # the agent's retained status, with what it trusts

@@ -24,7 +24,6 @@ import pytest
 import uvicorn
 from cryptography import x509
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
 from edgefleet.agent.config import parse_config
 from edgefleet.agent.enrolment.enrol import EnrolmentError, enrol
@@ -36,7 +35,8 @@ from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.trust.pki import CertificateAuthority, PkiFiles, ensure_server_files
 from edgefleet.messages import BundleOffer
 from edgefleet.tensors import encode_tensor
-from edgefleet_demo.digits import DigitsModel, train_digits_model
+from edgefleet_demo.digits import DigitsModel
+from tests.support.control_plane import serve
 from tests.support.polling import wait_until
 from tests.support.tls_fleet import TIMEOUT, TlsBroker, start_tls_broker
 
@@ -103,18 +103,13 @@ def test_a_password_control_plane_refuses_a_csr(tmp_path: Path, broker: Mosquitt
     settings = Settings(
         data_dir=tmp_path / "cp", broker_url=broker.url, broker_auth_dir=tmp_path / "auth"
     )
-    with TestClient(create_app(settings)) as api:
+    with serve(settings) as api:
         token = api.post("/api/v1/enrolment/tokens", json={}).json()["token"]
         body = {"token": token, "device_id": DEVICE, "profile": "p", "csr": "x"}
         refused = api.post("/api/v1/enrol", json=body)
         assert refused.status_code == 422 and "omit the CSR" in refused.json()["detail"]
         del body["csr"]
         assert api.post("/api/v1/enrol", json=body).json()["password"]
-
-
-@pytest.fixture(scope="module")
-def digits() -> DigitsModel:
-    return train_digits_model()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, OnnxRunt
 from edgefleet.agent.inference.server import InferenceServer
 from edgefleet.agent.telemetry.counters import InferenceStats
 from edgefleet.tensors import ModelSignature, encode_tensor
-from edgefleet_demo.digits import DigitsModel, train_digits_model
+from edgefleet_demo.digits import DigitsModel
 
 SIGNATURE = schema.convert(
     {
@@ -35,11 +35,6 @@ SIGNATURE = schema.convert(
     },
     ModelSignature,
 )
-
-
-@pytest.fixture(scope="session")
-def digits() -> DigitsModel:
-    return train_digits_model()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from edgefleet.agent.inference.runtime import load_runtime
 from edgefleet.agent.install.smoke import run_smoke_test
 from edgefleet.bundle import Manifest, unpack_bundle, write_bundle
 from edgefleet.tensors import ModelSignature
-from edgefleet_demo.digits import DigitsModel, train_digits_model
+from edgefleet_demo.digits import DigitsModel
 
 SIGNATURE = {
     "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
@@ -24,11 +24,6 @@ SIGNATURE = {
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
     ],
 }
-
-
-@pytest.fixture(scope="session")
-def digits() -> DigitsModel:
-    return train_digits_model()
 
 
 def _npy(array: np.ndarray) -> bytes:

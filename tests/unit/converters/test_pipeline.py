@@ -22,13 +22,6 @@ pytestmark = pytest.mark.filterwarnings(
 PROFILES = load_profiles(default_profiles_dir())
 
 
-@pytest.fixture(scope="module")
-def digits():  # type: ignore[no-untyped-def]
-    from edgefleet_demo.digits import train_digits_model
-
-    return train_digits_model(max_iter=80)
-
-
 @pytest.mark.parametrize("name", sorted(PROFILES))
 def test_every_shipped_profile_builds_from_the_float_model(digits, name: str) -> None:  # type: ignore[no-untyped-def]
     profile = PROFILES[name]

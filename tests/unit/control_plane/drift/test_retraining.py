@@ -23,7 +23,7 @@ from edgefleet.control_plane.drift.hook_runner import (
     compare_models,
     run_hook,
 )
-from edgefleet_demo.digits import train_digits_model
+from edgefleet_demo.digits import DigitsModel
 from edgefleet_demo.retrain_digits import shift_digits, train_shift_aware
 from tests.support.polling import wait_until
 
@@ -208,8 +208,8 @@ def test_hooks_come_from_a_toml_file_and_settings(tmp_path: Path) -> None:
         Settings(data_dir=tmp_path, retraining_hooks={"../x": {"command": ["/bin/true"]}})  # type: ignore[dict-item]
 
 
-def test_retrained_model_beats_champion_on_shifted_inputs_only() -> None:
-    champion = train_digits_model()
+def test_retrained_model_beats_champion_on_shifted_inputs_only(digits: DigitsModel) -> None:
+    champion = digits
     challenger = train_shift_aware(6.0)
     shifted = compare_models(
         champion=champion.onnx_bytes,

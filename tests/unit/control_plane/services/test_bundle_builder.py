@@ -21,15 +21,10 @@ from edgefleet.control_plane.services.bundle_builder import build_bundle, refere
 from edgefleet.control_plane.services.model_registry import register_model
 from edgefleet.control_plane.trust.repository import SignedRepository
 from edgefleet.profile import default_profiles_dir
-from edgefleet_demo.digits import DigitsModel, train_digits_model
+from edgefleet_demo.digits import DigitsModel
 
 PROFILE = "x86-64-gateway-onnx"
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-
-
-@pytest.fixture(scope="module")
-def digits() -> DigitsModel:
-    return train_digits_model(max_iter=60)
 
 
 @pytest.fixture
