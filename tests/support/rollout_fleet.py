@@ -5,7 +5,7 @@ answers offers with install reports (``active`` or a smoke-test ``failed``), ans
 ``rollback`` commands with ``rolled_back``, and, once active, sends an ``inference``
 telemetry window with the error rate and p95 it was told to have for that bundle.
 Bundles are rows inserted directly: these tests are about the orchestration, not
-about building or verifying bundles (test_install_flow.py covers that).
+about building or verifying bundles (tests/integration/fleet/test_install_flow.py covers that).
 """
 
 from __future__ import annotations

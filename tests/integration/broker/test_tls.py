@@ -3,7 +3,7 @@
 Devices enrol through the real API with a CSR and connect with the certificate the
 test's CA (``edgefleet.control_plane.trust.pki``) signed. Negative outcomes on topics are asserted
 by
-delivery, as in test_broker_isolation.py: a marker sent after the attack on the same
+delivery, as in test_isolation.py: a marker sent after the attack on the same
 path arrives, so anything the attack let through would have arrived before it.
 """
 

@@ -1,7 +1,7 @@
 """One signed truth for several replicas, and what devices already trust after a restore.
 
 Two ``SignedRepository`` instances stand for two control-plane replicas: one
-database (SQLite here; PostgreSQL in tests/integration/test_repository_replicas.py)
+database (SQLite here; PostgreSQL in tests/integration/control_plane/test_repository_replicas.py)
 and one shared directory. python-tuf's own client judges what they publish.
 """
 
