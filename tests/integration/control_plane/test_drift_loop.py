@@ -21,12 +21,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edgefleet import topics
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import DeviceStatus, TelemetryEvent
 from edgefleet.mqtt import Incoming, MqttLink
 from edgefleet_demo.digits import DigitsModel
+from tests.support.control_plane import serve
 from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.integration
@@ -106,8 +106,8 @@ def loop(
         broker_url=broker.url,
         retraining_hooks=HOOKS,  # type: ignore[arg-type]
     )
-    app = create_app(settings)
-    with TestClient(app) as api:
+    with serve(settings) as api:
+        app = api.app
         samples = io.BytesIO()
         np.save(samples, model.samples, allow_pickle=False)
         assert (

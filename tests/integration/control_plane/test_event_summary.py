@@ -7,17 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.db import create_db_and_tables, make_engine
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.core.tables import EventSummary
 from edgefleet.control_plane.services.events import ingest_events, summarize_events
 from edgefleet.messages import TelemetryEvent
+from tests.support.control_plane import serve
 
 pytestmark = pytest.mark.integration
 
@@ -73,9 +72,8 @@ def test_summary_counts_windows_and_sums_numeric_counts_per_device(engine: Engin
 def test_summary_route_answers_per_device_for_inference_by_default(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    app = create_app(Settings(data_dir=tmp_path / "cp", broker_url=broker.url))
-    with TestClient(app) as client:
-        store_mixed_events(app.state.engine)
+    with serve(Settings(data_dir=tmp_path / "cp", broker_url=broker.url)) as client:
+        store_mixed_events(client.app.state.engine)  # type: ignore[attr-defined]
         response = client.get("/api/v1/events/summary")
         assert response.status_code == 200, response.text
         assert response.json() == [

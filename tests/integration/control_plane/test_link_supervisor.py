@@ -17,11 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edgefleet import topics
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import TelemetryEvent
 from edgefleet.mqtt import MqttLink
+from tests.support.control_plane import serve
 from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.integration
@@ -54,9 +54,8 @@ def restarts(api: TestClient, worker: str) -> float:
 def test_a_killed_telemetry_worker_is_restarted_and_shows_in_health_and_metrics(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    app = create_app(Settings(data_dir=tmp_path / "cp", broker_url=broker.url))
-    with TestClient(app) as api:
-        assert app.state.link.wait_subscribed(10)
+    with serve(Settings(data_dir=tmp_path / "cp", broker_url=broker.url)) as api:
+        app = api.app
         assert api.get("/api/v1/health").json() == {
             "status": "ok",
             "broker_connected": True,

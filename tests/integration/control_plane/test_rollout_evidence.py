@@ -7,11 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
+from tests.support.control_plane import serve
 from tests.support.polling import wait_until
 from tests.support.rollout_fleet import Behaviour, SimDevice, add_bundle
 
@@ -27,10 +26,9 @@ def test_wave_without_inference_telemetry_fails_for_want_of_evidence_instead_of_
         data_dir=tmp_path / "cp", broker_url=broker.url, client_id="cp-evidence",
         rollout_tick_s=0.1,
     )  # fmt: skip
-    app = create_app(settings)
     devices: list[SimDevice] = []
-    with TestClient(app) as api:
-        assert app.state.link.wait_subscribed(10)
+    with serve(settings) as api:
+        app = api.app
         add_bundle(app.state.engine, OLD, 1)
         add_bundle(app.state.engine, NEW, 2)
         # Installed and idle: their telemetry windows carry no inferences.

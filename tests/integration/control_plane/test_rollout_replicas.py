@@ -22,13 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.netutil import free_port
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet_demo.digits import DigitsModel
+from tests.support.control_plane import serve
 from tests.support.harness import provision_agent, register_model, start_agent
 from tests.support.polling import wait_until
 from tests.support.rollout_fleet import SimDevice, add_bundle
@@ -110,9 +109,8 @@ def test_surviving_replica_finishes_a_rollout_when_the_other_is_killed(
         mqtt_shared_group=GROUP,
     )  # fmt: skip
     try:
-        app = create_app(settings)
-        with TestClient(app) as api:
-            assert app.state.link.wait_subscribed(10)
+        with serve(settings) as api:
+            app = api.app
             add_bundle(app.state.engine, OLD, 1)
             add_bundle(app.state.engine, NEW, 2)
             for i in range(4):

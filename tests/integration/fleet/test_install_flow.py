@@ -21,13 +21,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edgefleet import topics
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import BundleOffer
 from edgefleet.mqtt import MqttLink
 from edgefleet.tensors import decode_tensor, encode_tensor
 from edgefleet_demo.digits import DigitsModel
+from tests.support.control_plane import serve
 from tests.support.harness import (
     build_bundle,
     provision_agent,
@@ -75,8 +75,8 @@ class Fleet:
 @pytest.fixture
 def fleet(tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel) -> Iterator[Fleet]:
     settings = Settings(data_dir=tmp_path / "cp", broker_url=broker.url)
-    app = create_app(settings)
-    with TestClient(app) as api:
+    with serve(settings) as api:
+        app = api.app
         for version in ("1", "2"):
             register_model(api, digits.onnx_bytes, digits.samples, version=version)
         config, port = provision_agent(
