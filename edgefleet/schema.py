@@ -22,7 +22,7 @@ on top, once:
   is decoded or converted, and publishes that half-built while it calls into Python:
   a second thread using the same type at that moment reads a missing field type and
   the process dies (SIGSEGV; seen in the fleet benchmark, with 250 devices per process
-  installing at once; ``tests/unit/test_schema.py`` has the scenario).
+  installing at once; ``tests/unit/contract/test_schema.py`` has the scenario).
   So every ``Struct`` type is registered when defined, and the first conversion in
   the process prepares all of them under one lock, in one thread, before any goes on.
 

@@ -22,7 +22,6 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from harness import build_bundle, register_model, roll_out, start_agent, wait_for
 
 from edgefleet import topics
 from edgefleet.bundle import FileRole, write_bundle
@@ -35,6 +34,8 @@ from edgefleet.mqtt import MqttLink
 from edgefleet.tensors import decode_tensor, encode_tensor
 from edgefleet_demo.digits import DigitsModel, train_digits_model
 from edgefleet_demo.spine import agent_config
+from tests.support.harness import build_bundle, register_model, roll_out, start_agent
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -42,11 +43,6 @@ PROFILE = "x86-64-gateway-onnx"
 DEVICE = "dev-faults0001"
 TIMEOUT = 60.0
 CRASH_EXIT = 137
-
-
-@pytest.fixture(scope="module")
-def digits() -> DigitsModel:
-    return train_digits_model()
 
 
 @dataclass
@@ -89,9 +85,9 @@ class Rig:
         )
         self.starts += 1
         self.process = start_agent(config, self.log, env)
-        wait_for(self.ready, "the agent's endpoint to answer")
+        wait_until(self.ready, "the agent's endpoint to answer")
         # The endpoint answers before the MQTT status has reached the control plane.
-        wait_for(
+        wait_until(
             lambda: self.api.get(f"/api/v1/devices/{DEVICE}").status_code == 200,
             "the control plane to know the device",
         )
@@ -257,7 +253,7 @@ def test_agent_killed_in_each_install_state_serves_a_verified_model_after_restar
 
     rig.start_agent()
     expected_state, expected_version = CRASH_OUTCOMES[state]
-    journal = wait_for(
+    journal = wait_until(
         lambda: rig.journal() if rig.journal()["state"] == expected_state else None,
         f"the journal to reach {expected_state}",
     )
@@ -292,14 +288,14 @@ def test_download_resumes_from_its_last_chunk_after_the_broker_is_killed(rig: Ri
     def part_size() -> int:
         return sum(p.stat().st_size for p in parts.glob("*.part")) if parts.exists() else 0
 
-    wait_for(lambda: part_size() > 2 * 1024 * 1024, "the download to be under way")
+    wait_until(lambda: part_size() > 2 * 1024 * 1024, "the download to be under way")
     rig.broker.kill()
-    wait_for(lambda: "transfer interrupted" in rig.log.read_text(), "the agent to notice")
+    wait_until(lambda: "transfer interrupted" in rig.log.read_text(), "the agent to notice")
     interrupted_at = part_size()
     assert 0 < interrupted_at < len(padding)
     rig.broker.start()
 
-    wait_for(lambda: rig.journal().get("state") == "committed", "the padded bundle to install")
+    wait_until(lambda: rig.journal().get("state") == "committed", "the padded bundle to install")
     log = rig.log.read_text()
     started = [line for line in log.splitlines() if "download started path=targets/" in line]
     assert len([line for line in started if line.endswith("offset=0")]) == 1, started
@@ -332,14 +328,14 @@ def test_every_event_spooled_while_the_broker_was_down_arrives_exactly_once(rig:
     worker = threading.Thread(target=load)
     worker.start()
     try:
-        wait_for(lambda: served > 20, "inference traffic")
+        wait_until(lambda: served > 20, "inference traffic")
         rig.broker.kill()
-        wait_for(lambda: rig.status_file().get("link") == "disconnected", "the link to drop")
-        wait_for(lambda: rig.status_file().get("spool_depth", 0) >= 20, "events to pile up")
+        wait_until(lambda: rig.status_file().get("link") == "disconnected", "the link to drop")
+        wait_until(lambda: rig.status_file().get("spool_depth", 0) >= 20, "events to pile up")
         stop.set()
         worker.join(30)
         restart_broker_control_plane_first(rig)
-        wait_for(lambda: rig.status_file().get("link") == "connected", "the link to return")
+        wait_until(lambda: rig.status_file().get("link") == "connected", "the link to return")
     finally:
         stop.set()
         worker.join(30)
@@ -347,7 +343,7 @@ def test_every_event_spooled_while_the_broker_was_down_arrives_exactly_once(rig:
     def delivered() -> int:
         return sum(e["data"]["count"] for e in rig.events("inference"))
 
-    wait_for(lambda: delivered() >= served, f"every inference window to arrive ({served})")
+    wait_until(lambda: delivered() >= served, f"every inference window to arrive ({served})")
     events = rig.events("inference")
     assert delivered() == served  # nothing lost, nothing counted twice
     assert len({e["event_id"] for e in events}) == len(events)
@@ -366,12 +362,12 @@ def test_full_spool_drops_the_least_important_events_reports_it_and_keeps_servin
     rig.start_agent()
     assert rig.roll_out(bundle["id"])["state"] == "complete"
     rig.broker.kill()
-    wait_for(lambda: "spool full" in rig.log.read_text(), "the spool to overflow")
+    wait_until(lambda: "spool full" in rig.log.read_text(), "the spool to overflow")
     for _ in range(5):
         assert rig.infer_version() == "1"
     restart_broker_control_plane_first(rig)
 
-    reports = wait_for(lambda: rig.events("spool"), "the drop report")
+    reports = wait_until(lambda: rig.events("spool"), "the drop report")
     dropped = reports[0]["data"]["dropped"]
     assert int(dropped.get("3", 0)) > 0, dropped  # resource events (priority 3) go first
     assert "0" not in dropped  # install events kept
@@ -397,7 +393,7 @@ def test_bundle_failing_its_smoke_test_is_refused_and_the_old_model_kept(rig: Ri
 
     target = rig.derive(good, "digits-badsmoke-r60", 60, wrong_expectations)
     rig.offer("digits-badsmoke-r60", target, 60)
-    failed = wait_for(lambda: reports_for(rig, "digits-badsmoke-r60", "failed"), "the refusal")
+    failed = wait_until(lambda: reports_for(rig, "digits-badsmoke-r60", "failed"), "the refusal")
     assert "smoke test" in failed[0]["reason"]
     assert [r["state"] for r in rig.reports if r["bundle_id"] == "digits-badsmoke-r60"] == [
         "downloading",
@@ -424,7 +420,7 @@ def test_rollback_command_switches_back_to_the_previous_slot_and_reports_why(rig
     rig.app.state.link.publish_command(
         DEVICE, DeviceCommand(command="rollback", reason="canary error rate too high")
     )
-    rolled = wait_for(lambda: reports_for(rig, new["id"], "rolled_back"), "the roll-back report")
+    rolled = wait_until(lambda: reports_for(rig, new["id"], "rolled_back"), "the roll-back report")
     assert rolled[0]["reason"] == "canary error rate too high"
     assert rig.infer_version() == "1"
     assert json.loads((rig.data_dir / "active.json").read_text())["bundle_id"] == old["id"]
@@ -444,11 +440,11 @@ def test_model_breaching_its_probation_rule_is_switched_back_by_the_agent_itself
     rig.start_agent()
     assert rig.roll_out(old["id"])["state"] == "complete"
     rig.offer(new["id"], new["target"], new["release"])
-    wait_for(lambda: reports_for(rig, new["id"], "active"), "the new model to go active")
+    wait_until(lambda: reports_for(rig, new["id"], "active"), "the new model to go active")
     served = [rig.infer_version() for _ in range(25)]
     assert served[0] == "2"
 
-    rolled = wait_for(lambda: reports_for(rig, new["id"], "rolled_back"), "the self roll-back")
+    rolled = wait_until(lambda: reports_for(rig, new["id"], "rolled_back"), "the self roll-back")
     assert "probation breach: latency p95" in rolled[0]["reason"]
     assert "> 0.001 ms" in rolled[0]["reason"]
     assert rig.infer_version() == "1"
@@ -484,7 +480,7 @@ def serve_until_ended(rig: Rig, rollout_id: int) -> tuple[dict[str, Any], set[st
         rollout = rig.api.get(f"/api/v1/rollouts/{rollout_id}").json()
         return rollout if rollout["state"] not in ("in_progress", "paused") else None
 
-    return dict(wait_for(ended, f"shadow rollout {rollout_id} to end")), served
+    return dict(wait_until(ended, f"shadow rollout {rollout_id} to end")), served
 
 
 def test_shadow_model_runs_beside_the_active_one_and_its_agreement_passes_the_gate(
@@ -507,7 +503,7 @@ def test_shadow_model_runs_beside_the_active_one_and_its_agreement_passes_the_ga
     assert all(s["agreement"] == 1.0 for s in shadow if s["count"])
     assert json.loads((rig.data_dir / "active.json").read_text())["bundle_id"] == old["id"]
     # The completed rollout stopped the shadow: its files are gone from the device.
-    wait_for(lambda: not (rig.data_dir / "shadow").exists(), "the shadow to be discarded")
+    wait_until(lambda: not (rig.data_dir / "shadow").exists(), "the shadow to be discarded")
 
 
 def test_disagreeing_shadow_model_aborts_the_rollout_and_never_answers_a_client(
@@ -531,5 +527,5 @@ def test_disagreeing_shadow_model_aborts_the_rollout_and_never_answers_a_client(
     assert rollout["state"] == "aborted"
     assert "agreement" in rollout["reason"]
     assert served == {"1"}
-    wait_for(lambda: not (rig.data_dir / "shadow").exists(), "the shadow to be discarded")
+    wait_until(lambda: not (rig.data_dir / "shadow").exists(), "the shadow to be discarded")
     assert json.loads((rig.data_dir / "active.json").read_text())["bundle_id"] == old["id"]

@@ -14,11 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import start_agent, wait_for
-from receipting import ReceiptingPlane
 
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.netutil import free_port
+from tests.support.harness import start_agent
+from tests.support.polling import wait_until
+from tests.support.receipting import ReceiptingPlane
 
 DEVICE = "dev-spoolfault01"
 
@@ -70,21 +71,21 @@ def test_agent_with_a_corrupt_spool_starts_serves_and_recreates_it(
     spool.write_bytes(os.urandom(64 * 1024))  # garbage where the SQLite header should be
     process = start_agent(config, tmp_path / "agent.log")
     try:
-        wait_for(lambda: live(port) or process.poll() is not None, "the endpoint to answer", 60)
+        wait_until(lambda: live(port) or process.poll() is not None, "the endpoint to answer", 60)
         assert process.poll() is None, (tmp_path / "agent.log").read_text()[-2000:]
         assert list(spool.parent.glob("spool.sqlite.corrupt-*"))
-        errors = wait_for(lambda: spool_errors(plane), "the spool error event")
+        errors = wait_until(lambda: spool_errors(plane), "the spool error event")
         assert "cannot open spool" in errors[0]["reason"]
         assert errors[0]["moved_to"].startswith("spool.sqlite.corrupt-")
 
         # Deleted under the running agent: noticed, recreated, said so, depth is real.
-        wait_for(lambda: status_file(tmp_path).get("link") == "connected", "the link")
+        wait_until(lambda: status_file(tmp_path).get("link") == "connected", "the link")
         spool.unlink()
-        wait_for(lambda: spool.exists(), "the spool to be recreated")
-        wait_for(lambda: len(spool_errors(plane)) >= 2, "the second spool error event")
+        wait_until(lambda: spool.exists(), "the spool to be recreated")
+        wait_until(lambda: len(spool_errors(plane)) >= 2, "the second spool error event")
         assert "deleted" in spool_errors(plane)[-1]["reason"]
         assert live(port)
-        wait_for(lambda: status_file(tmp_path).get("spool_recreated") == 2, "status.json")
+        wait_until(lambda: status_file(tmp_path).get("spool_recreated") == 2, "status.json")
         depths = [s.get("spool_depth") for s in plane.statuses if s.get("online")]
         assert depths and all(isinstance(d, int) for d in depths)
     finally:

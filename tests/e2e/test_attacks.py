@@ -25,7 +25,6 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from harness import build_bundle, provision_agent, register_model, start_agent, wait_for
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Timestamp
 
@@ -36,16 +35,13 @@ from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import BundleOffer
 from edgefleet.mqtt import MqttLink
 from edgefleet.tensors import encode_tensor
-from edgefleet_demo.digits import DigitsModel, train_digits_model
+from edgefleet_demo.digits import DigitsModel
+from tests.support.harness import build_bundle, provision_agent, register_model, start_agent
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.e2e
 PROFILE = "x86-64-gateway-onnx"
 DEVICE = "dev-attacked01"
-
-
-@pytest.fixture(scope="module")
-def digits() -> DigitsModel:
-    return train_digits_model()
 
 
 class Target:
@@ -81,7 +77,7 @@ class Target:
     def restart_agent(self, env: dict[str, str] | None = None) -> None:
         self.stop_agent()
         self.agent = self.start_agent(env)
-        wait_for(self.ready, "the restarted agent to serve")
+        wait_until(self.ready, "the restarted agent to serve")
 
     def ready(self) -> bool:
         try:
@@ -110,7 +106,7 @@ class Target:
                     return report
             return None
 
-        return dict(wait_for(final, f"the outcome of {bundle_id}"))
+        return dict(wait_until(final, f"the outcome of {bundle_id}"))
 
     def serving_version(self) -> str:
         body = {"inputs": [encode_tensor("input", np.zeros((1, 64), np.float32))]}
@@ -145,7 +141,7 @@ def target(tmp_path: Path, broker: MosquittoBroker, digits: DigitsModel) -> Iter
         harness = Target(api, app, broker, port, config, tmp_path / "agent.log")
         try:
             good = harness.build("1")
-            wait_for(
+            wait_until(
                 lambda: api.get(f"/api/v1/devices/{DEVICE}").status_code == 200,
                 "the agent to come online",
             )

@@ -16,7 +16,6 @@ ledger holds; the install stall it measures is the benchmark's to print.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -25,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Inbox, wait_for
 
+from bench.chaos_faults import FaultProxy
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.mqtt import BrokerAddress, MqttLink
+from tests.support.harness import Inbox
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -40,10 +41,9 @@ ADMIN_DSN = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1
 
 
 def test_fault_proxy_stalls_cuts_and_heals_a_real_mqtt_session(
-    broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+    broker: MosquittoBroker,
 ) -> None:
-    monkeypatch.syspath_prepend(str(BENCH))
-    proxy = importlib.import_module("chaos_faults").FaultProxy("127.0.0.1", broker.port)
+    proxy = FaultProxy("127.0.0.1", broker.port)
     inbox = Inbox()
     watcher = MqttLink(client_id="cp-proxywatch", broker=broker.address, clean_start=True)
     watcher.subscribe(TOPIC, inbox)
@@ -73,8 +73,8 @@ def test_fault_proxy_stalls_cuts_and_heals_a_real_mqtt_session(
 
         accepted = proxy.connections("dev")
         proxy.cut("dev")  # the session drops; reconnects are closed at once
-        wait_for(lambda: not device.connected, "the device to notice the cut")
-        wait_for(lambda: proxy.connections("dev") > accepted, "a reconnect attempt")
+        wait_until(lambda: not device.connected, "the device to notice the cut")
+        wait_until(lambda: proxy.connections("dev") > accepted, "a reconnect attempt")
         assert not device.connected
         proxy.heal("dev")
         assert device.wait_connected(30)

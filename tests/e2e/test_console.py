@@ -28,7 +28,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from harness import provision_agent, start_agent, wait_for
 
 from edgefleet import topics
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
@@ -36,6 +35,8 @@ from edgefleet.control_plane.core.netutil import free_port
 from edgefleet.messages import DeviceStatus, TelemetryEvent
 from edgefleet.mqtt import MqttLink
 from edgefleet_demo.digits import train_digits_model
+from tests.support.harness import provision_agent, start_agent
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -123,7 +124,7 @@ def _start_control_plane(
         except httpx.HTTPError:
             return False
 
-    wait_for(healthy, "the control plane to serve and reach the broker")
+    wait_until(healthy, "the control plane to serve and reach the broker")
     return process, base
 
 
@@ -221,7 +222,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 response = api.get(f"/api/v1/devices/{AGENT}")
                 return response.status_code == 200 and bool(response.json()["online"])
 
-            wait_for(agent_online, "the agent to come online")
+            wait_until(agent_online, "the agent to come online")
             for device_id, site in ((AGENT, "berlin"), *((d, "lyon") for d in SIMULATED)):
                 labels = {"site": site, "ring": "early" if device_id == AGENT else "main"}
                 response = api.put(f"/api/v1/devices/{device_id}/labels", json={"labels": labels})
@@ -351,7 +352,7 @@ def test_drift_view_charts_each_cohort_with_the_drifted_features(
     from playwright.sync_api import expect
 
     page = signed_in
-    wait_for(
+    wait_until(
         lambda: len(stack.api.get("/api/v1/drift/series").json()) >= 12 * len(SIMULATED),
         "the drift windows to be stored",
     )

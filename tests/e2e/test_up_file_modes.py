@@ -27,13 +27,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import wait_for
 
 from edgefleet import topics
 from edgefleet.agent.enrolment.enrol import load_or_create_key, make_csr
 from edgefleet.control_plane.core.netutil import free_port, wait_for_port
 from edgefleet.messages import TelemetryEvent
 from edgefleet.mqtt import BrokerAddress, MqttLink, TlsOptions
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +71,7 @@ def test_up_writes_every_file_0600_and_hands_the_broker_its_own_directory(
     try:
         assert wait_for_port("127.0.0.1", api_port, TIMEOUT), (tmp_path / "up.log").read_text()
         token = (
-            wait_for(lambda: (data_dir / "admin.token").exists(), "the admin token")
+            wait_until(lambda: (data_dir / "admin.token").exists(), "the admin token")
             and (data_dir / "admin.token").read_text()
         )
         api = httpx.Client(
@@ -79,7 +79,7 @@ def test_up_writes_every_file_0600_and_hands_the_broker_its_own_directory(
             headers={"Authorization": f"Bearer {token}"},
             timeout=TIMEOUT,
         )
-        wait_for(lambda: api.get("/health").status_code == 200, "the API")
+        wait_until(lambda: api.get("/health").status_code == 200, "the API")
         enrolment = api.post("/enrolment/tokens", json={}).json()["token"]
         key = tmp_path / "device.key"
         csr = make_csr(load_or_create_key(key), DEVICE)
@@ -107,9 +107,9 @@ def test_up_writes_every_file_0600_and_hands_the_broker_its_own_directory(
                 count = api.get("/events/count", params={"device_id": DEVICE}).json()
                 return int(count["count"]) > 0
 
-            wait_for(stored, "the device's event stored")
+            wait_until(stored, "the device's event stored")
             assert api.post(f"/devices/{DEVICE}/revoke").status_code == 200
-            wait_for(lambda: not device.connected, "the revoked device cut off")
+            wait_until(lambda: not device.connected, "the revoked device cut off")
         finally:
             device.stop()
         api.close()

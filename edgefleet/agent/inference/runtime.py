@@ -92,7 +92,7 @@ def _session_binding(session: Any) -> Callable[[list[str], dict[str, np.ndarray]
     runtime were already checked against the signature (names, dtypes, shapes: the
     endpoint, the smoke test's manifest) and the compiled session checks them again,
     so the agent calls the binding those checks guard. An onnxruntime without it
-    gets the public ``run`` (``tests/unit/test_agent_server.py`` pins which one runs).
+    gets the public ``run`` (``tests/unit/agent/test_server.py`` pins which one runs).
     """
     binding = getattr(session, "_sess", None)
     if binding is not None and callable(getattr(binding, "run", None)):
