@@ -18,9 +18,10 @@ from typing import Any
 from edgefleet import topics
 from edgefleet.control_plane.broker.security.files import (
     ADMIN_USER,
-    CONTROL_USER_RE,
     Admin,
     BrokerAuthFiles,
+    check_control_name,
+    check_device_id,
     read_admin,
     read_devices,
     read_identities,
@@ -115,8 +116,7 @@ def render_dynsec_config(files: BrokerAuthFiles) -> bytes:
     control_hashes = read_password_file(files.control_file)
     clients: list[dict[str, Any]] = []
     for user in sorted({*control_hashes, *read_identities(files)}):
-        if not CONTROL_USER_RE.fullmatch(user) or user == ADMIN_USER:
-            raise ValueError(f"control-plane users must be cp- names, got {user!r}")
+        check_control_name(user)
         client: dict[str, Any] = {"username": user, "roles": [{"rolename": CONTROL_ROLE}]}
         if user in control_hashes:
             client.update(_password_fields(control_hashes[user]))
@@ -131,8 +131,7 @@ def render_dynsec_config(files: BrokerAuthFiles) -> bytes:
         )
     devices = read_devices(files)
     for device_id in devices:
-        if not topics.is_device_id(device_id):
-            raise ValueError(f"not a device id: {device_id!r}")
+        check_device_id(device_id)
         clients.append(device_client(device_id, hashes.get(device_id, "")))
     config = {
         "defaultACLAccess": {
@@ -244,8 +243,7 @@ def update_broker_device(
 ) -> bool:
     """Apply one enrolment or revocation to the running broker; False when it has no admin
     listener known here (a broker managed elsewhere: it learns at its next start)."""
-    if not topics.is_device_id(device_id):
-        raise ValueError(f"not a device id: {device_id!r}")
+    check_device_id(device_id)
     admin = read_admin(files)
     if admin is None:
         logger.warning(

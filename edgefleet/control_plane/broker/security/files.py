@@ -88,6 +88,26 @@ class Admin:
     host: str = "127.0.0.1"
 
 
+def check_control_name(name: str) -> None:
+    """Refuse a control-plane broker name that is not a ``cp-`` name (or is ``cp-admin``).
+
+    Raises:
+        ValueError: ``name`` may not act as the control plane.
+    """
+    if not CONTROL_USER_RE.fullmatch(name) or name == ADMIN_USER:
+        raise ValueError(f"control-plane users must be cp- names, got {name!r}")
+
+
+def check_device_id(device_id: str) -> None:
+    """Refuse anything but a device id where the broker is told about a device.
+
+    Raises:
+        ValueError: ``device_id`` is not a device id.
+    """
+    if not topics.is_device_id(device_id):
+        raise ValueError(f"not a device id: {device_id!r}")
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Atomically write ``data`` to ``path`` at mode 0600, owned like its directory.
 
@@ -116,8 +136,7 @@ def add_control_user(files: BrokerAuthFiles, username: str) -> str:
 
     Takes effect when the broker next starts (``render_dynsec_config``).
     """
-    if not CONTROL_USER_RE.fullmatch(username) or username == ADMIN_USER:
-        raise ValueError(f"control-plane users must be cp- names, got {username!r}")
+    check_control_name(username)
     password = new_password()
     entries = read_password_file(files.control_file)
     entries[username] = hash_password(password)
@@ -136,8 +155,7 @@ def add_control_identity(files: BrokerAuthFiles, name: str) -> None:
 
     Takes effect when the broker next starts.
     """
-    if not CONTROL_USER_RE.fullmatch(name) or name == ADMIN_USER:
-        raise ValueError(f"control-plane users must be cp- names, got {name!r}")
+    check_control_name(name)
     names = sorted({*read_identities(files), name})
     write_private(files.identities_file, "".join(f"{n}\n" for n in names).encode())
 
@@ -193,8 +211,7 @@ def write_auth_files(
     """
     gone = set(revoked)
     for device_id in [*devices, *gone]:
-        if not topics.is_device_id(device_id):
-            raise ValueError(f"not a device id: {device_id!r}")
+        check_device_id(device_id)
     live = sorted(d for d in devices if d not in gone)
     entries = dict(read_password_file(files.control_file))
     admin = read_password_file(files.password_file).get(ADMIN_USER)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from securesystemslib.signer import Signer
 from sqlalchemy import func, update
@@ -57,6 +57,8 @@ from edgefleet.fileio import atomic_write
 from edgefleet.trust import ISSUED_FIELD
 
 logger = logging.getLogger(__name__)
+
+_Md = TypeVar("_Md", bound=Metadata[Any])
 
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SERVED_DIRS = ("metadata", "targets")
@@ -517,24 +519,23 @@ class SignedRepository(_KeyManagement):
 
     @property
     def _root_md(self) -> Metadata[Root]:
-        if self._state.root is None:
-            raise RuntimeError("repository not initialised: call init_or_load()")
-        return self._state.root
+        return _initialised(self._state.root)
 
     @property
     def _targets_md(self) -> Metadata[Targets]:
-        if self._state.targets is None:
-            raise RuntimeError("repository not initialised: call init_or_load()")
-        return self._state.targets
+        return _initialised(self._state.targets)
 
     @property
     def _snapshot_md(self) -> Metadata[Snapshot]:
-        if self._state.snapshot is None:
-            raise RuntimeError("repository not initialised: call init_or_load()")
-        return self._state.snapshot
+        return _initialised(self._state.snapshot)
 
     @property
     def _timestamp_md(self) -> Metadata[Timestamp]:
-        if self._state.timestamp is None:
-            raise RuntimeError("repository not initialised: call init_or_load()")
-        return self._state.timestamp
+        return _initialised(self._state.timestamp)
+
+
+def _initialised(md: _Md | None) -> _Md:
+    """``md`` from the current step's view; a repository without it was never initialised."""
+    if md is None:
+        raise RuntimeError("repository not initialised: call init_or_load()")
+    return md
