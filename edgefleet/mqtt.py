@@ -22,6 +22,12 @@ stay unacknowledged by the broker's host, for a host that vanished outright.
 Handlers receive an ``Incoming`` (topic, payload and the MQTT 5 request/response
 properties) on the network thread: they must be quick, or hand work to their own
 thread. A handler that raises is logged and does not stop the link.
+
+Why this module stays over 400 lines: it is the one module that owns paho-mqtt (the
+house rule: nothing else imports it), so everything that touches the library (address
+and TLS options, the jittered client, the reconnect loop, subscriptions, publish and
+its waits) has to live here; ``MqttLink`` alone is most of it, and its connection
+state is shared by every method.
 """
 
 from __future__ import annotations

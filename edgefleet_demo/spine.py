@@ -6,6 +6,11 @@ onnxruntime gateway and the LiteRT industrial PC); trains the digits model,
 registers it, builds one signed bundle per class through the converter gates, rolls
 each out to its class, checks every device answers held-out digits through its
 local Open Inference Protocol endpoint, prints a summary and stops everything.
+
+Why this module stays over 400 lines: it is the demo's script, one ``Demo`` run from
+start to finish (broker, control plane, agents, model, bundles, rollouts, checks,
+summary), read top to bottom as the walkthrough of the whole system; it is outside
+the product packages.
 """
 
 from __future__ import annotations

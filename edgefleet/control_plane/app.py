@@ -2,7 +2,8 @@
 
 The lifespan creates the tables, opens the signed repository, starts the fleet
 MQTT link (which keeps retrying if the broker is down; the API serves regardless)
-and the scheduler that keeps the timestamp metadata fresh, and stops them again.
+and the scheduler that runs every periodic job (the list is in
+:mod:`edgefleet.control_plane.jobs.scheduler`), and stops them again.
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
@@ -49,9 +48,8 @@ from edgefleet.control_plane.core.errors import (
 )
 from edgefleet.control_plane.core.metrics import router as metrics_router
 from edgefleet.control_plane.core.settings import Settings
-from edgefleet.control_plane.drift.loop import INTERVAL_S as DRIFT_LOOP_INTERVAL_S
 from edgefleet.control_plane.drift.loop import DriftLoop
-from edgefleet.control_plane.jobs.schedules import detect_stale_devices, sync_cron_jobs
+from edgefleet.control_plane.jobs.scheduler import build_scheduler
 from edgefleet.control_plane.services.rollouts.orchestrator import RolloutOrchestrator
 from edgefleet.control_plane.trust.keyring import SigningError
 from edgefleet.control_plane.trust.repository import SignedRepository
@@ -68,13 +66,6 @@ ERROR_STATUS: dict[type[ControlPlaneError], int] = {
     BrokerError: 503,
     SigningError: 422,
 }
-
-
-def _refresh_metadata(repository: SignedRepository) -> None:
-    try:
-        repository.refresh_timestamp()
-    except Exception:  # top of a scheduled job
-        logger.exception("metadata refresh failed")
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -109,46 +100,18 @@ def create_app(settings: Settings) -> FastAPI:
         repository.refresh_timestamp()
         link = FleetLink(settings=settings, engine=engine, repository=repository)
         link.start()
-        scheduler = BackgroundScheduler(timezone="UTC")
-        scheduler.add_job(
-            _refresh_metadata, "interval", hours=1, args=[repository], id="refresh-timestamp"
-        )
         drift_loop = DriftLoop(engine=engine, settings=settings, repository=repository, link=link)
-        scheduler.add_job(
-            drift_loop.tick,
-            "interval",
-            seconds=DRIFT_LOOP_INTERVAL_S,
-            id="drift-loop",
-            max_instances=1,
-            coalesce=True,
-        )
-        scheduler.add_job(
-            sync_cron_jobs,
-            "interval",
-            seconds=60,
-            args=[scheduler, engine],
-            id="cron-sync",
-            next_run_time=datetime.now(UTC),
-        )
-        scheduler.add_job(
-            detect_stale_devices,
-            "interval",
-            seconds=60,
-            args=[engine, timedelta(seconds=settings.stale_after_s)],
-            id="stale-devices",
-        )
         orchestrator = RolloutOrchestrator(
             engine=engine,
             publisher=link,
             replica=replica,
         )
-        scheduler.add_job(
-            orchestrator.tick,
-            "interval",
-            seconds=settings.rollout_tick_s,
-            id="rollout-orchestrator",
-            max_instances=1,
-            coalesce=True,
+        scheduler = build_scheduler(
+            settings=settings,
+            engine=engine,
+            repository=repository,
+            drift_loop=drift_loop,
+            orchestrator=orchestrator,
         )
         scheduler.start()
         app.state.orchestrator = orchestrator

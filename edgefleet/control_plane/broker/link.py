@@ -43,6 +43,13 @@ expires, so any expiry strands a dead replica's share of device traffic for that
 Nothing is lost by not keeping a session: devices resend what was not receipted and
 re-ask unanswered fetch chunks, so what a restarting control plane misses arrives with
 those resends.
+
+Why this module stays over 400 lines: ``FleetLink`` is one MQTT session and the
+handlers that share its state (its worker threads and their queues, the telemetry
+bursts and their receipts, the counts of what was refused); each handler is short,
+and splitting them from the session they run on would spread one message path
+(decode, store, receipt) over modules. The services it calls (devices, events,
+rollouts, the repository) are already elsewhere.
 """
 
 from __future__ import annotations

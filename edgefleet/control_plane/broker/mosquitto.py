@@ -22,6 +22,11 @@ well, a client certificate, and authorises every publish and subscribe through t
 dynamic-security plugin (see ``edgefleet.control_plane.broker.security``), whose clients and
 roles the control plane changes while it runs as ``cp-admin``: on the password
 listener, or with TLS on a second, loopback-only listener that takes passwords.
+
+Why this module stays (just) over 400 lines: it is the one place that knows how to
+run the broker process (find it, hand it its directory, render its configuration,
+start, watch and stop it); ACLs and credentials are already in
+``edgefleet.control_plane.broker.security``.
 """
 
 from __future__ import annotations

@@ -1,1 +1,5 @@
-"""Periodic jobs the control plane runs on its scheduler."""
+"""Periodic jobs the control plane runs on its scheduler.
+
+:mod:`.scheduler` registers every one of them (its :func:`build_scheduler` is the
+whole list); :mod:`.schedules` holds the cron-retraining and stale-device jobs.
+"""

@@ -89,6 +89,7 @@ def sync_cron_jobs(scheduler: BaseScheduler, engine: Engine) -> None:
 
 
 def detect_stale_devices(engine: Engine, silent_for: timedelta) -> None:
+    """A scheduler tick: flag online devices silent for longer than ``silent_for`` stale."""
     try:
         with Session(engine) as session:
             mark_stale_devices(session=session, silent_for=silent_for)

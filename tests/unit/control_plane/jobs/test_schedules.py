@@ -10,6 +10,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import ValidationError
 from sqlmodel import Session, SQLModel, create_engine, select
 
+from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.core.tables import (
     Bundle,
     Device,
@@ -18,6 +19,8 @@ from edgefleet.control_plane.core.tables import (
     RetrainingRequest,
     utcnow,
 )
+from edgefleet.control_plane.drift.loop import INTERVAL_S as DRIFT_LOOP_INTERVAL_S
+from edgefleet.control_plane.jobs.scheduler import build_scheduler
 from edgefleet.control_plane.jobs.schedules import (
     CRON_JOB_PREFIX,
     request_scheduled_retraining,
@@ -102,3 +105,31 @@ def test_online_device_silent_too_long_is_flagged_stale(engine) -> None:  # type
             "dev-quiet0001"
         ]
         assert mark_stale_devices(session=session, silent_for=timedelta(minutes=15)) == []
+
+
+class _Ticker:
+    def tick(self) -> None:
+        pass
+
+
+def test_scheduler_holds_every_periodic_job_with_its_interval(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(data_dir=tmp_path / "cp", stale_after_s=120, rollout_tick_s=2.0)
+    scheduler = build_scheduler(
+        settings=settings,
+        engine=engine,
+        repository=None,  # type: ignore[arg-type]  # only handed to the hourly job
+        drift_loop=_Ticker(),
+        orchestrator=_Ticker(),
+    )
+    intervals = {job.id: job.trigger.interval for job in scheduler.get_jobs()}
+    assert intervals == {
+        "refresh-timestamp": timedelta(hours=1),
+        "drift-loop": timedelta(seconds=DRIFT_LOOP_INTERVAL_S),
+        "cron-sync": timedelta(seconds=60),
+        "stale-devices": timedelta(seconds=60),
+        "rollout-orchestrator": timedelta(seconds=2),
+    }
+    assert scheduler.get_job("stale-devices").args[1] == timedelta(seconds=120)
+    for single in ("drift-loop", "rollout-orchestrator"):
+        job = scheduler.get_job(single)
+        assert (job.max_instances, job.coalesce) == (1, True)

@@ -1,49 +1,14 @@
-"""The signed TUF repository the fleet verifies bundles against, one truth for every replica.
+"""The signed repository: signing steps under one lock, set-up, signing and serving.
 
-Built on python-tuf's Metadata API. Each role has keys of its own, kept in the
-``Keyring`` (``keys/``, private halves encrypted when a passphrase is set, or held
-by an external signing command): root needs ``root_threshold`` of its
-``root_keys`` signatures (2 of 3 by default; move root keys offline after
-creation), targets, snapshot and timestamp one each, the last two online because
-the control plane re-signs them on a schedule.
+The package docstring says where the state lives and how replicas share it; key
+management is in :mod:`.keys`, the database side in :mod:`.state`.
 
-**Where the state lives.** Every signed version of every role is a row of
-``repository_metadata`` in the control plane's database, unique per (role,
-version): the database is the truth, and several control-plane replicas sign from
-it. Each signing step (``_step``) first writes the one ``repository_lock`` row —
-on PostgreSQL a row lock held until the commit, on SQLite the single writer lock —
-then reads the latest version of every role, signs, inserts the new versions and
-publishes them as files, and commits. So steps are serialized across replicas,
-each starts from what the previous one committed, versions only go up, and a
-version is never signed twice with different contents (the constraint would refuse
-it). A replica with an old view cannot point a timestamp back at an older snapshot:
-it has no view of its own between steps.
-
-The files every replica and mirror serves live under ``root_dir``, which replicas
-share (a shared directory: NFS, a mounted volume), written under the same lock::
-
-    <root>/metadata/1.root.json, root.json      root (versioned + a copy)
-    <root>/metadata/N.targets.json              targets
-    <root>/metadata/N.snapshot.json             snapshot
-    <root>/metadata/timestamp.json              timestamp
-    <root>/targets/<sha256>.<target path>       target files (bundles)
-    <root>/keys/                                the keyring
-
-``consistent_snapshot`` is on, so every file a client fetches but the timestamp
-has a stable name. Files are written atomically; ``init_or_load`` writes the
-database's state out again (after a restore, or a commit that failed after its
-files were written).
-
-**Keys** are rotated or revoked by publishing a new root version signed by the old
-root's threshold and the new root's, so a device that was offline across several
-rotations follows the chain ``N.root.json`` one step at a time, and a root signed
-only by new keys is refused.
-
-**Restores.** Devices report the versions they trust (``DeviceStatus.trusted_versions``);
-``raise_trust_floor`` keeps the highest per role. A step that would sign a version
-at or below it raises ``TrustFloorError`` (a device would refuse it: the repository
-was restored from an older state), and ``bump`` re-signs past it — on start-up and
-on the scheduled refresh when the repository is behind, or by ``edgefleet repo bump``.
+Why this module stays over 400 lines: ``SignedRepository``'s steps, writers, bumps
+and typed accessors all work on one private view (``_state``, ``_current``) that
+exists only inside a step under the repository lock; splitting them further would
+spread that invariant (read, sign, store and publish under one lock, never a stale
+view) over modules that each see only part of it. What is separable (the database
+side, key management) is already out.
 """
 
 from __future__ import annotations
@@ -51,20 +16,17 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from securesystemslib.signer import Key, Signer
-from sqlalchemy import event, func, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from securesystemslib.signer import Signer
+from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel, col, create_engine, select
+from sqlmodel import Session, col, select
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
     Metadata,
@@ -77,149 +39,32 @@ from tuf.api.metadata import (
 )
 
 from edgefleet.control_plane.core.errors import ConflictError, InvalidRequestError, NotFoundError
-from edgefleet.control_plane.core.tables import (
-    RepositoryLock,
-    RepositoryMetadata,
-    TrustFloor,
-    utcnow,
+from edgefleet.control_plane.core.tables import RepositoryLock, RepositoryMetadata
+from edgefleet.control_plane.trust.keyring import ROLES, Keyring, SigningError
+from edgefleet.control_plane.trust.repository.keys import _KeyManagement
+from edgefleet.control_plane.trust.repository.state import (
+    EXPIRY,
+    TrustFloorError,
+    _latest,
+    _now,
+    _State,
+    _Step,
+    create_repository_tables,
+    standalone_engine,
+    trust_floors,
 )
-from edgefleet.control_plane.trust.keyring import ROLES, KeyEntry, Keyring, SigningError
 from edgefleet.fileio import atomic_write
 from edgefleet.trust import ISSUED_FIELD
 
 logger = logging.getLogger(__name__)
 
-EXPIRY = {
-    Root.type: timedelta(days=365),
-    Targets.type: timedelta(days=90),
-    Snapshot.type: timedelta(days=7),
-    Timestamp.type: timedelta(days=1),
-}
+_Md = TypeVar("_Md", bound=Metadata[Any])
+
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SERVED_DIRS = ("metadata", "targets")
-MAX_VERSION = 2**31 - 1
-"""Largest version a device may report (the database column is a 32-bit integer)."""
 
 
-class TrustFloorError(SigningError):
-    """Signing would publish a version at or below one a device already trusts.
-
-    The repository's state is older than what the fleet has seen (restored from a
-    backup): ``bump`` re-signs past what devices trust.
-    """
-
-    def __init__(self, role: str, version: int, floor: int, device_id: str) -> None:
-        super().__init__(
-            f"{role} version {version} is not above version {floor} that device "
-            f"{device_id} already trusts: the repository is older than what devices have "
-            "seen (restored from a backup?); run `edgefleet repo bump`"
-        )
-        self.role, self.version, self.floor, self.device_id = role, version, floor, device_id
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def standalone_engine(path: Path) -> Engine:
-    """A SQLite database of the repository's own, for a repository used without a control plane."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(
-        f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 30}
-    )
-
-    @event.listens_for(engine, "connect")
-    def _wal(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.close()
-
-    return engine
-
-
-def create_repository_tables(engine: Engine) -> None:
-    """The repository's tables (the control plane creates them with all the others)."""
-    names = ("repository_metadata", "repository_lock", "trust_floor")
-    SQLModel.metadata.create_all(engine, tables=[SQLModel.metadata.tables[n] for n in names])
-
-
-# -- trust floors: what devices already trust ---------------------------------------
-
-
-def raise_trust_floor(*, session: Session, device_id: str, versions: Mapping[str, int]) -> None:
-    """Record the metadata versions ``device_id`` trusts; each role's floor only goes up.
-
-    Idempotent and safe under concurrency (one upsert per role, raised only by a
-    higher version). Unknown roles and implausible versions are ignored. The caller
-    commits.
-    """
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    now = utcnow()
-    for role, version in versions.items():
-        if role not in ROLES or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
-            continue
-        statement = insert(TrustFloor).values(
-            role=role, version=version, device_id=device_id, reported_at=now
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=["role"],
-            set_={
-                "version": statement.excluded.version,
-                "device_id": statement.excluded.device_id,
-                "reported_at": statement.excluded.reported_at,
-            },
-            where=col(TrustFloor.version) < statement.excluded.version,
-        )
-        session.execute(statement)
-
-
-def trust_floors(session: Session) -> dict[str, tuple[int, str]]:
-    """Per role: (highest version a device trusts, the device that reported it)."""
-    return {f.role: (f.version, f.device_id) for f in session.exec(select(TrustFloor)).all()}
-
-
-# -- the repository ------------------------------------------------------------------
-
-
-@dataclass
-class _State:
-    """The latest signed version of each role, as read at the start of a step."""
-
-    root: Metadata[Root] | None = None
-    targets: Metadata[Targets] | None = None
-    snapshot: Metadata[Snapshot] | None = None
-    timestamp: Metadata[Timestamp] | None = None
-
-
-@dataclass
-class _Step:
-    """One serialized signing step: what it signed, to be stored and published."""
-
-    session: Session
-    floors: dict[str, tuple[int, str]]
-    signed: list[tuple[str, int, bytes]] = field(default_factory=list)
-    filling_root_chain: bool = False
-
-    def floor(self, role: str) -> int:
-        return self.floors.get(role, (0, ""))[0]
-
-
-def _latest(session: Session) -> _State:
-    state = _State()
-    for role in ROLES:
-        data = session.exec(
-            select(RepositoryMetadata.data)
-            .where(RepositoryMetadata.role == role)
-            .order_by(col(RepositoryMetadata.version).desc())
-            .limit(1)
-        ).first()
-        if data is not None:
-            setattr(state, role, Metadata.from_bytes(bytes(data)))
-    return state
-
-
-class SignedRepository:
+class SignedRepository(_KeyManagement):
     """A TUF repository: state in the database, files under ``root_dir``, shared by replicas.
 
     ``engine`` is the control plane's database; without one the repository keeps
@@ -622,130 +467,6 @@ class SignedRepository:
             }
         return result
 
-    # -- key management --------------------------------------------------------------
-
-    def rotate_key(self, role: str, keyid: str | None = None) -> KeyEntry:
-        """Replace one key of ``role`` (the only one when ``keyid`` is None) with a new key."""
-        with self._step():
-            keyids = self._root_md.signed.roles[role].keyids
-            if keyid is None:
-                if len(keyids) != 1:
-                    raise SigningError(f"{role} has {len(keyids)} keys: name the one to rotate")
-                keyid = keyids[0]
-            old = self.keyring.entry(keyid)
-            if old.role != role or old.keyid not in keyids:
-                raise SigningError(f"key {keyid[:12]} is not a {role} key of the current root")
-            new = self.keyring.generate(role)
-            try:
-                self._change_root(add=[(role, new.public_key())], revoke=[(role, old.keyid)])
-                self._resign_after_key_change(role)
-            except SigningError:
-                self.keyring.remove(new.keyid)
-                raise
-        # Only once the new root is committed (until then the old key still signs),
-        # and under the lock, as every change to the shared keyring.
-        with self._step():
-            self.keyring.remove(old.keyid)
-        logger.info("key rotated role=%s old=%s new=%s", role, old.keyid[:12], new.keyid[:12])
-        return new
-
-    def revoke_key(self, keyid: str) -> KeyEntry:
-        """Remove a key from its role; refused when the role would fall below its threshold."""
-        with self._step():
-            entry = self.keyring.entry(keyid)
-            role_meta = self._root_md.signed.roles[entry.role]
-            if len(role_meta.keyids) - 1 < role_meta.threshold:
-                raise SigningError(
-                    f"revoking would leave {entry.role} with fewer keys than its threshold "
-                    f"({role_meta.threshold}); rotate the key instead"
-                )
-            self._change_root(add=[], revoke=[(entry.role, entry.keyid)])
-            self._resign_after_key_change(entry.role)
-        with self._step():  # once the root without it is committed
-            self.keyring.remove(entry.keyid)
-        logger.info("key revoked role=%s keyid=%s", entry.role, entry.keyid[:12])
-        return entry
-
-    def add_command_key(self, role: str, command: list[str], public_key: Key) -> KeyEntry:
-        """Delegate signing for ``role`` to an external command holding ``public_key``'s pair."""
-        with self._step():
-            entry = self.keyring.add_command(role, command, public_key)
-            try:
-                self._change_root(add=[(role, public_key)], revoke=[])
-            except SigningError:
-                self.keyring.remove(entry.keyid)
-                raise
-            return entry
-
-    def keys_summary(self) -> list[dict[str, Any]]:
-        """Per role: threshold, keys (id, kind, whether usable here) and metadata expiry."""
-        with self._lock, Session(self._engine) as session:
-            state = _latest(session)
-            self.keyring.reload()
-            if state.root is None or state.targets is None or state.snapshot is None:
-                raise RuntimeError("repository not initialised: call init_or_load()")
-            assert state.timestamp is not None
-            root = state.root.signed
-            usable = {s.public_key.keyid for role in root.roles for s in self.keyring.signers(role)}
-            expiries = {
-                Root.type: root.expires,
-                Targets.type: state.targets.signed.expires,
-                Snapshot.type: state.snapshot.signed.expires,
-                Timestamp.type: state.timestamp.signed.expires,
-            }
-            summary = []
-            for role in (Root.type, Targets.type, Snapshot.type, Timestamp.type):
-                meta = root.roles[role]
-                keys = []
-                for keyid in meta.keyids:
-                    entries = [e for e in self.keyring.entries(role) if e.keyid == keyid]
-                    keys.append(
-                        {
-                            "keyid": keyid,
-                            "kind": entries[0].kind if entries else "unknown",
-                            "available": keyid in usable,
-                        }
-                    )
-                summary.append(
-                    {
-                        "role": role,
-                        "threshold": meta.threshold,
-                        "keys": keys,
-                        "expires": expiries[role].isoformat(),
-                        "root_version": root.version,
-                    }
-                )
-            return summary
-
-    def _change_root(self, *, add: list[tuple[str, Key]], revoke: list[tuple[str, str]]) -> None:
-        """Publish root N+1 with the key changes, signed by old and new root thresholds."""
-        old_root = self._root_md.signed
-        old_signers = self._signers(Root.type)
-        if len(old_signers) < old_root.roles[Root.type].threshold:
-            raise SigningError(
-                f"changing keys needs {old_root.roles[Root.type].threshold} root signatures; "
-                f"{len(old_signers)} root keys are available here"
-            )
-        # A failure leaves nothing behind: the step rolls back, the next reads again.
-        for role, key in add:
-            old_root.add_key(key, role)
-        for role, keyid in revoke:
-            old_root.revoke_key(keyid, role)
-        old_root.version += 1
-        old_root.expires = _now() + EXPIRY[Root.type]
-        self._write_root(extra=old_signers)
-
-    def _resign_after_key_change(self, role: str) -> None:
-        """New signatures from the new key on the role's metadata and what depends on it."""
-        now = _now()
-        if role == Targets.type:
-            self._targets_md.signed.version += 1
-            self._write_targets()
-        if role in (Targets.type, Snapshot.type):
-            self._bump_snapshot_and_timestamp(now)
-        elif role == Timestamp.type:
-            self._bump_timestamp(now)
-
     def root_bytes(self) -> bytes:
         """The current signed root metadata, as served to devices at enrolment."""
         with Session(self._engine) as session:
@@ -798,24 +519,23 @@ class SignedRepository:
 
     @property
     def _root_md(self) -> Metadata[Root]:
-        if self._state.root is None:
-            raise RuntimeError("repository not initialised: call init_or_load()")
-        return self._state.root
+        return _initialised(self._state.root)
 
     @property
     def _targets_md(self) -> Metadata[Targets]:
-        if self._state.targets is None:
-            raise RuntimeError("repository not initialised: call init_or_load()")
-        return self._state.targets
+        return _initialised(self._state.targets)
 
     @property
     def _snapshot_md(self) -> Metadata[Snapshot]:
-        if self._state.snapshot is None:
-            raise RuntimeError("repository not initialised: call init_or_load()")
-        return self._state.snapshot
+        return _initialised(self._state.snapshot)
 
     @property
     def _timestamp_md(self) -> Metadata[Timestamp]:
-        if self._state.timestamp is None:
-            raise RuntimeError("repository not initialised: call init_or_load()")
-        return self._state.timestamp
+        return _initialised(self._state.timestamp)
+
+
+def _initialised(md: _Md | None) -> _Md:
+    """``md`` from the current step's view; a repository without it was never initialised."""
+    if md is None:
+        raise RuntimeError("repository not initialised: call init_or_load()")
+    return md

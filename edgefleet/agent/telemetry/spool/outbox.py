@@ -1,44 +1,8 @@
-"""The outbox: telemetry events and install reports land in SQLite (WAL) first and leave
-only once the control plane has receipted them.
+"""The spool itself: producers append, the forwarder reads in send order, receipts
+delete, and the overflow policy drops and accounts for what did not fit.
 
-Appends are buffered in memory and committed in batches (``flush``; the forwarder
-flushes every few tens of milliseconds and ``append`` flushes a full batch itself),
-so an accepted event is on disk within one flush interval. A row is deleted when a
-``Receipt`` from the control plane names its event id (``receipt``); the broker's
-PUBACK says nothing about whether the control plane stored it.
-
-Rows are keyed ``priority << 48 | counter``, so the table itself is ordered by
-priority, then by insertion: reading in key order sends the most important class
-first and keeps order within a class, and the overflow policy deletes whole runs.
-
-**Overflow policy**, applied at every flush: while the rows take more than
-``max_bytes``, delete the rows with the *highest priority number* first (3 before
-2 before 1 before 0) and, within one priority, the *oldest* first. Each row is
-charged its payload plus ``ROW_OVERHEAD``; the database file must also stay within
-``max_bytes + FILE_SLACK`` (it is measured, and more rows go when it does not).
-
-**Bytes on disk** = spool file + ``-wal``: the file is kept at its live pages
-(``auto_vacuum=FULL``) and the write-ahead log is checkpointed with TRUNCATE once it
-passes ``wal_limit(max_bytes)``, so both together stay within ``max_bytes +
-disk_slack(max_bytes)``: ``FILE_SLACK`` (schema pages, B-tree interior pages) plus
-the WAL limit plus one batch of rows (at most ``batch_size`` times the largest event).
-
-**Drop accounting**: every drop is merged into one running summary (``meta`` row
-``drops``, rewritten in the transaction that drops): rows dropped per priority, per
-kind, and the inferences the dropped ``inference`` windows counted. It is not a row
-of the spool, so it never causes a drop. ``seal_summary`` (the forwarder calls it once
-the link is back and drops have stopped, or the summary is a minute old) turns it
-into one ``spool`` event that is never dropped itself. A dropped row that had already
-been handed to the broker may still arrive: if a receipt names it before the summary
-is sealed, it is taken off.
-
-**A buffer, never a single point of failure**: a spool that cannot be opened (garbage
-over its header, a torn file) is moved aside as ``spool.sqlite.corrupt-<ts>`` and a
-fresh one is made, with an error logged and an ``error`` event (``where: "spool"``)
-in the new spool. ``check`` (called every second or so) notices a spool file deleted,
-replaced or overwritten under the running agent and recreates it the same way,
-carrying over every row it can still read. When no file can be made at all, the
-spool runs in memory and keeps trying the file.
+The file format and the recovery of a broken file live in :mod:`.storage` and
+:mod:`.recovery`; the package docstring gives the policies.
 """
 
 from __future__ import annotations
@@ -46,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -55,59 +18,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from edgefleet.agent.errors import SpoolError
+from edgefleet.agent.telemetry.spool.recovery import _Recovery
+from edgefleet.agent.telemetry.spool.storage import (
+    FILE_SLACK,
+    PAGE_SIZE,
+    PRIORITIES,
+    PRIORITY_SHIFT,
+    REPORT,
+    ROW_OVERHEAD,
+    SPOOL_KIND,
+    TELEMETRY,
+    _inferences,
+    _Pending,
+    _sidecar,
+    wal_limit,
+)
 from edgefleet.messages import InstallReport, TelemetryEvent
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    channel TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    weight INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-ROW_OVERHEAD = 64
-"""Bytes charged per row on top of its payload, so tiny events still count."""
-PRIORITY_SHIFT = 48
-PRIORITIES = (0, 1, 2, 3)
-PAGE_SIZE = 4096
-FILE_SLACK = 16 * PAGE_SIZE
-"""How far the database file may exceed ``max_bytes``: the schema and meta pages and the
-B-tree's interior pages, which no row's charge covers."""
-SQLITE_MAGIC = b"SQLite format 3\x00"
-TELEMETRY = "telemetry"
-REPORT = "report"
-SPOOL_KIND = "spool"
 MAX_SEALED = 16
 """Sealed drop summaries awaiting their receipt; past this the open one keeps merging."""
 MAYBE_DELIVERED_MAX = 10_000
-CORRUPT_ERRORS = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
-BUFFER_BATCHES = 8
-"""Batches kept in memory while the disk refuses writes; older ones are dropped."""
 DROP_LOG_EVERY_S = 10.0
 """Least time between two "spool full" warnings (each states the running summary)."""
-MEMORY_RETRY_S = 30.0
-"""How often a spool that fell back to memory tries its file again."""
-
-
-def wal_limit(max_bytes: int) -> int:
-    """WAL size past which it is checkpointed and truncated: an eighth of the cap,
-    between 32 KiB and 4 MiB."""
-    return min(4 * 2**20, max(32 * 1024, max_bytes // 8))
-
-
-def disk_slack(max_bytes: int, batch_bytes: int = 512 * 1024) -> int:
-    """Bytes the spool file plus its WAL may hold beyond ``max_bytes`` (see module doc)."""
-    return FILE_SLACK + wal_limit(max_bytes) + batch_bytes
 
 
 @dataclass(frozen=True)
@@ -120,11 +54,7 @@ class Row:
     payload: bytes
 
 
-_Pending = tuple[int, str, str, str, int, int, bytes]
-"""(priority, channel, event_id, kind, weight, size, payload) waiting for the next flush."""
-
-
-class Spool:
+class Spool(_Recovery):
     """A bounded, crash-safe FIFO per priority class, shared by producer threads."""
 
     def __init__(
@@ -411,182 +341,6 @@ class Spool:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
 
-    # -- opening, recovering -----------------------------------------------------------
-
-    def _open_or_recreate(self, expect_existing: bool) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            orphaned = _move_orphans(self.path)
-        except OSError as e:
-            return self._fresh(f"cannot open spool: {e}", None, carried=[])
-        missing = not self.path.exists()
-        try:
-            db = self._connect(self.path)
-        except (sqlite3.Error, SpoolError, OSError) as e:
-            moved = self._move_aside()
-            return self._fresh(f"cannot open spool: {e}", moved, carried=[])
-        if missing and (orphaned or expect_existing):
-            db.close()
-            return self._fresh("spool file missing at start-up", None, carried=[])
-        return db
-
-    def _connect(self, path: Path | str) -> sqlite3.Connection:
-        """Open (making it if needed) and check a spool database; sets the counters."""
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        try:
-            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
-            db.execute("PRAGMA auto_vacuum=FULL")  # takes on a new file, or with VACUUM
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(f"PRAGMA wal_autocheckpoint={max(8, self.wal_limit // PAGE_SIZE)}")
-            db.execute(f"PRAGMA journal_size_limit={self.wal_limit}")
-            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                _migrate(db)
-            if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 1:
-                db.execute("VACUUM")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise SpoolError(f"integrity check failed: {check}")
-            row = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(seq & ?), 0) FROM events",
-                ((1 << PRIORITY_SHIFT) - 1,),
-            ).fetchone()
-        except BaseException:
-            db.close()
-            raise
-        self._rows, self._bytes, self._counter = int(row[0]), int(row[1]), int(row[2])
-        self._ino = os.stat(path).st_ino if path != ":memory:" else None
-        return db
-
-    def _fresh(
-        self, reason: str, moved: Path | None, *, carried: list[_Pending], lost: int = 0
-    ) -> sqlite3.Connection:
-        """A new spool (file, else memory) holding ``carried`` and an error event saying why."""
-        self.recreated += 1
-        try:
-            db = self._connect(self.path)
-        except (sqlite3.Error, SpoolError, OSError) as e:
-            logger.error(
-                "spool file cannot be made, spooling in memory path=%s reason=%s", self.path, e
-            )
-            db = self._connect(":memory:")
-            self._memory_since = time.monotonic()
-        logger.error(
-            "spool recreated path=%s reason=%s moved_to=%s rows_carried=%d rows_lost=%d",
-            self.path,
-            reason,
-            moved,
-            len(carried),
-            lost,
-        )
-        self._db = db
-        self._handed.clear()
-        data: dict[str, Any] = {"where": "spool", "reason": reason, "rows_lost": lost}
-        if moved is not None:
-            data["moved_to"] = moved.name
-        error = TelemetryEvent(kind="error", priority=1, data=data)
-        payload = error.to_bytes()
-        batch = [(1, TELEMETRY, error.event_id, "error", 0, len(payload) + ROW_OVERHEAD, payload)]
-        try:
-            self._insert(carried + batch)
-        except sqlite3.Error as e:
-            logger.error("spool unusable even when new reason=%s", e)
-        return db
-
-    def _failed(self, error: sqlite3.Error, what: str, carry: list[_Pending] | None = None) -> None:
-        """A statement failed (lock held): a broken or vanished file is recreated; anything
-        else (a full disk) keeps the batch buffered, within bounds, and raises ``SpoolError``."""
-        name = getattr(error, "sqlite_errorname", "")
-        if name in CORRUPT_ERRORS or self._ino is None or self._file_changed():
-            self._recover(f"{what}: {error}", carry=carry)
-            return
-        if carry:
-            self._buffer[:0] = carry[-self.batch_size * BUFFER_BATCHES :]
-            del self._buffer[: max(0, len(self._buffer) - self.batch_size * BUFFER_BATCHES)]
-        raise SpoolError(f"spool {what}: {error}") from error
-
-    def _file_changed(self) -> bool:
-        try:
-            if self.path.stat().st_ino != self._ino:
-                return True
-            with self.path.open("rb") as file:
-                return file.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC
-        except OSError:
-            return True
-
-    def _readable_rows(self) -> tuple[list[_Pending], int]:
-        """Every row the current connection can still read, and how many it cannot."""
-        try:
-            rows = self._db.execute(
-                "SELECT seq, channel, event_id, kind, weight, size, payload FROM events "
-                "ORDER BY seq"
-            ).fetchall()
-        except sqlite3.Error:
-            return [], self._rows
-        return [
-            (int(s) >> PRIORITY_SHIFT, c, i, k, int(w), int(z), bytes(p))
-            for s, c, i, k, w, z, p in rows
-        ], 0
-
-    def _recover(self, reason: str, *, carry: list[_Pending] | None = None) -> None:
-        """Replace a broken or vanished spool (lock held), keeping every row still readable."""
-        carried, lost = self._readable_rows()
-        carried += self._buffer + list(carry or [])
-        self._buffer = []
-        with contextlib.suppress(sqlite3.Error):
-            self._db.close()
-        moved = None
-        with contextlib.suppress(OSError):
-            moved = self._move_aside() if self.path.exists() else None
-            _move_orphans(self.path)
-        self._db = self._fresh(reason, moved, carried=carried, lost=lost)
-
-    def _retry_file(self) -> bool:
-        """In memory: every ``MEMORY_RETRY_S`` try the file again, carrying the rows over."""
-        if time.monotonic() - self._memory_since < MEMORY_RETRY_S:
-            return False
-        self._memory_since = time.monotonic()
-        carried, _ = self._readable_rows()
-        memory = self._db
-        try:
-            if self.path.exists():
-                self._move_aside()
-            _move_orphans(self.path)
-            self._db = self._connect(self.path)
-        except (sqlite3.Error, SpoolError, OSError) as e:
-            logger.debug("spool file still unusable reason=%s", e)
-            self._ino = None
-            self._db = memory
-            self._rows, self._bytes = self._count()
-            return False
-        memory.close()
-        self._handed.clear()
-        self._insert(carried)
-        logger.warning("spool back on disk path=%s rows=%d", self.path, len(carried))
-        return True
-
-    def _move_aside(self) -> Path | None:
-        """Rename the spool and its WAL to ``<name>.corrupt-<ts>``; None when nothing moved."""
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        n = 1
-        while target.exists():
-            n += 1
-            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}.{n}")
-        moved = None
-        for suffix in ("", "-wal", "-shm"):
-            source = _sidecar(self.path, suffix)
-            try:
-                os.replace(source, _sidecar(target, suffix))
-                moved = moved or target
-            except FileNotFoundError:
-                continue
-            except OSError as e:
-                logger.error("cannot move broken spool aside path=%s reason=%s", source, e)
-                with contextlib.suppress(OSError):
-                    source.unlink()
-        return moved
-
     # -- helpers (lock held) -----------------------------------------------------------
 
     def _checkpoint_if_needed(self) -> None:
@@ -634,72 +388,3 @@ def _count(summary: dict[str, Any], priority: int, kind: str, weight: int, sign:
     for table in (dropped, lost):
         for key in [k for k, v in table.items() if v <= 0]:
             del table[key]
-
-
-def _inferences(event: TelemetryEvent) -> int:
-    """The inferences an event carries (``data.count`` of an inference window)."""
-    if event.kind != "inference":
-        return 0
-    count = event.data.get("count")
-    return count if isinstance(count, int) and count > 0 else 0
-
-
-def _sidecar(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
-
-
-def _move_orphans(path: Path) -> bool:
-    """A ``-wal``/``-shm`` without its database would be replayed into a new one: move
-    them aside. True when there were any."""
-    if path.exists():
-        return False
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    moved = False
-    for suffix in ("-wal", "-shm"):
-        orphan = _sidecar(path, suffix)
-        if orphan.exists():
-            logger.error("spool file missing, its %s moved aside path=%s", suffix, path)
-            os.replace(orphan, _sidecar(path.with_name(f"{path.name}.orphan-{stamp}"), suffix))
-            moved = True
-    return moved
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a spool of an older agent to ``SCHEMA_VERSION`` (its rows kept)."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(events)").fetchall()}
-    old: list[tuple[Any, ...]] = []
-    drops: dict[str, int] = {}
-    if columns and "event_id" not in columns:  # version 1: seq, priority, size, payload
-        old = db.execute("SELECT priority, payload FROM events ORDER BY priority, seq").fetchall()
-        meta = db.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()
-        drops = json.loads(meta[0]) if meta else {}
-        db.execute("DROP TABLE events")
-        db.execute("DROP INDEX IF EXISTS events_order")
-        db.execute("DELETE FROM meta WHERE key='dropped'")
-    db.executescript(SCHEMA)
-    counter = 0
-    for priority, payload in old:
-        try:
-            event = msgspec.json.decode(bytes(payload), type=TelemetryEvent)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            continue
-        counter += 1
-        db.execute(
-            "INSERT INTO events (seq, channel, event_id, kind, weight, size, payload) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                (int(priority) << PRIORITY_SHIFT) | counter,
-                TELEMETRY,
-                event.event_id,
-                event.kind,
-                _inferences(event),
-                len(payload) + ROW_OVERHEAD,
-                bytes(payload),
-            ),
-        )
-    if drops:
-        summary = {"dropped": drops, "lost": {}, "inferences": 0, "since": time.time()}
-        db.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('drops', ?)", (json.dumps(summary),)
-        )
-    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -1,0 +1,174 @@
+"""The request side of the Open Inference Protocol (KServe v2): a request body decoded
+and checked against the model's signature before any model sees it.
+
+Every refusal is a ``RequestError`` carrying the HTTP status and a reason that names
+the offending input; the server (:mod:`.server`) turns it into ``{"error": reason}``.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+import numpy as np
+
+from edgefleet.agent.inference.runtime import ActiveModel
+from edgefleet.tensors import (
+    OIP_TO_NUMPY,
+    ModelSignature,
+    TensorSpec,
+    decode_tensor,
+    shown,
+)
+
+MAX_NESTING = 32
+"""Deepest nesting of JSON arrays and objects in a request body: an infer request takes
+three levels (request, ``inputs``, tensor) plus one per dimension of nested data."""
+
+_CONTAINERS = frozenset({list, dict})
+
+
+class RequestError(Exception):
+    """A request the server answers with an error status and ``{"error": reason}``."""
+
+    def __init__(self, status: HTTPStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _spec_json(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def model_metadata(model: ActiveModel) -> dict[str, Any]:
+    """OIP model metadata for ``model``."""
+    signature = model.runtime.signature
+    return {
+        "name": model.name,
+        "versions": [model.version],
+        "platform": model.platform,
+        "inputs": [_spec_json(s) for s in signature.inputs],
+        "outputs": [_spec_json(s) for s in signature.outputs],
+    }
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """True when JSON arrays and objects in decoded ``value`` nest more than ``limit``
+    deep. Level by level, descending only into containers: a long flat list costs one
+    pass in C, never a Python loop over its numbers."""
+    if type(value) not in _CONTAINERS:
+        return False
+    level = [value]
+    for _ in range(limit):
+        inner: list[Any] = []
+        for container in level:
+            children = container.values() if type(container) is dict else container
+            if not _CONTAINERS.isdisjoint(map(type, children)):
+                inner.extend(c for c in children if type(c) in _CONTAINERS)
+        if not inner:
+            return False
+        level = inner
+    return True
+
+
+def decode_json_body(body: bytes) -> Any:
+    """The JSON value of a request body; ``RequestError`` (400) when it is not valid
+    UTF-8 JSON or nests deeper than ``MAX_NESTING``."""
+    try:
+        value = json.loads(body)
+    except RecursionError as e:
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST, f"request body nested too deeply (limit {MAX_NESTING})"
+        ) from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"request body is not valid JSON: {e}") from e
+    # Fewer opening brackets than the limit cannot nest past it (the usual request).
+    brackets = body.count(b"[") + body.count(b"{")
+    if brackets > MAX_NESTING and nested_deeper_than(value, MAX_NESTING):
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST, f"request body nested too deeply (limit {MAX_NESTING})"
+        )
+    return value
+
+
+def _check_input(index: int, obj: Any, specs: dict[str, TensorSpec]) -> TensorSpec:
+    """The spec ``obj`` feeds, once its name and datatype are the model's."""
+    if not isinstance(obj, dict):
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"inputs[{index}] must be a JSON object")
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"inputs[{index}] needs a non-empty 'name'")
+    spec = specs.get(name)
+    if spec is None:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"model has no input {shown(name)}")
+    datatype = obj.get("datatype")
+    if datatype != spec.datatype:
+        known = isinstance(datatype, str) and datatype in OIP_TO_NUMPY
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST,
+            f"input {name!r}: datatype {shown(datatype)} != expected {spec.datatype}"
+            if known
+            else f"input {name!r}: unknown datatype {shown(datatype)}",
+        )
+    return spec
+
+
+def _wanted_outputs(request: dict[str, Any], signature: ModelSignature) -> list[str] | None:
+    """The output names the request asks for (None: all of them)."""
+    wanted = request.get("outputs")
+    if wanted is None or wanted == []:
+        return None
+    if not isinstance(wanted, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted
+    ):
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST, "'outputs' must be a list of objects with a 'name'"
+        )
+    known = {spec.name for spec in signature.outputs}
+    names = [str(o["name"]) for o in wanted]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"model has no output {shown(unknown[0])}")
+    return names
+
+
+def parse_infer_request(
+    body: bytes, signature: ModelSignature, *, allow_non_finite: bool = False
+) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str] | None]:
+    """Decode and check an OIP infer request before the model sees it.
+
+    Returns the feeds, the request object and the output names asked for (None: all);
+    ``RequestError`` (400) says what is wrong, naming the input.
+    """
+    request = decode_json_body(body)
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST, "request must be an object with an 'inputs' list"
+        )
+    specs = {spec.name: spec for spec in signature.inputs}
+    feeds: dict[str, np.ndarray] = {}
+    for index, obj in enumerate(request["inputs"]):
+        spec = _check_input(index, obj, specs)
+        if spec.name in feeds:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"input {spec.name!r} given twice")
+        try:
+            _, array = decode_tensor(obj, allow_non_finite=allow_non_finite)
+        except ValueError as e:
+            raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        if not spec.accepts_shape(array.shape):
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST,
+                f"input {spec.name!r}: shape {list(array.shape)} does not fit {spec.shape}",
+            )
+        if array.size == 0:  # runtimes fail on these, and a failure counts against the model
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST,
+                f"input {spec.name!r}: shape {list(array.shape)} holds no values to infer on",
+            )
+        feeds[spec.name] = array
+    missing = sorted(set(specs) - set(feeds))
+    if missing:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"missing input {missing[0]!r}")
+    return feeds, request, _wanted_outputs(request, signature)
