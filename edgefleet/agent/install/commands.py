@@ -28,7 +28,16 @@ logger = logging.getLogger(__name__)
 
 
 def run_command(installer: Installer, command: DeviceCommand) -> InstallReport | None:
-    """Run ``command`` on ``installer``; returns the report it sent, if any."""
+    """Run ``command`` on ``installer``; returns the report it sent, if any.
+
+    A ``rollback`` with no journal record for the active bundle (say, the journal
+    was lost) rolls back from a record made up from ``active.json``.
+
+    Returns:
+        The roll-back's report (``rolled_back``, or ``failed`` when nothing is
+        installed or the previous slot is unusable), a refused ``shadow_start``'s
+        ``failed`` report, or None.
+    """
     if command.command == "shadow_start":
         return start_shadow(installer, command)
     if command.command == "shadow_stop":
@@ -59,6 +68,15 @@ def start_shadow(installer: Installer, command: DeviceCommand) -> InstallReport 
     A failure is reported (``failed``, reason prefixed ``shadow:``) and the active
     model is unaffected. A repeated ``shadow_start`` for the bundle already shadowed
     does nothing.
+
+    Args:
+        installer: whose verifier, checks and shadow runner are used.
+        command: a ``shadow_start``; its args carry the offer's ``target`` and
+            ``release``.
+
+    Returns:
+        The ``failed`` report sent, or None (shadowing, already shadowing, or this
+        agent runs no shadow models).
     """
     shadow = installer.shadow
     if shadow is None:
@@ -103,5 +121,6 @@ def start_shadow(installer: Installer, command: DeviceCommand) -> InstallReport 
 
 
 def stop_shadow(installer: Installer, command: DeviceCommand) -> None:
+    """Discard the shadow model, if any, after publishing its last window."""
     if installer.shadow is not None:
         installer.shadow.stop(command.reason or "shadow_stop command")

@@ -18,7 +18,7 @@ DISK_MARGIN_BYTES = 32 * 1024 * 1024
 """Free space always left on the data dir's filesystem after a download and unpack."""
 
 
-def tree_size(path: Path) -> int:
+def _tree_size(path: Path) -> int:
     """Bytes of every regular file under ``path`` (0 when absent)."""
     total = 0
     for root, _dirs, files in os.walk(path):
@@ -34,7 +34,7 @@ def check_disk_budget(data_dir: Path, budget_mb: float, length: int, replaced: P
     Args:
         data_dir: the agent's data dir; everything under it counts against the budget.
         budget_mb: the configured ``disk_budget_mb``.
-        length: the bundle's signed length.
+        length: the bundle's signed length, in bytes.
         replaced: the directory the bundle will replace (not counted as used).
 
     Raises:
@@ -42,7 +42,7 @@ def check_disk_budget(data_dir: Path, budget_mb: float, length: int, replaced: P
     """
     data_dir = Path(data_dir)
     need = 2 * length
-    used = tree_size(data_dir) - tree_size(replaced)
+    used = _tree_size(data_dir) - _tree_size(replaced)
     budget = int(budget_mb * 2**20)
     if used + need > budget:
         raise InstallError(

@@ -68,6 +68,7 @@ class JournalRecord(schema.Open, frozen=True, kw_only=True):
 
     @property
     def finished(self) -> bool:
+        """The install ended (``TERMINAL``): nothing to resume or roll back."""
         return self.state in TERMINAL
 
 
@@ -101,7 +102,11 @@ class Journal:
             return None
 
     def begin(self, record: JournalRecord) -> JournalRecord:
-        """Record a new install in state ``offered``."""
+        """Record a new install in state ``offered``, replacing the previous record.
+
+        Returns:
+            The record as saved: state ``offered``, history and save count restarted.
+        """
         fresh = schema.replace(record, state="offered", history=["offered"], saves=0)
         return self._save(fresh)
 
@@ -110,6 +115,19 @@ class Journal:
 
         Past ``max_saves`` the machine is in a loop: the event becomes ``error``
         (or ``breach`` once switched) so the install ends instead.
+
+        Args:
+            record: the install as last saved (what ``begin`` or ``fire`` returned).
+            event: what happened.
+            **update: other fields to record with the new state (``slot``,
+                ``reason``, ``previous``...).
+
+        Returns:
+            The record as saved, in its new state.
+
+        Raises:
+            JournalError: ``TRANSITIONS`` has no ``(record.state, event)``.
+            OSError: the journal cannot be written; nothing was recorded.
         """
         if record.saves + 1 > self.max_saves and event not in ABORT_EVENTS:
             logger.error("journal save limit reached bundle_id=%s", record.bundle_id)
@@ -142,7 +160,17 @@ class Journal:
 
 
 def resume_action(record: JournalRecord, *, max_restarts: int = MAX_RESTARTS) -> str:
-    """Start-up action for ``record``: none, reinstall, probation or rollback."""
+    """Start-up action for ``record``: none, reinstall, probation or rollback.
+
+    Args:
+        record: the journal's record, its restart already counted (``note_restart``).
+        max_restarts: restarts in an unfinished state beyond which it rolls back.
+
+    Returns:
+        ``"none"`` for a finished install; ``"reinstall"`` or ``"probation"`` where
+        ``RESUME`` says the state continues; ``"rollback"`` otherwise, and for a
+        crash loop.
+    """
     if record.finished:
         return "none"
     if record.restarts > max_restarts:

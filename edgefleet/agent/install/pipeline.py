@@ -102,7 +102,11 @@ class Installer:
         received_at: float | None = None,
         resumed: JournalRecord | None = None,
     ) -> InstallReport:
-        """Install ``offer``; returns the final report (``active`` or ``failed``) it sent.
+        """Install ``offer`` through the journal; returns the final report it sent.
+
+        A refusal (any of ``checks.REFUSALS``) is reported, never raised: before the
+        switch the current model keeps serving; after it (a refusal once ``active``
+        was recorded) the install is rolled back.
 
         Args:
             offer: the bundle to install.
@@ -110,6 +114,10 @@ class Installer:
                 reported duration counts from it.
             resumed: the unfinished journal record this install continues, if any
                 (its restart count carries over).
+
+        Returns:
+            The last report sent: ``active`` (also when the bundle already served),
+            ``failed``, or ``rolled_back`` for a refusal after the switch.
         """
         started = received_at if received_at is not None else time.monotonic()
         release: int | None = offer.release
@@ -213,7 +221,11 @@ class Installer:
     def check_signed(
         self, offer: BundleOffer, custom: TargetCustom, active: ActiveRecord | None
     ) -> bool:
-        """``checks.check_signed`` for this device; True when the bundle already serves."""
+        """``checks.check_signed`` for this device; True when the bundle already serves.
+
+        Raises:
+            InstallError: the signed fields rule the bundle out here.
+        """
         return check_signed(
             offer,
             custom,
@@ -224,15 +236,36 @@ class Installer:
         )
 
     def check_disk_budget(self, length: int, replaced: Path) -> None:
+        """``disk.check_disk_budget`` for this device's data dir and budget.
+
+        Args:
+            length: the bundle's signed length, in bytes.
+            replaced: the directory the bundle will replace (a slot, or the shadow's).
+
+        Raises:
+            InstallError: the bundle would not fit.
+        """
         check_disk_budget(self.config.data_dir, self.config.disk_budget_mb, length, replaced)
 
     def unpack_checked(self, path: Path, directory: Path, custom: TargetCustom) -> Manifest:
+        """``checks.unpack_checked`` for this device's profile.
+
+        Raises:
+            BundleError: a member does not match the bundle's manifest.
+            InstallError: the manifest disagrees with the signed fields or the profile.
+        """
         return unpack_checked(path, directory, custom, self.config.profile)
 
     # -- probation and roll-back -----------------------------------------------------------
 
     def tick(self) -> InstallReport | None:
-        """Judge the model on probation: commit it, roll it back, or keep watching."""
+        """Judge the model on probation: commit it, roll it back, or keep watching.
+
+        Returns:
+            The report sent (``committed``, ``rolled_back``, or ``failed`` when the
+            roll-back was impossible), or None while the verdict is open or nothing
+            is on probation.
+        """
         if not self.probation.running:
             return None
         record = self.journal.read()
@@ -262,7 +295,22 @@ class Installer:
     def roll_back(
         self, record: JournalRecord, event: InstallEvent, reason: str, *, rollout_id: int | None
     ) -> InstallReport:
-        """Record the roll-back, then serve the other slot again; report the outcome."""
+        """Record the roll-back, then serve the other slot again; report the outcome.
+
+        Never raises for a previous slot that cannot be loaded: that is reported as
+        ``failed`` and the current model keeps serving.
+
+        Args:
+            record: the journal's record of the install rolled back.
+            event: the journal event that ends it: ``breach`` (probation, or a
+                restart after the switch), ``rollback`` (a command), ``error``...
+            reason: why, for the journal and the report.
+            rollout_id: the rollout the report names.
+
+        Returns:
+            The report sent: ``rolled_back``, or ``failed`` when the switch had not
+            happened (nothing to undo) or the previous slot is unusable.
+        """
         active = self.slots.read_active()
         if active is None or active.bundle_id != record.bundle_id:
             # The switch never happened: the model being served is the old one already.
@@ -291,7 +339,16 @@ class Installer:
         return report
 
     def load_slot(self, slot: SlotName) -> tuple[ActiveModel, ActiveRecord]:
-        """The model in ``slot``, re-verified against its manifest and loaded."""
+        """The model in ``slot``, re-verified against its manifest and loaded.
+
+        Returns:
+            The loaded model and the ``active.json`` record for serving it from ``slot``.
+
+        Raises:
+            BundleError: the slot's manifest or a file in it is missing or altered.
+            AgentError: the runtime cannot load the model (``RuntimeLoadError``).
+            OSError: the slot cannot be read.
+        """
         slot_dir = self.slots.slot_dir(slot)
         manifest = read_slot_manifest(slot_dir)
         verify_directory(slot_dir, manifest)
@@ -299,6 +356,7 @@ class Installer:
         return model, _active_record(slot, manifest)
 
     def switch_to(self, slot: SlotName, loaded: tuple[ActiveModel, ActiveRecord]) -> None:
+        """Serve ``loaded`` (``load_slot(slot)``'s result): ``active.json`` first, then swap."""
         model, record = loaded
         self.slots.write_active(record)
         self.holder.swap(model)

@@ -33,6 +33,7 @@ class Probation:
 
     @property
     def running(self) -> bool:
+        """A model is on probation: started and neither committed nor rolled back."""
         return self._started is not None
 
     def start(self, bundle_id: str) -> None:
@@ -41,6 +42,7 @@ class Probation:
         self._started = self.clock()
 
     def stop(self) -> None:
+        """End the probation (committed or rolled back); requests are no longer judged."""
         self._started = None
         self.stats.start_probation(None)
 

@@ -18,7 +18,19 @@ logger = logging.getLogger(__name__)
 
 
 def recover(installer: Installer) -> InstallReport | None:
-    """Continue or roll back the journal's unfinished install; returns the report sent, if any."""
+    """Continue or roll back the journal's unfinished install; returns the report sent, if any.
+
+    A roll-back recorded but not carried out (a power cut in between) is finished
+    here, without a report.
+
+    Returns:
+        The report of the resumed install or roll-back; None when nothing was left
+        unfinished, or when probation simply continues.
+
+    Raises:
+        SlotError, BundleError, AgentError, OSError: finishing an interrupted
+            roll-back found the previous slot unusable (see ``Installer.load_slot``).
+    """
     journal = installer.journal
     record = journal.read()
     if record is None:

@@ -36,7 +36,7 @@ MAX_QUEUED = 256
 """Requests waiting for the shadow model; beyond this they are dropped and counted."""
 
 
-def shadow_dir(data_dir: Path) -> Path:
+def _shadow_dir(data_dir: Path) -> Path:
     return Path(data_dir) / SHADOW_DIR
 
 
@@ -54,7 +54,7 @@ class ShadowRunner:
     """Holds the shadow model and compares it with the active one, off the request path."""
 
     def __init__(self, data_dir: Path, publish: Callable[[TelemetryEvent], None]) -> None:
-        self.directory = shadow_dir(data_dir)
+        self.directory = _shadow_dir(data_dir)
         self._publish = publish
         self._lock = threading.Lock()
         self._model: ActiveModel | None = None
@@ -67,6 +67,7 @@ class ShadowRunner:
 
     @property
     def bundle_id(self) -> str | None:
+        """The bundle being shadowed, or None."""
         model = self._model
         return model.bundle_id if model else None
 
@@ -111,7 +112,14 @@ class ShadowRunner:
                 self._window.dropped += 1
 
     def flush(self, window_s: float, *, model: ActiveModel | None = None) -> None:
-        """Publish the window so far as a ``shadow`` event (nothing when it is empty)."""
+        """Publish the window so far as a ``shadow`` event (nothing when it is empty).
+
+        Args:
+            window_s: the window's length in seconds, as reported (0 for the last,
+                partial window).
+            model: the shadow model the window belongs to; default the current one
+                (``stop`` passes the one it has just let go).
+        """
         with self._lock:
             model = model or self._model
             window, self._window = self._window, ShadowWindow()

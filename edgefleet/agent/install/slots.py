@@ -58,10 +58,15 @@ class SlotStore:
         self.active_path = self.data_dir / ACTIVE_FILE
 
     def slot_dir(self, slot: SlotName) -> Path:
+        """``<data_dir>/slots/<slot>`` (which may not exist yet)."""
         return self.data_dir / "slots" / slot
 
     def read_active(self) -> ActiveRecord | None:
-        """The active record, or None when nothing was ever installed."""
+        """The active record, or None when nothing was ever installed.
+
+        Raises:
+            SlotError: ``active.json`` exists but cannot be read or decoded.
+        """
         try:
             data = self.active_path.read_bytes()
         except FileNotFoundError:
@@ -80,7 +85,12 @@ class SlotStore:
         return "b" if active.slot == "a" else "a"
 
     def prepare_slot(self, slot: SlotName) -> Path:
-        """Empty ``slot`` (never the active one) and return its directory."""
+        """Empty ``slot`` (never the active one) and return its directory.
+
+        Raises:
+            SlotError: ``slot`` is the active one, or ``active.json`` is unreadable.
+            OSError: the slot directory cannot be removed or created.
+        """
         active = self.read_active()
         if active is not None and active.slot == slot:
             raise SlotError(f"refusing to empty the active slot {slot}")
@@ -91,7 +101,15 @@ class SlotStore:
         return path
 
     def write_active(self, record: ActiveRecord) -> ActiveRecord:
-        """Make ``record`` the active one atomically, carrying the highest release forward."""
+        """Make ``record`` the active one atomically, carrying the highest release forward.
+
+        Returns:
+            The record as written, ``highest_release`` raised to the highest ever.
+
+        Raises:
+            SlotError: the current ``active.json`` is unreadable.
+            OSError: the new one cannot be written; the old one stays.
+        """
         previous = self.read_active()
         highest = max(record.highest(), previous.highest() if previous else 0)
         record = schema.replace(record, highest_release=highest)

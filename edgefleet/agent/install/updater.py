@@ -61,7 +61,12 @@ class OfferWorker:
         self._queue.put((offer, time.monotonic()))
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the job in progress (bounded), drop the rest."""
+        """Finish the job in progress (bounded), drop the rest.
+
+        Args:
+            timeout: seconds to wait for the job in progress; the thread is a daemon,
+                so one still running then ends with the process.
+        """
         self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)

@@ -102,7 +102,22 @@ def _bounded(chunks: Generator[bytes, None, None], max_length: int) -> Iterator[
 
 
 class MqttFetcher:
-    """Fetches repository files in windowed chunks over one device's MQTT link."""
+    """Fetches repository files in windowed chunks over one device's MQTT link.
+
+    Args:
+        link: the device's MQTT link; the response topic is subscribed at once.
+        device_id: the device, whose fetch topics are used.
+        chunk_size: bytes asked for per request (at most ``FETCH_MAX_CHUNK``).
+        window: requests kept in flight at once.
+        timeout: seconds before an unanswered chunk is asked again (doubling).
+        retries: re-asks of one chunk, after the quick one, before the fetch fails.
+        first_timeout: seconds before the quick re-ask (at most ``timeout``).
+        part_dir: where partial target downloads are kept so that a broken one
+            resumes; None keeps none.
+
+    Raises:
+        ValueError: ``chunk_size`` or ``window`` out of range.
+    """
 
     def __init__(
         self,
@@ -153,12 +168,21 @@ class MqttFetcher:
         Stops asking once more than ``max_length`` bytes were handed on (the caller
         refuses such a file: a repository that serves endless data costs one chunk
         past the bound, not a full disk).
+
+        Args:
+            path: ``metadata/<file>`` or ``targets/<file>``.
+            max_length: the most bytes the caller will accept.
+
+        Raises:
+            TransferError: not connected (at once), or while iterating: the
+                control plane refused the file (``status`` set), answered
+                inconsistently, or a chunk went unanswered through every retry.
         """
         if not self._link.connected:
             raise TransferError(f"cannot fetch {path}: not connected to the broker")
         return _bounded(self._stream(path), max_length)
 
-    def part_path(self, path: str) -> Path | None:
+    def _part_path(self, path: str) -> Path | None:
         """Where a partial download of repository ``path`` is kept (targets only)."""
         if self.part_dir is None or not path.startswith("targets/"):
             return None
@@ -172,7 +196,7 @@ class MqttFetcher:
                     part.unlink()
 
     def _stream(self, path: str) -> Generator[bytes, None, None]:
-        part = self.part_path(path)
+        part = self._part_path(path)
         start = 0
         if part is not None and part.exists():
             start = part.stat().st_size

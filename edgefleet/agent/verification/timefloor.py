@@ -27,18 +27,19 @@ ALLOWED_SKEW = timedelta(minutes=5)
 """How far the device clock may lag the control plane's before it counts as set back."""
 
 
-def utc_now() -> datetime:
+def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
 class TimeFloor:
     """``<data_dir>/time_floor.json``: written atomically, only ever raised."""
 
-    def __init__(self, data_dir: Path, *, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(self, data_dir: Path, *, clock: Callable[[], datetime] = _utc_now) -> None:
         self.path = Path(data_dir) / FLOOR_FILE
         self.clock = clock
 
     def read(self) -> datetime | None:
+        """The floor, or None when none was recorded or its file is damaged."""
         try:
             raw = json.loads(self.path.read_bytes())
             floor = datetime.fromisoformat(raw["floor"])

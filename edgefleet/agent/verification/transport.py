@@ -71,8 +71,24 @@ class SignedBundle:
     _download: Callable[[], Path]
 
     def download(self) -> Path:
+        """Fetch the target and check its length and hashes; the verified file.
+
+        Raises:
+            VerificationError: the bytes are not as signed.
+            TransferError: the file could not be fetched.
+        """
         return self._download()
 
 
 class Verifier(Protocol):
-    def open(self, target: str) -> contextlib.AbstractContextManager[SignedBundle]: ...
+    """Where verification runs (``verifier.ProcessVerifier`` or ``InProcessVerifier``)."""
+
+    def open(self, target: str) -> contextlib.AbstractContextManager[SignedBundle]:
+        """Fresh signed metadata's description of ``target``, for the ``with`` block.
+
+        Raises:
+            InstallError: refused: the target is unknown, the clock is before the
+                time floor, or TUF refused the metadata (``VerificationError``).
+            TransferError: a repository file could not be fetched.
+        """
+        ...

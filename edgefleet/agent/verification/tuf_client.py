@@ -104,7 +104,7 @@ def _download_error(e: TransferError) -> DownloadError:
 
 
 @contextlib.contextmanager
-def tuf_errors() -> Iterator[None]:
+def _tuf_errors() -> Iterator[None]:
     """TUF's exceptions as the agent's: refusals and broken transfers."""
     try:
         yield
@@ -129,14 +129,25 @@ class TargetVerifier:
         self._info: TargetFile | None = None
 
     def find(self, target: str) -> SignedBundle:
-        """Refresh the signed metadata and look ``target`` up; ``InstallError`` if absent."""
+        """Refresh the signed metadata and look ``target`` up; ``InstallError`` if absent.
+
+        Returns:
+            The target's signed length and custom fields; its ``download`` is this
+            verifier's.
+
+        Raises:
+            InstallError: the device clock is before the time floor, or ``target`` is
+                not in the signed metadata.
+            VerificationError: TUF refused the metadata.
+            TransferError: a metadata file could not be fetched.
+        """
         # The floor is checked before ngclient judges expiry, and again once a
         # verified refresh may have raised it.
         self.time_floor.check()
         metadata_dir = tuf_metadata_dir(self.data_dir)
         targets_dir = downloads_dir(self.data_dir)
         targets_dir.mkdir(parents=True, exist_ok=True)
-        with tuf_errors():
+        with _tuf_errors():
             updater = Updater(
                 metadata_dir=str(metadata_dir),
                 metadata_base_url=METADATA_BASE_URL,
@@ -155,9 +166,17 @@ class TargetVerifier:
         return SignedBundle(target, info.length, dict(info.custom or {}), self.download)
 
     def download(self) -> Path:
-        """The target's file, its length and hashes checked against the signed ones."""
+        """The target's file, its length and hashes checked against the signed ones.
+
+        A file already in the downloads dir that matches is used without a fetch.
+
+        Raises:
+            VerificationError: the bytes are not as signed.
+            TransferError: the file could not be fetched.
+            RuntimeError: called before ``find``.
+        """
         if self._updater is None or self._info is None:
             raise RuntimeError("download() before find()")
         updater, info = self._updater, self._info
-        with tuf_errors():
+        with _tuf_errors():
             return Path(updater.find_cached_target(info) or updater.download_target(info))

@@ -64,6 +64,13 @@ class ResumingTransport:
     ``wait_s`` for the link and streams the file again, handing on only bytes not
     yet given (a target's ``.part`` file makes the repeat local). A status (the
     repository refused) or ``attempts`` spent ends it.
+
+    Args:
+        transport: the transport resumed (the MQTT fetcher).
+        link_ready: waits up to the given seconds for the broker link; True once it
+            is up.
+        attempts: how many times a file is streamed again after the first.
+        wait_s: seconds each attempt waits for the link.
     """
 
     def __init__(
@@ -80,6 +87,12 @@ class ResumingTransport:
         self.wait_s = wait_s
 
     def stream(self, path: str, max_length: int) -> Iterator[bytes]:
+        """``transport.stream``, picked up again after a broken transfer.
+
+        Raises:
+            TransferError: the repository refused the file, the link did not come
+                back within ``wait_s``, or ``attempts`` were spent.
+        """
         given = 0
         for attempt in range(self.attempts + 1):
             try:
@@ -104,6 +117,7 @@ class ResumingTransport:
                     raise
 
     def discard_parts(self) -> None:
+        """Forget the transport's partial downloads (one failed its hash check)."""
         _discard_parts(self.transport)
 
 
@@ -126,6 +140,15 @@ class InProcessVerifier:
 
     @contextlib.contextmanager
     def open(self, target: str) -> Iterator[SignedBundle]:
+        """Refresh the signed metadata and yield ``target`` as it describes it.
+
+        Raises:
+            VerificationError: TUF refused the metadata or the bundle's bytes (the
+                partial downloads are discarded then).
+            TransferError: a repository file could not be fetched.
+            InstallError: the target is not in the signed metadata, or the device
+                clock is before the time floor.
+        """
         from edgefleet.agent.verification.tuf_client import TargetVerifier
 
         try:
@@ -138,7 +161,7 @@ class InProcessVerifier:
 # -- in a child process -----------------------------------------------------------------------
 
 
-def write_frame(stream: IO[bytes], kind: bytes, payload: bytes = b"") -> None:
+def _write_frame(stream: IO[bytes], kind: bytes, payload: bytes = b"") -> None:
     stream.write(FRAME.pack(kind, len(payload)))
     if payload:
         stream.write(payload)
@@ -158,7 +181,15 @@ def read_frame(stream: IO[bytes]) -> tuple[bytes, bytes]:
 
 class ProcessVerifier:
     """Runs each verification in ``python -m edgefleet.agent.verification.verify_worker``, serving
-    its fetches."""
+    its fetches.
+
+    Args:
+        data_dir: the agent's data dir, where the child keeps TUF's files.
+        transport: where this process fetches the files the child asks for.
+        python: the interpreter the child runs in.
+        silence_timeout_s: how long the child may go without a word before it is
+            taken as hung and stopped.
+    """
 
     def __init__(
         self,
@@ -175,6 +206,18 @@ class ProcessVerifier:
 
     @contextlib.contextmanager
     def open(self, target: str) -> Iterator[SignedBundle]:
+        """Start a child for ``target``, yield the target once it is found; stop it after.
+
+        The child downloads only when the caller calls ``download`` inside the block.
+
+        Raises:
+            VerificationError: TUF refused the metadata or the bundle's bytes (the
+                partial downloads are discarded then).
+            TransferError: a repository file could not be fetched.
+            InstallError: the target is not in the signed metadata, or the device
+                clock is before the time floor;
+                or the child went silent, exited or sent nonsense.
+        """
         job = {
             "data_dir": str(self.data_dir),
             "target": target,
@@ -272,7 +315,7 @@ class _Child:
 
     def _send(self, kind: bytes, payload: bytes = b"") -> None:
         try:
-            write_frame(self.stdin, kind, payload)
+            _write_frame(self.stdin, kind, payload)
             self.stdin.flush()
         except (BrokenPipeError, ValueError) as e:
             code = self.process.poll()

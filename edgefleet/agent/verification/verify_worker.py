@@ -76,6 +76,13 @@ class PipeTransport:
 
 
 def run(job: dict[str, Any], channel: PipeChannel) -> None:
+    """Verify ``job["target"]``, telling the parent the outcome over ``channel``.
+
+    Refusals and broken transfers go to the parent as ``error`` messages, not exceptions.
+
+    Raises:
+        EOFError, BrokenPipeError: the parent went away.
+    """
     from edgefleet.agent.verification.tuf_client import TargetVerifier
 
     verifier = TargetVerifier(Path(job["data_dir"]), PipeTransport(channel))
@@ -98,6 +105,7 @@ def run(job: dict[str, Any], channel: PipeChannel) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """The child's entry point; ``argv[1]`` is the job as JSON. Exit 3: parent gone."""
     job = json.loads(argv[1])
     # The protocol owns the real stdout; anything printed by accident goes to stderr.
     outgoing = os.fdopen(os.dup(sys.stdout.fileno()), "wb")

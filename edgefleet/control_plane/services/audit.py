@@ -30,6 +30,22 @@ def record_audit(
     detail: dict[str, Any] | None = None,
     actor_token_id: int | None = None,
 ) -> AuditEntry:
+    """Add an audit entry to ``session``; the caller's commit records it with its change.
+
+    Args:
+        session: the caller's session; not committed here.
+        actor: who acted: an operator's or token's name, or ``"system"``.
+        action: what was done, dotted (``rollout.abort``, ``group.set``...).
+        reason: why, as the actor gave it.
+        rollout_id: the rollout concerned, if any.
+        target: what else was acted on (a device id, a group name...).
+        detail: anything more, stored as JSON.
+        actor_token_id: the API token that acted; None takes it from the session's
+            principal when its name is ``actor``.
+
+    Returns:
+        The entry, added but not yet committed.
+    """
     if actor_token_id is None:
         principal = session.info.get("principal")
         if principal is not None and getattr(principal, "name", None) == actor:
@@ -63,7 +79,13 @@ def list_audit(
     action: str | None = None,
     limit: int = 200,
 ) -> Sequence[AuditEntry]:
-    """Newest first."""
+    """The newest ``limit`` audit entries, newest first.
+
+    Args:
+        rollout_id: only this rollout's entries; None for all.
+        action: only entries of this action; None for all.
+        limit: at most this many entries.
+    """
     query = select(AuditEntry)
     if rollout_id is not None:
         query = query.where(AuditEntry.rollout_id == rollout_id)

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 class StatusUpdate(NamedTuple):
+    """What ``upsert_device_status`` recorded."""
+
     device: Device
     came_online: bool
     """The status says online and the device was not (new, or back from offline)."""
@@ -48,6 +50,14 @@ def upsert_device_status(*, session: Session, device_id: str, status: DeviceStat
     is created with ``INSERT … ON CONFLICT DO NOTHING`` and then updated under a row
     lock, so each replica's update applies in turn and only the first one to see the
     device come online reports ``came_online`` (one re-offer, not one per replica).
+
+    A last will carries only ``online``: the fields it leaves out keep what was known.
+    The trusted metadata versions the status reports raise the repository's trust
+    floor (``trust.repository.raise_trust_floor``) in the same commit.
+
+    Returns:
+        The device as committed, and whether this status brought it online (the
+        caller re-offers its unfinished rollouts then).
     """
     insert = _insert_for(session)
     created = session.execute(
@@ -122,10 +132,16 @@ def rejected_totals(*, session: Session) -> dict[str, int]:
 
 
 def list_devices(*, session: Session) -> Sequence[Device]:
+    """Every device heard from, by id."""
     return session.exec(select(Device).order_by(col(Device.id))).all()
 
 
 def get_device(*, session: Session, device_id: str) -> Device:
+    """The device ``device_id``.
+
+    Raises:
+        NotFoundError: no status was ever received from it.
+    """
     device = session.get(Device, device_id)
     if device is None:
         raise NotFoundError(f"device {device_id} not found")
@@ -138,6 +154,9 @@ def mark_stale_devices(*, session: Session, silent_for: timedelta) -> list[str]:
     Presence comes from the retained status and its last will; a hung agent or a
     will the broker lost leaves a device "online" forever. Telemetry and status
     messages refresh ``last_seen``, so silence beyond the window means trouble.
+
+    Returns:
+        The ids of the devices flagged now (not those already stale); committed.
     """
     cutoff = utcnow() - silent_for
     devices = session.exec(
@@ -156,7 +175,11 @@ def mark_stale_devices(*, session: Session, silent_for: timedelta) -> list[str]:
 
 
 def touch_device(*, session: Session, device_id: str) -> None:
-    """A message from the device proves it is alive: refresh ``last_seen``."""
+    """A message from the device proves it is alive: refresh ``last_seen``.
+
+    Added to ``session`` uncommitted, so it commits with what the message brought;
+    an unknown ``device_id`` is ignored (its first status creates the device).
+    """
     device = session.get(Device, device_id)
     if device is not None:
         device.last_seen = utcnow()

@@ -93,7 +93,19 @@ def _aware(value: datetime) -> datetime:
 def create_token(
     *, session: Session, ttl_seconds: int, note: str | None = None
 ) -> EnrolmentTokenIssued:
-    """A new one-time token valid for ``ttl_seconds``; the secret is returned once."""
+    """A new one-time token valid for ``ttl_seconds``; the secret is returned once.
+
+    Only the secret's SHA-256 is stored, so a lost secret cannot be shown again: issue
+    another.
+
+    Args:
+        session: the caller's session; committed here.
+        ttl_seconds: how long the token may be used, from now.
+        note: what the operator says it is for.
+
+    Returns:
+        The token's id, its secret (``efe_``...) and its expiry.
+    """
     secret = TOKEN_PREFIX + secrets.token_urlsafe(24)
     token = EnrolmentToken(
         token_sha256=_digest(secret),
@@ -118,7 +130,31 @@ def enrol_device(
 ) -> EnrolResponse:
     """Check the token, id (and CSR), record the credential, update the broker.
 
-    Returns the password once, or with ``issuer`` the signed client certificate.
+    Once the token is spent the device gets its credential even when the running
+    broker cannot be told of it (``update_broker_device`` failing is logged; the
+    broker admits the device from its auth files at its next start).
+
+    Args:
+        session: the caller's session; committed here.
+        files: the broker's auth files, rewritten from the database.
+        request: the token, the device's chosen id, its profile and (with a CA) CSR.
+        issuer: the control plane's CA when the broker authenticates devices by
+            certificate; None when by password.
+        now: the time the token's expiry is judged at (default: now; for tests).
+
+    Returns:
+        The device's broker username with its password (shown this once), or with
+        ``issuer`` the signed client certificate and the CA certificate.
+
+    Raises:
+        EnrolmentRefusedError: the token is unknown, used or expired (also when
+            another request spent it concurrently).
+        InvalidRequestError: a malformed device id, a CSR missing or sent when not
+            wanted, or a CSR that is invalid (``CsrError``).
+        ConflictError: the id is already enrolled (or revoked).
+        BrokerError: with ``issuer``, the broker could not be signalled to re-read
+            the CRL (permission). The enrolment is committed by then, so the
+            certificate is lost with the error.
     """
     now = now or utcnow()
     device_id = request.device_id
@@ -205,7 +241,27 @@ def revoke_device(
     device_id: str,
     issuer: IssuingCa | None = None,
 ) -> DeviceCredential:
-    """Revoke ``device_id``'s credential and certificates; the broker drops its live session."""
+    """Revoke ``device_id``'s credential and certificates; the broker drops its live session.
+
+    Revoking again is harmless: the first revocation time stays, and the broker is
+    told again (a retry after a ``BrokerError``).
+
+    Args:
+        session: the caller's session; committed here.
+        files: the broker's auth files, rewritten from the database.
+        device_id: the device to revoke.
+        issuer: the control plane's CA, whose CRL then lists the device's
+            certificates; None for a password broker.
+
+    Returns:
+        The credential as committed, ``revoked_at`` set.
+
+    Raises:
+        NotFoundError: the device was never enrolled.
+        BrokerError: the running broker could not be told (reload not permitted, or
+            its dynamic-security plugin refused or did not answer); the revocation
+            is recorded, and the broker applies it at its next start.
+    """
     credential = session.get(DeviceCredential, device_id)
     if credential is None:
         raise NotFoundError(f"device {device_id} is not enrolled")
@@ -233,10 +289,17 @@ def apply_to_broker(
     *, session: Session, files: BrokerAuthFiles, issuer: IssuingCa | None = None
 ) -> bool:
     """Write the broker's device record (and the CRL) from the database; with a CA,
-    SIGHUP the broker so it re-reads the CRL. True when a broker was signalled.
+    SIGHUP the broker so it re-reads the CRL.
 
     The record is what the broker's dynamic-security configuration is rendered from
     when it starts; a running broker is changed by ``update_broker_device``.
+
+    Returns:
+        True when a broker was signalled; False without a CA, or when no broker
+        runs from a pid file here (one managed elsewhere must be reloaded by hand).
+
+    Raises:
+        BrokerError: the broker's pid could not be signalled (permission).
     """
     rows = session.exec(select(DeviceCredential)).all()
     write_auth_files(

@@ -88,6 +88,7 @@ def list_events(
     bundle_id: str | None = None,
     limit: int = 500,
 ) -> Sequence[Event]:
+    """The newest ``limit`` events, by device timestamp; a None filter matches all."""
     query = select(Event)
     if device_id is not None:
         query = query.where(Event.device_id == device_id)
@@ -99,6 +100,7 @@ def list_events(
 
 
 def count_events(*, session: Session, device_id: str | None = None, kind: str | None = None) -> int:
+    """How many events are stored; a None filter matches all."""
     query = select(func.count()).select_from(Event)
     if device_id is not None:
         query = query.where(Event.device_id == device_id)

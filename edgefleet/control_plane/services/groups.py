@@ -18,7 +18,17 @@ GROUP_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 def set_group(
     *, session: Session, name: str, group_in: DeviceGroupUpdate, actor: str
 ) -> DeviceGroup:
-    """Create or replace group ``name``; every member must be a known device."""
+    """Create or replace group ``name``; every member must be a known device.
+
+    Args:
+        session: the caller's session; committed here, with the audit entry.
+        name: the group's name (``GROUP_NAME_PATTERN``, checked by the API).
+        group_in: the members (duplicates dropped, order kept) and description.
+        actor: who sets it, for the audit log.
+
+    Raises:
+        InvalidRequestError: a member is not a known device.
+    """
     device_ids = list(dict.fromkeys(group_in.device_ids))
     unknown = [d for d in device_ids if session.get(Device, d) is None]
     if unknown:
@@ -41,10 +51,16 @@ def set_group(
 
 
 def list_groups(*, session: Session) -> Sequence[DeviceGroup]:
+    """Every group, by name."""
     return session.exec(select(DeviceGroup).order_by(col(DeviceGroup.name))).all()
 
 
 def get_group(*, session: Session, name: str) -> DeviceGroup:
+    """The group ``name``.
+
+    Raises:
+        NotFoundError: no such group.
+    """
     group = session.get(DeviceGroup, name)
     if group is None:
         raise NotFoundError(f"group {name} not found")
@@ -52,6 +68,11 @@ def get_group(*, session: Session, name: str) -> DeviceGroup:
 
 
 def delete_group(*, session: Session, name: str, actor: str) -> None:
+    """Delete group ``name`` (rollouts already created keep their devices); audited.
+
+    Raises:
+        NotFoundError: no such group.
+    """
     group = get_group(session=session, name=name)
     session.delete(group)
     record_audit(session=session, actor=actor, action="group.delete", target=name)
@@ -61,6 +82,11 @@ def delete_group(*, session: Session, name: str, actor: str) -> None:
 def set_device_labels(
     *, session: Session, device_id: str, labels: dict[str, str], actor: str
 ) -> Device:
+    """Replace ``device_id``'s labels with ``labels`` (not merged); audited.
+
+    Raises:
+        NotFoundError: no such device.
+    """
     device = session.get(Device, device_id)
     if device is None:
         raise NotFoundError(f"device {device_id} not found")
