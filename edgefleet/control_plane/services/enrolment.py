@@ -152,9 +152,6 @@ def enrol_device(
         InvalidRequestError: a malformed device id, a CSR missing or sent when not
             wanted, or a CSR that is invalid (``CsrError``).
         ConflictError: the id is already enrolled (or revoked).
-        BrokerError: with ``issuer``, the broker could not be signalled to re-read
-            the CRL (permission). The enrolment is committed by then, so the
-            certificate is lost with the error.
     """
     now = now or utcnow()
     device_id = request.device_id
@@ -218,8 +215,8 @@ def enrol_device(
     except IntegrityError as e:  # the same id enrolled concurrently with another token
         session.rollback()
         raise ConflictError(f"device {device_id} is already enrolled") from e
-    apply_to_broker(session=session, files=files, issuer=issuer)
     try:
+        apply_to_broker(session=session, files=files, issuer=issuer)
         update_broker_device(files, device_id, password=password)
     except BrokerError as e:
         # The token is spent and the credential recorded: the device must get it. The
