@@ -14,8 +14,9 @@ ai-edge-quantizer (``tflite_candidates``), the same path a .tflite a user brings
 
 Ops a profile cannot run are named before anything is converted: ``precheck`` maps
 each ONNX op to the TFLite builtins onnx2tf lowers it to (``_LOWERING``) and refuses
-ops it has no lowering for or whose builtins the profile lacks. After conversion the
-real builtins are checked again (``tflite_builtin_ops``), before any candidate is made.
+ops whose builtins the profile lacks. Ops not in that table are left to onnx2tf; the
+converted model's real builtins are checked again (``tflite_builtin_ops``) before any
+candidate is made.
 """
 
 from __future__ import annotations
@@ -90,28 +91,29 @@ def _conv_lowering(node: onnx.NodeProto, weights: Mapping[str, Sequence[int]]) -
     return ops | {"SPLIT", "CONV_2D", "CONCATENATION"}  # grouped: split, convolve, concat
 
 
-def required_builtins(model: onnx.ModelProto) -> dict[str, set[str]]:
-    """TFLite builtins each ONNX op of ``model`` becomes; ``UnsupportedOpError`` if unknown."""
+def required_builtins(model: onnx.ModelProto) -> tuple[dict[str, set[str]], set[str]]:
+    """TFLite builtins each known ONNX op of ``model`` becomes, and the ops not in the table.
+
+    Ops outside the table are left to the converter; its output is checked again.
+    """
     weights = {init.name: list(init.dims) for init in model.graph.initializer}
     needed: dict[str, set[str]] = {}
     unknown: set[str] = set()
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
-            unknown.add(f"{node.domain}.{node.op_type}")
-        elif node.op_type == "Conv":
+            raise UnsupportedOpError(
+                [f"{node.domain}.{node.op_type}"], runtime="the ONNX→TFLite converter"
+            )
+        if node.op_type == "Conv":
             needed.setdefault("Conv", set()).update(_conv_lowering(node, weights))
         elif node.op_type in _LOWERING:
             needed.setdefault(node.op_type, set()).update(_LOWERING[node.op_type])
         else:
             unknown.add(node.op_type)
-    if unknown:
-        raise UnsupportedOpError(sorted(unknown), runtime="the ONNX→TFLite converter")
-    spatial = any(
-        len(v.type.tensor_type.shape.dim) >= 3 for v in model.graph.input
-    ) and bool(needed.keys() & {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool"})
-    if spatial:  # NCHW at the boundary, NHWC inside
-        needed["(NCHW input)"] = {"TRANSPOSE"}
-    return needed
+    spatial = any(len(v.type.tensor_type.shape.dim) >= 3 for v in model.graph.input)
+    if spatial and needed.keys() & {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool"}:
+        needed["(NCHW input)"] = {"TRANSPOSE"}  # NCHW at the boundary, NHWC inside
+    return needed, unknown
 
 
 def precheck(model: onnx.ModelProto, profile: FirmwareProfile) -> None:
@@ -119,15 +121,18 @@ def precheck(model: onnx.ModelProto, profile: FirmwareProfile) -> None:
     if profile.tflite is None:
         raise ConversionError(f"profile {profile.name} has no TFLite op set")
     allowed = set(profile.tflite.builtin_ops)
+    needed, unknown = required_builtins(model)
     refused = sorted(
         f"{op} (needs {', '.join(sorted(builtins - allowed))})"
-        for op, builtins in required_builtins(model).items()
+        for op, builtins in needed.items()
         if builtins - allowed
     )
     if refused:
         raise UnsupportedOpError(
             refused, runtime=f"{profile.runtime.name} {profile.runtime.version}"
         )
+    if unknown:
+        logger.info("ops left to the converter to lower: %s", ", ".join(sorted(unknown)))
 
 
 def tflite_builtin_ops(data: bytes) -> set[str]:
@@ -155,8 +160,11 @@ def name_boundary(data: bytes, *, output_order: Sequence[str]) -> bytes:
             name = m.name.decode() if isinstance(m.name, bytes) else m.name
             graph.tensors[m.tensorIndex].name = name
     by_name = {
-        (graph.tensors[i].name.decode() if isinstance(graph.tensors[i].name, bytes) else
-         graph.tensors[i].name): i
+        (
+            graph.tensors[i].name.decode()
+            if isinstance(graph.tensors[i].name, bytes)
+            else graph.tensors[i].name
+        ): i
         for i in graph.outputs
     }
     if set(by_name) == set(output_order):
