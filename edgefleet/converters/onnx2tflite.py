@@ -199,7 +199,7 @@ def convert_onnx_to_tflite(
         started = time.monotonic()
         try:
             done = subprocess.run(
-                [str(python), str(_WORKER), str(work)],
+                [str(python), "-I", str(_WORKER), str(work)],  # its own packages only
                 capture_output=True,
                 text=True,
                 timeout=_TIMEOUT_S,

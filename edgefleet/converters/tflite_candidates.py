@@ -14,15 +14,21 @@ signature is the same for every candidate.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgefleet.converters.calibration import calibration_hash
 from edgefleet.converters.candidate import Candidate, IoQuantization
-from edgefleet.converters.errors import ConversionError
+from edgefleet.converters.errors import ConversionError, UnsupportedOpError
+from edgefleet.converters.worker_envs import installed_python
 from edgefleet.profile import FirmwareProfile
 from edgefleet.tensors import ModelSignature
 
@@ -154,7 +160,45 @@ def float_tflite_from_onnx(
     shapes = {i.name: [d if d > 0 else 1 for d in i.shape] for i in signature.inputs}
     data = convert_onnx_to_tflite(model_bytes, input_shapes=shapes)
     check_tflite_ops(tflite_builtin_ops(data), profile)
+    worker = installed_python(profile)
+    if worker is not None:
+        check_loads_in_worker(worker, data, profile, input_shape=next(iter(shapes.values())))
     return data, ONNX2TF
+
+
+_MISSING_OP = re.compile(r"opcode '(\w+)' version '(\d+)'")
+
+
+def check_loads_in_worker(
+    python: Path, data: bytes, profile: FirmwareProfile, *, input_shape: list[int]
+) -> None:
+    """Refuse op versions the profile's own (older) runtime does not have, naming them.
+
+    The converter targets today's LiteRT; tflite-runtime 2.14 knows fewer op versions
+    and says which one it lacks when it loads the model, so load it once there.
+    """
+    from edgefleet.converters.runner import WORKER_SCRIPT
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-load-check-") as name:
+        work = Path(name)
+        (work / "model.tflite").write_bytes(data)
+        np.save(work / "x.npy", np.zeros(input_shape, np.float32), allow_pickle=False)
+        (work / "request.json").write_text(json.dumps({"io_quantization": {}, "warmup": 0}))
+        done = subprocess.run(
+            [str(python), "-I", str(WORKER_SCRIPT), str(work)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    if done.returncode == 0:
+        return
+    runtime = f"{profile.runtime.name} {profile.runtime.version}"
+    missing = sorted({f"{op} v{version}" for op, version in _MISSING_OP.findall(done.stderr)})
+    if missing:
+        raise UnsupportedOpError(missing, runtime=runtime)
+    lines = done.stderr.strip().splitlines() or ["no output"]
+    raise ConversionError(f"{runtime} cannot load the converted model: {lines[-1]}")
 
 
 def tflite_candidates(

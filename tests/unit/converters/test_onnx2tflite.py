@@ -20,8 +20,13 @@ from edgefleet.converters.onnx2tflite import (
 )
 from edgefleet.converters.onnx_inspect import inspect_onnx
 from edgefleet.converters.pipeline import Holdout, build_for_profile
-from edgefleet.converters.tflite_candidates import DENSE_LOWERING, ONNX2TF, float_tflite_from_onnx
-from edgefleet.converters.worker_envs import converter_python
+from edgefleet.converters.tflite_candidates import (
+    DENSE_LOWERING,
+    ONNX2TF,
+    check_loads_in_worker,
+    float_tflite_from_onnx,
+)
+from edgefleet.converters.worker_envs import converter_python, installed_python
 from edgefleet.profile import default_profiles_dir, load_profiles, parse_profile
 from tests.support.conv_net import INPUT, OUTPUTS, build_conv_net, conv_net_inputs
 
@@ -186,3 +191,30 @@ def test_conv_net_reaches_the_integer_only_profile_with_an_integer_boundary(
     assert outcome.chosen.name == "tflite-int8-static-a8w8"
     assert set(outcome.chosen.io_quantization) == {INPUT, *OUTPUTS}
     assert {q.dtype for q in outcome.chosen.io_quantization.values()} == {"int8"}
+
+
+def _with_op_version(data: bytes, op: str, version: int) -> bytes:
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as s
+
+    model = s.ModelT.InitFromObj(s.Model.GetRootAs(data, 0))
+    for code in model.operatorCodes:
+        if code.builtinCode == getattr(s.BuiltinOperator, op):
+            code.version = version
+    builder = flatbuffers.Builder(len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+@pytest.mark.slow
+def test_an_op_version_the_legacy_runtime_lacks_is_named_before_candidates(
+    conv_tflite: bytes,
+) -> None:
+    profile = PROFILES["legacy-armv7-tflite214"]
+    python = installed_python(profile)
+    assert python is not None, "the tflite-runtime 2.14 worker environment is missing"
+    check_loads_in_worker(python, conv_tflite, profile, input_shape=[1, 3, 32, 32])  # loads
+    too_new = _with_op_version(conv_tflite, "FULLY_CONNECTED", 99)
+    with pytest.raises(UnsupportedOpError) as caught:
+        check_loads_in_worker(python, too_new, profile, input_shape=[1, 3, 32, 32])
+    assert caught.value.ops == ["FULLY_CONNECTED v99"]
