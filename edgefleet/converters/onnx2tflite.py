@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import tempfile
 import time
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 _WORKER = Path(__file__).with_name("onnx2tf_worker.py")
 _TIMEOUT_S = 600
+_NO_LOWERING = re.compile(r"No module named 'onnx2tf\.ops\.(\w+)'")
 
 # ONNX op -> TFLite builtins onnx2tf emits for it (float32; activations may fuse away,
 # but are listed so the precheck is never more lenient than the converted model).
@@ -211,6 +213,9 @@ def convert_onnx_to_tflite(
         if done.returncode != 0 or not result.exists():
             error = work / "error.txt"
             reason = error.read_text() if error.exists() else done.stderr.strip()[-2000:]
+            missing = _NO_LOWERING.search(reason)
+            if missing:  # onnx2tf has one module per ONNX op it can convert
+                raise UnsupportedOpError([missing.group(1)], runtime="onnx2tf")
             raise ConversionError(f"onnx2tf could not convert the model: {reason}")
         data = result.read_bytes()
     logger.info("onnx2tf converted size=%d seconds=%.1f", len(data), time.monotonic() - started)
