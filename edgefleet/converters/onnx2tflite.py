@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import tempfile
@@ -206,6 +207,7 @@ def convert_onnx_to_tflite(
                 text=True,
                 timeout=_TIMEOUT_S,
                 check=False,
+                env={**os.environ, "TMPDIR": str(work)},  # its scratch files go with the rest
             )
         except subprocess.TimeoutExpired as e:
             raise ConversionError(f"onnx2tf did not finish within {_TIMEOUT_S} s") from e

@@ -133,6 +133,15 @@ def test_an_op_outside_the_standard_domains_is_refused_naming_it() -> None:
         precheck(model, PROFILES["x86-64-ipc-litert-int8"])
 
 
+@pytest.mark.slow
+def test_an_op_onnx2tf_cannot_convert_is_named(digits) -> None:  # type: ignore[no-untyped-def]
+    # The digits MLP's label lookup (ai.onnx.ml ArrayFeatureExtractor), given straight
+    # to the converter: the dense lowering is what handles that model.
+    with pytest.raises(UnsupportedOpError) as caught:
+        convert_onnx_to_tflite(digits.onnx_bytes, input_shapes={"input": [1, 64]})
+    assert caught.value.ops == ["ArrayFeatureExtractor"]
+
+
 def test_a_dynamic_input_dim_is_refused_naming_the_input(conv_net: bytes) -> None:
     with pytest.raises(ConversionError, match=r"image.*-1"):
         convert_onnx_to_tflite(conv_net, input_shapes={INPUT: [-1, 3, 32, 32]})
