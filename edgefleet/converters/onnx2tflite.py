@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import onnx
+from onnx import numpy_helper
 
 from edgefleet.converters.errors import ConversionError, UnsupportedOpError
 from edgefleet.converters.worker_envs import converter_python
@@ -53,7 +54,6 @@ _LOWERING: dict[str, frozenset[str]] = {
         "AveragePool": {"AVERAGE_POOL_2D", "PAD"},
         "BatchNormalization": {"MUL", "ADD"},
         "Cast": {"CAST"},
-        "Clip": {"RELU6", "MINIMUM", "MAXIMUM"},
         "Concat": {"CONCATENATION"},
         "Constant": set(),
         "Div": {"DIV", "MUL"},
@@ -82,16 +82,42 @@ _LOWERING: dict[str, frozenset[str]] = {
 }
 
 
+def _ints(node: onnx.NodeProto, name: str) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == name), [])
+
+
 def _conv_lowering(node: onnx.NodeProto, weights: Mapping[str, Sequence[int]]) -> set[str]:
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    pads = next((list(a.ints) for a in node.attribute if a.name == "pads"), [])
-    ops = {"PAD"} if any(pads) else set()
+    pads, strides = _ints(node, "pads"), _ints(node, "strides")
     shape = weights.get(node.input[1]) if len(node.input) > 1 else None
+    kernel = _ints(node, "kernel_shape") or (list(shape[2:]) if shape else [])
+    half = [(k - 1) // 2 for k in kernel]
+    same = len(pads) == 2 * len(kernel) and pads == half + half and all(k % 2 for k in kernel)
+    # TensorFlow's SAME pads the low side less at stride 2: only stride 1 keeps it a fused pad.
+    ops = {"PAD"} if any(pads) and not (same and all(s == 1 for s in strides)) else set()
     if group == 1:
         return ops | {"CONV_2D"}
     if shape is not None and shape[1] == 1:  # one input channel per group: depthwise
         return ops | {"DEPTHWISE_CONV_2D"}
     return ops | {"SPLIT", "CONV_2D", "CONCATENATION"}  # grouped: split, convolve, concat
+
+
+def _clip_lowering(node: onnx.NodeProto, constants: Mapping[str, float]) -> set[str]:
+    """Clip(0, 6) is RELU6 and Clip(0, inf) RELU (both usually fused); others min/max."""
+    bounds: list[float | str | None] = [None, None]  # None: no bound; "dynamic": computed
+    for i, name in enumerate(list(node.input[1:3])):
+        if name:
+            bounds[i] = constants.get(name, "dynamic")
+    for a in node.attribute:  # opset < 11 keeps the bounds as attributes
+        if a.name in ("min", "max"):
+            bounds[1 if a.name == "max" else 0] = a.f
+    known: dict[tuple[float | str | None, ...], str] = {
+        (0.0, 6.0): "RELU6",
+        (0.0, None): "RELU",
+        (-1.0, 1.0): "RELU_N1_TO_1",
+    }
+    op = known.get(tuple(bounds))
+    return {op} if op else {"MINIMUM", "MAXIMUM"}
 
 
 def required_builtins(model: onnx.ModelProto) -> tuple[dict[str, set[str]], set[str]]:
@@ -100,6 +126,11 @@ def required_builtins(model: onnx.ModelProto) -> tuple[dict[str, set[str]], set[
     Ops outside the table are left to the converter; its output is checked again.
     """
     weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    scalars = {
+        init.name: float(numpy_helper.to_array(init).reshape(-1)[0])
+        for init in model.graph.initializer
+        if not init.dims or list(init.dims) == [1]
+    }
     needed: dict[str, set[str]] = {}
     unknown: set[str] = set()
     for node in model.graph.node:
@@ -109,6 +140,8 @@ def required_builtins(model: onnx.ModelProto) -> tuple[dict[str, set[str]], set[
             )
         if node.op_type == "Conv":
             needed.setdefault("Conv", set()).update(_conv_lowering(node, weights))
+        elif node.op_type == "Clip":
+            needed.setdefault("Clip", set()).update(_clip_lowering(node, scalars))
         elif node.op_type in _LOWERING:
             needed.setdefault(node.op_type, set()).update(_LOWERING[node.op_type])
         else:

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.converters import onnx2tflite
 from edgefleet.converters.errors import ConversionError, UnsupportedOpError
@@ -227,3 +227,44 @@ def test_an_op_version_the_legacy_runtime_lacks_is_named_before_candidates(
     with pytest.raises(UnsupportedOpError) as caught:
         check_loads_in_worker(python, too_new, profile, input_shape=[1, 3, 32, 32])
     assert caught.value.ops == ["FULLY_CONNECTED v99"]
+
+
+def _conv_clip(
+    *, pads: list[int], strides: list[int], clip: tuple[float, float]
+) -> onnx.ModelProto:
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    low = numpy_helper.from_array(np.array(clip[0], np.float32), "low")
+    high = numpy_helper.from_array(np.array(clip[1], np.float32), "high")
+    nodes = [
+        helper.make_node("Conv", ["image", "w"], ["x"], pads=pads, strides=strides),
+        helper.make_node("Clip", ["x", "low", "high"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_clip",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weight, low, high],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize(
+    ("pads", "strides", "clip", "conv", "activation"),
+    [
+        ([1, 1, 1, 1], [1, 1], (0.0, 6.0), {"CONV_2D"}, {"RELU6"}),
+        ([1, 1, 1, 1], [2, 2], (0.0, 6.0), {"CONV_2D", "PAD"}, {"RELU6"}),
+        ([0, 0, 1, 1], [1, 1], (-1.0, 1.0), {"CONV_2D", "PAD"}, {"RELU_N1_TO_1"}),
+        ([0, 0, 0, 0], [1, 1], (-2.0, 3.0), {"CONV_2D"}, {"MINIMUM", "MAXIMUM"}),
+    ],
+)
+def test_the_precheck_follows_padding_and_clip_bounds(
+    pads: list[int],
+    strides: list[int],
+    clip: tuple[float, float],
+    conv: set[str],
+    activation: set[str],
+) -> None:
+    needed, _ = required_builtins(_conv_clip(pads=pads, strides=strides, clip=clip))
+    assert needed["Conv"] == conv
+    assert needed["Clip"] == activation
