@@ -30,6 +30,8 @@ from edgefleet.profile import FirmwareProfile
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "EDGEFLEET_WORKER_ENVS"
+# 1: leave out the onnx2tf environment (2.4 GB); conv nets then cannot reach TFLite profiles.
+SKIP_CONVERTER_VAR = "EDGEFLEET_SKIP_ONNX2TF"
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,11 @@ def install(spec: WorkerEnvSpec, *, python: str = sys.executable) -> Path:
 def main() -> None:
     if sys.argv[1:] != ["install"]:
         raise SystemExit("usage: python -m edgefleet.converters.worker_envs install")
-    for spec in (*WORKER_ENVS, ONNX2TF_ENV):
+    skip_converter = os.environ.get(SKIP_CONVERTER_VAR) == "1"
+    for spec in (*WORKER_ENVS, *(() if skip_converter else (ONNX2TF_ENV,))):
         print(f"worker environment {spec.name}: {install(spec)}")
+    if skip_converter:
+        print(f"worker environment {ONNX2TF_ENV.name}: skipped ({SKIP_CONVERTER_VAR}=1)")
 
 
 if __name__ == "__main__":
