@@ -35,13 +35,14 @@ import onnx
 from onnx import numpy_helper
 
 from edgefleet.converters.errors import ConversionError, UnsupportedOpError
-from edgefleet.converters.worker_envs import converter_python
+from edgefleet.converters.worker_envs import ONNX2TF_ENV, converter_python
 from edgefleet.profile import FirmwareProfile
 
 logger = logging.getLogger(__name__)
 
 _WORKER = Path(__file__).with_name("onnx2tf_worker.py")
 _TIMEOUT_S = 600
+_CONVERTER = f"the ONNX→TFLite converter (onnx2tf {ONNX2TF_ENV.version})"
 _NO_LOWERING = re.compile(r"No module named 'onnx2tf\.ops\.(\w+)'")
 
 # ONNX op -> TFLite builtins onnx2tf emits for it (float32; activations may fuse away,
@@ -135,9 +136,7 @@ def required_builtins(model: onnx.ModelProto) -> tuple[dict[str, set[str]], set[
     unknown: set[str] = set()
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
-            raise UnsupportedOpError(
-                [f"{node.domain}.{node.op_type}"], runtime="the ONNX→TFLite converter"
-            )
+            raise UnsupportedOpError([f"{node.domain}.{node.op_type}"], runtime=_CONVERTER)
         if node.op_type == "Conv":
             needed.setdefault("Conv", set()).update(_conv_lowering(node, weights))
         elif node.op_type == "Clip":
@@ -250,7 +249,7 @@ def convert_onnx_to_tflite(
             reason = error.read_text() if error.exists() else done.stderr.strip()[-2000:]
             missing = _NO_LOWERING.search(reason)
             if missing:  # onnx2tf has one module per ONNX op it can convert
-                raise UnsupportedOpError([missing.group(1)], runtime="onnx2tf")
+                raise UnsupportedOpError([missing.group(1)], runtime=_CONVERTER)
             raise ConversionError(f"onnx2tf could not convert the model: {reason}")
         data = result.read_bytes()
     logger.info("onnx2tf converted size=%d seconds=%.1f", len(data), time.monotonic() - started)
