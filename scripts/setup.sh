@@ -98,6 +98,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 # The gate runs tflite-runtime 2.14 candidates in that runtime's own small virtualenv
-# (numpy < 2), inside this one: edgefleet/converters/worker_envs.py. Only does what is missing.
+# (numpy < 2), and ONNX→TFLite conversion runs onnx2tf on tensorflow-cpu in another
+# (~1 min, 2.4 GB; EDGEFLEET_SKIP_ONNX2TF=1 leaves it out), both inside this one:
+# edgefleet/converters/worker_envs.py. Only does what is missing.
 "$VENV/bin/python" -m edgefleet.converters.worker_envs install
 echo "setup: ready ($("$VENV/bin/python" --version), $(command -v mosquitto || echo /usr/sbin/mosquitto))"

@@ -20,7 +20,7 @@ import onnx
 
 from edgefleet.converters.calibration import calibration_hash, prepare_calibration
 from edgefleet.converters.candidate import Candidate
-from edgefleet.converters.compat import check_onnx_ops, check_tflite_ops, lower_opset
+from edgefleet.converters.compat import check_onnx_ops, lower_opset
 from edgefleet.converters.errors import ConversionError, GateError
 from edgefleet.converters.gate import CandidateResult, GateLimits, choose, judge
 from edgefleet.converters.onnx_candidates import onnx_candidates
@@ -106,17 +106,18 @@ def _candidates(
             model_sha256=inspection.sha256,
             cache_dir=cache_dir,
         )
-    from edgefleet.converters.tflite_build import build_float_tflite, dense_graph_from_onnx
-    from edgefleet.converters.tflite_candidates import tflite_candidates
+    from edgefleet.converters.tflite_candidates import float_tflite_from_onnx, tflite_candidates
 
-    graph = dense_graph_from_onnx(model_bytes)
-    check_tflite_ops(graph.tflite_ops(), profile)
+    float_tflite, tool = float_tflite_from_onnx(
+        model_bytes, profile, signature=inspection.signature
+    )
     return tflite_candidates(
-        build_float_tflite(graph),
+        float_tflite,
         profile,
         input_name=input_name,
         output_names=output_names,
         calibration=calibration,
+        float_tool=tool,
     )
 
 

@@ -1,5 +1,9 @@
 """TFLite candidates for one profile, made with ai-edge-quantizer (no TensorFlow).
 
+The float .tflite they start from comes from ``float_tflite_from_onnx``: the
+hand-written dense lowering (``tflite_build``) for the MLPs it covers, otherwise onnx2tf
+(``onnx2tflite``), with the profile's op set checked before either builds anything.
+
 Recipes: weight-only int8, dynamic int8, static int8 (a8w8) and fp16 weights, plus
 the float model. Static recipes give the model an integer input; for integer-only
 accelerators the final DEQUANTIZE is removed too so the output stays integer. The
@@ -10,16 +14,23 @@ signature is the same for every candidate.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgefleet.converters.calibration import calibration_hash
 from edgefleet.converters.candidate import Candidate, IoQuantization
-from edgefleet.converters.errors import ConversionError
+from edgefleet.converters.errors import ConversionError, UnsupportedOpError
+from edgefleet.converters.worker_envs import installed_python
 from edgefleet.profile import FirmwareProfile
+from edgefleet.tensors import ModelSignature
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +127,80 @@ def finish_boundary(
     return bytes(builder.Output()), boundary, dtypes
 
 
+DENSE_LOWERING = "edgefleet dense lowering"
+ONNX2TF = "onnx2tf"
+
+
+def float_tflite_from_onnx(
+    model_bytes: bytes, profile: FirmwareProfile, *, signature: ModelSignature
+) -> tuple[bytes, str]:
+    """The float .tflite for ``profile`` and the tool that made it.
+
+    The dense lowering when it reads the graph (milliseconds, no TensorFlow); onnx2tf
+    otherwise. Either way ops the profile cannot run are refused, named, first.
+    """
+    import onnx
+
+    from edgefleet.converters.compat import check_tflite_ops
+    from edgefleet.converters.onnx2tflite import (
+        convert_onnx_to_tflite,
+        precheck,
+        tflite_builtin_ops,
+    )
+    from edgefleet.converters.tflite_build import build_float_tflite, dense_graph_from_onnx
+
+    try:
+        graph = dense_graph_from_onnx(model_bytes)
+    except ConversionError as e:  # a form it does not read, named in the log
+        logger.info("dense lowering does not apply (%s); converting with onnx2tf", e)
+    else:
+        check_tflite_ops(graph.tflite_ops(), profile)
+        return build_float_tflite(graph), DENSE_LOWERING
+    precheck(onnx.load_from_string(model_bytes), profile)
+    shapes = {i.name: [d if d > 0 else 1 for d in i.shape] for i in signature.inputs}
+    data = convert_onnx_to_tflite(model_bytes, input_shapes=shapes)
+    check_tflite_ops(tflite_builtin_ops(data), profile)
+    worker = installed_python(profile)
+    if worker is not None:
+        check_loads_in_worker(worker, data, profile, input_shape=next(iter(shapes.values())))
+    return data, ONNX2TF
+
+
+_MISSING_OP = re.compile(r"opcode '(\w+)' version '(\d+)'")
+
+
+def check_loads_in_worker(
+    python: Path, data: bytes, profile: FirmwareProfile, *, input_shape: list[int]
+) -> None:
+    """Refuse op versions the profile's own (older) runtime does not have, naming them.
+
+    The converter targets today's LiteRT; tflite-runtime 2.14 knows fewer op versions
+    and says which one it lacks when it loads the model, so load it once there.
+    """
+    from edgefleet.converters.runner import WORKER_SCRIPT
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-load-check-") as name:
+        work = Path(name)
+        (work / "model.tflite").write_bytes(data)
+        np.save(work / "x.npy", np.zeros(input_shape, np.float32), allow_pickle=False)
+        (work / "request.json").write_text(json.dumps({"io_quantization": {}, "warmup": 0}))
+        done = subprocess.run(
+            [str(python), "-I", str(WORKER_SCRIPT), str(work)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    if done.returncode == 0:
+        return
+    runtime = f"{profile.runtime.name} {profile.runtime.version}"
+    missing = sorted({f"{op} v{version}" for op, version in _MISSING_OP.findall(done.stderr)})
+    if missing:
+        raise UnsupportedOpError(missing, runtime=runtime)
+    lines = done.stderr.strip().splitlines() or ["no output"]
+    raise ConversionError(f"{runtime} cannot load the converted model: {lines[-1]}")
+
+
 def tflite_candidates(
     float_tflite: bytes,
     profile: FirmwareProfile,
@@ -123,6 +208,7 @@ def tflite_candidates(
     input_name: str,
     output_names: list[str],
     calibration: np.ndarray | None,
+    float_tool: str = DENSE_LOWERING,
 ) -> Iterator[Candidate | ConversionError]:
     """Every TFLite candidate the profile allows; the float model last as the fallback."""
     integer_only = bool(profile.tflite and profile.tflite.integer_only)
@@ -167,5 +253,5 @@ def tflite_candidates(
             format="tflite",
             precision="fp32",
             data=float_tflite,
-            recipe={"tool": "edgefleet dense lowering"},
+            recipe={"tool": float_tool},
         )
