@@ -31,6 +31,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -88,7 +89,9 @@ class CorpusModel:
     def task_of(self, output: str) -> str:
         return self.task if isinstance(self.task, str) else self.task.get(output, "generic")
 
-    def calls(self, arrays: dict[str, np.ndarray], batch: int | None = None) -> list[dict[str, np.ndarray]]:
+    def calls(
+        self, arrays: dict[str, np.ndarray], batch: int | None = None
+    ) -> list[dict[str, np.ndarray]]:
         """``arrays`` split into the model calls they stand for (see the module docstring).
 
         Batched arrays are cut into chunks of ``batch`` rows (all rows at once when
@@ -121,8 +124,6 @@ class CorpusModel:
 def run_float(model: CorpusModel, call: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One call of the float model in its own runtime (onnxruntime or LiteRT)."""
     if model.format == "onnx":
-        import onnxruntime as ort
-
         session = _ort_session(model.model)
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, call), strict=True))
@@ -176,7 +177,11 @@ MIN_COSINE = 0.98
 
 
 def compare(task: str, output: str, served: np.ndarray, reference: np.ndarray) -> Agreement:
-    """``served`` against the float ``reference`` with the metric ``task`` calls for."""
+    """``served`` against the float ``reference`` with the metric ``task`` calls for;
+    an integer output (class labels) is compared label for label."""
+    if np.issubdtype(np.asarray(reference).dtype, np.integer):
+        value = float(np.mean(np.asarray(served).ravel() == np.asarray(reference).ravel()))
+        return Agreement(output, "label agreement", value, MIN_AGREEMENT, True)
     served = np.asarray(served, np.float64)
     reference = np.asarray(reference, np.float64)
     if task == "classification":
@@ -224,7 +229,9 @@ def _split(n: int, seed: int, n_samples: int) -> tuple[np.ndarray, np.ndarray, n
     return fit, order[rest // 2 : rest // 2 + n_samples], order[rest // 2 + n_samples :]
 
 
-def _ridge_head(features: np.ndarray, targets: np.ndarray, l2: float = 1e-1) -> tuple[np.ndarray, np.ndarray]:
+def _ridge_head(
+    features: np.ndarray, targets: np.ndarray, l2: float = 1e-1
+) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares weights [f, k] and bias [k] mapping ``features`` to ``targets``."""
     design = np.hstack([features, np.ones((len(features), 1))]).astype(np.float64)
     solution = np.linalg.solve(
@@ -623,7 +630,9 @@ def zipmap_classifier() -> CorpusModel:
     )
 
 
-def _conv(name: str, x: str, c_in: int, c_out: int, group: int, k: int, rng: np.random.Generator) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
+def _conv(
+    name: str, x: str, c_in: int, c_out: int, group: int, k: int, rng: np.random.Generator
+) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
     """Conv -> BatchNormalization (fresh statistics) -> Relu."""
     w = rng.normal(0, np.sqrt(2 / (k * k * c_in / group)), (c_out, c_in // group, k, k))
     weights = {
@@ -634,9 +643,7 @@ def _conv(name: str, x: str, c_in: int, c_out: int, group: int, k: int, rng: np.
         f"{name}_var": rng.uniform(0.5, 1.5, c_out).astype(np.float32),
     }
     nodes = [
-        helper.make_node(
-            "Conv", [x, f"{name}_w"], [f"{name}_c"], group=group, pads=[k // 2] * 4
-        ),
+        helper.make_node("Conv", [x, f"{name}_w"], [f"{name}_c"], group=group, pads=[k // 2] * 4),
         helper.make_node(
             "BatchNormalization",
             [f"{name}_c", f"{name}_scale", f"{name}_bias", f"{name}_mean", f"{name}_var"],
@@ -774,11 +781,22 @@ def silero_vad() -> CorpusModel:
 
 
 # magika labels for the files read below (its target_labels_space in config.min.json).
-_MAGIKA_KINDS = {".py": "python", ".csv": "csv", ".rst": "rst", ".png": "png", ".svg": "svg",
-                 ".pdf": "pdf", ".ttf": "ttf", ".json": "json", ".so": "elf"}
+_MAGIKA_KINDS = {
+    ".py": "python",
+    ".csv": "csv",
+    ".rst": "rst",
+    ".png": "png",
+    ".svg": "svg",
+    ".pdf": "pdf",
+    ".ttf": "ttf",
+    ".json": "json",
+    ".so": "elf",
+}
 
 
-def _magika_features(content: bytes, beg: int = 1024, end: int = 1024, pad: int = 256) -> np.ndarray:
+def _magika_features(
+    content: bytes, beg: int = 1024, end: int = 1024, pad: int = 256
+) -> np.ndarray:
     """magika's v3 features: the first ``beg`` bytes (left-stripped) and last ``end`` bytes
     (right-stripped) of the first and last 4 KiB, padded with 256."""
     block = 4096
@@ -794,7 +812,11 @@ def _installed_files() -> Iterator[tuple[bytes, str]]:
     import numpy
     import sklearn
 
-    roots = [Path(sklearn.__file__).parent, Path(matplotlib.__file__).parent, Path(numpy.__file__).parent]
+    roots = [
+        Path(sklearn.__file__).parent,
+        Path(matplotlib.__file__).parent,
+        Path(numpy.__file__).parent,
+    ]
     for root in roots:
         for path in sorted(root.rglob("*")):
             kind = _MAGIKA_KINDS.get(path.suffix)
@@ -808,9 +830,7 @@ def magika() -> CorpusModel:
     """Google's magika file-type classifier from its wheel: int32 byte features [n, 2048]
     -> 214 content-type scores."""
     data, source = _wheel_file("magika", "magika/models/standard_v3_3/model.onnx")
-    config = json.loads(
-        _wheel_file("magika", "magika/models/standard_v3_3/config.min.json")[0]
-    )
+    config = json.loads(_wheel_file("magika", "magika/models/standard_v3_3/config.min.json")[0])
     space = config["target_labels_space"]
     per_kind: dict[str, list[np.ndarray]] = {}
     for content, kind in _installed_files():
@@ -850,7 +870,10 @@ def wakeword_embedding() -> CorpusModel:
         frames = audio[: (len(audio) // 160) * 160].reshape(-1, 160)
         spectrum = np.abs(np.fft.rfft(frames * np.hanning(160), n=256))[:, :129]
         edges = np.geomspace(1, 128, 33).astype(int)
-        mel = np.stack([spectrum[:, a : max(b, a + 1)].mean(1) for a, b in zip(edges[:-1], edges[1:], strict=True)], 1)
+        mel = np.stack(
+            [spectrum[:, a : max(b, a + 1)].mean(1) for a, b in itertools.pairwise(edges)],
+            1,
+        )
         logmel = np.log(mel + 1e-4) / 10 + 2  # openWakeWord's melspectrogram scales to ~[0, 4]
         starts = rng.integers(0, len(logmel) - 76, n)
         return np.stack([logmel[s : s + 76] for s in starts])[..., None].astype(np.float32)
