@@ -62,7 +62,7 @@ def describe_inputs(model: CorpusModel) -> list[str]:
     from ai_edge_litert.interpreter import Interpreter
 
     details = Interpreter(model_content=model.model).get_input_details()
-    return [f"{d['name']} {d['dtype'].__name__} {list(d['shape'])}" for d in details]
+    return [f"{d['name']} {d['dtype'].__name__} {[int(s) for s in d['shape']]}" for d in details]
 
 
 def run_one(name: str, profile: str, broker_url: str) -> dict[str, Any]:

@@ -40,20 +40,17 @@ from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.e2e
 
-AGENTS = {GATEWAY: "dev-corpus-onnx", LITERT: "dev-corpus-litert"}
+AGENTS = {GATEWAY: "dev-corpusonnx", LITERT: "dev-corpuslitert"}
 
 # What is missing today, by the part of issue 14 that brings it (strict: an unexpected
-# pass fails, so each mark comes off when its part lands).
+# pass fails, so each mark comes off when its part lands). Unmarked cases pass today:
+# the float single-input models the pipeline already took (sent in the form the API
+# took before issue 14; see tests.support.corpus_flow.register).
 SIG = "sig: signatures with several inputs, dtypes, fixed batch dims, npz samples, --task"
 TFLITE = "tflite: .tflite registration and ZipMap on onnxruntime profiles"
 ONNX2TF = "onnx2tf: ONNX->TFLite through a maintained converter"
 TODAY_MISSING: dict[tuple[str, str], str] = {
-    ("cancer-detector", GATEWAY): SIG + " (binary task)",
     ("cancer-detector", LITERT): ONNX2TF + " (Sigmoid last layer: KeyError 'scores', HTTP 500)",
-    ("diabetes-regression", GATEWAY): SIG + " (regression task)",
-    ("diabetes-regression", LITERT): ONNX2TF,
-    ("wine-embedding", GATEWAY): SIG + " (embedding task)",
-    ("wine-embedding", LITERT): ONNX2TF,
     ("digits-batch4", GATEWAY): SIG,
     ("digits-batch4", LITERT): SIG + "; " + ONNX2TF,
     ("digits-uint8", GATEWAY): SIG,
@@ -62,8 +59,7 @@ TODAY_MISSING: dict[tuple[str, str], str] = {
     ("topic-int32", LITERT): SIG,
     ("sensor-multi-input", GATEWAY): SIG,
     ("sensor-multi-input", LITERT): SIG,
-    ("digits-two-heads", GATEWAY): SIG,
-    ("digits-two-heads", LITERT): SIG + "; " + ONNX2TF,
+    ("digits-two-heads", LITERT): ONNX2TF + " (the dense lowering takes one output)",
     ("iris-zipmap", GATEWAY): TFLITE,
     ("iris-zipmap", LITERT): TFLITE,
     ("digits-dwconv", GATEWAY): SIG,
@@ -127,6 +123,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             agent.wait(15)
         broker.kill()
         monkeypatch.undo()
+
+
+def test_an_agent_of_each_x86_profile_is_online_for_the_corpus(fleet: Fleet) -> None:
+    """Not marked: a broken fixture shows here, not hidden among the expected failures."""
+    for profile, device in AGENTS.items():
+        status = fleet.api.get(f"/api/v1/devices/{device}").json()
+        assert status["online"] and status["profile"] == profile, status
 
 
 def _cases() -> Iterator[Any]:

@@ -39,8 +39,10 @@ class Answer:
     @property
     def message(self) -> str:
         if isinstance(self.body, dict):
-            return str(self.body.get("detail", self.body.get("error", self.body)))
-        return str(self.body)
+            text = str(self.body.get("detail", self.body.get("error", self.body)))
+        else:
+            text = str(self.body)
+        return " ".join(text.split())
 
 
 def _answer(response: Any) -> Answer:

@@ -198,8 +198,8 @@ def compare(task: str, output: str, served: np.ndarray, reference: np.ndarray) -
         cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
         return Agreement(output, "mean cosine similarity", float(np.mean(cos)), MIN_COSINE, True)
     spread = float(np.std(reference)) or 1.0
-    error = float(np.max(np.abs(served - reference))) / spread
-    return Agreement(output, "max |error| / std(float)", error, MAX_RELATIVE_ERROR, False)
+    error = float(np.sqrt(np.mean((served - reference) ** 2))) / spread
+    return Agreement(output, "rms error / std(float)", error, MAX_RELATIVE_ERROR, False)
 
 
 # ------------------------------------------------------------------ helpers
