@@ -115,7 +115,7 @@ def run_one(name: str, profile: str, broker_url: str) -> dict[str, Any]:
 def summarise(manifest: dict[str, Any]) -> dict[str, Any]:
     """Candidates, chosen, size/latency against fp32 and the gate's metric, from a manifest."""
     rows = manifest.get("candidates", [])
-    chosen = next((r for r in rows if r.get("chosen")), {})
+    chosen: dict[str, Any] = next((r for r in rows if r.get("chosen")), {})
     fp32 = next((r for r in rows if r.get("precision") == "fp32" and r.get("size_bytes")), None)
 
     def ratio(field: str) -> float | None:

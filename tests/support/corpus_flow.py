@@ -111,6 +111,7 @@ def build(api: Any, model: CorpusModel, profile: str, *, version: str = "1") -> 
         return job if state not in ("queued", "running", "in_progress", None) else None
 
     job = wait_until(ended, f"build of {model.name} for {profile}", timeout=600)
+    assert job is not None
     bundle_id = job.body.get("bundle_id") or (job.body.get("bundle") or {}).get("id")
     if bundle_id is None:
         return Answer(422, job.body)

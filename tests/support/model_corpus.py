@@ -663,14 +663,14 @@ def conv_net() -> CorpusModel:
     rng = np.random.default_rng(10)
     nodes: list[onnx.NodeProto] = []
     weights: dict[str, np.ndarray] = {}
-    for spec in (
+    for name, source, c_in, c_out, group, k in (
         ("stem", "image", 1, 32, 1, 3),
         ("dw", "stem_out", 32, 32, 32, 3),
         ("pw", "dw_out", 32, 32, 1, 1),
     ):
-        n, w = _conv(*spec, rng)
-        nodes += n
-        weights |= w
+        block_nodes, block_weights = _conv(name, source, c_in, c_out, group, k, rng)
+        nodes += block_nodes
+        weights |= block_weights
     nodes += [
         helper.make_node("Add", ["stem_out", "pw_out"], ["residual"]),
         helper.make_node("MaxPool", ["residual"], ["pooled4"], kernel_shape=[2, 2], strides=[2, 2]),
@@ -684,7 +684,6 @@ def conv_net() -> CorpusModel:
         "backbone",
     )
     features = _ort_session(backbone).run(["features"], {"image": images[fit]})[0]
-    w, b = _digits_head(features, y[fit])
     nodes += [
         helper.make_node("GlobalAveragePool", ["residual"], ["gap"]),
         helper.make_node("Flatten", ["gap"], ["gap_flat"]),
@@ -692,8 +691,8 @@ def conv_net() -> CorpusModel:
         helper.make_node("Gemm", ["both", "head_w", "head_b"], ["logits"]),
     ]
     gap = features.reshape(-1, 32, 16).mean(2)
-    w, b = _digits_head(np.hstack([features, gap]), y[fit])
-    weights |= {"head_w": w, "head_b": b}
+    head_w, head_b = _digits_head(np.hstack([features, gap]), y[fit])
+    weights |= {"head_w": head_w, "head_b": head_b}
     model = _model(
         nodes,
         [_value("image", TensorProto.FLOAT, [None, 1, 8, 8])],
