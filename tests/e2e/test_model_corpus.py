@@ -19,13 +19,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
 from tests.support.control_plane import serve
-from tests.support.corpus_flow import Answer, build, register, served_against_float
+from tests.support.corpus_flow import (
+    Answer,
+    build,
+    fixed_batch,
+    register,
+    scores,
+    served_against_float,
+)
 from tests.support.harness import provision_agent, roll_out, start_agent
 from tests.support.model_corpus import (
     BUILDS,
@@ -35,6 +43,7 @@ from tests.support.model_corpus import (
     REGISTER,
     X86_PROFILES,
     CorpusModel,
+    run_float,
 )
 from tests.support.polling import wait_until
 
@@ -185,3 +194,29 @@ def test_corpus_covers_every_shape_issue_14_names() -> None:
     }
     pretrained = [n for n in CORPUS if corpus_model(n).source != "built from code"]
     assert len(pretrained) >= 2
+
+
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_corpus_holdout_discriminates_what_the_float_model_does(name: str) -> None:
+    """The float model does its task on the holdout (better than chance where there are
+    labels; both decisions for a detector; a varying value otherwise), so the gate's and
+    this test's comparisons can tell a broken candidate from a good one."""
+    model = corpus_model(name)
+    outputs: dict[str, list[np.ndarray]] = {}
+    for call in model.calls(model.holdout, batch=fixed_batch(model)):
+        for output, value in run_float(model, call).items():
+            outputs.setdefault(output, []).append(np.atleast_1d(scores(value)))
+    for output, parts in outputs.items():
+        value = np.concatenate(parts)
+        task = model.task_of(output)
+        assert float(np.std(value)) > 0, f"{output} is constant on the holdout"
+        if task.startswith("binary"):
+            threshold = float(task.split(":", 1)[1])
+            decisions = value.ravel() >= threshold
+            assert 0.05 < float(np.mean(decisions)) < 0.95, output
+            if model.labels is not None:
+                assert float(np.mean(decisions == model.labels)) >= 0.75, output
+        if task == "classification" and model.labels is not None and value.ndim == 2:
+            chance = np.bincount(model.labels).max() / len(model.labels)
+            accuracy = float(np.mean(value.argmax(1) == model.labels))
+            assert accuracy >= max(0.7, chance + 0.1), (output, accuracy, chance)

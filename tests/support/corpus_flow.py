@@ -128,7 +128,7 @@ def infer(port: int, model: CorpusModel, call: dict[str, np.ndarray]) -> dict[st
     return dict(decode_tensor(o) for o in response.json()["outputs"])
 
 
-def _scores(value: Any) -> np.ndarray:
+def scores(value: Any) -> np.ndarray:
     """ZipMap's list of {class: probability} as a [n, classes] array; else the array."""
     if isinstance(value, list) and value and isinstance(value[0], dict):
         return np.array([[row[k] for k in sorted(row)] for row in value], np.float64)
@@ -156,7 +156,7 @@ def served_against_float(port: int, model: CorpusModel) -> list[Agreement]:
         for name, value in infer(port, model, call).items():
             served.setdefault(name, []).append(np.atleast_1d(value))
         for name, value in run_float(model, call).items():
-            reference.setdefault(name, []).append(np.atleast_1d(_scores(value)))
+            reference.setdefault(name, []).append(np.atleast_1d(scores(value)))
     return [
         compare(
             model.task_of(name),
