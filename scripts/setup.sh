@@ -94,7 +94,7 @@ stamp="$VENV/.edgefleet-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing edgefleet and its extras into $VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[agent-onnx,control-plane,dev]'
+    "$VENV/bin/python" -m pip install -q -e '.[agent-onnx,control-plane,dev,corpus]'
     touch "$stamp"
 fi
 # The gate runs tflite-runtime 2.14 candidates in that runtime's own small virtualenv
