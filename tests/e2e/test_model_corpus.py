@@ -68,7 +68,6 @@ TODAY_MISSING: dict[tuple[str, str], str] = {
     ("topic-int32", LITERT): SIG,
     ("sensor-multi-input", GATEWAY): SIG,
     ("sensor-multi-input", LITERT): SIG,
-    ("digits-two-heads", LITERT): ONNX2TF + " (the dense lowering takes one output)",
     ("iris-zipmap", GATEWAY): TFLITE,
     ("iris-zipmap", LITERT): TFLITE,
     ("digits-dwconv", GATEWAY): SIG,
