@@ -39,7 +39,7 @@ from edgefleet.control_plane.services.rollouts.selection import (
 )
 from edgefleet.control_plane.services.rollouts.waves import end_rollout, start_wave, wave_rows
 from edgefleet.errors import TransitionError
-from edgefleet.states.install import RETRYABLE_DEVICE_STATES
+from edgefleet.states.install import RETRYABLE_DEVICE_STATES, TIMED_OUT
 from edgefleet.states.rollout import OPERATOR_ACTIONS, next_rollout_state
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def retry_devices(
     retried: dict[str, str | None] = {}
     for row in rows:
         retried[row.device_id] = (
-            f"{row.state} ({row.timed_out_in})" if row.timed_out_in else row.state
+            f"{row.state} ({row.timed_out_in})" if row.state == TIMED_OUT else row.state
         )
         row.state = "offered"
         row.reason = None
