@@ -80,13 +80,13 @@ def test_device_that_never_answers_the_offer_times_out_at_the_wave_deadline_and_
     devices = rig.fleet(2)
     mute = devices[0]
     mute.behaviours[NEW] = Behaviour(stall_after="offered")  # answers only a second offer
-    rollout = rig.create(install_timeout_s=600, wave_timeout_s=1.0)
+    rollout = rig.create(install_timeout_s=600, wave_timeout_s=3.0)
 
     failed = rig.ended(rollout["id"])
     assert failed["state"] == "failed"  # no gates: a device that timed out fails the rollout
     row = _device(failed, mute.device_id)
     assert (row["state"], row["timed_out_in"]) == ("timed_out", "offered")
-    assert "wave 1 deadline passed" in str(row["reason"])
+    assert str(row["reason"]) == "wave 1 deadline passed (3 s) in offered"
     assert mute.reported == [] and len(mute.offers) == 1
     assert _device(failed, devices[1].device_id)["state"] == "active"
     (ended,) = rig.get("/audit", rollout_id=rollout["id"], action="rollout.failed")
@@ -99,8 +99,8 @@ def test_device_that_never_answers_the_offer_times_out_at_the_wave_deadline_and_
 
     retried = rig.post(f"/rollouts/{rollout['id']}/retry", {"reason": "device rebooted"})
     assert retried["state"] == "in_progress"
-    row = _device(retried, mute.device_id)
-    assert row["state"] == "offered" and row["timed_out_in"] is None
+    row = _device(retried, mute.device_id)  # offered: it may have answered already
+    assert row["state"] in ("offered", "downloading", "active") and row["timed_out_in"] is None
     done = rig.ended(rollout["id"])
     assert done["state"] == "complete", done
     assert done["counts"] == {"active": 2}
@@ -119,7 +119,7 @@ def test_device_disconnecting_mid_verification_is_not_timed_out_while_offline(
     devices = rig.fleet(2)
     flaky = devices[0]
     flaky.behaviours[NEW] = Behaviour(stall_after="verified")  # installs when offered again
-    rollout = rig.create(install_timeout_s=2.0, wave_timeout_s=60)
+    rollout = rig.create(install_timeout_s=5.0, wave_timeout_s=60)
     verifying = rig.until(
         rollout["id"], "verified", lambda r: _device(r, flaky.device_id)["state"] == "verified"
     )
@@ -152,7 +152,7 @@ def test_report_after_the_time_out_is_recorded_without_changing_the_verdict(rig:
     devices = rig.fleet(2)
     slow = devices[0]
     slow.behaviours[NEW] = Behaviour(stall_after="downloading")
-    rollout = rig.create(install_timeout_s=1.0, gates={"max_install_failure_rate": 0.5})
+    rollout = rig.create(install_timeout_s=3.0, gates={"max_install_failure_rate": 0.5})
     done = rig.ended(rollout["id"])
     assert done["state"] == "complete"  # one of two failed: within the gate's 50 %
     gate = done["wave_status"][0]["gates"][0]
