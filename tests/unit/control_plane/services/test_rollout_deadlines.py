@@ -6,9 +6,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, SQLModel, create_engine, select
 
-from edgefleet.control_plane.core.tables import Bundle, Device, Rollout, RolloutDevice
+from edgefleet.control_plane.core.tables import (
+    AuditEntry,
+    Bundle,
+    Device,
+    Rollout,
+    RolloutDevice,
+    utcnow,
+)
 from edgefleet.control_plane.services.rollouts.deadlines import (
     arm_deadlines,
     aware,
@@ -18,6 +25,8 @@ from edgefleet.control_plane.services.rollouts.deadlines import (
     resume_clock,
 )
 from edgefleet.control_plane.services.rollouts.lifecycle import retry_devices
+from edgefleet.control_plane.services.rollouts.reports import reoffer_on_reconnect
+from edgefleet.messages import BundleOffer, DeviceCommand
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -129,3 +138,49 @@ def test_retry_offers_failed_and_timed_out_devices_with_fresh_deadlines(
     assert a.deadline_at == at(560) and a.wave_deadline_at == at(500 + rollout.wave_timeout_s)
     assert rollout.phase == "installing"  # the wave is judged again, with them
     assert _row(session, rollout, "c").state == "active"
+
+
+class _Publisher:
+    def __init__(self) -> None:
+        self.offers: list[str] = []
+
+    def publish_offer(self, device_id: str, offer: BundleOffer) -> None:
+        self.offers.append(device_id)
+
+    def publish_command(self, device_id: str, command: DeviceCommand) -> None:
+        raise AssertionError("no command expected")
+
+
+def test_device_back_within_its_wave_deadline_is_offered_again_with_its_remaining_time(
+    session: Session,
+) -> None:
+    rollout = _rollout(session, {"d": False}, install_timeout_s=600, wave_timeout_s=3600)
+    row = _row(session, rollout, "d")
+    now = utcnow()
+    row.deadline_at = now + timedelta(seconds=100)
+    row.wave_deadline_at = now + timedelta(seconds=3600)
+    row.paused_at = now - timedelta(seconds=50)  # away for 50 s
+    session.commit()
+    publisher = _Publisher()
+
+    assert reoffer_on_reconnect(session=session, publisher=publisher, device_id="d") == 1
+    row = _row(session, rollout, "d")
+    assert publisher.offers == ["d"] and row.state == "downloading" and row.paused_at is None
+    assert row.deadline_at is not None
+    assert 149 <= (aware(row.deadline_at) - now).total_seconds() <= 155
+
+
+def test_device_back_after_its_wave_deadline_is_timed_out_not_offered(session: Session) -> None:
+    rollout = _rollout(session, {"d": False}, install_timeout_s=600, wave_timeout_s=60)
+    row = _row(session, rollout, "d")
+    row.wave_deadline_at = utcnow() - timedelta(seconds=1)
+    row.paused_at = utcnow() - timedelta(seconds=120)
+    session.commit()
+    publisher = _Publisher()
+
+    assert reoffer_on_reconnect(session=session, publisher=publisher, device_id="d") == 0
+    row = _row(session, rollout, "d")
+    assert publisher.offers == []
+    assert (row.state, row.timed_out_in) == ("timed_out", "downloading")
+    (entry,) = session.exec(select(AuditEntry).where(AuditEntry.action == "rollout.timeout"))
+    assert entry.actor == "device:d" and entry.detail["devices"] == {"d": "downloading"}
