@@ -158,7 +158,8 @@ class ApiClient:
     def create_rollout(
         self, *, bundle_id: str, device_ids: list[str] | None = None, **options: Any
     ) -> dict[str, Any]:
-        """``options``: selector, strategy, waves, soak_seconds, gates, mode, start."""
+        """``options``: selector, strategy, waves, soak_seconds, gates, mode, start,
+        install_timeout_s, wave_timeout_s."""
         body: dict[str, Any] = {"bundle_id": bundle_id}
         if device_ids:
             body["device_ids"] = device_ids
@@ -168,7 +169,7 @@ class ApiClient:
     def act_on_rollout(
         self, rollout_id: int, action: str, *, reason: str | None = None
     ) -> dict[str, Any]:
-        """``start | pause | resume | promote | abort | rollback``."""
+        """``start | pause | resume | promote | retry | abort | rollback``."""
         body = {"reason": reason} if reason else None
         return dict(self._call("POST", f"/rollouts/{rollout_id}/{action}", json=body))
 

@@ -15,8 +15,14 @@ state not listed rolls back.
 The control plane tracks a device of a rollout in ``DeviceInstallState``: the states a
 device reports (``committed`` recorded as ``active``, see ``device_state``) plus those
 only the control plane knows (``pending``, ``rolling_back``, ``shadowing``,
-``superseded``, ``cancelled``). The sets below are derived from the table where the
-table says it, so a new state is added in one place.
+``superseded``, ``cancelled``, ``timed_out``). The sets below are derived from the table
+where the table says it, so a new state is added in one place.
+
+``timed_out`` is the control plane's verdict on a device that missed its install
+deadline (or its wave's): its install is over for the wave (``FINISHED_STATES``) and
+counts as a failure for the install gate (``GATE_FAILED_STATES``), but nothing on the
+device says so: the row keeps the state it last reported (``timed_out_in``), and only
+an operator's ``retry`` offers it again (``RETRYABLE_DEVICE_STATES``).
 """
 
 from __future__ import annotations
@@ -110,6 +116,7 @@ DeviceInstallState = Literal[
     "shadowing",  # shadow strategy: the candidate runs beside the active model
     "superseded",  # a newer rollout took the device over
     "cancelled",  # the rollout ended before the device's wave
+    "timed_out",  # missed its install deadline or its wave's; only a retry offers it again
 ]
 
 _REPORTED_AS: dict[InstallState, DeviceInstallState] = {"committed": "active"}
@@ -122,11 +129,19 @@ def device_state(reported: InstallState) -> DeviceInstallState:
     return _REPORTED_AS.get(reported) or cast("DeviceInstallState", reported)
 
 
-FINISHED_STATES: frozenset[DeviceInstallState] = frozenset(
-    {"active", "shadowing", "failed", "rolled_back"}
+TIMED_OUT: DeviceInstallState = "timed_out"
+
+GATE_FAILED_STATES: frozenset[DeviceInstallState] = frozenset(
+    {*(device_state(state) for state in FAILED_STATES), TIMED_OUT}
 )
+"""What the install-failure gate counts as failed: the agent's ``FAILED_STATES`` and
+devices the control plane timed out."""
+FINISHED_STATES: frozenset[DeviceInstallState] = GATE_FAILED_STATES | {"active", "shadowing"}
 """A device whose install is over for its wave, for better or worse: serving the new
-model (or shadowing it), or one of ``FAILED_STATES``."""
+model (or shadowing it), or one of ``GATE_FAILED_STATES``."""
+RETRYABLE_DEVICE_STATES: frozenset[DeviceInstallState] = frozenset({"failed", TIMED_OUT})
+"""What an operator's ``retry`` offers again (nothing else is ever offered twice
+unasked, except to a device coming back online)."""
 INACTIVE_ROW_STATES: frozenset[DeviceInstallState] = frozenset(
     {"pending", "superseded", "cancelled"}
 )

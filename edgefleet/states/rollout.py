@@ -7,6 +7,8 @@ machine is ``TRANSITIONS``, ``(state, trigger) -> next state``::
 
     draft --start--> in_progress --pause--> paused --resume--> in_progress
     in_progress | paused --promote--> (same state: the next wave may start)
+    in_progress | paused --retry--> (same state: failed / timed-out devices offered again)
+    failed --retry--> in_progress                          (the retried devices install)
     draft | in_progress | paused --abort--> aborted       (the wave rolls back)
     in_progress --gate_breached--> aborted                 (the orchestrator aborts)
     in_progress --all_waves_passed--> complete
@@ -31,12 +33,12 @@ RolloutState = Literal[
     "paused",  # no new wave starts; reports are still recorded
     "complete",  # every wave passed its gates (and every device is done)
     "aborted",  # a gate breached or an operator aborted: the wave rolled back
-    "failed",  # no gates and at least one device failed (the single-wave default)
+    "failed",  # no gates and a device failed or timed out (the single-wave default)
     "rolled_back",  # an operator rolled every device of the rollout back
 ]
 RUNNING_ROLLOUT_STATES = frozenset({"in_progress", "paused"})
 
-OperatorAction = Literal["start", "pause", "resume", "promote", "abort", "rollback"]
+OperatorAction = Literal["start", "pause", "resume", "promote", "retry", "abort", "rollback"]
 OrchestratorEvent = Literal[
     "gate_breached",  # a wave's gate breached, or its evidence did not come in time
     "all_waves_passed",  # the last wave passed and no device is still installing
@@ -52,6 +54,7 @@ TRANSITIONS: Mapping[tuple[RolloutState, RolloutTrigger], RolloutState] = {
     ("draft", "abort"): "aborted",
     ("in_progress", "pause"): "paused",
     ("in_progress", "promote"): "in_progress",
+    ("in_progress", "retry"): "in_progress",
     ("in_progress", "abort"): "aborted",
     ("in_progress", "rollback"): "rolled_back",
     ("in_progress", "gate_breached"): "aborted",
@@ -59,10 +62,12 @@ TRANSITIONS: Mapping[tuple[RolloutState, RolloutTrigger], RolloutState] = {
     ("in_progress", "devices_failed"): "failed",
     ("paused", "resume"): "in_progress",
     ("paused", "promote"): "paused",
+    ("paused", "retry"): "paused",
     ("paused", "abort"): "aborted",
     ("paused", "rollback"): "rolled_back",
     ("complete", "rollback"): "rolled_back",
     ("aborted", "rollback"): "rolled_back",
+    ("failed", "retry"): "in_progress",
     ("failed", "rollback"): "rolled_back",
 }
 _MOVES: dict[tuple[str, str], RolloutState] = {key: to for key, to in TRANSITIONS.items()}

@@ -5,6 +5,9 @@ status on connect, offline last will, decoded offers and commands), announces it
 answers offers with install reports (``active`` or a smoke-test ``failed``), answers
 ``rollback`` commands with ``rolled_back``, and, once active, sends an ``inference``
 telemetry window with the error rate and p95 it was told to have for that bundle.
+A device can also stall an install (``Behaviour.stall_after``): never answer the
+offer, or go silent after ``downloading`` or ``verified``, until the test calls
+``finish_stalled`` (or, with ``stall_once``, until the bundle is offered again).
 Bundles are rows inserted directly: these tests are about the orchestration, not
 about building or verifying bundles (tests/integration/fleet/test_install_flow.py covers that).
 """
@@ -12,15 +15,19 @@ about building or verifying bundles (tests/integration/fleet/test_install_flow.p
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from edgefleet.agent.config import LinkConfig
 from edgefleet.agent.session import DeviceSession, device_link
+from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.core.tables import Bundle
 from edgefleet.messages import (
     BundleOffer,
@@ -29,6 +36,7 @@ from edgefleet.messages import (
     InstallReport,
     TelemetryEvent,
 )
+from tests.support.polling import wait_until
 
 PROFILE = "x86-64-gateway-onnx"
 TIMEOUT = 20.0
@@ -60,6 +68,13 @@ class Behaviour:
     error_rate: float = 0.0
     p95_ms: float = 5.0
     inferences: int = 200
+    # Stop reporting after this state: "offered" never answers the offer, "downloading"
+    # or "verified" go silent part-way. None installs straight through.
+    stall_after: str | None = None
+    stall_once: bool = True  # a later offer of the same bundle installs normally
+
+
+STEPS = ("downloading", "verified", "staged", "smoke_tested")
 
 
 @dataclass
@@ -74,6 +89,8 @@ class SimDevice:
     session: DeviceSession | None = None
     holding: bool = False  # keep offers unanswered until ``release``
     held: list[BundleOffer] = field(default_factory=list)
+    stalled: list[BundleOffer] = field(default_factory=list)
+    reported: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def connect(self) -> None:
@@ -116,6 +133,7 @@ class SimDevice:
             install_seconds=0.1 if state == "active" else None,
         )
         if self.session is not None:  # network thread: never wait here
+            self.reported.append(str(state))
             self.session.publish_report(report)
 
     def send_inference(self, bundle_id: str | None = None) -> None:
@@ -164,12 +182,31 @@ class SimDevice:
         else:
             self._answer(offer)
 
+    def finish_stalled(self) -> None:
+        """Carry the stalled installs on to the end (the device finished after all)."""
+        with self._lock:
+            stalled, self.stalled = self.stalled, []
+            for offer in stalled:
+                self._finish(offer)
+
     def _answer(self, offer: BundleOffer) -> None:
         if self.bundle_id == offer.bundle_id:
             self._report(offer.bundle_id, offer.rollout_id, "active")
             return
         behaviour = self.behaviours.get(offer.bundle_id, Behaviour())
+        if behaviour.stall_after is not None:
+            steps = ("offered", *STEPS)
+            for state in steps[1 : steps.index(behaviour.stall_after) + 1]:
+                self._report(offer.bundle_id, offer.rollout_id, state)
+            self.stalled.append(offer)
+            if behaviour.stall_once:
+                self.behaviours[offer.bundle_id] = replace(behaviour, stall_after=None)
+            return
         self._report(offer.bundle_id, offer.rollout_id, "downloading")
+        self._finish(offer)
+
+    def _finish(self, offer: BundleOffer) -> None:
+        behaviour = self.behaviours.get(offer.bundle_id, Behaviour())
         if behaviour.smoke_test_fails:
             self._report(offer.bundle_id, offer.rollout_id, "failed", "smoke test failed: 3/8")
             return
@@ -185,3 +222,77 @@ class SimDevice:
         self.bundle_id, self.previous = self.previous, None
         assert rolled is not None
         self._report(rolled, command.rollout_id, "rolled_back", command.reason or "")
+
+
+OLD, NEW = "digits-1-x86", "digits-2-x86"
+
+
+class Rig:
+    """A control plane (in-process, ticking every 0.1 s) and a simulated fleet on ``broker``."""
+
+    def __init__(self, tmp_path: Path, broker: MosquittoBroker) -> None:
+        self.tmp_path = tmp_path
+        self.broker = broker
+        self.devices: list[SimDevice] = []
+        self.api: TestClient | None = None
+        self.settings = Settings(
+            data_dir=tmp_path / "cp", broker_url=broker.url, client_id="cp-rollouts",
+            rollout_tick_s=0.1,
+        )  # fmt: skip
+
+    def start_control_plane(self) -> TestClient:
+        app = create_app(self.settings)
+        self.api = TestClient(app)
+        self.api.__enter__()
+        assert app.state.link.wait_subscribed(10)
+        return self.api
+
+    def stop_control_plane(self) -> None:
+        if self.api is not None:
+            self.api.__exit__(None, None, None)
+            self.api = None
+
+    @property
+    def engine(self) -> Any:
+        assert self.api is not None
+        return self.api.app.state.engine  # type: ignore[attr-defined]
+
+    def fleet(self, n: int, new: Behaviour | None = None) -> list[SimDevice]:
+        """``n`` devices all on OLD, each answering NEW with ``new``."""
+        add_bundle(self.engine, OLD, 1)
+        add_bundle(self.engine, NEW, 2)
+        for i in range(n):
+            device = SimDevice(self.broker, f"dev-sim{i:05d}", {NEW: new or Behaviour()})
+            device.bundle_id = OLD
+            device.connect()
+            self.devices.append(device)
+        wait_until(lambda: len(self.get("/devices")) == n, what="devices known")
+        return self.devices
+
+    def get(self, path: str, **params: Any) -> Any:
+        assert self.api is not None
+        response = self.api.get(f"/api/v1{path}", params=params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def post(self, path: str, body: Any = None, status: int = 200) -> Any:
+        assert self.api is not None
+        response = self.api.post(f"/api/v1{path}", json=body)
+        assert response.status_code == status, response.text
+        return response.json()
+
+    def create(self, **body: Any) -> dict[str, Any]:
+        return dict(self.post("/rollouts", {"bundle_id": NEW, **body}, status=201))
+
+    def until(self, rollout_id: int, what: str, predicate: Any, timeout: float = 20) -> Any:
+        def check() -> Any:
+            rollout = self.get(f"/rollouts/{rollout_id}")
+            return rollout if predicate(rollout) else None
+
+        return wait_until(check, what, timeout=timeout)
+
+    def ended(self, rollout_id: int) -> dict[str, Any]:
+        return dict(self.until(rollout_id, "rollout ended", lambda r: r["state"] not in RUNNING))
+
+
+RUNNING = ("in_progress", "paused", "draft")

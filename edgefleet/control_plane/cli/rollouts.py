@@ -11,7 +11,13 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from edgefleet.control_plane.cli.options import DEFAULT_API, ApiOption, JsonOption, parse_labels
+from edgefleet.control_plane.cli.options import (
+    DEFAULT_API,
+    ApiOption,
+    JsonOption,
+    parse_duration,
+    parse_labels,
+)
 from edgefleet.control_plane.cli.output import api_errors, console, print_rows, table
 from edgefleet.control_plane.client import ApiClient
 
@@ -46,9 +52,21 @@ def rollout_create(
         False
     ),
     draft: Annotated[bool, typer.Option("--draft", help="create without starting")] = False,
+    install_timeout: Annotated[
+        str | None,
+        typer.Option(help="each device's install deadline, offer -> active, while online: 30m"),
+    ] = None,
+    wave_timeout: Annotated[
+        str | None, typer.Option(help="how long a wave waits for its installs: 2h")
+    ] = None,
     api: ApiOption = DEFAULT_API,
 ) -> None:
-    """Roll a bundle out in waves, with health gates between them."""
+    """Roll a bundle out in waves, with health gates between them.
+
+    A device that misses its install deadline (or its wave's) is timed out and counts
+    as failed; offline devices are not timed out until they are back; `rollout retry`
+    offers timed-out and failed devices again.
+    """
     selector: dict[str, Any] = {}
     if group:
         selector["groups"] = group
@@ -72,6 +90,8 @@ def rollout_create(
             strategy=strategy,
             mode="manual" if manual else "automatic",
             start=not draft,
+            install_timeout_s=parse_duration(install_timeout) if install_timeout else None,
+            wave_timeout_s=parse_duration(wave_timeout) if wave_timeout else None,
         )
     sizes = [w["size"] for w in rollout.get("wave_status", [])]
     console.print(
@@ -85,6 +105,7 @@ _DEVICE_COLUMNS = (
     ("downloading", ("offered", "downloading", "verified", "staged", "smoke_tested")),
     ("active", ("active", "shadowing")),
     ("failed", ("failed",)),
+    ("timed out", ("timed_out",)),
     ("rolled back", ("rolling_back", "rolled_back")),
     ("other", ("superseded", "cancelled")),
 )
@@ -98,10 +119,16 @@ def _rollout_table(rollout: dict[str, Any]) -> Table:
         f" {rollout.get('phase', '')} · {rollout.get('strategy', 'canary')}"
         f" {rollout.get('mode', 'automatic')}"
     )
-    result = Table(title=title, caption=rollout.get("reason") or None)
+    timeouts = (
+        f"install timeout {_seconds(rollout.get('install_timeout_s'))}"
+        f" · wave timeout {_seconds(rollout.get('wave_timeout_s'))}"
+    )
+    caption = " · ".join(x for x in (rollout.get("reason"), timeouts) if x)
+    result = Table(title=title, caption=caption)
     result.add_column("wave")
     result.add_column("size")
     result.add_column("state")
+    result.add_column("deadline")
     for name, _states in _DEVICE_COLUMNS:
         result.add_column(name, justify="right")
     result.add_column("gates")
@@ -116,18 +143,58 @@ def _rollout_table(rollout: dict[str, Any]) -> Table:
             str(wave["wave"]),
             str(wave["size"]),
             wave["state"],
+            _clock(wave.get("deadline")),
             *(str(sum(counts.get(s, 0) for s in states)) for _n, states in _DEVICE_COLUMNS),
             "\n".join(gates) or "-",
         )
     return result
 
 
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if value >= size and value % size == 0:
+            return f"{value / size:g}{unit}"
+    return f"{value:g}s"
+
+
+def _clock(moment: str | None) -> str:
+    """An ISO time as HH:MM:SS (UTC), '-' for none."""
+    if not moment:
+        return "-"
+    return moment.split("T", 1)[-1][:8]
+
+
 def _devices_table(rollout: dict[str, Any]) -> Table:
+    paused = "paused (offline)"
+    rows = [
+        d | {"deadline": paused if d.get("clock_paused") else _clock(d.get("deadline_at"))}
+        for d in rollout["devices"]
+    ]
     return table(
-        rollout["devices"],
-        ["device_id", "wave", "state", "install_seconds", "reason", "updated_at"],
+        rows,
+        ["device_id", "wave", "state", "deadline", "install_seconds", "reason", "updated_at"],
         "devices",
     )
+
+
+def _timed_out_table(rollout: dict[str, Any]) -> Table | None:
+    """The timed-out devices, with the state each last reported (and any later report)."""
+    rows = [
+        {
+            "device_id": d["device_id"],
+            "wave": d["wave"],
+            "last state": d.get("timed_out_in") or "-",
+            "reported later": d.get("late_state") or "-",
+            "reason": d.get("reason") or "",
+        }
+        for d in rollout["devices"]
+        if d["state"] == "timed_out"
+    ]
+    if not rows:
+        return None
+    return table(rows, ["device_id", "wave", "last state", "reported later", "reason"], "timed out")
 
 
 @rollout_app.command("status")
@@ -148,6 +215,8 @@ def rollout_status(
             return
         if not watch:
             console.print(_rollout_table(rollout))
+            if (timed_out := _timed_out_table(rollout)) is not None:
+                console.print(timed_out)
             if devices:
                 console.print(_devices_table(rollout))
             return
@@ -196,6 +265,14 @@ def rollout_promote(
 ) -> None:
     """Start the next wave of a manual rollout whose wave passed its gates."""
     _act("promote", rollout_id, reason, api)
+
+
+@rollout_app.command("retry")
+def rollout_retry(
+    rollout_id: int, reason: ReasonOption = None, api: ApiOption = DEFAULT_API
+) -> None:
+    """Offer the failed and timed-out devices of the waves so far again, with fresh deadlines."""
+    _act("retry", rollout_id, reason, api)
 
 
 @rollout_app.command("abort")

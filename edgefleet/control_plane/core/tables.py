@@ -238,6 +238,10 @@ class RolloutGates(SQLModel):
     )
 
 
+DEFAULT_INSTALL_TIMEOUT_S = 30 * 60.0
+DEFAULT_WAVE_TIMEOUT_S = 2 * 3600.0
+
+
 class RolloutCreate(SQLModel):
     """A rollout request; ``{bundle_id, device_ids}`` alone is one wave of 100 %, no gates."""
 
@@ -257,6 +261,20 @@ class RolloutCreate(SQLModel):
     gates: RolloutGates = Field(default_factory=RolloutGates)
     mode: RolloutMode = "automatic"
     start: bool = Field(default=True, description="false: create as a draft")
+    install_timeout_s: float = Field(
+        default=DEFAULT_INSTALL_TIMEOUT_S,
+        gt=0,
+        le=7 * 86_400,
+        description="each device's install deadline, offer -> active, counted while it is "
+        "online; a device that misses it is timed_out",
+    )
+    wave_timeout_s: float = Field(
+        default=DEFAULT_WAVE_TIMEOUT_S,
+        gt=0,
+        le=30 * 86_400,
+        description="how long a wave waits for its online devices to install; then every "
+        "online device still installing is timed_out",
+    )
 
 
 class RolloutAction(SQLModel):
@@ -281,6 +299,10 @@ class Rollout(SQLModel, table=True):
     current_wave: int = 0  # 0-based index into wave_sizes
     phase: str = "installing"  # installing | soaking | awaiting_promotion | done
     wave_started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    install_timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S
+    wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S
+    # The current wave's deadline for its installs (wall clock, from the wave's start).
+    wave_deadline_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     soak_started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     promoted: bool = False
     wave_results: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
@@ -302,6 +324,13 @@ class RolloutDevice(SQLModel, table=True):
     reason: str | None = None
     install_seconds: float | None = None
     offered_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # Install deadline; moved on by the time the device spent offline (clock paused).
+    deadline_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    paused_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # Its wave's deadline (wall clock, never moved): the cap on a paused clock.
+    wave_deadline_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    timed_out_in: str | None = None  # the state it last reported when it timed out
+    late_state: str | None = None  # what it reported after it timed out
     updated_at: datetime = _ts_field()
 
 
@@ -312,6 +341,11 @@ class RolloutDevicePublic(SQLModel):
     reason: str | None
     install_seconds: float | None
     offered_at: datetime | None = None
+    deadline_at: datetime | None = None
+    wave_deadline_at: datetime | None = None
+    clock_paused: bool = False  # offline: its install clock stands still
+    timed_out_in: str | None = None
+    late_state: str | None = None
     updated_at: datetime
 
 
@@ -330,6 +364,7 @@ class WavePublic(SQLModel):
     counts: dict[str, int]
     gates: list[GateValue]
     soak_until: datetime | None = None
+    deadline: datetime | None = None  # installs of the current wave end here
 
 
 class RolloutPublic(SQLModel):
@@ -342,6 +377,8 @@ class RolloutPublic(SQLModel):
     waves: list[Any] = []
     soak_seconds: float = 0.0
     gates: dict[str, Any] = {}
+    install_timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S
+    wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S
     wave: int = 1  # current wave, 1-based
     wave_count: int = 1
     phase: str = "installing"

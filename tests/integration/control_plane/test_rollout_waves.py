@@ -9,89 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
-from edgefleet.control_plane.app import create_app
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
-from edgefleet.control_plane.core.settings import Settings
 from tests.support.polling import wait_until
-from tests.support.rollout_fleet import Behaviour, SimDevice, add_bundle
+from tests.support.rollout_fleet import NEW, OLD, Behaviour, Rig, add_bundle
 
 pytestmark = pytest.mark.integration
 
-OLD, NEW = "digits-1-x86", "digits-2-x86"
-
-
-class Rig:
-    def __init__(self, tmp_path: Path, broker: MosquittoBroker) -> None:
-        self.tmp_path = tmp_path
-        self.broker = broker
-        self.devices: list[SimDevice] = []
-        self.api: TestClient | None = None
-        self.settings = Settings(
-            data_dir=tmp_path / "cp", broker_url=broker.url, client_id="cp-rollouts",
-            rollout_tick_s=0.1,
-        )  # fmt: skip
-
-    def start_control_plane(self) -> TestClient:
-        app = create_app(self.settings)
-        self.api = TestClient(app)
-        self.api.__enter__()
-        assert app.state.link.wait_subscribed(10)
-        return self.api
-
-    def stop_control_plane(self) -> None:
-        if self.api is not None:
-            self.api.__exit__(None, None, None)
-            self.api = None
-
-    @property
-    def engine(self) -> Any:
-        assert self.api is not None
-        return self.api.app.state.engine  # type: ignore[attr-defined]
-
-    def fleet(self, n: int, new: Behaviour | None = None) -> list[SimDevice]:
-        """``n`` devices all on OLD, each answering NEW with ``new``."""
-        add_bundle(self.engine, OLD, 1)
-        add_bundle(self.engine, NEW, 2)
-        for i in range(n):
-            device = SimDevice(self.broker, f"dev-sim{i:05d}", {NEW: new or Behaviour()})
-            device.bundle_id = OLD
-            device.connect()
-            self.devices.append(device)
-        wait_until(lambda: len(self.get("/devices")) == n, what="devices known")
-        return self.devices
-
-    def get(self, path: str, **params: Any) -> Any:
-        assert self.api is not None
-        response = self.api.get(f"/api/v1{path}", params=params)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def post(self, path: str, body: Any = None, status: int = 200) -> Any:
-        assert self.api is not None
-        response = self.api.post(f"/api/v1{path}", json=body)
-        assert response.status_code == status, response.text
-        return response.json()
-
-    def create(self, **body: Any) -> dict[str, Any]:
-        return dict(self.post("/rollouts", {"bundle_id": NEW, **body}, status=201))
-
-    def until(self, rollout_id: int, what: str, predicate: Any, timeout: float = 20) -> Any:
-        def check() -> Any:
-            rollout = self.get(f"/rollouts/{rollout_id}")
-            return rollout if predicate(rollout) else None
-
-        return wait_until(check, what, timeout=timeout)
-
-    def ended(self, rollout_id: int) -> dict[str, Any]:
-        return dict(self.until(rollout_id, "rollout ended", lambda r: r["state"] not in RUNNING))
-
-
-RUNNING = ("in_progress", "paused", "draft")
 CANARY_WAVES = [1, "50%", "100%"]
 
 

@@ -28,6 +28,7 @@ ALLOWED = [
     ("draft", "abort", "aborted"),
     ("in_progress", "pause", "paused"),
     ("in_progress", "promote", "in_progress"),
+    ("in_progress", "retry", "in_progress"),
     ("in_progress", "abort", "aborted"),
     ("in_progress", "rollback", "rolled_back"),
     ("in_progress", "gate_breached", "aborted"),
@@ -35,10 +36,12 @@ ALLOWED = [
     ("in_progress", "devices_failed", "failed"),
     ("paused", "resume", "in_progress"),
     ("paused", "promote", "paused"),
+    ("paused", "retry", "paused"),
     ("paused", "abort", "aborted"),
     ("paused", "rollback", "rolled_back"),
     ("complete", "rollback", "rolled_back"),
     ("aborted", "rollback", "rolled_back"),
+    ("failed", "retry", "in_progress"),
     ("failed", "rollback", "rolled_back"),
 ]
 TRIGGERS = sorted({trigger for _, trigger, _ in ALLOWED})

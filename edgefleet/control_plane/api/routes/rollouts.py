@@ -43,7 +43,8 @@ def act_on_rollout(
     action: OperatorAction,
     body: RolloutAction | None = None,
 ) -> RolloutPublic:
-    """Operator actions: start a draft, pause, resume, promote a wave, abort, roll back."""
+    """Operator actions: start a draft, pause, resume, promote a wave, retry the failed and
+    timed-out devices, abort, roll back."""
     rollout = lifecycle.act_on_rollout(
         session=session,
         publisher=link,

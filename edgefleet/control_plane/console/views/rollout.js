@@ -18,6 +18,8 @@ const ACTIONS = [
   { verb: "resume", label: "Resume", states: ["paused"] },
   { verb: "promote", label: "Promote wave", states: ["in_progress", "paused"],
     phase: "awaiting_promotion" },
+  { verb: "retry", label: "Retry failed / timed out", states: ["in_progress", "paused", "failed"],
+    when: (r) => (r.counts?.failed ?? 0) + (r.counts?.timed_out ?? 0) > 0 },
   { verb: "abort", label: "Abort", danger: true, states: ["draft", "in_progress", "paused"] },
   { verb: "rollback", label: "Roll back", danger: true,
     states: ["in_progress", "paused", "complete", "aborted", "failed"] },
@@ -66,7 +68,8 @@ function wavesView(rollout) {
     el("strong", {}, `Wave ${w.wave ?? i + 1}`), " ", pill(w.state),
     el("span", { class: "muted small" }, ` ${w.size ?? "?"} device(s)`,
       Object.entries(w.counts ?? {}).map(([s, n]) => ` · ${n} ${s.replaceAll("_", " ")}`),
-      w.soak_until && w.state === "soaking" ? ` · soaks until ${time(w.soak_until)}` : "")),
+      w.soak_until && w.state === "soaking" ? ` · soaks until ${time(w.soak_until)}` : "",
+      w.deadline ? ` · installs end by ${time(w.deadline)}` : "")),
   (w.gates ?? []).length ? gatesTable(w.gates) : "")));
 }
 
@@ -120,6 +123,7 @@ export function mount(root, { params, onError, refreshNow }) {
     replace(actions, ACTIONS
       .filter((a) => actionAvailable(a.verb) && a.states.includes(rollout.state))
       .filter((a) => !a.phase || a.phase === rollout.phase)
+      .filter((a) => !a.when || a.when(rollout))
       .map((a) => el("button", { type: "button", class: a.danger ? "danger" : "primary",
         dataset: { action: a.verb }, onclick: () => act(a) }, a.label)));
     const hasWaves = Array.isArray(rollout.wave_status) && rollout.wave_status.length;
@@ -128,7 +132,11 @@ export function mount(root, { params, onError, refreshNow }) {
     replace(devices, table([
       { label: "Device", class: "mono", cell: (d) => d.device_id },
       showWave && { label: "Wave", class: "num", cell: (d) => (d.wave ?? 0) + 1 },
-      { label: "State", cell: (d) => pill(d.state) },
+      { label: "State", cell: (d) => [pill(d.state), d.timed_out_in
+        ? el("span", { class: "muted small" }, ` in ${d.timed_out_in.replaceAll("_", " ")}`
+          + (d.late_state ? `, later ${d.late_state.replaceAll("_", " ")}` : "")) : ""] },
+      { label: "Deadline", cell: (d) => (d.clock_paused ? "paused (offline)"
+        : d.deadline_at ? time(d.deadline_at) : "—") },
       { label: "Install time", class: "num", cell: (d) => (d.install_seconds == null ? "—"
         : `${number(d.install_seconds, 2)} s`) },
       { label: "Reason", class: "wrap", cell: (d) => d.reason ?? "" },

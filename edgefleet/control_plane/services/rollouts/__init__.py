@@ -10,6 +10,7 @@ Modules, by concern (callers import from the module they need)::
     selection     selectors, device choice, wave sizes, older rollouts stepping aside
     lifecycle     create a rollout; operator actions through the transition table
     waves         offer a wave, roll rows back, end a rollout, gather a wave's gate inputs
+    deadlines     install and wave deadlines, clocks paused offline, time-outs
     gates         pure gate arithmetic over those inputs (no database, no IO)
     orchestrator  the scheduled pass that moves running rollouts through their waves
     reports       device install reports and re-offers when a device returns
@@ -17,9 +18,10 @@ Modules, by concern (callers import from the module they need)::
     outbox        the offers and commands a state change owes devices
 
 Device states (``RolloutDevice.state``): pending -> offered -> downloading ..
-smoke_tested -> active | failed; active -> rolling_back -> rolled_back; pending ->
-cancelled when the rollout ends first; shadowing for the shadow strategy; superseded
-when a newer rollout takes the device over.
+smoke_tested -> active | failed | timed_out; active -> rolling_back -> rolled_back;
+pending -> cancelled when the rollout ends first; shadowing for the shadow strategy;
+superseded when a newer rollout takes the device over; failed | timed_out -> offered
+on an operator's ``retry``.
 
 Precedence when two rollouts target one device: the newest rollout wins. Creating
 a rollout marks the device ``superseded`` in every older draft / in_progress /
@@ -33,4 +35,9 @@ gets them when it returns; when it comes back online the control plane re-offers
 anything still unfinished in an ``in_progress`` rollout. A wave does not wait for
 offline devices; the last wave waits for them (``phase`` = ``waiting_offline``)
 before the rollout is ``complete``, unless an operator aborts it.
+
+Deadlines (``deadlines``): an online device has ``install_timeout_s`` from its offer,
+and its wave's ``wave_timeout_s`` at most, before it is ``timed_out``; an offline
+device's clock stands still and it is never timed out while offline: when it comes
+back its remaining time continues, or, past its wave's deadline, it is timed out then.
 """

@@ -9,6 +9,8 @@ moves a running rollout from wave to wave.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
@@ -23,14 +25,21 @@ from edgefleet.control_plane.core.tables import (
     utcnow,
 )
 from edgefleet.control_plane.services.audit import record_audit
-from edgefleet.control_plane.services.rollouts.outbox import FleetPublisher, Outbox, publish_outbox
+from edgefleet.control_plane.services.rollouts.deadlines import arm_deadlines
+from edgefleet.control_plane.services.rollouts.outbox import (
+    FleetPublisher,
+    Outbox,
+    bundle_offer,
+    publish_outbox,
+)
 from edgefleet.control_plane.services.rollouts.selection import (
     select_devices,
     supersede_older,
     wave_sizes,
 )
-from edgefleet.control_plane.services.rollouts.waves import end_rollout, start_wave
+from edgefleet.control_plane.services.rollouts.waves import end_rollout, start_wave, wave_rows
 from edgefleet.errors import TransitionError
+from edgefleet.states.install import RETRYABLE_DEVICE_STATES, TIMED_OUT
 from edgefleet.states.rollout import OPERATOR_ACTIONS, next_rollout_state
 
 logger = logging.getLogger(__name__)
@@ -84,6 +93,8 @@ def create_rollout(
         wave_sizes=sizes,
         soak_seconds=rollout_in.soak_seconds,
         gates=rollout_in.gates.model_dump(),
+        install_timeout_s=rollout_in.install_timeout_s,
+        wave_timeout_s=rollout_in.wave_timeout_s,
         created_by=actor,
     )
     session.add(rollout)
@@ -110,6 +121,8 @@ def create_rollout(
             "mode": rollout.mode,
             "soak_seconds": rollout.soak_seconds,
             "gates": rollout.gates,
+            "install_timeout_s": rollout.install_timeout_s,
+            "wave_timeout_s": rollout.wave_timeout_s,
         },
     )
     session.flush()
@@ -150,6 +163,57 @@ def claim_rollout(session: Session, rollout_id: int, *, skip_locked: bool) -> Ro
     return session.get(Rollout, rollout_id, populate_existing=True)
 
 
+def retry_devices(
+    *, session: Session, rollout: Rollout, now: datetime
+) -> tuple[Outbox, dict[str, str | None]]:
+    """Offer the failed and timed-out devices of the waves started so far again.
+
+    Each gets fresh deadlines: its install clock from now, and a wave deadline of
+    ``wave_timeout_s`` from now. When the current wave has devices retried it goes
+    back to ``installing``, so that its install gate judges it again with them; a
+    rollout that ``failed`` runs again from there (or waits for the retried devices
+    of earlier waves, as its last wave does for offline ones).
+
+    Returns:
+        The offers owed, and each retried device with the state it was retried from
+        (``timed_out (downloading)`` for a device timed out in ``downloading``).
+
+    Raises:
+        ConflictError: no device to retry.
+    """
+    bundle = session.get(Bundle, rollout.bundle_id)
+    assert bundle is not None
+    rows = [
+        r
+        for r in wave_rows(session, rollout)
+        if r.wave <= rollout.current_wave and r.state in RETRYABLE_DEVICE_STATES
+    ]
+    if not rows:
+        raise ConflictError(
+            f"cannot retry rollout {rollout.id}: no failed or timed-out device to offer again"
+        )
+    wave_deadline = now + timedelta(seconds=rollout.wave_timeout_s)
+    retried: dict[str, str | None] = {}
+    for row in rows:
+        retried[row.device_id] = (
+            f"{row.state} ({row.timed_out_in})" if row.state == TIMED_OUT else row.state
+        )
+        row.state = "offered"
+        row.reason = None
+        arm_deadlines(row, rollout, now, wave_deadline)
+        row.updated_at = now
+        session.add(row)
+    if any(r.wave == rollout.current_wave for r in rows):
+        rollout.phase = "installing"
+        rollout.wave_deadline_at = wave_deadline
+        rollout.soak_started_at = None
+        rollout.promoted = False
+    elif rollout.phase == "done":
+        rollout.phase = "waiting_offline"
+    rollout.reason = None
+    return [(r.device_id, bundle_offer(bundle, rollout)) for r in rows], retried
+
+
 def act_on_rollout(
     *,
     session: Session,
@@ -163,8 +227,9 @@ def act_on_rollout(
 
     The transition table decides whether the rollout's state allows the action and
     what it becomes; the action then does its own work: ``start`` offers wave 1,
-    ``promote`` lets the wave awaiting promotion go on, ``abort`` rolls the current
-    wave back and ``rollback`` every wave.
+    ``promote`` lets the wave awaiting promotion go on, ``retry`` offers the failed
+    and timed-out devices of the waves so far again (``retry_devices``), ``abort``
+    rolls the current wave back and ``rollback`` every wave.
 
     Args:
         session: the caller's session; committed here.
@@ -180,8 +245,8 @@ def act_on_rollout(
     Raises:
         NotFoundError: no rollout ``rollout_id``.
         InvalidRequestError: ``action`` is not an operator action.
-        ConflictError: the rollout's state does not allow ``action``, or a promote
-            while no wave awaits promotion.
+        ConflictError: the rollout's state does not allow ``action``, a promote
+            while no wave awaits promotion, or a retry with no device to retry.
     """
     rollout = claim_rollout(session, rollout_id, skip_locked=False)
     if rollout is None:
@@ -213,6 +278,12 @@ def act_on_rollout(
                     f"is {rollout.phase}, not awaiting promotion"
                 )
             rollout.promoted = True
+        detail: dict[str, Any] | None = (
+            None if action == "start" else {"wave": rollout.current_wave + 1}
+        )
+        if action == "retry":
+            outbox, retried = retry_devices(session=session, rollout=rollout, now=now)
+            detail = (detail or {}) | {"devices": retried}
         rollout.state = target
         record_audit(
             session=session,
@@ -220,7 +291,7 @@ def act_on_rollout(
             action=f"rollout.{action}",
             rollout_id=rollout.id,
             reason=reason,
-            detail=None if action == "start" else {"wave": rollout.current_wave + 1},
+            detail=detail,
         )
         if action == "start":
             outbox = start_wave(session=session, rollout=rollout, wave=0, actor=actor)

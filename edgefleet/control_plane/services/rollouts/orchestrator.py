@@ -9,9 +9,14 @@ loses its connection, PostgreSQL releases the lock, and the next tick elsewhere
 carries on from the committed state. On SQLite (one machine, one replica) the
 clause is omitted and SQLite's single writer serializes passes.
 
-One pass of ``advance_rollout`` for wave k (phases in ``Rollout.phase``)::
+Each pass first applies the deadlines (``deadlines.enforce_deadlines``): offline
+devices' install clocks pause, returning ones resume, and online devices past their
+install deadline or their wave's are ``timed_out``, which counts as failed for the
+install gate. Then one pass of ``advance_rollout`` for wave k (phases in
+``Rollout.phase``)::
 
-    installing          every online device of the wave finished (active/failed) ->
+    installing          every online device of the wave finished (active/failed/
+                        timed_out), at the latest by the wave's deadline ->
                         install gate: breach -> aborted; else soaking
     soaking             soak time over -> all gates over the wave's telemetry since
                         the wave started: breach -> aborted (wave rolls back);
@@ -20,6 +25,7 @@ One pass of ``advance_rollout`` for wave k (phases in ``Rollout.phase``)::
                         pass -> next
     awaiting_promotion  manual mode: wait for ``promote``
     waiting_offline     last wave passed; devices still offline get it on return
+                        (their clocks run again then, capped by the wave deadline)
     next                last wave -> complete / failed; else wave k+1
 
 The rollout's state changes (aborted, complete, failed) are the orchestrator events
@@ -34,8 +40,9 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from edgefleet.control_plane.core.tables import Device, Rollout, RolloutGates, utcnow
+from edgefleet.control_plane.core.tables import Rollout, RolloutGates, utcnow
 from edgefleet.control_plane.services.audit import record_audit
+from edgefleet.control_plane.services.rollouts.deadlines import enforce_deadlines, online_devices
 from edgefleet.control_plane.services.rollouts.lifecycle import claim_rollout
 from edgefleet.control_plane.services.rollouts.outbox import FleetPublisher, publish_outbox
 from edgefleet.control_plane.services.rollouts.waves import (
@@ -46,22 +53,12 @@ from edgefleet.control_plane.services.rollouts.waves import (
     wave_rows,
     wave_verdict,
 )
-from edgefleet.states.install import FAILED_STATES, INSTALLING_STATES
+from edgefleet.states.install import GATE_FAILED_STATES, INSTALLING_STATES, TIMED_OUT
 from edgefleet.states.rollout import next_rollout_state
 
 logger = logging.getLogger(__name__)
 
 MAX_STEPS = 8  # phase changes one pass may make (installing -> soaking -> next ...)
-
-
-def _online(session: Session, device_ids: list[str]) -> set[str]:
-    if not device_ids:
-        return set()
-    return set(
-        session.exec(
-            select(Device.id).where(col(Device.id).in_(device_ids), col(Device.online).is_(True))
-        ).all()
-    )
 
 
 def _record_wave(rollout: Rollout, state: str, values: list[dict[str, object]]) -> None:
@@ -99,7 +96,8 @@ def _finish(session: Session, publisher: FleetPublisher, rollout: Rollout, actor
         return False
     counted = [r for r in rows if r.state not in ("superseded", "cancelled")]
     gates = RolloutGates.model_validate(rollout.gates or {})
-    failed = [r for r in counted if r.state in FAILED_STATES]
+    failed = [r for r in counted if r.state in GATE_FAILED_STATES]
+    timed_out = [r for r in failed if r.state == TIMED_OUT]
     if rollout.strategy == "shadow":
         # Shadow evaluation done: stop the shadows, nothing was installed.
         send_rollback(
@@ -124,9 +122,16 @@ def _finish(session: Session, publisher: FleetPublisher, rollout: Rollout, actor
         action=f"rollout.{state}",
         rollout_id=rollout.id,
         reason=(
-            f"{len(failed)} of {len(counted)} devices failed" if failed else "every wave passed"
+            f"{len(failed)} of {len(counted)} devices failed"
+            + (f" ({len(timed_out)} timed out)" if timed_out else "")
+            if failed
+            else "every wave passed"
         ),
-        detail={"devices": len(counted), "failed": [r.device_id for r in failed]},
+        detail={
+            "devices": len(counted),
+            "failed": [r.device_id for r in failed],
+            "timed_out": {r.device_id: r.timed_out_in for r in timed_out},
+        },
     )
     logger.info("rollout ended rollout_id=%s state=%s", rollout.id, state)
     return True
@@ -140,7 +145,7 @@ def _step(session: Session, publisher: FleetPublisher, rollout: Rollout, now: da
     if rollout.phase == "installing":
         rows = wave_rows(session, rollout, wave)
         waiting = [r.device_id for r in rows if r.state in INSTALLING_STATES]
-        if _online(session, waiting):
+        if online_devices(session, waiting):
             return False
         verdict = wave_verdict(session, rollout, wave)
         install = [v for v in verdict.values if v.name == "install_failure_rate"]
@@ -208,6 +213,7 @@ def advance_rollout(
         return True
     now = utcnow()
     before = (rollout.phase, rollout.current_wave)
+    enforce_deadlines(session=session, rollout=rollout, now=now, actor=actor)
     for _ in range(MAX_STEPS):
         if rollout.state != "in_progress" or not _step(session, publisher, rollout, now, actor):
             break

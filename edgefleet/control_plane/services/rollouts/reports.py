@@ -5,12 +5,19 @@ what the rollout does about it.
 
 Offline devices: offers go out with MQTT QoS 1 to a persistent session, so a device
 gets them when it returns; when it comes back online the control plane re-offers
-anything still unfinished in an ``in_progress`` rollout (``reoffer_on_reconnect``).
+anything still unfinished in an ``in_progress`` rollout (``reoffer_on_reconnect``),
+its install clock running again where it stopped, unless its wave's deadline passed
+while it was away: then it is timed out instead (see ``deadlines``).
+
+A device that was timed out and reports later (it finished after all) has the report
+recorded in ``late_state`` and, when it is an outcome, in the audit log
+(``rollout.late_report``); the row stays ``timed_out`` and the verdict stands.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from sqlmodel import Session, col, select
 
@@ -21,6 +28,13 @@ from edgefleet.control_plane.core.tables import (
     RolloutDevice,
     utcnow,
 )
+from edgefleet.control_plane.services.audit import record_audit
+from edgefleet.control_plane.services.rollouts.deadlines import (
+    audit_time_outs,
+    overdue,
+    resume_clock,
+    time_out,
+)
 from edgefleet.control_plane.services.rollouts.outbox import (
     FleetPublisher,
     bundle_offer,
@@ -29,15 +43,15 @@ from edgefleet.control_plane.services.rollouts.outbox import (
 from edgefleet.messages import InstallReport
 from edgefleet.states.install import (
     FAILED_STATES,
+    FINISHED_STATES,
     INSTALLING_STATES,
     TERMINAL_DEVICE_STATES,
+    TIMED_OUT,
     device_state,
 )
 from edgefleet.states.rollout import RUNNING_ROLLOUT_STATES
 
 logger = logging.getLogger(__name__)
-
-# Agent states the rollout table does not distinguish.
 
 
 def _find_rollout_device(
@@ -92,6 +106,11 @@ def apply_install_report(
     assert locked is not None
     row = locked
     state = device_state(report.state)
+    if row.state == TIMED_OUT:
+        _record_late_report(session, rollout, row, state, report)
+        session.commit()
+        session.refresh(row)
+        return row
     # A report can beat the commit of the wave that offered it (offers go out before
     # the commit), so ``pending`` in a running rollout still takes reports.
     late = (
@@ -112,30 +131,70 @@ def apply_install_report(
     now = utcnow()
     row.state = state
     row.reason = report.reason
+    if state not in INSTALLING_STATES:
+        row.paused_at = None  # finished: no clock any more
     if report.install_seconds is not None:
         row.install_seconds = report.install_seconds
     row.updated_at = now
     session.add(row)
     if state == "active":
-        device = session.get(Device, device_id)
-        bundle = session.get(Bundle, rollout.bundle_id)
-        if device is not None and bundle is not None:
-            device.bundle_id = bundle.id
-            device.release = bundle.release
-            device.model = bundle.model
-            device.model_version = bundle.model_version
-            session.add(device)
+        _record_running_bundle(session, device_id, rollout)
     session.commit()
     session.refresh(row)
     return row
 
 
+def _record_running_bundle(session: Session, device_id: str, rollout: Rollout) -> None:
+    device = session.get(Device, device_id)
+    bundle = session.get(Bundle, rollout.bundle_id)
+    if device is not None and bundle is not None:
+        device.bundle_id = bundle.id
+        device.release = bundle.release
+        device.model = bundle.model
+        device.model_version = bundle.model_version
+        session.add(device)
+
+
+def _record_late_report(
+    session: Session, rollout: Rollout, row: RolloutDevice, state: str, report: InstallReport
+) -> None:
+    """A report from a timed-out device: on record, the row and the verdict unchanged."""
+    if row.late_state == state:
+        return  # a resent report
+    row.late_state = state
+    row.updated_at = utcnow()
+    session.add(row)
+    if state == "active":
+        _record_running_bundle(session, row.device_id, rollout)  # what it really runs
+    logger.info(
+        "report after time-out recorded device_id=%s rollout_id=%s state=%s",
+        row.device_id,
+        rollout.id,
+        state,
+    )
+    if state in FINISHED_STATES:
+        record_audit(
+            session=session,
+            actor=f"device:{row.device_id}",
+            action="rollout.late_report",
+            rollout_id=rollout.id,
+            target=row.device_id,
+            reason=f"reported {state} after it timed out in {row.timed_out_in}; "
+            "it stays timed_out (retry to count it)",
+            detail={"state": state, "timed_out_in": row.timed_out_in, "reason": report.reason},
+        )
+
+
 def reoffer_on_reconnect(*, session: Session, publisher: FleetPublisher, device_id: str) -> int:
     """A device came back online: offer again whatever is unfinished in running rollouts.
+
+    Its install clocks run again from where they stopped; a device whose wave deadline
+    passed while it was away is timed out instead of offered (and audited). Commits.
 
     Returns:
         How many offers and shadow_start commands were sent.
     """
+    now = utcnow()
     rows = session.exec(
         select(RolloutDevice, Rollout)
         .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
@@ -154,6 +213,10 @@ def reoffer_on_reconnect(*, session: Session, publisher: FleetPublisher, device_
             publisher.publish_command(device_id, shadow_start(bundle, rollout))
         elif row.state == "rolling_back":
             continue  # the command waits in the device's session
+        elif (late := _resume_or_time_out(row, rollout, now)) is not None:
+            audit_time_outs(session, rollout, [row], actor=f"device:{device_id}")
+            logger.info("not re-offered: %s device_id=%s", late, device_id)
+            continue
         else:
             publisher.publish_offer(device_id, bundle_offer(bundle, rollout))
         sent += 1
@@ -163,4 +226,14 @@ def reoffer_on_reconnect(*, session: Session, publisher: FleetPublisher, device_
             rollout.id,
             row.state,
         )
+    session.commit()
     return sent
+
+
+def _resume_or_time_out(row: RolloutDevice, rollout: Rollout, now: datetime) -> str | None:
+    """Resume the row's clock; time it out (and say why) when it is already out of time."""
+    resume_clock(row, now)
+    reason = overdue(row, rollout, now)
+    if reason is not None:
+        time_out(row, reason, now)
+    return reason

@@ -1,4 +1,10 @@
-"""Reading rollouts: the API's and the CLI's view of a rollout, its waves and devices."""
+"""Reading rollouts: the API's and the CLI's view of a rollout, its waves and devices.
+
+Deadlines are shown where they still bind: a wave's while it installs (or waits for
+offline devices), a device's while it installs, with ``clock_paused`` while it is
+offline. A timed-out device shows the state it last reported (``timed_out_in``) and
+any report after the time-out (``late_state``).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from edgefleet.control_plane.core.tables import (
     WavePublic,
 )
 from edgefleet.control_plane.services.rollouts.waves import aware, wave_rows, wave_verdict
+from edgefleet.states.install import INSTALLING_STATES
 from edgefleet.states.rollout import RUNNING_ROLLOUT_STATES
 
 
@@ -67,10 +74,13 @@ def rollout_public(*, session: Session, rollout: Rollout) -> RolloutPublic:
         else:
             gates = []
         soak_until = None
+        deadline = None
         if index == rollout.current_wave and rollout.soak_started_at is not None:
             soak_until = datetime.fromtimestamp(
                 aware(rollout.soak_started_at).timestamp() + rollout.soak_seconds, UTC
             )
+        if index == rollout.current_wave and state in ("installing", "waiting_offline"):
+            deadline = rollout.wave_deadline_at
         waves.append(
             WavePublic(
                 wave=index + 1,
@@ -79,6 +89,7 @@ def rollout_public(*, session: Session, rollout: Rollout) -> RolloutPublic:
                 counts=dict(Counter(r.state for r in members)),
                 gates=gates,
                 soak_until=soak_until,
+                deadline=deadline,
             )
         )
         previous = cumulative
@@ -92,6 +103,8 @@ def rollout_public(*, session: Session, rollout: Rollout) -> RolloutPublic:
         waves=list(rollout.waves or []),
         soak_seconds=rollout.soak_seconds,
         gates=rollout.gates or {},
+        install_timeout_s=rollout.install_timeout_s,
+        wave_timeout_s=rollout.wave_timeout_s,
         wave=rollout.current_wave + 1,
         wave_count=len(sizes),
         phase=rollout.phase,
@@ -109,6 +122,11 @@ def rollout_public(*, session: Session, rollout: Rollout) -> RolloutPublic:
                 reason=row.reason,
                 install_seconds=row.install_seconds,
                 offered_at=row.offered_at,
+                deadline_at=row.deadline_at if row.state in INSTALLING_STATES else None,
+                wave_deadline_at=(row.wave_deadline_at if row.state in INSTALLING_STATES else None),
+                clock_paused=row.paused_at is not None and row.state in INSTALLING_STATES,
+                timed_out_in=row.timed_out_in,
+                late_state=row.late_state,
                 updated_at=row.updated_at,
             )
             for row in rows

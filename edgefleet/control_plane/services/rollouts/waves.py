@@ -4,15 +4,14 @@ Shared by the operator actions (``lifecycle``), the orchestrator's passes
 (``orchestrator``) and the API view (``views``). ``wave_verdict`` gathers a wave's
 numbers from the database; ``gates`` does the arithmetic on them.
 
-Device install states, as the rollout table groups them, are defined here until they
-move to the shared contract (``edgefleet.states.install``); every module of this
-package imports them from here.
+Device install states, as the rollout table groups them, are the shared contract's
+(``edgefleet.states.install``). Starting a wave arms its deadlines (``deadlines``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -26,6 +25,7 @@ from edgefleet.control_plane.core.tables import (
     utcnow,
 )
 from edgefleet.control_plane.services.audit import record_audit
+from edgefleet.control_plane.services.rollouts.deadlines import arm_deadlines, aware
 from edgefleet.control_plane.services.rollouts.gates import GateInputs, GateVerdict, evaluate_gates
 from edgefleet.control_plane.services.rollouts.outbox import (
     FleetPublisher,
@@ -35,16 +35,14 @@ from edgefleet.control_plane.services.rollouts.outbox import (
 )
 from edgefleet.messages import DeviceCommand
 from edgefleet.states.install import (
-    FAILED_STATES,
     FINISHED_STATES,
+    GATE_FAILED_STATES,
     INACTIVE_ROW_STATES,
     INSTALLING_STATES,
+    TIMED_OUT,
 )
 
-
-def aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back naive; they were stored in UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+__all__ = ["aware", "end_rollout", "send_rollback", "start_wave", "wave_rows", "wave_verdict"]
 
 
 def wave_rows(session: Session, rollout: Rollout, wave: int | None = None) -> list[RolloutDevice]:
@@ -70,6 +68,7 @@ def start_wave(*, session: Session, rollout: Rollout, wave: int, actor: str) -> 
     rollout.current_wave = wave
     rollout.phase = "installing"
     rollout.wave_started_at = now
+    rollout.wave_deadline_at = wave_deadline = now + timedelta(seconds=rollout.wave_timeout_s)
     rollout.soak_started_at = None
     rollout.promoted = False
     rollout.updated_at = now
@@ -77,7 +76,10 @@ def start_wave(*, session: Session, rollout: Rollout, wave: int, actor: str) -> 
     rows = [r for r in wave_rows(session, rollout, wave) if r.state == "pending"]
     for row in rows:
         row.state = "shadowing" if rollout.strategy == "shadow" else "offered"
-        row.offered_at = now
+        if row.state == "offered":
+            arm_deadlines(row, rollout, now, wave_deadline)
+        else:
+            row.offered_at = now
         row.updated_at = now
         session.add(row)
     record_audit(
@@ -107,8 +109,9 @@ def send_rollback(
     """Roll back (or stop shadowing on) the rows that got the bundle; cancel pending ones.
 
     Commands are published at once, before the caller commits (not through an
-    outbox). Rows in any other state (failed, rolled back, superseded, cancelled)
-    are left alone.
+    outbox). A timed-out device gets the rollback command too (it may still be
+    installing) but its row stays ``timed_out``, keeping the verdict's record. Rows in
+    any other state (failed, rolled back, superseded, cancelled) are left alone.
 
     Returns:
         The devices a rollback or shadow_stop command was sent to.
@@ -142,6 +145,18 @@ def send_rollback(
             )
             row.state = "rolling_back"
             sent.append(row.device_id)
+        elif row.state == TIMED_OUT:
+            publisher.publish_command(
+                row.device_id,
+                DeviceCommand(
+                    command="rollback",
+                    rollout_id=rollout.id,
+                    bundle_id=rollout.bundle_id,
+                    reason=reason,
+                ),
+            )
+            sent.append(row.device_id)
+            continue
         else:
             continue
         row.reason = reason
@@ -214,7 +229,7 @@ def wave_verdict(
     running = {r.device_id for r in rows if r.wave == wave and r.state in ("active", "shadowing")}
     reporting: set[str] = set()
     finished = [r for r in rows if r.wave == wave and r.state in FINISHED_STATES | {"rolling_back"}]
-    failed = [r for r in finished if r.state in FAILED_STATES | {"rolling_back"}]
+    failed = [r for r in finished if r.state in GATE_FAILED_STATES | {"rolling_back"}]
     gates = RolloutGates.model_validate(rollout.gates or {})
     since = aware(rollout.wave_started_at or rollout.created_at)
     everyone = [r.device_id for r in rows]
