@@ -47,6 +47,9 @@ class ModelVersion(ModelVersionBase, table=True):
     path: str
     samples_path: str
     signature: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    format: str = Field(default="onnx", max_length=16)  # "onnx" | "tflite", read from the bytes
+    # Scores output -> class label of each column (an ONNX-ML ZipMap's labels), if any.
+    labels: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = _ts_field()
 
 
@@ -56,6 +59,8 @@ class ModelPublic(ModelVersionBase):
     size_bytes: int
     created_at: datetime
     signature: dict[str, Any]
+    format: str = "onnx"
+    labels: dict[str, Any] | None = None
 
 
 # -- bundles ------------------------------------------------------------------

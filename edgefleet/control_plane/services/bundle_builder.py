@@ -228,6 +228,8 @@ def build_bundle(
             # Integer model boundaries: the agent quantizes inputs and dequantizes
             # outputs with these, so clients always send and receive float tensors.
             "quantization": {n: q.as_dict() for n, q in artifact.io_quantization.items()},
+            # Scores output -> the class label of each column (an ONNX-ML ZipMap's labels).
+            **({"labels": model.labels} if model.labels else {}),
             "smoke_test": {
                 "inputs": {input_name: _member_name("smoke_input", input_name)},
                 "expected": expected,

@@ -15,7 +15,7 @@ from edgefleet.control_plane.core.errors import ConflictError, InvalidRequestErr
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.core.tables import MODEL_NAME_PATTERN, ModelVersion
 from edgefleet.converters.errors import ConversionError
-from edgefleet.converters.onnx_inspect import inspect_onnx
+from edgefleet.converters.model_format import read_model
 from edgefleet.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -81,9 +81,10 @@ def register_model(
     if existing is not None:
         raise ConflictError(f"model {name} version {version} already exists")
     try:
-        inspection = inspect_onnx(model_bytes)
+        read = read_model(model_bytes)  # .onnx or .tflite, by content; ZipMap removed
     except ConversionError as e:
         raise InvalidRequestError(f"model: {e}") from e
+    model_bytes, inspection = read.data, read.inspection
     inputs = inspection.signature.inputs
     if len(inputs) != 1 or len(inputs[0].shape) != 2:
         raise InvalidRequestError("model: must have exactly one 2-D input [batch, features]")
@@ -99,7 +100,7 @@ def register_model(
         _check_holdout(holdout_bytes, samples.shape[1])
 
     directory = settings.models_dir / name / version
-    model_path = directory / "model.onnx"
+    model_path = directory / f"model.{read.format}"
     samples_path = directory / "samples.npy"
     atomic_write(model_path, model_bytes)
     atomic_write(samples_path, samples_bytes)
@@ -113,6 +114,8 @@ def register_model(
         path=str(model_path),
         samples_path=str(samples_path),
         signature=schema.to_builtins(inspection.signature),
+        format=read.format,
+        labels=read.labels or None,
     )
     session.add(model)
     session.commit()

@@ -1,0 +1,151 @@
+"""TFLite candidates built from a registered .tflite model (no ONNX in between).
+
+The model as given is the float reference and the fp32 candidate; int8 and fp16
+candidates are made from it with ai-edge-quantizer (the same recipes as for a
+lowered ONNX model: static a8w8 calibrated on the registered samples, dynamic and
+weight-only int8, fp16 weights). Recipes that cannot apply are skipped with the
+reason: a source that is already quantized is not quantized again, and static
+calibration needs a signature to feed samples through. ONNX profiles cannot run a
+.tflite: that is refused before anything is built.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from edgefleet.converters.calibration import calibration_hash
+from edgefleet.converters.candidate import Candidate
+from edgefleet.converters.compat import check_tflite_ops
+from edgefleet.converters.errors import CandidateSkipped, ConversionError
+from edgefleet.converters.tflite_candidates import _recipe, finish_boundary
+from edgefleet.converters.tflite_inspect import TfliteInspection
+from edgefleet.profile import FirmwareProfile
+
+logger = logging.getLogger(__name__)
+
+_QUANTIZED_OPS = {"QUANTIZE", "DEQUANTIZE"}
+
+
+def check_tflite_source(inspection: TfliteInspection, profile: FirmwareProfile) -> None:
+    """Refuse, before anything is built, a profile that cannot run this .tflite.
+
+    Raises:
+        ConversionError: The profile runs ONNX, naming the mismatch.
+        UnsupportedOpError: The model uses ops outside the profile's TFLite op set.
+    """
+    if profile.is_onnx:
+        raise ConversionError(
+            f"format mismatch: the model is TFLite (.tflite) and profile {profile.name} "
+            f"runs ONNX ({profile.runtime.name}); register an ONNX export of the model "
+            "to build for it, or choose a TFLite profile"
+        )
+    check_tflite_ops(inspection.ops, profile)
+
+
+def is_quantized(inspection: TfliteInspection) -> bool:
+    """True when the source already carries integer quantization."""
+    return bool(inspection.quantization) or bool(inspection.ops & _QUANTIZED_OPS)
+
+
+def _signature_input(data: bytes, key: str, tensor_name: str) -> str:
+    """The signature's name for the input tensor ``tensor_name`` (they may differ)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner: Any = Interpreter(model_content=data).get_signature_runner(key)
+    for name, detail in runner.get_input_details().items():
+        if detail["name"] == tensor_name:
+            return str(name)
+    return tensor_name
+
+
+def _quantize(data: bytes, recipe_name: str, calibration: dict[str, list[Any]] | None) -> bytes:
+    from ai_edge_quantizer import quantizer
+
+    q = quantizer.Quantizer(bytearray(data), _recipe(recipe_name))
+    result = q.calibrate(calibration) if q.need_calibration and calibration else None
+    if q.need_calibration and result is None:
+        raise ConversionError(f"{recipe_name}: no calibration samples")
+    return bytes(q.quantize(result, enable_progress_report=False).quantized_model)
+
+
+def tflite_source_candidates(
+    data: bytes,
+    profile: FirmwareProfile,
+    *,
+    inspection: TfliteInspection,
+    calibration: np.ndarray | None,
+) -> Iterator[Candidate | ConversionError]:
+    """Every candidate the profile allows from the registered .tflite, the model as
+    given last; recipes that cannot apply come as ``CandidateSkipped``."""
+    check_tflite_source(inspection, profile)
+    integer_only = bool(profile.tflite and profile.tflite.integer_only)
+    input_name = inspection.signature.inputs[0].name
+    output_names = [o.name for o in inspection.signature.outputs]
+    recipes: list[tuple[str, str]] = []
+    if "int8" in profile.precisions:
+        recipes.append(("int8-static-a8w8", "int8"))
+        if not integer_only:
+            recipes += [("int8-dynamic", "int8"), ("int8-weight-only", "int8")]
+    if "fp16" in profile.precisions:
+        recipes.append(("fp16-weights", "fp16"))
+    source_quantized = is_quantized(inspection)
+    renames = {f"{n}_dequant": n for n in output_names} | {f"{input_name}_quantized": input_name}
+    for name, precision in recipes:
+        candidate = f"tflite-{name}"
+        if source_quantized:
+            yield CandidateSkipped(candidate, "the registered .tflite is already quantized")
+            continue
+        calib: dict[str, list[Any]] | None = None
+        if name == "int8-static-a8w8":
+            if not inspection.signature_keys:
+                yield CandidateSkipped(
+                    candidate, "the .tflite has no signature to feed calibration samples through"
+                )
+                continue
+            if len(inspection.signature.inputs) != 1 or calibration is None:
+                yield CandidateSkipped(candidate, "no calibration samples for the model's input")
+                continue
+            key = inspection.signature_keys[0]
+            feed = _signature_input(data, key, input_name)
+            calib = {key: [{feed: calibration[i : i + 1]} for i in range(len(calibration))]}
+        try:
+            quantized = _quantize(data, name, calib)
+            quantized, boundary, dtypes = finish_boundary(
+                quantized, names=renames, integer_output=integer_only
+            )
+        except Exception as e:  # the quantizer raises many kinds of errors
+            yield ConversionError(f"{candidate}: {e}")
+            continue
+        recipe: dict[str, Any] = {
+            "tool": "ai_edge_quantizer",
+            "recipe": name,
+            "source": "registered .tflite",
+            "boundary_dtypes": dtypes,
+        }
+        if calib is not None and calibration is not None:
+            recipe |= {
+                "calibration_sha256": calibration_hash(calibration),
+                "calibration_samples": len(calibration),
+            }
+        yield Candidate(
+            name=candidate,
+            format="tflite",
+            precision=precision,
+            data=quantized,
+            recipe=recipe,
+            io_quantization=boundary,
+        )
+    precision = "int8" if source_quantized else "fp32"
+    if precision in profile.precisions:
+        yield Candidate(
+            name=f"tflite-{precision}",
+            format="tflite",
+            precision=precision,
+            data=data,
+            recipe={"tool": "none", "source": "registered .tflite, as given"},
+            io_quantization=dict(inspection.quantization),
+        )
