@@ -21,7 +21,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 
-from edgefleet.converters.errors import ConversionError
+from edgefleet.converters.errors import ConversionError, UnsupportedOpError
 
 logger = logging.getLogger(__name__)
 
@@ -121,3 +121,18 @@ def strip_zipmap(model_bytes: bytes) -> MlRewrite:
         raise ConversionError(f"the model without ZipMap does not check: {e}") from e
     logger.info("zipmap removed outputs=%s dropped=%s", sorted(labels), dropped)
     return MlRewrite(data=model.SerializeToString(), labels=labels, dropped_outputs=dropped)
+
+
+def refuse_onnx_ml_for_tflite(model: onnx.ModelProto, profile_name: str) -> None:
+    """Classic-ML ops have no TFLite form: refuse before any lowering, naming them.
+
+    Raises:
+        UnsupportedOpError: The graph uses ONNX-ML ops.
+    """
+    ops = onnx_ml_ops(model)
+    if ops:
+        raise UnsupportedOpError(
+            [f"{ML_DOMAIN}.{op}" for op in ops],
+            runtime=f"TFLite (profile {profile_name}; classic-ML models run on onnxruntime "
+            "profiles)",
+        )

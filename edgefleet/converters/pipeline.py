@@ -26,6 +26,7 @@ from edgefleet.converters.gate import CandidateResult, GateLimits, choose, judge
 from edgefleet.converters.model_format import inspect_model
 from edgefleet.converters.onnx_candidates import onnx_candidates
 from edgefleet.converters.onnx_inspect import OnnxInspection
+from edgefleet.converters.onnx_ml import refuse_onnx_ml_for_tflite
 from edgefleet.converters.runner import (
     Measurement,
     OnnxRunner,
@@ -119,6 +120,7 @@ def _candidates(
     from edgefleet.converters.tflite_build import build_float_tflite, dense_graph_from_onnx
     from edgefleet.converters.tflite_candidates import tflite_candidates
 
+    refuse_onnx_ml_for_tflite(model, profile.name)
     graph = dense_graph_from_onnx(model_bytes)
     check_tflite_ops(graph.tflite_ops(), profile)
     return tflite_candidates(

@@ -17,7 +17,7 @@ def register_model(
     settings: SettingsDep,
     name: Annotated[str, Form(pattern=MODEL_NAME_PATTERN)],
     version: Annotated[str, Form(min_length=1, max_length=64)],
-    model: Annotated[UploadFile, File(description="float model, .onnx or .tflite (detected by content)")],
+    model: Annotated[UploadFile, File(description="model: .onnx or .tflite, told by content")],
     samples: Annotated[UploadFile, File(description="representative inputs, float32 2-D .npy")],
     holdout: Annotated[
         UploadFile | None,
