@@ -1,0 +1,123 @@
+"""TFLite profiles build their candidates from a registered .tflite; ONNX profiles refuse it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgefleet.converters.candidate import Candidate
+from edgefleet.converters.errors import ConversionError, UnsupportedOpError
+from edgefleet.converters.pipeline import Holdout, build_for_profile
+from edgefleet.converters.runner import TfliteRunner, measure
+from edgefleet.converters.tflite_build import onnx_to_float_tflite
+from edgefleet.converters.tflite_inspect import inspect_tflite
+from edgefleet.converters.tflite_source import tflite_source_candidates
+from edgefleet.profile import default_profiles_dir, load_profiles, parse_profile
+from edgefleet_demo.digits import DigitsModel
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+PROFILES = load_profiles(default_profiles_dir())
+
+
+@pytest.fixture(scope="module")
+def digits_tflite(digits: DigitsModel) -> bytes:
+    return onnx_to_float_tflite(digits.onnx_bytes)[0]
+
+
+def _build(data: bytes, profile_name: str, digits: DigitsModel):  # type: ignore[no-untyped-def]
+    return build_for_profile(
+        data,
+        PROFILES[profile_name],
+        calibration=digits.samples,
+        holdout=Holdout(digits.holdout_x, digits.holdout_y),
+    )
+
+
+@pytest.mark.parametrize("name", ["rpi-arm64-litert-int8", "x86-64-ipc-litert-int8"])
+def test_litert_profile_builds_int8_from_a_registered_tflite_and_gates_it(
+    digits: DigitsModel, digits_tflite: bytes, name: str
+) -> None:
+    outcome = _build(digits_tflite, name, digits)
+    rows = {r.candidate: r for r in outcome.table}
+    static = rows["tflite-int8-static-a8w8"]
+    assert static.precision == "int8" and static.size_bytes < len(digits_tflite) / 2
+    assert static.latency_ms is not None and static.agreement is not None  # measured, judged
+    assert static.verdict in {"passed", "failed", "refused"}
+    assert rows["tflite-fp32"].passed and rows["tflite-fp32"].agreement == 1.0
+    assert outcome.chosen_row.passed and outcome.chosen.format == "tflite"
+    assert outcome.gate_runtime["name"] == "ai-edge-litert"
+    assert outcome.gate_runtime["matches_profile"] is True
+    assert outcome.inspection.signature == inspect_tflite(digits_tflite).signature
+
+
+def test_the_gate_judges_a_tflite_int8_candidate_against_the_tflite_source(
+    digits: DigitsModel, digits_tflite: bytes
+) -> None:
+    profile = PROFILES["x86-64-ipc-litert-int8"]
+    inspection = inspect_tflite(digits_tflite)
+    built = {
+        c.name: c
+        for c in tflite_source_candidates(
+            digits_tflite, profile, inspection=inspection, calibration=digits.samples
+        )
+        if isinstance(c, Candidate)
+    }
+    static = built["tflite-int8-static-a8w8"]
+    assert static.recipe["source"] == "registered .tflite"
+    assert static.recipe["calibration_samples"] == len(digits.samples)
+    assert built["tflite-fp32"].data == digits_tflite  # the file as given
+    source = measure(TfliteRunner(digits_tflite, {}), digits.holdout_x).predictions
+    int8 = measure(TfliteRunner(static.data, static.io_quantization), digits.holdout_x)
+    expected = float(np.mean(int8.predictions == source))
+
+    outcome = _build(digits_tflite, "x86-64-ipc-litert-int8", digits)
+    row = next(r for r in outcome.table if r.candidate == "tflite-int8-static-a8w8")
+    assert row.agreement == pytest.approx(expected)
+    assert row.accuracy == pytest.approx(float(np.mean(int8.predictions == digits.holdout_y)))
+
+
+def test_an_already_quantized_tflite_is_not_quantized_again(digits: DigitsModel) -> None:
+    # A full-integer .tflite, as teams export for accelerators: made here from the digits model.
+    float_tflite = onnx_to_float_tflite(digits.onnx_bytes)[0]
+    coral = PROFILES["coral-edgetpu-int8"]
+    (int8_source,) = [
+        c
+        for c in tflite_source_candidates(
+            float_tflite,
+            coral,
+            inspection=inspect_tflite(float_tflite),
+            calibration=digits.samples,
+        )
+        if isinstance(c, Candidate)
+    ]
+    outcome = _build(int8_source.data, "coral-edgetpu-int8", digits)
+    rows = {r.candidate: r for r in outcome.table}
+    assert rows["tflite-int8-static-a8w8"].verdict == "skipped"
+    assert rows["tflite-int8-static-a8w8"].reasons == [
+        "the registered .tflite is already quantized"
+    ]
+    assert outcome.chosen.name == "tflite-int8" and outcome.chosen.data == int8_source.data
+    assert outcome.chosen.io_quantization == int8_source.io_quantization
+
+
+def test_onnx_profile_refuses_a_tflite_model_naming_the_format_mismatch(
+    digits: DigitsModel, digits_tflite: bytes
+) -> None:
+    with pytest.raises(ConversionError, match="format mismatch: the model is TFLite") as refused:
+        _build(digits_tflite, "x86-64-gateway-onnx", digits)
+    assert "x86-64-gateway-onnx" in str(refused.value)
+
+
+def test_tflite_ops_outside_the_profile_are_refused_before_any_candidate(
+    digits: DigitsModel, digits_tflite: bytes
+) -> None:
+    text = (default_profiles_dir() / "x86-64-ipc-litert-int8.toml").read_text()
+    no_softmax = parse_profile(text.replace('"SOFTMAX", ', ""))
+    with pytest.raises(UnsupportedOpError) as refused:
+        build_for_profile(
+            digits_tflite,
+            no_softmax,
+            calibration=digits.samples,
+            holdout=Holdout(digits.holdout_x, digits.holdout_y),
+        )
+    assert refused.value.ops == ["SOFTMAX"]
