@@ -150,7 +150,7 @@ def test_api_refuses_bad_requests_with_reasons(client: TestClient, digits: Digit
 
     invalid = register(client, digits, version="2", model=b"not onnx")
     assert invalid.status_code == 422
-    assert "not a valid ONNX model" in invalid.json()["detail"]
+    assert "not an ONNX or TFLite model" in invalid.json()["detail"]
 
     narrow = register(client, digits, version="3", samples=npy(digits.samples[:, :10]))
     assert narrow.status_code == 422

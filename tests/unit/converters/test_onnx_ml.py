@@ -4,15 +4,14 @@ and candidates that cannot apply to ONNX-ML ops are skipped with the reason."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
+from skl2onnx import to_onnx
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
-from skl2onnx import to_onnx
 
 from edgefleet.converters.errors import ConversionError, UnsupportedOpError
 from edgefleet.converters.model_format import read_model

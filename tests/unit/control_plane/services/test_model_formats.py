@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from skl2onnx import to_onnx
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
-from skl2onnx import to_onnx
 from sqlmodel import Session
 
 from edgefleet.bundle import unpack_bundle
