@@ -92,7 +92,7 @@ def test_a_zipmap_that_feeds_other_nodes_is_refused_naming_zipmap() -> None:
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
     )
-    with pytest.raises(ConversionError, match="ZipMap .* is not the last op"):
+    with pytest.raises(ConversionError, match=r"ZipMap .* is not the last op"):
         strip_zipmap(model.SerializeToString())
 
 
