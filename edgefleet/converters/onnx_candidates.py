@@ -27,7 +27,7 @@ from onnxruntime.quantization import (
 from edgefleet.converters.calibration import ArrayReader, calibration_hash, range_cache_path
 from edgefleet.converters.candidate import Candidate
 from edgefleet.converters.errors import CandidateSkipped, ConversionError
-from edgefleet.converters.onnx_ml import onnx_ml_ops
+from edgefleet.converters.onnx_ml import ml_estimator_ops
 from edgefleet.profile import FirmwareProfile
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def onnx_candidates(
     """
     model = onnx.load_from_string(model_bytes)
     ops = {n.op_type for n in model.graph.node}
-    ml_ops = onnx_ml_ops(model)
+    ml_ops = ml_estimator_ops(model)
     if ml_ops:  # classic ML (scikit-learn & co): the quantizers know none of these ops
         why = f"does not apply to ONNX-ML ops ({', '.join(ml_ops)})"
         if "int8" in profile.precisions:

@@ -44,14 +44,37 @@ class MlRewrite:
         return bool(self.labels or self.dropped_outputs)
 
 
-def uses_onnx_ml(model: onnx.ModelProto) -> bool:
-    """True when any node of the graph is an ONNX-ML (``ai.onnx.ml``) op."""
-    return any(node.domain == ML_DOMAIN for node in model.graph.node)
+# ONNX-ML ops that look up, scale or encode around a model whose computation is in
+# standard ops: skl2onnx's MLP maps argmax to its classes with ArrayFeatureExtractor, a
+# pipeline may start with a Scaler. Such graphs still quantize. Any other ONNX-ML op
+# (LinearClassifier, TreeEnsemble*, SVM*, ...) is the model itself.
+_AUXILIARY_OPS = frozenset(
+    {
+        "ArrayFeatureExtractor",
+        "Binarizer",
+        "CastMap",
+        "FeatureVectorizer",
+        "Imputer",
+        "LabelEncoder",
+        "Normalizer",
+        "OneHotEncoder",
+        "Scaler",
+        "ZipMap",
+    }
+)
+# What the ONNX->TFLite lowering itself turns into TFLite ops (the label lookup).
+_LOWERED_OPS = frozenset({"ArrayFeatureExtractor"})
 
 
 def onnx_ml_ops(model: onnx.ModelProto) -> list[str]:
-    """The ONNX-ML op types the graph uses, sorted."""
+    """The ONNX-ML (``ai.onnx.ml``) op types the graph uses, sorted."""
     return sorted({node.op_type for node in model.graph.node if node.domain == ML_DOMAIN})
+
+
+def ml_estimator_ops(model: onnx.ModelProto) -> list[str]:
+    """The ONNX-ML ops that compute the model (not just look up or scale), sorted: a graph
+    with any is a classic-ML model that quantizers and TFLite converters cannot apply to."""
+    return [op for op in onnx_ml_ops(model) if op not in _AUXILIARY_OPS]
 
 
 def _labels(node: onnx.NodeProto) -> Labels:
@@ -124,15 +147,15 @@ def strip_zipmap(model_bytes: bytes) -> MlRewrite:
 
 
 def refuse_onnx_ml_for_tflite(model: onnx.ModelProto, profile_name: str) -> None:
-    """Classic-ML ops have no TFLite form: refuse before any lowering, naming them.
+    """A classic-ML model has no TFLite form: refuse before any lowering, naming its
+    ONNX-ML ops.
 
     Raises:
-        UnsupportedOpError: The graph uses ONNX-ML ops.
+        UnsupportedOpError: The graph computes with ONNX-ML ops.
     """
-    ops = onnx_ml_ops(model)
-    if ops:
+    if ml_estimator_ops(model):
         raise UnsupportedOpError(
-            [f"{ML_DOMAIN}.{op}" for op in ops],
+            [f"{ML_DOMAIN}.{op}" for op in onnx_ml_ops(model) if op not in _LOWERED_OPS],
             runtime=f"TFLite (profile {profile_name}; classic-ML models run on onnxruntime "
             "profiles)",
         )

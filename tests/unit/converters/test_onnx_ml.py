@@ -4,6 +4,7 @@ and candidates that cannot apply to ONNX-ML ops are skipped with the reason."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
@@ -16,7 +17,7 @@ from sklearn.model_selection import train_test_split
 from edgefleet.converters.errors import ConversionError, UnsupportedOpError
 from edgefleet.converters.model_format import read_model
 from edgefleet.converters.onnx_inspect import inspect_onnx
-from edgefleet.converters.onnx_ml import strip_zipmap
+from edgefleet.converters.onnx_ml import ml_estimator_ops, onnx_ml_ops, strip_zipmap
 from edgefleet.converters.pipeline import Holdout, build_for_profile
 from edgefleet.profile import default_profiles_dir, load_profiles
 from edgefleet.tensors import TensorSpec
@@ -134,3 +135,17 @@ def test_classic_ml_is_refused_for_a_tflite_profile_naming_the_onnx_ml_ops(logis
         )
     assert refused.value.ops == ["ai.onnx.ml.LinearClassifier", "ai.onnx.ml.Normalizer"]
     assert "onnxruntime profiles" in str(refused.value)
+
+
+def test_an_mlp_whose_only_onnx_ml_op_is_the_label_lookup_still_gets_int8(digits) -> None:  # type: ignore[no-untyped-def]
+    model = onnx.load_from_string(digits.onnx_bytes)
+    assert onnx_ml_ops(model) == ["ArrayFeatureExtractor"] and ml_estimator_ops(model) == []
+    outcome = build_for_profile(
+        digits.onnx_bytes,
+        PROFILES["x86-64-gateway-onnx"],
+        calibration=digits.samples,
+        holdout=Holdout(digits.holdout_x, digits.holdout_y),
+    )
+    verdicts = {r.candidate: r.verdict for r in outcome.table}
+    assert "skipped" not in verdicts.values()
+    assert verdicts["int8-qdq-core-minmax"] in {"passed", "failed"}
