@@ -32,6 +32,14 @@ def model_register(
         Path,
         typer.Option(exists=True, dir_okay=False, help=".npy float32 [n, features] sample inputs"),
     ],
+    companion: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="the same model in the other format (.tflite beside .onnx, or the reverse)",
+        ),
+    ] = None,
     api: ApiOption = DEFAULT_API,
 ) -> None:
     """Register an ONNX or TFLite model version with representative sample inputs."""
@@ -41,6 +49,7 @@ def model_register(
             version=version,
             model=file.read_bytes(),
             samples=np.load(samples, allow_pickle=False),
+            companion=companion.read_bytes() if companion is not None else None,
         )
     console.print(f"registered {model['name']} v{model['version']} sha256 {model['sha256']}")
 

@@ -23,6 +23,10 @@ def register_model(
         UploadFile | None,
         File(description="optional gate holdout: .npz with x (float32 [n, features]) and y"),
     ] = None,
+    companion: Annotated[
+        UploadFile | None,
+        File(description="the same model in the other format (.tflite beside .onnx, or reverse)"),
+    ] = None,
 ) -> ModelPublic:
     registered = service.register_model(
         session=session,
@@ -32,6 +36,7 @@ def register_model(
         model_bytes=model.file.read(),
         samples_bytes=samples.file.read(),
         holdout_bytes=holdout.file.read() if holdout is not None else None,
+        companion_bytes=companion.file.read() if companion is not None else None,
     )
     return ModelPublic.model_validate(registered)
 
