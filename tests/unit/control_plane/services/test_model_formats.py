@@ -6,6 +6,7 @@ import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -180,3 +181,64 @@ def test_zipmap_classifier_registers_and_its_bundle_records_the_labels(
     assert rows["int8"]["verdict"] == "skipped"
     assert "LinearClassifier" in rows["int8"]["reasons"][0]
     assert bundle.manifest["lineage"]["candidate"] == "fp32"
+
+
+def test_a_version_with_both_exports_builds_each_profile_from_its_own_format(
+    session: Session, repository: SignedRepository, settings: Settings, digits: DigitsModel
+) -> None:
+    tflite = onnx_to_float_tflite(digits.onnx_bytes)[0]
+    model = register_model(
+        session=session,
+        settings=settings,
+        name="digits-both",
+        version="1",
+        model_bytes=tflite,  # the .tflite first: ONNX profiles use the companion
+        samples_bytes=npy(digits.samples),
+        holdout_bytes=npz(x=digits.holdout_x, y=digits.holdout_y),
+        companion_bytes=digits.onnx_bytes,
+    )
+    assert (model.format, model.formats) == ("tflite", ["tflite", "onnx"])
+    assert model.artifact_check is not None
+    assert model.artifact_check["outputs"]["label"] == {"agreement": 1.0}
+
+    def build(profile: str) -> dict[str, Any]:
+        bundle = build_bundle(
+            session=session,
+            repository=repository,
+            settings=settings,
+            model_name="digits-both",
+            model_version="1",
+            profile_name=profile,
+        )
+        return bundle.manifest
+
+    onnx_manifest = build("x86-64-gateway-onnx")  # no format mismatch: it has an ONNX file
+    assert onnx_manifest["format"] == "onnx"
+    assert onnx_manifest["lineage"]["source_format"] == "onnx"
+    assert onnx_manifest["lineage"]["artifact_check"] == model.artifact_check
+    litert_manifest = build("x86-64-ipc-litert-int8")
+    assert litert_manifest["lineage"]["source_format"] == "tflite"
+    assert litert_manifest["lineage"]["source_sha256"] == model.sha256
+    recipes = [c for c in litert_manifest["candidates"] if c["candidate"].startswith("tflite-")]
+    assert recipes and litert_manifest["lineage"]["recipe"].get("source", "").startswith(
+        "registered .tflite"
+    )
+
+
+def test_a_companion_that_is_another_model_is_refused_at_registration(
+    session: Session, settings: Settings, digits: DigitsModel
+) -> None:
+    from edgefleet_demo.digits import train_digits_model
+
+    other = train_digits_model(seed=1, hidden=(16,), max_iter=20)
+    with pytest.raises(InvalidRequestError, match=r"companion: .*not the same model"):
+        register_model(
+            session=session,
+            settings=settings,
+            name="digits-both",
+            version="1",
+            model_bytes=digits.onnx_bytes,
+            samples_bytes=npy(digits.samples),
+            companion_bytes=onnx_to_float_tflite(other.onnx_bytes)[0],
+        )
+    assert not (settings.models_dir / "digits-both").exists()
