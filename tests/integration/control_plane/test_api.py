@@ -123,8 +123,13 @@ def test_registered_model_builds_a_bundle_listed_by_the_api(
         "size_bytes",
         "created_at",
         "signature",
+        "format",
+        "formats",
+        "artifact_check",
+        "labels",
     }
     assert model["signature"]["inputs"][0]["name"] == "input"
+    assert (model["format"], model["formats"], model["labels"]) == ("onnx", ["onnx"], None)
     assert [m["name"] for m in client.get("/api/v1/models").json()] == ["digits"]
 
     response = build(client)
