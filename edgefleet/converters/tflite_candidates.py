@@ -70,6 +70,12 @@ def finish_boundary(
     from ai_edge_litert import schema_py_generated as s
 
     model = s.ModelT.InitFromObj(s.Model.GetRootAs(data, 0))
+    # ai-edge-quantizer may store weights after the flatbuffer, addressed by offset;
+    # repacking writes only the flatbuffer, so such buffers are inlined first.
+    for buffer in model.buffers or []:
+        if buffer.offset > 1:
+            buffer.data = np.frombuffer(data, np.uint8, buffer.size, buffer.offset).copy()
+            buffer.offset, buffer.size = 0, 0
     graph = model.subgraphs[0]
     codes = [c.builtinCode for c in model.operatorCodes]
     if integer_output:
