@@ -121,3 +121,29 @@ def test_tflite_ops_outside_the_profile_are_refused_before_any_candidate(
             holdout=Holdout(digits.holdout_x, digits.holdout_y),
         )
     assert refused.value.ops == ["SOFTMAX"]
+
+
+def test_int8_candidates_of_a_model_past_256_kib_of_weights_load_and_run(
+    digits: DigitsModel,
+) -> None:
+    # ai-edge-quantizer writes weights past 256 KiB after the flatbuffer, addressed by
+    # offset; the boundary rewrite must keep them, or LiteRT refuses the model.
+    from edgefleet_demo.digits import train_digits_model
+
+    wide = train_digits_model(hidden=(512, 512), max_iter=5)
+    source = onnx_to_float_tflite(wide.onnx_bytes)[0]
+    assert len(source) > 4 * 256 * 1024
+    profile = PROFILES["x86-64-ipc-litert-int8"]
+    candidates = [
+        c
+        for c in tflite_source_candidates(
+            source, profile, inspection=inspect_tflite(source), calibration=digits.samples[:32]
+        )
+    ]
+    errors = [str(c) for c in candidates if isinstance(c, ConversionError)]
+    assert errors == []
+    for candidate in candidates:
+        assert isinstance(candidate, Candidate)
+        runner = TfliteRunner(candidate.data, candidate.io_quantization)
+        scores = runner.run(digits.holdout_x[:1])["probabilities"]
+        assert scores.shape == (1, 10) and abs(float(scores.sum()) - 1.0) < 0.05
