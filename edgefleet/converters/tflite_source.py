@@ -21,13 +21,14 @@ from edgefleet.converters.calibration import calibration_hash
 from edgefleet.converters.candidate import Candidate
 from edgefleet.converters.compat import check_tflite_ops
 from edgefleet.converters.errors import CandidateSkipped, ConversionError
-from edgefleet.converters.tflite_candidates import _recipe, finish_boundary
+from edgefleet.converters.tflite_candidates import _recipe, finish_boundary, inline_buffers
 from edgefleet.converters.tflite_inspect import TfliteInspection
 from edgefleet.profile import FirmwareProfile
 
 logger = logging.getLogger(__name__)
 
 _QUANTIZED_OPS = {"QUANTIZE", "DEQUANTIZE"}
+_CONTROL_FLOW_OPS = {"IF", "WHILE", "CALL_ONCE"}
 
 
 def check_tflite_source(inspection: TfliteInspection, profile: FirmwareProfile) -> None:
@@ -49,6 +50,43 @@ def check_tflite_source(inspection: TfliteInspection, profile: FirmwareProfile) 
 def is_quantized(inspection: TfliteInspection) -> bool:
     """True when the source already carries integer quantization."""
     return bool(inspection.quantization) or bool(inspection.ops & _QUANTIZED_OPS)
+
+
+def unique_tensor_names(data: bytes) -> tuple[bytes, int]:
+    """``data`` with the tensors of control-flow subgraphs renamed where a name repeats.
+
+    ai-edge-quantizer refuses a model whose tensor names are not unique across
+    subgraphs, which converters produce for IF / WHILE bodies (``arg0`` in each).
+    Tensors of the main subgraph keep their names, so the signature is unchanged.
+
+    Returns:
+        The model (the same bytes when nothing repeats) and how many tensors were renamed.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as s
+
+    model = s.ModelT.InitFromObj(s.Model.GetRootAs(data, 0))
+
+    def name(tensor: Any) -> str:
+        raw = tensor.name
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    seen: dict[str, int] = {}
+    for graph in model.subgraphs:
+        for tensor in graph.tensors:
+            seen[name(tensor)] = seen.get(name(tensor), 0) + 1
+    renamed = 0
+    for index, graph in enumerate(model.subgraphs[1:], start=1):
+        for tensor in graph.tensors:
+            if seen[name(tensor)] > 1:
+                tensor.name = f"subgraph{index}/{name(tensor)}"
+                renamed += 1
+    if not renamed:
+        return data, 0
+    inline_buffers(model, data)
+    builder = flatbuffers.Builder(len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output()), renamed
 
 
 def _signature_input(data: bytes, key: str, tensor_name: str) -> str:
@@ -93,6 +131,7 @@ def tflite_source_candidates(
     if "fp16" in profile.precisions:
         recipes.append(("fp16-weights", "fp16"))
     source_quantized = is_quantized(inspection)
+    quantizable, renamed = (data, 0) if source_quantized else unique_tensor_names(data)
     renames = {f"{n}_dequant": n for n in output_names} | {f"{input_name}_quantized": input_name}
     for name, precision in recipes:
         candidate = f"tflite-{name}"
@@ -101,6 +140,12 @@ def tflite_source_candidates(
             continue
         calib: dict[str, list[Any]] | None = None
         if name == "int8-static-a8w8":
+            if flow := sorted(inspection.ops & _CONTROL_FLOW_OPS):
+                yield CandidateSkipped(
+                    candidate,
+                    f"static calibration does not reach the subgraphs of {', '.join(flow)}",
+                )
+                continue
             if not inspection.signature_keys:
                 yield CandidateSkipped(
                     candidate, "the .tflite has no signature to feed calibration samples through"
@@ -113,7 +158,7 @@ def tflite_source_candidates(
             feed = _signature_input(data, key, input_name)
             calib = {key: [{feed: calibration[i : i + 1]} for i in range(len(calibration))]}
         try:
-            quantized = _quantize(data, name, calib)
+            quantized = _quantize(quantizable, name, calib)
             quantized, boundary, dtypes = finish_boundary(
                 quantized, names=renames, integer_output=integer_only
             )
@@ -126,6 +171,8 @@ def tflite_source_candidates(
             "source": "registered .tflite",
             "boundary_dtypes": dtypes,
         }
+        if renamed:
+            recipe["renamed_subgraph_tensors"] = renamed
         if calib is not None and calibration is not None:
             recipe |= {
                 "calibration_sha256": calibration_hash(calibration),

@@ -147,3 +147,39 @@ def test_int8_candidates_of_a_model_past_256_kib_of_weights_load_and_run(
         runner = TfliteRunner(candidate.data, candidate.io_quantization)
         scores = runner.run(digits.holdout_x[:1])["probabilities"]
         assert scores.shape == (1, 10) and abs(float(scores.sum()) - 1.0) < 0.05
+
+
+def test_a_pretrained_tflite_with_control_flow_gets_weight_int8_and_skips_static() -> None:
+    # openWakeWord's "hey jarvis" head, as its wheel ships it: an IF op whose branches
+    # reuse tensor names (arg0...), which ai-edge-quantizer refuses as they are.
+    wakeword = pytest.importorskip("pyopen_wakeword")
+    from pathlib import Path
+
+    from edgefleet.converters.tflite_source import unique_tensor_names
+
+    data = (Path(wakeword.__file__).parent / "models" / "hey_jarvis.tflite").read_bytes()
+    inspection = inspect_tflite(data)
+    renamed, count = unique_tensor_names(data)
+    assert count > 0 and inspect_tflite(renamed).signature == inspection.signature
+
+    text = (default_profiles_dir() / "x86-64-ipc-litert-int8.toml").read_text()
+    extra = '"GREATER_EQUAL", "IF", "RSQRT", "SUB", '
+    profile = parse_profile(text.replace('"ADD", ', f'"ADD", {extra}', 1))
+    x = np.random.default_rng(0).normal(size=(8, 16, 96)).astype(np.float32)
+    items = list(tflite_source_candidates(data, profile, inspection=inspection, calibration=x))
+    skipped = [i for i in items if isinstance(i, ConversionError)]
+    assert [str(i) for i in skipped] == [
+        "tflite-int8-static-a8w8: skipped: static calibration does not reach the subgraphs of IF"
+    ]
+    source = TfliteRunner(data, {}).run(x[:1])["PartitionedCall:0"]
+    built = {c.name: c for c in items if isinstance(c, Candidate)}
+    assert set(built) == {
+        "tflite-int8-dynamic",
+        "tflite-int8-weight-only",
+        "tflite-fp16-weights",
+        "tflite-fp32",
+    }
+    for candidate in built.values():
+        assert candidate.recipe.get("renamed_subgraph_tensors", count) == count
+        got = TfliteRunner(candidate.data, candidate.io_quantization).run(x[:1])
+        assert abs(float(got["PartitionedCall:0"][0, 0]) - float(source[0, 0])) < 0.05
