@@ -183,3 +183,27 @@ def test_a_pretrained_tflite_with_control_flow_gets_weight_int8_and_skips_static
         assert candidate.recipe.get("renamed_subgraph_tensors", count) == count
         got = TfliteRunner(candidate.data, candidate.io_quantization).run(x[:1])
         assert abs(float(got["PartitionedCall:0"][0, 0]) - float(source[0, 0])) < 0.05
+
+
+@pytest.mark.parametrize("name", ["rpi-arm64-litert-int8", "x86-64-ipc-litert-int8"])
+def test_a_pretrained_tflite_conv_net_gets_every_litert_candidate(name: str) -> None:
+    # openWakeWord's speech embedding, as its wheel ships it: PAD, CONV_2D, LEAKY_RELU,
+    # MAXIMUM, MAX_POOL_2D, 1.3 MB of weights (quantized ones land after the flatbuffer).
+    wakeword = pytest.importorskip("pyopen_wakeword")
+    from pathlib import Path
+
+    data = (Path(wakeword.__file__).parent / "models" / "embedding_model.tflite").read_bytes()
+    inspection = inspect_tflite(data)
+    x = np.random.default_rng(0).uniform(0, 4, size=(16, 76, 32, 1)).astype(np.float32)
+    items = list(
+        tflite_source_candidates(data, PROFILES[name], inspection=inspection, calibration=x)
+    )
+    assert [str(i) for i in items if isinstance(i, ConversionError)] == []
+    source = TfliteRunner(data, {}).run(x[:1])["StatefulPartitionedCall:0"]
+    for candidate in items:
+        assert isinstance(candidate, Candidate)
+        got = TfliteRunner(candidate.data, candidate.io_quantization).run(x[:1])
+        embedding = got["StatefulPartitionedCall:0"]
+        cosine = float(np.sum(embedding * source))
+        cosine /= float(np.linalg.norm(embedding) * np.linalg.norm(source))
+        assert embedding.shape == (1, 1, 1, 96) and cosine > 0.9, candidate.name
