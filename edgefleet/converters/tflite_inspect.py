@@ -10,6 +10,7 @@ before any candidate is built.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,13 +109,16 @@ def inspect_tflite(model_bytes: bytes) -> TfliteInspection:
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        ops = tflite_ops(model_bytes)
+        # The interpreter verifies the flatbuffer before anything else reads it.
         interpreter: Any = Interpreter(model_content=model_bytes, num_threads=1)
         interpreter.allocate_tensors()
-    except (ValueError, RuntimeError, IndexError, TypeError) as e:
+        ops = tflite_ops(model_bytes)
+        inputs = interpreter.get_input_details()
+        outputs = interpreter.get_output_details()
+        signature_keys = sorted(interpreter.get_signature_list())
+    except (ValueError, RuntimeError, IndexError, TypeError, struct.error) as e:
+        # UnicodeDecodeError (a ValueError): a tensor name that is not UTF-8.
         raise ConversionError(f"not a loadable TFLite model: {e}") from e
-    inputs = interpreter.get_input_details()
-    outputs = interpreter.get_output_details()
     quantization = {
         str(d["name"]): q for d in [*inputs, *outputs] if (q := _quantization(d)) is not None
     }
@@ -126,5 +130,5 @@ def inspect_tflite(model_bytes: bytes) -> TfliteInspection:
             inputs=[_spec(d) for d in inputs], outputs=[_spec(d) for d in outputs]
         ),
         quantization=quantization,
-        signature_keys=sorted(interpreter.get_signature_list()),
+        signature_keys=signature_keys,
     )
