@@ -207,3 +207,21 @@ def test_a_pretrained_tflite_conv_net_gets_every_litert_candidate(name: str) -> 
         cosine = float(np.sum(embedding * source))
         cosine /= float(np.linalg.norm(embedding) * np.linalg.norm(source))
         assert embedding.shape == (1, 1, 1, 96) and cosine > 0.9, candidate.name
+
+
+def test_legacy_profile_gates_candidates_of_a_registered_tflite_in_tflite_runtime_214(
+    digits: DigitsModel, digits_tflite: bytes
+) -> None:
+    from edgefleet.converters.worker_envs import spec_for, worker_python
+
+    spec = spec_for(PROFILES["legacy-armv7-tflite214"])
+    assert spec is not None and worker_python(spec).exists(), (
+        "the tflite-runtime 2.14 worker environment is missing: run `make setup`"
+    )
+    outcome = _build(digits_tflite, "legacy-armv7-tflite214", digits)
+    assert outcome.gate_runtime["name"] == "tflite-runtime"
+    assert outcome.gate_runtime["matches_profile"] is True
+    rows = {r.candidate: r for r in outcome.table}
+    # As for a lowered ONNX model: dynamic int8 runs right in LiteRT, wrong in 2.14.
+    assert rows["tflite-int8-dynamic"].verdict == "refused"
+    assert outcome.chosen_row.passed and outcome.chosen.name != "tflite-int8-dynamic"
