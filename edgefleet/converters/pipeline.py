@@ -100,11 +100,11 @@ def _candidates(
     inspection: OnnxInspection | TfliteInspection,
     cache_dir: Path | None,
 ) -> Iterable[Candidate | ConversionError]:
-    if isinstance(inspection, TfliteInspection) or model is None:
-        assert isinstance(inspection, TfliteInspection)  # model is None only for a .tflite
+    if isinstance(inspection, TfliteInspection):  # a registered .tflite: no ONNX in between
         return tflite_source_candidates(
             model_bytes, profile, inspection=inspection, calibration=calibration
         )
+    assert model is not None  # an ONNX source is always parsed
     if profile.is_onnx:
         check_onnx_ops(model, profile)
         lowered = lower_opset(model, profile)
@@ -145,14 +145,15 @@ def build_for_profile(
     """Build, measure and gate every candidate; the chosen one, or ``GateError``."""
     say = progress or (lambda _text: None)
     inspection = inspect_model(model_bytes)  # .onnx or .tflite, by content
-    source_is_tflite = isinstance(inspection, TfliteInspection)
+    model: onnx.ModelProto | None = None
     if isinstance(inspection, TfliteInspection):
-        check_tflite_source(inspection, profile)  # ONNX profile, ops: refused before building
+        check_tflite_source(inspection, profile)  # an ONNX profile, or ops it lacks: refused
+    else:
+        model = onnx.load_from_string(model_bytes)
     if len(inspection.signature.inputs) != 1:
         raise ConversionError("only models with exactly one input are supported")
     input_name = inspection.signature.inputs[0].name
     output_names = [o.name for o in inspection.signature.outputs]
-    model = None if source_is_tflite else onnx.load_from_string(model_bytes)
     calib = prepare_calibration(calibration) if calibration is not None else None
     limits = GateLimits(
         max_accuracy_drop=profile.max_accuracy_drop
