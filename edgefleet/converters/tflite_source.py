@@ -11,8 +11,9 @@ calibration needs a signature to feed samples through. ONNX profiles cannot run 
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -89,15 +90,35 @@ def unique_tensor_names(data: bytes) -> tuple[bytes, int]:
     return bytes(builder.Output()), renamed
 
 
-def _signature_input(data: bytes, key: str, tensor_name: str) -> str:
-    """The signature's name for the input tensor ``tensor_name`` (they may differ)."""
+def _signature_inputs(data: bytes, key: str) -> dict[str, str]:
+    """Input tensor name -> the signature's name for it (a converter may make them differ)."""
     from ai_edge_litert.interpreter import Interpreter
 
     runner: Any = Interpreter(model_content=data).get_signature_runner(key)
-    for name, detail in runner.get_input_details().items():
-        if detail["name"] == tensor_name:
-            return str(name)
-    return tensor_name
+    return {str(d["name"]): str(name) for name, d in runner.get_input_details().items()}
+
+
+def _calibration_feed(
+    data: bytes, key: str, arrays: Mapping[str, np.ndarray]
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """ai-edge-quantizer's calibration set: one batch-1 row of every input per step."""
+    names = _signature_inputs(data, key)
+    rows = min(len(a) for a in arrays.values())
+    return {
+        key: [
+            {names.get(t, t): np.asarray(a[i : i + 1]) for t, a in arrays.items()}
+            for i in range(rows)
+        ]
+    }
+
+
+def _arrays_hash(arrays: Mapping[str, np.ndarray]) -> str:
+    if len(arrays) == 1:
+        return calibration_hash(next(iter(arrays.values())))
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode() + b"\0" + calibration_hash(arrays[name]).encode())
+    return digest.hexdigest()
 
 
 def _quantize(data: bytes, recipe_name: str, calibration: dict[str, list[Any]] | None) -> bytes:
@@ -115,13 +136,23 @@ def tflite_source_candidates(
     profile: FirmwareProfile,
     *,
     inspection: TfliteInspection,
-    calibration: np.ndarray | None,
+    calibration: np.ndarray | Mapping[str, np.ndarray] | None,
 ) -> Iterator[Candidate | ConversionError]:
     """Every candidate the profile allows from the registered .tflite, the model as
-    given last; recipes that cannot apply come as ``CandidateSkipped``."""
+    given last; recipes that cannot apply come as ``CandidateSkipped``.
+
+    ``calibration`` is the samples of the one input, or input name -> samples.
+    """
     check_tflite_source(inspection, profile)
     integer_only = bool(profile.tflite and profile.tflite.integer_only)
-    input_name = inspection.signature.inputs[0].name
+    input_names = [i.name for i in inspection.signature.inputs]
+    arrays: Mapping[str, np.ndarray] = (
+        {}
+        if calibration is None
+        else calibration
+        if isinstance(calibration, Mapping)
+        else {input_names[0]: calibration}
+    )
     output_names = [o.name for o in inspection.signature.outputs]
     recipes: list[tuple[str, str]] = []
     if "int8" in profile.precisions:
@@ -132,7 +163,7 @@ def tflite_source_candidates(
         recipes.append(("fp16-weights", "fp16"))
     source_quantized = is_quantized(inspection)
     quantizable, renamed = (data, 0) if source_quantized else unique_tensor_names(data)
-    renames = {f"{n}_dequant": n for n in output_names} | {f"{input_name}_quantized": input_name}
+    renames = {f"{n}_dequant": n for n in output_names} | {f"{n}_quantized": n for n in input_names}
     for name, precision in recipes:
         candidate = f"tflite-{name}"
         if source_quantized:
@@ -151,12 +182,12 @@ def tflite_source_candidates(
                     candidate, "the .tflite has no signature to feed calibration samples through"
                 )
                 continue
-            if len(inspection.signature.inputs) != 1 or calibration is None:
-                yield CandidateSkipped(candidate, "no calibration samples for the model's input")
+            if missing := [n for n in input_names if n not in arrays]:
+                yield CandidateSkipped(candidate, f"no calibration samples for {missing}")
                 continue
-            key = inspection.signature_keys[0]
-            feed = _signature_input(data, key, input_name)
-            calib = {key: [{feed: calibration[i : i + 1]} for i in range(len(calibration))]}
+            calib = _calibration_feed(
+                quantizable, inspection.signature_keys[0], {n: arrays[n] for n in input_names}
+            )
         try:
             quantized = _quantize(quantizable, name, calib)
             quantized, boundary, dtypes = finish_boundary(
@@ -173,10 +204,10 @@ def tflite_source_candidates(
         }
         if renamed:
             recipe["renamed_subgraph_tensors"] = renamed
-        if calib is not None and calibration is not None:
+        if calib is not None:
             recipe |= {
-                "calibration_sha256": calibration_hash(calibration),
-                "calibration_samples": len(calibration),
+                "calibration_sha256": _arrays_hash(arrays),
+                "calibration_samples": min(len(a) for a in arrays.values()),
             }
         yield Candidate(
             name=candidate,

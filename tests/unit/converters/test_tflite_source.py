@@ -225,3 +225,31 @@ def test_legacy_profile_gates_candidates_of_a_registered_tflite_in_tflite_runtim
     # As for a lowered ONNX model: dynamic int8 runs right in LiteRT, wrong in 2.14.
     assert rows["tflite-int8-dynamic"].verdict == "refused"
     assert outcome.chosen_row.passed and outcome.chosen.name != "tflite-int8-dynamic"
+
+
+def test_static_int8_takes_samples_per_input_name_and_skips_naming_a_missing_input(
+    digits: DigitsModel, digits_tflite: bytes
+) -> None:
+    from edgefleet.converters.calibration import calibration_hash
+
+    profile = PROFILES["x86-64-ipc-litert-int8"]
+    inspection = inspect_tflite(digits_tflite)
+
+    def static(calibration: object) -> Candidate | ConversionError:
+        return next(
+            c
+            for c in tflite_source_candidates(
+                digits_tflite,
+                profile,
+                inspection=inspection,
+                calibration=calibration,  # type: ignore[arg-type]
+            )
+            if str(c.name if isinstance(c, Candidate) else c).startswith("tflite-int8-static")
+        )
+
+    by_name, plain = static({"input": digits.samples}), static(digits.samples)
+    assert isinstance(by_name, Candidate) and isinstance(plain, Candidate)
+    assert by_name.data == plain.data
+    assert by_name.recipe["calibration_sha256"] == calibration_hash(digits.samples)
+    missing = static({"pixels": digits.samples})
+    assert str(missing) == "tflite-int8-static-a8w8: skipped: no calibration samples for ['input']"
