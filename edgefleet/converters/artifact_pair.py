@@ -29,7 +29,7 @@ MAX_ROWS = 256
 
 def _runner(model: ReadModel) -> Runner:
     if isinstance(model.inspection, TfliteInspection):
-        return TfliteRunner(model.data, model.inspection.quantization)
+        return TfliteRunner(model.data, {})  # the dtypes its signature states
     return OnnxRunner(model.data)
 
 

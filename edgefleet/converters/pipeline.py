@@ -172,7 +172,7 @@ def build_for_profile(
             f"holdout shape {list(holdout_x.shape)} does not fit input {input_name} {want}"
         )
     source: Runner = (
-        TfliteRunner(model_bytes, inspection.quantization)
+        TfliteRunner(model_bytes, {})  # its tensors as its signature states them
         if isinstance(inspection, TfliteInspection)
         else OnnxRunner(model_bytes)
     )

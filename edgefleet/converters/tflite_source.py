@@ -224,6 +224,13 @@ def tflite_source_candidates(
             format="tflite",
             precision=precision,
             data=data,
-            recipe={"tool": "none", "source": "registered .tflite, as given"},
-            io_quantization=dict(inspection.quantization),
+            recipe={
+                "tool": "none",
+                "source": "registered .tflite, as given",
+                # An integer boundary stays integer: clients send what the signature
+                # says. Its scale and zero-point, for them to read:
+                "boundary_quantization": {
+                    n: q.as_dict() for n, q in inspection.quantization.items()
+                },
+            },
         )

@@ -97,7 +97,12 @@ def test_an_already_quantized_tflite_is_not_quantized_again(digits: DigitsModel)
         "the registered .tflite is already quantized"
     ]
     assert outcome.chosen.name == "tflite-int8" and outcome.chosen.data == int8_source.data
-    assert outcome.chosen.io_quantization == int8_source.io_quantization
+    # Kept exactly as registered: an INT8 input stays INT8, no conversion at the boundary.
+    assert outcome.inspection.signature.inputs[0].datatype == "INT8"
+    assert outcome.chosen.io_quantization == {}
+    assert outcome.chosen.recipe["boundary_quantization"]["input"] == (
+        int8_source.io_quantization["input"].as_dict()
+    )
 
 
 def test_onnx_profile_refuses_a_tflite_model_naming_the_format_mismatch(
