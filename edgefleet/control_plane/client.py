@@ -108,6 +108,7 @@ class ApiClient:
         samples: np.ndarray,
         holdout_x: np.ndarray | None = None,
         holdout_y: np.ndarray | None = None,
+        companion: bytes | None = None,
     ) -> dict[str, Any]:
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(samples, dtype=np.float32), allow_pickle=False)
@@ -115,6 +116,8 @@ class ApiClient:
             "model": ("model.onnx", model, "application/octet-stream"),
             "samples": ("samples.npy", buffer.getvalue(), "application/octet-stream"),
         }
+        if companion is not None:  # the same model in the other format
+            files["companion"] = ("companion.model", companion, "application/octet-stream")
         if holdout_x is not None:
             arrays: dict[str, Any] = {"x": np.asarray(holdout_x, dtype=np.float32)}
             if holdout_y is not None:

@@ -22,20 +22,34 @@ bundle_app = typer.Typer(no_args_is_help=True, help="Build and list signed bundl
 def model_register(
     name: str,
     version: str,
-    file: Annotated[Path, typer.Option("--file", exists=True, dir_okay=False, help="ONNX model")],
+    file: Annotated[
+        Path,
+        typer.Option(
+            "--file", exists=True, dir_okay=False, help="model: .onnx or .tflite, told by content"
+        ),
+    ],
     samples: Annotated[
         Path,
         typer.Option(exists=True, dir_okay=False, help=".npy float32 [n, features] sample inputs"),
     ],
+    companion: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="the same model in the other format (.tflite beside .onnx, or the reverse)",
+        ),
+    ] = None,
     api: ApiOption = DEFAULT_API,
 ) -> None:
-    """Register an ONNX model version with representative sample inputs."""
+    """Register an ONNX or TFLite model version with representative sample inputs."""
     with api_errors(ValueError, OSError), ApiClient(api) as client:
         model = client.register_model(
             name=name,
             version=version,
             model=file.read_bytes(),
             samples=np.load(samples, allow_pickle=False),
+            companion=companion.read_bytes() if companion is not None else None,
         )
     console.print(f"registered {model['name']} v{model['version']} sha256 {model['sha256']}")
 
@@ -45,7 +59,9 @@ def model_list(api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -> Non
     """List registered model versions."""
     with api_errors(), ApiClient(api) as client:
         rows = client.list_models()
-    print_rows(rows, ["name", "version", "size_bytes", "sha256", "created_at"], "models", as_json)
+    print_rows(
+        rows, ["name", "version", "format", "size_bytes", "sha256", "created_at"], "models", as_json
+    )
 
 
 @bundle_app.command("build")

@@ -47,6 +47,14 @@ class ModelVersion(ModelVersionBase, table=True):
     path: str
     samples_path: str
     signature: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    format: str = Field(default="onnx", max_length=16)  # "onnx" | "tflite", read from the bytes
+    # Every format the version carries (``model.<format>`` beside ``path``): the primary
+    # one, and an export of the same model in the other format when one was registered.
+    formats: list[str] = Field(default_factory=lambda: ["onnx"], sa_column=Column(JSON))
+    # How the two exports agreed on the samples, when there are two.
+    artifact_check: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # Scores output -> class label of each column (an ONNX-ML ZipMap's labels), if any.
+    labels: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = _ts_field()
 
 
@@ -56,6 +64,10 @@ class ModelPublic(ModelVersionBase):
     size_bytes: int
     created_at: datetime
     signature: dict[str, Any]
+    format: str = "onnx"
+    formats: list[str] = ["onnx"]
+    artifact_check: dict[str, Any] | None = None
+    labels: dict[str, Any] | None = None
 
 
 # -- bundles ------------------------------------------------------------------

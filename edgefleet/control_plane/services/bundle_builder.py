@@ -137,6 +137,15 @@ def _run_smoke(outcome: BuildOutcome, inputs: np.ndarray) -> dict[str, np.ndarra
     return {name: np.concatenate([r[name] for r in rows]) for name in outcome.output_names}
 
 
+def _source_for(model: ModelVersion, profile: FirmwareProfile) -> Path:
+    """The file a profile builds from: the version's export in the profile's own format
+    when it carries one (ONNX for onnxruntime, .tflite for LiteRT), else the primary."""
+    wanted = "onnx" if profile.is_onnx else "tflite"
+    if wanted in (model.formats or []) and wanted != model.format:
+        return Path(model.path).with_name(f"model.{wanted}")
+    return Path(model.path)
+
+
 def _gate_holdout(model: ModelVersion, samples: np.ndarray, given: Holdout | None) -> Holdout:
     if given is not None:
         return given
@@ -170,7 +179,8 @@ def build_bundle(
     ).first()
     if model is None:
         raise NotFoundError(f"model {model_name} version {model_version} not found")
-    model_bytes = Path(model.path).read_bytes()
+    source = _source_for(model, profile)
+    model_bytes = source.read_bytes()
     samples = np.load(model.samples_path, allow_pickle=False).astype(np.float32)
 
     try:
@@ -228,6 +238,8 @@ def build_bundle(
             # Integer model boundaries: the agent quantizes inputs and dequantizes
             # outputs with these, so clients always send and receive float tensors.
             "quantization": {n: q.as_dict() for n, q in artifact.io_quantization.items()},
+            # Scores output -> the class label of each column (an ONNX-ML ZipMap's labels).
+            **({"labels": model.labels} if model.labels else {}),
             "smoke_test": {
                 "inputs": {input_name: _member_name("smoke_input", input_name)},
                 "expected": expected,
@@ -239,6 +251,8 @@ def build_bundle(
             "reference_stats": REFERENCE_STATS_NAME,
             "lineage": {
                 "source_sha256": outcome.inspection.sha256,
+                "source_format": source.suffix.lstrip("."),
+                **({"artifact_check": model.artifact_check} if model.artifact_check else {}),
                 "model_sha256": model.sha256,
                 "candidate": artifact.name,
                 "recipe": artifact.recipe,
