@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from edgefleet.control_plane.cli.options import DatabaseOption, DataDirOption
 from edgefleet.control_plane.cli.output import console, fail, setup_logging
@@ -108,11 +109,17 @@ def up(
         raise fail(e) from e
     with stack:
         scheme = "https" if stack.api_tls else "http"
-        console.print(f"[green]broker[/]        {stack.broker.url}")
-        console.print(f"[green]control plane[/] {scheme}://{bind}:{port}  (OpenAPI at /docs)")
+        console.print(Text.assemble(("broker", "green"), f"        {stack.broker.url}"))
+        console.print(
+            Text.assemble(
+                ("control plane", "green"), f" {scheme}://{bind}:{port}  (OpenAPI at /docs)"
+            )
+        )
         if stack.ca is not None:
-            console.print(f"[green]CA[/]            {stack.pki.ca_cert.resolve()}")
-        console.print(f"[green]data[/]          {data_dir.resolve()}")
+            console.print(
+                Text.assemble(("CA", "green"), f"            {stack.pki.ca_cert.resolve()}")
+            )
+        console.print(Text.assemble(("data", "green"), f"          {data_dir.resolve()}"))
         console.print("Ctrl-C stops both.")
         ssl_files: dict[str, Any] = {}
         if stack.api_tls:
