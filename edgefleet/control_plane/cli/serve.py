@@ -87,9 +87,21 @@ def up(
 
     from edgefleet.control_plane.app import create_app, server_options
     from edgefleet.control_plane.core.errors import ControlPlaneError
+    from edgefleet.control_plane.core.netutil import port_taken
     from edgefleet.control_plane.local_stack import LOOPBACK, start_local_stack
 
     setup_logging(log_level)
+    # Refuse before anything starts: a private broker that cannot bind would leave
+    # the control plane talking to whatever already listens there.
+    host = "127.0.0.1" if bind == "localhost" else bind
+    for taken, flag in ((mqtt_port, "--mqtt-port"), (port, "--port")):
+        if port_taken(host, taken):
+            raise fail(
+                OSError(
+                    f"port {taken} on {bind} is already in use (another broker or server?); "
+                    f"stop it or choose a free port with {flag}"
+                )
+            )
     if (https_cert is None) != (https_key is None):
         raise fail(ValueError("--https-cert and --https-key go together"))
     if bind not in LOOPBACK and not mqtt_tls:

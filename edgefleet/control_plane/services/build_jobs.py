@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted: the control plane stopped during the build"
 RESTARTED = "interrupted: the control plane restarted during the build"
+INTERRUPTED_STATUS = 503  # not the request's fault: the same build may well pass again
 
 ErrorStatus = Callable[[Exception], int]
 
@@ -77,7 +78,7 @@ def interrupt_unfinished(*, engine: Engine, owner: str, reason: str = RESTARTED)
         ).all()
         for job in jobs:
             job.state = next_build_state(job.state, "interrupt")
-            job.error, job.error_status, job.finished_at = reason, 503, utcnow()
+            job.error, job.error_status, job.finished_at = reason, INTERRUPTED_STATUS, utcnow()
             session.add(job)
         session.commit()
         ids = [job.id for job in jobs if job.id is not None]
@@ -115,6 +116,7 @@ class BuildRunner:
         self._error_status = error_status
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="build")
         self._process = BuildProcess()
+        self._stopping = False
 
     def start(
         self, *, session: Session, request: BuildRequest, actor: str | None
@@ -153,6 +155,7 @@ class BuildRunner:
 
     def stop(self) -> None:
         """End running builds and drop queued ones; their jobs fail as interrupted."""
+        self._stopping = True
         self._process.stop_all()
         self._executor.shutdown(wait=True, cancel_futures=True)
         interrupt_unfinished(engine=self._engine, owner=self.owner, reason=INTERRUPTED)
@@ -211,7 +214,10 @@ class BuildRunner:
                 bundle_id = bundle.id
         except Exception as e:  # the top of a background job: every failure lands in its row
             status = self._error_status(e)
-            if isinstance(e, ControlPlaneError) and status < 500:
+            if self._stopping:  # the child was ended under it: not the build's fault
+                logger.warning("build interrupted build_id=%d", build_id)
+                message, status = INTERRUPTED, INTERRUPTED_STATUS
+            elif isinstance(e, ControlPlaneError) and status < 500:
                 logger.info("build failed build_id=%d status=%d error=%s", build_id, status, e)
                 message = str(e)
             else:
