@@ -1,9 +1,10 @@
 """What the CLI writes: tables, JSON, and errors as one line and exit code 1.
 
 Text from the server or the user (names, reasons, error messages) is printed as it
-is: both consoles have rich's markup off, so ``[bold]`` or ``[/]`` in a message
-shows as those characters and never styles, hides or breaks the line. Colour comes
-from ``Text`` with a style, never from markup in a string.
+is: both consoles have rich's markup off, so ``[bold]`` or ``[/]`` in a message shows
+as those characters and never styles, hides or breaks the line; long lines are not
+re-wrapped either, so an error pastes back whole. Colour comes from ``Text`` with a
+style, never from markup in a string.
 
 Every command that calls the API wraps the call in :func:`api_errors`, so an API
 error (or a refusal it names) reads the same everywhere: ``error: <reason>`` on
@@ -25,8 +26,8 @@ from rich.text import Text
 
 from edgefleet.control_plane.client import ApiError
 
-console = Console(markup=False)
-err_console = Console(stderr=True, markup=False)
+console = Console(markup=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, soft_wrap=True)
 
 
 def setup_logging(level: str) -> None:
