@@ -49,7 +49,13 @@ _JOIN_S = 30.0
 
 
 def _max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    """This process's peak resident set. ``VmHWM`` where there is ``/proc``: ``ru_maxrss``
+    would carry the control plane's own peak over the child's exec."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def _portable_error(error: ConversionError) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
