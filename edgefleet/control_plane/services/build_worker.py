@@ -6,7 +6,9 @@ load whole frameworks), and Python does not hand freed memory back to the system
 :func:`build_in_child` therefore runs :func:`edgefleet.converters.pipeline.build_for_profile`
 in a fresh interpreter (multiprocessing's ``spawn`` context, so nothing of the control
 plane is inherited: no sockets, no database connections, no signing keys) and
-returns its outcome; when the child exits, all its memory goes with it.
+returns its outcome; when the child exits, all its memory goes with it. Its
+arguments reach it through a scratch directory (a pickle, large arrays as ``.npy``
+files), streamed to disk rather than copied into one buffer in the control plane.
 
 The child talks back over one pipe, in order::
 
@@ -25,12 +27,17 @@ from __future__ import annotations
 import importlib
 import logging
 import multiprocessing
+import pickle
 import resource
 import signal
+import tempfile
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
 
 from edgefleet.control_plane.core.errors import BuildError, ControlPlaneError
 from edgefleet.converters.errors import ConversionError
@@ -46,6 +53,7 @@ CandidateRows = Callable[[dict[str, Any]], None]
 
 _CONTEXT = multiprocessing.get_context("spawn")
 _JOIN_S = 30.0
+_ARRAY_FILE_BYTES = 1 << 20  # arrays from 1 MiB on go to the child as .npy files
 
 
 def _max_rss_bytes() -> int:
@@ -82,13 +90,42 @@ def _rebuilt_error(
     return error
 
 
-def _child(
-    connection: Connection, model_bytes: bytes, profile: FirmwareProfile, options: dict[str, Any]
-) -> None:
-    """The child's whole life: build, report, exit."""
+class _ArraysToFiles(pickle.Pickler):
+    """Pickles the build's arguments to a file, each large array to an ``.npy`` beside it.
+
+    Streaming: neither the pickle nor an array is ever copied whole into memory, which
+    is what handing a sample set of some hundred MB to ``Process(args=...)`` would do
+    (it pickles into one buffer first).
+    """
+
+    def __init__(self, file: BinaryIO, directory: Path) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._directory = directory
+        self._count = 0
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, np.ndarray) and obj.nbytes >= _ARRAY_FILE_BYTES and obj.dtype != object:
+            self._count += 1
+            path = self._directory / f"array-{self._count}.npy"
+            np.save(path, obj, allow_pickle=False)
+            return np.load, (str(path),)
+        return NotImplemented
+
+
+def _write_arguments(directory: Path, arguments: tuple[Any, ...]) -> Path:
+    path = directory / "arguments.pickle"
+    with path.open("wb") as file:
+        _ArraysToFiles(file, directory).dump(arguments)
+    return path
+
+
+def _child(connection: Connection, arguments: str) -> None:
+    """The child's whole life: read its arguments, build, report, exit."""
     from edgefleet.converters.pipeline import build_for_profile
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control plane decides when to stop it
+    with open(arguments, "rb") as file:
+        model_bytes, profile, options = pickle.load(file)  # written by our parent just now
     try:
         outcome = build_for_profile(
             model_bytes,
@@ -145,30 +182,32 @@ class BuildProcess:
             BuildError: the child died before it answered (killed, out of memory), or the
                 control plane is stopping.
         """
-        receiver, sender = _CONTEXT.Pipe(duplex=False)
-        process = _CONTEXT.Process(
-            target=_child,
-            args=(sender, model_bytes, profile, options),
-            name=f"edgefleet-build-{profile.name}",
-            daemon=True,
-        )
-        with self._lock:
-            if self._stopping:
-                raise BuildError("interrupted: the control plane is stopping")
-            process.start()
-            self._running.add(process)
-        sender.close()  # the child holds the only writing end now
-        logger.info("build worker started pid=%s profile=%s", process.pid, profile.name)
-        try:
-            return self._follow(process, receiver, progress, on_candidate, on_rss)
-        finally:
-            receiver.close()
-            process.join(_JOIN_S)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        with tempfile.TemporaryDirectory(prefix="edgefleet-build-") as scratch:
+            arguments = _write_arguments(Path(scratch), (model_bytes, profile, options))
+            receiver, sender = _CONTEXT.Pipe(duplex=False)
+            process = _CONTEXT.Process(
+                target=_child,
+                args=(sender, str(arguments)),
+                name=f"edgefleet-build-{profile.name}",
+                daemon=True,
+            )
             with self._lock:
-                self._running.discard(process)
+                if self._stopping:
+                    raise BuildError("interrupted: the control plane is stopping")
+                process.start()
+                self._running.add(process)
+            sender.close()  # the child holds the only writing end now
+            logger.info("build worker started pid=%s profile=%s", process.pid, profile.name)
+            try:
+                return self._follow(process, receiver, progress, on_candidate, on_rss)
+            finally:
+                receiver.close()
+                process.join(_JOIN_S)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+                with self._lock:
+                    self._running.discard(process)
 
     def _follow(
         self,
