@@ -160,22 +160,14 @@ class BuildRunner:
         self._executor.shutdown(wait=True, cancel_futures=True)
         interrupt_unfinished(engine=self._engine, owner=self.owner, reason=INTERRUPTED)
 
-    def _update(self, build_id: int, **changes: Any) -> None:
+    def _update(self, build_id: int, *, event: str | None = None, **changes: Any) -> None:
+        """Set ``changes`` on the job (and move its state on ``event``), committed at once."""
         with Session(self._engine) as session:
             job = session.get(BuildJob, build_id)
             if job is None:
                 return
-            for name, value in changes.items():
-                setattr(job, name, value)
-            session.add(job)
-            session.commit()
-
-    def _move(self, build_id: int, event: str, **changes: Any) -> None:
-        with Session(self._engine) as session:
-            job = session.get(BuildJob, build_id)
-            if job is None:
-                return
-            job.state = next_build_state(job.state, event)
+            if event is not None:
+                job.state = next_build_state(job.state, event)
             for name, value in changes.items():
                 setattr(job, name, value)
             session.add(job)
@@ -191,7 +183,9 @@ class BuildRunner:
             session.commit()
 
     def _run(self, build_id: int, request: BuildRequest) -> str:
-        self._move(build_id, "start", started_at=utcnow(), stage="starting the build worker")
+        self._update(
+            build_id, event="start", started_at=utcnow(), stage="starting the build worker"
+        )
         try:
             with Session(self._engine) as session:
                 bundle = build_bundle(
@@ -223,15 +217,17 @@ class BuildRunner:
             else:
                 logger.exception("build failed build_id=%d", build_id)
                 message = str(e) if isinstance(e, ControlPlaneError) else f"internal error: {e!r}"
-            self._move(
+            self._update(
                 build_id,
-                "fail",
+                event="fail",
                 error=message,
                 error_status=status,
                 stage=None,
                 finished_at=utcnow(),
             )
             raise
-        self._move(build_id, "succeed", bundle_id=bundle_id, stage=None, finished_at=utcnow())
+        self._update(
+            build_id, event="succeed", bundle_id=bundle_id, stage=None, finished_at=utcnow()
+        )
         logger.info("build succeeded build_id=%d bundle_id=%s", build_id, bundle_id)
         return bundle_id
