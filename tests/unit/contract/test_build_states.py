@@ -29,7 +29,7 @@ EVENTS = ("start", "succeed", "fail", "interrupt")
 
 def test_table_is_exactly_the_allowed_moves() -> None:
     assert sorted((s, e, t) for (s, e), t in TRANSITIONS.items()) == sorted(ALLOWED)
-    assert FINISHED_BUILD_STATES | UNFINISHED_BUILD_STATES == set(BUILD_STATES)
+    assert set(BUILD_STATES) == FINISHED_BUILD_STATES | UNFINISHED_BUILD_STATES
 
 
 @pytest.mark.parametrize(("state", "event"), list(itertools.product(BUILD_STATES, EVENTS)))
