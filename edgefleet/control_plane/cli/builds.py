@@ -8,6 +8,8 @@ Ctrl-C stops following, never the build.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -51,32 +53,37 @@ def _say(text: str) -> None:
     console.print(text, highlight=False)
 
 
-def follow_build(client: ApiClient, build_id: int) -> dict[str, Any]:
-    """Print each candidate of build ``build_id`` as it lands; the finished job.
+@contextmanager
+def ctrl_c_keeps_building(build_id: int) -> Iterator[None]:
+    """Ctrl-C inside the block stops the command, not build ``build_id``, and says so.
 
     Raises:
-        typer.Exit: Code 130 on Ctrl-C (the build keeps running), after saying how to
-            follow it again.
+        typer.Exit: Code 130 on Ctrl-C, after saying how to follow the build again.
     """
-    shown = 0
     try:
-        with console.status(Text(f"build {build_id}: waiting")) as status:
-
-            def update(job: dict[str, Any]) -> None:
-                nonlocal shown
-                for row in job.get("candidates", [])[shown:]:
-                    _say(candidate_line(row))
-                shown = len(job.get("candidates", []))
-                stage = job.get("stage") or job["state"]
-                status.update(Text(f"build {build_id} {job['state']}: {stage}"))
-
-            return client.wait_build(build_id, on_update=update)
+        yield
     except KeyboardInterrupt:
         _say(
             f"stopped following build {build_id}; it keeps running on the control plane. "
             f"Follow it with: edgefleet build wait {build_id}"
         )
         raise typer.Exit(INTERRUPTED_EXIT) from None
+
+
+def follow_build(client: ApiClient, build_id: int) -> dict[str, Any]:
+    """Print each candidate of build ``build_id`` as it lands; the finished job."""
+    shown = 0
+    with console.status(Text(f"build {build_id}: waiting")) as status:
+
+        def update(job: dict[str, Any]) -> None:
+            nonlocal shown
+            for row in job.get("candidates", [])[shown:]:
+                _say(candidate_line(row))
+            shown = len(job.get("candidates", []))
+            stage = job.get("stage") or job["state"]
+            status.update(Text(f"build {build_id} {job['state']}: {stage}"))
+
+        return client.wait_build(build_id, on_update=update)
 
 
 def report_finished(client: ApiClient, job: dict[str, Any]) -> None:
@@ -99,7 +106,7 @@ def report_finished(client: ApiClient, job: dict[str, Any]) -> None:
 @build_app.command("wait")
 def build_wait(build_id: BuildId, api: ApiOption = DEFAULT_API) -> None:
     """Follow a build until it ends: each candidate as it is measured, then the verdict."""
-    with api_errors(), ApiClient(api) as client:
+    with api_errors(), ApiClient(api) as client, ctrl_c_keeps_building(build_id):
         job = client.get_build(build_id)
         _say(f"build {build_id}: {job['model']} v{job['model_version']} for {job['profile']}")
         report_finished(client, follow_build(client, build_id))

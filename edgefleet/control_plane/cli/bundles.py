@@ -10,7 +10,11 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from edgefleet.control_plane.cli.builds import follow_build, report_finished
+from edgefleet.control_plane.cli.builds import (
+    ctrl_c_keeps_building,
+    follow_build,
+    report_finished,
+)
 from edgefleet.control_plane.cli.options import DEFAULT_API, ApiOption, JsonOption
 from edgefleet.control_plane.cli.output import api_errors, console, print_rows
 from edgefleet.control_plane.client import ApiClient
@@ -78,15 +82,16 @@ def bundle_build(
             holdout_x=holdout_x,
             holdout_y=holdout_y,
         )
-        console.print(
-            f"build {job['id']} started: {model} v{version} for {profile} "
-            f"(Ctrl-C stops following, not the build)"
-        )
-        finished = follow_build(client, job["id"])
-        if finished["state"] == "succeeded":
-            bundle = client.get_bundle(finished["bundle_id"])
-            console.print(_candidates_table(bundle["manifest"].get("candidates", [])))
-        report_finished(client, finished)
+        with ctrl_c_keeps_building(job["id"]):
+            console.print(
+                f"build {job['id']} started: {model} v{version} for {profile} "
+                f"(Ctrl-C stops following, not the build)"
+            )
+            finished = follow_build(client, job["id"])
+            if finished["state"] == "succeeded":
+                bundle = client.get_bundle(finished["bundle_id"])
+                console.print(_candidates_table(bundle["manifest"].get("candidates", [])))
+            report_finished(client, finished)
 
 
 def _candidates_table(rows: list[dict[str, Any]]) -> Table:

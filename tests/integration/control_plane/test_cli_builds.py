@@ -7,6 +7,7 @@ and ends with the verdict; a failed build is exit code 1 with the build's reason
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -148,3 +149,23 @@ def test_build_status_and_list_show_a_finished_build(api: str) -> None:
     assert f"bundle   {done['bundle_id']}" in status.output
     assert listed.exit_code == 0 and done["bundle_id"] in listed.output
     assert missing.exit_code == 1 and "build 424242 not found" in missing.output
+
+
+def test_ctrl_c_stops_following_but_the_build_goes_on(api: str) -> None:
+    command = [sys.executable, "-m", "edgefleet.control_plane", "bundle", "build"]
+    command += ["--model", "digits", "--version", "1", "--profile", PROFILE, "--api", api]
+    follower = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert follower.stdout is not None
+    first = follower.stdout.readline()  # "build N started: ..." once the job exists
+    assert " started: digits v1" in first, first
+
+    follower.send_signal(signal.SIGINT)
+    rest = follower.communicate(timeout=60)[0]
+
+    build_id = int(first.split()[1])
+    assert follower.returncode == 130, first + rest
+    assert f"Follow it with: edgefleet build wait {build_id}" in rest
+    with ApiClient(api) as client:
+        assert client.wait_build(build_id)["state"] == "succeeded"
