@@ -19,6 +19,7 @@ from sqlmodel import Session
 
 from edgefleet.control_plane.api.routes import (
     audit,
+    builds,
     bundles,
     devices,
     drift,
@@ -50,6 +51,7 @@ from edgefleet.control_plane.core.metrics import router as metrics_router
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.drift.loop import DriftLoop
 from edgefleet.control_plane.jobs.scheduler import build_scheduler
+from edgefleet.control_plane.services.build_jobs import BuildRunner, interrupt_unfinished
 from edgefleet.control_plane.services.rollouts.orchestrator import RolloutOrchestrator
 from edgefleet.control_plane.trust.keyring import SigningError
 from edgefleet.control_plane.trust.repository import SignedRepository
@@ -66,6 +68,11 @@ ERROR_STATUS: dict[type[ControlPlaneError], int] = {
     BrokerError: 503,
     SigningError: 422,
 }
+
+
+def error_status(exc: Exception) -> int:
+    """The HTTP status the API answers ``exc`` with (500 for anything unexpected)."""
+    return next((c for t, c in ERROR_STATUS.items() if isinstance(exc, t)), 500)
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -90,6 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
             with Session(engine) as session:
                 ensure_admin_token(session=session, settings=settings)
         replica = settings.client_id or stable_client_id(settings.data_dir)
+        interrupt_unfinished(engine=engine, owner=replica)  # builds a crash left behind
         repository = SignedRepository(
             settings.repository_dir,
             engine=engine,
@@ -114,6 +122,14 @@ def create_app(settings: Settings) -> FastAPI:
             orchestrator=orchestrator,
         )
         scheduler.start()
+        builds_runner = BuildRunner(
+            engine=engine,
+            repository=repository,
+            settings=settings,
+            owner=replica,
+            error_status=error_status,
+        )
+        app.state.builds = builds_runner
         app.state.orchestrator = orchestrator
         app.state.settings = settings
         app.state.engine = engine
@@ -129,6 +145,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             scheduler.shutdown(wait=False)
+            builds_runner.stop()
             link.stop()
             engine.dispose()
             logger.info("control plane stopped")
@@ -143,8 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(ControlPlaneError)
     async def control_plane_error(_request: Request, exc: Exception) -> JSONResponse:
-        code = next((c for t, c in ERROR_STATUS.items() if isinstance(exc, t)), 500)
-        return JSONResponse(status_code=code, content={"detail": str(exc)})
+        return JSONResponse(status_code=error_status(exc), content={"detail": str(exc)})
 
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorize)])
     for module in (
@@ -152,6 +168,7 @@ def create_app(settings: Settings) -> FastAPI:
         models,
         profiles,
         bundles,
+        builds,
         devices,
         groups,
         enrolment,

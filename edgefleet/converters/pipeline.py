@@ -44,6 +44,7 @@ from edgefleet.profile import FirmwareProfile
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+CandidateReport = Callable[["CandidateResult"], None]
 
 # The Python distribution that implements each runtime the gate can run in this process.
 _GATE_DISTRIBUTIONS = {"onnx": "onnxruntime", "tflite": "ai-edge-litert"}
@@ -71,6 +72,19 @@ class BuildOutcome:
     @property
     def chosen_row(self) -> CandidateResult:
         return next(r for r in self.table if r.chosen)
+
+
+class _ReportedRows(list[CandidateResult]):
+    """The candidates table, telling ``report`` of each row appended to it."""
+
+    def __init__(self, report: CandidateReport | None) -> None:
+        super().__init__()
+        self._report = report
+
+    def append(self, row: CandidateResult) -> None:
+        super().append(row)
+        if self._report is not None:
+            self._report(row)
 
 
 def _runtime_version(fmt: str) -> str:
@@ -142,8 +156,13 @@ def build_for_profile(
     max_accuracy_drop: float | None = None,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    on_candidate: CandidateReport | None = None,
 ) -> BuildOutcome:
-    """Build, measure and gate every candidate; the chosen one, or ``GateError``."""
+    """Build, measure and gate every candidate; the chosen one, or ``GateError``.
+
+    ``progress`` hears what the build is doing; ``on_candidate`` each row of the
+    candidates table as it lands (its verdict and numbers are final then).
+    """
     say = progress or (lambda _text: None)
     inspection = inspect_model(model_bytes)  # .onnx or .tflite, by content
     model: onnx.ModelProto | None = None
@@ -181,7 +200,7 @@ def build_for_profile(
     float_predictions = reference.predictions
     labels = None if holdout.y is None else np.asarray(holdout.y).astype(np.int64)
 
-    table: list[CandidateResult] = []
+    table = _ReportedRows(on_candidate)
     built: dict[str, Candidate] = {}
     fmt = "onnx" if profile.is_onnx else "tflite"
     version = _runtime_version(fmt)
@@ -282,7 +301,7 @@ def build_for_profile(
     float_accuracy = None if labels is None else float(np.mean(float_predictions == labels))
     return BuildOutcome(
         chosen=built[best.candidate],
-        table=table,
+        table=list(table),
         verified=labels is not None,
         reference={
             "float_accuracy": float_accuracy,

@@ -10,6 +10,11 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from edgefleet.control_plane.cli.builds import (
+    ctrl_c_keeps_building,
+    follow_build,
+    report_finished,
+)
 from edgefleet.control_plane.cli.options import DEFAULT_API, ApiOption, JsonOption
 from edgefleet.control_plane.cli.output import api_errors, console, print_rows
 from edgefleet.control_plane.client import ApiClient
@@ -84,12 +89,8 @@ def bundle_build(
         with np.load(holdout, allow_pickle=False) as npz:
             holdout_x = npz["x"]
             holdout_y = npz["y"] if "y" in npz.files else None
-    with (
-        api_errors(),
-        ApiClient(api) as client,
-        console.status(f"building {model} v{version} for {profile}: quantizing, measuring, gating"),
-    ):
-        bundle = client.build_bundle(
+    with api_errors(), ApiClient(api) as client:
+        job = client.start_build(
             model=model,
             version=version,
             profile=profile,
@@ -97,13 +98,16 @@ def bundle_build(
             holdout_x=holdout_x,
             holdout_y=holdout_y,
         )
-    console.print(_candidates_table(bundle["manifest"].get("candidates", [])))
-    metrics = bundle["manifest"].get("metrics", {})
-    verified = "verified" if metrics.get("verified") else "UNVERIFIED (no labels)"
-    console.print(
-        f"bundle {bundle['id']} release {bundle['release']} "
-        f"{bundle['length']} bytes sha256 {bundle['sha256']} gate {verified}"
-    )
+        with ctrl_c_keeps_building(job["id"]):
+            console.print(
+                f"build {job['id']} started: {model} v{version} for {profile} "
+                f"(Ctrl-C stops following, not the build)"
+            )
+            finished = follow_build(client, job["id"])
+            if finished["state"] == "succeeded":
+                bundle = client.get_bundle(finished["bundle_id"])
+                console.print(_candidates_table(bundle["manifest"].get("candidates", [])))
+            report_finished(client, finished)
 
 
 def _candidates_table(rows: list[dict[str, Any]]) -> Table:
@@ -126,7 +130,7 @@ def _candidates_table(rows: list[dict[str, Any]]) -> Table:
 
     for row in rows:
         table.add_row(
-            row["candidate"],
+            str(row["candidate"]),
             num(row.get("accuracy")),
             num(row.get("drop")),
             num(row.get("agreement")),
@@ -136,7 +140,7 @@ def _candidates_table(rows: list[dict[str, Any]]) -> Table:
             + (
                 ""
                 if row.get("verdict") == "passed"
-                else f" ({'; '.join(row.get('reasons') or [])})"
+                else f" ({'; '.join(str(r) for r in row.get('reasons') or [])})"
             ),
             "*" if row.get("chosen") else "",
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import typer
 
+from edgefleet.control_plane.cli.builds import build_app
 from edgefleet.control_plane.cli.bundles import bundle_app, model_app
 from edgefleet.control_plane.cli.demo import demo
 from edgefleet.control_plane.cli.devices import device_app, enrol_app
@@ -33,6 +34,7 @@ app.command()(up)
 app.command()(demo)
 app.add_typer(model_app, name="model")
 app.add_typer(bundle_app, name="bundle")
+app.add_typer(build_app, name="build")
 app.add_typer(device_app, name="device")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(trust_app, name="trust")

@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -166,10 +167,13 @@ def build_bundle(
     max_accuracy_drop: float | None = None,
     holdout: Holdout | None = None,
     progress: Progress | None = None,
+    measure: Callable[..., BuildOutcome] = build_for_profile,
 ) -> Bundle:
     """Build, gate, sign and record a bundle of ``model_name`` ``model_version`` for a profile.
 
     ``BuildError`` when no candidate passes the gate; its message lists every candidate.
+    ``measure`` builds and gates the candidates: ``build_for_profile`` in this process,
+    or ``build_worker.BuildProcess.build`` in a child process (what the API uses).
     """
     profile = get_profile(settings, profile_name)
     model = session.exec(
@@ -184,7 +188,7 @@ def build_bundle(
     samples = np.load(model.samples_path, allow_pickle=False).astype(np.float32)
 
     try:
-        outcome = build_for_profile(
+        outcome = measure(
             model_bytes,
             profile,
             calibration=samples,
