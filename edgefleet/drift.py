@@ -53,12 +53,16 @@ The window rule. A feature *drifts* when its PSI is above its threshold. A windo
    alone shows;
 3. new category: a categorical feature's unseen values make up at least its unseen
    threshold (the calibrated share, floored at ``unseen_share``, 1 %) of the window.
+   Unseen values are reported by value (``new_categories``) whether or not they reach
+   it.
 
-The three are or-ed; the report says which fired (``reasons``). Each rule needs at
-least one feature over its threshold (rule 3 needs values the reference never had), so
-under the reference distribution a window flags at most as often as some feature
-crosses its threshold, and in practice far less: the share rule needs several features
-at once, and the single-feature rule a score twice the ``1 - false_alarm_rate`` quantile
+The three are or-ed; the report says which fired (``reasons``). Rules 1 and 2 need a
+feature over its PSI threshold and rule 3 an unseen share over its calibrated quantile,
+so under the reference distribution a window flags at most as often as some feature
+crosses one of its thresholds, and in practice far less: the share rule needs several
+features at once, and the single-feature rule a score twice the ``1 - false_alarm_rate``
+quantile. With many features, this bound (features x rate) is loose; the rate of the
+window rule itself is measured, not assumed
 (docs/drift.md turns the per-window rate into a time between fleet alarms).
 
 Features constant in the reference carry no signal unless values leave their bin;
@@ -75,6 +79,7 @@ floor); a false-alarm rate of 1 % per feature and window.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -91,7 +96,7 @@ DEFAULT_FALSE_ALARM_RATE = 0.01
 DEFAULT_BINS = 10
 DEFAULT_MAX_CATEGORIES = 20
 MIN_ROWS_PER_CATEGORY = 5
-CALIBRATION_REPLICATES = 2000
+CALIBRATION_REPLICATES = 4000
 MAX_UNSEEN_NAMED = 8
 SCHEMA_VERSION = 2
 
@@ -382,15 +387,76 @@ def _feature_entry(
     return entry, reference
 
 
+@dataclass(frozen=True)
+class _Noise:
+    """One feature's scores over the calibration replicates."""
+
+    psi: np.ndarray
+    js: np.ndarray | None = None
+    unseen: np.ndarray | None = None
+
+
+def _noise(
+    reference: FeatureReference,
+    column: np.ndarray,
+    *,
+    window: int,
+    replicates: int,
+    rng: np.random.Generator,
+) -> _Noise | None:
+    n = len(column)
+    held = min(window, n // 2)
+    if held < 1:
+        return None
+    total = np.bincount(reference.bins(column), minlength=len(reference.proportions))
+    chunk = rng.multivariate_hypergeometric(total, held, size=replicates)
+    rest = (total - chunk).astype(np.float64)
+    if held == window:
+        drawn = chunk.astype(np.float64)
+    else:
+        drawn = rng.multinomial(window, chunk / held).astype(np.float64)
+    if reference.categories is None:
+        return _Noise(psi_rows(rest, drawn))
+    gone = rest[:, :-1] == 0  # only the held-out chunk has these: unseen
+    drawn[:, -1] += np.sum(drawn[:, :-1] * gone, axis=1)
+    drawn[:, :-1] *= ~gone
+    return _Noise(psi_rows(rest, drawn), js_rows(rest, drawn), drawn[:, -1] / window)
+
+
+def _window_rate(noises: Sequence[_Noise], level: float, *, share: float, far: float) -> float:
+    """The window rule's false-alarm rate when each threshold is the ``1 - level``
+    quantile, the features taken as independent (share rule + single-feature rule +
+    new-category rule, summed: an upper bound)."""
+    count = len(noises)
+    needed = max(1, math.ceil(share * count))
+    share_rate = sum(
+        math.comb(count, k) * level**k * (1 - level) ** (count - k)
+        for k in range(needed, count + 1)
+    )
+    far_rate = sum(
+        float(np.mean(noise.psi >= far * np.quantile(noise.psi, 1 - level))) for noise in noises
+    )
+    unseen_rate = sum(
+        float(
+            np.mean(noise.unseen >= max(np.quantile(noise.unseen, 1 - level), DEFAULT_UNSEEN_SHARE))
+        )
+        for noise in noises
+        if noise.unseen is not None
+    )
+    return share_rate + far_rate + unseen_rate
+
+
 def calibrate(
     references: Sequence[FeatureReference],
     columns: np.ndarray,
     *,
     window: int,
     false_alarm_rate: float,
+    share: float = DEFAULT_SHARE_THRESHOLD,
+    far: float = DEFAULT_FAR_FACTOR,
     replicates: int = CALIBRATION_REPLICATES,
     seed: int = 0,
-) -> list[dict[str, float]]:
+) -> tuple[list[dict[str, float]], float]:
     """Per feature, the scores sampling noise alone reaches at ``window`` samples.
 
     Each replicate holds out a random chunk of the reference rows, scores it as a window
@@ -401,43 +467,49 @@ def calibrate(
     two windows it is half the rows, and the window is drawn from it with replacement,
     which only adds noise (thresholds err high).
 
+    The thresholds are one quantile of each feature's replicate scores, the same level
+    for every feature: the largest level (at most ``false_alarm_rate``) at which the
+    window rule (``share``, ``far``, new categories), features taken as independent,
+    flags at most ``false_alarm_rate`` of unshifted windows.
+
     Args:
         references: The features, binned over all of ``columns``.
         columns: The reference rows, [n, features], in the order of ``references``.
         window: The device's window, in samples.
-        false_alarm_rate: Share of unshifted windows allowed over each threshold.
+        false_alarm_rate: Share of unshifted windows the window rule may flag.
+        share: The window rule's share of drifting features.
+        far: The window rule's single-feature multiple of a threshold.
         replicates: Windows drawn per feature.
         seed: Seeds the draws: the same samples give the same thresholds.
 
     Returns:
         Per feature ``{"psi_threshold"}``, plus ``js_threshold`` and ``unseen_threshold``
-        for categorical ones (empty dicts when there are fewer than two rows).
+        for categorical ones (empty dicts when there are fewer than two rows), and the
+        per-feature level used.
     """
-    n = len(columns)
-    held = min(window, n // 2)
-    if held < 1:
-        return [{} for _ in references]
     rng = np.random.default_rng(seed)
-    level = 1.0 - false_alarm_rate
-    out = []
-    for reference, column in zip(references, columns.T, strict=True):
-        total = np.bincount(reference.bins(column), minlength=len(reference.proportions))
-        chunk = rng.multivariate_hypergeometric(total, held, size=replicates)
-        rest = (total - chunk).astype(np.float64)
-        if held == window:
-            drawn = chunk.astype(np.float64)
-        else:
-            drawn = rng.multinomial(window, chunk / held).astype(np.float64)
-        result = {}
-        if reference.categories is not None:
-            gone = rest[:, :-1] == 0  # only the held-out chunk has these: unseen
-            drawn[:, -1] += np.sum(drawn[:, :-1] * gone, axis=1)
-            drawn[:, :-1] *= ~gone
-            result["js_threshold"] = float(np.quantile(js_rows(rest, drawn), level))
-            result["unseen_threshold"] = float(np.quantile(drawn[:, -1] / window, level))
-        result["psi_threshold"] = float(np.quantile(psi_rows(rest, drawn), level))
+    noises = [
+        _noise(reference, column, window=window, replicates=replicates, rng=rng)
+        for reference, column in zip(references, columns.T, strict=True)
+    ]
+    known = [noise for noise in noises if noise is not None]
+    level = false_alarm_rate
+    floor = 1.0 / replicates
+    while level > floor and known:
+        if _window_rate(known, level, share=share, far=far) <= false_alarm_rate:
+            break
+        level = max(level / 1.25, floor)
+    out: list[dict[str, float]] = []
+    for noise in noises:
+        if noise is None:
+            out.append({})
+            continue
+        result = {"psi_threshold": float(np.quantile(noise.psi, 1 - level))}
+        if noise.js is not None and noise.unseen is not None:
+            result["js_threshold"] = float(np.quantile(noise.js, 1 - level))
+            result["unseen_threshold"] = float(np.quantile(noise.unseen, 1 - level))
         out.append(result)
-    return out
+    return out, level
 
 
 def _output_values(outputs: np.ndarray, kind: OutputKind) -> np.ndarray:
@@ -492,12 +564,11 @@ def reference_statistics(
         entry, reference = _feature_entry(column, index, categorical=is_categorical, bins=bins)
         entries.append(entry)
         references.append(reference)
-    for entry, thresholds in zip(
-        entries,
-        calibrate(references, samples, window=window, false_alarm_rate=false_alarm_rate, seed=seed),
-        strict=True,
-    ):
-        entry.update(thresholds)
+    thresholds, level = calibrate(
+        references, samples, window=window, false_alarm_rate=false_alarm_rate, seed=seed
+    )
+    for entry, feature_thresholds in zip(entries, thresholds, strict=True):
+        entry.update(feature_thresholds)
     stats: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "input": input_name,
@@ -506,6 +577,7 @@ def reference_statistics(
         "calibration": {
             "window": window,
             "false_alarm_rate": false_alarm_rate,
+            "feature_level": level,
             "replicates": CALIBRATION_REPLICATES,
             "psi_floor": DEFAULT_PSI_THRESHOLD,
         },
@@ -525,14 +597,14 @@ def reference_statistics(
         entry, reference = _feature_entry(
             values, 0, categorical=kind == "classes", bins=bins, categories=classes
         )
-        (thresholds,) = calibrate(
+        (output_thresholds,), _ = calibrate(
             [reference],
             values[:, None],
             window=window,
             false_alarm_rate=false_alarm_rate,
             seed=seed,
         )
-        entry.update(thresholds)
+        entry.update(output_thresholds)
         stats["outputs"] = {**entry, "kind": kind}
     return stats
 
@@ -567,12 +639,14 @@ class NewCategory:
     values: dict[float, int]
     count: int
     share: float
+    flags: bool = False  # enough of the window to drift it on its own
 
     def to_data(self) -> dict[str, Any]:
         return {
             "feature": self.feature,
             "count": self.count,
             "share": round(self.share, 4),
+            "flags": self.flags,
             "values": [[_plain(v), c] for v, c in sorted(self.values.items())],
         }
 
@@ -774,9 +848,12 @@ class DriftDetector:
             outside = feature.outside(counts)
             if feature.categories is not None:
                 chi2[i] = chi_square(feature.proportions, counts)
-                share = outside / self._seen
-                if outside and share >= self._unseen_threshold(feature):
-                    new.append(NewCategory(feature.index, dict(window.unseen), outside, share))
+                if outside:
+                    share = outside / self._seen
+                    flags = share >= self._unseen_threshold(feature)
+                    new.append(
+                        NewCategory(feature.index, dict(window.unseen), outside, share, flags)
+                    )
             if feature.informative or outside:
                 informative += 1
                 drifted += score > threshold
@@ -788,7 +865,7 @@ class DriftDetector:
             reasons.append("share")
         if far:
             reasons.append("single_feature")
-        if new:
+        if any(category.flags for category in new):
             reasons.append("new_category")
         report = DriftReport(
             window=self._seen,
@@ -820,8 +897,10 @@ class DriftDetector:
         new = None
         outside = feature.outside(counts)
         if feature.categories is not None and outside:
-            new = NewCategory(-1, dict(window.unseen), outside, outside / seen)
-        unseen_drift = new is not None and new.share >= self._unseen_threshold(feature)
+            share = outside / seen
+            flags = share >= self._unseen_threshold(feature)
+            new = NewCategory(-1, dict(window.unseen), outside, share, flags)
+        unseen_drift = new is not None and new.flags
         result = OutputDrift(
             kind=self.reference.outputs.kind,
             samples=seen,
