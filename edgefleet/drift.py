@@ -52,7 +52,9 @@ The window rule. A feature *drifts* when its PSI is above its threshold. A windo
    narrow shift (a code that vanished, a 0/1 flag stuck at one value) that one feature
    alone shows;
 3. new category: a categorical feature's unseen values make up at least its unseen
-   threshold (the calibrated share, floored at ``unseen_share``, 1 %) of the window.
+   threshold (the calibrated share, floored at ``unseen_share``, 1 %, and at the share
+   values too rare for the reference's size to have shown could reach: with 359
+   reference rows a value of 1 % goes unseen 3 % of the time) of the window.
    Unseen values are reported by value (``new_categories``) whether or not they reach
    it.
 
@@ -446,6 +448,34 @@ def _window_rate(noises: Sequence[_Noise], level: float, *, share: float, far: f
     return share_rate + far_rate + unseen_rate
 
 
+def unseen_bound(n: int, window: int, level: float) -> float:
+    """The unseen share a window may reach from values the reference missed by chance.
+
+    A value ``n`` reference rows never showed can still hold up to ``-ln(level) / n`` of
+    the population (its chance of going unseen is then ``level``); the bound is the
+    share of a window of that binomial count exceeded with probability ``level``.
+    """
+    if n <= 0:
+        return 1.0
+    share = min(1.0, -math.log(level) / n)
+    if share >= 1.0:
+        return 1.0
+    log_p, log_q = math.log(share), math.log1p(-share)
+    tail = 1.0
+    for k in range(window + 1):
+        log_pmf = (
+            math.lgamma(window + 1)
+            - math.lgamma(k + 1)
+            - math.lgamma(window - k + 1)
+            + k * log_p
+            + (window - k) * log_q
+        )
+        tail -= math.exp(log_pmf)
+        if tail <= level:  # P(count > k) <= level: flag from k + 1 on
+            return (k + 1) / window
+    return 1.0
+
+
 def calibrate(
     references: Sequence[FeatureReference],
     columns: np.ndarray,
@@ -467,10 +497,14 @@ def calibrate(
     two windows it is half the rows, and the window is drawn from it with replacement,
     which only adds noise (thresholds err high).
 
+    A categorical feature's unseen threshold is also at least ``unseen_bound``: values
+    too rare for the reference to have shown are not new.
+
     The thresholds are one quantile of each feature's replicate scores, the same level
     for every feature: the largest level (at most ``false_alarm_rate``) at which the
     window rule (``share``, ``far``, new categories), features taken as independent,
-    flags at most ``false_alarm_rate`` of unshifted windows.
+    flags at most ``false_alarm_rate`` of unshifted windows (searched down to one
+    replicate's worth, ``1 / replicates``, where the thresholds are the noise's maxima).
 
     Args:
         references: The features, binned over all of ``columns``.
@@ -507,7 +541,10 @@ def calibrate(
         result = {"psi_threshold": float(np.quantile(noise.psi, 1 - level))}
         if noise.js is not None and noise.unseen is not None:
             result["js_threshold"] = float(np.quantile(noise.js, 1 - level))
-            result["unseen_threshold"] = float(np.quantile(noise.unseen, 1 - level))
+            result["unseen_threshold"] = max(
+                float(np.quantile(noise.unseen, 1 - level)),
+                unseen_bound(len(columns), window, level),
+            )
         out.append(result)
     return out, level
 
