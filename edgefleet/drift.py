@@ -48,9 +48,11 @@ The window rule. A feature *drifts* when its PSI is above its threshold. A windo
 
 1. share: at least ``share`` (20 %) of the informative features drift, the broad shift
    the share rule was made for;
-2. single feature: one feature's PSI is at least ``far`` (2) times its threshold, a
-   narrow shift (a code that vanished, a 0/1 flag stuck at one value) that one feature
-   alone shows;
+2. single feature: one feature's PSI is at least ``far`` (2) times its calibrated
+   threshold (its noise at the stated rate) and above the floor, a narrow shift (a code
+   that vanished, a 0/1 flag stuck at one value) that one feature alone shows. Where
+   the noise is far below the floor, as with a few thousand reference rows at a window
+   of 500, this is any feature over 0.2; without calibration it is 2 x 0.2;
 3. new category: a categorical feature's unseen values make up at least its unseen
    threshold (the calibrated share, floored at ``unseen_share``, 1 %, and at the share
    values too rare for the reference's size to have shown could reach: with 359
@@ -58,14 +60,11 @@ The window rule. A feature *drifts* when its PSI is above its threshold. A windo
    Unseen values are reported by value (``new_categories``) whether or not they reach
    it.
 
-The three are or-ed; the report says which fired (``reasons``). Rules 1 and 2 need a
-feature over its PSI threshold and rule 3 an unseen share over its calibrated quantile,
-so under the reference distribution a window flags at most as often as some feature
-crosses one of its thresholds, and in practice far less: the share rule needs several
-features at once, and the single-feature rule a score twice the ``1 - false_alarm_rate``
-quantile. With many features, this bound (features x rate) is loose; the rate of the
-window rule itself is measured, not assumed
-(docs/drift.md turns the per-window rate into a time between fleet alarms).
+The three are or-ed; the report says which fired (``reasons``). The calibration picks
+one quantile level for every feature's thresholds such that the three rules together,
+features taken as independent, flag at most ``false_alarm_rate`` of unshifted windows
+(``calibrate``); the floors only lower the rate further. docs/drift.md turns the
+per-window rate into a time between fleet alarms.
 
 Features constant in the reference carry no signal unless values leave their bin;
 every other feature counts. The model's own outputs (predicted class shares, or score
@@ -656,9 +655,9 @@ class DriftThresholds:
     ``window``: samples per window; ``psi``: the floor under every feature's calibrated
     threshold (the threshold itself in references without calibration); ``share``: a
     window drifts when at least this share of informative features do; ``far``: or when
-    one feature's PSI reaches this multiple of its threshold; ``unseen_share``: or when
-    values a categorical feature never had make up at least this share of the window
-    (the floor under the calibrated share).
+    one feature's PSI reaches this multiple of its calibrated threshold (and the
+    floor); ``unseen_share``: or when values a categorical feature never had make up at
+    least this share of the window (the floor under the calibrated share).
     """
 
     window: int = DEFAULT_WINDOW
@@ -818,6 +817,13 @@ class DriftDetector:
             scale = calibrated / self.thresholds.window
         self._scale = scale
         self.feature_thresholds = [self._psi_threshold(f) for f in reference.features]
+        self.far_thresholds = [self._far_threshold(f) for f in reference.features]
+
+    def _far_threshold(self, feature: FeatureReference) -> float:
+        """Where one feature drifts the window alone: ``far`` times its noise (the
+        calibrated threshold; the floor when there is none), and above the floor."""
+        noise = self.thresholds.psi if feature.psi_threshold is None else feature.psi_threshold
+        return max(self.thresholds.psi, self.thresholds.far * noise * self._scale)
 
     def _psi_threshold(self, feature: FeatureReference) -> float:
         calibrated = (feature.psi_threshold or 0.0) * self._scale
@@ -874,8 +880,8 @@ class DriftDetector:
         drifted = informative = 0
         far: list[int] = []
         new: list[NewCategory] = []
-        for i, (window, threshold) in enumerate(
-            zip(self._features, self.feature_thresholds, strict=True)
+        for i, (window, threshold, far_threshold) in enumerate(
+            zip(self._features, self.feature_thresholds, self.far_thresholds, strict=True)
         ):
             feature, counts = window.reference, window.counts
             score = psi(feature.proportions, counts)
@@ -894,7 +900,7 @@ class DriftDetector:
             if feature.informative or outside:
                 informative += 1
                 drifted += score > threshold
-                if score >= self.thresholds.far * threshold:
+                if score >= far_threshold and score > threshold:
                     far.append(i)
         share = drifted / informative if informative else 0.0
         reasons = []
