@@ -254,8 +254,13 @@ class FeatureReference:
 
         if "categories" in f:
             categories = np.asarray(f["categories"], dtype=np.float64)
+            shares = np.asarray(f["proportions"], dtype=np.float64)
+            if shares.shape != categories.shape:
+                raise ValueError("a categorical feature needs one proportion per category")
+            order = np.argsort(categories, kind="stable")  # lookups need them sorted
+            categories, shares = categories[order], shares[order]
             edges = np.asarray(f.get("edges", []), dtype=np.float64)
-            proportions = np.concatenate([np.asarray(f["proportions"], dtype=np.float64), [0.0]])
+            proportions = np.concatenate([shares, [0.0]])
         else:
             categories = None
             edges = np.asarray(f["edges"], dtype=np.float64)
@@ -936,6 +941,8 @@ class DriftDetector:
         window, seen = self._output, self._output_seen
         feature, counts = window.reference, window.counts
         threshold = self._psi_threshold(feature)
+        if seen < self.thresholds.window:  # answers missing from some batches: noisier
+            threshold *= self.thresholds.window / seen
         score = psi(feature.proportions, counts)
         new = None
         outside = feature.outside(counts)

@@ -144,3 +144,12 @@ def test_categorical_entries_stay_readable_as_numeric_bins() -> None:
     counts = np.histogram([1.0, 2.0, 5.0], bins=feature.edges)[0]
     assert counts.tolist() == [1, 1, 1]
     assert feature.proportions[1:-1].tolist() == entry["proportions"]
+
+
+def test_unsorted_categories_in_a_hand_written_reference_are_sorted() -> None:
+    entry = {"index": 0, "categories": [2.0, 0.0], "proportions": [0.25, 0.75]}
+    (feature,) = Reference.from_json({"features": [entry]}).features
+    assert feature.categories is not None
+    assert feature.categories.tolist() == [0.0, 2.0]
+    assert feature.proportions.tolist() == [0.75, 0.25, 0.0]
+    assert feature.bins(np.array([2.0, 0.0, 1.0])).tolist() == [1, 0, 2]
