@@ -429,7 +429,9 @@ def _noise(
     return _Noise(psi_rows(rest, drawn), js_rows(rest, drawn), drawn[:, -1] / window)
 
 
-def _window_rate(noises: Sequence[_Noise], level: float, *, share: float, far: float) -> float:
+def _window_rate(
+    noises: Sequence[_Noise], level: float, *, share: float, far: float, unseen_floor: float
+) -> float:
     """The window rule's false-alarm rate when each threshold is the ``1 - level``
     quantile, the features taken as independent (share rule + single-feature rule +
     new-category rule, summed: an upper bound)."""
@@ -440,12 +442,10 @@ def _window_rate(noises: Sequence[_Noise], level: float, *, share: float, far: f
         for k in range(needed, count + 1)
     )
     far_rate = sum(
-        float(np.mean(noise.psi >= far * np.quantile(noise.psi, 1 - level))) for noise in noises
+        float(np.mean(noise.psi > far * np.quantile(noise.psi, 1 - level))) for noise in noises
     )
     unseen_rate = sum(
-        float(
-            np.mean(noise.unseen >= max(np.quantile(noise.unseen, 1 - level), DEFAULT_UNSEEN_SHARE))
-        )
+        float(np.mean(noise.unseen >= max(np.quantile(noise.unseen, 1 - level), unseen_floor)))
         for noise in noises
         if noise.unseen is not None
     )
@@ -530,11 +530,18 @@ def calibrate(
         _noise(reference, column, window=window, replicates=replicates, rng=rng)
         for reference, column in zip(references, columns.T, strict=True)
     ]
-    known = [noise for noise in noises if noise is not None]
+    # Constant features are left out, as the device leaves them out of the window rule.
+    known = [
+        noise
+        for noise, reference in zip(noises, references, strict=True)
+        if noise is not None and reference.informative
+    ]
     level = false_alarm_rate
     floor = 1.0 / replicates
     while level > floor and known:
-        if _window_rate(known, level, share=share, far=far) <= false_alarm_rate:
+        unseen_floor = max(DEFAULT_UNSEEN_SHARE, unseen_bound(len(columns), window, level))
+        rate = _window_rate(known, level, share=share, far=far, unseen_floor=unseen_floor)
+        if rate <= false_alarm_rate:
             break
         level = max(level / 1.25, floor)
     out: list[dict[str, float]] = []
