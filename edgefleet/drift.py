@@ -80,12 +80,15 @@ floor); a false-alarm rate of 1 % per feature and window.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 EPSILON = 1e-4
 DEFAULT_WINDOW = 500
@@ -316,14 +319,25 @@ class Reference:
         features = [FeatureReference.from_json(f) for f in data["features"]]
         calibration = data.get("calibration") or {}
         window = calibration.get("window")
-        outputs = data.get("outputs")
         return cls(
             input_name=str(data.get("input", "")),
             n_samples=int(data.get("n_samples", 0)),
             features=features,
             calibrated_window=None if window is None else int(window),
-            outputs=None if outputs is None else OutputReference.from_json(outputs),
+            outputs=_outputs_from_json(data.get("outputs")),
         )
+
+
+def _outputs_from_json(data: Any) -> OutputReference | None:
+    """The outputs' reference; None, so input drift still runs, when a newer builder
+    wrote a kind this reader does not know."""
+    if data is None:
+        return None
+    try:
+        return OutputReference.from_json(data)
+    except (KeyError, ValueError, TypeError) as e:
+        logger.warning("output drift off: reference unreadable reason=%s", e)
+        return None
 
 
 # --- building the reference (control plane, at build time) -------------------------------

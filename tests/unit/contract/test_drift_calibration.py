@@ -153,3 +153,9 @@ def test_unsorted_categories_in_a_hand_written_reference_are_sorted() -> None:
     assert feature.categories.tolist() == [0.0, 2.0]
     assert feature.proportions.tolist() == [0.75, 0.25, 0.0]
     assert feature.bins(np.array([2.0, 0.0, 1.0])).tolist() == [1, 0, 2]
+
+
+def test_outputs_of_an_unknown_kind_turn_output_drift_off_not_input_drift() -> None:
+    stats = {**OLD_STATS, "outputs": {"index": 0, "kind": "tokens", "edges": [0, 1]}}
+    reference = Reference.from_json(stats)
+    assert reference.outputs is None and len(reference.features) == 2
