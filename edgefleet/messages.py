@@ -139,7 +139,11 @@ class TelemetryEvent(WireMessage, frozen=True, kw_only=True):
       "p99"}, "histogram": {"bounds_ms": [...], "counts": [...]}}`` for one window;
     - ``error``: ``{"where", "reason"}``;
     - ``install``: the ``InstallReport`` fields;
-    - ``drift``: per-feature scores for one window (see the drift module);
+    - ``drift``: per-feature scores for one window and its verdict (see
+      ``edgefleet.drift.DriftReport``): ``psi``, ``share_drifted``, ``drifted``, and from
+      calibrated references on ``reasons``, ``feature_thresholds``, ``new_categories`` and
+      ``output`` (the model's answers, apart from the inputs); readers treat every field
+      after ``drifted`` as optional, so windows from older agents still decode;
     - ``resource``: ``{"rss_mib", "cpu_percent", "disk_free_mib"}``;
     - ``spool``: ``{"depth", "dropped": {priority: n}}``;
     - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``.

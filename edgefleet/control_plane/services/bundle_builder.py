@@ -28,7 +28,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlmodel import Session, col, func, select
 
-from edgefleet import schema
+from edgefleet import drift, schema
 from edgefleet.bundle import FileRole, write_bundle
 from edgefleet.control_plane.core.errors import BuildError, NotFoundError
 from edgefleet.control_plane.core.settings import Settings, profile_source
@@ -84,32 +84,9 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def reference_statistics(samples: np.ndarray, *, input_name: str) -> dict[str, Any]:
-    """Per-feature histograms of ``samples`` with bin edges at sample quantiles.
-
-    Constant features get a single bin around their value so that any later
-    deviation lands outside it.
-    """
-    features = []
-    for index in range(samples.shape[1]):
-        column = samples[:, index].astype(np.float64)
-        edges = np.unique(np.quantile(column, np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)))
-        if edges.size < 2:
-            edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
-        counts, _ = np.histogram(column, bins=edges)
-        features.append(
-            {
-                "index": index,
-                "edges": [float(e) for e in edges],
-                "proportions": [float(c) / len(column) for c in counts],
-            }
-        )
-    return {
-        "schema_version": 1,
-        "input": input_name,
-        "n_samples": int(samples.shape[0]),
-        "features": features,
-    }
+def reference_statistics(samples: np.ndarray, *, input_name: str, **options: Any) -> dict[str, Any]:
+    """The drift reference of ``samples``: ``edgefleet.drift.reference_statistics``."""
+    return drift.reference_statistics(samples, input_name=input_name, **options)
 
 
 HOLDOUT_NAME = "holdout.npz"
