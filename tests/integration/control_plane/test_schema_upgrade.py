@@ -149,3 +149,35 @@ def test_a_0_1_postgresql_database_upgrades_keeping_every_row(tmp_path: Path, pg
     assert before["event"] == 4
     create_db_and_tables(engine)
     assert_every_row_kept(engine, before)
+
+
+def test_replicas_starting_together_on_postgresql_migrate_once(tmp_path: Path, pg_url: str) -> None:
+    """Each replica's start-up runs the migrations under one advisory lock: the second
+    waits for the first, then finds the database at head."""
+    import threading
+
+    engines = [make_engine(Settings(data_dir=tmp_path, database_url=pg_url)) for _ in range(3)]
+    with engines[0].begin() as connection:  # 0.1's database, so there is work to do
+        command.upgrade(alembic_config(connection), "0001")
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(engines))
+
+    def start(engine: Engine) -> None:
+        barrier.wait(timeout=30)
+        try:
+            create_db_and_tables(engine)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    with engines[0].connect() as connection:
+        assert current_revision(connection) == head_revision()
+        versions = connection.execute(text("SELECT count(*) FROM alembic_version")).scalar_one()
+        assert versions == 1
+    for engine in engines:
+        engine.dispose()
