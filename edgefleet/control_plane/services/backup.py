@@ -42,9 +42,9 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, inspect, update
+from sqlalchemy import MetaData, func, inspect, update
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from edgefleet.control_plane.core.db import create_db_and_tables, make_engine
 from edgefleet.control_plane.core.errors import ControlPlaneError
@@ -327,8 +327,23 @@ def _restore_database(settings: Settings, manifest: BackupManifest, staging: Pat
         os.chmod(target, 0o600)
         return
     uri, env = _libpq(url)
-    args = [_pg_tool("pg_restore"), "--clean", "--if-exists", "--no-owner", "--single-transaction"]
+    tool = _pg_tool("pg_restore")
+    _drop_edgefleet_tables(settings)  # tables newer than the backup must go too
+    args = [tool, "--no-owner", "--no-acl", "--single-transaction"]
     _run([*args, f"--dbname={uri}", str(staging / "database.pgdump")], env)
+
+
+def _drop_edgefleet_tables(settings: Settings) -> None:
+    """Drop this release's tables (and the revision table) from the database, if there."""
+    engine = make_engine(settings)
+    try:
+        present = MetaData()
+        names = {*SQLModel.metadata.tables, "alembic_version"}
+        present.reflect(engine, only=lambda name, _meta: name in names)
+        with engine.begin() as connection:
+            present.drop_all(connection)
+    finally:
+        engine.dispose()
 
 
 def _replace_dir(restored: Path, target: Path, stamp: str) -> Path | None:
