@@ -23,6 +23,7 @@ database at head. To write a new revision after changing the tables::
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -201,7 +202,16 @@ def _write_revision(message: str) -> None:
         engine.dispose()
         script = ScriptDirectory.from_config(alembic_config())
         rev_id = f"{len(list(script.walk_revisions())) + 1:04d}"
-        command.revision(alembic_config(url=url), message, autogenerate=True, rev_id=rev_id)
+        written = command.revision(
+            alembic_config(url=url), message, autogenerate=True, rev_id=rev_id
+        )
+    paths = [str(s.path) for s in (written if isinstance(written, list) else [written]) if s]
+    for args in (["check", "--fix", "--quiet"], ["format", "--quiet"]):  # house style
+        try:
+            subprocess.run([sys.executable, "-m", "ruff", *args, *paths], check=False)
+        except OSError:
+            break
+    print("wrote " + ", ".join(paths) + ": read it, and give new non-null columns a default")
 
 
 if __name__ == "__main__":  # python -m edgefleet.control_plane.core.migrate revision "..."
