@@ -202,3 +202,15 @@ def test_a_tampered_backup_is_refused(tmp_path: Path) -> None:
             dst.addfile(member, io.BytesIO(data))
     with pytest.raises(BackupError, match="does not match its sha256"):
         restore(settings=settings, path=tampered)
+
+
+def test_a_postgresql_backup_without_pg_dump_says_so(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(data_dir=tmp_path / "cp", database_url=pg_url, key_passphrase=PASSPHRASE)
+    _repository, engine = open_repository(settings)
+    engine.dispose()  # type: ignore[attr-defined]
+    monkeypatch.setenv("PATH", str(tmp_path))  # no PostgreSQL client tools
+    with pytest.raises(BackupError, match="pg_dump is not on PATH"):
+        backup(settings=settings, path=tmp_path / "b.tar")
+    assert not (tmp_path / "b.tar").exists()
