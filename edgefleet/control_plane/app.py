@@ -92,7 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings)
-        create_db_and_tables(engine)
+        create_db_and_tables(engine, auto_upgrade=settings.db_auto_upgrade)
         if settings.api_auth:
             with Session(engine) as session:
                 ensure_admin_token(session=session, settings=settings)
