@@ -5,7 +5,9 @@ reach only plain subscriptions, so every replica sees every status and the upser
 idempotent across replicas) and to ``up/report``, ``up/fetch`` and ``up/telemetry``
 through an MQTT 5 shared subscription, so several control-plane replicas split that
 traffic. The group name is ``Settings.mqtt_shared_group``: random unless set, the same
-on every replica.
+on every replica. ``up/logs`` (devices' answers to log requests) is a plain
+subscription too: the answer must reach the replica whose API call waits for it (see
+``edgefleet.control_plane.broker.log_requests``).
 
 The device id always comes from the topic, which the broker ACL ties to the
 device's credentials, never from a payload. Nothing is done on paho's network thread
@@ -74,7 +76,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import Session
 
 from edgefleet import topics
-from edgefleet.control_plane.core.errors import InvalidRequestError, NotFoundError
+from edgefleet.control_plane.broker.log_requests import LogAnswer, LogRequests
+from edgefleet.control_plane.core.errors import (
+    BrokerError,
+    DeviceTimeoutError,
+    InvalidRequestError,
+    NotFoundError,
+)
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.services.devices import record_rejections, upsert_device_status
 from edgefleet.control_plane.services.events import ingest_events
@@ -96,6 +104,8 @@ from edgefleet.messages import (
     DeviceStatus,
     FetchRequest,
     InstallReport,
+    LogChunk,
+    LogRequest,
     Receipt,
     TelemetryEvent,
     decode_as,
@@ -189,6 +199,7 @@ class FleetLink:
         self._events: queue.Queue[tuple[topics.Up, str, Incoming] | None] = queue.Queue()
         self._fetches: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
         self._telemetry: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
+        self._log_requests = LogRequests()
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------
@@ -211,6 +222,7 @@ class FleetLink:
             shared_group=group,
             deferred_ack=True,
         )
+        self._link.subscribe(topics.up_filter(topics.Up.LOGS), self._on_logs)
         self.supervisor.start("cp-events", self._run_events)
         for n in range(self._fetch_workers):
             self.supervisor.start(f"cp-fetch-{n}", self._run_fetches)
@@ -279,6 +291,36 @@ class FleetLink:
             )
         logger.debug("receipt published device_id=%s events=%d", device_id, len(event_ids))
 
+    def request_logs(self, device_id: str, request: LogRequest, *, timeout: float) -> LogAnswer:
+        """Ask ``device_id`` for its recent log and wait up to ``timeout`` s for the answer.
+
+        The request goes at QoS 0: a device that is away must not find a stale request
+        queued in its session when it comes back.
+
+        Raises:
+            BrokerError: This control plane is not connected to the broker.
+            DeviceTimeoutError: The device did not answer in time.
+        """
+        if not self._link.connected:
+            raise BrokerError("the control plane is not connected to the broker")
+        pending = self._log_requests.open(device_id, request)
+        try:
+            self._link.publish(topics.down(device_id, topics.Down.LOGS), request.to_bytes(), qos=0)
+            logger.info(
+                "log request published device_id=%s request_id=%s", device_id, request.request_id
+            )
+            if not pending.done.wait(timeout):
+                got = len(pending.chunks)
+                raise DeviceTimeoutError(
+                    f"device {device_id} did not answer the log request within {timeout:g}s"
+                    + (f" ({got} chunks of it arrived)" if got else "")
+                    + ": it may be offline, or its agent too old to serve logs",
+                    device_id=device_id,
+                )
+            return pending.answer()
+        finally:
+            self._log_requests.close(request.request_id)
+
     # -- incoming (network thread: parse the topic, hand off) ---------------------
 
     @staticmethod
@@ -310,6 +352,26 @@ class FleetLink:
             message.ack()
             return
         self._telemetry.put((device_id, message))
+
+    def _on_logs(self, message: Incoming) -> None:
+        """A log answer chunk: decoded here (bounded, quick) and handed to its waiter."""
+        device_id = self._device_id(message, topics.Up.LOGS)
+        if device_id is None:
+            return
+        try:
+            chunk = decode_as(message.payload, LogChunk, topic=message.topic)
+        except MessageError as e:
+            logger.warning(
+                "log answer dropped device_id=%s reason=%s detail=%s",
+                device_id,
+                e.fault,
+                e.reason,
+            )
+            return
+        if not self._log_requests.deliver(device_id, chunk):
+            logger.debug(
+                "log answer not ours device_id=%s request_id=%s", device_id, chunk.request_id
+            )
 
     def _on_fetch(self, message: Incoming) -> None:
         device_id = self._device_id(message, topics.Up.FETCH)
