@@ -56,7 +56,9 @@ LOG_MAX_BYTES = 1024 * 1024
 LOG_CHUNK_BYTES = 192 * 1024
 """Most record bytes in one ``LogChunk``: with the envelope, well under ``MAX_MESSAGE_BYTES``."""
 LOG_LINE_MAX_CHARS = 4096
-"""Longest message one log record carries; longer ones are cut and say so."""
+"""Longest message one log record keeps; longer ones are cut and say so (the note that
+says so may take the record up to ``LOG_MESSAGE_MAX_CHARS``)."""
+LOG_MESSAGE_MAX_CHARS = LOG_LINE_MAX_CHARS + 64
 LOG_MAX_SINCE_S = 30 * 86_400
 
 
@@ -211,7 +213,7 @@ class LogRecord(schema.Open, frozen=True, kw_only=True):
     ts: float
     level: Annotated[str, Meta(max_length=16)]
     logger: Annotated[str, Meta(max_length=200)]
-    message: Annotated[str, Meta(max_length=LOG_LINE_MAX_CHARS + 64)]
+    message: Annotated[str, Meta(max_length=LOG_MESSAGE_MAX_CHARS)]
 
 
 class LogChunk(WireMessage, frozen=True, kw_only=True):

@@ -34,6 +34,7 @@ from typing import IO
 from edgefleet.messages import (
     LOG_CHUNK_BYTES,
     LOG_LINE_MAX_CHARS,
+    LOG_MESSAGE_MAX_CHARS,
     LogChunk,
     LogRecord,
     LogRequest,
@@ -158,11 +159,14 @@ def _parse(line: bytes) -> LogRecord | None:
     """One stored line as a record; None for a torn or foreign line."""
     try:
         raw = json.loads(line)
+        message = str(raw["message"])
+        if len(message) > LOG_MESSAGE_MAX_CHARS:  # written by something else than ``emit``
+            message = cap_message(message)
         return LogRecord(
             ts=float(raw["ts"]),
             level=str(raw["level"])[:16],
             logger=str(raw["logger"])[:200],
-            message=cap_message(str(raw["message"])),
+            message=message,
         )
     except (ValueError, KeyError, TypeError):
         return None
