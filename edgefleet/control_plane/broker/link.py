@@ -14,7 +14,8 @@ device's credentials, never from a payload. Nothing is done on paho's network th
 but hand-off to worker threads, each run by a ``Supervisor`` that restarts it if it
 dies (the death is logged, counted in ``/metrics`` and shown by ``/api/v1/health``):
 
-- ``cp-events``: status and install reports, applied in arrival order;
+- ``cp-events``: status and install reports, applied in arrival order (and log
+  answers that do not decode, to be counted as refused);
 - ``cp-fetch-<n>``: fetch requests, answered from the signed repository;
 - ``cp-telemetry``: telemetry, stored in bursts of up to ``TELEMETRY_BURST`` events
   per transaction and acknowledged to the broker once the burst is handled.
@@ -360,13 +361,9 @@ class FleetLink:
             return
         try:
             chunk = decode_as(message.payload, LogChunk, topic=message.topic)
-        except MessageError as e:
-            logger.warning(
-                "log answer dropped device_id=%s reason=%s detail=%s",
-                device_id,
-                e.fault,
-                e.reason,
-            )
+        except MessageError:
+            # Refused and counted like any poison message, off the network thread.
+            self._events.put((topics.Up.LOGS, device_id, message))
             return
         if not self._log_requests.deliver(device_id, chunk):
             logger.debug(
@@ -428,6 +425,7 @@ class FleetLink:
         handlers: dict[topics.Up, Callable[[str, Incoming], None]] = {
             topics.Up.STATUS: self._handle_status,
             topics.Up.REPORT: self._handle_report,
+            topics.Up.LOGS: self._handle_refused_logs,
         }
         while (item := self._events.get()) is not None:
             channel, device_id, message = item
@@ -457,6 +455,10 @@ class FleetLink:
             if not is_transient(e):
                 raise
             logger.warning("status not stored device_id=%s error=%s", device_id, e)
+
+    def _handle_refused_logs(self, _device_id: str, message: Incoming) -> None:
+        """A log answer that did not decode on arrival: decoding again raises its error."""
+        decode_as(message.payload, LogChunk, topic=message.topic)
 
     def _handle_report(self, device_id: str, message: Incoming) -> None:
         report = decode_as(message.payload, InstallReport, topic=message.topic)
