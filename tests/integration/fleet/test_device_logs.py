@@ -50,6 +50,7 @@ FORGER = "dev-forger0001"
 MARKER = "marker-[bold]7f3a9c"  # rich markup in it: the CLI must print it as it is
 OLD_LINES = 300
 OLD_AGE_S = 7200
+GROUP = "cp-logs-group"  # the replicas' shared-subscription group
 
 
 @dataclass
@@ -83,7 +84,7 @@ def seed_old_records(data_dir: Path) -> None:
 
 @pytest.fixture
 def rig(tmp_path: Path, broker: MosquittoBroker, control_plane: ControlPlane) -> Iterator[Rig]:
-    api = control_plane()
+    api = control_plane(mqtt_shared_group=GROUP)
     config, _port = provision_agent(
         tmp_path, api, broker=broker.url, device_id=DEVICE, profile=PROFILE
     )
@@ -192,6 +193,23 @@ def test_another_device_cannot_answer_for_this_one(rig: Rig) -> None:
         assert any(line["message"].startswith("agent started") for line in logs["lines"])
     finally:
         forger.stop()
+
+
+def test_every_replica_gets_the_answer_to_the_request_it_sent(
+    rig: Rig, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """Two replicas, one database, one shared group: device traffic in the group goes to
+    one or the other, but a log answer reaches the replica whose API call waits."""
+    database = f"sqlite:///{tmp_path / 'cp' / 'control-plane.db'}"
+    other = control_plane(
+        data_dir=tmp_path / "cp-b", database_url=database, mqtt_shared_group=GROUP
+    )
+    # Pairs in a row: a broker sharing answers out in turn would hand one of each pair
+    # to the replica that did not ask.
+    for api in (rig.api, rig.api, other, other) * 2:
+        response = api.get(f"/api/v1/devices/{DEVICE}/logs", params={"since": 600, "timeout": 5})
+        assert response.status_code == 200, response.text
+        assert any(ln["message"].startswith("agent started") for ln in response.json()["lines"])
 
 
 def test_a_device_that_does_not_answer_is_a_504_that_says_so(
