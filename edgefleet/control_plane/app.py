@@ -44,6 +44,7 @@ from edgefleet.control_plane.core.errors import (
     BuildError,
     ConflictError,
     ControlPlaneError,
+    DeviceTimeoutError,
     InvalidRequestError,
     NotFoundError,
 )
@@ -66,6 +67,7 @@ ERROR_STATUS: dict[type[ControlPlaneError], int] = {
     InvalidRequestError: 422,
     BuildError: 422,
     BrokerError: 503,
+    DeviceTimeoutError: 504,
     SigningError: 422,
 }
 

@@ -261,6 +261,16 @@ class ApiClient:
         """Revoke a device's broker credentials; ``device_id`` and ``revoked_at`` come back."""
         return dict(self._call("POST", f"/devices/{device_id}/revoke"))
 
+    def device_logs(
+        self, device_id: str, *, since_s: int, max_bytes: int | None = None, timeout_s: float = 10.0
+    ) -> dict[str, Any]:
+        """The device's recent log (``lines``, ``truncated``, ``omitted``); HTTP 504 when it
+        is offline or does not answer within ``timeout_s``."""
+        params: dict[str, Any] = {"since": since_s, "timeout": timeout_s}
+        if max_bytes is not None:
+            params["max_bytes"] = max_bytes
+        return dict(self._call("GET", f"/devices/{device_id}/logs", params=params))
+
     def create_enrolment_token(
         self, *, ttl_seconds: int = 3600, note: str | None = None
     ) -> dict[str, Any]:

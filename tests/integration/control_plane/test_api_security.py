@@ -44,6 +44,7 @@ ROLE_NEEDED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/bundles/{bundle_id}"): "viewer",
     ("GET", "/api/v1/devices"): "viewer",
     ("GET", "/api/v1/devices/{device_id}"): "viewer",
+    ("GET", "/api/v1/devices/{device_id}/logs"): "operator",  # a device's log is more
     ("PUT", "/api/v1/devices/{device_id}/labels"): "operator",
     ("POST", "/api/v1/devices/{device_id}/revoke"): "operator",
     ("GET", "/api/v1/groups"): "viewer",
