@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 from onnxruntime.quantization import (
     CalibrationMethod,
@@ -27,6 +26,7 @@ from onnxruntime.quantization import (
 from edgefleet.converters.calibration import ArrayReader, calibration_hash, range_cache_path
 from edgefleet.converters.candidate import Candidate
 from edgefleet.converters.errors import ConversionError
+from edgefleet.converters.samples import Samples
 from edgefleet.profile import FirmwareProfile
 
 logger = logging.getLogger(__name__)
@@ -65,8 +65,7 @@ def _activation_type(profile: FirmwareProfile) -> QuantType:
 
 def _static(
     model_bytes: bytes,
-    input_name: str,
-    calibration: np.ndarray,
+    calibration: Samples,
     *,
     name: str,
     op_types: list[str] | None,
@@ -89,7 +88,7 @@ def _static(
         quantize_static(
             str(src),
             str(dst),
-            ArrayReader(input_name, calibration),
+            ArrayReader(calibration),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=op_types,
             activation_type=activation,
@@ -106,7 +105,7 @@ def _static(
         "activation_type": activation.name,
         "weight_type": "QInt8",
         "calibration_sha256": calib_sha,
-        "calibration_samples": len(calibration),
+        "calibration_samples": calibration.n,
     }
     return Candidate(name=name, format="onnx", precision="int8", data=data, recipe=recipe)
 
@@ -166,8 +165,7 @@ def onnx_candidates(
     model_bytes: bytes,
     profile: FirmwareProfile,
     *,
-    input_name: str,
-    calibration: np.ndarray | None,
+    calibration: Samples | None,
     model_sha256: str,
     cache_dir: Path | None = None,
 ) -> Iterator[Candidate | ConversionError]:
@@ -188,7 +186,6 @@ def onnx_candidates(
                 try:
                     yield _static(
                         prepared,
-                        input_name,
                         calibration,
                         name=name,
                         op_types=op_types,

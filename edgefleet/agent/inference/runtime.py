@@ -18,7 +18,7 @@ import numpy as np
 
 from edgefleet.agent.errors import RuntimeLoadError
 from edgefleet.bundle import Manifest
-from edgefleet.tensors import ModelSignature
+from edgefleet.tensors import ModelSignature, run_in_batches
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,11 @@ class OnnxRuntime:
         return self._signature
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._signature.batch is not None:
+            return run_in_batches(self._infer, feeds, self._signature)
+        return self._infer(feeds)
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Every output was checked to be a tensor at load, so onnxruntime hands back
         # ndarrays as they are: no per-call conversion on the hot path.
         return dict(
@@ -201,9 +206,19 @@ class TfliteRuntime:
         return result
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(next(iter(feeds.values())))
+        if self._signature.batch is not None:
+            with self._lock:
+                return run_in_batches(self._run_row, feeds, self._signature)
+        batched = [v for v in feeds.values() if v.ndim]
+        if not batched:
+            with self._lock:
+                return self._run_row(feeds)
+        n = len(batched[0])
         with self._lock:
-            rows = [self._run_row({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(n)]
+            rows = [
+                self._run_row({k: v[i : i + 1] if v.ndim else v for k, v in feeds.items()})
+                for i in range(n)
+            ]
         return {d["name"]: np.concatenate([r[d["name"]] for r in rows]) for d in self._outputs}
 
 

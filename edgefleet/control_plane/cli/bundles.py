@@ -25,19 +25,45 @@ def model_register(
     file: Annotated[Path, typer.Option("--file", exists=True, dir_okay=False, help="ONNX model")],
     samples: Annotated[
         Path,
-        typer.Option(exists=True, dir_okay=False, help=".npy float32 [n, features] sample inputs"),
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="representative inputs: .npy (one input) or .npz keyed by input name",
+        ),
     ],
+    holdout: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="gate holdout like --samples; labels under 'labels' in the .npz",
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="what the outputs mean: classification, binary[:THRESHOLD], regression, "
+            "embedding, generic (default); per output 'name=task,...'"
+        ),
+    ] = None,
     api: ApiOption = DEFAULT_API,
 ) -> None:
-    """Register an ONNX model version with representative sample inputs."""
-    with api_errors(ValueError, OSError), ApiClient(api) as client:
+    """Register an ONNX model version with representative sample inputs (sent as they
+    are: the control plane checks each input's dtype and shape against the model)."""
+    with api_errors(OSError), ApiClient(api) as client:
         model = client.register_model(
             name=name,
             version=version,
             model=file.read_bytes(),
-            samples=np.load(samples, allow_pickle=False),
+            samples=samples.read_bytes(),
+            holdout=holdout.read_bytes() if holdout is not None else None,
+            task=task,
         )
-    console.print(f"registered {model['name']} v{model['version']} sha256 {model['sha256']}")
+    declared = f" task {model['task']}" if model.get("task") else ""
+    console.print(
+        f"registered {model['name']} v{model['version']} sha256 {model['sha256']}{declared}",
+        markup=False,
+    )
 
 
 @model_app.command("list")

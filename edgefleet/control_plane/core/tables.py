@@ -47,6 +47,8 @@ class ModelVersion(ModelVersionBase, table=True):
     path: str
     samples_path: str
     signature: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    # What the outputs mean, as declared (``edgefleet.converters.gate.parse_task``).
+    task: str | None = Field(default=None, max_length=1024)
     created_at: datetime = _ts_field()
 
 
@@ -56,6 +58,7 @@ class ModelPublic(ModelVersionBase):
     size_bytes: int
     created_at: datetime
     signature: dict[str, Any]
+    task: str | None = None
 
 
 # -- bundles ------------------------------------------------------------------
