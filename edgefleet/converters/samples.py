@@ -118,7 +118,7 @@ class Samples:
             real = min(size, self.n - start)
             for name, array in self.arrays.items():
                 if name in self.whole:
-                    feed[name] = array[start]
+                    feed[name] = np.asarray(array[start])
                     continue
                 chunk = array[start : start + size]
                 if len(chunk) < size:

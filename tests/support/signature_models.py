@@ -123,17 +123,19 @@ def int32_model() -> bytes:
     return _model(graph)
 
 
-def fixed_batch_model(batch: int = 4) -> bytes:
-    """``x`` FP32 [batch, 10] with the batch fixed at export -> ``y`` FP32 [batch, 3]."""
+def fixed_batch_model(batch: int = 4, *, extra_input: tuple[int, ...] | None = None) -> bytes:
+    """``x`` FP32 [batch, 10] with the batch fixed at export -> ``y`` FP32 [batch, 3];
+    ``extra_input`` adds an input ``s`` of that fixed shape, passed through as ``s_out``."""
     rng = np.random.default_rng(4)
     weights = rng.normal(0, 0.5, size=(10, 3)).astype(np.float32)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 10])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 10])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    if extra_input is not None:
+        inputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, list(extra_input)))
+        outputs.append(helper.make_tensor_value_info("s_out", TensorProto.FLOAT, list(extra_input)))
+        nodes.append(helper.make_node("Identity", ["s"], ["s_out"]))
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "fixed",
-        [x],
-        [y],
-        [numpy_helper.from_array(weights, "w")],
+        nodes, "fixed", inputs, outputs, [numpy_helper.from_array(weights, "w")]
     )
     return _model(graph)

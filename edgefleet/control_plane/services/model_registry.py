@@ -114,7 +114,7 @@ def register_model(
         size_bytes=inspection.size_bytes,
         path=str(model_path),
         samples_path=str(samples_path),
-        signature=schema.to_builtins(signature),
+        signature=schema.to_builtins(signature, omit_none=True),
         task=task or None,
     )
     session.add(model)
