@@ -209,17 +209,15 @@ def build_for_profile(
         max_model_bytes=profile.max_model_bytes,
         latency_budget_ms=profile.latency_budget_ms,
     )
-    say("measuring the float model")
-    try:
-        reference: Measurement = measure(OnnxRunner(model_bytes), holdout_samples)
-    except Exception as e:  # onnxruntime raises its own untyped errors on bad feeds
-        if isinstance(e, ConversionError):
-            raise
-        raise ConversionError(f"the float model does not run on the holdout: {e}") from e
-    check_judgeable(reference.outputs, tasks, labels=labels, limits=limits)
     worker_x = None
     if not profile.is_onnx:
         worker_x = holdout_samples.arrays[_single_float_input(signature, profile)]
+    say("measuring the float model")
+    try:
+        reference: Measurement = measure(OnnxRunner(model_bytes), holdout_samples)
+    except ConversionError as e:
+        raise ConversionError(f"the float model does not run on the holdout: {e}") from e
+    check_judgeable(reference.outputs, tasks, labels=labels, limits=limits)
 
     table: list[CandidateResult] = []
     built: dict[str, Candidate] = {}

@@ -61,7 +61,10 @@ class OnnxRunner:
         self.output_names = [o.name for o in self._session.get_outputs()]
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self._session.run(self.output_names, feed)
+        try:
+            results = self._session.run(self.output_names, feed)
+        except Exception as e:  # onnxruntime raises its own untyped errors
+            raise ConversionError(f"onnxruntime: {e}") from e
         return {n: np.asarray(v) for n, v in zip(self.output_names, results, strict=True)}
 
 

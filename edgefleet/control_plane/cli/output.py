@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.control_plane.client import ApiError
@@ -31,7 +32,7 @@ def setup_logging(level: str) -> None:
 
 def fail(error: Exception) -> typer.Exit:
     """Print ``error`` as the command's one error line; raise what this returns."""
-    err_console.print(f"[red]error:[/] {error}")
+    err_console.print(f"[red]error:[/] {escape(str(error))}")
     return typer.Exit(1)
 
 
