@@ -292,24 +292,28 @@ def decode_tensor(
         raise ValueError(f"tensor {name!r}: cannot hold shape {shown(shape)}") from e
 
 
-def top1_classes(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+def top1_classes(outputs: Mapping[str, np.ndarray], *, threshold: float = 0.5) -> np.ndarray:
     """The predicted class of every row of a model's outputs.
 
-    The converters' gate and the agent's shadow comparison judge agreement with this one
-    rule, so a candidate is compared the same way before and after it ships.
+    The agent's shadow comparison and drift answers judge agreement with this one rule.
 
     Args:
         outputs: Output name -> array, as a runtime returned them.
+        threshold: Where one score per row (a binary detector) decides class 1.
 
     Returns:
-        One int64 class per row: the argmax of the first 2-D float output (scores or
-        probabilities), else the first integer output (labels).
+        One int64 class per row: the argmax of the first 2-D float output with several
+        columns (scores or probabilities), or, for one score column, whether it reaches
+        ``threshold`` (argmax over one column would always be 0); else the first integer
+        output (labels).
 
     Raises:
         ValueError: The outputs hold neither a 2-D float nor an integer array.
     """
     for value in outputs.values():
         if value.ndim == 2 and np.issubdtype(value.dtype, np.floating):
+            if value.shape[1] == 1:
+                return (value[:, 0] >= threshold).astype(np.int64)
             return np.argmax(value, axis=1).astype(np.int64)
     for value in outputs.values():
         if np.issubdtype(value.dtype, np.integer):
