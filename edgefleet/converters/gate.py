@@ -1,11 +1,24 @@
 """The accuracy gate: which measured candidates may ship, and which one does.
 
 Pure functions over measurements, so the rules are tested without any runtime.
-Accuracy is judged against the float model on the holdout given with the build;
-agreement with the float model's top-1 catches a candidate that is "as accurate"
-for the wrong reasons; a per-class check stops a candidate that trades one class
-away for the others. Without labels only agreement can be judged, and the result
-says so (``verified`` false).
+Every output is judged against the float model's output on the same holdout rows,
+by what it means (its task, declared at registration; ``parse_task``):
+
+* ``classification``: top-1 agreement, which catches a candidate that is "as accurate"
+  for the wrong reasons; with labels, the accuracy drop and per-class recall, which
+  stops a candidate that trades one class away, judged only for classes with at least
+  ``MIN_CLASS_ROWS`` rows (smaller ones are reported as not judged, never veto);
+* ``binary:THRESHOLD``: one score per row; agreement of the decisions at the threshold,
+  the score error, and with labels the accuracy drop;
+* ``regression``: RMS error relative to the float output's spread;
+* ``embedding``: mean cosine similarity to the float embeddings;
+* ``generic`` (the default without labels): float outputs on relative error, integer
+  outputs on exact agreement.
+
+A metric that cannot discriminate on the holdout (argmax over one column, a constant
+output, too few rows for the agreement bound) is an ``UnjudgeableError`` before any
+candidate is measured, never a pass. Without labels only agreement with the float
+model is judged, and the result says so (``verified`` false).
 """
 
 from __future__ import annotations
@@ -395,7 +408,16 @@ def check_judgeable(
     limits: GateLimits,
 ) -> None:
     """``UnjudgeableError`` naming every output whose declared metric cannot
-    discriminate on the float model's holdout outputs ``reference``."""
+    discriminate on the float model's holdout outputs ``reference``, or labels that
+    cannot be classes of a classification or binary output."""
+    decided = [n for n, t in tasks.items() if t.kind in ("classification", "binary")]
+    fractional = (
+        labels is not None
+        and labels.dtype.kind == "f"
+        and not np.array_equal(labels, np.round(labels))
+    )
+    if decided and fractional:
+        raise UnjudgeableError([f"labels for {decided} are fractional, not classes"])
     reasons = [
         why
         for name, task in tasks.items()
