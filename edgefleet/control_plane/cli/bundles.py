@@ -71,7 +71,8 @@ def model_list(api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -> Non
     """List registered model versions."""
     with api_errors(), ApiClient(api) as client:
         rows = client.list_models()
-    print_rows(rows, ["name", "version", "size_bytes", "sha256", "created_at"], "models", as_json)
+    columns = ["name", "version", "task", "size_bytes", "sha256", "created_at"]
+    print_rows(rows, columns, "models", as_json)
 
 
 @bundle_app.command("build")

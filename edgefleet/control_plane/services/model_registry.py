@@ -95,7 +95,7 @@ def register_model(
         tasks = resolve_tasks(task, outputs, labels=labels)
     except ValueError as e:
         raise InvalidRequestError(f"task: {e}") from e
-    problems = signature_problems(tasks, signature.outputs) if task else []
+    problems = signature_problems(tasks, signature.outputs)
     if problems:
         raise InvalidRequestError("task: " + "; ".join(problems))
     logger.debug("model inputs fitted name=%s rows=%d", name, samples.n)

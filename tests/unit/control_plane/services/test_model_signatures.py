@@ -255,3 +255,18 @@ def test_a_holdout_whose_float_decisions_never_change_fails_the_build_with_a_rea
     )
     with pytest.raises(BuildError, match=r"every float score is below the threshold 0\.99"):
         build(session, repository, settings)
+
+
+def test_labels_without_a_task_on_one_sigmoid_column_are_refused_asking_for_binary(
+    session: Session, settings: Settings
+) -> None:
+    # Labels imply classification; argmax over the one column would pass anything.
+    detector = binary_detector()
+    with pytest.raises(InvalidRequestError, match=r"argmax over 1 column.*binary:THRESHOLD"):
+        register(
+            session,
+            settings,
+            detector.onnx_bytes,
+            npy(detector.samples),
+            holdout_bytes=npz(features=detector.holdout_x, labels=detector.holdout_y),
+        )
