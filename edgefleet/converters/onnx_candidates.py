@@ -144,6 +144,42 @@ def _drop_noop_float_casts(model: onnx.ModelProto) -> None:
             del node.attribute[:]
 
 
+def _drop_repeated_casts(model: onnx.ModelProto) -> None:
+    """Drop nodes identical to an earlier one (same op, name, inputs, outputs).
+
+    onnxconverter-common 1.16's fp16 converter inserts the cast of a float graph input
+    once per node that reads it, every copy defining the same tensor, which onnxruntime
+    refuses to load ("Duplicate definition"); the first copy precedes every reader.
+    """
+    seen: set[bytes] = set()
+    kept = []
+    for node in model.graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            kept.append(node)
+    if len(kept) != len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+
+
+def _retarget_casts_to_fp16(model: onnx.ModelProto) -> None:
+    """A ``Cast(to=FLOAT)`` whose output the converter typed float16 (an integer input
+    cast to float, ``sr`` in a VAD) must now cast to float16: the converter retypes the
+    tensor but leaves the attribute, and onnxruntime refuses the mismatch."""
+    fp16_values = {
+        v.name
+        for v in model.graph.value_info
+        if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    }
+    for node in model.graph.node:
+        if node.op_type != "Cast" or node.output[0] not in fp16_values:
+            continue
+        for attribute in node.attribute:
+            if attribute.name == "to" and attribute.i == onnx.TensorProto.FLOAT:
+                attribute.i = onnx.TensorProto.FLOAT16
+
+
 def _fp16(model_bytes: bytes) -> Candidate:
     from onnxconverter_common import float16
 
@@ -151,6 +187,8 @@ def _fp16(model_bytes: bytes) -> Candidate:
     _drop_noop_float_casts(model)
     # Float I/O stays float32 so clients and the drift statistics see the same tensors.
     converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    _drop_repeated_casts(converted)
+    _retarget_casts_to_fp16(converted)
     recipe = {"tool": "onnxconverter_common.float16", "keep_io_types": True}
     return Candidate(
         name="fp16",

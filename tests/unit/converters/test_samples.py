@@ -69,3 +69,19 @@ def test_a_tflite_profile_refuses_a_three_input_model_naming_its_inputs() -> Non
             calibration=three_input_samples(100),
             holdout=Holdout(three_input_samples(100, seed=3)),
         )
+
+
+def test_the_fp16_candidate_of_a_three_input_model_with_an_int64_scalar_loads_and_passes() -> None:
+    # onnxconverter-common casts the shared float input once per reader under one name
+    # and leaves Cast(int64 -> float) at float: both used to make the candidate unloadable.
+    profile = load_profiles(default_profiles_dir())["jetson-orin-onnx-fp16"]
+    outcome = build_for_profile(
+        three_input_model(),
+        profile,
+        calibration=three_input_samples(100),
+        holdout=Holdout(three_input_samples(100, seed=3)),
+        task="regression",
+    )
+    fp16 = next(r for r in outcome.table if r.candidate == "fp16")
+    assert fp16.verdict == "passed", fp16.reasons
+    assert fp16.relative_error is not None and fp16.relative_error < 0.01
