@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
 from typing import Any
 
@@ -44,24 +44,107 @@ NUMPY_TO_OIP: dict[np.dtype[Any], str] = {v: k for k, v in OIP_TO_NUMPY.items()}
 
 
 class TensorSpec(Open, frozen=True, kw_only=True):
-    """One model input or output: name, OIP datatype, shape (-1 for a dynamic axis)."""
+    """One model input or output: name, OIP datatype, shape (-1 for a dynamic axis).
+
+    ``dim_names`` keeps the model's names of its symbolic axes (``"batch"``, ``"N"``),
+    ``""`` where the axis is fixed or unnamed, so the signature reads as the model does.
+    """
 
     name: str
     datatype: str
     shape: list[int]
+    dim_names: list[str] | None = None
 
-    def accepts_shape(self, shape: Sequence[int]) -> bool:
-        """True when ``shape`` fits this spec, treating -1 as any size."""
-        return len(shape) == len(self.shape) and all(
-            want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The numpy dtype of the OIP datatype."""
+        return OIP_TO_NUMPY[self.datatype]
+
+    def accepts_shape(self, shape: Sequence[int], *, batch: int | None = None) -> bool:
+        """True when ``shape`` fits this spec, treating -1 as any size.
+
+        With ``batch`` (the signature's fixed batch) the leading axis of a batched
+        input takes any row count: the rows are split and padded to the batch.
+        """
+        want = list(self.shape)
+        if batch is not None and want and want[0] == batch:
+            want[0] = -1
+        return len(shape) == len(want) and all(
+            w in (-1, got) for w, got in zip(want, shape, strict=True)
         )
+
+    def describe(self) -> str:
+        """``FP32[-1, 64]``: the datatype and shape, as error messages show them."""
+        return f"{self.datatype}{list(self.shape)}"
 
 
 class ModelSignature(Open, frozen=True, kw_only=True):
-    """Inputs and outputs of a model, as the runtime sees them."""
+    """Inputs and outputs of a model, as the runtime sees them.
+
+    ``batch`` is the fixed batch size the model was exported with (every batched input's
+    leading axis), when it has one: callers send any number of rows, and the runtime runs
+    them in batches of exactly that size, padding the last (``run_in_batches``).
+    """
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    batch: int | None = None
+
+    def input(self, name: str) -> TensorSpec:
+        """The input named ``name``; ``KeyError`` when there is none."""
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def batched(self, spec: TensorSpec) -> bool:
+        """True when ``spec``'s leading axis is the fixed batch."""
+        return self.batch is not None and bool(spec.shape) and spec.shape[0] == self.batch
+
+
+def run_in_batches(
+    infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    feeds: dict[str, np.ndarray],
+    signature: ModelSignature,
+) -> dict[str, np.ndarray]:
+    """Run ``feeds`` through ``infer`` in batches of exactly ``signature.batch`` rows.
+
+    The batched inputs' rows are split into batches of the fixed size, the last padded by
+    repeating its final row; outputs whose leading axis is the batch are concatenated and
+    cut back to the rows sent. Without a fixed batch, or when the rows are exactly one
+    batch, ``feeds`` go through as they are.
+
+    Raises:
+        ValueError: The batched inputs disagree on the row count, or an output without a
+            batch axis would have to be joined across batches.
+    """
+    batch = signature.batch
+    if batch is None:
+        return infer(feeds)
+    batched = [s.name for s in signature.inputs if signature.batched(s) and s.name in feeds]
+    counts = {feeds[name].shape[0] for name in batched}
+    if len(counts) > 1:
+        raise ValueError(f"inputs {batched} have different row counts {sorted(counts)}")
+    rows = counts.pop() if counts else batch
+    if rows == batch:
+        return infer(feeds)
+    pieces: list[dict[str, np.ndarray]] = []
+    for start in range(0, rows, batch):
+        feed = dict(feeds)
+        for name in batched:
+            chunk = feeds[name][start : start + batch]
+            if len(chunk) < batch:
+                pad = np.repeat(chunk[-1:], batch - len(chunk), axis=0)
+                chunk = np.concatenate([chunk, pad])
+            feed[name] = chunk
+        pieces.append(infer(feed))
+    out: dict[str, np.ndarray] = {}
+    for name in pieces[0]:
+        parts = [np.asarray(p[name]) for p in pieces]
+        if any(p.ndim == 0 or p.shape[0] != batch for p in parts):
+            raise ValueError(f"output {name!r} has no batch axis to join {rows} rows by")
+        out[name] = np.concatenate(parts)[:rows]
+    return out
 
 
 def oip_datatype(dtype: np.dtype[Any]) -> str:
@@ -209,24 +292,28 @@ def decode_tensor(
         raise ValueError(f"tensor {name!r}: cannot hold shape {shown(shape)}") from e
 
 
-def top1_classes(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+def top1_classes(outputs: Mapping[str, np.ndarray], *, threshold: float = 0.5) -> np.ndarray:
     """The predicted class of every row of a model's outputs.
 
-    The converters' gate and the agent's shadow comparison judge agreement with this one
-    rule, so a candidate is compared the same way before and after it ships.
+    The agent's shadow comparison and drift answers judge agreement with this one rule.
 
     Args:
         outputs: Output name -> array, as a runtime returned them.
+        threshold: Where one score per row (a binary detector) decides class 1.
 
     Returns:
-        One int64 class per row: the argmax of the first 2-D float output (scores or
-        probabilities), else the first integer output (labels).
+        One int64 class per row: the argmax of the first 2-D float output with several
+        columns (scores or probabilities), or, for one score column, whether it reaches
+        ``threshold`` (argmax over one column would always be 0); else the first integer
+        output (labels).
 
     Raises:
         ValueError: The outputs hold neither a 2-D float nor an integer array.
     """
     for value in outputs.values():
         if value.ndim == 2 and np.issubdtype(value.dtype, np.floating):
+            if value.shape[1] == 1:
+                return (value[:, 0] >= threshold).astype(np.int64)
             return np.argmax(value, axis=1).astype(np.int64)
     for value in outputs.values():
         if np.issubdtype(value.dtype, np.integer):

@@ -11,7 +11,7 @@ import io
 import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,29 +110,34 @@ class ApiClient:
         name: str,
         version: str,
         model: bytes,
-        samples: np.ndarray,
-        holdout_x: np.ndarray | None = None,
+        samples: np.ndarray | Mapping[str, np.ndarray] | bytes,
+        holdout_x: np.ndarray | Mapping[str, np.ndarray] | None = None,
         holdout_y: np.ndarray | None = None,
+        holdout: bytes | None = None,
+        task: str | None = None,
         companion: bytes | None = None,
     ) -> dict[str, Any]:
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(samples, dtype=np.float32), allow_pickle=False)
+        """Register a model with its samples, sent as given (never cast): an array for a
+        one-input model, a dict keyed by input name, or the bytes of an ``.npy``/``.npz``.
+        The holdout is ``holdout_x`` (array or dict) with ``holdout_y`` labels, or the
+        bytes of a holdout file; ``task`` says what the outputs mean."""
         files = {
             "model": ("model.onnx", model, "application/octet-stream"),
-            "samples": ("samples.npy", buffer.getvalue(), "application/octet-stream"),
+            "samples": _array_file("samples", samples),
         }
         if companion is not None:  # the same model in the other format
             files["companion"] = ("companion.model", companion, "application/octet-stream")
-        if holdout_x is not None:
-            arrays: dict[str, Any] = {"x": np.asarray(holdout_x, dtype=np.float32)}
+        if holdout is not None:
+            files["holdout"] = _array_file("holdout", holdout)
+        elif holdout_x is not None:
+            arrays = dict(holdout_x) if isinstance(holdout_x, Mapping) else {"x": holdout_x}
             if holdout_y is not None:
-                arrays["y"] = np.asarray(holdout_y, dtype=np.int64)
-            npz = io.BytesIO()
-            np.savez(npz, **arrays)
-            files["holdout"] = ("holdout.npz", npz.getvalue(), "application/octet-stream")
-        return dict(
-            self._call("POST", "/models", data={"name": name, "version": version}, files=files)
-        )
+                arrays["labels" if isinstance(holdout_x, Mapping) else "y"] = holdout_y
+            files["holdout"] = _array_file("holdout", arrays)
+        form = {"name": name, "version": version}
+        if task:
+            form["task"] = task
+        return dict(self._call("POST", "/models", data=form, files=files))
 
     def list_models(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/models"))
@@ -363,3 +368,19 @@ class ApiClient:
         if response.status_code >= 400:
             raise ApiError(response.status_code, response.text)
         return response.content
+
+
+def _array_file(
+    stem: str, value: np.ndarray | Mapping[str, np.ndarray] | bytes
+) -> tuple[str, bytes, str]:
+    """A multipart file for arrays: ``.npy`` bytes for one array, ``.npz`` for a dict,
+    file bytes as they are (named by their content)."""
+    if isinstance(value, bytes):
+        suffix = ".npz" if value.startswith(b"PK\x03\x04") else ".npy"
+        return f"{stem}{suffix}", value, "application/octet-stream"
+    buffer = io.BytesIO()
+    if isinstance(value, Mapping):
+        np.savez(buffer, **{k: np.asarray(v) for k, v in value.items()})  # type: ignore[arg-type]  # numpy stubs: kwargs
+        return f"{stem}.npz", buffer.getvalue(), "application/octet-stream"
+    np.save(buffer, np.asarray(value), allow_pickle=False)
+    return f"{stem}.npy", buffer.getvalue(), "application/octet-stream"

@@ -19,6 +19,7 @@ import numpy as np
 from edgefleet.converters.errors import ConversionError
 from edgefleet.converters.model_format import ReadModel
 from edgefleet.converters.runner import OnnxRunner, Runner, TfliteRunner
+from edgefleet.converters.samples import Samples
 from edgefleet.converters.tflite_inspect import TfliteInspection
 from edgefleet.tensors import TensorSpec
 
@@ -59,7 +60,9 @@ def _check_signatures(onnx_model: ReadModel, tflite_model: ReadModel) -> None:
                 )
 
 
-def compare_artifacts(first: ReadModel, second: ReadModel, samples: np.ndarray) -> dict[str, Any]:
+def compare_artifacts(
+    first: ReadModel, second: ReadModel, samples: Samples | np.ndarray
+) -> dict[str, Any]:
     """Check that an ONNX and a TFLite file are the same model; what was measured.
 
     Returns:
@@ -76,10 +79,16 @@ def compare_artifacts(first: ReadModel, second: ReadModel, samples: np.ndarray) 
         )
     onnx_model, tflite_model = (first, second) if first.format == "onnx" else (second, first)
     _check_signatures(onnx_model, tflite_model)
-    rows = np.ascontiguousarray(samples[:MAX_ROWS], dtype=np.float32)
+    if isinstance(samples, np.ndarray):  # one array: the only input's rows
+        names = [i.name for i in first.inspection.signature.inputs]
+        if len(names) != 1:
+            raise ConversionError(f"one array cannot feed the inputs {names}")
+        samples = Samples.fit(first.inspection.signature, {names[0]: samples}, what="samples")
+    rows = samples.head(MAX_ROWS)  # fitted to the signature: every input, as registered
+    feeds = [feed for feed, _real in rows.feeds()]
     runners = _runner(onnx_model), _runner(tflite_model)
     try:
-        results = [[runner.run(row[None, ...]) for row in rows] for runner in runners]
+        results = [[runner.run(feed) for feed in feeds] for runner in runners]
     except (RuntimeError, ValueError) as e:
         raise ConversionError(f"the two files cannot both run the samples: {e}") from e
     report: dict[str, dict[str, float]] = {}
@@ -92,7 +101,7 @@ def compare_artifacts(first: ReadModel, second: ReadModel, samples: np.ndarray) 
             if agreement < MIN_AGREEMENT:
                 raise ConversionError(
                     f"output {spec.name}: the ONNX and TFLite files agree on {agreement:.3f} "
-                    f"of {len(rows)} samples (< {MIN_AGREEMENT}): not the same model"
+                    f"of {rows.n} samples (< {MIN_AGREEMENT}): not the same model"
                 )
             continue
         spread = float(np.ptp(want)) or 1.0
@@ -103,4 +112,4 @@ def compare_artifacts(first: ReadModel, second: ReadModel, samples: np.ndarray) 
                 f"output {spec.name}: the ONNX and TFLite files differ by {error:.3f} of the "
                 f"output's range on the samples (> {MAX_RELATIVE_ERROR}): not the same model"
             )
-    return {"rows": len(rows), "outputs": report}
+    return {"rows": rows.n, "outputs": report}

@@ -16,6 +16,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from edgefleet.converters.errors import CalibrationError
+from edgefleet.converters.samples import Samples, feed_size
 
 logger = logging.getLogger(__name__)
 
@@ -24,39 +25,38 @@ MAX_SAMPLES = 500
 BATCH = 16
 
 
-def prepare_calibration(samples: np.ndarray) -> np.ndarray:
-    """At most ``MAX_SAMPLES`` float32 rows; refuses non-finite or empty sets."""
-    samples = np.asarray(samples, dtype=np.float32)
-    if samples.ndim < 2 or samples.shape[0] == 0:
-        raise CalibrationError(f"calibration set must be [n, ...], got {list(samples.shape)}")
-    if not np.all(np.isfinite(samples)):
-        raise CalibrationError("calibration set has NaN or infinite values")
-    if samples.shape[0] < MIN_SAMPLES:
-        logger.warning(
-            "few calibration samples n=%d recommended_min=%d", samples.shape[0], MIN_SAMPLES
-        )
-    return samples[:MAX_SAMPLES]
+def prepare_calibration(samples: Samples) -> Samples:
+    """At most ``MAX_SAMPLES`` rows; refuses non-finite float inputs. Never casts."""
+    for name, array in samples.float_arrays().items():
+        if not np.all(np.isfinite(array)):
+            raise CalibrationError(f"calibration input {name!r} has NaN or infinite values")
+    if samples.n < MIN_SAMPLES:
+        logger.warning("few calibration samples n=%d recommended_min=%d", samples.n, MIN_SAMPLES)
+    return samples.head(MAX_SAMPLES)
 
 
-def calibration_hash(samples: np.ndarray) -> str:
+def calibration_hash(samples: Samples | np.ndarray) -> str:
+    """A hash naming the samples (every input's name, dtype, shape and bytes)."""
+    if isinstance(samples, Samples):
+        return samples.sha256()
     return hashlib.sha256(np.ascontiguousarray(samples).tobytes()).hexdigest()
 
 
 class ArrayReader(CalibrationDataReader):
-    """Feeds ``samples`` to onnxruntime's calibrators in small batches."""
+    """Feeds ``samples`` to onnxruntime's calibrators, every input, in small batches."""
 
-    def __init__(self, input_name: str, samples: np.ndarray, batch: int = BATCH) -> None:
-        self._input_name = input_name
+    def __init__(self, samples: Samples, batch: int = BATCH) -> None:
         self._samples = samples
         self._batch = batch
         self._iter: Iterator[dict[str, np.ndarray]] = self._batches()
 
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
         # Only full batches: onnxruntime's histogram calibrators (Entropy, Percentile)
-        # fail on a short last batch, and dropping < BATCH rows changes no range.
-        usable = len(self._samples) // self._batch * self._batch or len(self._samples)
-        for start in range(0, usable, self._batch):
-            yield {self._input_name: self._samples[start : start + self._batch]}
+        # fail on a short last batch, and dropping < BATCH rows changes no range. A
+        # fixed batch or whole feeds set the batch (``Samples.feeds``).
+        feeds = list(self._samples.feeds(self._batch))
+        full = [feed for feed, real in feeds if real == feed_size(feed, self._samples)]
+        yield from full or [feed for feed, _real in feeds]
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._iter, None)

@@ -6,7 +6,8 @@
     ├── UnsupportedOpError  the target runtime version cannot run some of the model's ops
     ├── CalibrationError    the calibration samples cannot calibrate this model
     ├── CandidateSkipped    a recipe that does not apply to this model (not a failure)
-    └── GateError           no candidate passed the accuracy gate (carries every row)
+    ├── GateError           no candidate passed the accuracy gate (carries every row)
+    └── UnjudgeableError    the declared metric cannot discriminate on this holdout
 """
 
 from __future__ import annotations
@@ -48,3 +49,13 @@ class GateError(ConversionError):
         super().__init__("\n".join(lines))
         self.reason = reason
         self.candidates = candidates
+
+
+class UnjudgeableError(ConversionError):
+    """The gate cannot tell a good candidate from a bad one with the declared task on this
+    holdout (argmax over one column, a constant output, too few rows); ``reasons`` says
+    why, per output."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("the gate cannot judge this model: " + "; ".join(reasons))
+        self.reasons = reasons

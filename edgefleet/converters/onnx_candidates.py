@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 from onnxruntime.quantization import (
     CalibrationMethod,
@@ -28,6 +27,7 @@ from edgefleet.converters.calibration import ArrayReader, calibration_hash, rang
 from edgefleet.converters.candidate import Candidate
 from edgefleet.converters.errors import CandidateSkipped, ConversionError
 from edgefleet.converters.onnx_ml import ml_estimator_ops
+from edgefleet.converters.samples import Samples
 from edgefleet.profile import FirmwareProfile
 
 logger = logging.getLogger(__name__)
@@ -66,8 +66,7 @@ def _activation_type(profile: FirmwareProfile) -> QuantType:
 
 def _static(
     model_bytes: bytes,
-    input_name: str,
-    calibration: np.ndarray,
+    calibration: Samples,
     *,
     name: str,
     op_types: list[str] | None,
@@ -90,7 +89,7 @@ def _static(
         quantize_static(
             str(src),
             str(dst),
-            ArrayReader(input_name, calibration),
+            ArrayReader(calibration),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=op_types,
             activation_type=activation,
@@ -107,7 +106,7 @@ def _static(
         "activation_type": activation.name,
         "weight_type": "QInt8",
         "calibration_sha256": calib_sha,
-        "calibration_samples": len(calibration),
+        "calibration_samples": calibration.n,
     }
     return Candidate(name=name, format="onnx", precision="int8", data=data, recipe=recipe)
 
@@ -146,6 +145,42 @@ def _drop_noop_float_casts(model: onnx.ModelProto) -> None:
             del node.attribute[:]
 
 
+def _drop_repeated_casts(model: onnx.ModelProto) -> None:
+    """Drop nodes identical to an earlier one (same op, name, inputs, outputs).
+
+    onnxconverter-common 1.16's fp16 converter inserts the cast of a float graph input
+    once per node that reads it, every copy defining the same tensor, which onnxruntime
+    refuses to load ("Duplicate definition"); the first copy precedes every reader.
+    """
+    seen: set[bytes] = set()
+    kept = []
+    for node in model.graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            kept.append(node)
+    if len(kept) != len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+
+
+def _retarget_casts_to_fp16(model: onnx.ModelProto) -> None:
+    """A ``Cast(to=FLOAT)`` whose output the converter typed float16 (an integer input
+    cast to float, ``sr`` in a VAD) must now cast to float16: the converter retypes the
+    tensor but leaves the attribute, and onnxruntime refuses the mismatch."""
+    fp16_values = {
+        v.name
+        for v in model.graph.value_info
+        if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    }
+    for node in model.graph.node:
+        if node.op_type != "Cast" or node.output[0] not in fp16_values:
+            continue
+        for attribute in node.attribute:
+            if attribute.name == "to" and attribute.i == onnx.TensorProto.FLOAT:
+                attribute.i = onnx.TensorProto.FLOAT16
+
+
 def _fp16(model_bytes: bytes) -> Candidate:
     from onnxconverter_common import float16
 
@@ -153,6 +188,8 @@ def _fp16(model_bytes: bytes) -> Candidate:
     _drop_noop_float_casts(model)
     # Float I/O stays float32 so clients and the drift statistics see the same tensors.
     converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    _drop_repeated_casts(converted)
+    _retarget_casts_to_fp16(converted)
     recipe = {"tool": "onnxconverter_common.float16", "keep_io_types": True}
     return Candidate(
         name="fp16",
@@ -167,8 +204,7 @@ def onnx_candidates(
     model_bytes: bytes,
     profile: FirmwareProfile,
     *,
-    input_name: str,
-    calibration: np.ndarray | None,
+    calibration: Samples | None,
     model_sha256: str,
     cache_dir: Path | None = None,
 ) -> Iterator[Candidate | ConversionError]:
@@ -197,7 +233,6 @@ def onnx_candidates(
                 try:
                     yield _static(
                         prepared,
-                        input_name,
                         calibration,
                         name=name,
                         op_types=op_types,

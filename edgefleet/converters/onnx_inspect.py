@@ -39,11 +39,32 @@ class OnnxInspection:
 
 
 def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        raise ConversionError(f"{value.name}: a {kind or 'untyped value'} is not a tensor")
     tensor_type = value.type.tensor_type
     if tensor_type.elem_type not in _ONNX_TO_OIP:
-        raise ConversionError(f"{value.name}: unsupported element type {tensor_type.elem_type}")
-    shape = [dim.dim_value if dim.HasField("dim_value") else -1 for dim in tensor_type.shape.dim]
-    return TensorSpec(name=value.name, datatype=_ONNX_TO_OIP[tensor_type.elem_type], shape=shape)
+        name = TensorProto.DataType.Name(tensor_type.elem_type)
+        raise ConversionError(f"{value.name}: unsupported element type {name}")
+    dims = list(tensor_type.shape.dim)
+    shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims]
+    names = [d.dim_param if d.HasField("dim_param") else "" for d in dims]
+    return TensorSpec(
+        name=value.name,
+        datatype=_ONNX_TO_OIP[tensor_type.elem_type],
+        shape=shape,
+        dim_names=names if any(names) else None,
+    )
+
+
+def fixed_batch(inputs: list[TensorSpec]) -> int | None:
+    """The batch size the model was exported with: the leading axis every input of rank
+    one or more fixes to the same size; ``None`` when any is dynamic or they differ."""
+    leading = {spec.shape[0] for spec in inputs if spec.shape}
+    if len(leading) != 1:
+        return None
+    size = leading.pop()
+    return size if size > 0 else None
 
 
 def inspect_onnx(model_bytes: bytes) -> OnnxInspection:
@@ -61,5 +82,5 @@ def inspect_onnx(model_bytes: bytes) -> OnnxInspection:
         size_bytes=len(model_bytes),
         opsets={imp.domain or "ai.onnx": imp.version for imp in model.opset_import},
         op_histogram=dict(Counter(node.op_type for node in model.graph.node)),
-        signature=ModelSignature(inputs=inputs, outputs=outputs),
+        signature=ModelSignature(inputs=inputs, outputs=outputs, batch=fixed_batch(inputs)),
     )

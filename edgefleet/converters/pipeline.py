@@ -1,15 +1,19 @@
-"""Float ONNX model -> the best candidate that passes the gate for one profile.
+"""Float model (.onnx or .tflite) -> the best candidate that passes the gate for one profile.
 
-inspect -> refuse what the runtime cannot run -> build every candidate the profile
-allows -> run each at batch 1 in the runtime on the holdout -> gate -> choose by
-the profile's objective. A build with no passing candidate raises ``GateError``
-with every candidate's numbers, so the engineer sees why, not just that it failed.
+inspect -> fit the samples and holdout to the signature (every input, its dtype and
+shape, never cast) -> measure the float model on the holdout and check that the gate
+can judge every output by its task -> refuse what the runtime cannot run -> build every
+candidate the profile allows -> run each at the device's batch in the runtime on the
+holdout -> gate every output -> choose by the profile's objective. A build with no
+passing candidate raises ``GateError`` with every candidate's numbers, so the engineer
+sees why, not just that it failed; a holdout the declared task cannot judge raises
+``UnjudgeableError`` before any candidate is built.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -18,11 +22,19 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgefleet.converters.calibration import calibration_hash, prepare_calibration
+from edgefleet.converters.calibration import prepare_calibration
 from edgefleet.converters.candidate import Candidate
 from edgefleet.converters.compat import check_onnx_ops, lower_opset
 from edgefleet.converters.errors import CandidateSkipped, ConversionError, GateError
-from edgefleet.converters.gate import CandidateResult, GateLimits, choose, judge
+from edgefleet.converters.gate import (
+    CandidateResult,
+    GateLimits,
+    OutputTask,
+    check_judgeable,
+    choose,
+    judge_outputs,
+    resolve_tasks,
+)
 from edgefleet.converters.model_format import inspect_model
 from edgefleet.converters.onnx_candidates import onnx_candidates
 from edgefleet.converters.onnx_inspect import OnnxInspection
@@ -36,10 +48,12 @@ from edgefleet.converters.runner import (
     measure_in_worker,
     runner_for,
 )
+from edgefleet.converters.samples import SampleError, Samples, check_labels
 from edgefleet.converters.tflite_inspect import TfliteInspection
 from edgefleet.converters.tflite_source import check_tflite_source, tflite_source_candidates
 from edgefleet.converters.worker_envs import installed_python, spec_for
 from edgefleet.profile import FirmwareProfile
+from edgefleet.tensors import ModelSignature
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +64,32 @@ CandidateReport = Callable[["CandidateResult"], None]
 _GATE_DISTRIBUTIONS = {"onnx": "onnxruntime", "tflite": "ai-edge-litert"}
 
 
+Arrays = np.ndarray | Mapping[str, np.ndarray] | Samples
+"""Inputs as callers give them: one array for a one-input model, a dict keyed by input
+name, or a ``Samples`` already fitted to the signature."""
+
+
 @dataclass
 class Holdout:
-    """What the gate judges on: inputs, and labels when the builder has them."""
+    """What the gate judges on: inputs (``Arrays``), and labels when the builder has them."""
 
-    x: np.ndarray
+    x: Arrays
     y: np.ndarray | None = None
     source: str = "holdout"
+
+
+def fit_samples(signature: ModelSignature, arrays: Arrays, *, what: str) -> Samples:
+    """``arrays`` checked against ``signature`` (``SampleError`` names the input)."""
+    if isinstance(arrays, Samples):
+        return arrays
+    if isinstance(arrays, np.ndarray):
+        names = [s.name for s in signature.inputs]
+        if len(names) != 1:
+            raise SampleError(
+                f"{what}: one array cannot feed {len(names)} inputs {names}; key them by name"
+            )
+        arrays = {names[0]: arrays}
+    return Samples.fit(signature, arrays, what=what)
 
 
 @dataclass
@@ -68,6 +101,7 @@ class BuildOutcome:
     gate_runtime: dict[str, Any]
     inspection: OnnxInspection | TfliteInspection
     output_names: list[str] = field(default_factory=list)
+    tasks: dict[str, str] = field(default_factory=dict)  # output name -> task, as judged
 
     @property
     def chosen_row(self) -> CandidateResult:
@@ -108,15 +142,17 @@ def _candidates(
     model: onnx.ModelProto | None,
     profile: FirmwareProfile,
     *,
-    input_name: str,
     output_names: list[str],
-    calibration: np.ndarray | None,
+    calibration: Samples | None,
     inspection: OnnxInspection | TfliteInspection,
     cache_dir: Path | None,
 ) -> Iterable[Candidate | ConversionError]:
     if isinstance(inspection, TfliteInspection):  # a registered .tflite: no ONNX in between
         return tflite_source_candidates(
-            model_bytes, profile, inspection=inspection, calibration=calibration
+            model_bytes,
+            profile,
+            inspection=inspection,
+            calibration=None if calibration is None else calibration.arrays,
         )
     assert model is not None  # an ONNX source is always parsed
     if profile.is_onnx:
@@ -126,7 +162,6 @@ def _candidates(
         return onnx_candidates(
             data,
             profile,
-            input_name=input_name,
             calibration=calibration,
             model_sha256=inspection.sha256,
             cache_dir=cache_dir,
@@ -134,6 +169,7 @@ def _candidates(
     from edgefleet.converters.tflite_candidates import float_tflite_from_onnx, tflite_candidates
 
     refuse_onnx_ml_for_tflite(model, profile.name)
+    input_name = _single_float_input(inspection.signature, profile)
     float_tflite, tool = float_tflite_from_onnx(
         model_bytes, profile, signature=inspection.signature
     )
@@ -142,17 +178,49 @@ def _candidates(
         profile,
         input_name=input_name,
         output_names=output_names,
-        calibration=calibration,
+        calibration=None if calibration is None else calibration.arrays[input_name],
         float_tool=tool,
     )
+
+
+def _is_single_float(signature: ModelSignature) -> bool:
+    return len(signature.inputs) == 1 and signature.inputs[0].datatype == "FP32"
+
+
+def _refuse_tflite_ops(model: onnx.ModelProto, profile: FirmwareProfile) -> list[str]:
+    """``ConversionError`` naming the ONNX ops (ONNX-ML ones, or ops whose TFLite lowering
+    the profile cannot run) that keep the model off ``profile`` whatever its inputs; else
+    the ops the converter has no known lowering for (``If``, ``Loop``, ...)."""
+    from edgefleet.converters.onnx2tflite import precheck, required_builtins
+
+    refuse_onnx_ml_for_tflite(model, profile.name)
+    precheck(model, profile)
+    return sorted(required_builtins(model)[1])
+
+
+def _single_float_input(
+    signature: ModelSignature, profile: FirmwareProfile, *, unlowered: list[str] | None = None
+) -> str:
+    """The one FP32 input the ONNX->TFLite conversion takes; ``ConversionError`` naming the
+    inputs otherwise (and ``unlowered``, ops the conversion has no known lowering for)."""
+    inputs = signature.inputs
+    if not _is_single_float(signature):
+        shown = ", ".join(f"{s.name} {s.describe()}" for s in inputs)
+        ops = f"; it also has ops with no known TFLite lowering: {', '.join(unlowered or [])}"
+        raise ConversionError(
+            f"profile {profile.name}: the ONNX->TFLite conversion takes one FP32 input, "
+            f"the model has {shown}" + (ops if unlowered else "")
+        )
+    return inputs[0].name
 
 
 def build_for_profile(
     model_bytes: bytes,
     profile: FirmwareProfile,
     *,
-    calibration: np.ndarray | None,
+    calibration: Arrays | None,
     holdout: Holdout,
+    task: str | None = None,
     max_accuracy_drop: float | None = None,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
@@ -160,6 +228,8 @@ def build_for_profile(
 ) -> BuildOutcome:
     """Build, measure and gate every candidate; the chosen one, or ``GateError``.
 
+    ``task`` says what the outputs mean (``edgefleet.converters.gate.parse_task``);
+    undeclared, labels make it ``classification`` and no labels ``generic``.
     ``progress`` hears what the build is doing; ``on_candidate`` each row of the
     candidates table as it lands (its verdict and numbers are final then).
     """
@@ -170,11 +240,23 @@ def build_for_profile(
         check_tflite_source(inspection, profile)  # an ONNX profile, or ops it lacks: refused
     else:
         model = onnx.load_from_string(model_bytes)
-    if len(inspection.signature.inputs) != 1:
-        raise ConversionError("only models with exactly one input are supported")
-    input_name = inspection.signature.inputs[0].name
-    output_names = [o.name for o in inspection.signature.outputs]
-    calib = prepare_calibration(calibration) if calibration is not None else None
+    signature = inspection.signature
+    output_names = [o.name for o in signature.outputs]
+    calib = (
+        None
+        if calibration is None
+        else prepare_calibration(fit_samples(signature, calibration, what="samples"))
+    )
+    holdout_samples = fit_samples(signature, holdout.x, what="holdout")
+    labels = (
+        None
+        if holdout.y is None
+        else check_labels(np.asarray(holdout.y), holdout_samples.n, what="holdout")
+    )
+    try:
+        tasks = resolve_tasks(task, output_names, labels=labels)
+    except ValueError as e:
+        raise ConversionError(f"task: {e}") from e
     limits = GateLimits(
         max_accuracy_drop=profile.max_accuracy_drop
         if max_accuracy_drop is None
@@ -182,23 +264,28 @@ def build_for_profile(
         max_model_bytes=profile.max_model_bytes,
         latency_budget_ms=profile.latency_budget_ms,
     )
+    worker_x = None
+    if isinstance(inspection, TfliteInspection):
+        # The worker runtime feeds one float input; any other .tflite is gated in-process.
+        if _is_single_float(signature) and signature.batch in (None, 1):
+            worker_x = holdout_samples.arrays[signature.inputs[0].name]
+    elif not profile.is_onnx:
+        assert model is not None
+        if not _is_single_float(signature):
+            unlowered = _refuse_tflite_ops(model, profile)  # ops the profile lacks first
+            _single_float_input(signature, profile, unlowered=unlowered)
+        worker_x = holdout_samples.arrays[_single_float_input(signature, profile)]
     say("measuring the float model")
-    holdout_x = np.asarray(holdout.x, dtype=np.float32)
-    want = inspection.signature.inputs[0].shape
-    if holdout_x.ndim != len(want) or any(
-        w not in (-1, g) for w, g in zip(want[1:], holdout_x.shape[1:], strict=False)
-    ):
-        raise ConversionError(
-            f"holdout shape {list(holdout_x.shape)} does not fit input {input_name} {want}"
-        )
     source: Runner = (
         TfliteRunner(model_bytes, {})  # its tensors as its signature states them
         if isinstance(inspection, TfliteInspection)
         else OnnxRunner(model_bytes)
     )
-    reference: Measurement = measure(source, holdout_x)
-    float_predictions = reference.predictions
-    labels = None if holdout.y is None else np.asarray(holdout.y).astype(np.int64)
+    try:
+        reference: Measurement = measure(source, holdout_samples)
+    except ConversionError as e:
+        raise ConversionError(f"the float model does not run on the holdout: {e}") from e
+    check_judgeable(reference.outputs, tasks, labels=labels, limits=limits)
 
     table = _ReportedRows(on_candidate)
     built: dict[str, Candidate] = {}
@@ -223,7 +310,6 @@ def build_for_profile(
         model_bytes,
         model,
         profile,
-        input_name=input_name,
         output_names=output_names,
         calibration=calib,
         inspection=inspection,
@@ -260,8 +346,8 @@ def build_for_profile(
             table.append(row)
             continue
         try:
-            if worker is not None:
-                result = measure_in_worker(worker, item, holdout_x)
+            if worker is not None and worker_x is not None:
+                result = measure_in_worker(worker, item, worker_x)
                 measured = result.measurement
                 gate_runtime = {
                     **result.runtime,
@@ -270,27 +356,29 @@ def build_for_profile(
                     "environment": str(worker.parent.parent),
                 }
             else:
-                measured = measure(runner_for(item), holdout_x)
+                measured = measure(runner_for(item), holdout_samples)
         except (ConversionError, RuntimeError, ValueError) as e:  # runtimes raise these
             row.reasons = [str(e)]
             table.append(row)
             continue
         row.latency_ms = round(measured.latency_ms, 4)
-        judge(
+        judge_outputs(
             row,
-            predictions=measured.predictions,
-            float_predictions=float_predictions,
+            outputs=measured.outputs,
+            reference=reference.outputs,
+            tasks=tasks,
             labels=labels,
             limits=limits,
         )
         table.append(row)
         built[item.name] = item
         logger.info(
-            "candidate measured profile=%s candidate=%s verdict=%s agreement=%.4f",
+            "candidate measured profile=%s candidate=%s verdict=%s agreement=%s error=%s",
             profile.name,
             item.name,
             row.verdict,
             row.agreement,
+            row.relative_error,
         )
     best = choose(table, profile.objective)
     if best is None:
@@ -298,20 +386,44 @@ def build_for_profile(
             f"no candidate passed the gate for {profile.name}",
             candidates=[r.as_row() for r in table],
         )
-    float_accuracy = None if labels is None else float(np.mean(float_predictions == labels))
+    judged = {name: str(t) for name, t in tasks.items()}
     return BuildOutcome(
         chosen=built[best.candidate],
         table=list(table),
-        verified=labels is not None,
+        verified=labels is not None and _labels_judged(tasks),
         reference={
-            "float_accuracy": float_accuracy,
+            "float_accuracy": _float_accuracy(reference.outputs, tasks, labels),
             "float_latency_ms": round(reference.latency_ms, 4),
             "holdout": holdout.source,
-            "holdout_samples": len(holdout_x),
-            "holdout_sha256": calibration_hash(holdout_x),
+            "holdout_samples": holdout_samples.n,
+            "holdout_sha256": holdout_samples.sha256(),
             "max_accuracy_drop": limits.max_accuracy_drop,
+            "tasks": judged,
         },
         gate_runtime=gate_runtime,
         inspection=inspection,
         output_names=output_names,
+        tasks=judged,
     )
+
+
+def _labels_judged(tasks: Mapping[str, OutputTask]) -> bool:
+    return any(t.kind in ("classification", "binary") for t in tasks.values())
+
+
+def _float_accuracy(
+    outputs: Mapping[str, np.ndarray], tasks: Mapping[str, OutputTask], labels: np.ndarray | None
+) -> float | None:
+    """The float model's accuracy on the labels, by the first output they judge."""
+    if labels is None:
+        return None
+    for name, task in tasks.items():
+        value = np.asarray(outputs[name])
+        rows = value.reshape(len(value), -1)
+        if task.kind == "classification":
+            predicted = np.argmax(rows, 1) if value.dtype.kind == "f" else rows[:, 0]
+            return float(np.mean(predicted.astype(np.int64) == labels.astype(np.int64)))
+        if task.kind == "binary":
+            decided = rows[:, 0] >= task.threshold
+            return float(np.mean(decided == (labels.astype(np.int64) != 0)))
+    return None

@@ -1,8 +1,10 @@
-"""Runs a candidate in a runtime the way the device will: one sample at a time.
+"""Runs a candidate in a runtime the way the device will: one row at a time, or in
+batches of the model's fixed batch size.
 
-The gate must see what the device sees, so candidates run at batch 1 in the
-runtime the profile names, with the same boundary (de)quantization the agent does
-for integer-only models.
+The gate must see what the device sees, so candidates run at the device's batch in
+the runtime the profile names, with every input of the signature and the same boundary
+(de)quantization the agent does for integer-only models. The outputs of every row come
+back, so the gate judges each output by what it means (``edgefleet.converters.gate``).
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ import numpy as np
 
 from edgefleet.converters.candidate import Candidate, IoQuantization
 from edgefleet.converters.errors import ConversionError
-from edgefleet.tensors import top1_classes
+from edgefleet.converters.samples import FeedResult, Samples, feed_size, join_outputs
 
 
 class Runner(Protocol):
-    input_name: str
+    input_names: list[str]
     output_names: list[str]
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
 def quantize_input(x: np.ndarray, q: IoQuantization) -> np.ndarray:
@@ -55,11 +57,14 @@ class OnnxRunner:
             )
         except Exception as e:  # onnxruntime raises its own untyped errors
             raise ConversionError(f"onnxruntime cannot load the candidate: {e}") from e
-        self.input_name = self._session.get_inputs()[0].name
+        self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        results = self._session.run(self.output_names, {self.input_name: x})
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            results = self._session.run(self.output_names, feed)
+        except Exception as e:  # onnxruntime raises its own untyped errors
+            raise ConversionError(f"onnxruntime: {e}") from e
         return {n: np.asarray(v) for n, v in zip(self.output_names, results, strict=True)}
 
 
@@ -74,20 +79,29 @@ class TfliteRunner:
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ConversionError(f"ai-edge-litert cannot load the candidate: {e}") from e
-        self._inputs = self._interpreter.get_input_details()
+        self._inputs = {d["name"]: d for d in self._interpreter.get_input_details()}
         self._outputs = self._interpreter.get_output_details()
         self._io = dict(io_quantization)
-        self.input_name = self._inputs[0]["name"]
+        self.input_names = list(self._inputs)
         self.output_names = [o["name"] for o in self._outputs]
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        detail = self._inputs[0]
-        if self.input_name in self._io:
-            x = quantize_input(x, self._io[self.input_name])
-        if list(detail["shape"]) != list(x.shape):
-            self._interpreter.resize_tensor_input(detail["index"], list(x.shape))
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        resized = False
+        for name, x in feed.items():
+            detail = self._inputs[name]
+            if list(detail["shape"]) != list(x.shape):
+                self._interpreter.resize_tensor_input(detail["index"], list(x.shape))
+                resized = True
+        if resized:
             self._interpreter.allocate_tensors()
-        self._interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
+            self._inputs = {d["name"]: d for d in self._interpreter.get_input_details()}
+        for name, x in feed.items():
+            detail = self._inputs[name]
+            if name in self._io:
+                x = quantize_input(x, self._io[name])
+            elif x.dtype != detail["dtype"] and x.dtype.kind != "f":
+                raise ConversionError(f"input {name!r}: {x.dtype} is not {detail['dtype']}")
+            self._interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
         self._interpreter.invoke()
         out: dict[str, np.ndarray] = {}
         for o in self._outputs:
@@ -106,27 +120,27 @@ def runner_for(candidate: Candidate) -> Runner:
 
 @dataclass(frozen=True)
 class Measurement:
-    """Top-1 predictions of every holdout row and the median batch-1 latency."""
+    """Every holdout row's outputs and the median latency per feed."""
 
-    predictions: np.ndarray  # int64 [n]
+    outputs: dict[str, np.ndarray]  # output name -> one leading entry per row
     latency_ms: float
     latency_p95_ms: float
 
 
-def measure(runner: Runner, x: np.ndarray, *, warmup: int = 5) -> Measurement:
-    """Run every row of ``x`` at batch 1; latency excludes a few warm-up runs."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    for row in x[:warmup]:
-        runner.run(row[None, ...])
-    predictions = np.empty(len(x), dtype=np.int64)
-    times = np.empty(len(x), dtype=np.float64)
-    for i, row in enumerate(x):
+def measure(runner: Runner, samples: Samples, *, warmup: int = 5) -> Measurement:
+    """Run every row of ``samples`` at the device's batch; latency excludes warm-up runs."""
+    feeds = list(samples.feeds())
+    for feed, _real in feeds[:warmup]:
+        runner.run(feed)
+    pieces: list[FeedResult] = []
+    times = np.empty(len(feeds), dtype=np.float64)
+    for i, (feed, real) in enumerate(feeds):
         start = time.perf_counter()
-        outputs = runner.run(row[None, ...])
+        outputs = runner.run(feed)
         times[i] = time.perf_counter() - start
-        predictions[i] = top1_classes(outputs)[0]
+        pieces.append(FeedResult(outputs=outputs, size=feed_size(feed, samples), real=real))
     return Measurement(
-        predictions=predictions,
+        outputs=join_outputs(pieces),
         latency_ms=float(np.median(times) * 1000),
         latency_p95_ms=float(np.percentile(times, 95) * 1000),
     )
@@ -147,8 +161,8 @@ def measure_in_worker(
 ) -> WorkerResult:
     """``measure`` for a TFLite candidate, run by another environment's interpreter.
 
-    The worker (``converters/tflite_worker.py``) returns every row's outputs and
-    latency; the top-1 rule stays here, so both paths judge predictions alike.
+    The worker (``converters/tflite_worker.py``) runs one float input row by row and
+    returns every row's outputs and latency; the gate judges them like ``measure``'s.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix="edgefleet-worker-") as name:
@@ -174,10 +188,9 @@ def measure_in_worker(
             outputs = {k: npz[k] for k in npz.files}
         latency = np.load(work / "latency_s.npy", allow_pickle=False)
         runtime = json.loads((work / "runtime.json").read_text())
-    predictions = top1_classes(outputs)
     return WorkerResult(
         measurement=Measurement(
-            predictions=predictions,
+            outputs=outputs,
             latency_ms=float(np.median(latency) * 1000),
             latency_p95_ms=float(np.percentile(latency, 95) * 1000),
         ),

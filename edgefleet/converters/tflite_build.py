@@ -358,7 +358,9 @@ def build_float_tflite(graph: DenseGraph) -> bytes:
         )
         b = tensor(f"dense{i}/bias", [out_dim], s.TensorType.FLOAT32, layer.bias.astype(np.float32))
         last = i == len(graph.layers) - 1 and not graph.softmax
-        name = graph.scores_name if last else f"dense{i}/out"
+        separate_act = bool(layer.activation) and layer.activation not in fused
+        # The model's output is the last tensor: the activation's when it is its own op.
+        name = graph.scores_name if last and not separate_act else f"dense{i}/out"
         out = tensor(name, [1, out_dim], s.TensorType.FLOAT32, signature=[-1, out_dim])
         options = s.FullyConnectedOptionsT()
         options.fusedActivationFunction = fused.get(layer.activation or "", 0)
@@ -371,9 +373,8 @@ def build_float_tflite(graph: DenseGraph) -> bytes:
         )
         current = out
         if layer.activation and layer.activation not in fused:
-            act = tensor(
-                f"dense{i}/act", [1, out_dim], s.TensorType.FLOAT32, signature=[-1, out_dim]
-            )
+            act_name = graph.scores_name if last else f"dense{i}/act"
+            act = tensor(act_name, [1, out_dim], s.TensorType.FLOAT32, signature=[-1, out_dim])
             operator(getattr(s.BuiltinOperator, layer.activation), [current], [act])
             current = act
     n_classes = graph.layers[-1].weight.shape[0]

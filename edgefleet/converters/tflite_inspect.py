@@ -99,6 +99,16 @@ def _quantization(detail: dict[str, Any]) -> IoQuantization | None:
     return IoQuantization(dtype, float(scales[0]), int(params["zero_points"][0]))
 
 
+def _fixed_batch(inputs: list[TensorSpec]) -> int | None:
+    """The leading axis every input of rank one or more fixes to the same size (a
+    converter's batch 1), like ``onnx_inspect.fixed_batch``; ``None`` when any is dynamic."""
+    leading = {spec.shape[0] for spec in inputs if spec.shape}
+    if len(leading) != 1:
+        return None
+    size = leading.pop()
+    return size if size > 0 else None
+
+
 def inspect_tflite(model_bytes: bytes) -> TfliteInspection:
     """Hash, op histogram, signature and boundary quantization of a .tflite model.
 
@@ -122,12 +132,13 @@ def inspect_tflite(model_bytes: bytes) -> TfliteInspection:
     quantization = {
         str(d["name"]): q for d in [*inputs, *outputs] if (q := _quantization(d)) is not None
     }
+    specs = [_spec(d) for d in inputs]
     return TfliteInspection(
         sha256=hashlib.sha256(model_bytes).hexdigest(),
         size_bytes=len(model_bytes),
         op_histogram=ops,
         signature=ModelSignature(
-            inputs=[_spec(d) for d in inputs], outputs=[_spec(d) for d in outputs]
+            inputs=specs, outputs=[_spec(d) for d in outputs], batch=_fixed_batch(specs)
         ),
         quantization=quantization,
         signature_keys=signature_keys,

@@ -83,8 +83,10 @@ class CorpusModel:
         return buffer.getvalue()
 
     def task_field(self) -> str:
-        """The ``task`` form field: the string, or the per-output dict as JSON."""
-        return self.task if isinstance(self.task, str) else json.dumps(self.task)
+        """The ``task`` form field: the string, or per output ``name=task,...``."""
+        if isinstance(self.task, str):
+            return self.task
+        return ",".join(f"{name}={task}" for name, task in self.task.items())
 
     def task_of(self, output: str) -> str:
         return self.task if isinstance(self.task, str) else self.task.get(output, "generic")

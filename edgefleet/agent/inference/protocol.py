@@ -149,6 +149,7 @@ def parse_infer_request(
         )
     specs = {spec.name: spec for spec in signature.inputs}
     feeds: dict[str, np.ndarray] = {}
+    rows: dict[str, int] = {}
     for index, obj in enumerate(request["inputs"]):
         spec = _check_input(index, obj, specs)
         if spec.name in feeds:
@@ -157,7 +158,7 @@ def parse_infer_request(
             _, array = decode_tensor(obj, allow_non_finite=allow_non_finite)
         except ValueError as e:
             raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from e
-        if not spec.accepts_shape(array.shape):
+        if not spec.accepts_shape(array.shape, batch=signature.batch):
             raise RequestError(
                 HTTPStatus.BAD_REQUEST,
                 f"input {spec.name!r}: shape {list(array.shape)} does not fit {spec.shape}",
@@ -168,6 +169,14 @@ def parse_infer_request(
                 f"input {spec.name!r}: shape {list(array.shape)} holds no values to infer on",
             )
         feeds[spec.name] = array
+        if signature.batched(spec):
+            rows[spec.name] = int(array.shape[0])
+    if len(set(rows.values())) > 1:
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST,
+            f"batched inputs differ in row count: {shown(rows, 200)} "
+            f"(the model runs in batches of {signature.batch})",
+        )
     missing = sorted(set(specs) - set(feeds))
     if missing:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"missing input {missing[0]!r}")

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgefleet.agent.errors import RuntimeLoadError
 from edgefleet.bundle import Manifest
-from edgefleet.tensors import ModelSignature
+from edgefleet.tensors import ModelSignature, run_in_batches
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,11 @@ class OnnxRuntime:
         return self._signature
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._signature.batch is not None:
+            return run_in_batches(self._infer, feeds, self._signature)
+        return self._infer(feeds)
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Every output was checked to be a tensor at load, so onnxruntime hands back
         # ndarrays as they are: no per-call conversion on the hot path.
         return dict(
@@ -185,7 +190,25 @@ class TfliteRuntime:
     def signature(self) -> ModelSignature:
         return self._signature
 
+    def _fit_shapes(self, row: dict[str, np.ndarray]) -> None:
+        """Resize inputs whose feed shape differs from the interpreter's (a .tflite
+        exported at batch 1 running the signature's fixed batch of rows)."""
+        resize = {
+            name: list(np.shape(value))
+            for name, value in row.items()
+            if list(self._inputs[name]["shape"]) != list(np.shape(value))
+        }
+        if not resize:
+            return
+        for name, shape in resize.items():
+            self._interpreter.resize_tensor_input(self._inputs[name]["index"], shape)
+        self._interpreter.allocate_tensors()
+        self._inputs = {d["name"]: d for d in self._interpreter.get_input_details()}
+        outputs = {d["name"]: d for d in self._interpreter.get_output_details()}
+        self._outputs = [outputs[d["name"]] for d in self._outputs]
+
     def _run_row(self, row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._fit_shapes(row)
         for name, value in row.items():
             detail = self._inputs[name]
             if name in self._boundary:
@@ -201,9 +224,19 @@ class TfliteRuntime:
         return result
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(next(iter(feeds.values())))
+        if self._signature.batch is not None:
+            with self._lock:
+                return run_in_batches(self._run_row, feeds, self._signature)
+        batched = [v for v in feeds.values() if v.ndim]
+        if not batched:
+            with self._lock:
+                return self._run_row(feeds)
+        n = len(batched[0])
         with self._lock:
-            rows = [self._run_row({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(n)]
+            rows = [
+                self._run_row({k: v[i : i + 1] if v.ndim else v for k, v in feeds.items()})
+                for i in range(n)
+            ]
         return {d["name"]: np.concatenate([r[d["name"]] for r in rows]) for d in self._outputs}
 
 

@@ -35,8 +35,27 @@ def model_register(
     ],
     samples: Annotated[
         Path,
-        typer.Option(exists=True, dir_okay=False, help=".npy float32 [n, features] sample inputs"),
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="representative inputs: .npy (one input) or .npz keyed by input name",
+        ),
     ],
+    holdout: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="gate holdout like --samples; labels under 'labels' in the .npz",
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="what the outputs mean: classification, binary[:THRESHOLD], regression, "
+            "embedding, generic (default); per output 'name=task,...'"
+        ),
+    ] = None,
     companion: Annotated[
         Path | None,
         typer.Option(
@@ -47,16 +66,23 @@ def model_register(
     ] = None,
     api: ApiOption = DEFAULT_API,
 ) -> None:
-    """Register an ONNX or TFLite model version with representative sample inputs."""
+    """Register an ONNX or TFLite model version with representative sample inputs (sent as
+    they are: the control plane checks each input's dtype and shape against the model)."""
     with api_errors(ValueError, OSError), ApiClient(api) as client:
         model = client.register_model(
             name=name,
             version=version,
             model=file.read_bytes(),
-            samples=np.load(samples, allow_pickle=False),
+            samples=samples.read_bytes(),
+            holdout=holdout.read_bytes() if holdout is not None else None,
+            task=task,
             companion=companion.read_bytes() if companion is not None else None,
         )
-    console.print(f"registered {model['name']} v{model['version']} sha256 {model['sha256']}")
+    declared = f" task {model['task']}" if model.get("task") else ""
+    console.print(
+        f"registered {model['name']} v{model['version']} sha256 {model['sha256']}{declared}",
+        markup=False,
+    )
 
 
 @model_app.command("list")
@@ -64,9 +90,8 @@ def model_list(api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -> Non
     """List registered model versions."""
     with api_errors(), ApiClient(api) as client:
         rows = client.list_models()
-    print_rows(
-        rows, ["name", "version", "format", "size_bytes", "sha256", "created_at"], "models", as_json
-    )
+    columns = ["name", "version", "format", "task", "size_bytes", "sha256", "created_at"]
+    print_rows(rows, columns, "models", as_json)
 
 
 @bundle_app.command("build")

@@ -55,6 +55,8 @@ class ModelVersion(ModelVersionBase, table=True):
     artifact_check: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     # Scores output -> class label of each column (an ONNX-ML ZipMap's labels), if any.
     labels: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # What the outputs mean, as declared (``edgefleet.converters.gate.parse_task``).
+    task: str | None = Field(default=None, max_length=1024)
     created_at: datetime = _ts_field()
 
 
@@ -68,6 +70,7 @@ class ModelPublic(ModelVersionBase):
     formats: list[str] = ["onnx"]
     artifact_check: dict[str, Any] | None = None
     labels: dict[str, Any] | None = None
+    task: str | None = None
 
 
 # -- bundles ------------------------------------------------------------------

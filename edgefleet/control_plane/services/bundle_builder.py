@@ -33,12 +33,16 @@ from edgefleet.bundle import FileRole, write_bundle
 from edgefleet.control_plane.core.errors import BuildError, NotFoundError
 from edgefleet.control_plane.core.settings import Settings, profile_source
 from edgefleet.control_plane.core.tables import Bundle, ModelVersion
+from edgefleet.control_plane.services.model_registry import read_samples
 from edgefleet.control_plane.trust.repository import SignedRepository
 from edgefleet.converters.errors import ConversionError, GateError
+from edgefleet.converters.model_format import inspect_model
 from edgefleet.converters.pipeline import BuildOutcome, Holdout, Progress, build_for_profile
 from edgefleet.converters.runner import runner_for
+from edgefleet.converters.samples import SampleError, Samples, run_rows
 from edgefleet.errors import BundleError, ProfileError
 from edgefleet.profile import FirmwareProfile, load_profiles
+from edgefleet.tensors import ModelSignature
 
 logger = logging.getLogger(__name__)
 
@@ -89,30 +93,52 @@ def reference_statistics(samples: np.ndarray, *, input_name: str, **options: Any
     return drift.reference_statistics(samples, input_name=input_name, **options)
 
 
-HOLDOUT_NAME = "holdout.npz"
+HOLDOUT_NAMES = ("holdout.npz", "holdout.npy")
+MAX_STATS_FEATURES = 1024
+"""Widest input (values per row) the drift reference statistics are kept for."""
 
 
-def load_holdout(data: bytes, *, source: str) -> Holdout:
-    """An ``.npz`` with ``x`` (float32 [n, features]) and optionally ``y`` (int [n])."""
+def load_holdout(data: bytes, *, source: str, signature: ModelSignature | None = None) -> Holdout:
+    """A holdout file: ``.npy`` (one input) or ``.npz`` keyed by input name with optional
+    ``labels``; an older ``.npz`` with ``x`` and ``y`` reads too.
+
+    Without a signature only the older ``x``/``y`` form is read.
+    """
+    if signature is None:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                x = np.asarray(npz["x"])
+                y = np.asarray(npz["y"]) if "y" in npz.files else None
+        except (ValueError, OSError, EOFError, KeyError, AttributeError) as e:
+            raise BuildError(f"holdout: not an .npz with x (and y): {e}") from e
+        return Holdout(x=x, y=y, source=source)
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            x = np.asarray(npz["x"], dtype=np.float32)
-            y = np.asarray(npz["y"]).astype(np.int64) if "y" in npz.files else None
-    except (ValueError, OSError, EOFError, KeyError) as e:
-        raise BuildError(f"holdout: not an .npz with x (and y): {e}") from e
-    if x.ndim != 2 or x.shape[0] == 0 or (y is not None and y.shape != (x.shape[0],)):
-        raise BuildError(f"holdout: x must be [n, features] and y [n], got {list(x.shape)}")
-    return Holdout(x=x, y=y, source=source)
+        holdout, labels = read_samples(data, signature, what="holdout")
+    except SampleError as e:
+        raise BuildError(str(e)) from e
+    return Holdout(x=holdout, y=labels, source=source)
 
 
-def _run_smoke(outcome: BuildOutcome, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """The chosen candidate's outputs, row by row, in the runtime it was gated in."""
+def smoke_feed(samples: Samples) -> dict[str, np.ndarray]:
+    """What the device runs after install: the first ``SMOKE_SAMPLES`` rows, or the
+    first feed when some inputs are whole feeds (a scalar, a state)."""
+    if samples.whole:
+        return next(samples.feeds())[0]
+    return {name: array[:SMOKE_SAMPLES] for name, array in samples.arrays.items()}
+
+
+def _run_smoke(outcome: BuildOutcome, samples: Samples) -> dict[str, np.ndarray]:
+    """The chosen candidate's outputs on the smoke feed, in the runtime it was gated in,
+    at the device's batch (row by row, or the model's fixed batch)."""
     try:
         runner = runner_for(outcome.chosen)
-        rows = [runner.run(row[None, ...]) for row in inputs]
-    except ConversionError as e:
-        raise BuildError(f"chosen model does not run: {e}") from e
-    return {name: np.concatenate([r[name] for r in rows]) for name in outcome.output_names}
+        if samples.whole:
+            outputs = runner.run(smoke_feed(samples))
+        else:
+            outputs = run_rows(runner.run, samples.head(SMOKE_SAMPLES))
+    except (ConversionError, RuntimeError, ValueError) as e:  # runtimes raise these
+        raise BuildError(f"chosen model does not run on the samples: {e}") from e
+    return {name: outputs[name] for name in outcome.output_names}
 
 
 def _source_for(model: ModelVersion, profile: FirmwareProfile) -> Path:
@@ -124,12 +150,28 @@ def _source_for(model: ModelVersion, profile: FirmwareProfile) -> Path:
     return Path(model.path)
 
 
-def _gate_holdout(model: ModelVersion, samples: np.ndarray, given: Holdout | None) -> Holdout:
+def _stats_input(samples: Samples) -> str | None:
+    """The input the drift reference statistics describe: the first float input given
+    as rows with at most ``MAX_STATS_FEATURES`` values per row."""
+    for name, array in samples.arrays.items():
+        if name in samples.whole or array.dtype.kind != "f" or array.ndim < 2:
+            continue
+        if int(np.prod(array.shape[1:])) <= MAX_STATS_FEATURES:
+            return name
+    return None
+
+
+def _gate_holdout(
+    model: ModelVersion, signature: ModelSignature, samples: Samples, given: Holdout | None
+) -> Holdout:
     if given is not None:
         return given
-    registered = Path(model.path).parent / HOLDOUT_NAME
-    if registered.is_file():
-        return load_holdout(registered.read_bytes(), source="registered holdout")
+    for name in HOLDOUT_NAMES:
+        registered = Path(model.path).parent / name
+        if registered.is_file():
+            return load_holdout(
+                registered.read_bytes(), source="registered holdout", signature=signature
+            )
     return Holdout(x=samples, y=None, source="registered samples (no holdout; unverified)")
 
 
@@ -162,14 +204,21 @@ def build_bundle(
         raise NotFoundError(f"model {model_name} version {model_version} not found")
     source = _source_for(model, profile)
     model_bytes = source.read_bytes()
-    samples = np.load(model.samples_path, allow_pickle=False).astype(np.float32)
+    try:
+        signature = inspect_model(model_bytes).signature  # .onnx or .tflite, by content
+        samples, _labels = read_samples(
+            Path(model.samples_path).read_bytes(), signature, what="samples"
+        )
+    except ConversionError as e:  # SampleError too: the stored files no longer fit
+        raise BuildError(str(e)) from e
 
     try:
         outcome = measure(
             model_bytes,
             profile,
             calibration=samples,
-            holdout=_gate_holdout(model, samples, holdout),
+            holdout=_gate_holdout(model, signature, samples, holdout),
+            task=model.task,
             max_accuracy_drop=max_accuracy_drop,
             cache_dir=settings.bundles_dir / "calibration-cache",
             progress=progress,
@@ -182,25 +231,28 @@ def build_bundle(
     artifact = outcome.chosen
     chosen = outcome.chosen_row
     signature = outcome.inspection.signature
-    input_name = signature.inputs[0].name
 
-    smoke_inputs = samples[:SMOKE_SAMPLES]
-    outputs = _run_smoke(outcome, smoke_inputs)
+    outputs = _run_smoke(outcome, samples)
     exact = artifact.precision == "fp32"
-    files: dict[str, tuple[bytes, FileRole]] = {
-        artifact.filename: (artifact.data, "model"),
-        _member_name("smoke_input", input_name): (_npy(smoke_inputs), "smoke_input"),
-    }
+    files: dict[str, tuple[bytes, FileRole]] = {artifact.filename: (artifact.data, "model")}
+    smoke_inputs: dict[str, str] = {}
+    for name, value in smoke_feed(samples).items():
+        member = _member_name("smoke_input", name)
+        files[member] = (_npy(value), "smoke_input")
+        smoke_inputs[name] = member
     expected: dict[str, str] = {}
     for name, value in outputs.items():
         member = _member_name("smoke_expected", name)
         files[member] = (_npy(value), "smoke_output")
         expected[name] = member
-    stats = reference_statistics(samples, input_name=input_name)
-    files[REFERENCE_STATS_NAME] = (
-        json.dumps(stats, sort_keys=True).encode(),
-        "reference_stats",
-    )
+    stats_input = _stats_input(samples)
+    if stats_input is not None:
+        rows = samples.arrays[stats_input]
+        stats = reference_statistics(rows.reshape(len(rows), -1), input_name=stats_input)
+        files[REFERENCE_STATS_NAME] = (
+            json.dumps(stats, sort_keys=True).encode(),
+            "reference_stats",
+        )
 
     with _build_lock:
         release = next_release(session)
@@ -222,14 +274,14 @@ def build_bundle(
             # Scores output -> the class label of each column (an ONNX-ML ZipMap's labels).
             **({"labels": model.labels} if model.labels else {}),
             "smoke_test": {
-                "inputs": {input_name: _member_name("smoke_input", input_name)},
+                "inputs": smoke_inputs,
                 "expected": expected,
                 # A quantized model on another CPU may round differently at the edges.
                 "atol": 1e-4 if exact else 2e-2,
                 "rtol": 1e-3 if exact else 2e-2,
                 "min_agreement": 1.0 if exact else 0.9,
             },
-            "reference_stats": REFERENCE_STATS_NAME,
+            "reference_stats": REFERENCE_STATS_NAME if stats_input is not None else None,
             "lineage": {
                 "source_sha256": outcome.inspection.sha256,
                 "source_format": source.suffix.lstrip("."),
@@ -252,6 +304,9 @@ def build_bundle(
                 "worst_class_drop": chosen.worst_class_drop,
                 "latency_ms": chosen.latency_ms,
                 "verified": outcome.verified,
+                "relative_error": chosen.relative_error,
+                "outputs": chosen.outputs,
+                "not_judged": chosen.not_judged,
                 **outcome.reference,
             },
             "candidates": [{k: v for k, v in row.as_row().items()} for row in outcome.table],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from collections.abc import Sequence
@@ -16,44 +15,37 @@ from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.core.tables import MODEL_NAME_PATTERN, ModelVersion
 from edgefleet.converters.artifact_pair import compare_artifacts
 from edgefleet.converters.errors import ConversionError
+from edgefleet.converters.gate import resolve_tasks, signature_problems
 from edgefleet.converters.model_format import ReadModel, read_model
+from edgefleet.converters.samples import SampleError, Samples, check_labels, load_arrays
 from edgefleet.fileio import atomic_write
+from edgefleet.tensors import ModelSignature
 
 logger = logging.getLogger(__name__)
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
-def _load_samples(samples_bytes: bytes) -> np.ndarray:
-    try:
-        samples = np.load(io.BytesIO(samples_bytes), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise InvalidRequestError(f"samples: not a readable .npy array: {e}") from e
-    if not isinstance(samples, np.ndarray):
-        raise InvalidRequestError("samples: expected a single .npy array")
-    if samples.dtype != np.float32:
-        raise InvalidRequestError(f"samples: dtype must be float32, got {samples.dtype}")
-    if samples.ndim != 2 or samples.shape[0] == 0:
-        raise InvalidRequestError(
-            f"samples: must be a non-empty 2-D array, got shape {list(samples.shape)}"
-        )
-    return samples
+ZIP_MAGIC = b"PK\x03\x04"
+"""How an ``.npz`` (a zip archive) starts; an ``.npy`` starts with ``\x93NUMPY``."""
 
 
-def _check_holdout(holdout_bytes: bytes, width: int) -> None:
-    """The holdout must be an .npz with x [n, width] float and, if present, y [n] integers."""
-    try:
-        with np.load(io.BytesIO(holdout_bytes), allow_pickle=False) as npz:
-            x = np.asarray(npz["x"])
-            y = np.asarray(npz["y"]) if "y" in npz.files else None
-    except (ValueError, OSError, EOFError, KeyError) as e:
-        raise InvalidRequestError(f"holdout: not an .npz with x (and y): {e}") from e
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != width:
-        raise InvalidRequestError(f"holdout: x must be [n, {width}], got {list(x.shape)}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise InvalidRequestError(f"holdout: x must be floating point, got {x.dtype}")
-    if y is not None and (y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer)):
-        raise InvalidRequestError("holdout: y must hold one integer label per row of x")
+def stored_name(stem: str, data: bytes) -> str:
+    """``stem.npz`` or ``stem.npy`` by the upload's content."""
+    return f"{stem}.npz" if data.startswith(ZIP_MAGIC) else f"{stem}.npy"
+
+
+def read_samples(
+    data: bytes, signature: ModelSignature, *, what: str
+) -> tuple[Samples, np.ndarray | None]:
+    """``.npy`` (one input) or ``.npz`` keyed by input name, fitted to ``signature``
+    without casting; the labels when the file has them. ``SampleError`` names the input."""
+    loaded = load_arrays(data, signature, what=what)
+    samples = Samples.fit(signature, loaded.arrays, what=what)
+    labels = None
+    if loaded.labels is not None:
+        labels = check_labels(loaded.labels, samples.n, what=what)
+    return samples, labels
 
 
 def register_model(
@@ -65,16 +57,23 @@ def register_model(
     model_bytes: bytes,
     samples_bytes: bytes,
     holdout_bytes: bytes | None = None,
+    task: str | None = None,
     companion_bytes: bytes | None = None,
 ) -> ModelVersion:
-    """Check and store a float ONNX model with its samples; ``ConflictError`` if it exists.
+    """Check and store a float model (.onnx or .tflite, told by content) with its samples;
+    ``ConflictError`` if it exists.
 
-    The optional holdout (``holdout.npz`` beside the model) is what the accuracy gate
-    judges every bundle of this model on; it must not overlap the samples, which
-    calibrate the quantizers. The optional companion is the same model exported in the
-    other format (an .onnx beside a .tflite): it must serve the same tensors and agree
-    with the model on the samples; ONNX profiles then build from the ONNX file and
-    TFLite profiles from the .tflite.
+    ``samples`` (and the optional holdout) are ``.npy`` for a one-input model or ``.npz``
+    keyed by input name; each input's dtype and shape must fit the signature read from
+    the model (``edgefleet.converters.samples``), nothing is cast. The holdout may carry
+    labels (``labels``, or ``y`` as before) and is what the gate judges every bundle of
+    this model on; it must not overlap the samples, which calibrate the quantizers.
+    ``task`` says what the outputs mean (``edgefleet.converters.gate.parse_task``).
+
+    The optional companion is the same model exported in the other format (an .onnx
+    beside a .tflite): it must serve the same tensors and agree with the model on the
+    samples; ONNX profiles then build from the ONNX file and TFLite profiles from the
+    .tflite.
     """
     if not re.fullmatch(MODEL_NAME_PATTERN, name):
         raise InvalidRequestError(f"name must match {MODEL_NAME_PATTERN}")
@@ -90,19 +89,25 @@ def register_model(
     except ConversionError as e:
         raise InvalidRequestError(f"model: {e}") from e
     model_bytes, inspection = read.data, read.inspection
-    inputs = inspection.signature.inputs
-    if len(inputs) != 1 or len(inputs[0].shape) != 2:
-        raise InvalidRequestError("model: must have exactly one 2-D input [batch, features]")
-    samples = _load_samples(samples_bytes)
-    width = inputs[0].shape[1]
-    if width not in (-1, samples.shape[1]):
-        raise InvalidRequestError(
-            f"samples: width {samples.shape[1]} does not match the model input "
-            f"{inputs[0].name} width {width}"
-        )
-
-    if holdout_bytes is not None:
-        _check_holdout(holdout_bytes, samples.shape[1])
+    signature = inspection.signature
+    try:
+        samples, sample_labels = read_samples(samples_bytes, signature, what="samples")
+        labels = None
+        if holdout_bytes is not None:
+            _holdout, labels = read_samples(holdout_bytes, signature, what="holdout")
+    except SampleError as e:
+        raise InvalidRequestError(str(e)) from e
+    if sample_labels is not None:
+        raise InvalidRequestError("samples: labels belong with the holdout, not the samples")
+    outputs = [o.name for o in signature.outputs]
+    try:
+        tasks = resolve_tasks(task, outputs, labels=labels)
+    except ValueError as e:
+        raise InvalidRequestError(f"task: {e}") from e
+    problems = signature_problems(tasks, signature.outputs)
+    if problems:
+        raise InvalidRequestError("task: " + "; ".join(problems))
+    logger.debug("model inputs fitted name=%s rows=%d", name, samples.n)
     companion: ReadModel | None = None
     artifact_check = None
     if companion_bytes is not None:
@@ -114,11 +119,11 @@ def register_model(
 
     directory = settings.models_dir / name / version
     model_path = directory / f"model.{read.format}"
-    samples_path = directory / "samples.npy"
+    samples_path = directory / stored_name("samples", samples_bytes)
     atomic_write(model_path, model_bytes)
     atomic_write(samples_path, samples_bytes)
     if holdout_bytes is not None:
-        atomic_write(directory / "holdout.npz", holdout_bytes)
+        atomic_write(directory / stored_name("holdout", holdout_bytes), holdout_bytes)
     if companion is not None:
         atomic_write(directory / f"model.{companion.format}", companion.data)
     model = ModelVersion(
@@ -128,7 +133,8 @@ def register_model(
         size_bytes=inspection.size_bytes,
         path=str(model_path),
         samples_path=str(samples_path),
-        signature=schema.to_builtins(inspection.signature),
+        signature=schema.to_builtins(signature, omit_none=True),
+        task=task or None,
         format=read.format,
         formats=[str(m.format) for m in (read, companion) if m is not None],
         artifact_check=artifact_check,

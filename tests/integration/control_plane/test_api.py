@@ -127,6 +127,7 @@ def test_registered_model_builds_a_bundle_listed_by_the_api(
         "formats",
         "artifact_check",
         "labels",
+        "task",
     }
     assert model["signature"]["inputs"][0]["name"] == "input"
     assert (model["format"], model["formats"], model["labels"]) == ("onnx", ["onnx"], None)
@@ -159,13 +160,16 @@ def test_api_refuses_bad_requests_with_reasons(client: TestClient, digits: Digit
 
     narrow = register(client, digits, version="3", samples=npy(digits.samples[:, :10]))
     assert narrow.status_code == 422
-    assert "width 10" in narrow.json()["detail"]
+    assert narrow.json()["detail"] == (
+        f"samples: input 'input' expects FP32[-1, 64], given FP32[{len(digits.samples)}, 10]"
+    )
 
     wrong_dtype = register(
         client, digits, version="4", samples=npy(digits.samples.astype(np.float64))
     )
     assert wrong_dtype.status_code == 422
-    assert "float32" in wrong_dtype.json()["detail"]
+    assert "input 'input' expects FP32[-1, 64], given FP64" in wrong_dtype.json()["detail"]
+    assert "never cast" in wrong_dtype.json()["detail"]
 
     assert register(client, digits, name="Bad Name").status_code == 422
 

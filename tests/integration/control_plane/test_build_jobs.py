@@ -73,7 +73,7 @@ def test_failed_build_job_records_the_reason_the_synchronous_build_answers(
     assert job["state"] == "failed"
     assert synchronous.status_code == 422
     assert job["error_status"] == 422
-    assert "holdout shape [4, 3]" in job["error"]
+    assert "expects FP32[-1, 64], given FP32[4, 3]" in job["error"]
     assert job["error"] == synchronous.json()["detail"]
     assert job["bundle_id"] is None
 

@@ -106,7 +106,7 @@ def test_native_tflite_reaches_a_litert_agent_and_answers_like_the_source(
 
     rows = digits.holdout_x[:64]
     source = TfliteRunner(tflite, {})
-    expected = np.concatenate([source.run(row[None])["label"] for row in rows])
+    expected = np.concatenate([source.run({"input": row[None]})["label"] for row in rows])
     got = np.concatenate([infer(port, "digits", "input", row[None])["label"] for row in rows])
     # The gate's own bound: the shipped candidate agreed this well with the source.
     assert np.mean(got == expected) >= manifest["metrics"]["agreement"] - 2 / len(rows)

@@ -7,7 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from edgefleet.tensors import TensorSpec, decode_tensor, encode_tensor
+from edgefleet import schema
+from edgefleet.tensors import (
+    ModelSignature,
+    TensorSpec,
+    decode_tensor,
+    encode_tensor,
+    run_in_batches,
+    top1_classes,
+)
 
 
 def test_tensor_round_trips_through_oip_encoding() -> None:
@@ -99,3 +107,32 @@ def test_an_empty_tensor_with_absurd_dimensions_is_refused() -> None:
     obj = {"name": "x", "datatype": "FP32", "shape": [0, 2**70], "data": []}
     with pytest.raises(ValueError, match="cannot hold shape"):
         decode_tensor(obj)
+
+
+def test_one_score_column_is_a_decision_at_the_threshold_not_an_argmax() -> None:
+    scores = np.array([[0.2], [0.7], [0.5]], np.float32)
+    np.testing.assert_array_equal(top1_classes({"speech": scores}), [0, 1, 1])
+    np.testing.assert_array_equal(top1_classes({"speech": scores}, threshold=0.6), [0, 1, 0])
+
+
+def test_a_fixed_batch_spec_accepts_any_row_count_and_runs_in_padded_batches() -> None:
+    signature = schema.convert(
+        {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 2]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [4, 2]}],
+            "batch": 4,
+        },
+        ModelSignature,
+    )
+    spec = signature.inputs[0]
+    assert spec.accepts_shape([9, 2], batch=4) and not spec.accepts_shape([9, 2])
+    sizes: list[int] = []
+
+    def infer(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sizes.append(len(feeds["x"]))
+        return {"y": feeds["x"] + 1}
+
+    x = np.arange(18, dtype=np.float32).reshape(9, 2)
+    out = run_in_batches(infer, {"x": x}, signature)
+    assert sizes == [4, 4, 4]
+    np.testing.assert_array_equal(out["y"], x + 1)

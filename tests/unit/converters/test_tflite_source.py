@@ -8,11 +8,13 @@ import pytest
 from edgefleet.converters.candidate import Candidate
 from edgefleet.converters.errors import ConversionError, UnsupportedOpError
 from edgefleet.converters.pipeline import Holdout, build_for_profile
-from edgefleet.converters.runner import TfliteRunner, measure
+from edgefleet.converters.runner import Runner, TfliteRunner, measure, quantize_input
+from edgefleet.converters.samples import Samples
 from edgefleet.converters.tflite_build import onnx_to_float_tflite
 from edgefleet.converters.tflite_inspect import inspect_tflite
 from edgefleet.converters.tflite_source import tflite_source_candidates
 from edgefleet.profile import default_profiles_dir, load_profiles, parse_profile
+from edgefleet.tensors import top1_classes
 from edgefleet_demo.digits import DigitsModel
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -24,13 +26,28 @@ def digits_tflite(digits: DigitsModel) -> bytes:
     return onnx_to_float_tflite(digits.onnx_bytes)[0]
 
 
-def _build(data: bytes, profile_name: str, digits: DigitsModel):  # type: ignore[no-untyped-def]
+def _build(  # type: ignore[no-untyped-def]
+    data: bytes,
+    profile_name: str,
+    digits: DigitsModel,
+    *,
+    samples: np.ndarray | None = None,
+    holdout_x: np.ndarray | None = None,
+    task: str | None = None,
+):
     return build_for_profile(
         data,
         PROFILES[profile_name],
-        calibration=digits.samples,
-        holdout=Holdout(digits.holdout_x, digits.holdout_y),
+        calibration=digits.samples if samples is None else samples,
+        holdout=Holdout(digits.holdout_x if holdout_x is None else holdout_x, digits.holdout_y),
+        task=task,
     )
+
+
+def _run(runner: Runner, x: np.ndarray) -> dict[str, np.ndarray]:
+    """``runner`` on one array fed to its only input."""
+    (name,) = runner.input_names
+    return runner.run({name: x})
 
 
 @pytest.mark.parametrize("name", ["rpi-arm64-litert-int8", "x86-64-ipc-litert-int8"])
@@ -66,14 +83,15 @@ def test_the_gate_judges_a_tflite_int8_candidate_against_the_tflite_source(
     assert static.recipe["source"] == "registered .tflite"
     assert static.recipe["calibration_samples"] == len(digits.samples)
     assert built["tflite-fp32"].data == digits_tflite  # the file as given
-    source = measure(TfliteRunner(digits_tflite, {}), digits.holdout_x).predictions
-    int8 = measure(TfliteRunner(static.data, static.io_quantization), digits.holdout_x)
-    expected = float(np.mean(int8.predictions == source))
+    holdout = Samples.fit(inspection.signature, {"input": digits.holdout_x}, what="holdout")
+    source = top1_classes(measure(TfliteRunner(digits_tflite, {}), holdout).outputs)
+    int8 = top1_classes(measure(TfliteRunner(static.data, static.io_quantization), holdout).outputs)
+    expected = float(np.mean(int8 == source))
 
     outcome = _build(digits_tflite, "x86-64-ipc-litert-int8", digits)
     row = next(r for r in outcome.table if r.candidate == "tflite-int8-static-a8w8")
     assert row.agreement == pytest.approx(expected)
-    assert row.accuracy == pytest.approx(float(np.mean(int8.predictions == digits.holdout_y)))
+    assert row.accuracy == pytest.approx(float(np.mean(int8 == digits.holdout_y)))
 
 
 def test_an_already_quantized_tflite_is_not_quantized_again(digits: DigitsModel) -> None:
@@ -90,7 +108,17 @@ def test_an_already_quantized_tflite_is_not_quantized_again(digits: DigitsModel)
         )
         if isinstance(c, Candidate)
     ]
-    outcome = _build(int8_source.data, "coral-edgetpu-int8", digits)
+    # Its samples are INT8, as its signature says (never cast): quantized by its own scale.
+    q = int8_source.io_quantization["input"]
+    outcome = _build(
+        int8_source.data,
+        "coral-edgetpu-int8",
+        digits,
+        samples=quantize_input(digits.samples, q),
+        holdout_x=quantize_input(digits.holdout_x, q),
+        # Its scores are INT8 too: the label output is the class, the scores numbers.
+        task="label=classification,probabilities=generic",
+    )
     rows = {r.candidate: r for r in outcome.table}
     assert rows["tflite-int8-static-a8w8"].verdict == "skipped"
     assert rows["tflite-int8-static-a8w8"].reasons == [
@@ -150,7 +178,7 @@ def test_int8_candidates_of_a_model_past_256_kib_of_weights_load_and_run(
     for candidate in candidates:
         assert isinstance(candidate, Candidate)
         runner = TfliteRunner(candidate.data, candidate.io_quantization)
-        scores = runner.run(digits.holdout_x[:1])["probabilities"]
+        scores = _run(runner, digits.holdout_x[:1])["probabilities"]
         assert scores.shape == (1, 10) and abs(float(scores.sum()) - 1.0) < 0.05
 
 
@@ -176,7 +204,7 @@ def test_a_pretrained_tflite_with_control_flow_gets_weight_int8_and_skips_static
     assert [str(i) for i in skipped] == [
         "tflite-int8-static-a8w8: skipped: static calibration does not reach the subgraphs of IF"
     ]
-    source = TfliteRunner(data, {}).run(x[:1])["PartitionedCall:0"]
+    source = _run(TfliteRunner(data, {}), x[:1])["PartitionedCall:0"]
     built = {c.name: c for c in items if isinstance(c, Candidate)}
     assert set(built) == {
         "tflite-int8-dynamic",
@@ -186,7 +214,7 @@ def test_a_pretrained_tflite_with_control_flow_gets_weight_int8_and_skips_static
     }
     for candidate in built.values():
         assert candidate.recipe.get("renamed_subgraph_tensors", count) == count
-        got = TfliteRunner(candidate.data, candidate.io_quantization).run(x[:1])
+        got = _run(TfliteRunner(candidate.data, candidate.io_quantization), x[:1])
         assert abs(float(got["PartitionedCall:0"][0, 0]) - float(source[0, 0])) < 0.05
 
 
@@ -204,10 +232,10 @@ def test_a_pretrained_tflite_conv_net_gets_every_litert_candidate(name: str) -> 
         tflite_source_candidates(data, PROFILES[name], inspection=inspection, calibration=x)
     )
     assert [str(i) for i in items if isinstance(i, ConversionError)] == []
-    source = TfliteRunner(data, {}).run(x[:1])["StatefulPartitionedCall:0"]
+    source = _run(TfliteRunner(data, {}), x[:1])["StatefulPartitionedCall:0"]
     for candidate in items:
         assert isinstance(candidate, Candidate)
-        got = TfliteRunner(candidate.data, candidate.io_quantization).run(x[:1])
+        got = _run(TfliteRunner(candidate.data, candidate.io_quantization), x[:1])
         embedding = got["StatefulPartitionedCall:0"]
         cosine = float(np.sum(embedding * source))
         cosine /= float(np.linalg.norm(embedding) * np.linalg.norm(source))

@@ -18,10 +18,28 @@ def register_model(
     name: Annotated[str, Form(pattern=MODEL_NAME_PATTERN)],
     version: Annotated[str, Form(min_length=1, max_length=64)],
     model: Annotated[UploadFile, File(description="model: .onnx or .tflite, told by content")],
-    samples: Annotated[UploadFile, File(description="representative inputs, float32 2-D .npy")],
+    samples: Annotated[
+        UploadFile,
+        File(
+            description="representative inputs: .npy for a one-input model, or .npz keyed "
+            "by input name; each input's dtype and shape as the model's signature says"
+        ),
+    ],
     holdout: Annotated[
         UploadFile | None,
-        File(description="optional gate holdout: .npz with x (float32 [n, features]) and y"),
+        File(
+            description="optional gate holdout, like samples, with optional labels under "
+            "'labels' (an older .npz with 'x' and 'y' reads too)"
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        Form(
+            max_length=1024,
+            description="what the outputs mean: classification, binary[:THRESHOLD], "
+            "regression, embedding or generic (default), or per output "
+            "'name=task,...' after an optional task for the rest",
+        ),
     ] = None,
     companion: Annotated[
         UploadFile | None,
@@ -37,6 +55,7 @@ def register_model(
         samples_bytes=samples.file.read(),
         holdout_bytes=holdout.file.read() if holdout is not None else None,
         companion_bytes=companion.file.read() if companion is not None else None,
+        task=task,
     )
     return ModelPublic.model_validate(registered)
 

@@ -106,7 +106,7 @@ def test_registered_tflite_builds_an_int8_bundle_for_a_litert_profile(
     runner = TfliteRunner((unpacked / manifest.artifact).read_bytes(), {})
     inputs = np.load(unpacked / manifest.smoke_test.inputs["input"])
     expected = np.load(unpacked / manifest.smoke_test.expected["label"])
-    got = np.concatenate([runner.run(row[None])["label"] for row in inputs])
+    got = np.concatenate([runner.run({"input": row[None]})["label"] for row in inputs])
     assert np.mean(got == expected) >= manifest.smoke_test.min_agreement
 
 
