@@ -51,17 +51,6 @@ pytestmark = pytest.mark.e2e
 
 AGENTS = {GATEWAY: "dev-corpusonnx", LITERT: "dev-corpuslitert"}
 
-# What is missing today, by the part of issue 14 that brings it (strict: an unexpected
-# pass fails, so each mark comes off when its part lands). Unmarked cases pass today:
-# the float single-input models the pipeline already took (sent in the form the API
-# took before issue 14; see tests.support.corpus_flow.register).
-TFLITE = "tflite: .tflite registration and ZipMap on onnxruntime profiles"
-TODAY_MISSING: dict[tuple[str, str], str] = {
-    # Refused with a 422 naming the ONNX-ML ops (LinearClassifier, Normalizer, Scaler),
-    # not ZipMap: registration has already rewritten ZipMap into a scores tensor.
-    ("iris-zipmap", LITERT): TFLITE + ": the refusal names the ONNX-ML ops, not ZipMap",
-}
-
 
 @functools.cache
 def corpus_model(name: str) -> CorpusModel:
@@ -116,7 +105,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 
 def test_an_agent_of_each_x86_profile_is_online_for_the_corpus(fleet: Fleet) -> None:
-    """Not marked: a broken fixture shows here, not hidden among the expected failures."""
+    """A broken fixture shows here, once, rather than as every corpus case failing."""
     for profile, device in AGENTS.items():
         status = fleet.api.get(f"/api/v1/devices/{device}").json()
         assert status["online"] and status["profile"] == profile, status
@@ -125,9 +114,7 @@ def test_an_agent_of_each_x86_profile_is_online_for_the_corpus(fleet: Fleet) -> 
 def _cases() -> Iterator[Any]:
     for name in CORPUS:
         for profile in X86_PROFILES:
-            missing = TODAY_MISSING.get((name, profile))
-            marks = [pytest.mark.xfail(strict=True, reason=missing)] if missing else []
-            yield pytest.param(name, profile, id=f"{name}-{profile}", marks=marks)
+            yield pytest.param(name, profile, id=f"{name}-{profile}")
 
 
 def _refused_naming(answer: Answer, fragment: str) -> None:
