@@ -165,11 +165,14 @@ class UpdateLock:
     # -- the local endpoint's routes (``InferenceServer`` hands them over) -------------
 
     def handle(self, method: str, parts: list[str], body: bytes) -> tuple[HTTPStatus, Any]:
-        """Answer ``method`` on ``/v2/agent/update-lock[/{id}]`` (``parts`` after it).
+        """Answer ``method`` on ``/v2/agent/update-lock[/{id}]`` (``parts`` after it);
+        a refusal is an answer too (``{"error": reason}``), never an exception."""
+        try:
+            return self._handle(method, parts, body)
+        except LockRefusal as e:
+            return e.status, {"error": e.reason}
 
-        Raises:
-            LockRefusal: a bad body, an unknown lock, a method the path does not take.
-        """
+    def _handle(self, method: str, parts: list[str], body: bytes) -> tuple[HTTPStatus, Any]:
         if method == "GET" and not parts:
             locks = self.held()
             return HTTPStatus.OK, {"held": bool(locks), "locks": [_shown(x) for x in locks]}

@@ -290,7 +290,7 @@ class Installer:
                     logger.info("agent stopping, install stays deferred bundle_id=%s",
                                 record.bundle_id)  # fmt: skip
                     return deferred
-                if self.preempted(record.bundle_id):
+                if self.preempted(record.bundle_id) and not self.stopping.is_set():
                     raise InstallError(f"deferred install given up for newer work ({hold})")
                 now_hold = self.gate.hold_reason(window)
                 if now_hold is not None and now_hold != hold:
