@@ -201,3 +201,19 @@ def test_a_maintenance_window_opening_in_the_devices_zone_lets_it_switch(
     device.wait_state(rollout, "active")
     assert datetime.now(UTC) >= opens
     assert device.serving(digits.holdout_x[:5]) == "2"
+
+
+def test_a_newer_rollout_takes_over_a_deferred_device_which_waits_again(
+    device: Device, digits: DigitsModel
+) -> None:
+    held = device.lock("robot-arm", ttl_s=600)
+    first = device.roll_out(build_bundle(device.api, "2", PROFILE)["id"])
+    device.wait_state(first, "deferred")
+    second = device.roll_out(build_bundle(device.api, "3", PROFILE)["id"])
+    # The deferred install gives way to the newer offer, which stages and waits in turn.
+    assert device.wait_state(second, "deferred")["reason"] == "update lock held by robot-arm"
+    assert device.row(first)["state"] == "superseded"
+    assert device.serving(digits.holdout_x[:5]) == "1"
+    device.release(held["lock_id"])
+    device.wait_state(second, "active")
+    assert device.serving(digits.holdout_x[:5]) == "3"
