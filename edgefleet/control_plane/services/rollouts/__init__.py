@@ -19,10 +19,9 @@ Modules, by concern (callers import from the module they need)::
 
 Device states (``RolloutDevice.state``): pending -> offered -> downloading ..
 smoke_tested [-> deferred] -> active | failed | timed_out; active -> rolling_back ->
-rolled_back;
-pending -> cancelled when the rollout ends first; shadowing for the shadow strategy;
-superseded when a newer rollout takes the device over; failed | timed_out -> offered
-on an operator's ``retry``.
+rolled_back; pending -> cancelled when the rollout ends first; shadowing for the shadow
+strategy; superseded when a newer rollout takes the device over; failed | timed_out ->
+offered on an operator's ``retry``.
 
 Precedence when two rollouts target one device: the newest rollout wins. Creating
 a rollout marks the device ``superseded`` in every older draft / in_progress /
