@@ -149,19 +149,21 @@ def open_until(
     spec: CronSpec | None = None,
     zone: ZoneInfo | None = None,
 ) -> datetime | None:
-    """When the window open at ``now`` (aware) closes; None when it is closed at ``now``."""
+    """When the window open at ``now`` (aware) closes; None when it is closed at ``now``.
+
+    Every opening lasts as long, so only the latest one at or before ``now`` can still
+    be open: the search walks back from ``now`` and stops at the first start it finds.
+    """
     spec = spec or CronSpec(window.cron)
     zone = zone or zone_of(window)
-    local = now.astimezone(zone)
     span = timedelta(seconds=window.duration_s)
-    back_days = int(window.duration_s // 86_400) + 2
-    first = local.date() - timedelta(days=back_days)
-    closes: datetime | None = None
-    for start in _starts_between(spec, zone, first, back_days + 1):
-        if start <= now < start + span:
-            end = start + span
-            closes = end if closes is None or end > closes else closes
-    return closes
+    today = now.astimezone(zone).date()
+    for offset in range(int(window.duration_s // 86_400) + 2):
+        day = today - timedelta(days=offset)
+        latest = max((s for s in spec.starts_on(day, zone) if s <= now), default=None)
+        if latest is not None:
+            return latest + span if now < latest + span else None
+    return None
 
 
 def next_open(
