@@ -252,16 +252,18 @@ class Installer:
             if manifest.bundle_id != record.bundle_id:
                 raise SlotError(f"slot {slot} holds {manifest.bundle_id}, not {record.bundle_id}")
             runtime = load_runtime(manifest, slot_dir)
-            # The slot checks out: waiting is not a crash loop, however often the device
-            # restarts while the lock is held or the window is closed.
-            record = self.journal.clear_restarts(record)
-            return self._switch_when_clear(record, slot, manifest, runtime, send, started, None)
         except REFUSALS as e:
             reason = f"staged slot unusable after restart: {refusal_reason(e)}"
-            current = self.journal.read()
-            if current is not None and current.state == "active":
-                return self.roll_back(current, "error", reason, rollout_id=record.rollout_id)
             return self.roll_back(record, "error", reason, rollout_id=record.rollout_id)
+        # The slot checks out: waiting is not a crash loop, however often the device
+        # restarts while the lock is held or the window is closed.
+        record = self.journal.clear_restarts(record)
+        try:
+            return self._switch_when_clear(record, slot, manifest, runtime, send, started, None)
+        except REFUSALS as e:  # given up for newer work, or the switch itself refused
+            current = self.journal.read() or record
+            return self.roll_back(current, "error", refusal_reason(e),
+                                  rollout_id=record.rollout_id)  # fmt: skip
 
     def _switch_when_clear(
         self,
@@ -280,10 +282,10 @@ class Installer:
         """
         window = record.maintenance_window
         hold = self.gate.hold_reason(window)
-        if hold is not None or record.state == "deferred":
-            if record.state != "deferred":
+        if hold is not None:
+            if record.state != "deferred":  # (a resumed install is deferred already)
                 record = self.journal.fire(record, "defer", reason=hold)
-            deferred = send("deferred", reason=hold or record.reason)
+            deferred = send("deferred", reason=hold)
             logger.info("switch deferred bundle_id=%s reason=%s", record.bundle_id, hold)
             while hold is not None:
                 if self.stopping.wait(DEFER_POLL_S):
