@@ -4,12 +4,15 @@ gate a staged switch waits at."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 
 from edgefleet.agent.install.deferral import SwitchGate, UpdateLock
+from edgefleet.agent.install.updater import OfferWorker
 from edgefleet.maintenance import MaintenanceWindow
+from edgefleet.messages import BundleOffer
 
 
 class Clock:
@@ -86,3 +89,22 @@ def test_the_gate_names_the_lock_first_then_the_window(tmp_path: Path) -> None:
     assert gate.hold_reason(now_open) == "update lock held by robot-arm"
     lock.release(lock.held()[0].lock_id)
     assert gate.hold_reason(now_open) is None
+
+
+class _Installer:
+    """What ``OfferWorker`` needs of an installer to be built (its thread never starts)."""
+
+    def __init__(self) -> None:
+        self.preempted = lambda _bundle_id: False
+        self.stopping = threading.Event()
+
+
+def test_a_deferred_install_gives_way_to_other_work_but_not_to_its_own_reoffer() -> None:
+    installer = _Installer()
+    worker = OfferWorker(installer)  # type: ignore[arg-type]
+    assert installer.preempted == worker._preempted
+    worker.submit(BundleOffer(bundle_id="b-2", target="b-2.tar", release=2))
+    assert installer.preempted("b-2") is False  # a re-offer of the bundle waiting: dropped
+    assert installer.preempted("b-2") is False
+    worker.submit(BundleOffer(bundle_id="b-3", target="b-3.tar", release=3))
+    assert installer.preempted("b-2") is True
