@@ -49,6 +49,19 @@ decoder's recursion limit on the receiving thread."""
 RECEIPT_MAX_IDS = 1000
 """Most event ids one receipt acknowledges."""
 
+# Device logs on demand (control plane -> fleet/<id>/down/logs, device -> fleet/<id>/up/logs).
+LOG_DEFAULT_BYTES = 256 * 1024
+"""How much log a request asks for unless it says otherwise."""
+LOG_MAX_BYTES = 1024 * 1024
+"""Most log one request may ask for; the answer is split into chunks."""
+LOG_CHUNK_BYTES = 192 * 1024
+"""Most record bytes in one ``LogChunk``: with the envelope, well under ``MAX_MESSAGE_BYTES``."""
+LOG_LINE_MAX_CHARS = 4096
+"""Longest message one log record keeps; longer ones are cut and say so (the note that
+says so may take the record up to ``LOG_MESSAGE_MAX_CHARS``)."""
+LOG_MESSAGE_MAX_CHARS = LOG_LINE_MAX_CHARS + 64
+LOG_MAX_SINCE_S = 30 * 86_400
+
 
 def new_event_id() -> str:
     """A unique id for a message so the receiver can de-duplicate redeliveries."""
@@ -149,7 +162,11 @@ class TelemetryEvent(WireMessage, frozen=True, kw_only=True):
       "p99"}, "histogram": {"bounds_ms": [...], "counts": [...]}}`` for one window;
     - ``error``: ``{"where", "reason"}``;
     - ``install``: the ``InstallReport`` fields;
-    - ``drift``: per-feature scores for one window (see the drift module);
+    - ``drift``: per-feature scores for one window and its verdict (see
+      ``edgefleet.drift.DriftReport``): ``psi``, ``share_drifted``, ``drifted``, and from
+      calibrated references on ``reasons``, ``feature_thresholds``, ``new_categories`` and
+      ``output`` (the model's answers, apart from the inputs); readers treat every field
+      after ``drifted`` as optional, so windows from older agents still decode;
     - ``resource``: ``{"rss_mib", "cpu_percent", "disk_free_mib"}``;
     - ``spool``: ``{"depth", "dropped": {priority: n}}``;
     - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``.
@@ -187,6 +204,50 @@ class DeviceCommand(WireMessage, frozen=True, kw_only=True):
     ts: float = field(default_factory=time.time)
 
 
+class LogRequest(WireMessage, frozen=True, kw_only=True):
+    """Asks a device for its recent log, on ``down/logs``.
+
+    The device answers with one or more ``LogChunk`` on ``up/logs`` carrying the same
+    ``request_id``: the records of the last ``since_s`` seconds, newest kept when they
+    come to more than ``max_bytes`` (the older ones left out, and counted).
+    """
+
+    type: Literal["log_request"] = "log_request"
+    request_id: Annotated[str, Meta(min_length=8, max_length=64)] = field(
+        default_factory=new_event_id
+    )
+    since_s: Annotated[int, Meta(ge=1, le=LOG_MAX_SINCE_S)] = 3600
+    max_bytes: Annotated[int, Meta(ge=1, le=LOG_MAX_BYTES)] = LOG_DEFAULT_BYTES
+    ts: float = field(default_factory=time.time)
+
+
+class LogRecord(schema.Open, frozen=True, kw_only=True):
+    """One record of a device's log: when (Unix seconds), how severe, where, what."""
+
+    ts: float
+    level: Annotated[str, Meta(max_length=16)]
+    logger: Annotated[str, Meta(max_length=200)]
+    message: Annotated[str, Meta(max_length=LOG_MESSAGE_MAX_CHARS)]
+
+
+class LogChunk(WireMessage, frozen=True, kw_only=True):
+    """Part ``seq`` of a device's answer to a ``LogRequest``, on ``up/logs``.
+
+    Records are oldest first across the chunks; ``last`` marks the final chunk.
+    ``truncated`` says records of the window were left out to stay within
+    ``max_bytes`` (``omitted`` counts them, all older than the first record sent).
+    """
+
+    type: Literal["logs"] = "logs"
+    request_id: Annotated[str, Meta(min_length=8, max_length=64)]
+    seq: Annotated[int, Meta(ge=0, le=1024)] = 0
+    last: bool = True
+    records: list[LogRecord] = field(default_factory=list)
+    truncated: bool = False
+    omitted: Annotated[int, Meta(ge=0)] = 0
+    ts: float = field(default_factory=time.time)
+
+
 class Receipt(WireMessage, frozen=True, kw_only=True):
     """The control plane's end-to-end receipt, on ``down/receipt``.
 
@@ -209,6 +270,8 @@ Message = (
     | TelemetryEvent
     | DeviceCommand
     | Receipt
+    | LogRequest
+    | LogChunk
 )
 
 _MESSAGE_TYPES: dict[str, type[WireMessage]] = {
@@ -219,6 +282,8 @@ _MESSAGE_TYPES: dict[str, type[WireMessage]] = {
     "telemetry": TelemetryEvent,
     "command": DeviceCommand,
     "receipt": Receipt,
+    "log_request": LogRequest,
+    "logs": LogChunk,
 }
 
 M = TypeVar("M", bound=WireMessage)

@@ -2,8 +2,8 @@
 
 ::
 
-    fleet/<device_id>/up/<channel>     device -> cloud  (status, report, fetch, telemetry)
-    fleet/<device_id>/down/<channel>   cloud -> device  (offer, command, fetch, receipt)
+    fleet/<device_id>/up/<channel>     device -> cloud  (status, report, fetch, telemetry, logs)
+    fleet/<device_id>/down/<channel>   cloud -> device  (offer, command, fetch, receipt, logs)
     fleet/all/down/<channel>           cloud -> every device
 
 Device ids are ``dev-`` plus 8 to 32 lowercase letters or digits so that a broker ACL
@@ -28,6 +28,7 @@ class Up(StrEnum):
     REPORT = "report"  # install progress and outcomes
     FETCH = "fetch"  # request for a chunk of a metadata or target file
     TELEMETRY = "telemetry"
+    LOGS = "logs"  # the agent's recent log, answering a log request
 
 
 class Down(StrEnum):
@@ -37,6 +38,7 @@ class Down(StrEnum):
     FETCH = "fetch"  # responses to the device's fetch requests
     COMMAND = "command"
     RECEIPT = "receipt"  # event ids the control plane has committed (end-to-end acks)
+    LOGS = "logs"  # a request for the agent's recent log
 
 
 def is_device_id(value: str) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 from rich.console import Console
+from rich.text import Text
 
 from edgefleet.control_plane.client import ApiClient
 from edgefleet.drift import DEFAULT_WINDOW
@@ -101,7 +102,7 @@ def run_drift_phase(
     timeout: float = 180.0,
 ) -> DriftDemoResult:
     def step(text: str) -> None:
-        console.print(f"[bold magenta]»[/] {text}")
+        console.print(Text.assemble(("»", "bold magenta"), " ", text))
 
     rng = np.random.default_rng(7)
     n = DEFAULT_WINDOW * WINDOWS_PER_PHASE

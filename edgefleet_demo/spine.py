@@ -31,6 +31,7 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker, let_broker_enter
 from edgefleet.control_plane.client import ApiClient
@@ -170,7 +171,7 @@ class Demo:
         self.broker: MosquittoBroker | None = None
 
     def step(self, text: str) -> None:
-        self.console.print(f"[bold cyan]»[/] {text}")
+        self.console.print(Text.assemble(("»", "bold cyan"), " ", text))
 
     def run(self) -> DemoResult:
         try:

@@ -74,6 +74,15 @@ class DriftConfig(_Section, frozen=True, kw_only=True):
     sample_size: Annotated[int, Meta(ge=0, le=500)] = 0  # rows sampled per window; 0 = off
 
 
+class LogsConfig(_Section, frozen=True, kw_only=True):
+    """The agent's recent log, kept on disk for ``edgefleet device logs``: at most
+    ``max_kib`` in ``<data_dir>/logs/`` (two files that rotate), records at ``level``
+    and above."""
+
+    max_kib: Annotated[int, Meta(ge=64, le=1024 * 1024)] = 4096
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
 class LinkConfig(_Section, frozen=True, kw_only=True):
     """Reconnect backoff bounds (exponential with jitter between them), and how soon a
     broker that stopped answering is noticed: a ping after ``keepalive_s`` of silence,
@@ -131,6 +140,7 @@ class AgentConfig(_Section, frozen=True, kw_only=True):
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    logs: LogsConfig = field(default_factory=LogsConfig)
     tls: TlsConfig | None = None
 
     def __post_init__(self) -> None:

@@ -45,6 +45,7 @@ from edgefleet.agent.telemetry.counters import (
 )
 from edgefleet.agent.telemetry.drift import DriftSupervisor
 from edgefleet.agent.telemetry.forwarder import Forwarder
+from edgefleet.agent.telemetry.logstore import LogResponder, LogStore
 from edgefleet.agent.telemetry.spool import Spool
 from edgefleet.agent.verification.fetcher import MqttFetcher
 from edgefleet.agent.verification.transport import downloads_dir, trusted_versions
@@ -61,6 +62,7 @@ from edgefleet.messages import (
     DeviceCommand,
     DeviceStatus,
     InstallReport,
+    LogRequest,
     Receipt,
     TelemetryEvent,
 )
@@ -169,6 +171,12 @@ class Agent:
         except TransportError as e:  # a missing certificate: not enrolled yet
             raise ConfigError(f"{e} (run `edgefleet-agent enrol` first?)", field="tls") from e
         self.link = self.session.link
+        self.logs = LogStore(
+            config.data_dir,
+            max_bytes=config.logs.max_kib * 1024,
+            level=logging.getLevelNamesMapping()[config.logs.level],
+        )
+        self.log_responder = LogResponder(self.logs, self.session.publish_logs)
         self.spool = Spool(
             Path(config.data_dir) / SPOOL_FILE,
             max_bytes=int(config.telemetry.spool_max_mb * 2**20),
@@ -220,6 +228,7 @@ class Agent:
 
     def start(self) -> None:
         """Load the installed model, open the endpoint, start MQTT; returns at once."""
+        logging.getLogger().addHandler(self.logs)
         ensure_trust_root(self.config)
         self.holder.swap(load_active_model(self.slots))
         self.server.start()
@@ -228,6 +237,8 @@ class Agent:
         self.session.on_offer(self.handle_offer)
         self.session.on_command(self.handle_command)
         self.session.on_receipt(self.handle_receipt)
+        self.session.on_log_request(self.handle_log_request)
+        self.log_responder.start()
         self.session.start()
         logger.info(
             "agent started device_id=%s broker=%s", self.device_id, self.config.broker_address.url()
@@ -249,8 +260,11 @@ class Agent:
         elapsed = self.config.telemetry.window_s - (self._next_window - time.monotonic())
         self._close_window(max(elapsed, 0.0))
         self.spool.close()
+        self.log_responder.stop()
         self.session.close()
         logger.info("agent stopped device_id=%s", self.device_id)
+        logging.getLogger().removeHandler(self.logs)
+        self.logs.close()
 
     def run(self) -> None:
         """Run until SIGTERM/SIGINT; a second signal exits at once."""
@@ -287,6 +301,16 @@ class Agent:
     def handle_receipt(self, receipt: Receipt) -> None:
         """Network thread: hand the receipted event ids to the forwarder, nothing more."""
         self.forwarder.receive(receipt.event_ids)
+
+    def handle_log_request(self, request: LogRequest) -> None:
+        """Network thread: queue a log request; the responder reads and answers it."""
+        logger.info(
+            "log request received request_id=%s since_s=%d max_bytes=%d",
+            request.request_id,
+            request.since_s,
+            request.max_bytes,
+        )
+        self.log_responder.submit(request)
 
     def publish_report(self, report: InstallReport) -> None:
         """Install progress for ``up/report``, kept in the spool until the control plane

@@ -4,8 +4,8 @@ A device connects with its own id as client id and a persistent session (the bro
 queues offers and commands while it is away), with its enrolment credentials and
 TLS when configured. Every connect publishes the retained ``DeviceStatus`` (online);
 the broker publishes the last will (offline) if the device vanishes, and a clean
-``close`` publishes offline itself. Messages on ``down/offer``, ``down/command`` and
-``down/receipt`` are decoded and handed to the handlers registered for them; what
+``close`` publishes offline itself. Messages on ``down/offer``, ``down/command``,
+``down/receipt`` and ``down/logs`` are decoded and handed to the handlers registered for them; what
 does not decode as the message its topic carries is logged and dropped (and
 ``edgefleet.mqtt`` catches anything a handler still raises, so paho's network thread
 never dies).
@@ -31,6 +31,8 @@ from edgefleet.messages import (
     DeviceCommand,
     DeviceStatus,
     InstallReport,
+    LogChunk,
+    LogRequest,
     Receipt,
     TelemetryEvent,
     WireMessage,
@@ -157,6 +159,9 @@ class DeviceSession:
     def on_receipt(self, handler: Callable[[Receipt], None]) -> None:
         self._subscribe(Down.RECEIPT, Receipt, handler)
 
+    def on_log_request(self, handler: Callable[[LogRequest], None]) -> None:
+        self._subscribe(Down.LOGS, LogRequest, handler)
+
     def _subscribe(self, channel: Down, expected: type[M], handler: Callable[[M], None]) -> None:
         def dispatch(incoming: Incoming) -> None:
             try:
@@ -211,6 +216,10 @@ class DeviceSession:
             qos=1,
             on_published=on_published,
         )
+
+    def publish_logs(self, chunk: LogChunk) -> None:
+        """Part of an answer to a log request, on ``up/logs`` (QoS 1, never retained)."""
+        self.link.publish(topics.up(self.device_id, Up.LOGS), chunk.to_bytes(), qos=1)
 
     # -- lifecycle -------------------------------------------------------------------------
 

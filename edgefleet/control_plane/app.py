@@ -19,6 +19,7 @@ from sqlmodel import Session
 
 from edgefleet.control_plane.api.routes import (
     audit,
+    builds,
     bundles,
     devices,
     drift,
@@ -43,6 +44,7 @@ from edgefleet.control_plane.core.errors import (
     BuildError,
     ConflictError,
     ControlPlaneError,
+    DeviceTimeoutError,
     InvalidRequestError,
     NotFoundError,
 )
@@ -50,6 +52,7 @@ from edgefleet.control_plane.core.metrics import router as metrics_router
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.drift.loop import DriftLoop
 from edgefleet.control_plane.jobs.scheduler import build_scheduler
+from edgefleet.control_plane.services.build_jobs import BuildRunner, interrupt_unfinished
 from edgefleet.control_plane.services.rollouts.orchestrator import RolloutOrchestrator
 from edgefleet.control_plane.trust.keyring import SigningError
 from edgefleet.control_plane.trust.repository import SignedRepository
@@ -64,8 +67,14 @@ ERROR_STATUS: dict[type[ControlPlaneError], int] = {
     InvalidRequestError: 422,
     BuildError: 422,
     BrokerError: 503,
+    DeviceTimeoutError: 504,
     SigningError: 422,
 }
+
+
+def error_status(exc: Exception) -> int:
+    """The HTTP status the API answers ``exc`` with (500 for anything unexpected)."""
+    return next((c for t, c in ERROR_STATUS.items() if isinstance(exc, t)), 500)
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -85,11 +94,12 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings)
-        create_db_and_tables(engine)
+        create_db_and_tables(engine, auto_upgrade=settings.db_auto_upgrade)
         if settings.api_auth:
             with Session(engine) as session:
                 ensure_admin_token(session=session, settings=settings)
         replica = settings.client_id or stable_client_id(settings.data_dir)
+        interrupt_unfinished(engine=engine, owner=replica)  # builds a crash left behind
         repository = SignedRepository(
             settings.repository_dir,
             engine=engine,
@@ -114,6 +124,14 @@ def create_app(settings: Settings) -> FastAPI:
             orchestrator=orchestrator,
         )
         scheduler.start()
+        builds_runner = BuildRunner(
+            engine=engine,
+            repository=repository,
+            settings=settings,
+            owner=replica,
+            error_status=error_status,
+        )
+        app.state.builds = builds_runner
         app.state.orchestrator = orchestrator
         app.state.settings = settings
         app.state.engine = engine
@@ -129,6 +147,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             scheduler.shutdown(wait=False)
+            builds_runner.stop()
             link.stop()
             engine.dispose()
             logger.info("control plane stopped")
@@ -143,8 +162,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(ControlPlaneError)
     async def control_plane_error(_request: Request, exc: Exception) -> JSONResponse:
-        code = next((c for t, c in ERROR_STATUS.items() if isinstance(exc, t)), 500)
-        return JSONResponse(status_code=code, content={"detail": str(exc)})
+        return JSONResponse(status_code=error_status(exc), content={"detail": str(exc)})
 
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorize)])
     for module in (
@@ -152,6 +170,7 @@ def create_app(settings: Settings) -> FastAPI:
         models,
         profiles,
         bundles,
+        builds,
         devices,
         groups,
         enrolment,

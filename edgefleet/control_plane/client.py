@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import os
 import ssl
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,9 @@ import httpx
 import numpy as np
 
 from edgefleet.control_plane.core.errors import ControlPlaneError
+from edgefleet.states.build import FINISHED_BUILD_STATES
+
+BUILD_POLL_S = 0.5
 
 
 class ApiError(ControlPlaneError):
@@ -108,6 +113,7 @@ class ApiClient:
         samples: np.ndarray,
         holdout_x: np.ndarray | None = None,
         holdout_y: np.ndarray | None = None,
+        companion: bytes | None = None,
     ) -> dict[str, Any]:
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(samples, dtype=np.float32), allow_pickle=False)
@@ -115,6 +121,8 @@ class ApiClient:
             "model": ("model.onnx", model, "application/octet-stream"),
             "samples": ("samples.npy", buffer.getvalue(), "application/octet-stream"),
         }
+        if companion is not None:  # the same model in the other format
+            files["companion"] = ("companion.model", companion, "application/octet-stream")
         if holdout_x is not None:
             arrays: dict[str, Any] = {"x": np.asarray(holdout_x, dtype=np.float32)}
             if holdout_y is not None:
@@ -129,6 +137,53 @@ class ApiClient:
     def list_models(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/models"))
 
+    def start_build(
+        self,
+        *,
+        model: str,
+        version: str,
+        profile: str,
+        max_accuracy_drop: float | None = None,
+        holdout_x: np.ndarray | None = None,
+        holdout_y: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """Queue a build on the control plane; the build job (follow it with ``wait_build``)."""
+        body: dict[str, Any] = {"model": model, "version": version, "profile": profile}
+        if max_accuracy_drop is not None:
+            body["max_accuracy_drop"] = max_accuracy_drop
+        if holdout_x is not None:
+            body["holdout"] = {
+                "x": np.asarray(holdout_x, dtype=np.float32).tolist(),
+                "y": None if holdout_y is None else np.asarray(holdout_y).astype(int).tolist(),
+            }
+        return dict(self._call("POST", "/builds", json=body))
+
+    def get_build(self, build_id: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/builds/{build_id}"))
+
+    def list_builds(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/builds", params={"limit": limit}))
+
+    def wait_build(
+        self,
+        build_id: int,
+        *,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+        poll_s: float = BUILD_POLL_S,
+    ) -> dict[str, Any]:
+        """Follow build ``build_id`` until it ends; the finished job (succeeded or failed).
+
+        Each request is short, so a long build never runs into the client's timeout;
+        ``on_update`` sees the job after every poll.
+        """
+        while True:
+            job = self.get_build(build_id)
+            if on_update is not None:
+                on_update(job)
+            if job["state"] in FINISHED_BUILD_STATES:
+                return job
+            time.sleep(poll_s)
+
     def build_bundle(
         self,
         *,
@@ -139,15 +194,23 @@ class ApiClient:
         holdout_x: np.ndarray | None = None,
         holdout_y: np.ndarray | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "version": version, "profile": profile}
-        if max_accuracy_drop is not None:
-            body["max_accuracy_drop"] = max_accuracy_drop
-        if holdout_x is not None:
-            body["holdout"] = {
-                "x": np.asarray(holdout_x, dtype=np.float32).tolist(),
-                "y": None if holdout_y is None else np.asarray(holdout_y).astype(int).tolist(),
-            }
-        return dict(self._call("POST", "/bundles", json=body))
+        """Build as a job and wait for it: the bundle, or ``ApiError`` with the build's error."""
+        job = self.wait_build(
+            self.start_build(
+                model=model,
+                version=version,
+                profile=profile,
+                max_accuracy_drop=max_accuracy_drop,
+                holdout_x=holdout_x,
+                holdout_y=holdout_y,
+            )["id"]
+        )
+        if job["state"] != "succeeded":
+            raise ApiError(job.get("error_status") or 500, job.get("error") or "build failed")
+        return self.get_bundle(job["bundle_id"])
+
+    def get_bundle(self, bundle_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/bundles/{bundle_id}"))
 
     def list_bundles(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/bundles"))
@@ -197,6 +260,16 @@ class ApiClient:
     def revoke_device(self, device_id: str) -> dict[str, Any]:
         """Revoke a device's broker credentials; ``device_id`` and ``revoked_at`` come back."""
         return dict(self._call("POST", f"/devices/{device_id}/revoke"))
+
+    def device_logs(
+        self, device_id: str, *, since_s: int, max_bytes: int | None = None, timeout_s: float = 10.0
+    ) -> dict[str, Any]:
+        """The device's recent log (``lines``, ``truncated``, ``omitted``); HTTP 504 when it
+        is offline or does not answer within ``timeout_s``."""
+        params: dict[str, Any] = {"since": since_s, "timeout": timeout_s}
+        if max_bytes is not None:
+            params["max_bytes"] = max_bytes
+        return dict(self._call("GET", f"/devices/{device_id}/logs", params=params))
 
     def create_enrolment_token(
         self, *, ttl_seconds: int = 3600, note: str | None = None

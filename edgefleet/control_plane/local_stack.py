@@ -157,7 +157,7 @@ def _write_broker_records(settings: Settings, security: BrokerAuthFiles, issuer:
     """
     security.pid_file.unlink(missing_ok=True)
     engine = make_engine(settings)
-    create_db_and_tables(engine)
+    create_db_and_tables(engine, auto_upgrade=settings.db_auto_upgrade)
     with Session(engine) as session:
         apply_to_broker(session=session, files=security, issuer=issuer)
     engine.dispose()

@@ -5,6 +5,7 @@
     ConversionError         a model could not be read, checked or converted
     ├── UnsupportedOpError  the target runtime version cannot run some of the model's ops
     ├── CalibrationError    the calibration samples cannot calibrate this model
+    ├── CandidateSkipped    a recipe that does not apply to this model (not a failure)
     └── GateError           no candidate passed the accuracy gate (carries every row)
 """
 
@@ -26,6 +27,15 @@ class UnsupportedOpError(ConversionError):
 
 class CalibrationError(ConversionError):
     """The calibration samples are missing, too few, or do not fit the model."""
+
+
+class CandidateSkipped(ConversionError):
+    """A candidate recipe that cannot apply to this model; the build lists it as skipped."""
+
+    def __init__(self, candidate: str, reason: str) -> None:
+        super().__init__(f"{candidate}: skipped: {reason}")
+        self.candidate = candidate
+        self.reason = reason
 
 
 class GateError(ConversionError):

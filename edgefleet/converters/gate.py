@@ -45,7 +45,7 @@ class CandidateResult:
     drop: float | None = None
     agreement: float | None = None
     worst_class_drop: float | None = None
-    verdict: str = "error"  # passed | failed | refused | error
+    verdict: str = "error"  # passed | failed | refused | skipped | error
     reasons: list[str] = field(default_factory=list)
     chosen: bool = False
 

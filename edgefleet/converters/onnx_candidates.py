@@ -26,7 +26,8 @@ from onnxruntime.quantization import (
 
 from edgefleet.converters.calibration import ArrayReader, calibration_hash, range_cache_path
 from edgefleet.converters.candidate import Candidate
-from edgefleet.converters.errors import ConversionError
+from edgefleet.converters.errors import CandidateSkipped, ConversionError
+from edgefleet.converters.onnx_ml import ml_estimator_ops
 from edgefleet.profile import FirmwareProfile
 
 logger = logging.getLogger(__name__)
@@ -176,8 +177,16 @@ def onnx_candidates(
     A recipe that fails to build yields a ``ConversionError`` naming it, so the build
     reports it in the table instead of stopping.
     """
-    ops = {n.op_type for n in onnx.load_from_string(model_bytes).graph.node}
-    if "int8" in profile.precisions:
+    model = onnx.load_from_string(model_bytes)
+    ops = {n.op_type for n in model.graph.node}
+    ml_ops = ml_estimator_ops(model)
+    if ml_ops:  # classic ML (scikit-learn & co): the quantizers know none of these ops
+        why = f"does not apply to ONNX-ML ops ({', '.join(ml_ops)})"
+        if "int8" in profile.precisions:
+            yield CandidateSkipped("int8", f"onnxruntime.quantization {why}")
+        if "fp16" in profile.precisions:
+            yield CandidateSkipped("fp16", f"float16 conversion {why}")
+    elif "int8" in profile.precisions:
         if calibration is None:
             yield ConversionError("int8-qdq: no calibration samples")
         else:
@@ -204,7 +213,7 @@ def onnx_candidates(
                 yield _dynamic(model_bytes)
             except Exception as e:  # the quantizer raises many kinds of errors
                 yield ConversionError(f"int8-dynamic-matmul: {e}")
-    if "fp16" in profile.precisions:
+    if "fp16" in profile.precisions and not ml_ops:
         try:
             yield _fp16(model_bytes)
         except Exception as e:  # the converter raises many kinds of errors

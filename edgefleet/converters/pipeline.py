@@ -21,23 +21,30 @@ import onnx
 from edgefleet.converters.calibration import calibration_hash, prepare_calibration
 from edgefleet.converters.candidate import Candidate
 from edgefleet.converters.compat import check_onnx_ops, lower_opset
-from edgefleet.converters.errors import ConversionError, GateError
+from edgefleet.converters.errors import CandidateSkipped, ConversionError, GateError
 from edgefleet.converters.gate import CandidateResult, GateLimits, choose, judge
+from edgefleet.converters.model_format import inspect_model
 from edgefleet.converters.onnx_candidates import onnx_candidates
-from edgefleet.converters.onnx_inspect import OnnxInspection, inspect_onnx
+from edgefleet.converters.onnx_inspect import OnnxInspection
+from edgefleet.converters.onnx_ml import refuse_onnx_ml_for_tflite
 from edgefleet.converters.runner import (
     Measurement,
     OnnxRunner,
+    Runner,
+    TfliteRunner,
     measure,
     measure_in_worker,
     runner_for,
 )
+from edgefleet.converters.tflite_inspect import TfliteInspection
+from edgefleet.converters.tflite_source import check_tflite_source, tflite_source_candidates
 from edgefleet.converters.worker_envs import installed_python, spec_for
 from edgefleet.profile import FirmwareProfile
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+CandidateReport = Callable[["CandidateResult"], None]
 
 # The Python distribution that implements each runtime the gate can run in this process.
 _GATE_DISTRIBUTIONS = {"onnx": "onnxruntime", "tflite": "ai-edge-litert"}
@@ -59,12 +66,25 @@ class BuildOutcome:
     verified: bool
     reference: dict[str, Any]
     gate_runtime: dict[str, Any]
-    inspection: OnnxInspection
+    inspection: OnnxInspection | TfliteInspection
     output_names: list[str] = field(default_factory=list)
 
     @property
     def chosen_row(self) -> CandidateResult:
         return next(r for r in self.table if r.chosen)
+
+
+class _ReportedRows(list[CandidateResult]):
+    """The candidates table, telling ``report`` of each row appended to it."""
+
+    def __init__(self, report: CandidateReport | None) -> None:
+        super().__init__()
+        self._report = report
+
+    def append(self, row: CandidateResult) -> None:
+        super().append(row)
+        if self._report is not None:
+            self._report(row)
 
 
 def _runtime_version(fmt: str) -> str:
@@ -85,15 +105,20 @@ def _boundary_refusal(candidate: Candidate, profile: FirmwareProfile) -> str | N
 
 def _candidates(
     model_bytes: bytes,
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | None,
     profile: FirmwareProfile,
     *,
     input_name: str,
     output_names: list[str],
     calibration: np.ndarray | None,
-    inspection: OnnxInspection,
+    inspection: OnnxInspection | TfliteInspection,
     cache_dir: Path | None,
 ) -> Iterable[Candidate | ConversionError]:
+    if isinstance(inspection, TfliteInspection):  # a registered .tflite: no ONNX in between
+        return tflite_source_candidates(
+            model_bytes, profile, inspection=inspection, calibration=calibration
+        )
+    assert model is not None  # an ONNX source is always parsed
     if profile.is_onnx:
         check_onnx_ops(model, profile)
         lowered = lower_opset(model, profile)
@@ -108,6 +133,7 @@ def _candidates(
         )
     from edgefleet.converters.tflite_candidates import float_tflite_from_onnx, tflite_candidates
 
+    refuse_onnx_ml_for_tflite(model, profile.name)
     float_tflite, tool = float_tflite_from_onnx(
         model_bytes, profile, signature=inspection.signature
     )
@@ -130,15 +156,24 @@ def build_for_profile(
     max_accuracy_drop: float | None = None,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    on_candidate: CandidateReport | None = None,
 ) -> BuildOutcome:
-    """Build, measure and gate every candidate; the chosen one, or ``GateError``."""
+    """Build, measure and gate every candidate; the chosen one, or ``GateError``.
+
+    ``progress`` hears what the build is doing; ``on_candidate`` each row of the
+    candidates table as it lands (its verdict and numbers are final then).
+    """
     say = progress or (lambda _text: None)
-    inspection = inspect_onnx(model_bytes)
+    inspection = inspect_model(model_bytes)  # .onnx or .tflite, by content
+    model: onnx.ModelProto | None = None
+    if isinstance(inspection, TfliteInspection):
+        check_tflite_source(inspection, profile)  # an ONNX profile, or ops it lacks: refused
+    else:
+        model = onnx.load_from_string(model_bytes)
     if len(inspection.signature.inputs) != 1:
         raise ConversionError("only models with exactly one input are supported")
     input_name = inspection.signature.inputs[0].name
     output_names = [o.name for o in inspection.signature.outputs]
-    model = onnx.load_from_string(model_bytes)
     calib = prepare_calibration(calibration) if calibration is not None else None
     limits = GateLimits(
         max_accuracy_drop=profile.max_accuracy_drop
@@ -156,11 +191,16 @@ def build_for_profile(
         raise ConversionError(
             f"holdout shape {list(holdout_x.shape)} does not fit input {input_name} {want}"
         )
-    reference: Measurement = measure(OnnxRunner(model_bytes), holdout_x)
+    source: Runner = (
+        TfliteRunner(model_bytes, {})  # its tensors as its signature states them
+        if isinstance(inspection, TfliteInspection)
+        else OnnxRunner(model_bytes)
+    )
+    reference: Measurement = measure(source, holdout_x)
     float_predictions = reference.predictions
     labels = None if holdout.y is None else np.asarray(holdout.y).astype(np.int64)
 
-    table: list[CandidateResult] = []
+    table = _ReportedRows(on_candidate)
     built: dict[str, Candidate] = {}
     fmt = "onnx" if profile.is_onnx else "tflite"
     version = _runtime_version(fmt)
@@ -191,6 +231,7 @@ def build_for_profile(
     )
     for item in candidates:
         if isinstance(item, ConversionError):
+            skipped = isinstance(item, CandidateSkipped)
             name = str(item).split(":", 1)[0]
             table.append(
                 CandidateResult(
@@ -198,10 +239,12 @@ def build_for_profile(
                     precision="?",
                     format="?",
                     size_bytes=0,
-                    verdict="error",
-                    reasons=[str(item)],
+                    verdict="skipped" if skipped else "error",
+                    reasons=[item.reason if isinstance(item, CandidateSkipped) else str(item)],
                 )
             )
+            if skipped:
+                continue
             logger.warning("candidate failed to build profile=%s error=%s", profile.name, item)
             continue
         say(f"measuring {item.name}")
@@ -258,7 +301,7 @@ def build_for_profile(
     float_accuracy = None if labels is None else float(np.mean(float_predictions == labels))
     return BuildOutcome(
         chosen=built[best.candidate],
-        table=table,
+        table=list(table),
         verified=labels is not None,
         reference={
             "float_accuracy": float_accuracy,

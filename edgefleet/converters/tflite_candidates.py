@@ -69,6 +69,18 @@ def _quantize(
     return bytes(q.quantize(result, enable_progress_report=False).quantized_model)
 
 
+def inline_buffers(model: Any, data: bytes) -> None:
+    """Move buffers stored after the flatbuffer (addressed by offset) into ``model``.
+
+    ai-edge-quantizer writes weights past 256 KiB that way; repacking a ``ModelT``
+    writes only the flatbuffer, so without this the repacked model points past its end.
+    """
+    for buffer in model.buffers or []:
+        if buffer.offset > 1:
+            buffer.data = np.frombuffer(data, np.uint8, buffer.size, buffer.offset).copy()
+            buffer.offset, buffer.size = 0, 0
+
+
 def finish_boundary(
     data: bytes, *, names: dict[str, str], integer_output: bool
 ) -> tuple[bytes, dict[str, IoQuantization], dict[str, str]]:
@@ -81,6 +93,7 @@ def finish_boundary(
     from ai_edge_litert import schema_py_generated as s
 
     model = s.ModelT.InitFromObj(s.Model.GetRootAs(data, 0))
+    inline_buffers(model, data)
     graph = model.subgraphs[0]
     codes = [c.builtinCode for c in model.operatorCodes]
     if integer_output:

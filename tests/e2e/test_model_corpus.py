@@ -68,7 +68,6 @@ TODAY_MISSING: dict[tuple[str, str], str] = {
     ("topic-int32", LITERT): SIG,
     ("sensor-multi-input", GATEWAY): SIG,
     ("sensor-multi-input", LITERT): SIG,
-    ("iris-zipmap", GATEWAY): TFLITE,
     ("iris-zipmap", LITERT): TFLITE,
     ("digits-dwconv", GATEWAY): SIG,
     ("digits-dwconv", LITERT): SIG + "; " + ONNX2TF,

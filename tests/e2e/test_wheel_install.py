@@ -89,6 +89,13 @@ def test_the_wheel_ships_profiles_and_console_under_one_top_level_name(wheel: Pa
     assert "edgefleet/control_plane/console/index.html" in names
     assert any(n.startswith("edgefleet/control_plane/console/views/") for n in names)
     assert "edgefleet/py.typed" in names
+    migrations = "edgefleet/control_plane/core/migrations/"
+    assert f"{migrations}env.py" in names and f"{migrations}script.py.mako" in names
+    shipped_revisions = sorted(n for n in names if n.startswith(f"{migrations}versions/"))
+    in_tree = sorted(
+        f"{migrations}versions/{p.name}" for p in (REPO / migrations / "versions").glob("*.py")
+    )
+    assert shipped_revisions == in_tree
 
 
 def test_an_installed_wheel_finds_every_shipped_profile(wheel: Path, tmp_path: Path) -> None:

@@ -1,1 +1,2 @@
-"""What the device reports: counters, drift windows, and the spool that loses nothing offline."""
+"""What the device reports: counters, drift windows, the spool that loses nothing offline,
+and the log ring it serves on request."""

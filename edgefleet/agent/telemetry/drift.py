@@ -6,6 +6,10 @@ publishes one ``drift`` telemetry event per full window through the spool.
 Memory stays bounded: the queue holds at most ``max_queued_rows`` rows and the
 detector one count per reference bin per feature.
 
+When the bundle's reference holds the model's outputs on the holdout, the monitor also
+counts the model's answers (predicted classes, or the first score) and each window
+reports them apart from the inputs (``output`` in the ``drift`` event).
+
 Optional and off by default (``[drift] sample_size``): a capped reservoir sample
 (Algorithm R, uniform over every row seen) of the inputs and the model's top-1
 answers since the previous window, sent with each window as a ``sample`` event of
@@ -29,7 +33,7 @@ from edgefleet.agent.errors import SlotError
 from edgefleet.agent.inference.runtime import ActiveModel
 from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
 from edgefleet.bundle import BundleError, Manifest
-from edgefleet.drift import DriftDetector, DriftReport, DriftThresholds, Reference
+from edgefleet.drift import DriftDetector, DriftReport, DriftThresholds, OutputKind, Reference
 from edgefleet.messages import TelemetryEvent, TelemetryKind
 from edgefleet.tensors import top1_classes
 
@@ -83,7 +87,9 @@ class DriftMonitor:
         self._manifest = manifest
         self._publish = publish
         self._reservoir = Reservoir(sample_size) if sample_size > 0 else None
-        self._queue: queue.Queue[tuple[np.ndarray, np.ndarray | None] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None] = (
+            queue.Queue()
+        )
         self._queued_rows = 0
         self._max_queued_rows = max_queued_rows
         self._lock = threading.Lock()
@@ -125,6 +131,12 @@ class DriftMonitor:
     def input_name(self) -> str:
         return self._detector.reference.input_name
 
+    @property
+    def output_kind(self) -> OutputKind | None:
+        """What of the model's answers the reference holds (None: output drift is off)."""
+        outputs = self._detector.reference.outputs
+        return None if outputs is None else outputs.kind
+
     def start(self) -> None:
         self._thread.start()
 
@@ -132,29 +144,39 @@ class DriftMonitor:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def submit(self, inputs: np.ndarray, answers: np.ndarray | None = None) -> None:
-        """Queue a batch (and, when sampling, its top-1 answers) for scoring; drops it
-        (counted) when the queue is full."""
+    def submit(
+        self,
+        inputs: np.ndarray,
+        answers: np.ndarray | None = None,
+        scored_outputs: np.ndarray | None = None,
+    ) -> None:
+        """Queue a batch for scoring; drops it (counted) when the queue is full.
+
+        Args:
+            inputs: The batch, [n, features].
+            answers: Its top-1 answers, for the sample (when sampling).
+            scored_outputs: The answers output drift counts (see ``output_kind``).
+        """
         rows = len(inputs)
         with self._lock:
             if self._queued_rows + rows > self._max_queued_rows:
                 self.dropped_rows += rows
                 return
             self._queued_rows += rows
-        self._queue.put((np.array(inputs, copy=True), answers))
+        self._queue.put((np.array(inputs, copy=True), answers, scored_outputs))
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            batch, answers = item
+            batch, answers, scored_outputs = item
             with self._lock:
                 self._queued_rows -= len(batch)
             try:
                 if self._reservoir is not None:
                     self._reservoir.offer(batch, answers)
-                for report in self._detector.observe(batch):
+                for report in self._detector.observe(batch, scored_outputs):
                     self._emit(report)
                     self._emit_sample()
             except Exception:  # top of the monitor loop: bad input must not stop it
@@ -170,10 +192,12 @@ class DriftMonitor:
             "dropped_rows": self.dropped_rows,
         }
         logger.info(
-            "drift window bundle_id=%s drifted=%s share=%.3f",
+            "drift window bundle_id=%s drifted=%s share=%.3f reasons=%s output_drifted=%s",
             self._manifest.bundle_id,
             report.drifted,
             report.share_drifted,
+            ",".join(report.reasons) or "-",
+            None if report.output is None else report.output.drifted,
         )
         self._publish(self._event("drift", DRIFT_PRIORITY, data))
 
@@ -207,6 +231,20 @@ class DriftMonitor:
             release=self._manifest.release,
             data=data,
         )
+
+
+def scored_outputs(outputs: dict[str, np.ndarray], kind: OutputKind) -> np.ndarray | None:
+    """What output drift counts of one answer: the predicted class of each row, or the
+    first value of the first float output; None when the outputs hold neither."""
+    if kind == "classes":
+        try:
+            return top1_classes(outputs)
+        except ValueError:
+            return None
+    for value in outputs.values():
+        if np.issubdtype(value.dtype, np.floating) and value.ndim >= 1 and len(value):
+            return value.reshape(len(value), -1)[:, 0]
+    return None
 
 
 class DriftSupervisor:
@@ -250,7 +288,10 @@ class DriftSupervisor:
                 answers = top1_classes(outputs)
             except ValueError:
                 answers = None
-        monitor.submit(inputs, answers)
+        scored = None
+        if monitor.output_kind is not None and outputs is not None:
+            scored = scored_outputs(outputs, monitor.output_kind)
+        monitor.submit(inputs, answers, scored)
 
     def _monitor_for(self, bundle_id: str) -> DriftMonitor | None:
         with self._lock:

@@ -11,6 +11,7 @@ from sqlmodel import Session
 from edgefleet.control_plane.broker.link import FleetLink
 from edgefleet.control_plane.core.auth import Principal
 from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.services.build_jobs import BuildRunner
 from edgefleet.control_plane.trust.repository import SignedRepository
 
 
@@ -43,10 +44,16 @@ def get_link(request: Request) -> FleetLink:
     return link
 
 
+def get_builds(request: Request) -> BuildRunner:
+    runner: BuildRunner = request.app.state.builds
+    return runner
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RepositoryDep = Annotated[SignedRepository, Depends(get_repository)]
 LinkDep = Annotated[FleetLink, Depends(get_link)]
+BuildsDep = Annotated[BuildRunner, Depends(get_builds)]
 
 
 DbId = Annotated[int, Path(ge=1, le=2**63 - 1, description="a database id")]

@@ -5,14 +5,17 @@ reach only plain subscriptions, so every replica sees every status and the upser
 idempotent across replicas) and to ``up/report``, ``up/fetch`` and ``up/telemetry``
 through an MQTT 5 shared subscription, so several control-plane replicas split that
 traffic. The group name is ``Settings.mqtt_shared_group``: random unless set, the same
-on every replica.
+on every replica. ``up/logs`` (devices' answers to log requests) is a plain
+subscription too: the answer must reach the replica whose API call waits for it (see
+``edgefleet.control_plane.broker.log_requests``).
 
 The device id always comes from the topic, which the broker ACL ties to the
 device's credentials, never from a payload. Nothing is done on paho's network thread
 but hand-off to worker threads, each run by a ``Supervisor`` that restarts it if it
 dies (the death is logged, counted in ``/metrics`` and shown by ``/api/v1/health``):
 
-- ``cp-events``: status and install reports, applied in arrival order;
+- ``cp-events``: status and install reports, applied in arrival order (and log
+  answers that do not decode, to be counted as refused);
 - ``cp-fetch-<n>``: fetch requests, answered from the signed repository;
 - ``cp-telemetry``: telemetry, stored in bursts of up to ``TELEMETRY_BURST`` events
   per transaction and acknowledged to the broker once the burst is handled.
@@ -74,7 +77,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import Session
 
 from edgefleet import topics
-from edgefleet.control_plane.core.errors import InvalidRequestError, NotFoundError
+from edgefleet.control_plane.broker.log_requests import LogAnswer, LogRequests
+from edgefleet.control_plane.core.errors import (
+    BrokerError,
+    DeviceTimeoutError,
+    InvalidRequestError,
+    NotFoundError,
+)
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.services.devices import record_rejections, upsert_device_status
 from edgefleet.control_plane.services.events import ingest_events
@@ -96,6 +105,8 @@ from edgefleet.messages import (
     DeviceStatus,
     FetchRequest,
     InstallReport,
+    LogChunk,
+    LogRequest,
     Receipt,
     TelemetryEvent,
     decode_as,
@@ -189,6 +200,7 @@ class FleetLink:
         self._events: queue.Queue[tuple[topics.Up, str, Incoming] | None] = queue.Queue()
         self._fetches: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
         self._telemetry: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
+        self._log_requests = LogRequests()
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------
@@ -211,6 +223,7 @@ class FleetLink:
             shared_group=group,
             deferred_ack=True,
         )
+        self._link.subscribe(topics.up_filter(topics.Up.LOGS), self._on_logs)
         self.supervisor.start("cp-events", self._run_events)
         for n in range(self._fetch_workers):
             self.supervisor.start(f"cp-fetch-{n}", self._run_fetches)
@@ -279,6 +292,36 @@ class FleetLink:
             )
         logger.debug("receipt published device_id=%s events=%d", device_id, len(event_ids))
 
+    def request_logs(self, device_id: str, request: LogRequest, *, timeout: float) -> LogAnswer:
+        """Ask ``device_id`` for its recent log and wait up to ``timeout`` s for the answer.
+
+        The request goes at QoS 0: a device that is away must not find a stale request
+        queued in its session when it comes back.
+
+        Raises:
+            BrokerError: This control plane is not connected to the broker.
+            DeviceTimeoutError: The device did not answer in time.
+        """
+        if not self._link.connected:
+            raise BrokerError("the control plane is not connected to the broker")
+        pending = self._log_requests.open(device_id, request)
+        try:
+            self._link.publish(topics.down(device_id, topics.Down.LOGS), request.to_bytes(), qos=0)
+            logger.info(
+                "log request published device_id=%s request_id=%s", device_id, request.request_id
+            )
+            if not pending.done.wait(timeout):
+                got = len(pending.chunks)
+                raise DeviceTimeoutError(
+                    f"device {device_id} did not answer the log request within {timeout:g}s"
+                    + (f" ({got} chunks of it arrived)" if got else "")
+                    + ": it may be offline, or its agent too old to serve logs",
+                    device_id=device_id,
+                )
+            return pending.answer()
+        finally:
+            self._log_requests.close(request.request_id)
+
     # -- incoming (network thread: parse the topic, hand off) ---------------------
 
     @staticmethod
@@ -310,6 +353,22 @@ class FleetLink:
             message.ack()
             return
         self._telemetry.put((device_id, message))
+
+    def _on_logs(self, message: Incoming) -> None:
+        """A log answer chunk: decoded here (bounded, quick) and handed to its waiter."""
+        device_id = self._device_id(message, topics.Up.LOGS)
+        if device_id is None:
+            return
+        try:
+            chunk = decode_as(message.payload, LogChunk, topic=message.topic)
+        except MessageError:
+            # Refused and counted like any poison message, off the network thread.
+            self._events.put((topics.Up.LOGS, device_id, message))
+            return
+        if not self._log_requests.deliver(device_id, chunk):
+            logger.debug(
+                "log answer not ours device_id=%s request_id=%s", device_id, chunk.request_id
+            )
 
     def _on_fetch(self, message: Incoming) -> None:
         device_id = self._device_id(message, topics.Up.FETCH)
@@ -366,6 +425,7 @@ class FleetLink:
         handlers: dict[topics.Up, Callable[[str, Incoming], None]] = {
             topics.Up.STATUS: self._handle_status,
             topics.Up.REPORT: self._handle_report,
+            topics.Up.LOGS: self._handle_refused_logs,
         }
         while (item := self._events.get()) is not None:
             channel, device_id, message = item
@@ -395,6 +455,10 @@ class FleetLink:
             if not is_transient(e):
                 raise
             logger.warning("status not stored device_id=%s error=%s", device_id, e)
+
+    def _handle_refused_logs(self, _device_id: str, message: Incoming) -> None:
+        """A log answer that did not decode on arrival: decoding again raises its error."""
+        decode_as(message.payload, LogChunk, topic=message.topic)
 
     def _handle_report(self, device_id: str, message: Incoming) -> None:
         report = decode_as(message.payload, InstallReport, topic=message.topic)

@@ -57,7 +57,7 @@ from edgefleet.control_plane.broker.security import (
     write_private,
 )
 from edgefleet.control_plane.core.errors import BrokerError
-from edgefleet.control_plane.core.netutil import free_port, wait_for_port
+from edgefleet.control_plane.core.netutil import free_port, port_taken, wait_for_port
 from edgefleet.control_plane.trust.pki import (
     CertificateAuthority,
     PkiFiles,
@@ -309,6 +309,8 @@ class MosquittoBroker:
     def start(self, timeout: float = 10.0) -> None:
         if self.running:
             return
+        if port_taken(self.bind or "0.0.0.0", self.port):
+            raise BrokerError(f"port {self.port} on {self.bind} is already in use")
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
         self.user = broker_user(self.data_dir)
@@ -355,6 +357,13 @@ class MosquittoBroker:
         listening = wait_for_port(self._local_host, self.port, timeout)
         if listening and self.admin_port is not None:
             listening = wait_for_port("127.0.0.1", self.admin_port, timeout)
+        if listening and self._process.poll() is not None:
+            # Something answers on the port, but not our broker: it could not bind.
+            self._close()
+            raise BrokerError(
+                f"mosquitto exited (port {self.port} already in use?): "
+                f"{self._tail() or 'see ' + str(self.data_dir)}"
+            )
         if not listening:
             self.kill()
             raise BrokerError(

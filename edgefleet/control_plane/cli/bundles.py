@@ -10,6 +10,11 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from edgefleet.control_plane.cli.builds import (
+    ctrl_c_keeps_building,
+    follow_build,
+    report_finished,
+)
 from edgefleet.control_plane.cli.options import DEFAULT_API, ApiOption, JsonOption
 from edgefleet.control_plane.cli.output import api_errors, console, print_rows
 from edgefleet.control_plane.client import ApiClient
@@ -22,20 +27,34 @@ bundle_app = typer.Typer(no_args_is_help=True, help="Build and list signed bundl
 def model_register(
     name: str,
     version: str,
-    file: Annotated[Path, typer.Option("--file", exists=True, dir_okay=False, help="ONNX model")],
+    file: Annotated[
+        Path,
+        typer.Option(
+            "--file", exists=True, dir_okay=False, help="model: .onnx or .tflite, told by content"
+        ),
+    ],
     samples: Annotated[
         Path,
         typer.Option(exists=True, dir_okay=False, help=".npy float32 [n, features] sample inputs"),
     ],
+    companion: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="the same model in the other format (.tflite beside .onnx, or the reverse)",
+        ),
+    ] = None,
     api: ApiOption = DEFAULT_API,
 ) -> None:
-    """Register an ONNX model version with representative sample inputs."""
+    """Register an ONNX or TFLite model version with representative sample inputs."""
     with api_errors(ValueError, OSError), ApiClient(api) as client:
         model = client.register_model(
             name=name,
             version=version,
             model=file.read_bytes(),
             samples=np.load(samples, allow_pickle=False),
+            companion=companion.read_bytes() if companion is not None else None,
         )
     console.print(f"registered {model['name']} v{model['version']} sha256 {model['sha256']}")
 
@@ -45,7 +64,9 @@ def model_list(api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -> Non
     """List registered model versions."""
     with api_errors(), ApiClient(api) as client:
         rows = client.list_models()
-    print_rows(rows, ["name", "version", "size_bytes", "sha256", "created_at"], "models", as_json)
+    print_rows(
+        rows, ["name", "version", "format", "size_bytes", "sha256", "created_at"], "models", as_json
+    )
 
 
 @bundle_app.command("build")
@@ -68,12 +89,8 @@ def bundle_build(
         with np.load(holdout, allow_pickle=False) as npz:
             holdout_x = npz["x"]
             holdout_y = npz["y"] if "y" in npz.files else None
-    with (
-        api_errors(),
-        ApiClient(api) as client,
-        console.status(f"building {model} v{version} for {profile}: quantizing, measuring, gating"),
-    ):
-        bundle = client.build_bundle(
+    with api_errors(), ApiClient(api) as client:
+        job = client.start_build(
             model=model,
             version=version,
             profile=profile,
@@ -81,13 +98,16 @@ def bundle_build(
             holdout_x=holdout_x,
             holdout_y=holdout_y,
         )
-    console.print(_candidates_table(bundle["manifest"].get("candidates", [])))
-    metrics = bundle["manifest"].get("metrics", {})
-    verified = "verified" if metrics.get("verified") else "UNVERIFIED (no labels)"
-    console.print(
-        f"bundle {bundle['id']} release {bundle['release']} "
-        f"{bundle['length']} bytes sha256 {bundle['sha256']} gate {verified}"
-    )
+        with ctrl_c_keeps_building(job["id"]):
+            console.print(
+                f"build {job['id']} started: {model} v{version} for {profile} "
+                f"(Ctrl-C stops following, not the build)"
+            )
+            finished = follow_build(client, job["id"])
+            if finished["state"] == "succeeded":
+                bundle = client.get_bundle(finished["bundle_id"])
+                console.print(_candidates_table(bundle["manifest"].get("candidates", [])))
+            report_finished(client, finished)
 
 
 def _candidates_table(rows: list[dict[str, Any]]) -> Table:
@@ -110,7 +130,7 @@ def _candidates_table(rows: list[dict[str, Any]]) -> Table:
 
     for row in rows:
         table.add_row(
-            row["candidate"],
+            str(row["candidate"]),
             num(row.get("accuracy")),
             num(row.get("drop")),
             num(row.get("agreement")),
@@ -120,7 +140,7 @@ def _candidates_table(rows: list[dict[str, Any]]) -> Table:
             + (
                 ""
                 if row.get("verdict") == "passed"
-                else f" ({'; '.join(row.get('reasons') or [])})"
+                else f" ({'; '.join(str(r) for r in row.get('reasons') or [])})"
             ),
             "*" if row.get("chosen") else "",
         )

@@ -3,12 +3,19 @@ devices enrol with and lose when revoked."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 import typer
 
-from edgefleet.control_plane.cli.options import DEFAULT_API, ApiOption, JsonOption, parse_labels
-from edgefleet.control_plane.cli.output import api_errors, console, print_rows
+from edgefleet.control_plane.cli.options import (
+    DEFAULT_API,
+    ApiOption,
+    JsonOption,
+    parse_duration,
+    parse_labels,
+)
+from edgefleet.control_plane.cli.output import api_errors, console, err_console, print_rows
 from edgefleet.control_plane.client import ApiClient
 
 device_app = typer.Typer(no_args_is_help=True, help="See the fleet.")
@@ -54,6 +61,38 @@ def device_revoke(device_id: str, api: ApiOption = DEFAULT_API) -> None:
     with api_errors(), ApiClient(api) as client:
         result = client.revoke_device(device_id)
     console.print(f"device {result['device_id']} revoked at {result['revoked_at']}")
+
+
+@device_app.command("logs")
+def device_logs(
+    device_id: str,
+    since: Annotated[str, typer.Option(help="how far back: 90s, 30m, 1h, 2d")] = "1h",
+    max_bytes: Annotated[
+        int | None, typer.Option(help="most log to fetch (default 256 KiB, at most 1 MiB)")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the device")] = 10.0,
+    as_json: JsonOption = False,
+    api: ApiOption = DEFAULT_API,
+) -> None:
+    """Print the device agent's recent log, fetched over MQTT (operator role)."""
+    with api_errors(), ApiClient(api, timeout=timeout + 30) as client:
+        logs = client.device_logs(
+            device_id, since_s=parse_duration(since), max_bytes=max_bytes, timeout_s=timeout
+        )
+    if as_json:
+        typer.echo(json.dumps(logs, indent=2))
+        return
+    if logs["truncated"]:
+        err_console.print(
+            f"[yellow]... {logs['omitted']} older lines left out (max_bytes reached)[/]"
+        )
+    for line in logs["lines"]:
+        typer.echo(format_log_line(line))  # the device's text as it is: no markup
+
+
+def format_log_line(line: dict[str, Any]) -> str:
+    """One log record as ``<ts> <LEVEL> <logger> <message>``."""
+    return f"{line['ts']} {line['level']} {line['logger']} {line['message']}"
 
 
 @enrol_app.command("token")

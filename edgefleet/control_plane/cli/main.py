@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import typer
 
+from edgefleet.control_plane.cli.builds import build_app
 from edgefleet.control_plane.cli.bundles import bundle_app, model_app
+from edgefleet.control_plane.cli.db import backup, db_app, restore
 from edgefleet.control_plane.cli.demo import demo
 from edgefleet.control_plane.cli.devices import device_app, enrol_app
 from edgefleet.control_plane.cli.drift import drift_app, hook_app, policy_app, retraining_app
@@ -33,6 +35,7 @@ app.command()(up)
 app.command()(demo)
 app.add_typer(model_app, name="model")
 app.add_typer(bundle_app, name="bundle")
+app.add_typer(build_app, name="build")
 app.add_typer(device_app, name="device")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(trust_app, name="trust")
@@ -45,6 +48,9 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(enrol_app, name="enrol")
 app.add_typer(repo_app, name="repo")
+app.add_typer(db_app, name="db")
+app.command()(backup)
+app.command()(restore)
 
 
 def main() -> None:

@@ -1,5 +1,11 @@
 """What the CLI writes: tables, JSON, and errors as one line and exit code 1.
 
+Text from the server or the user (names, reasons, error messages) is printed as it
+is: both consoles have rich's markup off, so ``[bold]`` or ``[/]`` in a message shows
+as those characters and never styles, hides or breaks the line; long lines are not
+re-wrapped either, so an error pastes back whole. Colour comes from ``Text`` with a
+style, never from markup in a string.
+
 Every command that calls the API wraps the call in :func:`api_errors`, so an API
 error (or a refusal it names) reads the same everywhere: ``error: <reason>`` on
 stderr, exit code 1.
@@ -16,11 +22,12 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from edgefleet.control_plane.client import ApiError
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(markup=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, soft_wrap=True)
 
 
 def setup_logging(level: str) -> None:
@@ -31,7 +38,7 @@ def setup_logging(level: str) -> None:
 
 def fail(error: Exception) -> typer.Exit:
     """Print ``error`` as the command's one error line; raise what this returns."""
-    err_console.print(f"[red]error:[/] {error}")
+    err_console.print(Text.assemble(("error:", "red"), " ", str(error)), highlight=False)
     return typer.Exit(1)
 
 

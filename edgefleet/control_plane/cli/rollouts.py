@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from edgefleet.control_plane.cli.options import (
     DEFAULT_API,
@@ -164,15 +165,15 @@ def _rollout_table(rollout: dict[str, Any]) -> Table:
         gates = []
         for gate in wave.get("gates", []):
             value = "-" if gate["value"] is None else f"{gate['value']:.3f}"
-            mark = "[green]ok[/]" if gate["ok"] else "[red]BREACH[/]"
-            gates.append(f"{gate['name']} {value} / {gate['threshold']} {mark}")
+            mark = Text("ok", "green") if gate["ok"] else Text("BREACH", "red")
+            gates.append(Text.assemble(f"{gate['name']} {value} / {gate['threshold']} ", mark))
         result.add_row(
             str(wave["wave"]),
             str(wave["size"]),
             wave["state"],
             _clock(wave.get("deadline")),
             *(str(sum(counts.get(s, 0) for s in states)) for _n, states in _DEVICE_COLUMNS),
-            "\n".join(gates) or "-",
+            Text("\n").join(gates) if gates else "-",
         )
     return result
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from edgefleet.control_plane.cli.options import DatabaseOption, DataDirOption
 from edgefleet.control_plane.cli.output import console, fail, setup_logging
@@ -86,9 +87,21 @@ def up(
 
     from edgefleet.control_plane.app import create_app, server_options
     from edgefleet.control_plane.core.errors import ControlPlaneError
+    from edgefleet.control_plane.core.netutil import port_taken
     from edgefleet.control_plane.local_stack import LOOPBACK, start_local_stack
 
     setup_logging(log_level)
+    # Refuse before anything starts: a private broker that cannot bind would leave
+    # the control plane talking to whatever already listens there.
+    host = "127.0.0.1" if bind == "localhost" else bind
+    for taken, flag in ((mqtt_port, "--mqtt-port"), (port, "--port")):
+        if port_taken(host, taken):
+            raise fail(
+                OSError(
+                    f"port {taken} on {bind} is already in use (another broker or server?); "
+                    f"stop it or choose a free port with {flag}"
+                )
+            )
     if (https_cert is None) != (https_key is None):
         raise fail(ValueError("--https-cert and --https-key go together"))
     if bind not in LOOPBACK and not mqtt_tls:
@@ -108,11 +121,17 @@ def up(
         raise fail(e) from e
     with stack:
         scheme = "https" if stack.api_tls else "http"
-        console.print(f"[green]broker[/]        {stack.broker.url}")
-        console.print(f"[green]control plane[/] {scheme}://{bind}:{port}  (OpenAPI at /docs)")
+        console.print(Text.assemble(("broker", "green"), f"        {stack.broker.url}"))
+        console.print(
+            Text.assemble(
+                ("control plane", "green"), f" {scheme}://{bind}:{port}  (OpenAPI at /docs)"
+            )
+        )
         if stack.ca is not None:
-            console.print(f"[green]CA[/]            {stack.pki.ca_cert.resolve()}")
-        console.print(f"[green]data[/]          {data_dir.resolve()}")
+            console.print(
+                Text.assemble(("CA", "green"), f"            {stack.pki.ca_cert.resolve()}")
+            )
+        console.print(Text.assemble(("data", "green"), f"          {data_dir.resolve()}"))
         console.print("Ctrl-C stops both.")
         ssl_files: dict[str, Any] = {}
         if stack.api_tls:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.text import Text
 
 from edgefleet.control_plane.cli.options import (
     DEFAULT_API,
@@ -80,7 +81,9 @@ def keys_init(
     repository.init_or_load()
     _print_keys(repository.keys_summary())
     if not passphrase:
-        err_console.print("[yellow]warning:[/] keys are not encrypted (no passphrase given)")
+        err_console.print(
+            Text.assemble(("warning:", "yellow"), " keys are not encrypted (no passphrase given)")
+        )
     console.print(
         f"Move the root key files ({repository.keyring.keys_dir}/root-*.pem) offline; "
         f"{root_threshold} of them are needed to rotate or revoke keys."

@@ -1,10 +1,10 @@
 """API tokens with roles, checked on every route.
 
 Roles are ordered: ``viewer`` reads, ``operator`` changes the fleet (models,
-bundles, rollouts, retraining, policies), ``admin`` also manages signing keys and
-tokens. A token is shown once when issued; only its SHA-256 is stored. On first
-start, with no token in the database, an admin token is issued and written to
-``<data_dir>/admin.token`` (mode 0600) so the operator can get in.
+bundles, rollouts, retraining, policies) and reads devices' logs, ``admin`` also
+manages signing keys and tokens. A token is shown once when issued; only its SHA-256
+is stored. On first start, with no token in the database, an admin token is issued
+and written to ``<data_dir>/admin.token`` (mode 0600) so the operator can get in.
 
 Health, the trust root (public metadata devices are given) and the OpenAPI docs
 need no token; device enrolment has its own one-time tokens.
@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 Role = Literal["viewer", "operator", "admin"]
 RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
 ADMIN_PATHS = ("/api/v1/keys", "/api/v1/tokens")
+OPERATOR_READS = (re.compile(r"^/api/v1/devices/[^/]+/logs/?$"),)
+"""Reads that need the operator role: a device's own log is more than fleet state."""
 OPEN_PATHS = frozenset({"/api/v1/health", "/api/v1/trust/root", "/api/v1/enrol"})
 TOKEN_PREFIX = "eft_"
 TOKEN_NAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
@@ -147,6 +149,8 @@ def required_role(method: str, path: str) -> Role | None:
         return None
     if path.startswith(ADMIN_PATHS):
         return "admin"
+    if any(pattern.match(path) for pattern in OPERATOR_READS):
+        return "operator"
     return "viewer" if method in ("GET", "HEAD", "OPTIONS") else "operator"
 
 

@@ -15,9 +15,10 @@ from typing import Any
 from fastapi import Request
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from edgefleet.control_plane.core import tables  # noqa: F401  (registers the tables)
+from edgefleet.control_plane.core.migrate import prepare_database
 from edgefleet.control_plane.core.settings import Settings
 
 
@@ -52,8 +53,13 @@ def _make_private(database: Path) -> None:
             os.chmod(path, 0o600)
 
 
-def create_db_and_tables(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
+def create_db_and_tables(engine: Engine, *, auto_upgrade: bool = True) -> None:
+    """Bring the database to this release's schema through the migrations.
+
+    Empty: created; older: upgraded unless ``auto_upgrade`` is false; made by
+    ``create_all`` before migrations: stamped and upgraded (see ``core.migrate``).
+    """
+    prepare_database(engine, auto_upgrade=auto_upgrade)
 
 
 def get_session(request: Request) -> Iterator[Session]:

@@ -7,9 +7,10 @@
     ├── ConflictError       a request that clashes with existing state (duplicate version)
     ├── InvalidRequestError a request that is well-formed but cannot be carried out
     ├── BuildError          a bundle could not be built (bad model, failed gate)
-    └── BrokerError         the MQTT broker could not be started or reached
+    ├── BrokerError         the MQTT broker could not be started or reached
+    └── DeviceTimeoutError  a device did not answer in time (offline, or silent)
 
-API routes translate them to 404 / 409 / 422 / 422 / 503 with the message as reason.
+API routes translate them to 404 / 409 / 422 / 422 / 503 / 504 with the message as reason.
 """
 
 from __future__ import annotations
@@ -37,3 +38,9 @@ class BuildError(ControlPlaneError):
 
 class BrokerError(ControlPlaneError):
     pass
+
+
+class DeviceTimeoutError(ControlPlaneError):
+    def __init__(self, message: str, *, device_id: str) -> None:
+        super().__init__(message)
+        self.device_id = device_id

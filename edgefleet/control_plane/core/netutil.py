@@ -13,6 +13,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_taken(host: str, port: int) -> bool:
+    """True when something already listens on ``host:port`` (binding it fails).
+
+    ``SO_REUSEADDR`` as servers set it: a port held only by closing connections
+    (``TIME_WAIT``) counts as free, one with a listener as taken.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def wait_for_port(host: str, port: int, timeout: float) -> bool:
     """True once something accepts TCP connections on ``host:port``, False after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./.edgefleet")
     broker_url: str = "mqtt://127.0.0.1:1883"
     database_url: str | None = None
+    db_auto_upgrade: bool = Field(
+        default=True,
+        description="on start-up, upgrade a database at an older schema revision "
+        "(PostgreSQL: under an advisory lock, once for all replicas); false: refuse to "
+        "start until `edgefleet db upgrade` has run",
+    )
     profiles_dir: Path | None = Field(
         default=None,
         description="a directory of the operator's own profiles; by default the shipped ones",

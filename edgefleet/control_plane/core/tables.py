@@ -50,6 +50,14 @@ class ModelVersion(ModelVersionBase, table=True):
     path: str
     samples_path: str
     signature: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    format: str = Field(default="onnx", max_length=16)  # "onnx" | "tflite", read from the bytes
+    # Every format the version carries (``model.<format>`` beside ``path``): the primary
+    # one, and an export of the same model in the other format when one was registered.
+    formats: list[str] = Field(default_factory=lambda: ["onnx"], sa_column=Column(JSON))
+    # How the two exports agreed on the samples, when there are two.
+    artifact_check: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # Scores output -> class label of each column (an ONNX-ML ZipMap's labels), if any.
+    labels: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = _ts_field()
 
 
@@ -59,6 +67,10 @@ class ModelPublic(ModelVersionBase):
     size_bytes: int
     created_at: datetime
     signature: dict[str, Any]
+    format: str = "onnx"
+    formats: list[str] = ["onnx"]
+    artifact_check: dict[str, Any] | None = None
+    labels: dict[str, Any] | None = None
 
 
 # -- bundles ------------------------------------------------------------------
@@ -97,6 +109,50 @@ class BundlePublic(SQLModel):
     length: int
     created_at: datetime
     manifest: dict[str, Any]
+
+
+class BuildJob(SQLModel, table=True):
+    """One bundle build, run in the background: its state, each candidate as it lands,
+    and the bundle it made or the error that stopped it (with the HTTP status the
+    synchronous build answers)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(index=True, max_length=64)
+    model_version: str = Field(max_length=64)
+    profile: str
+    state: str = Field(default="queued", index=True)  # edgefleet.states.build
+    stage: str | None = None  # what the build is doing now ("measuring int8-static")
+    max_accuracy_drop: float | None = None
+    candidates: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    bundle_id: str | None = None
+    error: str | None = None
+    error_status: int | None = None
+    worker_max_rss_bytes: int | None = None  # peak RSS of the child process that built it
+    owner: str = Field(index=True)  # the replica that runs it
+    created_by: str | None = None
+    created_at: datetime = _ts_field()
+    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class BuildJobPublic(SQLModel):
+    id: int
+    model: str
+    model_version: str
+    profile: str
+    state: str
+    stage: str | None
+    max_accuracy_drop: float | None
+    candidates: list[dict[str, Any]]
+    bundle_id: str | None
+    error: str | None
+    error_status: int | None
+    worker_max_rss_bytes: int | None
+    owner: str
+    created_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
 
 
 # -- devices ------------------------------------------------------------------

@@ -25,6 +25,7 @@ from edgefleet.control_plane.core.tables import (
 )
 from edgefleet.control_plane.drift import retraining
 from edgefleet.control_plane.services import model_registry as model_service
+from edgefleet.control_plane.services.build_worker import build_in_child
 from edgefleet.control_plane.services.bundle_builder import build_bundle
 from edgefleet.control_plane.services.rollouts.lifecycle import create_rollout
 from edgefleet.control_plane.trust.repository import SignedRepository
@@ -100,6 +101,7 @@ class DriftLoop:
             model_name=model,
             model_version=version,
             profile_name=profile,
+            measure=build_in_child,  # candidates in a child process, as API builds
         )
 
     def _roll_out(

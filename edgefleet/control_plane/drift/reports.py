@@ -4,13 +4,18 @@ Devices publish one ``drift`` telemetry event per full window (see
 ``edgefleet.drift``). The cohort of a window is the firmware profile of the bundle
 that scored it; the model version comes from the same bundle, so a window is
 always judged against the reference of the model that produced it.
+
+A window reports its inputs (``drifted``, ``share_drifted``, ``psi``, and since
+calibrated references ``reasons`` and ``new_categories``) and, when the bundle's
+reference holds the model's outputs, the outputs apart (``output``). Windows from
+agents that predate a field decode with it empty; the fleet rule judges inputs only.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +39,10 @@ class DriftPoint:
     share_drifted: float
     drifted: bool
     psi: list[float]
+    reasons: list[str] = field(default_factory=list)
+    new_categories: list[dict[str, Any]] = field(default_factory=list)
+    output_drifted: bool | None = None
+    output_psi: float | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -46,6 +55,10 @@ class DriftPoint:
             "share_drifted": self.share_drifted,
             "drifted": self.drifted,
             "psi": self.psi,
+            "reasons": self.reasons,
+            "new_categories": self.new_categories,
+            "output_drifted": self.output_drifted,
+            "output_psi": self.output_psi,
         }
 
 
@@ -73,6 +86,8 @@ def drift_series(
     points = []
     for event, bundle in reversed(rows):
         data = event.data or {}
+        output = data.get("output")
+        output = output if isinstance(output, dict) else {}
         points.append(
             DriftPoint(
                 ts=event.ts,
@@ -84,6 +99,10 @@ def drift_series(
                 share_drifted=float(data.get("share_drifted", 0.0)),
                 drifted=bool(data.get("drifted", False)),
                 psi=[float(v) for v in data.get("psi", [])],
+                reasons=[str(r) for r in data.get("reasons") or []],
+                new_categories=[c for c in data.get("new_categories") or [] if isinstance(c, dict)],
+                output_drifted=bool(output["drifted"]) if "drifted" in output else None,
+                output_psi=float(output["psi"]) if "psi" in output else None,
             )
         )
     return points
@@ -136,6 +155,7 @@ def summarise(points: Sequence[DriftPoint]) -> dict[str, Any]:
         cohort: {
             "windows": len(items),
             "drifted_windows": sum(p.drifted for p in items),
+            "output_drifted_windows": sum(bool(p.output_drifted) for p in items),
         }
         for cohort, items in by_cohort.items()
     }

@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlmodel import Session, col, func, select
 
-from edgefleet import schema
+from edgefleet import drift, schema
 from edgefleet.bundle import FileRole, write_bundle
 from edgefleet.control_plane.core.errors import BuildError, NotFoundError
 from edgefleet.control_plane.core.settings import Settings, profile_source
@@ -83,32 +84,9 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def reference_statistics(samples: np.ndarray, *, input_name: str) -> dict[str, Any]:
-    """Per-feature histograms of ``samples`` with bin edges at sample quantiles.
-
-    Constant features get a single bin around their value so that any later
-    deviation lands outside it.
-    """
-    features = []
-    for index in range(samples.shape[1]):
-        column = samples[:, index].astype(np.float64)
-        edges = np.unique(np.quantile(column, np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)))
-        if edges.size < 2:
-            edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
-        counts, _ = np.histogram(column, bins=edges)
-        features.append(
-            {
-                "index": index,
-                "edges": [float(e) for e in edges],
-                "proportions": [float(c) / len(column) for c in counts],
-            }
-        )
-    return {
-        "schema_version": 1,
-        "input": input_name,
-        "n_samples": int(samples.shape[0]),
-        "features": features,
-    }
+def reference_statistics(samples: np.ndarray, *, input_name: str, **options: Any) -> dict[str, Any]:
+    """The drift reference of ``samples``: ``edgefleet.drift.reference_statistics``."""
+    return drift.reference_statistics(samples, input_name=input_name, **options)
 
 
 HOLDOUT_NAME = "holdout.npz"
@@ -137,6 +115,15 @@ def _run_smoke(outcome: BuildOutcome, inputs: np.ndarray) -> dict[str, np.ndarra
     return {name: np.concatenate([r[name] for r in rows]) for name in outcome.output_names}
 
 
+def _source_for(model: ModelVersion, profile: FirmwareProfile) -> Path:
+    """The file a profile builds from: the version's export in the profile's own format
+    when it carries one (ONNX for onnxruntime, .tflite for LiteRT), else the primary."""
+    wanted = "onnx" if profile.is_onnx else "tflite"
+    if wanted in (model.formats or []) and wanted != model.format:
+        return Path(model.path).with_name(f"model.{wanted}")
+    return Path(model.path)
+
+
 def _gate_holdout(model: ModelVersion, samples: np.ndarray, given: Holdout | None) -> Holdout:
     if given is not None:
         return given
@@ -157,10 +144,13 @@ def build_bundle(
     max_accuracy_drop: float | None = None,
     holdout: Holdout | None = None,
     progress: Progress | None = None,
+    measure: Callable[..., BuildOutcome] = build_for_profile,
 ) -> Bundle:
     """Build, gate, sign and record a bundle of ``model_name`` ``model_version`` for a profile.
 
     ``BuildError`` when no candidate passes the gate; its message lists every candidate.
+    ``measure`` builds and gates the candidates: ``build_for_profile`` in this process,
+    or ``build_worker.BuildProcess.build`` in a child process (what the API uses).
     """
     profile = get_profile(settings, profile_name)
     model = session.exec(
@@ -170,11 +160,12 @@ def build_bundle(
     ).first()
     if model is None:
         raise NotFoundError(f"model {model_name} version {model_version} not found")
-    model_bytes = Path(model.path).read_bytes()
+    source = _source_for(model, profile)
+    model_bytes = source.read_bytes()
     samples = np.load(model.samples_path, allow_pickle=False).astype(np.float32)
 
     try:
-        outcome = build_for_profile(
+        outcome = measure(
             model_bytes,
             profile,
             calibration=samples,
@@ -228,6 +219,8 @@ def build_bundle(
             # Integer model boundaries: the agent quantizes inputs and dequantizes
             # outputs with these, so clients always send and receive float tensors.
             "quantization": {n: q.as_dict() for n, q in artifact.io_quantization.items()},
+            # Scores output -> the class label of each column (an ONNX-ML ZipMap's labels).
+            **({"labels": model.labels} if model.labels else {}),
             "smoke_test": {
                 "inputs": {input_name: _member_name("smoke_input", input_name)},
                 "expected": expected,
@@ -239,6 +232,8 @@ def build_bundle(
             "reference_stats": REFERENCE_STATS_NAME,
             "lineage": {
                 "source_sha256": outcome.inspection.sha256,
+                "source_format": source.suffix.lstrip("."),
+                **({"artifact_check": model.artifact_check} if model.artifact_check else {}),
                 "model_sha256": model.sha256,
                 "candidate": artifact.name,
                 "recipe": artifact.recipe,

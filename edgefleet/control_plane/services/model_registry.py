@@ -14,8 +14,9 @@ from edgefleet import schema
 from edgefleet.control_plane.core.errors import ConflictError, InvalidRequestError
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.core.tables import MODEL_NAME_PATTERN, ModelVersion
+from edgefleet.converters.artifact_pair import compare_artifacts
 from edgefleet.converters.errors import ConversionError
-from edgefleet.converters.onnx_inspect import inspect_onnx
+from edgefleet.converters.model_format import ReadModel, read_model
 from edgefleet.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -64,12 +65,16 @@ def register_model(
     model_bytes: bytes,
     samples_bytes: bytes,
     holdout_bytes: bytes | None = None,
+    companion_bytes: bytes | None = None,
 ) -> ModelVersion:
     """Check and store a float ONNX model with its samples; ``ConflictError`` if it exists.
 
     The optional holdout (``holdout.npz`` beside the model) is what the accuracy gate
     judges every bundle of this model on; it must not overlap the samples, which
-    calibrate the quantizers.
+    calibrate the quantizers. The optional companion is the same model exported in the
+    other format (an .onnx beside a .tflite): it must serve the same tensors and agree
+    with the model on the samples; ONNX profiles then build from the ONNX file and
+    TFLite profiles from the .tflite.
     """
     if not re.fullmatch(MODEL_NAME_PATTERN, name):
         raise InvalidRequestError(f"name must match {MODEL_NAME_PATTERN}")
@@ -81,9 +86,10 @@ def register_model(
     if existing is not None:
         raise ConflictError(f"model {name} version {version} already exists")
     try:
-        inspection = inspect_onnx(model_bytes)
+        read = read_model(model_bytes)  # .onnx or .tflite, by content; ZipMap removed
     except ConversionError as e:
         raise InvalidRequestError(f"model: {e}") from e
+    model_bytes, inspection = read.data, read.inspection
     inputs = inspection.signature.inputs
     if len(inputs) != 1 or len(inputs[0].shape) != 2:
         raise InvalidRequestError("model: must have exactly one 2-D input [batch, features]")
@@ -97,14 +103,24 @@ def register_model(
 
     if holdout_bytes is not None:
         _check_holdout(holdout_bytes, samples.shape[1])
+    companion: ReadModel | None = None
+    artifact_check = None
+    if companion_bytes is not None:
+        try:
+            companion = read_model(companion_bytes)
+            artifact_check = compare_artifacts(read, companion, samples)
+        except ConversionError as e:
+            raise InvalidRequestError(f"companion: {e}") from e
 
     directory = settings.models_dir / name / version
-    model_path = directory / "model.onnx"
+    model_path = directory / f"model.{read.format}"
     samples_path = directory / "samples.npy"
     atomic_write(model_path, model_bytes)
     atomic_write(samples_path, samples_bytes)
     if holdout_bytes is not None:
         atomic_write(directory / "holdout.npz", holdout_bytes)
+    if companion is not None:
+        atomic_write(directory / f"model.{companion.format}", companion.data)
     model = ModelVersion(
         name=name,
         version=version,
@@ -113,6 +129,10 @@ def register_model(
         path=str(model_path),
         samples_path=str(samples_path),
         signature=schema.to_builtins(inspection.signature),
+        format=read.format,
+        formats=[str(m.format) for m in (read, companion) if m is not None],
+        artifact_check=artifact_check,
+        labels=read.labels or (companion.labels if companion else None) or None,
     )
     session.add(model)
     session.commit()

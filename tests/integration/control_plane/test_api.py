@@ -123,8 +123,13 @@ def test_registered_model_builds_a_bundle_listed_by_the_api(
         "size_bytes",
         "created_at",
         "signature",
+        "format",
+        "formats",
+        "artifact_check",
+        "labels",
     }
     assert model["signature"]["inputs"][0]["name"] == "input"
+    assert (model["format"], model["formats"], model["labels"]) == ("onnx", ["onnx"], None)
     assert [m["name"] for m in client.get("/api/v1/models").json()] == ["digits"]
 
     response = build(client)
@@ -150,7 +155,7 @@ def test_api_refuses_bad_requests_with_reasons(client: TestClient, digits: Digit
 
     invalid = register(client, digits, version="2", model=b"not onnx")
     assert invalid.status_code == 422
-    assert "not a valid ONNX model" in invalid.json()["detail"]
+    assert "not an ONNX or TFLite model" in invalid.json()["detail"]
 
     narrow = register(client, digits, version="3", samples=npy(digits.samples[:, :10]))
     assert narrow.status_code == 422

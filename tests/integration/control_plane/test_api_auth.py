@@ -108,3 +108,18 @@ def test_admin_manages_keys(app_and_admin: tuple[TestClient, str]) -> None:
     (entry,) = audit.json()
     assert entry["actor"] == "bootstrap-admin"
     assert entry["target"] == "timestamp"
+
+
+def test_reading_a_devices_log_needs_the_operator_role(
+    app_and_admin: tuple[TestClient, str],
+) -> None:
+    api, admin = app_and_admin
+    viewer, operator = issue(api, admin, "viewer"), issue(api, admin, "operator")
+    path = "/api/v1/devices/dev-unknown0001/logs"
+    response = api.get(path, headers=bearer(viewer))
+    assert response.status_code == 403
+    assert "operator role required" in response.json()["detail"]
+    # Past authorization: the request itself is judged (unknown device -> 404).
+    assert api.get(path, headers=bearer(operator)).status_code == 404
+    assert required_role("GET", "/api/v1/devices/dev-x/logs") == "operator"
+    assert required_role("GET", "/api/v1/devices/dev-x") == "viewer"

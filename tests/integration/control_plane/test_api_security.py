@@ -38,9 +38,13 @@ ROLE_NEEDED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/profiles"): "viewer",
     ("GET", "/api/v1/bundles"): "viewer",
     ("POST", "/api/v1/bundles"): "operator",
+    ("GET", "/api/v1/builds"): "viewer",
+    ("POST", "/api/v1/builds"): "operator",
+    ("GET", "/api/v1/builds/{build_id}"): "viewer",
     ("GET", "/api/v1/bundles/{bundle_id}"): "viewer",
     ("GET", "/api/v1/devices"): "viewer",
     ("GET", "/api/v1/devices/{device_id}"): "viewer",
+    ("GET", "/api/v1/devices/{device_id}/logs"): "operator",  # a device's log is more
     ("PUT", "/api/v1/devices/{device_id}/labels"): "operator",
     ("POST", "/api/v1/devices/{device_id}/revoke"): "operator",
     ("GET", "/api/v1/groups"): "viewer",
@@ -77,6 +81,7 @@ RANK = {"viewer": 0, "operator": 1, "admin": 2}
 # Path parameters that exist nowhere, so a call that passes authorization changes nothing.
 PATH_VALUES = {
     "bundle_id": "no-such-bundle",
+    "build_id": "999999",
     "device_id": "dev-nosuchdevice",
     "name": "no-such-group",
     "rollout_id": "999999",

@@ -4,11 +4,11 @@ import numpy as np
 from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
-from edgefleet.control_plane.api.deps import RepositoryDep, SessionDep, SettingsDep
+from edgefleet.control_plane.api.deps import ActorDep, BuildsDep, SessionDep
 from edgefleet.control_plane.core.errors import InvalidRequestError
 from edgefleet.control_plane.core.tables import BundleCreate, BundlePublic
 from edgefleet.control_plane.services import bundles as service
-from edgefleet.control_plane.services.bundle_builder import build_bundle
+from edgefleet.control_plane.services.build_jobs import BuildRequest
 from edgefleet.converters.pipeline import Holdout
 
 router = APIRouter(prefix="/bundles", tags=["bundles"])
@@ -47,25 +47,29 @@ def _holdout(body: HoldoutIn | None) -> Holdout | None:
     return Holdout(x=x, y=y, source="holdout given with the build")
 
 
+def build_request(body: BundleBuild) -> BuildRequest:
+    """What the service builds for ``body``; ``InvalidRequestError`` for a bad holdout."""
+    return BuildRequest(
+        model=body.model,
+        version=body.version,
+        profile=body.profile,
+        max_accuracy_drop=body.max_accuracy_drop,
+        holdout=_holdout(body.holdout),
+    )
+
+
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_bundle(
-    session: SessionDep,
-    settings: SettingsDep,
-    repository: RepositoryDep,
-    bundle_in: BundleBuild,
+    session: SessionDep, builds: BuildsDep, actor: ActorDep, bundle_in: BundleBuild
 ) -> BundlePublic:
-    """Build, gate and sign; ``manifest.candidates`` is the table of every candidate."""
-    bundle = build_bundle(
-        session=session,
-        repository=repository,
-        settings=settings,
-        model_name=bundle_in.model,
-        model_version=bundle_in.version,
-        profile_name=bundle_in.profile,
-        max_accuracy_drop=bundle_in.max_accuracy_drop,
-        holdout=_holdout(bundle_in.holdout),
-    )
-    return BundlePublic.model_validate(bundle)
+    """Build, gate and sign, answering when done; ``manifest.candidates`` lists every candidate.
+
+    The build is a job like ``POST /builds`` starts (listed under ``/builds``); this
+    waits for it and answers with its bundle, or with its error.
+    """
+    _job, future = builds.start(session=session, request=build_request(bundle_in), actor=actor)
+    bundle_id = future.result()
+    return BundlePublic.model_validate(service.get_bundle(session=session, bundle_id=bundle_id))
 
 
 @router.get("")

@@ -17,11 +17,15 @@ def register_model(
     settings: SettingsDep,
     name: Annotated[str, Form(pattern=MODEL_NAME_PATTERN)],
     version: Annotated[str, Form(min_length=1, max_length=64)],
-    model: Annotated[UploadFile, File(description="float ONNX model (.onnx)")],
+    model: Annotated[UploadFile, File(description="model: .onnx or .tflite, told by content")],
     samples: Annotated[UploadFile, File(description="representative inputs, float32 2-D .npy")],
     holdout: Annotated[
         UploadFile | None,
         File(description="optional gate holdout: .npz with x (float32 [n, features]) and y"),
+    ] = None,
+    companion: Annotated[
+        UploadFile | None,
+        File(description="the same model in the other format (.tflite beside .onnx, or reverse)"),
     ] = None,
 ) -> ModelPublic:
     registered = service.register_model(
@@ -32,6 +36,7 @@ def register_model(
         model_bytes=model.file.read(),
         samples_bytes=samples.file.read(),
         holdout_bytes=holdout.file.read() if holdout is not None else None,
+        companion_bytes=companion.file.read() if companion is not None else None,
     )
     return ModelPublic.model_validate(registered)
 
