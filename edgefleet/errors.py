@@ -10,7 +10,8 @@
     ├── ProfileError        a firmware profile that does not match its schema
     ├── TransportError      the MQTT link failed (not connected, timed out, refused)
     │   └── FetchError      a remote file could not be fetched (carries the status)
-    └── TransitionError     a state machine was asked for a move its table does not allow
+    ├── TransitionError     a state machine was asked for a move its table does not allow
+    └── WindowError         a maintenance window that cannot be read (cron, time zone)
 
 Each error carries its fields as attributes so callers can report them without
 parsing strings.
@@ -103,3 +104,8 @@ class TransitionError(EdgefleetError):
         self.machine = machine
         self.state = state
         self.trigger = trigger
+
+
+class WindowError(EdgefleetError):
+    """A maintenance window that cannot be read: a cron expression outside the dialect
+    ``edgefleet.maintenance`` reads, an unknown time zone, or a cron that never fires."""

@@ -24,6 +24,7 @@ from msgspec import Meta, field
 
 from edgefleet import schema
 from edgefleet.errors import MessageError
+from edgefleet.maintenance import MaintenanceWindow
 from edgefleet.states.install import InstallState
 
 SCHEMA_VERSION = 1
@@ -126,6 +127,14 @@ class BundleOffer(WireMessage, frozen=True, kw_only=True):
 
     The offer is only a hint: the device trusts nothing in it until the signed
     metadata confirms the target, its hashes and its release counter.
+
+    ``maintenance_window`` (the rollout's option, ``edgefleet.maintenance``) says when
+    the device may switch; outside it the install stops at ``deferred``. It is not
+    signed, and need not be: a window can only delay a switch to a bundle TUF has
+    verified, never make the device install anything else. Whoever can forge an offer
+    can already withhold offers altogether, and a deferred device still runs down its
+    install deadline on the control plane, so a forged window shows as ``deferred``
+    and then ``timed_out``.
     """
 
     type: Literal["offer"] = "offer"
@@ -133,6 +142,7 @@ class BundleOffer(WireMessage, frozen=True, kw_only=True):
     bundle_id: str
     target: str  # target path in the signed targets metadata
     release: Annotated[int, Meta(ge=1)]
+    maintenance_window: MaintenanceWindow | None = None
     ts: float = field(default_factory=time.time)
 
 

@@ -60,7 +60,7 @@ def print_status(config: AgentConfig) -> int:
             f"slot: {record.slot}",
             f"slot_dir: {store.slot_dir(record.slot)}",
         ]
-    lines += _journal_lines(config) + _daemon_lines(config)
+    lines += _journal_lines(config) + _lock_lines(config) + _daemon_lines(config)
     print("\n".join(lines))
     return 0
 
@@ -79,6 +79,22 @@ def _journal_lines(config: AgentConfig) -> list[str]:
     if record.reason:
         lines.append(f"journal_reason: {record.reason}")
     return lines
+
+
+def _lock_lines(config: AgentConfig) -> list[str]:
+    """The update locks applications hold (a deferred switch waits for them)."""
+    from edgefleet.agent.install.deferral import UpdateLock
+
+    locks = UpdateLock(config.data_dir).held()
+    if not locks:
+        return ["update_lock: none"]
+    return [f"update_lock: {lock.holder} until {_lock_until(lock.expires_at)}" for lock in locks]
+
+
+def _lock_until(expires_at: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds")
 
 
 def _daemon_lines(config: AgentConfig) -> list[str]:

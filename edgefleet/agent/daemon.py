@@ -31,6 +31,7 @@ from edgefleet.agent.enrolment.credentials import load_credentials
 from edgefleet.agent.errors import ConfigError, RuntimeLoadError, SlotError
 from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, load_runtime
 from edgefleet.agent.inference.server import InferenceServer
+from edgefleet.agent.install.deferral import UpdateLock
 from edgefleet.agent.install.journal import Journal
 from edgefleet.agent.install.shadow import ShadowRunner
 from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
@@ -194,6 +195,7 @@ class Agent:
         self._published_depth: int | None = None
         self._next_depth_status = 0.0
         self.shadow = ShadowRunner(config.data_dir, self.emit)
+        self.update_lock = UpdateLock(config.data_dir)
         self.installer = Installer(
             config=config,
             slots=self.slots,
@@ -203,6 +205,7 @@ class Agent:
             on_active=self.publish_status,
             stats=self.stats,
             shadow=self.shadow,
+            lock=self.update_lock,
         )
         self.worker = OfferWorker(self.installer)
         self.drift = DriftSupervisor(self.slots, self.emit, sample_size=config.drift.sample_size)
@@ -216,6 +219,7 @@ class Agent:
             nan_policy_by_model=config.inference.nan_policy_by_model,
             observer=self.stats.record,
             input_observer=self.observe_request,
+            agent_routes=self.update_lock.handle,
         )
         self._next_window = time.monotonic() + config.telemetry.window_s
         self._next_status = 0.0
@@ -378,6 +382,8 @@ class Agent:
             "spool_recreated": self.spool.recreated,
             "serving": model.bundle_id if model else None,
             "journal_state": record.state if record else None,
+            "deferred_reason": record.reason if record and record.state == "deferred" else None,
+            "update_locks": [lock.holder for lock in self.update_lock.held()],
         }
         try:
             atomic_write(status_path(self.config.data_dir), json.dumps(status).encode() + b"\n")

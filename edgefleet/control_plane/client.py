@@ -227,7 +227,7 @@ class ApiClient:
         self, *, bundle_id: str, device_ids: list[str] | None = None, **options: Any
     ) -> dict[str, Any]:
         """``options``: selector, strategy, waves, soak_seconds, gates, mode, start,
-        install_timeout_s, wave_timeout_s."""
+        install_timeout_s, wave_timeout_s, maintenance_window."""
         body: dict[str, Any] = {"bundle_id": bundle_id}
         if device_ids:
             body["device_ids"] = device_ids

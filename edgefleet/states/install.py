@@ -4,13 +4,26 @@ control plane's view of each device of a rollout.
 The agent records every state in its journal before it acts on it and reports the
 same names in ``InstallReport``; the whole machine is the ``TRANSITIONS`` table::
 
-    offered -> downloading -> verified -> staged -> smoke_tested -> active -> committed
-       |            |             |          |            |            |
-       +------------+-------------+----------+------------+--> failed  +--> rolled_back
+    offered -> downloading -> verified -> staged -> smoke_tested ----------> active -> committed
+       |            |             |          |          |    |               ^        |
+       |            |             |          |          |    +--> deferred --+        |
+       |            |             |          |          |            |                v
+       +------------+-------------+----------+----------+------------+--> failed  rolled_back
 
 ``active`` is the probation period: the new model serves while the previous one stays
 in the other slot. On start-up ``RESUME`` says where a saved state continues; every
 state not listed rolls back.
+
+``deferred`` is a smoke-tested slot waiting for the switch: the device's application
+holds the update lock, or the device is outside its maintenance window
+(``edgefleet.agent.install.deferral``). It is not terminal and not a failure: the old
+model keeps serving, and when the lock is released or expires, or the window opens,
+the install moves on to ``active``. A restart in ``deferred`` resumes the wait
+(``"await_switch"``: the staged slot is re-verified against its manifest, then the
+wait goes on) instead of rolling back, so an app's lock or a closed window never costs
+a download. For the control plane a ``deferred`` device is still installing
+(``INSTALLING_STATES``): its install deadline keeps running, and a device deferred past
+it is ``timed_out`` like any other.
 
 The control plane tracks a device of a rollout in ``DeviceInstallState``: the states a
 device reports (``committed`` recorded as ``active``, see ``device_state``) plus those
@@ -35,14 +48,15 @@ InstallState = Literal[
     "verified",
     "staged",
     "smoke_tested",
+    "deferred",  # smoke-tested, waiting for the update lock or the maintenance window
     "active",  # switched to the new model; probation running
     "committed",  # probation passed: the previous slot is no longer the fallback
     "failed",
     "rolled_back",
 ]
 InstallEvent = Literal[
-    "start", "downloaded", "unpacked", "smoke_passed", "switched", "probation_passed",
-    "error", "breach", "rollback",
+    "start", "downloaded", "unpacked", "smoke_passed", "defer", "switched",
+    "probation_passed", "error", "breach", "rollback",
 ]  # fmt: skip
 
 TRANSITIONS: dict[tuple[InstallState, InstallEvent], InstallState] = {
@@ -51,6 +65,8 @@ TRANSITIONS: dict[tuple[InstallState, InstallEvent], InstallState] = {
     ("verified", "unpacked"): "staged",
     ("staged", "smoke_passed"): "smoke_tested",
     ("smoke_tested", "switched"): "active",
+    ("smoke_tested", "defer"): "deferred",
+    ("deferred", "switched"): "active",
     ("active", "probation_passed"): "committed",
     ("active", "breach"): "rolled_back",
     ("active", "rollback"): "rolled_back",
@@ -61,16 +77,20 @@ TRANSITIONS: dict[tuple[InstallState, InstallEvent], InstallState] = {
     ("verified", "error"): "failed",
     ("staged", "error"): "failed",
     ("smoke_tested", "error"): "failed",
+    ("deferred", "error"): "failed",
 }
 """``(state, event) -> next state``; a pair not listed is not allowed."""
 
-ResumeAction = Literal["reinstall", "probation"]
+ResumeAction = Literal["reinstall", "await_switch", "probation"]
 RESUME: dict[InstallState, ResumeAction] = {
     # Nothing was switched yet and every step up to here is repeatable: run the
     # install again; the download continues from its .part file or ngclient's cache.
     "offered": "reinstall",
     "downloading": "reinstall",
     "verified": "reinstall",
+    # Smoke-tested and waiting for the lock or the window: re-verify the staged slot
+    # against its manifest and wait on (a slot that fails the check rolls back).
+    "deferred": "await_switch",
     # The new model was switched in and verified: restart its probation period.
     "active": "probation",
 }
@@ -109,6 +129,7 @@ DeviceInstallState = Literal[
     "verified",
     "staged",
     "smoke_tested",
+    "deferred",  # staged and smoke-tested; the switch waits for the lock or the window
     "active",
     "failed",
     "rolling_back",  # a rollback command was sent

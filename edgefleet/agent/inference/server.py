@@ -62,6 +62,9 @@ NanPolicy = Literal["reject", "allow"]
 Observer = Callable[[tuple[str, float, bool]], None]
 """Called after every inference with one (bundle_id, latency in ms, succeeded) tuple;
 on the request path, so it must be cheap (``InferenceStats.record``: a deque append)."""
+AgentRoutes = Callable[[str, list[str], bytes], tuple[HTTPStatus, dict[str, Any]]]
+"""The agent's own routes under ``/v2/agent/update-lock``: (method, path parts after
+it, body) -> (status, JSON body); refusals are answers too, never exceptions."""
 InputObserver = Callable[[ActiveModel, dict[str, np.ndarray], dict[str, np.ndarray]], None]
 """Called after every successful inference with the model, its inputs and its outputs
 (drift scoring, shadow comparison); must not block."""
@@ -101,8 +104,10 @@ class InferenceServer:
         input_observer: InputObserver | None = None,
         nan_policy: NanPolicy = "reject",
         nan_policy_by_model: Mapping[str, NanPolicy] | None = None,
+        agent_routes: AgentRoutes | None = None,
     ) -> None:
         self.holder = holder
+        self.agent_routes = agent_routes
         self.observer = observer
         self.input_observer = input_observer
         self.max_body_bytes = max_body_bytes
@@ -143,8 +148,19 @@ class InferenceServer:
         """Whether NaN and ±Inf inputs reach the model named ``model_name``."""
         return self.nan_policy_by_model.get(model_name, self.nan_policy) == "allow"
 
+    def handle_agent(
+        self, method: str, path: str, body: bytes
+    ) -> tuple[HTTPStatus, dict[str, Any]]:
+        """``/v2/agent/update-lock[/{id}]`` (``edgefleet.agent.install.deferral``)."""
+        parts = [p for p in path.split("?", 1)[0].split("/") if p]
+        if parts[:3] != ["v2", "agent", "update-lock"] or self.agent_routes is None:
+            raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint {shown(path, 200)}")
+        return self.agent_routes(method, parts[3:], body)
+
     def handle_get(self, path: str) -> tuple[HTTPStatus, dict[str, Any]]:
         parts = [p for p in path.split("?", 1)[0].split("/") if p]
+        if parts[:2] == ["v2", "agent"]:
+            return self.handle_agent("GET", path, b"")
         model = self.holder.current()
         if parts == ["v2", "health", "live"]:
             return HTTPStatus.OK, {"live": True}
@@ -171,6 +187,8 @@ class InferenceServer:
 
     def handle_post(self, path: str, body: bytes) -> tuple[HTTPStatus, dict[str, Any]]:
         parts = [p for p in path.split("?", 1)[0].split("/") if p]
+        if parts[:2] == ["v2", "agent"]:
+            return self.handle_agent("POST", path, body)
         if len(parts) != 4 or parts[:2] != ["v2", "models"] or parts[3] != "infer":
             raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint {shown(path, 200)}")
         model = self._model_named(parts[2])
@@ -223,6 +241,11 @@ def _make_handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             self._answer(lambda: server.handle_post(self.path, self._read_body(required=True)))
+
+        def do_DELETE(self) -> None:
+            self._answer(
+                lambda: server.handle_agent("DELETE", self.path, self._read_body(required=False))
+            )
 
         def _answer(self, handle: Callable[[], tuple[HTTPStatus, dict[str, Any]]]) -> None:
             try:

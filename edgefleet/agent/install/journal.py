@@ -28,6 +28,7 @@ from msgspec import field
 from edgefleet import schema
 from edgefleet.agent.errors import JournalError
 from edgefleet.fileio import atomic_write
+from edgefleet.maintenance import MaintenanceWindow
 from edgefleet.states.install import (
     ABORT_EVENTS,
     RESUME,
@@ -61,6 +62,7 @@ class JournalRecord(schema.Open, frozen=True, kw_only=True):
     slot: str | None = None
     previous: dict[str, Any] | None = None  # active.json before the switch (for roll-back)
     reason: str | None = None
+    maintenance_window: MaintenanceWindow | None = None  # from the offer: when to switch
     history: list[InstallState] = field(default_factory=list)
     saves: int = 0
     restarts: int = 0
@@ -144,6 +146,11 @@ class Journal:
         """Count a start-up that found ``record`` unfinished."""
         return self._save(schema.replace(record, restarts=record.restarts + 1))
 
+    def clear_restarts(self, record: JournalRecord) -> JournalRecord:
+        """Forget the restarts counted so far: ``record`` resumed cleanly (a deferred
+        install whose staged slot checked out again), so a restart is no crash loop."""
+        return self._save(schema.replace(record, restarts=0))
+
     def _save(self, record: JournalRecord) -> JournalRecord:
         record = schema.replace(record, saves=record.saves + 1, updated_at=time.time())
         payload = json.dumps(schema.to_builtins(record), sort_keys=True).encode()
@@ -160,14 +167,15 @@ class Journal:
 
 
 def resume_action(record: JournalRecord, *, max_restarts: int = MAX_RESTARTS) -> str:
-    """Start-up action for ``record``: none, reinstall, probation or rollback.
+    """Start-up action for ``record``: none, reinstall, await_switch, probation or rollback.
 
     Args:
         record: the journal's record, its restart already counted (``note_restart``).
         max_restarts: restarts in an unfinished state beyond which it rolls back.
 
     Returns:
-        ``"none"`` for a finished install; ``"reinstall"`` or ``"probation"`` where
+        ``"none"`` for a finished install; ``"reinstall"``, ``"await_switch"`` or
+        ``"probation"`` where
         ``RESUME`` says the state continues; ``"rollback"`` otherwise, and for a
         crash loop.
     """

@@ -9,7 +9,11 @@ before it acts, so a power cut at any point resumes or rolls back on the next st
                  budget before any download; a broken download resumes
     verified     the bundle file matched its signed length and SHA-256
     staged       unpacked into the inactive slot, every member re-checked
-    active       smoke test passed, active.json switched, server swapped: probation
+    smoke_tested the new model loaded and answered its smoke test
+    deferred     the switch waits: the update lock is held, or the device is outside
+                 the offer's maintenance window (``deferral``); reported again when
+                 the reason changes, and the old model keeps serving
+    active       active.json switched, server swapped: probation
     rolled_back  probation breached its health rule, or a rollback command: the
                  previous slot serves again
     failed       any step refused: the current model keeps serving, active.json untouched
@@ -24,14 +28,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from edgefleet import schema
 from edgefleet.agent.config import AgentConfig
-from edgefleet.agent.errors import AgentError, SlotError
-from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, load_runtime
+from edgefleet.agent.errors import AgentError, InstallError, SlotError
+from edgefleet.agent.inference.runtime import (
+    ActiveModel,
+    ModelHolder,
+    ModelRuntime,
+    load_runtime,
+)
 from edgefleet.agent.install.checks import (
     REFUSALS,
     TargetCustom,
@@ -41,6 +51,7 @@ from edgefleet.agent.install.checks import (
     signed_custom,
     unpack_checked,
 )
+from edgefleet.agent.install.deferral import SwitchGate, UpdateLock
 from edgefleet.agent.install.disk import check_disk_budget
 from edgefleet.agent.install.journal import Journal, JournalRecord
 from edgefleet.agent.install.probation import Probation
@@ -50,13 +61,17 @@ from edgefleet.agent.install.smoke import run_smoke_test
 from edgefleet.agent.telemetry.counters import InferenceStats
 from edgefleet.agent.verification.transport import Verifier
 from edgefleet.bundle import Manifest, verify_directory
-from edgefleet.errors import BundleError
+from edgefleet.errors import BundleError, WindowError
+from edgefleet.maintenance import check_window
 from edgefleet.messages import BundleOffer, InstallReport
 from edgefleet.states.install import InstallEvent, InstallState
 
 logger = logging.getLogger(__name__)
 
 ReportSink = Callable[[InstallReport], None]
+
+DEFER_POLL_S = 0.25
+"""How often a deferred install looks at the lock and the window again."""
 
 
 class Installer:
@@ -80,6 +95,7 @@ class Installer:
         stats: InferenceStats | None = None,
         clock: Callable[[], float] = time.monotonic,
         shadow: ShadowRunner | None = None,
+        lock: UpdateLock | None = None,
     ) -> None:
         self.config = config
         self.slots = slots
@@ -92,6 +108,13 @@ class Installer:
         self.shadow = shadow
         self.journal = Journal(config.data_dir)
         self.probation = Probation(self.stats, config.probation, clock)
+        self.gate = SwitchGate(lock or UpdateLock(config.data_dir))
+        self.stopping = threading.Event()
+        """Set by the worker when the agent stops: a deferred install stops waiting and
+        stays ``deferred`` in the journal, to resume on the next start."""
+        self.preempted: Callable[[str], bool] = lambda _bundle_id: False
+        """Whether other work (an offer of another bundle, a command) is queued behind
+        the deferred install of this bundle id: the wait gives way to it."""
 
     # -- install ---------------------------------------------------------------------
 
@@ -140,6 +163,7 @@ class Installer:
                 release=offer.release,
                 rollout_id=offer.rollout_id,
                 restarts=resumed.restarts if resumed else 0,
+                maintenance_window=offer.maintenance_window,
             )
         )
         send("downloading")
@@ -165,6 +189,11 @@ class Installer:
         started: float,
     ) -> InstallReport:
         ensure_trust_root(self.config)
+        if offer.maintenance_window is not None:
+            try:
+                check_window(offer.maintenance_window)
+            except WindowError as e:  # an agent without this time zone, say
+                raise InstallError(f"maintenance window unusable here: {e}") from e
         with self.verifier.open(offer.target) as signed:
             custom = signed_custom(signed)
             active = self.slots.read_active()
@@ -189,6 +218,87 @@ class Installer:
         run_smoke_test(runtime, manifest, slot_dir)
         record = self.journal.fire(record, "smoke_passed")
         send("smoke_tested")
+        return self._switch_when_clear(record, slot, manifest, runtime, send, started, path)
+
+    def resume_deferred(self, record: JournalRecord) -> InstallReport | None:
+        """Continue a ``deferred`` install after a restart: re-verify the staged slot and
+        wait on (``RESUME``'s ``await_switch``).
+
+        Returns:
+            The last report sent, as ``install``; a slot that no longer checks out is
+            rolled back (``failed``: nothing was switched).
+        """
+        started = time.monotonic()
+
+        def send(state: InstallState, **extra: object) -> InstallReport:
+            message = InstallReport(
+                state=state,
+                bundle_id=record.bundle_id,
+                release=record.release,
+                rollout_id=record.rollout_id,
+                **extra,  # type: ignore[arg-type]
+            )
+            self.report(message)
+            return message
+
+        if record.slot not in ("a", "b"):
+            return self.roll_back(record, "error", "deferred install names no slot",
+                                  rollout_id=record.rollout_id)  # fmt: skip
+        slot: SlotName = record.slot  # type: ignore[assignment]
+        try:
+            slot_dir = self.slots.slot_dir(slot)
+            manifest = read_slot_manifest(slot_dir)
+            verify_directory(slot_dir, manifest)
+            if manifest.bundle_id != record.bundle_id:
+                raise SlotError(f"slot {slot} holds {manifest.bundle_id}, not {record.bundle_id}")
+            runtime = load_runtime(manifest, slot_dir)
+        except REFUSALS as e:
+            reason = f"staged slot unusable after restart: {refusal_reason(e)}"
+            return self.roll_back(record, "error", reason, rollout_id=record.rollout_id)
+        # The slot checks out: waiting is not a crash loop, however often the device
+        # restarts while the lock is held or the window is closed.
+        record = self.journal.clear_restarts(record)
+        try:
+            return self._switch_when_clear(record, slot, manifest, runtime, send, started, None)
+        except REFUSALS as e:  # given up for newer work, or the switch itself refused
+            current = self.journal.read() or record
+            return self.roll_back(current, "error", refusal_reason(e),
+                                  rollout_id=record.rollout_id)  # fmt: skip
+
+    def _switch_when_clear(
+        self,
+        record: JournalRecord,
+        slot: SlotName,
+        manifest: Manifest,
+        runtime: ModelRuntime,
+        send: Callable[..., InstallReport],
+        started: float,
+        path: Path | None,
+    ) -> InstallReport:
+        """Wait while the gate holds the switch (state ``deferred``), then switch.
+
+        Raises:
+            InstallError: other work was queued behind the deferred install.
+        """
+        window = record.maintenance_window
+        hold = self.gate.hold_reason(window)
+        if hold is not None:
+            if record.state != "deferred":  # (a resumed install is deferred already)
+                record = self.journal.fire(record, "defer", reason=hold)
+            deferred = send("deferred", reason=hold)
+            logger.info("switch deferred bundle_id=%s reason=%s", record.bundle_id, hold)
+            while hold is not None:
+                if self.stopping.wait(DEFER_POLL_S):
+                    logger.info("agent stopping, install stays deferred bundle_id=%s",
+                                record.bundle_id)  # fmt: skip
+                    return deferred
+                if self.preempted(record.bundle_id) and not self.stopping.is_set():
+                    raise InstallError(f"deferred install given up for newer work ({hold})")
+                now_hold = self.gate.hold_reason(window)
+                if now_hold is not None and now_hold != hold:
+                    deferred = send("deferred", reason=now_hold)
+                hold = now_hold
+            logger.info("switch no longer deferred bundle_id=%s", record.bundle_id)
 
         previous = self.slots.read_active()
         record = self.journal.fire(
@@ -211,8 +321,9 @@ class Installer:
         )
         final = send("active", install_seconds=elapsed)
         self.on_active()
-        with contextlib.suppress(OSError):  # only a cache; TUF re-downloads
-            path.unlink()
+        if path is not None:
+            with contextlib.suppress(OSError):  # only a cache; TUF re-downloads
+                path.unlink()
         self.tick()
         return final
 

@@ -61,8 +61,12 @@ def recover(installer: Installer) -> InstallReport | None:
             target=record.target,
             release=record.release,
             rollout_id=record.rollout_id,
+            maintenance_window=record.maintenance_window,
         )
         return installer.install(offer, resumed=record)
+    if action == "await_switch":
+        # Staged, smoke-tested and waiting for the update lock or the window.
+        return installer.resume_deferred(record)
     if action == "probation":
         if active is not None and active.bundle_id == record.bundle_id:
             installer.probation.start(record.bundle_id)

@@ -9,6 +9,7 @@ this one thread. What each job does lives beside this module, by concern:
     checks.py     what a bundle's signed fields and manifest must prove
     disk.py       the disk budget checked before any download
     probation.py  the health rule's verdict on a freshly switched model
+    deferral.py   the update lock and maintenance window a staged switch waits for
     commands.py   rollback, shadow_start and shadow_stop
     recovery.py   start-up: resume or roll back what the journal left unfinished
     journal.py    the journal every step records itself in before it acts
@@ -49,6 +50,27 @@ class OfferWorker:
             queue.Queue()
         )
         self._thread = threading.Thread(target=self._loop, name="offer-worker", daemon=True)
+        installer.preempted = self._preempted
+
+    def _preempted(self, bundle_id: str) -> bool:
+        """Whether work other than another offer of ``bundle_id`` waits in the queue.
+
+        Called by a deferred install of ``bundle_id``: offers of that same bundle (a
+        re-offer on reconnect) are dropped, since the install under way answers them;
+        anything else makes the deferred install give way.
+        """
+        with self._queue.mutex:
+            items = self._queue.queue
+            duplicates = [
+                item
+                for item in items
+                if item is not None
+                and isinstance(item[0], BundleOffer)
+                and item[0].bundle_id == bundle_id
+            ]
+            for item in duplicates:
+                items.remove(item)
+            return bool(items)
 
     def start(self, *, recover: bool = True) -> None:
         """Start the thread; its first job resumes whatever the journal left unfinished."""
@@ -67,6 +89,7 @@ class OfferWorker:
             timeout: seconds to wait for the job in progress; the thread is a daemon,
                 so one still running then ends with the process.
         """
+        self.installer.stopping.set()  # a deferred install stops waiting, stays deferred
         self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)

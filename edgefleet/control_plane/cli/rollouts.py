@@ -60,6 +60,16 @@ def rollout_create(
     wave_timeout: Annotated[
         str | None, typer.Option(help="how long a wave waits for its installs: 2h")
     ] = None,
+    window_cron: Annotated[
+        str | None,
+        typer.Option(help='maintenance window: when it opens, five-field cron: "0 2 * * *"'),
+    ] = None,
+    window_duration: Annotated[
+        str, typer.Option(help="how long the maintenance window stays open: 2h")
+    ] = "1h",
+    window_tz: Annotated[
+        str, typer.Option(help="the devices' time zone the cron is read in: Europe/Berlin")
+    ] = "UTC",
     api: ApiOption = DEFAULT_API,
 ) -> None:
     """Roll a bundle out in waves, with health gates between them.
@@ -67,6 +77,11 @@ def rollout_create(
     A device that misses its install deadline (or its wave's) is timed out and counts
     as failed; offline devices are not timed out until they are back; `rollout retry`
     offers timed-out and failed devices again.
+
+    With --window-cron the devices download, verify and stage at once but switch only
+    inside the maintenance window (they report `deferred` until then, and while an app
+    on the device holds its update lock); the install deadline keeps running, so give
+    --install-timeout room for the wait.
     """
     selector: dict[str, Any] = {}
     if group:
@@ -80,6 +95,10 @@ def rollout_create(
         "min_agreement": min_agreement,
         "min_inferences": min_inferences,
     }
+    window = None
+    if window_cron:
+        duration = parse_duration(window_duration)
+        window = {"cron": window_cron, "duration_s": duration, "tz": window_tz}
     with api_errors(), ApiClient(api) as client:
         rollout = client.create_rollout(
             bundle_id=bundle,
@@ -93,6 +112,7 @@ def rollout_create(
             start=not draft,
             install_timeout_s=parse_duration(install_timeout) if install_timeout else None,
             wave_timeout_s=parse_duration(wave_timeout) if wave_timeout else None,
+            maintenance_window=window,
         )
     sizes = [w["size"] for w in rollout.get("wave_status", [])]
     console.print(
@@ -104,6 +124,7 @@ def rollout_create(
 _DEVICE_COLUMNS = (
     ("pending", ("pending",)),
     ("downloading", ("offered", "downloading", "verified", "staged", "smoke_tested")),
+    ("deferred", ("deferred",)),
     ("active", ("active", "shadowing")),
     ("failed", ("failed",)),
     ("timed out", ("timed_out",)),
@@ -124,6 +145,12 @@ def _rollout_table(rollout: dict[str, Any]) -> Table:
         f"install timeout {_seconds(rollout.get('install_timeout_s'))}"
         f" · wave timeout {_seconds(rollout.get('wave_timeout_s'))}"
     )
+    window = rollout.get("maintenance_window")
+    if window:
+        timeouts += (
+            f" · window {window['cron']} ({window.get('tz', 'UTC')})"
+            f" for {_seconds(window['duration_s'])}"
+        )
     caption = " · ".join(x for x in (rollout.get("reason"), timeouts) if x)
     result = Table(title=title, caption=caption)
     result.add_column("wave")

@@ -16,6 +16,9 @@ from sqlalchemy import JSON, Column, DateTime, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from edgefleet.control_plane.drift.hook_config import HOOK_NAME_PATTERN
+from edgefleet.errors import WindowError
+from edgefleet.maintenance import MAX_DURATION_S as MAX_WINDOW_S
+from edgefleet.maintenance import MaintenanceWindow, check_window, zone_of
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
@@ -297,6 +300,38 @@ class RolloutGates(SQLModel):
     )
 
 
+class RolloutWindow(SQLModel):
+    """A maintenance window: the devices switch only while it is open (cron in ``tz``).
+
+    Checked here with the same reader the agents use (``edgefleet.maintenance``), so a
+    window a device could not read is refused when the rollout is created.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    cron: str = Field(max_length=200, description='five-field cron, e.g. "0 2 * * *"')
+    duration_s: float = Field(gt=0, le=MAX_WINDOW_S, description="how long each opening lasts")
+    tz: str = Field(default="UTC", max_length=64, description="IANA time zone of the cron")
+
+    @field_validator("tz")
+    @classmethod
+    def _known_zone(cls, tz: str) -> str:
+        try:
+            zone_of(MaintenanceWindow(cron="* * * * *", duration_s=60, tz=tz))
+        except WindowError as e:
+            raise ValueError(str(e)) from e
+        return tz
+
+    @field_validator("cron")
+    @classmethod
+    def _readable_cron(cls, cron: str) -> str:
+        try:
+            check_window(MaintenanceWindow(cron=cron, duration_s=60))
+        except WindowError as e:
+            raise ValueError(str(e)) from e
+        return cron
+
+
 DEFAULT_INSTALL_TIMEOUT_S = 30 * 60.0
 DEFAULT_WAVE_TIMEOUT_S = 2 * 3600.0
 
@@ -334,6 +369,11 @@ class RolloutCreate(SQLModel):
         description="how long a wave waits for its online devices to install; then every "
         "online device still installing is timed_out",
     )
+    maintenance_window: RolloutWindow | None = Field(
+        default=None,
+        description="devices stage at once but switch only inside this window (deferred "
+        "meanwhile); their install deadlines keep running",
+    )
 
 
 class RolloutAction(SQLModel):
@@ -360,6 +400,7 @@ class Rollout(SQLModel, table=True):
     wave_started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     install_timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S
     wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S
+    maintenance_window: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     # The current wave's deadline for its installs (wall clock, from the wave's start).
     wave_deadline_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     soak_started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -438,6 +479,7 @@ class RolloutPublic(SQLModel):
     gates: dict[str, Any] = {}
     install_timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S
     wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S
+    maintenance_window: dict[str, Any] | None = None
     wave: int = 1  # current wave, 1-based
     wave_count: int = 1
     phase: str = "installing"

@@ -14,6 +14,7 @@ from edgefleet.agent.install.journal import (
     next_state,
     resume_action,
 )
+from edgefleet.maintenance import MaintenanceWindow
 from edgefleet.states.install import RESUME, TRANSITIONS
 
 
@@ -62,6 +63,7 @@ def test_every_state_before_the_switch_can_fail_and_only_active_rolls_back() -> 
         ("verified", "reinstall"),
         ("staged", "rollback"),
         ("smoke_tested", "rollback"),
+        ("deferred", "await_switch"),
         ("active", "probation"),
         ("committed", "none"),
         ("failed", "none"),
@@ -72,6 +74,30 @@ def test_resume_map_says_where_each_saved_state_continues(state: str, action: st
     record = JournalRecord(bundle_id="b", target="b.tar", release=1, state=state)  # type: ignore[arg-type]
     assert resume_action(record) == action
     assert RESUME.get(state, "rollback") == action or action == "none"  # type: ignore[call-overload]
+
+
+def test_a_deferred_install_is_recorded_with_its_window_and_resumes_waiting(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path)
+    window = MaintenanceWindow(cron="0 2 * * *", duration_s=3600, tz="Europe/Berlin")
+    record = journal.begin(
+        JournalRecord(bundle_id="b-2", target="b-2.tar", release=2, maintenance_window=window)
+    )
+    for event in ("start", "downloaded", "unpacked", "smoke_passed"):
+        record = journal.fire(record, event)  # type: ignore[arg-type]
+    record = journal.fire(record, "defer", slot="b", reason="update lock held by app")
+    # A restart reads it back from disk: staged and waiting, with the window to wait for.
+    saved = journal.note_restart(Journal(tmp_path).read())  # type: ignore[arg-type]
+    assert saved.state == "deferred" and saved.slot == "b"
+    assert saved.maintenance_window == window
+    assert resume_action(saved) == "await_switch"
+    assert journal.fire(saved, "switched").state == "active"
+    # The slot re-verified: the restart counter is cleared, so waiting is no crash loop.
+    for _ in range(5):
+        saved = journal.note_restart(saved)
+    assert resume_action(saved) == "rollback"
+    assert resume_action(journal.clear_restarts(saved)) == "await_switch"
 
 
 def test_restart_loop_turns_into_a_roll_back(tmp_path: Path) -> None:

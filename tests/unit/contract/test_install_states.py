@@ -23,7 +23,9 @@ from edgefleet.states.install import (
 
 
 def test_the_sets_follow_the_table() -> None:
-    assert {"offered", "downloading", "verified", "staged", "smoke_tested"} == INSTALLING_STATES
+    assert {
+        "offered", "downloading", "verified", "staged", "smoke_tested", "deferred",
+    } == INSTALLING_STATES  # fmt: skip
     assert {"failed", "rolled_back"} == FAILED_STATES
     assert {"committed", "failed", "rolled_back"} == TERMINAL
     assert not {state for state, _event in TRANSITIONS} & (TERMINAL - {"committed"})
@@ -64,3 +66,13 @@ def test_timed_out_is_the_control_planes_own_finished_and_failed_state() -> None
 def test_only_failed_and_timed_out_devices_are_retried() -> None:
     assert {"failed", "timed_out"} == RETRYABLE_DEVICE_STATES
     assert RETRYABLE_DEVICE_STATES <= GATE_FAILED_STATES
+
+
+def test_deferred_waits_between_the_smoke_test_and_the_switch_and_is_not_terminal() -> None:
+    assert TRANSITIONS[("smoke_tested", "defer")] == "deferred"
+    assert TRANSITIONS[("deferred", "switched")] == "active"
+    assert TRANSITIONS[("deferred", "error")] == "failed"
+    assert "deferred" not in TERMINAL and "deferred" not in TERMINAL_DEVICE_STATES
+    # The control plane counts it as installing: its install deadline keeps running.
+    assert "deferred" in INSTALLING_STATES and device_state("deferred") == "deferred"
+    assert RESUME["deferred"] == "await_switch"

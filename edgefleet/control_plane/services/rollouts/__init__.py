@@ -18,10 +18,10 @@ Modules, by concern (callers import from the module they need)::
     outbox        the offers and commands a state change owes devices
 
 Device states (``RolloutDevice.state``): pending -> offered -> downloading ..
-smoke_tested -> active | failed | timed_out; active -> rolling_back -> rolled_back;
-pending -> cancelled when the rollout ends first; shadowing for the shadow strategy;
-superseded when a newer rollout takes the device over; failed | timed_out -> offered
-on an operator's ``retry``.
+smoke_tested [-> deferred] -> active | failed | timed_out; active -> rolling_back ->
+rolled_back; pending -> cancelled when the rollout ends first; shadowing for the shadow
+strategy; superseded when a newer rollout takes the device over; failed | timed_out ->
+offered on an operator's ``retry``.
 
 Precedence when two rollouts target one device: the newest rollout wins. Creating
 a rollout marks the device ``superseded`` in every older draft / in_progress /
@@ -35,6 +35,11 @@ gets them when it returns; when it comes back online the control plane re-offers
 anything still unfinished in an ``in_progress`` rollout. A wave does not wait for
 offline devices; the last wave waits for them (``phase`` = ``waiting_offline``)
 before the rollout is ``complete``, unless an operator aborts it.
+
+Deferral: a device whose application holds the update lock, or that is outside the
+rollout's ``maintenance_window`` (sent in every offer, ``outbox.bundle_offer``), stages
+and reports ``deferred`` with the reason. It is still installing: the wave waits for it
+and its deadlines keep running.
 
 Deadlines (``deadlines``): an online device has ``install_timeout_s`` from its offer,
 and its wave's ``wave_timeout_s`` at most, before it is ``timed_out``; an offline

@@ -95,6 +95,9 @@ def create_rollout(
         gates=rollout_in.gates.model_dump(),
         install_timeout_s=rollout_in.install_timeout_s,
         wave_timeout_s=rollout_in.wave_timeout_s,
+        maintenance_window=(
+            rollout_in.maintenance_window.model_dump() if rollout_in.maintenance_window else None
+        ),
         created_by=actor,
     )
     session.add(rollout)

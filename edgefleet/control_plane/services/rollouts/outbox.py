@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from edgefleet import schema
 from edgefleet.control_plane.core.tables import Bundle, Rollout
+from edgefleet.maintenance import MaintenanceWindow
 from edgefleet.messages import BundleOffer, DeviceCommand
 
 
@@ -35,9 +37,16 @@ def publish_outbox(publisher: FleetPublisher, outbox: Outbox) -> None:
 
 
 def bundle_offer(bundle: Bundle, rollout: Rollout) -> BundleOffer:
-    """The offer that asks a device to install ``bundle`` for ``rollout``."""
+    """The offer that asks a device to install ``bundle`` for ``rollout``, with the
+    rollout's maintenance window when it has one (see ``BundleOffer`` on why the
+    window may travel unsigned)."""
+    window = rollout.maintenance_window
     return BundleOffer(
-        rollout_id=rollout.id, bundle_id=bundle.id, target=bundle.target, release=bundle.release
+        rollout_id=rollout.id,
+        bundle_id=bundle.id,
+        target=bundle.target,
+        release=bundle.release,
+        maintenance_window=schema.convert(window, MaintenanceWindow) if window else None,
     )
 
 

@@ -105,6 +105,7 @@ def rollout_public(*, session: Session, rollout: Rollout) -> RolloutPublic:
         gates=rollout.gates or {},
         install_timeout_s=rollout.install_timeout_s,
         wave_timeout_s=rollout.wave_timeout_s,
+        maintenance_window=rollout.maintenance_window,
         wave=rollout.current_wave + 1,
         wave_count=len(sizes),
         phase=rollout.phase,

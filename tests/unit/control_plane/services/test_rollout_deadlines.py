@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from edgefleet.control_plane.core.tables import (
@@ -13,6 +14,7 @@ from edgefleet.control_plane.core.tables import (
     Bundle,
     Device,
     Rollout,
+    RolloutCreate,
     RolloutDevice,
     utcnow,
 )
@@ -25,7 +27,9 @@ from edgefleet.control_plane.services.rollouts.deadlines import (
     resume_clock,
 )
 from edgefleet.control_plane.services.rollouts.lifecycle import retry_devices
+from edgefleet.control_plane.services.rollouts.outbox import bundle_offer
 from edgefleet.control_plane.services.rollouts.reports import reoffer_on_reconnect
+from edgefleet.maintenance import MaintenanceWindow
 from edgefleet.messages import BundleOffer, DeviceCommand
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -184,3 +188,43 @@ def test_device_back_after_its_wave_deadline_is_timed_out_not_offered(session: S
     assert (row.state, row.timed_out_in) == ("timed_out", "downloading")
     (entry,) = session.exec(select(AuditEntry).where(AuditEntry.action == "rollout.timeout"))
     assert entry.actor == "device:d" and entry.detail["devices"] == {"d": "downloading"}
+
+
+def test_a_deferred_device_keeps_counting_against_its_deadline(session: Session) -> None:
+    window = {"cron": "0 2 * * *", "duration_s": 3600.0, "tz": "Europe/Berlin"}
+    rollout = _rollout(session, {"d": True}, install_timeout_s=60)
+    rollout.maintenance_window = window
+    row = _row(session, rollout, "d")
+    row.state, row.reason = "deferred", "update lock held by robot-arm"
+    session.commit()
+
+    assert enforce_deadlines(session=session, rollout=rollout, now=at(59), actor="t") == []
+    (late,) = enforce_deadlines(session=session, rollout=rollout, now=at(60), actor="t")
+    assert (late.state, late.timed_out_in) == ("timed_out", "deferred")
+    assert late.reason == "install deadline passed (60 s online since the offer) in deferred"
+
+
+def test_the_offer_carries_the_rollouts_maintenance_window(session: Session) -> None:
+    rollout = _rollout(session, {"d": True})
+    bundle = session.get(Bundle, "b-2")
+    assert bundle is not None
+    assert bundle_offer(bundle, rollout).maintenance_window is None
+    rollout.maintenance_window = {"cron": "0 2 * * *", "duration_s": 3600.0, "tz": "UTC"}
+    assert bundle_offer(bundle, rollout).maintenance_window == MaintenanceWindow(
+        cron="0 2 * * *", duration_s=3600, tz="UTC"
+    )
+
+
+@pytest.mark.parametrize(
+    ("window", "why"),
+    [
+        ({"cron": "0 2 * *", "duration_s": 60}, "5 fields"),
+        ({"cron": "0 2 * * *", "duration_s": 60, "tz": "Nowhere/Else"}, "time zone"),
+        ({"cron": "0 2 * * *", "duration_s": 0}, "greater than 0"),
+    ],
+)
+def test_a_window_no_device_could_read_is_refused_at_creation(
+    window: dict[str, object], why: str
+) -> None:
+    with pytest.raises(ValidationError, match=why):
+        RolloutCreate(bundle_id="b", maintenance_window=window)  # type: ignore[arg-type]
