@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlmodel import Session, col, select
 
@@ -118,44 +118,27 @@ def send_rollback(
     """
     now = utcnow()
     sent: list[str] = []
+
+    def command(row: RolloutDevice, name: Literal["rollback", "shadow_stop"]) -> None:
+        publisher.publish_command(
+            row.device_id,
+            DeviceCommand(
+                command=name, rollout_id=rollout.id, bundle_id=rollout.bundle_id, reason=reason
+            ),
+        )
+        sent.append(row.device_id)
+
     for row in rows:
         if row.state == "pending":
             row.state = "cancelled"
         elif row.state == "shadowing":
-            publisher.publish_command(
-                row.device_id,
-                DeviceCommand(
-                    command="shadow_stop",
-                    rollout_id=rollout.id,
-                    bundle_id=rollout.bundle_id,
-                    reason=reason,
-                ),
-            )
+            command(row, "shadow_stop")
             row.state = "cancelled"
-            sent.append(row.device_id)
         elif row.state in INSTALLING_STATES or row.state in ("active", "rolling_back"):
-            publisher.publish_command(
-                row.device_id,
-                DeviceCommand(
-                    command="rollback",
-                    rollout_id=rollout.id,
-                    bundle_id=rollout.bundle_id,
-                    reason=reason,
-                ),
-            )
+            command(row, "rollback")
             row.state = "rolling_back"
-            sent.append(row.device_id)
         elif row.state == TIMED_OUT:
-            publisher.publish_command(
-                row.device_id,
-                DeviceCommand(
-                    command="rollback",
-                    rollout_id=rollout.id,
-                    bundle_id=rollout.bundle_id,
-                    reason=reason,
-                ),
-            )
-            sent.append(row.device_id)
+            command(row, "rollback")  # the row keeps its verdict
             continue
         else:
             continue
