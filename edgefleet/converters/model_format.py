@@ -25,7 +25,6 @@ _KNOWN_MAGIC: list[tuple[bytes, str]] = [
     (b"\x93NUMPY", "a NumPy .npy array"),
     (b"PK\x03\x04", "a ZIP archive (a .npz, a Keras .keras or a PyTorch .pt?)"),
     (b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras .h5?)"),
-    (b"\x80", "a Python pickle (a PyTorch or scikit-learn file?)"),
     (b"\x1f\x8b", "a gzip archive"),
     (b"GGUF", "a GGUF model (llama.cpp)"),
 ]
@@ -38,11 +37,11 @@ def describe_bytes(data: bytes) -> str:
     for magic, what in _KNOWN_MAGIC:
         if data.startswith(magic):
             return what
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle (a PyTorch or scikit-learn file?)"  # PROTO opcode + version
     head = data[:64]
-    if head.lstrip()[:1] in (b"{", b"["):
-        return "JSON or other text"
     if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
-        return "text"
+        return "JSON or other text" if head.lstrip()[:1] in (b"{", b"[") else "text"
     return f"{len(data)} bytes of unknown binary data (starting {data[:8].hex()})"
 
 
