@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -41,3 +42,8 @@ def serve(settings: Settings) -> Iterator[TestClient]:
     with TestClient(app) as client:
         assert app.state.link.wait_subscribed(SUBSCRIBE_TIMEOUT_S), "control plane not subscribed"
         yield client
+
+
+def signed_versions(api: TestClient) -> dict[str, dict[str, Any]]:
+    """The served repository's signed metadata versions, by role."""
+    return dict(api.app.state.repository.versions())  # type: ignore[attr-defined]

@@ -8,15 +8,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet_demo.digits import DigitsModel
-from tests.support.control_plane import serve
+from tests.support.control_plane import serve, signed_versions
 from tests.support.harness import (
     build_bundle,
     provision_agent,
@@ -30,10 +28,6 @@ pytestmark = pytest.mark.integration
 
 PROFILE = "x86-64-gateway-onnx"
 DEVICE = "dev-backup001"
-
-
-def versions(api: TestClient) -> dict[str, dict[str, Any]]:
-    return dict(api.app.state.repository.versions())  # type: ignore[attr-defined]
 
 
 def edgefleet(*args: str) -> str:
@@ -67,13 +61,13 @@ def test_restored_backup_stays_ahead_of_the_agent_and_it_installs_the_next_bundl
                 "the agent to come online",
             )
             assert roll_out(api, first["id"], DEVICE)["state"] == "complete"
-            newest = versions(api)
+            newest = signed_versions(api)
 
         out = edgefleet("restore", str(archive), "--data-dir", str(settings.data_dir))
         assert "re-signed" in out
 
         with serve(settings) as api:
-            restored = versions(api)
+            restored = signed_versions(api)
             for role in ("targets", "snapshot", "timestamp"):
                 assert restored[role]["version"] > newest[role]["version"]
             assert [b["id"] for b in api.get("/api/v1/bundles").json()] == [first["id"]]

@@ -13,15 +13,13 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet_demo.digits import DigitsModel
-from tests.support.control_plane import serve
+from tests.support.control_plane import serve, signed_versions
 from tests.support.harness import (
     build_bundle,
     provision_agent,
@@ -35,10 +33,6 @@ pytestmark = pytest.mark.integration
 
 PROFILE = "x86-64-gateway-onnx"
 DEVICE = "dev-restore001"
-
-
-def versions(api: TestClient) -> dict[str, dict[str, Any]]:
-    return dict(api.app.state.repository.versions())  # type: ignore[attr-defined]
 
 
 def backup_database(path: Path, to: Path) -> None:
@@ -75,9 +69,11 @@ def test_restored_repository_refuses_to_sign_below_the_fleet_until_bumped(
             )
             assert roll_out(api, first["id"], DEVICE)["state"] == "complete"
             # The agent now trusts the newest versions, and says so in its status.
-            newest = versions(api)
+            newest = signed_versions(api)
             wait_until(
-                lambda: versions(api)["targets"]["device_trusts"] == newest["targets"]["version"],
+                lambda: (
+                    signed_versions(api)["targets"]["device_trusts"] == newest["targets"]["version"]
+                ),
                 "the agent to report the targets version it trusts",
             )
 
@@ -87,11 +83,11 @@ def test_restored_repository_refuses_to_sign_below_the_fleet_until_bumped(
         backup.rename(database)
 
         with serve(settings) as api:
-            restored = versions(api)
+            restored = signed_versions(api)
             assert restored["targets"]["version"] < newest["targets"]["version"]
             wait_until(  # the agent's retained status, with what it trusts
                 lambda: (
-                    (v := versions(api)["targets"])["device_trusts"] is not None
+                    (v := signed_versions(api)["targets"])["device_trusts"] is not None
                     and v["device_trusts"] > v["version"]
                 ),
                 "the control plane to see it is behind what the agent trusts",
@@ -109,7 +105,7 @@ def test_restored_repository_refuses_to_sign_below_the_fleet_until_bumped(
                 capture_output=True, text=True, env=os.environ, timeout=120,
             )  # fmt: skip
             assert bump.returncode == 0, bump.stdout + bump.stderr
-            bumped = versions(api)
+            bumped = signed_versions(api)
             for role in ("targets", "snapshot", "timestamp"):
                 assert bumped[role]["version"] > newest[role]["version"]
 
