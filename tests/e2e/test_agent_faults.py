@@ -325,7 +325,11 @@ def test_download_resumes_from_its_last_chunk_after_the_broker_is_killed(rig: Ri
     assert 0 < interrupted_at < len(padding)
     rig.broker.start()
 
-    wait_until(lambda: rig.journal().get("state") == "committed", "the padded bundle to install")
+    # 24 MiB in 16 KiB chunks, one in flight, then TUF and smoke checks: on a loaded
+    # 2-core machine this took over a minute, so the bound is wider than the default.
+    wait_until(
+        lambda: rig.journal().get("state") == "committed", "the padded bundle to install", 240
+    )
     log = rig.log.read_text()
     started = [line for line in log.splitlines() if "download started path=targets/" in line]
     assert len([line for line in started if line.endswith("offset=0")]) == 1, started
