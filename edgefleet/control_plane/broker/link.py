@@ -197,6 +197,7 @@ class FleetLink:
         )
         self.supervisor = Supervisor()
         self._fetch_workers = fetch_workers
+        self._ingest_method = settings.ingest_method
         self._events: queue.Queue[tuple[topics.Up, str, Incoming] | None] = queue.Queue()
         self._fetches: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
         self._telemetry: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
@@ -528,7 +529,7 @@ class FleetLink:
             return []
         try:
             with Session(self._engine) as session:
-                ingest_events(session=session, batch=events)
+                ingest_events(session=session, batch=events, method=self._ingest_method)
             return events
         except Exception as e:
             if is_transient(e):
