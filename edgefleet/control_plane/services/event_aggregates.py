@@ -112,8 +112,8 @@ class _Sums:
             return False
         edges = [num(b) for b in bounds]
         for i, n in enumerate(counts):
-            bound = edges[i] if i < len(edges) else edges[-1] * 2
-            self.buckets[bound] += num(n)
+            if num(n) > 0:  # empty buckets are not stored
+                self.buckets[edges[i] if i < len(edges) else edges[-1] * 2] += num(n)
         return True
 
 
