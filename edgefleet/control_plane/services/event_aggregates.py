@@ -196,7 +196,7 @@ def _upsert_sums(session: Session, sums: dict[AggregateKey, _Sums]) -> None:
         for key in keys
         for s in (sums[key],)
     ]
-    statement = insert(aggregate).values(values)
+    statement = insert(aggregate)
     added = {
         name: aggregate.c[name] + statement.excluded[name]
         for name in (
@@ -209,7 +209,9 @@ def _upsert_sums(session: Session, sums: dict[AggregateKey, _Sums]) -> None:
         )
     }
     added["window_s"] = greatest(aggregate.c.window_s, statement.excluded.window_s)
-    session.execute(statement.on_conflict_do_update(index_elements=list(names), set_=added))
+    # Statements without their values are compiled once and cached; the rows go as
+    # multi-row VALUES batches.
+    session.execute(statement.on_conflict_do_update(index_elements=list(names), set_=added), values)
     buckets = [
         dict(zip(names, key, strict=True)) | {"bound_ms": bound, "inferences": n}
         for key in keys
@@ -217,12 +219,13 @@ def _upsert_sums(session: Session, sums: dict[AggregateKey, _Sums]) -> None:
     ]
     if buckets:
         table: Table = EventHistogramBucket.__table__  # type: ignore[attr-defined]
-        bucket_statement = insert(table).values(buckets)
+        bucket_statement = insert(table)
         session.execute(
             bucket_statement.on_conflict_do_update(
                 index_elements=[*names, "bound_ms"],
                 set_={"inferences": table.c.inferences + bucket_statement.excluded.inferences},
-            )
+            ),
+            buckets,
         )
 
 
@@ -235,12 +238,13 @@ def _upsert_reporters(
         {"rollout_id": r, "device_id": d, "bundle_id": b, "kind": k, "last_ts": ts}
         for (r, d, b, k), ts in sorted(reporters.items())
     ]
-    statement = insert(table).values(values)
+    statement = insert(table)
     session.execute(
         statement.on_conflict_do_update(
             index_elements=["rollout_id", "device_id", "bundle_id", "kind"],
             set_={"last_ts": _greatest(session)(table.c.last_ts, statement.excluded.last_ts)},
-        )
+        ),
+        values,
     )
 
 

@@ -31,8 +31,6 @@ TOUCH_EVERY = timedelta(seconds=5)
 sends many events a second would otherwise rewrite its row in every burst (and replicas
 would queue on its row lock) for a time the stale check reads at minute grain."""
 
-_VALUES_ROWS = 1000
-"""Rows per multi-row INSERT: 9 parameters each stays under SQLite's 32,766."""
 _COLUMNS = ("event_id", "device_id", "kind", "priority", "bundle_id", "release", "ts",
             "received_at", "data")  # fmt: skip
 
@@ -100,19 +98,15 @@ def _values(device_id: str, event: TelemetryEvent, received: datetime) -> dict[s
 
 
 def _values_insert(session: Session, rows: list[dict[str, Any]]) -> set[str]:
-    """Multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING event_id``: the ids stored."""
+    """Multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING event_id``: the ids stored.
+
+    One statement compiled once and cached; SQLAlchemy sends the rows as multi-row VALUES
+    batches ("insertmanyvalues"), so a burst is one round trip, not one per event.
+    """
     table: Table = Event.__table__  # type: ignore[attr-defined]
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    stored: set[str] = set()
-    for start in range(0, len(rows), _VALUES_ROWS):
-        statement = (
-            insert(table)
-            .values(rows[start : start + _VALUES_ROWS])
-            .on_conflict_do_nothing()
-            .returning(table.c.event_id)
-        )
-        stored.update(session.execute(statement).scalars())
-    return stored
+    statement = insert(table).on_conflict_do_nothing().returning(table.c.event_id)
+    return set(session.execute(statement, rows).scalars())
 
 
 def _copy_insert(session: Session, rows: list[dict[str, Any]]) -> set[str]:
