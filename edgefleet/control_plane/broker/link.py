@@ -18,7 +18,9 @@ dies (the death is logged, counted in ``/metrics`` and shown by ``/api/v1/health
   answers that do not decode, to be counted as refused);
 - ``cp-fetch-<n>``: fetch requests, answered from the signed repository;
 - ``cp-telemetry``: telemetry, stored in bursts of up to ``TELEMETRY_BURST`` events
-  per transaction and acknowledged to the broker once the burst is handled.
+  per transaction and acknowledged to the broker once the burst is handled. Its queue
+  holds at most ``TELEMETRY_QUEUE_MAX`` messages; past that a message is acknowledged
+  unreceipted and left to the device's spool, which sends it again.
 
 **Poison messages.** Whatever goes wrong with one message — it does not decode, or
 handling it raises anything at all — is that message's failure: it is logged with the
@@ -118,6 +120,12 @@ logger = logging.getLogger(__name__)
 
 TELEMETRY_BURST = 500
 """Most telemetry events stored in one transaction."""
+TELEMETRY_QUEUE_MAX = 20_000
+"""Most telemetry messages waiting for ``cp-telemetry`` (a few seconds of a fleet's
+telemetry at full speed, some MiB). Past it a message is acknowledged and dropped
+unreceipted: the device keeps it in its spool and sends it again, so a burst the
+database cannot keep up with waits on the devices, not in this process's memory (and
+not in the broker's in-flight window, which fetch requests and reports share)."""
 FETCH_WORKERS = 4
 STOP_TIMEOUT_S = 30.0
 
@@ -200,7 +208,8 @@ class FleetLink:
         self._ingest_method = settings.ingest_method
         self._events: queue.Queue[tuple[topics.Up, str, Incoming] | None] = queue.Queue()
         self._fetches: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
-        self._telemetry: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
+        self._telemetry: queue.Queue[tuple[str, Incoming] | None] = queue.Queue(TELEMETRY_QUEUE_MAX)
+        self.telemetry_shed = 0  # telemetry messages dropped unreceipted on a full queue
         self._log_requests = LogRequests()
         self._started = False
 
@@ -353,7 +362,16 @@ class FleetLink:
         if device_id is None:
             message.ack()
             return
-        self._telemetry.put((device_id, message))
+        try:
+            self._telemetry.put_nowait((device_id, message))
+        except queue.Full:  # shed: the device resends what no receipt named
+            message.ack()
+            self.telemetry_shed += 1
+            if self.telemetry_shed % 1000 == 1:
+                logger.warning(
+                    "telemetry queue full, messages left to the devices' spools shed=%d",
+                    self.telemetry_shed,
+                )
 
     def _on_logs(self, message: Incoming) -> None:
         """A log answer chunk: decoded here (bounded, quick) and handed to its waiter."""
