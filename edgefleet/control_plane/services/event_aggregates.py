@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, func
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -258,47 +259,53 @@ class WaveTelemetry:
     reporters: set[str]  # devices that reported about the rollout's bundle since ``since``
 
 
-def _window(row: EventAggregate, buckets: dict[float, float] | None) -> dict[str, Any]:
-    """One aggregate row as a telemetry window ``gates`` reads (weighted means undone)."""
-    count = row.inferences
-    window: dict[str, Any] = {
-        "count": count,
-        "errors": row.errors,
-        "window_s": row.window_s,
-        "latency_ms": {"p95": row.p95_weighted / count if count else 0.0},
-        "agreement": row.agreement_weighted / count if count else 0.0,
-    }
-    if buckets:
-        bounds = sorted(buckets)
-        window["histogram"] = {"bounds_ms": bounds, "counts": [buckets[b] for b in bounds]}
-    return window
+@dataclass
+class _Group:
+    """The summed aggregate rows of one ``(wave, bundle, kind)``."""
+
+    inferences: float = 0.0
+    errors: float = 0.0
+    p95_weighted: float = 0.0
+    agreement_weighted: float = 0.0
+    unhistogrammed: int = 0
+    window_s: float = 0.0
+    buckets: defaultdict[float, float] = field(default_factory=lambda: defaultdict(float))
+
+    def absorb(self, other: _Group) -> None:
+        self.inferences += other.inferences
+        self.errors += other.errors
+        self.p95_weighted += other.p95_weighted
+        self.agreement_weighted += other.agreement_weighted
+        self.unhistogrammed += other.unhistogrammed
+        self.window_s = max(self.window_s, other.window_s)
+        for bound, n in other.buckets.items():
+            self.buckets[bound] += n
+
+    def windows(self) -> list[dict[str, Any]]:
+        """The group as one telemetry window ``gates`` reads (weighted means undone)."""
+        count = self.inferences
+        if count <= 0:
+            return []
+        window: dict[str, Any] = {
+            "count": count,
+            "errors": self.errors,
+            "window_s": self.window_s,
+            "latency_ms": {"p95": self.p95_weighted / count},
+            "agreement": self.agreement_weighted / count,
+        }
+        if self.buckets and not self.unhistogrammed:  # else: the weighted p95, as before
+            bounds = sorted(self.buckets)
+            window["histogram"] = {"bounds_ms": bounds, "counts": [self.buckets[b] for b in bounds]}
+        return [window]
 
 
-def _merge(
-    rows: Iterable[EventAggregate], buckets: dict[AggregateKey, dict[float, float]]
+def _merged(
+    groups: dict[tuple[int, str, str], _Group], keys: Iterable[tuple[int, str, str]]
 ) -> list[dict[str, Any]]:
-    """Rows of one group summed into one window; histograms only if every row had them."""
-    rows = list(rows)
-    if not rows:
-        return []
-    total = EventAggregate(rollout_id=0, wave=0, bundle_id="", kind="", minute=rows[0].minute)
-    merged: defaultdict[float, float] = defaultdict(float)
-    for row in rows:
-        total.inferences += row.inferences
-        total.errors += row.errors
-        total.p95_weighted += row.p95_weighted
-        total.agreement_weighted += row.agreement_weighted
-        total.unhistogrammed += row.unhistogrammed
-        total.window_s = max(total.window_s, row.window_s)
-        for bound, n in buckets.get(_key(row), {}).items():
-            merged[bound] += n
-    if total.inferences <= 0:
-        return []
-    return [_window(total, None if total.unhistogrammed else dict(merged))]
-
-
-def _key(row: EventAggregate | EventHistogramBucket) -> AggregateKey:
-    return (row.rollout_id, row.wave, row.bundle_id, row.kind, row.minute)
+    total = _Group()
+    for key in keys:
+        total.absorb(groups[key])
+    return total.windows()
 
 
 def read_wave_telemetry(
@@ -311,25 +318,51 @@ def read_wave_telemetry(
     """
     assert rollout.id is not None
     start = _minute(since)
-    rows = session.exec(
-        select(EventAggregate)
-        .where(EventAggregate.rollout_id == rollout.id)
-        .where(col(EventAggregate.minute) >= start)
+    # Summed in the database per (wave, bundle, kind): a handful of rows, however long
+    # the wave has soaked.
+    a = EventAggregate
+    sums = session.execute(
+        sa_select(
+            col(a.wave),
+            col(a.bundle_id),
+            col(a.kind),
+            func.sum(col(a.inferences)),
+            func.sum(col(a.errors)),
+            func.sum(col(a.p95_weighted)),
+            func.sum(col(a.agreement_weighted)),
+            func.sum(col(a.unhistogrammed)),
+            func.max(col(a.window_s)),
+        )
+        .where(col(a.rollout_id) == rollout.id)
+        .where(col(a.minute) >= start)
+        .group_by(col(a.wave), col(a.bundle_id), col(a.kind))
     ).all()
-    bucket_rows = session.exec(
-        select(EventHistogramBucket)
-        .where(EventHistogramBucket.rollout_id == rollout.id)
-        .where(col(EventHistogramBucket.minute) >= start)
+    groups: dict[tuple[int, str, str], _Group] = {}
+    for w, bundle, kind, inferences, errors, p95, agreement, unhistogrammed, window_s in sums:
+        groups[(w, bundle, kind)] = _Group(
+            inferences=float(inferences or 0),
+            errors=float(errors or 0),
+            p95_weighted=float(p95 or 0),
+            agreement_weighted=float(agreement or 0),
+            unhistogrammed=int(unhistogrammed or 0),
+            window_s=float(window_s or 0),
+        )
+    b = EventHistogramBucket
+    buckets = session.execute(
+        sa_select(
+            col(b.wave), col(b.bundle_id), col(b.kind), col(b.bound_ms), func.sum(col(b.inferences))
+        )
+        .where(col(b.rollout_id) == rollout.id)
+        .where(col(b.minute) >= start)
+        .group_by(col(b.wave), col(b.bundle_id), col(b.kind), col(b.bound_ms))
     ).all()
-    buckets: defaultdict[AggregateKey, dict[float, float]] = defaultdict(dict)
-    for bucket in bucket_rows:
-        buckets[_key(bucket)][bucket.bound_ms] = bucket.inferences
+    for w, bundle, kind, bound, n in buckets:
+        if (w, bundle, kind) in groups:
+            groups[(w, bundle, kind)].buckets[float(bound)] += float(n or 0)
     ours = rollout.bundle_id
-    candidate = [
-        r for r in rows if r.kind == "inference" and r.wave == wave and r.bundle_id == ours
-    ]
-    baseline = [r for r in rows if r.kind == "inference" and r.bundle_id != ours]
-    shadow = [r for r in rows if r.kind == "shadow" and r.wave == wave and r.bundle_id == ours]
+    candidate = [k for k in groups if k[2] == "inference" and k[0] == wave and k[1] == ours]
+    baseline = [k for k in groups if k[2] == "inference" and k[1] != ours]
+    shadow = [k for k in groups if k[2] == "shadow" and k[0] == wave and k[1] == ours]
     kinds = ["inference", "shadow"] if rollout.strategy == "shadow" else ["inference"]
     reporters = session.exec(
         select(RolloutReporter.device_id)
@@ -339,8 +372,8 @@ def read_wave_telemetry(
         .where(col(RolloutReporter.last_ts) >= since)
     ).all()
     return WaveTelemetry(
-        candidate=_merge(candidate, buckets),
-        baseline=_merge(baseline, buckets),
-        shadow=_merge(shadow, buckets),
+        candidate=_merged(groups, candidate),
+        baseline=_merged(groups, baseline),
+        shadow=_merged(groups, shadow),
         reporters=set(reporters),
     )
