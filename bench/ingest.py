@@ -217,6 +217,16 @@ def start_replica(root: Path, n: int, broker: str, url: str, method: str) -> Rep
     return replica
 
 
+def shed_count(replicas: list[Replica]) -> int:
+    """Telemetry the replicas shed on a full queue (the last count each one logged)."""
+    total = 0
+    for replica in replicas:
+        lines = replica.log.read_text(errors="replace").splitlines()
+        counts = [int(line.rsplit("shed=", 1)[1]) for line in lines if "shed=" in line]
+        total += max(counts, default=0)
+    return total
+
+
 def stop_replica(replica: Replica) -> None:
     if replica.process.poll() is None:
         replica.process.terminate()
@@ -257,9 +267,15 @@ def make_payloads(devices: list[str], count: int, seed_n: int) -> list[tuple[str
 
 
 def publisher(
-    port: int, payloads: list[tuple[str, bytes]], ready: Any, go: MpEvent, result: Any
+    port: int,
+    payloads: list[tuple[str, bytes]],
+    rate: float,
+    ready: Any,
+    go: MpEvent,
+    result: Any,
 ) -> None:
-    """Publish ``payloads`` at QoS 1 as fast as the broker acknowledges; send the timings."""
+    """Publish ``payloads`` at QoS 1 at ``rate`` events/s (a fleet's steady telemetry, not
+    one unbounded burst); send the timings once the broker acknowledged them all."""
     acked = threading.Semaphore(0)
     client = paho.Client(
         callback_api_version=paho.CallbackAPIVersion.VERSION2,
@@ -274,7 +290,10 @@ def publisher(
     ready.put(True)
     go.wait()
     start = time.time()
-    for topic, payload in payloads:
+    for n, (topic, payload) in enumerate(payloads):
+        ahead = start + n / rate - time.time()
+        if ahead > 0:
+            time.sleep(ahead)
         client.publish(topic, payload, qos=1)
     got = 0
     while got < len(payloads) and acked.acquire(timeout=120):
@@ -344,6 +363,7 @@ def probe_for(replica: Replica, rollout_id: int, seconds: float) -> Latencies:
 
 def run_ingest(args: argparse.Namespace, *, method: str, replicas: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="edgefleet-ingest-"))
+    os.chmod(root, 0o711)  # the broker may run as its own user: it must reach its dir
     url = create_database()
     devices = [f"dev-{i:012x}" for i in range(args.devices)]
     rollout_id = seed(url, root / "seed", devices)
@@ -363,7 +383,10 @@ def run_ingest(args: argparse.Namespace, *, method: str, replicas: int) -> dict[
         ctx = multiprocessing.get_context("spawn")
         ready, result, go = ctx.Queue(), ctx.Queue(), ctx.Event()
         procs = [
-            ctx.Process(target=publisher, args=(broker.port, share, ready, go, result))
+            ctx.Process(
+                target=publisher,
+                args=(broker.port, share, args.rate / args.publishers, ready, go, result),
+            )
             for share in shares
         ]
         for p in procs:
@@ -379,13 +402,14 @@ def run_ingest(args: argparse.Namespace, *, method: str, replicas: int) -> dict[
         go.set()
         prober.start()
         deadline = time.monotonic() + args.timeout
-        stored = 0
-        while time.monotonic() < deadline:
-            stored = count_events(url)
+        stored, grew_at, done = 0, time.monotonic(), time.time()
+        while time.monotonic() < deadline and time.monotonic() - grew_at < args.stall_s:
+            now_stored = count_events(url)
+            if now_stored > stored:
+                stored, grew_at, done = now_stored, time.monotonic(), time.time()
             if stored >= unique:
                 break
             time.sleep(0.2)
-        done = time.time()
         stop.set()
         prober.join()
         timings = [result.get(timeout=120) for _ in procs]
@@ -406,6 +430,7 @@ def run_ingest(args: argparse.Namespace, *, method: str, replicas: int) -> dict[
             "duplicates": dup,
             "seconds": round(elapsed, 2),
             "stored_per_s": round(stored / elapsed),
+            "shed": shed_count(started),
             "offered_per_s": round(sum(t["published"] for t in timings) / published_s),
             "cpu_s": cpu,
             "api_idle": idle.summary(),
@@ -566,7 +591,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", default="values,copy")
     parser.add_argument("--replicas", default="1,2", help="replica counts to run")
     parser.add_argument("--idle-probe-s", type=float, default=5.0)
+    parser.add_argument("--rate", type=float, default=8000.0,
+                        help="events/s offered by all publishers together")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--stall-s", type=float, default=20.0,
+                        help="stop waiting when nothing was stored for this long")  # fmt: skip
     parser.add_argument("--gate-rows", type=int, default=10_000_000)
     parser.add_argument("--gate-repeats", type=int, default=5)
     parser.add_argument("--soak-hours", type=float, default=24.0,
