@@ -329,8 +329,11 @@ class Latencies:
         }  # fmt: skip
 
 
-def probe_api(replica: Replica, rollout_id: int, stop: threading.Event) -> Latencies:
-    """Call rollout status and device list in turn until ``stop``; their latencies."""
+def probe_api(
+    replica: Replica, rollout_id: int, stop: threading.Event, interval: float
+) -> Latencies:
+    """Call rollout status and device list every ``interval`` s until ``stop`` (an operator
+    console polling), and record their latencies."""
     token = replica.token()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     latencies = Latencies()
@@ -344,16 +347,16 @@ def probe_api(replica: Replica, rollout_id: int, stop: threading.Event) -> Laten
                     into.append(time.perf_counter() - began)
                 except httpx.HTTPError:
                     latencies.errors += 1
-            stop.wait(0.05)
+            stop.wait(interval)
     return latencies
 
 
-def probe_for(replica: Replica, rollout_id: int, seconds: float) -> Latencies:
+def probe_for(replica: Replica, rollout_id: int, seconds: float, interval: float) -> Latencies:
     stop = threading.Event()
     timer = threading.Timer(seconds, stop.set)
     timer.start()
     try:
-        return probe_api(replica, rollout_id, stop)
+        return probe_api(replica, rollout_id, stop, interval)
     finally:
         timer.cancel()
 
@@ -374,7 +377,7 @@ def run_ingest(args: argparse.Namespace, *, method: str, replicas: int) -> dict[
         for n in range(replicas):
             started.append(start_replica(root, n, broker.url, url, method))
         time.sleep(2)  # every replica's subscription acknowledged before the first event
-        idle = probe_for(started[0], rollout_id, args.idle_probe_s)
+        idle = probe_for(started[0], rollout_id, args.idle_probe_s, args.probe_interval)
         per = args.events // args.publishers
         shares = [make_payloads(devices, per, seed_n=n) for n in range(args.publishers)]
         redelivered = int(per * args.redeliver)
@@ -397,7 +400,9 @@ def run_ingest(args: argparse.Namespace, *, method: str, replicas: int) -> dict[
         stop = threading.Event()
         probe: dict[str, Latencies] = {}
         prober = threading.Thread(
-            target=lambda: probe.setdefault("busy", probe_api(started[0], rollout_id, stop))
+            target=lambda: probe.setdefault(
+                "busy", probe_api(started[0], rollout_id, stop, args.probe_interval)
+            )
         )
         go.set()
         prober.start()
@@ -590,7 +595,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="share of events published twice with the same id")  # fmt: skip
     parser.add_argument("--methods", default="values,copy")
     parser.add_argument("--replicas", default="1,2", help="replica counts to run")
-    parser.add_argument("--idle-probe-s", type=float, default=5.0)
+    parser.add_argument("--idle-probe-s", type=float, default=10.0)
+    parser.add_argument("--probe-interval", type=float, default=0.5,
+                        help="seconds between the API probe's rounds (2 calls each)")  # fmt: skip
     parser.add_argument("--rate", type=float, default=8000.0,
                         help="events/s offered by all publishers together")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=600.0)
