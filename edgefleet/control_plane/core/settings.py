@@ -108,9 +108,10 @@ class Settings(BaseSettings):
         "PostgreSQL, deleted rows on SQLite)",
     )
     ingest_method: Literal["values", "copy"] = Field(
-        default="values",
-        description="how telemetry bursts are written on PostgreSQL: multi-row INSERT "
-        "(values) or COPY through a staging table (copy); bench/ingest.py measures both",
+        default="copy",
+        description="how telemetry bursts are written on PostgreSQL: COPY through a staging "
+        "table (copy, measured faster by bench/ingest.py) or multi-row INSERT (values); "
+        "SQLite always uses multi-row INSERT",
     )
     rollout_tick_s: float = Field(
         default=1.0, gt=0, le=60, description="how often the orchestrator advances rollouts"

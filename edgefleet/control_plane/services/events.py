@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 IngestMethod = Literal["values", "copy"]
 """How a burst reaches PostgreSQL: one multi-row ``INSERT ... ON CONFLICT DO NOTHING``
 (``values``), or ``COPY`` into a staging table then ``INSERT ... SELECT ... ON CONFLICT
-DO NOTHING`` (``copy``). SQLite always takes ``values``. ``bench/ingest.py`` measures both."""
+DO NOTHING`` (``copy``, the control plane's default: ``bench/ingest.py`` measured it 1.4x
+faster end to end and about 2x faster at the database). SQLite always takes ``values``."""
 
 TOUCH_EVERY = timedelta(seconds=5)
 """``last_seen`` is refreshed at most this often per device by telemetry: a device that
