@@ -140,6 +140,8 @@ class BundleOffer(WireMessage, frozen=True, kw_only=True):
     type: Literal["offer"] = "offer"
     rollout_id: int | None = None
     bundle_id: str
+    kind: Literal["model", "agent"] = "model"
+    """Which install pipeline takes the offer; the signed target's ``kind`` must agree."""
     target: str  # target path in the signed targets metadata
     release: Annotated[int, Meta(ge=1)]
     maintenance_window: MaintenanceWindow | None = None

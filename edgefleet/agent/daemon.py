@@ -33,6 +33,7 @@ from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, load_run
 from edgefleet.agent.inference.server import InferenceServer
 from edgefleet.agent.install.deferral import UpdateLock
 from edgefleet.agent.install.journal import Journal
+from edgefleet.agent.install.selfupdate import SelfUpdater
 from edgefleet.agent.install.shadow import ShadowRunner
 from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
 from edgefleet.agent.install.updater import Installer, OfferWorker, ensure_trust_root
@@ -207,7 +208,10 @@ class Agent:
             shadow=self.shadow,
             lock=self.update_lock,
         )
-        self.worker = OfferWorker(self.installer)
+        self.self_updater = SelfUpdater(
+            config=config, verifier=self.installer.verifier, report=self.publish_report
+        )
+        self.worker = OfferWorker(self.installer, self_updater=self.self_updater)
         self.drift = DriftSupervisor(self.slots, self.emit, sample_size=config.drift.sample_size)
         self.server = InferenceServer(
             self.holder,
@@ -232,6 +236,8 @@ class Agent:
         ensure_trust_root(self.config)
         self.holder.swap(load_active_model(self.slots))
         self.server.start()
+        # Before any offer runs: a release the launcher undid is on record (and reported).
+        self.self_updater.start(self.session.wait_connected)
         self.worker.start()
         self.forwarder.start()
         self.session.on_offer(self.handle_offer)

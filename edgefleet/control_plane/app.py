@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
 from edgefleet.control_plane.api.routes import (
+    agent_releases,
     audit,
     builds,
     bundles,
@@ -170,6 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
         models,
         profiles,
         bundles,
+        agent_releases,
         builds,
         devices,
         groups,
