@@ -239,6 +239,7 @@ class Launcher:
         if trial and version is not None:
             env[TRIAL_ENV] = version
         logger.info("starting agent version=%s trial=%s", version or "installed", trial)
+        self.store.root.mkdir(parents=True, exist_ok=True)
         return AgentProcess(self.command(), env, self.store.root.parent)
 
     def run(self) -> int:
