@@ -25,7 +25,10 @@ Otherwise (the new agent exited, or the deadline passed) it stops the new one, w
 old version again, which reports the failed update to the control plane.
 
 An agent that exits on its own (not asked to) is restarted, after a back-off that grows
-while it keeps failing. SIGTERM or SIGINT stops the agent and then the launcher.
+while it keeps failing. A handed-over version that exits ``CRASH_LOOP_EXITS`` times in a
+row, each within ``QUICK_EXIT_S`` of its start, is given up: the version it replaced is
+current again and reports why, as after a failed handover. SIGTERM or SIGINT stops the
+agent and then the launcher.
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ LAUNCHER_ENV = "EDGEFLEET_AGENT_LAUNCHER"
 """Set for every agent the launcher starts: an agent without it refuses agent releases,
 since nothing would hand over to them."""
 STDERR_TAIL_LINES = 20
+QUICK_EXIT_S = 60.0
+"""An agent that exits sooner than this after its start counts towards a crash loop."""
+CRASH_LOOP_EXITS = 3
+"""Quick exits in a row after which a handed-over version is given up for the previous."""
 DEFAULT_DEADLINE_S = 120.0
 POLL_S = 0.2
 
@@ -245,28 +252,60 @@ class Launcher:
     def run(self) -> int:
         """Supervise until stopped; the exit code of the launcher."""
         backoff = 1.0
+        quick_exits = 0
         child = self.spawn(self.store.current().get("version"))
         started = time.monotonic()
         while not self.stopping.wait(POLL_S):
             request = self.store.request()
             if request is not None:
                 child = self.hand_over(child, request)
-                started = time.monotonic()
+                started, quick_exits = time.monotonic(), 0
                 continue
             code = child.poll()
             if code is None:
-                if time.monotonic() - started > 60.0:
-                    backoff = 1.0  # it ran a while: the next crash starts the back-off anew
+                if time.monotonic() - started > QUICK_EXIT_S:
+                    backoff, quick_exits = 1.0, 0  # it ran a while: a crash starts anew
                 continue
-            logger.error("agent exited code=%d, restarting in %.0f s", code, backoff)
-            if self.stopping.wait(backoff):
-                break
-            backoff = min(backoff * 2, self.max_backoff_s)
+            quick_exits += 1
+            if quick_exits >= CRASH_LOOP_EXITS and self.give_up_current(child, code, quick_exits):
+                backoff, quick_exits = 1.0, 0
+            else:
+                logger.error("agent exited code=%d, restarting in %.0f s", code, backoff)
+                if self.stopping.wait(backoff):
+                    break
+                backoff = min(backoff * 2, self.max_backoff_s)
             child = self.spawn(self.store.current().get("version"))
             started = time.monotonic()
         child.stop(self.stop_timeout_s)
         logger.info("launcher stopped")
         return 0
+
+    def give_up_current(self, child: AgentProcess, code: int, exits: int) -> bool:
+        """A handed-over version that keeps exiting on start: make the version it replaced
+        current again, and leave the reason for that one to report. False when there is
+        nothing to go back to (the agent installed with the launcher)."""
+        current = self.store.current()
+        previous = current.get("previous_record")
+        if current.get("version") is None or not isinstance(previous, dict):
+            return False
+        reason = (
+            f"agent {current['version']} exited {exits} times within {QUICK_EXIT_S:.0f} s of "
+            f"starting (last code {code}); went back to {previous.get('version') or 'installed'}"
+        )
+        self.store.set_outcome(
+            HandoverOutcome(
+                version=str(current["version"]),
+                bundle_id=str(current.get("bundle_id")),
+                release=int(current.get("release") or 0),
+                rollout_id=current.get("rollout_id"),
+                reason=reason,
+                exit_code=code,
+                stderr_tail=child.stderr_tail(),
+            )
+        )
+        self.store.set_current(previous)
+        logger.error("crash loop, going back reason=%s", reason)
+        return True
 
     def hand_over(self, old: AgentProcess, request: HandoverRequest) -> AgentProcess:
         """Stop ``old``, try ``request.version``; the child that runs afterwards."""
@@ -299,7 +338,10 @@ class Launcher:
                     "version": request.version,
                     "bundle_id": request.bundle_id,
                     "release": request.release,
+                    "rollout_id": request.rollout_id,
                     "previous": current.get("version"),
+                    # What a crash loop goes back to (one step: not its own previous).
+                    "previous_record": {k: v for k, v in current.items() if k != "previous_record"},
                 }
             )
             self.store.remove("handover.json")

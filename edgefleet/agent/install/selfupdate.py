@@ -227,10 +227,11 @@ class SelfUpdater:
     # -- install ---------------------------------------------------------------------
 
     def running_bundle(self) -> str | None:
-        """The agent release this process is (None: the agent installed by hand)."""
-        if self.trial:
-            request = self.store.request()
-            return request.bundle_id if request else None
+        """The agent release this process is (None: the agent installed by hand): on
+        trial, the one handed over to; once the launcher committed it, ``current.json``'s."""
+        request = self.store.request() if self.trial else None
+        if request is not None:
+            return request.bundle_id
         bundle_id = self.store.current().get("bundle_id")
         return str(bundle_id) if bundle_id else None
 

@@ -30,6 +30,7 @@ from edgefleet.bundle import FileRole, write_bundle
 from edgefleet.control_plane.core.errors import BuildError, InvalidRequestError
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.core.tables import Bundle
+from edgefleet.control_plane.services.audit import record_audit
 from edgefleet.control_plane.services.bundle_builder import _build_lock, get_profile, next_release
 from edgefleet.control_plane.trust.repository import SignedRepository
 from edgefleet.errors import BundleError
@@ -79,6 +80,7 @@ def add_agent_release(
     version: str,
     profile_name: str,
     wheels: Mapping[str, bytes],
+    actor: str = "system",
 ) -> Bundle:
     """Sign and record ``wheels`` as agent release ``version`` for one profile.
 
@@ -89,6 +91,7 @@ def add_agent_release(
         version: the version the agent's code says (``edgefleet.agent.__version__``).
         profile_name: the firmware profile whose devices may install it.
         wheels: file name -> bytes, every one a pure-Python wheel.
+        actor: who added it, for the audit entry (``agent_release.add``).
 
     Returns:
         The bundle, ready for ``rollout create``.
@@ -162,6 +165,13 @@ def add_agent_release(
             manifest=schema.to_builtins(manifest, omit_none=True),
         )
         session.add(bundle)
+        record_audit(
+            session=session,
+            actor=actor,
+            action="agent_release.add",
+            target=bundle_id,
+            detail={"version": version, "profile": profile.name, "wheels": sorted(wheels)},
+        )
         session.commit()
         session.refresh(bundle)
     logger.info("agent release added bundle_id=%s version=%s bytes=%d", bundle_id, version,

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,22 +48,35 @@ def starts(store: VersionStore, version: str) -> int:
     return len(path.read_text()) if path.exists() else 0
 
 
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[Launcher]:
+CRASHING = "raise SystemExit(4)\n"
+
+
+@contextmanager
+def running_launcher(tmp_path: Path, current: dict[str, Any]) -> Iterator[Launcher]:
+    """A launcher over stand-in versions a, hangs, good and crashes, ``current`` first."""
     store = VersionStore(tmp_path)
     make_version(store, "a", STANDING)
     make_version(store, "hangs", STANDING)
     make_version(store, "good", CONFIRMING)
-    store.set_current({"version": "a", "bundle_id": "agent-a-r1", "release": 1})
+    make_version(store, "crashes", CRASHING)
+    store.set_current(current)
     running = Launcher(tmp_path / "agent.toml", tmp_path, deadline_s=2.0, stop_timeout_s=5.0)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
-    wait_until(lambda: starts(store, "a") == 1, "version a to start")
     try:
         yield running
     finally:
         running.stopping.set()
         thread.join(30)
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    with running_launcher(
+        tmp_path, {"version": "a", "bundle_id": "agent-a-r1", "release": 1}
+    ) as running:
+        wait_until(lambda: starts(running.store, "a") == 1, "version a to start")
+        yield running
 
 
 def test_new_version_that_never_reports_is_undone_after_the_deadline(launcher: Launcher) -> None:
@@ -84,10 +99,28 @@ def test_new_version_that_confirms_becomes_current(launcher: Launcher) -> None:
 
     wait_until(lambda: store.current()["version"] == "good", "the handover to be committed")
 
-    assert store.current() == {
-        "version": "good", "bundle_id": "agent-g-r3", "release": 3, "previous": "a"
-    }  # fmt: skip
+    current = store.current()
+    assert (current["version"], current["bundle_id"], current["previous"]) == (
+        "good", "agent-g-r3", "a"
+    )  # fmt: skip
+    assert current["previous_record"]["bundle_id"] == "agent-a-r1"
     assert store.outcome() is None
     assert starts(store, "a") == 1
     assert not (store.root / "handover.json").exists()
     assert json.loads((store.root / "current.json").read_text())["previous"] == "a"
+
+
+def test_handed_over_version_in_a_crash_loop_gives_way_to_the_previous(tmp_path: Path) -> None:
+    previous = {"version": "a", "bundle_id": "agent-a-r1", "release": 1}
+    current = {"version": "crashes", "bundle_id": "agent-c-r4", "release": 4,
+               "rollout_id": 9, "previous_record": previous}  # fmt: skip
+
+    with running_launcher(tmp_path, current) as launcher:
+        store = launcher.store
+        outcome = wait_until(store.outcome, "the launcher to give up the crashing version")
+        wait_until(lambda: starts(store, "a") == 1, "version a to run again")
+
+    assert "exited 3 times" in outcome.reason and "went back to a" in outcome.reason
+    assert (outcome.bundle_id, outcome.rollout_id, outcome.exit_code) == ("agent-c-r4", 9, 4)
+    assert store.current() == previous
+    assert starts(store, "crashes") == 3

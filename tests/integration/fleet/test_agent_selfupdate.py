@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,11 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 import edgefleet
 from edgefleet.agent import __version__ as VERSION_A
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.cli.main import app as cli
+from edgefleet.control_plane.core.netutil import free_port, wait_for_port
 from edgefleet.control_plane.core.settings import Settings
 from tests.support.control_plane import serve
 from tests.support.harness import provision_agent, roll_out
@@ -74,6 +79,7 @@ def pack_agent_wheel(version: str, *, patches: dict[str, str] | None = None) -> 
 @dataclass
 class Device:
     api: TestClient
+    url: str  # the same app over HTTP, for the CLI
     launcher: subprocess.Popen[bytes]
     data_dir: Path
     log: Path
@@ -120,11 +126,20 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
                      "--handover-deadline", "120"],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 )  # fmt: skip
+            port = free_port()
+            # The TestClient ran the app's lifespan; uvicorn only adds HTTP for the CLI.
+            server = uvicorn.Server(
+                uvicorn.Config(api.app, port=port, lifespan="off", log_level="warning")
+            )
+            threading.Thread(target=server.run, daemon=True).start()
             try:
-                found = Device(api=api, launcher=launcher, data_dir=tmp / "agent", log=log)
+                assert wait_for_port("127.0.0.1", port, 30)
+                found = Device(api=api, url=f"http://127.0.0.1:{port}", launcher=launcher,
+                               data_dir=tmp / "agent", log=log)  # fmt: skip
                 found.running_version(VERSION_A)
                 yield found
             finally:
+                server.should_exit = True
                 launcher.send_signal(signal.SIGTERM)
                 launcher.wait(60)
     finally:
@@ -135,9 +150,21 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
         broker.kill()
 
 
-def test_agent_release_rolls_out_and_the_new_version_reports(device: Device) -> None:
-    bundle = device.release(VERSION_B, pack_agent_wheel(VERSION_B))
+def test_agent_release_rolls_out_and_the_new_version_reports(
+    device: Device, tmp_path: Path
+) -> None:
+    name, data = pack_agent_wheel(VERSION_B)
+    (tmp_path / name).write_bytes(data)
+    added = CliRunner().invoke(
+        cli,
+        ["agent-release", "add", str(tmp_path), "--version", VERSION_B, "--profile", PROFILE,
+         "--api", device.url],
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    [bundle] = [b for b in device.api.get("/api/v1/bundles").json()
+                if b["model_version"] == VERSION_B]  # fmt: skip
     assert bundle["manifest"]["kind"] == "agent"
+    assert bundle["id"] in added.output
 
     rollout = roll_out(device.api, bundle["id"], DEVICE)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 
-from edgefleet.control_plane.api.deps import RepositoryDep, SessionDep, SettingsDep
+from edgefleet.control_plane.api.deps import ActorDep, RepositoryDep, SessionDep, SettingsDep
 from edgefleet.control_plane.core.errors import InvalidRequestError
 from edgefleet.control_plane.core.tables import BundlePublic
 from edgefleet.control_plane.services import agent_releases as service
@@ -29,6 +29,7 @@ def add_agent_release(
     session: SessionDep,
     settings: SettingsDep,
     repository: RepositoryDep,
+    actor: ActorDep,
     version: Annotated[str, Form(pattern=service.VERSION_PATTERN.replace("\\Z", "$"))],
     profile: Annotated[str, Form(min_length=1, max_length=64)],
     wheels: Annotated[list[UploadFile], File(description="pure-Python wheels (.whl)")],
@@ -46,5 +47,6 @@ def add_agent_release(
         version=version,
         profile_name=profile,
         wheels=files,
+        actor=actor,
     )
     return BundlePublic.model_validate(bundle)
