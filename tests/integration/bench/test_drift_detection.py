@@ -2,7 +2,7 @@
 runs it: every detector's row is printed for every dataset, with figures it measured.
 
 Needs the ``bench-drift`` extra (the datasets ship inside statsmodels' and NannyML's
-wheels; river brings ADWIN); skipped without it.
+wheels; river brings ADWIN), which ``make setup-test`` installs; skipped without it.
 """
 
 from __future__ import annotations
