@@ -12,9 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from typer.testing import CliRunner
 
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
+from edgefleet.control_plane.cli import experiments as experiment_cli
+from edgefleet.control_plane.cli.main import app as cli
+from edgefleet.control_plane.client import ApiClient
 from tests.support.polling import wait_until
 from tests.support.rollout_fleet import NEW, OLD, Behaviour, Rig, SimDevice
 
@@ -33,6 +38,28 @@ def rig(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Rig]:
         for device in instance.devices:
             device.stop()
         instance.stop_control_plane()
+
+
+@pytest.fixture
+def run_cli(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The real CLI and API client, carried to the rig's control plane without a socket."""
+    assert rig.api is not None
+    transport = rig.api._transport
+
+    def client(api: str) -> ApiClient:
+        real = ApiClient(api)
+        real._http = httpx.Client(transport=transport, base_url="http://testserver/api/v1")
+        return real
+
+    monkeypatch.setattr(experiment_cli, "ApiClient", client)
+    monkeypatch.setattr(experiment_cli.console, "width", 200)
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["experiment", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    return run
 
 
 def _run_until_decided(rig: Rig, experiment_id: int) -> dict[str, Any]:
@@ -68,7 +95,7 @@ def _create(rig: Rig, cohort: list[str]) -> dict[str, Any]:
     )
 
 
-def test_the_arm_with_fewer_errors_wins_and_is_promoted_to_the_rest(rig: Rig) -> None:
+def test_the_arm_with_fewer_errors_wins_and_is_promoted_to_the_rest(rig: Rig, run_cli: Any) -> None:
     devices = rig.fleet(8)
     for device in devices:
         device.behaviours[OLD] = Behaviour(error_rate=0.10)
@@ -102,6 +129,8 @@ def test_the_arm_with_fewer_errors_wins_and_is_promoted_to_the_rest(rig: Rig) ->
     assert decision["detail"]["results"]["error_rate"]["n_a"] >= 200
     (promote,) = rig.get("/audit", action="experiment.promote")
     assert promote["detail"]["rollout_id"] == rollout_id
+    shown = run_cli("status", str(experiment["id"]))
+    assert "promoted" in shown and "error_rate *" in shown and "significant" in shown
 
 
 def test_a_newer_arm_with_more_errors_loses_and_is_rolled_back(rig: Rig) -> None:
@@ -126,3 +155,19 @@ def test_a_newer_arm_with_more_errors_loses_and_is_rolled_back(rig: Rig) -> None
     (promote,) = wait_until(lambda: rig.get("/audit", action="experiment.promote"), "promoted")
     assert promote["detail"]["rollout_id"] is None  # every device of the profile was in it
     assert promote["detail"]["rolled_back_rollouts"] == arm_b["rollout_ids"]
+
+
+def test_an_operator_stops_an_experiment_from_the_cli_and_the_audit_says_why(
+    rig: Rig, run_cli: Any
+) -> None:
+    devices = rig.fleet(2)
+    created = run_cli(
+        "create", "--name", "try", "--a", OLD, "--b", NEW,
+        *(arg for d in devices for arg in ("--device", d.device_id)),
+    )  # fmt: skip
+    assert "experiment 1 running" in created and "on 1 devices" in created
+    assert "experiment 1 stopped" in run_cli("stop", "1", "--reason", "wrong cohort")
+    assert rig.get("/experiments/1")["state"] == "stopped"
+    (entry,) = rig.get("/audit", action="experiment.stop")
+    assert entry["reason"] == "wrong cohort"
+    assert "try" in run_cli("status")
