@@ -171,3 +171,37 @@ def test_an_operator_stops_an_experiment_from_the_cli_and_the_audit_says_why(
     (entry,) = rig.get("/audit", action="experiment.stop")
     assert entry["reason"] == "wrong cohort"
     assert "try" in run_cli("status")
+
+
+def test_bandit_mode_moves_devices_toward_the_arm_with_fewer_errors(rig: Rig) -> None:
+    devices = rig.fleet(COHORT)
+    for device in devices:
+        device.behaviours[OLD] = Behaviour(error_rate=0.10)
+        device.behaviours[NEW] = Behaviour(error_rate=0.02)
+    experiment = rig.post(
+        "/experiments",
+        {
+            "name": "bandit", "bundle_a": OLD, "bundle_b": NEW, "mode": "bandit",
+            "selector": {"device_ids": [d.device_id for d in devices]},
+            "min_samples": 10_000_000,  # never decides: only the bandit acts
+            "reassign_every_s": 0.2, "min_share": 0.1,
+        },
+        status=201,
+    )  # fmt: skip
+
+    def shifted() -> dict[str, Any] | None:
+        for device in devices:
+            device.send_inference()
+        current = rig.get(f"/experiments/{experiment['id']}")
+        arm_b = next(a for a in current["arms"] if a["arm"] == "B")
+        # the moved devices get B through a rollout of it, recorded after the move
+        return current if current["share_b"] >= 0.8 and len(arm_b["rollout_ids"]) > 1 else None
+
+    current = wait_until(shifted, "share moved to arm B")
+    arm_b = next(a for a in current["arms"] if a["arm"] == "B")
+    assert len(arm_b["devices"]) == round(0.9 * COHORT)  # the share stops at 1 - min_share
+    on_b = [d for d in devices if d.device_id in arm_b["devices"]]
+    wait_until(lambda: _on(on_b, NEW), "moved devices run arm B")
+    moves = rig.get("/audit", action="experiment.reassign")
+    assert any(m["detail"]["moved"] and m["detail"]["p_b_better"] > 0.9 for m in moves)
+    assert current["state"] == "running"
