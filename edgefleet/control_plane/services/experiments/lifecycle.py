@@ -5,6 +5,9 @@ promoted or stopped, and every decision audited with its numbers.
 running experiment is advanced in its own transaction holding its row (``SELECT ...
 FOR UPDATE SKIP LOCKED`` on PostgreSQL, so one replica advances it at a time). A pass:
 
+The steps of a pass are in ``decision`` (the test, the promotion) and ``bandit``
+(moving devices between arms); the arms' delivery in ``arms``.
+
 1. an arm whose latest rollout ended without installing (aborted, failed, rolled
    back by someone else) fails the experiment: there is nothing left to compare;
 2. the outcomes are added up per arm (``outcomes``) and the sequential test is run
@@ -24,13 +27,11 @@ FOR UPDATE SKIP LOCKED`` on PostgreSQL, so one replica advances it at a time). A
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from edgefleet.control_plane.core.errors import (
     ConflictError,
@@ -39,81 +40,33 @@ from edgefleet.control_plane.core.errors import (
     NotFoundError,
 )
 from edgefleet.control_plane.core.tables import (
-    Bundle,
     Experiment,
     ExperimentCreate,
     Rollout,
     RolloutCreate,
-    RolloutDevice,
-    RolloutGates,
-    RolloutSelector,
     utcnow,
 )
 from edgefleet.control_plane.services.audit import record_audit
+from edgefleet.control_plane.services.experiments.arms import (
+    bundle_of,
+    claim_experiment,
+    deliver_arm,
+    higher_is_better,
+    reload_experiment,
+)
 from edgefleet.control_plane.services.experiments.assignment import assign_arms, device_key
-from edgefleet.control_plane.services.experiments.outcomes import (
-    METRICS,
-    PROPORTIONS,
-    ArmOutcomes,
-    gather_outcomes,
-)
-from edgefleet.control_plane.services.experiments.statistics import (
-    msprt,
-    probability_b_better,
-)
+from edgefleet.control_plane.services.experiments.bandit import reassign
+from edgefleet.control_plane.services.experiments.decision import evaluate, promote
+from edgefleet.control_plane.services.experiments.outcomes import gather_outcomes
 from edgefleet.control_plane.services.rollouts.deadlines import aware
-from edgefleet.control_plane.services.rollouts.lifecycle import act_on_rollout, create_rollout
 from edgefleet.control_plane.services.rollouts.outbox import FleetPublisher
 from edgefleet.control_plane.services.rollouts.selection import select_devices
-from edgefleet.control_plane.services.rollouts.waves import send_rollback
 from edgefleet.errors import TransitionError
 from edgefleet.states.experiment import next_experiment_state
 
 logger = logging.getLogger(__name__)
 
 ENDED_WITHOUT_INSTALL = frozenset({"aborted", "failed", "rolled_back"})
-LOWER_IS_BETTER = frozenset({"error_rate", "latency_ms"})
-
-
-def higher_is_better(experiment: Experiment) -> bool:
-    """Whether a larger value of the experiment's metric is the better one."""
-    if experiment.metric == "outcome":
-        return experiment.outcome_goal == "maximize"
-    return experiment.metric not in LOWER_IS_BETTER
-
-
-def _bundle(session: Session, bundle_id: str) -> Bundle:
-    bundle = session.get(Bundle, bundle_id)
-    if bundle is None:
-        raise NotFoundError(f"bundle {bundle_id} not found")
-    return bundle
-
-
-def _arm_bundle(experiment: Experiment, arm: str) -> str:
-    return experiment.bundle_a if arm == "A" else experiment.bundle_b
-
-
-def _deliver(
-    session: Session,
-    publisher: FleetPublisher,
-    experiment: Experiment,
-    arm: str,
-    devices: Sequence[str],
-    actor: str,
-) -> int:
-    """Offer arm ``arm``'s bundle to ``devices`` by an ordinary rollout; its id."""
-    rollout = create_rollout(
-        session=session,
-        publisher=publisher,
-        rollout_in=RolloutCreate(bundle_id=_arm_bundle(experiment, arm), device_ids=list(devices)),
-        actor=actor,
-    )
-    assert rollout.id is not None
-    experiment.arm_rollouts = [
-        *(experiment.arm_rollouts or []),
-        {"arm": arm, "rollout_id": rollout.id, "devices": sorted(devices)},
-    ]
-    return rollout.id
 
 
 def create_experiment(
@@ -130,8 +83,8 @@ def create_experiment(
         InvalidRequestError: the bundles are one and the same, of different models or
             profiles, or the selector finds fewer than two devices.
     """
-    bundle_a = _bundle(session, experiment_in.bundle_a)
-    bundle_b = _bundle(session, experiment_in.bundle_b)
+    bundle_a = bundle_of(session, experiment_in.bundle_a)
+    bundle_b = bundle_of(session, experiment_in.bundle_b)
     if bundle_a.id == bundle_b.id:
         raise InvalidRequestError("an experiment needs two different bundles")
     if (bundle_a.model, bundle_a.profile) != (bundle_b.model, bundle_b.profile):
@@ -199,9 +152,9 @@ def create_experiment(
         for arm in ("A", "B"):
             members = sorted(d for d, a in experiment.assignments.items() if a == arm)
             if members:
-                _deliver(session, publisher, experiment, arm, members, actor)
+                deliver_arm(session, publisher, experiment, arm, members, actor)
     except ControlPlaneError as e:
-        experiment = _reload(session, experiment_id)
+        experiment = reload_experiment(session, experiment_id)
         _end(session, experiment, "arm_failed", f"could not deliver an arm: {e}", actor, {})
         session.commit()
         raise
@@ -214,13 +167,6 @@ def create_experiment(
         len(devices),
         experiment.share_b,
     )
-    return experiment
-
-
-def _reload(session: Session, experiment_id: int) -> Experiment:
-    experiment = session.get(Experiment, experiment_id, populate_existing=True)
-    if experiment is None:
-        raise NotFoundError(f"experiment {experiment_id} not found")
     return experiment
 
 
@@ -260,55 +206,13 @@ def stop_experiment(
         NotFoundError: no such experiment.
         ConflictError: it is not running.
     """
-    experiment = _claim(session, experiment_id, skip_locked=False)
+    experiment = claim_experiment(session, experiment_id, skip_locked=False)
     if experiment is None:
         raise NotFoundError(f"experiment {experiment_id} not found")
     _end(session, experiment, "stop", reason or f"stopped by {actor}", actor, {})
     session.commit()
     session.refresh(experiment)
     return experiment
-
-
-def _claim(session: Session, experiment_id: int, *, skip_locked: bool) -> Experiment | None:
-    """Lock the experiment's row for this transaction and read it fresh (as rollouts do)."""
-    if session.get_bind().dialect.name != "sqlite":
-        query = select(Experiment.id).where(Experiment.id == experiment_id)
-        if session.exec(query.with_for_update(skip_locked=skip_locked)).first() is None:
-            return None
-    session.execute(
-        update(Experiment)
-        .where(col(Experiment.id) == experiment_id)
-        .values(passes=Experiment.passes + 0)
-    )
-    return session.get(Experiment, experiment_id, populate_existing=True)
-
-
-def evaluate(experiment: Experiment, arms: dict[str, ArmOutcomes]) -> dict[str, Any]:
-    """The test on every metric with observations on both arms, keyed by metric.
-
-    Each entry is ``SequentialResult.as_dict()`` plus the devices that reported and the
-    running minimum of the always-valid p-value over the experiment's passes.
-    """
-    previous = experiment.results or {}
-    results: dict[str, Any] = {}
-    for metric in METRICS:
-        a, b = arms["A"].summary(metric), arms["B"].summary(metric)
-        if a.n == 0 and b.n == 0:
-            continue
-        result = msprt(
-            a,
-            b,
-            alpha=experiment.alpha,
-            mixture_sd=experiment.mixture_sd,
-            min_samples=experiment.min_samples,
-            pooled=metric in PROPORTIONS,
-        )
-        verdict: dict[str, Any] = dict(result.as_dict())
-        earlier = previous.get(metric, {}).get("p_value_min", 1.0)
-        verdict["p_value_min"] = min(float(verdict["p_value"]), float(earlier))
-        verdict["devices"] = {"A": len(arms["A"].devices), "B": len(arms["B"].devices)}
-        results[metric] = verdict
-    return results
 
 
 def _failed_arm(session: Session, experiment: Experiment) -> str | None:
@@ -350,201 +254,6 @@ def advance_experiment(
             reassign(session=session, publisher=publisher, experiment=experiment, arms=arms)
 
 
-def promote(
-    *, session: Session, publisher: FleetPublisher, experiment: Experiment, winner: str
-) -> None:
-    """Decide for ``winner``: audit the numbers, roll the newer loser back, roll the winner out.
-
-    Commits (the rollback and the promotion rollout commit on their own).
-    """
-    loser = "B" if winner == "A" else "A"
-    win_bundle = _bundle(session, _arm_bundle(experiment, winner))
-    lose_bundle = _bundle(session, _arm_bundle(experiment, loser))
-    experiment.state = next_experiment_state(experiment.state, "decided")
-    experiment.winner = winner
-    experiment.decided_at = utcnow()
-    experiment.reason = (
-        f"arm {winner} ({win_bundle.id}) better on {experiment.metric}: "
-        f"{_numbers(experiment.results[experiment.metric])}"
-    )
-    record_audit(
-        session=session,
-        actor="system",
-        action="experiment.decide",
-        target=f"experiment:{experiment.id}",
-        reason=experiment.reason,
-        detail={"winner": winner, "bundle": win_bundle.id, "results": experiment.results},
-    )
-    session.add(experiment)
-    session.commit()
-    experiment_id = experiment.id
-    assert experiment_id is not None
-    arm_devices = {
-        arm: {d for d, a in (experiment.assignments or {}).items() if a == arm} for arm in "AB"
-    }
-    rolled_back: list[int] = []
-    if lose_bundle.release > win_bundle.release:
-        for entry in experiment.arm_rollouts or []:
-            if entry["arm"] != loser:
-                continue
-            rollout = session.get(Rollout, int(entry["rollout_id"]))
-            if rollout is None or rollout.state == "rolled_back":
-                continue
-            act_on_rollout(
-                session=session,
-                publisher=publisher,
-                rollout_id=int(entry["rollout_id"]),
-                action="rollback",
-                actor="system",
-                reason=f"experiment {experiment_id}: arm {loser} lost ({experiment.reason})",
-            )
-            rolled_back.append(int(entry["rollout_id"]))
-        skip = arm_devices[winner] | arm_devices[loser]  # the losers roll back to their previous
-    else:
-        skip = arm_devices[winner]  # the losers are offered the newer winner below
-    experiment = _reload(session, experiment_id)
-    # Default: every device of the profile (a rollout is always narrowed to it).
-    selector = RolloutSelector.model_validate(experiment.promote_to or {})
-    detail: dict[str, Any] = {"winner": winner, "rolled_back_rollouts": rolled_back}
-    try:
-        candidates = select_devices(
-            session, win_bundle, RolloutCreate(bundle_id=win_bundle.id, selector=selector)
-        )
-        targets = [d.id for d in candidates if d.id not in skip]
-        if targets:
-            rollout = create_rollout(
-                session=session,
-                publisher=publisher,
-                rollout_in=RolloutCreate(
-                    bundle_id=win_bundle.id,
-                    device_ids=targets,
-                    waves=list(experiment.promote_waves or ["100%"]),
-                    gates=RolloutGates.model_validate(experiment.promote_gates or {}),
-                ),
-                actor="system",
-            )
-            detail |= {"rollout_id": rollout.id, "devices": len(targets)}
-        else:
-            detail |= {"rollout_id": None, "devices": 0, "note": "no device left to promote to"}
-    except ControlPlaneError as e:  # a vanished group, say: the decision stands, say why
-        session.rollback()
-        detail |= {"rollout_id": None, "error": str(e)}
-    experiment = _reload(session, experiment_id)
-    experiment.promotion_rollout_id = detail.get("rollout_id")
-    record_audit(
-        session=session,
-        actor="system",
-        action="experiment.promote",
-        target=f"experiment:{experiment_id}",
-        reason=f"{win_bundle.id} wins experiment {experiment_id}",
-        detail=detail,
-    )
-    session.add(experiment)
-    session.commit()
-    logger.info(
-        "experiment decided experiment_id=%d winner=%s promotion_rollout=%s",
-        experiment_id,
-        winner,
-        experiment.promotion_rollout_id,
-    )
-
-
-def _numbers(result: dict[str, Any]) -> str:
-    return (
-        f"A {result['mean_a']:.4g} (n={result['n_a']:g}) vs B {result['mean_b']:.4g} "
-        f"(n={result['n_b']:g}), likelihood ratio {result['likelihood_ratio']:.3g} "
-        f">= 1/alpha = {1 / result['alpha']:.3g}"
-    )
-
-
-def reassign(
-    *,
-    session: Session,
-    publisher: FleetPublisher,
-    experiment: Experiment,
-    arms: dict[str, ArmOutcomes],
-) -> None:
-    """Bandit mode: move arm B's share to Thompson sampling's P(B better) and move devices.
-
-    Commits.
-    """
-    assert experiment.id is not None
-    metric = experiment.metric
-    p_b = probability_b_better(
-        arms["A"].summary(metric),
-        arms["B"].summary(metric),
-        higher_is_better=higher_is_better(experiment),
-        proportion=metric in PROPORTIONS,
-        seed=experiment.id * 1_000_003 + experiment.passes,
-    )
-    share = min(max(p_b, experiment.min_share), 1.0 - experiment.min_share)
-    before = dict(experiment.assignments or {})
-    after = assign_arms(experiment.id, before, share)
-    moved = {d: after[d] for d in before if before[d] != after[d]}
-    experiment.share_b = share
-    experiment.assignments = after
-    experiment.reassigned_at = utcnow()
-    record_audit(
-        session=session,
-        actor="system",
-        action="experiment.reassign",
-        target=f"experiment:{experiment.id}",
-        reason=f"P(B better on {metric}) = {p_b:.3f}: arm B's share is now {share:.3f}",
-        detail={"p_b_better": p_b, "share_b": share, "moved": moved, "results": experiment.results},
-    )
-    session.add(experiment)
-    session.commit()
-    if not moved:
-        return
-    releases = {arm: _bundle(session, _arm_bundle(experiment, arm)).release for arm in "AB"}
-    newer = "B" if releases["B"] > releases["A"] else "A"
-    older = "A" if newer == "B" else "B"
-    to_newer = sorted(d for d, arm in moved.items() if arm == newer)
-    to_older = sorted(d for d, arm in moved.items() if arm == older)
-    experiment_id = experiment.id
-    if to_newer:
-        _deliver(session, publisher, experiment, newer, to_newer, "system")
-    if to_older:
-        _roll_back_devices(session, publisher, experiment, newer, to_older)
-        experiment = _reload(session, experiment_id)
-        experiment.arm_rollouts = [
-            *(experiment.arm_rollouts or []),
-            {"arm": older, "rollout_id": None, "devices": to_older, "by": "rollback"},
-        ]
-    session.add(experiment)
-    session.commit()
-
-
-def _roll_back_devices(
-    session: Session,
-    publisher: FleetPublisher,
-    experiment: Experiment,
-    arm: str,
-    devices: Sequence[str],
-) -> None:
-    """Roll ``devices`` back from ``arm``'s bundle, through the rollouts that delivered it."""
-    wanted = set(devices)
-    for entry in experiment.arm_rollouts or []:
-        if entry["arm"] != arm or entry.get("rollout_id") is None:
-            continue
-        rollout = session.get(Rollout, int(entry["rollout_id"]))
-        if rollout is None:
-            continue
-        rows = session.exec(
-            select(RolloutDevice)
-            .where(RolloutDevice.rollout_id == rollout.id)
-            .where(col(RolloutDevice.device_id).in_(sorted(wanted)))
-        ).all()
-        send_rollback(
-            session=session,
-            publisher=publisher,
-            rollout=rollout,
-            rows=rows,
-            reason=f"experiment {experiment.id}: bandit moved the device to the other arm",
-        )
-    session.commit()
-
-
 class ExperimentRunner:
     """The scheduled pass over every running experiment (``jobs.scheduler``)."""
 
@@ -566,7 +275,7 @@ class ExperimentRunner:
     def _advance_one(self, experiment_id: int) -> None:
         with Session(self.engine) as session:
             try:
-                experiment = _claim(session, experiment_id, skip_locked=True)
+                experiment = claim_experiment(session, experiment_id, skip_locked=True)
                 if experiment is None or experiment.state != "running":
                     session.rollback()
                     return
