@@ -835,7 +835,9 @@ class ExperimentCreate(SQLModel):
     min_samples: int = Field(default=100, ge=2, le=10_000_000)
     reassign_every_s: float = Field(default=300.0, gt=0, le=7 * 86_400)
     promote_to: RolloutSelector | None = None
-    promote_waves: list[WaveSpec] = Field(default_factory=lambda: ["100%"], min_length=1)
+    promote_waves: list[WaveSpec] = Field(
+        default_factory=lambda: ["100%"], min_length=1, max_length=20
+    )
     promote_gates: RolloutGates = Field(default_factory=RolloutGates)
 
 

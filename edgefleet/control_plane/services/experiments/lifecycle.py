@@ -60,7 +60,7 @@ from edgefleet.control_plane.services.experiments.decision import evaluate, prom
 from edgefleet.control_plane.services.experiments.outcomes import gather_outcomes
 from edgefleet.control_plane.services.rollouts.deadlines import aware
 from edgefleet.control_plane.services.rollouts.outbox import FleetPublisher
-from edgefleet.control_plane.services.rollouts.selection import select_devices
+from edgefleet.control_plane.services.rollouts.selection import select_devices, wave_sizes
 from edgefleet.errors import TransitionError
 from edgefleet.states.experiment import next_experiment_state
 
@@ -99,6 +99,7 @@ def create_experiment(
         raise InvalidRequestError(
             f"an experiment needs at least two devices; the selector found {len(devices)}"
         )
+    wave_sizes(experiment_in.promote_waves, len(devices))  # a bad spec is refused now
     experiment = Experiment(
         name=experiment_in.name,
         model=bundle_b.model,
