@@ -147,7 +147,7 @@ class BundleOffer(WireMessage, frozen=True, kw_only=True):
 
 
 TelemetryKind = Literal[
-    "inference", "error", "install", "drift", "resource", "spool", "shadow", "sample"
+    "inference", "error", "install", "drift", "resource", "spool", "shadow", "sample", "outcome"
 ]
 
 
@@ -169,7 +169,9 @@ class TelemetryEvent(WireMessage, frozen=True, kw_only=True):
       after ``drifted`` as optional, so windows from older agents still decode;
     - ``resource``: ``{"rss_mib", "cpu_percent", "disk_free_mib"}``;
     - ``spool``: ``{"depth", "dropped": {priority: n}}``;
-    - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``.
+    - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``;
+    - ``outcome``: ``{"model", "count", "sum", "sum_sq"}``, the numbers the application
+      posted for the bundle in one window (``edgefleet.agent.inference.outcomes``).
     """
 
     type: Literal["telemetry"] = "telemetry"

@@ -29,6 +29,7 @@ import numpy as np
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.enrolment.credentials import load_credentials
 from edgefleet.agent.errors import ConfigError, RuntimeLoadError, SlotError
+from edgefleet.agent.inference.outcomes import OutcomeRecorder
 from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, load_runtime
 from edgefleet.agent.inference.server import InferenceServer
 from edgefleet.agent.install.deferral import UpdateLock
@@ -209,6 +210,7 @@ class Agent:
         )
         self.worker = OfferWorker(self.installer)
         self.drift = DriftSupervisor(self.slots, self.emit, sample_size=config.drift.sample_size)
+        self.outcomes = OutcomeRecorder()
         self.server = InferenceServer(
             self.holder,
             host=config.inference.host,
@@ -220,6 +222,7 @@ class Agent:
             observer=self.stats.record,
             input_observer=self.observe_request,
             agent_routes=self.update_lock.handle,
+            outcome_route=self.outcomes.handle,
         )
         self._next_window = time.monotonic() + config.telemetry.window_s
         self._next_status = 0.0
@@ -351,7 +354,10 @@ class Agent:
             self.publish_status()
 
     def _close_window(self, window_s: float) -> None:
-        """Spool the requests answered since the last window as one inference event."""
+        """Spool the requests answered since the last window as one inference event, and
+        the outcomes the application posted as one outcome event per bundle."""
+        for event in self.outcomes.take_events():
+            self.emit(event)
         window = self.stats.take_window()
         model = self.holder.current()
         if window.count:

@@ -369,6 +369,20 @@ class ApiClient:
             raise ApiError(response.status_code, response.text)
         return response.content
 
+    def create_experiment(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An A/B experiment (``ExperimentCreate``'s fields); each arm goes out as a rollout."""
+        return dict(self._call("POST", "/experiments", json=body))
+
+    def get_experiment(self, experiment_id: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/experiments/{experiment_id}"))
+
+    def list_experiments(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/experiments"))
+
+    def stop_experiment(self, experiment_id: int, *, reason: str | None = None) -> dict[str, Any]:
+        body = {"reason": reason} if reason else None
+        return dict(self._call("POST", f"/experiments/{experiment_id}/stop", json=body))
+
 
 def _array_file(
     stem: str, value: np.ndarray | Mapping[str, np.ndarray] | bytes
