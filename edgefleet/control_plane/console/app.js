@@ -4,6 +4,7 @@
 
 import { ApiError, get, getToken, loadRoutes, setToken } from "./api.js";
 import * as audit from "./views/audit.js";
+import * as config from "./views/config.js";
 import * as drift from "./views/drift.js";
 import * as fleet from "./views/fleet.js";
 import * as retraining from "./views/retraining.js";
@@ -17,6 +18,7 @@ const ROUTES = [
   [/^\/rollouts\/(\d+)$/, rollout, "rollouts"],
   [/^\/drift$/, drift, "drift"],
   [/^\/retraining$/, retraining, "retraining"],
+  [/^\/config$/, config, "config"],
   [/^\/audit$/, audit, "audit"],
 ];
 

@@ -120,6 +120,23 @@ def test_config_reaches_the_running_agent_is_refused_per_key_and_waits_for_it_of
         assert refused.status_code == 422
         assert "logs.level: must be one of DEBUG, INFO, WARNING, ERROR" in refused.json()["detail"]
 
+        # Any payload is an answer with a reason, never a 500.
+        deep = '{"set": {"flags.x": ' + "[" * 100_000 + "]" * 100_000 + "}}"
+        for body, status in (
+            (deep, 400),
+            ('{"set": {' + ",".join(f'"flags.f{i}": {i}' for i in range(300)) + "}}", 422),
+            ('{"set": "nope"}', 422),
+            ('{"set": {"flags.a": true}, "unset": ["flags.a"]}', 422),
+            ('{"set": {"drift.window": [[1]]}}', 422),
+        ):
+            answer = api.patch(
+                "/api/v1/config/fleet",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            assert answer.status_code == status, answer.text
+            assert answer.json()["detail"]
+
         # Only the device knows its disk budget (2048 MB): it refuses, keeps the rest.
         over = change(
             api,
