@@ -37,6 +37,7 @@ from edgefleet.agent.install.journal import Journal
 from edgefleet.agent.install.shadow import ShadowRunner
 from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
 from edgefleet.agent.install.updater import Installer, OfferWorker, ensure_trust_root
+from edgefleet.agent.remote_config import RemoteConfig, drift_thresholds
 from edgefleet.agent.session import DeviceSession, device_status
 from edgefleet.agent.telemetry.counters import (
     InferenceStats,
@@ -159,6 +160,8 @@ class Agent:
     """One running device agent; ``start()`` then ``stop()`` (or ``run()`` until a signal)."""
 
     def __init__(self, config: AgentConfig) -> None:
+        self.remote = RemoteConfig(config)  # the last good remote configuration over the file
+        config = self.remote.config
         self.config = config
         self.device_id = config.device_id
         self.slots = SlotStore(config.data_dir)
@@ -209,7 +212,9 @@ class Agent:
             lock=self.update_lock,
         )
         self.worker = OfferWorker(self.installer)
-        self.drift = DriftSupervisor(self.slots, self.emit, sample_size=config.drift.sample_size)
+        self.drift = DriftSupervisor(
+            self.slots, self.emit, drift_thresholds(config), sample_size=config.drift.sample_size
+        )
         self.outcomes = OutcomeRecorder()
         self.server = InferenceServer(
             self.holder,
@@ -223,6 +228,7 @@ class Agent:
             input_observer=self.observe_request,
             agent_routes=self.update_lock.handle,
             outcome_route=self.outcomes.handle,
+            flag_routes=self.remote.handle_flags,
         )
         self._next_window = time.monotonic() + config.telemetry.window_s
         self._next_status = 0.0
@@ -241,6 +247,10 @@ class Agent:
         self.session.on_command(self.handle_command)
         self.session.on_receipt(self.handle_receipt)
         self.session.on_log_request(self.handle_log_request)
+        self.remote.attach(report=self.session.publish_config_report, on_apply=self.apply_config)
+        self.session.on_config(self.remote.receive)
+        if "logs.level" in self.remote.values:
+            self.apply_config(self.config, frozenset({"logs.level"}))
         self.log_responder.start()
         self.session.start()
         logger.info(
@@ -314,6 +324,20 @@ class Agent:
             request.max_bytes,
         )
         self.log_responder.submit(request)
+
+    def apply_config(self, config: AgentConfig, keys: frozenset[str]) -> None:
+        """Network thread: the live keys of the remote configuration (``keys``) that
+        changed, applied to what runs (``edgefleet.agent.remote_config``)."""
+        self.config = config  # the telemetry window is read from it on every tick
+        if "telemetry.window_s" in keys:
+            soonest = time.monotonic() + config.telemetry.window_s
+            self._next_window = min(self._next_window, soonest)
+        if "logs.level" in keys:
+            level = logging.getLevelNamesMapping()[config.logs.level]
+            logging.getLogger().setLevel(level)
+            self.logs.setLevel(level)
+        if keys & {"drift.window", "drift.sample_size"}:
+            self.drift.reconfigure(drift_thresholds(config), config.drift.sample_size)
 
     def publish_report(self, report: InstallReport) -> None:
         """Install progress for ``up/report``, kept in the spool until the control plane

@@ -295,6 +295,21 @@ class ApiClient:
     def list_groups(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/groups"))
 
+    def get_config(self, scope_path: str) -> Any:
+        """``GET /config/<scope_path>``: ``fleet``, ``groups/<name>``, ``devices[/<id>]``."""
+        return self._call("GET", f"/config/{scope_path}")
+
+    def change_config(
+        self,
+        scope_path: str,
+        values: dict[str, Any],
+        unset: list[str],
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """``PATCH /config/<scope_path>``: set ``values`` and unset ``unset`` in one version."""
+        body = {"set": values, "unset": unset, "reason": reason}
+        return dict(self._call("PATCH", f"/config/{scope_path}", json=body))
+
     def get_rollout(self, rollout_id: int) -> dict[str, Any]:
         return dict(self._call("GET", f"/rollouts/{rollout_id}"))
 

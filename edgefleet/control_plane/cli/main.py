@@ -14,6 +14,7 @@ import typer
 
 from edgefleet.control_plane.cli.builds import build_app
 from edgefleet.control_plane.cli.bundles import bundle_app, model_app
+from edgefleet.control_plane.cli.config import config_app
 from edgefleet.control_plane.cli.db import backup, db_app, restore
 from edgefleet.control_plane.cli.demo import demo
 from edgefleet.control_plane.cli.devices import device_app, enrol_app
@@ -40,6 +41,7 @@ app.add_typer(build_app, name="build")
 app.add_typer(device_app, name="device")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(experiment_app, name="experiment")
+app.add_typer(config_app, name="config")
 app.add_typer(trust_app, name="trust")
 app.add_typer(drift_app, name="drift")
 app.add_typer(retraining_app, name="retraining")

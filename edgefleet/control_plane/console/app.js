@@ -4,6 +4,7 @@
 
 import { ApiError, get, getToken, loadRoutes, setToken } from "./api.js";
 import * as audit from "./views/audit.js";
+import * as config from "./views/config.js";
 import * as drift from "./views/drift.js";
 import * as experiments from "./views/experiments.js";
 import * as fleet from "./views/fleet.js";
@@ -19,6 +20,7 @@ const ROUTES = [
   [/^\/experiments$/, experiments, "experiments"],
   [/^\/drift$/, drift, "drift"],
   [/^\/retraining$/, retraining, "retraining"],
+  [/^\/config$/, config, "config"],
   [/^\/audit$/, audit, "audit"],
 ];
 

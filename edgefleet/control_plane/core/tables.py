@@ -913,3 +913,83 @@ class ExperimentPublic(SQLModel):
     started_at: datetime
     decided_at: datetime | None
     updated_at: datetime
+
+
+# -- remote configuration -----------------------------------------------------
+
+
+ConfigScopeKind = Literal["fleet", "group", "device"]
+
+
+class ConfigScope(SQLModel, table=True):
+    """The configuration one scope desires (``edgefleet.device_config``): the fleet (name
+    ``""``), a group, or one device. ``version`` is the config version its last change
+    made; versions grow across every scope, so each device's desired version does too."""
+
+    __tablename__ = "config_scope"
+
+    scope: str = Field(primary_key=True, max_length=8)
+    name: str = Field(primary_key=True, max_length=64)
+    settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    version: int = Field(default=0, index=True)
+    updated_at: datetime = _ts_field()
+    updated_by: str | None = Field(default=None, max_length=100)
+
+
+class ConfigScopePublic(SQLModel):
+    scope: ConfigScopeKind
+    name: str
+    settings: dict[str, Any]
+    version: int
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+
+class ConfigChange(SQLModel):
+    """Keys to set (checked against the shared schema) and keys to unset, in one version."""
+
+    model_config = {"extra": "forbid"}
+
+    set: dict[str, Any] = Field(default_factory=dict, max_length=256)
+    unset: list[str] = Field(default_factory=list, max_length=256)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class DeviceConfig(SQLModel, table=True):
+    """One device's desired configuration as last sent (the effective merge) and what the
+    device last reported of it."""
+
+    __tablename__ = "device_config"
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    desired_version: int = 0
+    desired: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    sources: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+    published_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    reported_version: int | None = None
+    applied_version: int | None = None
+    applied: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    refused: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+    pending_restart: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    reported_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class DeviceConfigPublic(SQLModel):
+    """A device's configuration: its own scope, the effective merge (and where each key
+    comes from), what it reported, and the keys where desired and reported differ."""
+
+    device_id: str
+    own: dict[str, Any]
+    desired_version: int
+    desired: dict[str, Any]
+    sources: dict[str, str]
+    reported_version: int | None
+    applied_version: int | None
+    applied: dict[str, Any]
+    refused: dict[str, str]
+    pending_restart: list[str]
+    reported_at: datetime | None
+    in_sync: bool = Field(description="the device applied exactly the desired version")
+    diff: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="key -> {desired, reported} where they differ"
+    )
