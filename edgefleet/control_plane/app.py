@@ -22,10 +22,12 @@ from edgefleet.control_plane.api.routes import (
     audit,
     builds,
     bundles,
+    config,
     devices,
     drift,
     enrolment,
     events,
+    experiments,
     groups,
     health,
     keys,
@@ -54,6 +56,7 @@ from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.drift.loop import DriftLoop
 from edgefleet.control_plane.jobs.scheduler import build_scheduler
 from edgefleet.control_plane.services.build_jobs import BuildRunner, interrupt_unfinished
+from edgefleet.control_plane.services.experiments.lifecycle import ExperimentRunner
 from edgefleet.control_plane.services.rollouts.orchestrator import RolloutOrchestrator
 from edgefleet.control_plane.trust.keyring import SigningError
 from edgefleet.control_plane.trust.repository import SignedRepository
@@ -123,6 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
             repository=repository,
             drift_loop=drift_loop,
             orchestrator=orchestrator,
+            experiments=ExperimentRunner(engine=engine, publisher=link),
         )
         scheduler.start()
         builds_runner = BuildRunner(
@@ -175,8 +179,10 @@ def create_app(settings: Settings) -> FastAPI:
         builds,
         devices,
         groups,
+        config,
         enrolment,
         rollouts,
+        experiments,
         audit,
         events,
         drift,

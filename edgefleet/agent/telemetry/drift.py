@@ -293,6 +293,13 @@ class DriftSupervisor:
             scored = scored_outputs(outputs, monitor.output_kind)
         monitor.submit(inputs, answers, scored)
 
+    def reconfigure(self, thresholds: DriftThresholds | None, sample_size: int) -> None:
+        """New window rule and sample size (remote configuration): the serving bundle's
+        monitor is rebuilt with them on its next input, its open window dropped."""
+        with self._lock:
+            self._thresholds, self._sample_size = thresholds, sample_size
+            self._bundle_id = None  # the next observe stops the old monitor, builds anew
+
     def _monitor_for(self, bundle_id: str) -> DriftMonitor | None:
         with self._lock:
             if bundle_id == self._bundle_id:
