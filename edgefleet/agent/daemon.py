@@ -29,6 +29,7 @@ import numpy as np
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.enrolment.credentials import load_credentials
 from edgefleet.agent.errors import ConfigError, RuntimeLoadError, SlotError
+from edgefleet.agent.inference.feedback import AnswerBook
 from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, load_runtime
 from edgefleet.agent.inference.server import InferenceServer
 from edgefleet.agent.install.deferral import UpdateLock
@@ -37,6 +38,7 @@ from edgefleet.agent.install.shadow import ShadowRunner
 from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
 from edgefleet.agent.install.updater import Installer, OfferWorker, ensure_trust_root
 from edgefleet.agent.session import DeviceSession, device_status
+from edgefleet.agent.telemetry.budget import BUDGET_FILE, ByteBudget
 from edgefleet.agent.telemetry.counters import (
     InferenceStats,
     inference_event,
@@ -208,7 +210,22 @@ class Agent:
             lock=self.update_lock,
         )
         self.worker = OfferWorker(self.installer)
-        self.drift = DriftSupervisor(self.slots, self.emit, sample_size=config.drift.sample_size)
+        self.drift = DriftSupervisor(
+            self.slots,
+            self.emit,
+            sample_size=config.drift.sample_size,
+            budget=ByteBudget(
+                config.drift.sample_budget_kib_per_day * 1024,
+                Path(config.data_dir) / BUDGET_FILE,
+            ),
+        )
+        self.answers = (
+            AnswerBook(
+                max_answers=config.drift.feedback_answers, on_label=self.drift.observe_labels
+            )
+            if config.drift.feedback_answers
+            else None
+        )
         self.server = InferenceServer(
             self.holder,
             host=config.inference.host,
@@ -220,6 +237,7 @@ class Agent:
             observer=self.stats.record,
             input_observer=self.observe_request,
             agent_routes=self.update_lock.handle,
+            answers=self.answers,
         )
         self._next_window = time.monotonic() + config.telemetry.window_s
         self._next_status = 0.0
