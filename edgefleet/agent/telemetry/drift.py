@@ -98,8 +98,8 @@ class Labels:
 
 
 def _row_bytes(row: list[float], answer: int | None, label: int | None) -> int:
-    """What one row adds to a ``sample`` event's JSON, give or take a few bytes."""
-    return len(json.dumps(row)) + len(json.dumps(answer)) + len(json.dumps(label)) + 3
+    """What one row adds to a ``sample`` event's JSON at most (with its separators)."""
+    return len(json.dumps(row)) + len(json.dumps(answer)) + len(json.dumps(label)) + 6
 
 
 def fit_sample(
@@ -307,26 +307,26 @@ class DriftMonitor:
         labelled = labels.rows or []
         if not drawn and not labelled:
             return
-        budget = self._budget.remaining() if self._budget is not None else 2**62
-        inputs, answers, truths, withheld = fit_sample(labelled, drawn, budget)
-        if withheld:
-            logger.warning(
-                "field sample cut at the daily budget bundle_id=%s withheld_rows=%d",
-                self._manifest.bundle_id,
-                withheld,
-            )
-        data = {
+        data: dict[str, Any] = {
             "model": self._manifest.model.name,
             "model_version": self._manifest.model.version,
             "input": self.input_name,
             "drawn_from": seen if drifted else 0,
             "drifted": drifted,
             "reasons": list(report.reasons),
-            "inputs": inputs,
-            "outputs": answers,
-            "labels": truths,
-            "withheld_rows": withheld,
+            "withheld_rows": 0,
         }
+        # The budget pays for the whole event: what is left after its envelope is for rows.
+        envelope = len(json.dumps(data)) + 64
+        budget = self._budget.remaining() - envelope if self._budget is not None else 2**62
+        inputs, answers, truths, withheld = fit_sample(labelled, drawn, max(budget, 0))
+        data.update(inputs=inputs, outputs=answers, labels=truths, withheld_rows=withheld)
+        if withheld:
+            logger.warning(
+                "field sample cut at the daily budget bundle_id=%s withheld_rows=%d",
+                self._manifest.bundle_id,
+                withheld,
+            )
         if not inputs:
             data["budget_exhausted"] = True
         encoded = len(json.dumps(data))

@@ -122,6 +122,8 @@ def store_samples(*, session: Session, batch: Sequence[tuple[str, TelemetryEvent
     for device_id, event in batch:
         if event.kind != "sample":
             continue
+        if isinstance(event.data, dict) and event.data.get("inputs") == []:
+            continue  # a sample cut to nothing at the device's budget: only counts
         try:
             fields = parse_sample(event.data)
         except SampleRefused as e:
