@@ -169,7 +169,11 @@ class TelemetryEvent(WireMessage, frozen=True, kw_only=True):
       after ``drifted`` as optional, so windows from older agents still decode;
     - ``resource``: ``{"rss_mib", "cpu_percent", "disk_free_mib"}``;
     - ``spool``: ``{"depth", "dropped": {priority: n}}``;
-    - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``.
+    - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``;
+    - ``sample``: field rows for retraining, ``{"model", "model_version", "input",
+      "inputs": [[...]], "outputs", "labels" (None where unknown), "drifted",
+      "withheld_rows"}`` (``edgefleet.agent.telemetry.drift``); a ``drift`` window also
+      carries ``accuracy``: ``{"labelled", "correct", "value"}``.
     """
 
     type: Literal["telemetry"] = "telemetry"

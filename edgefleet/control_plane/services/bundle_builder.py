@@ -205,7 +205,8 @@ def declared_categorical(model_bytes: bytes, input_name: str) -> list[int] | Non
 
 
 OUTPUT_KINDS = {"classification": "classes", "binary": "classes", "regression": "scores"}
-"""Gate task -> what output drift counts; embeddings and generic tensors are left out."""
+"""Gate task -> what output drift counts; embeddings are left out, and generic tensors
+unless the model has an integer (label) output."""
 
 
 def float_output_reference(
@@ -218,11 +219,10 @@ def float_output_reference(
     Empty (output drift off) when no output is a class or a score, or the float model
     does not run here; the bundle still builds.
     """
-    kinds = {
-        OUTPUT_KINDS[t.split(":", 1)[0]]
-        for t in tasks.values()
-        if t.split(":", 1)[0] in OUTPUT_KINDS
-    }
+    judged = {t.split(":", 1)[0] for t in tasks.values()}
+    kinds = {OUTPUT_KINDS[t] for t in judged if t in OUTPUT_KINDS}
+    if "generic" in judged and any(o.dtype.kind in "iu" for o in signature.outputs):
+        kinds.add("classes")  # an undeclared task with a label output: its classes
     if not kinds:
         return {}
     kind = "classes" if "classes" in kinds else "scores"
