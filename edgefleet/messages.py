@@ -174,6 +174,10 @@ class TelemetryEvent(WireMessage, frozen=True, kw_only=True):
     - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``;
     - ``outcome``: ``{"model", "count", "sum", "sum_sq"}``, the numbers the application
       posted for the bundle in one window (``edgefleet.agent.inference.outcomes``).
+    - ``sample``: field rows for retraining, ``{"model", "model_version", "input",
+      "inputs": [[...]], "outputs", "labels" (None where unknown), "drifted",
+      "withheld_rows"}`` (``edgefleet.agent.telemetry.drift``); a ``drift`` window also
+      carries ``accuracy``: ``{"labelled", "correct", "value"}``.
     """
 
     type: Literal["telemetry"] = "telemetry"

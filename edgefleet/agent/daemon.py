@@ -29,6 +29,7 @@ import numpy as np
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.enrolment.credentials import load_credentials
 from edgefleet.agent.errors import ConfigError, RuntimeLoadError, SlotError
+from edgefleet.agent.inference.feedback import AnswerBook
 from edgefleet.agent.inference.outcomes import OutcomeRecorder
 from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, load_runtime
 from edgefleet.agent.inference.server import InferenceServer
@@ -40,6 +41,7 @@ from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
 from edgefleet.agent.install.updater import Installer, OfferWorker, ensure_trust_root
 from edgefleet.agent.remote_config import RemoteConfig, drift_thresholds
 from edgefleet.agent.session import DeviceSession, device_status
+from edgefleet.agent.telemetry.budget import BUDGET_FILE, ByteBudget
 from edgefleet.agent.telemetry.counters import (
     InferenceStats,
     inference_event,
@@ -217,9 +219,23 @@ class Agent:
         )
         self.worker = OfferWorker(self.installer, self_updater=self.self_updater)
         self.drift = DriftSupervisor(
-            self.slots, self.emit, drift_thresholds(config), sample_size=config.drift.sample_size
+            self.slots,
+            self.emit,
+            drift_thresholds(config),
+            sample_size=config.drift.sample_size,
+            budget=ByteBudget(
+                config.drift.sample_budget_kib_per_day * 1024,
+                Path(config.data_dir) / BUDGET_FILE,
+            ),
         )
         self.outcomes = OutcomeRecorder()
+        self.answers = (
+            AnswerBook(
+                max_answers=config.drift.feedback_answers, on_label=self.drift.observe_labels
+            )
+            if config.drift.feedback_answers
+            else None
+        )
         self.server = InferenceServer(
             self.holder,
             host=config.inference.host,
@@ -233,6 +249,7 @@ class Agent:
             agent_routes=self.update_lock.handle,
             outcome_route=self.outcomes.handle,
             flag_routes=self.remote.handle_flags,
+            answers=self.answers,
         )
         self._next_window = time.monotonic() + config.telemetry.window_s
         self._next_status = 0.0

@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgefleet.agent.inference.feedback import AnswerBook, request_id_of
 from edgefleet.agent.inference.protocol import (
     RequestError,
     model_metadata,
@@ -113,9 +114,11 @@ class InferenceServer:
         agent_routes: AgentRoutes | None = None,
         outcome_route: OutcomeRoute | None = None,
         flag_routes: FlagRoutes | None = None,
+        answers: AnswerBook | None = None,
     ) -> None:
         self.holder = holder
         self.outcome_route = outcome_route
+        self.answers = answers  # request id -> answer, for /feedback (.feedback)
         self.agent_routes = agent_routes
         self.flag_routes = flag_routes
         self.observer = observer
@@ -203,6 +206,10 @@ class InferenceServer:
             return self.handle_agent("POST", path, body)
         if parts[:2] == ["v2", "models"] and parts[3:] == ["outcome"] and self.outcome_route:
             return self.outcome_route(self._model_named(parts[2]), body)
+        if len(parts) == 4 and parts[:2] == ["v2", "models"] and parts[3] == "feedback":
+            if self.answers is None:
+                raise RequestError(HTTPStatus.NOT_FOUND, "feedback is not kept on this device")
+            return self.answers.handle(self._model_named(parts[2]).name, body)
         if len(parts) != 4 or parts[:2] != ["v2", "models"] or parts[3] != "infer":
             raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint {shown(path, 200)}")
         model = self._model_named(parts[2])
@@ -223,8 +230,9 @@ class InferenceServer:
         if names is None:
             names = list(outputs)
         response: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
-        if "id" in request:
-            response["id"] = request["id"]
+        response["id"] = request_id_of(request)
+        if self.answers is not None:
+            self.answers.record(model, response["id"], feeds, outputs)
         response["outputs"] = [encode_tensor(n, np.asarray(outputs[n])) for n in names]
         return HTTPStatus.OK, response
 
