@@ -38,7 +38,7 @@ def agent_release_add(
     api: ApiOption = DEFAULT_API,
 ) -> None:
     """Sign the wheels as agent release VERSION for PROFILE; then `edgefleet rollout
-    create BUNDLE_ID ...` rolls it out through the usual waves and gates."""
+    create --bundle BUNDLE_ID ...` rolls it out through the usual waves and gates."""
     wheels = collect_wheels(paths)
     if not wheels:
         raise fail(ValueError("no .whl file found in the paths given"))
