@@ -382,6 +382,20 @@ class MqttLink:
             if self.connected:
                 self._send_subscribe(sub)
 
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Stop delivering ``topic_filter`` (subscribed with ``subscribe``) and forget it.
+
+        Short-lived subscriptions (one retained blob chunk at a time) need this: a
+        subscription kept would be sent again on every reconnect.
+        """
+        self._client.message_callback_remove(topic_filter)
+        with self._lock:
+            kept = [s for s in self._subscriptions if s.topic_filter != topic_filter]
+            removed = len(kept) != len(self._subscriptions)
+            self._subscriptions = kept
+            if removed and self.connected:
+                self._client.unsubscribe(topic_filter)
+
     def _send_subscribe(self, sub: _Subscription) -> None:
         """SUBSCRIBE, counted until its SUBACK (call with ``_lock`` held)."""
         result, mid = self._client.subscribe(sub.wire_filter, qos=sub.qos)
