@@ -130,7 +130,7 @@ class BlobFetcher:
     def _stream(self, path: str, sha: str) -> Generator[bytes, None, None]:
         index = self._index(sha)
         if index is None:
-            logger.info("no blob index, fetching by request sha256=%s", sha)
+            logger.warning("no blob index, fetching by request sha256=%s", sha)
             yield from self.fallback.stream(path, 2**63)
             return
         part = self.fallback.part_path(path)
@@ -158,7 +158,7 @@ class BlobFetcher:
                 sink.close()
         if rest is not None:
             # Blobs gone mid-download: the fallback replays the .part and goes on.
-            logger.info("blobs missing, rest by request path=%s offset=%d", path, rest)
+            logger.warning("blobs missing, rest by request path=%s offset=%d", path, rest)
             given = 0
             for block in self.fallback.stream(path, 2**63):
                 end = given + len(block)

@@ -214,6 +214,8 @@ class FleetLink:
         self._log_requests = LogRequests()
         self._started = False
         self._stopped = threading.Event()
+        self._sent_lock = threading.Lock()
+        self._sent: Counter[str] = Counter()  # fetch answer bytes, by metadata / targets
         self.blobs: BlobPublisher | None = None
         self._blob_retention_s = settings.blob_retention_s
         self._bundle_blobs: dict[str, tuple[str, str]] = {}  # bundle id -> (sha256, target)
@@ -337,6 +339,16 @@ class FleetLink:
                 blob = (bundle.sha256, bundle.target)
             self._bundle_blobs[bundle_id] = blob
         return self.blobs.ensure(*blob)
+
+    def delivery_bytes(self) -> dict[str, int]:
+        """Payload bytes sent to devices so far, by path: ``fetch_metadata``,
+        ``fetch_targets`` (request/response) and ``blobs`` (retained, once per target)."""
+        with self._sent_lock:
+            sent = {f"fetch_{kind}": count for kind, count in self._sent.items()}
+        sent.setdefault("fetch_metadata", 0)
+        sent.setdefault("fetch_targets", 0)
+        sent["blobs"] = self.blobs.counters.bytes_published if self.blobs is not None else 0
+        return sent
 
     def sweep_blobs(self) -> list[str]:
         """Clear the retained blobs of targets no running rollout needs; their SHA-256s."""
@@ -647,6 +659,10 @@ class FleetLink:
                 properties[FETCH_STATUS],
                 properties.get(FETCH_REASON),
             )
+        if data:
+            kind = "targets" if request.path.startswith("targets/") else "metadata"
+            with self._sent_lock:
+                self._sent[kind] += len(data)
         # The reply goes to the device's own down topic, whatever response topic it asked for.
         self._link.publish(
             topics.down(device_id, topics.Down.FETCH),
