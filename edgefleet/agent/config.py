@@ -47,9 +47,9 @@ class FetchConfig(_Section, frozen=True, kw_only=True):
     reconnect_wait_s: Annotated[float, Meta(gt=0)] = 120.0
     # Targets from the broker's retained blob chunks (edgefleet.agent.verification.blobs)
     blobs: bool = True
-    blob_window: Annotated[int, Meta(ge=1, le=64)] = 8
-    blob_index_wait_s: Annotated[float, Meta(gt=0)] = 5.0
-    blob_chunk_wait_s: Annotated[float, Meta(gt=0)] = 10.0
+    blob_window: Annotated[int, Meta(ge=1, le=64)] = 4
+    blob_grace_s: Annotated[float, Meta(gt=0)] = 5.0  # after a SUBACK, for its retained message
+    blob_subscribe_wait_s: Annotated[float, Meta(gt=0)] = 30.0  # for the SUBACK itself
     # HTTP(S) mirrors (edgefleet.agent.verification.mirrors)
     mirror_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
     mirror_attempts: Annotated[int, Meta(ge=1, le=100)] = 3

@@ -112,8 +112,8 @@ def agent_transport(link: MqttLink, config: AgentConfig) -> Transport:
             link,
             mqtt,
             window=config.fetch.blob_window,
-            index_wait=config.fetch.blob_index_wait_s,
-            chunk_wait=config.fetch.blob_chunk_wait_s,
+            grace=config.fetch.blob_grace_s,
+            subscribe_wait=config.fetch.blob_subscribe_wait_s,
         )
     if config.mirrors:
         transport = MirrorFetcher(

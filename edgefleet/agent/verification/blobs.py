@@ -5,16 +5,18 @@ The control plane publishes each target of a live rollout once, retained, as
 (``edgefleet.messages.BlobIndex``); the broker, not the control plane, then serves
 every device. ``BlobFetcher.stream("targets/<sha256>.<name>")``:
 
-1. subscribes to the index (retained: it arrives at once when the target is
-   published); without one within ``index_wait`` s the whole file comes from the
-   request/response ``fallback`` (``MqttFetcher``), as before;
+1. subscribes to the index (retained: the broker sends it right after the SUBACK
+   when the target is published); without one within ``grace`` s of the SUBACK the
+   whole file comes from the request/response ``fallback`` (``MqttFetcher``), as
+   before;
 2. replays the ``.part`` file a broken download left (the same file the fallback
    keeps, so either path resumes the other's bytes) and goes on at the chunk where
    it stopped;
 3. keeps ``window`` chunk subscriptions open at once (each delivers its retained
    chunk, then is dropped), so a device holds about ``window`` chunks in memory and
    the broker paces it, whatever the target's size;
-4. a chunk that does not come within ``chunk_wait`` s, or comes with the wrong length,
+4. a chunk that does not come within ``grace`` s of its SUBACK, or comes with the
+   wrong length,
    is asked for by request/response (``MqttFetcher.read_range``); after
    ``MAX_MISSES`` such chunks in a row the rest of the file is (the blobs were cleared
    mid-download).
@@ -33,6 +35,7 @@ import queue
 import re
 import time
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from edgefleet import topics
@@ -62,8 +65,10 @@ class BlobFetcher:
         link: the device's MQTT link.
         fallback: request/response over the same link; owns the ``.part`` files.
         window: chunk subscriptions open at once.
-        index_wait: seconds to wait for a target's retained index.
-        chunk_wait: seconds to wait for one chunk before asking for it directly.
+        grace: seconds a retained message (index or chunk) may take after its
+            subscription's SUBACK before it counts as missing.
+        subscribe_wait: seconds a SUBACK may take (a loaded broker) before the
+            message counts as missing all the same.
     """
 
     def __init__(
@@ -71,17 +76,17 @@ class BlobFetcher:
         link: MqttLink,
         fallback: MqttFetcher,
         *,
-        window: int = 8,
-        index_wait: float = 5.0,
-        chunk_wait: float = 10.0,
+        window: int = 4,
+        grace: float = 5.0,
+        subscribe_wait: float = 30.0,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self._link = link
         self.fallback = fallback
         self.window = window
-        self.index_wait = index_wait
-        self.chunk_wait = chunk_wait
+        self.grace = grace
+        self.subscribe_wait = subscribe_wait
         self.chunks_from_blobs = 0
         self.chunks_from_fallback = 0
 
@@ -105,25 +110,34 @@ class BlobFetcher:
     # -- one download --------------------------------------------------------------
 
     def _index(self, sha: str) -> BlobIndex | None:
-        answers: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
+        answers: queue.SimpleQueue[Incoming | None] = queue.SimpleQueue()
         topic = topics.blob_index(sha)
-        self._link.subscribe(topic, answers.put, qos=1)
-        deadline = time.monotonic() + self.index_wait
+        acked: list[float] = []
+
+        def on_subscribed() -> None:
+            acked.append(time.monotonic())
+            answers.put(None)  # wakes the wait: from now on only ``grace`` more
+
+        started = time.monotonic()
+        self._link.subscribe(topic, answers.put, qos=1, on_subscribed=on_subscribed)
         try:
-            while (left := deadline - time.monotonic()) > 0:
+            while True:
+                deadline = acked[-1] + self.grace if acked else started + self.subscribe_wait
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
                 try:
                     incoming = answers.get(timeout=left)
                 except queue.Empty:
-                    break
-                if not incoming.payload:
-                    continue  # cleared
+                    continue
+                if incoming is None or not incoming.payload:
+                    continue  # a SUBACK, or a cleared index
                 try:
                     index = decode_as(incoming.payload, BlobIndex, topic=topic)
                 except MessageError as e:
                     logger.warning("blob index refused sha256=%s reason=%s", sha, e.reason)
                     return None
                 return index if index.sha256 == sha else None
-            return None
         finally:
             self._link.unsubscribe(topic)
 
@@ -174,8 +188,8 @@ class BlobFetcher:
         self, path: str, index: BlobIndex, start: int, sink: BinaryIO | None
     ) -> Generator[bytes, None, int | None]:
         """Chunks from ``start`` to the end; the offset to go on from when blobs ran out."""
-        arrived: queue.SimpleQueue[tuple[int, bytes]] = queue.SimpleQueue()
-        subscribed: dict[int, tuple[str, float]] = {}
+        arrived: queue.SimpleQueue[tuple[int, bytes | None]] = queue.SimpleQueue()
+        subscribed: dict[int, _Chunk] = {}
         received: dict[int, bytes] = {}
         first = start // index.chunk_size
         next_subscribe = first
@@ -192,16 +206,27 @@ class BlobFetcher:
 
             return handle
 
+        def acked_for(n: int) -> Callable[[], None]:
+            def acked() -> None:
+                arrived.put((n, None))
+
+            return acked
+
         try:
             for n in range(first, index.chunks):
                 while next_subscribe < index.chunks and next_subscribe < n + self.window:
                     topic = topics.blob_chunk(index.sha256, next_subscribe)
-                    subscribed[next_subscribe] = (topic, time.monotonic())
-                    self._link.subscribe(topic, handler_for(next_subscribe), qos=1)
+                    subscribed[next_subscribe] = _Chunk(topic, time.monotonic())
+                    self._link.subscribe(
+                        topic,
+                        handler_for(next_subscribe),
+                        qos=1,
+                        on_subscribed=acked_for(next_subscribe),
+                    )
                     next_subscribe += 1
                 data = self._await(n, subscribed, received, arrived, expected(n))
                 if n in subscribed:
-                    self._link.unsubscribe(subscribed.pop(n)[0])
+                    self._link.unsubscribe(subscribed.pop(n).topic)
                 if data is None:
                     misses += 1
                     if misses >= MAX_MISSES:
@@ -225,31 +250,50 @@ class BlobFetcher:
                 yield data
             return None
         finally:
-            for topic, _at in subscribed.values():
-                self._link.unsubscribe(topic)
+            for chunk in subscribed.values():
+                self._link.unsubscribe(chunk.topic)
 
     def _await(
         self,
         n: int,
-        subscribed: dict[int, tuple[str, float]],
+        subscribed: dict[int, _Chunk],
         received: dict[int, bytes],
-        arrived: queue.SimpleQueue[tuple[int, bytes]],
+        arrived: queue.SimpleQueue[tuple[int, bytes | None]],
         length: int,
     ) -> bytes | None:
-        """Chunk ``n`` from the broker, or None when it did not come whole in time."""
-        deadline = subscribed[n][1] + self.chunk_wait
+        """Chunk ``n`` from the broker, or None when it did not come whole in time: within
+        ``grace`` of its SUBACK (retained messages follow it at once), or, without a
+        SUBACK, within ``subscribe_wait`` of the subscription."""
         while n not in received:
+            chunk = subscribed[n]
+            if chunk.acked_at is not None:
+                deadline = chunk.acked_at + self.grace
+            else:
+                deadline = chunk.subscribed_at + self.subscribe_wait
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             try:
                 m, payload = arrived.get(timeout=left)
             except queue.Empty:
-                return None
-            if m in subscribed and m not in received:
+                continue
+            if m not in subscribed or m in received:
+                continue
+            if payload is None:
+                subscribed[m].acked_at = time.monotonic()
+            else:
                 received[m] = payload
         data = received.pop(n)
         if len(data) != length:
             logger.warning("blob chunk of the wrong length chunk=%d got=%d", n, len(data))
             return None
         return data
+
+
+@dataclass
+class _Chunk:
+    """One chunk's subscription: its topic, when it was asked for, when the broker said yes."""
+
+    topic: str
+    subscribed_at: float
+    acked_at: float | None = None

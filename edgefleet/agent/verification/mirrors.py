@@ -28,6 +28,7 @@ import http.client
 import logging
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Generator, Iterator, Sequence
@@ -58,6 +59,8 @@ class MirrorFetcher:
         part_dir: where partial target downloads are kept (shared with the MQTT paths).
         timeout: seconds a connect or a read may take before it counts as broken.
         attempts: connections per mirror and file (resuming with a range each time).
+        retry_wait: seconds before the second connection, doubling for each further one
+            (a mirror that restarts, or a link that flaps, gets time to come back).
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class MirrorFetcher:
         part_dir: Path | None = None,
         timeout: float = 30.0,
         attempts: int = 3,
+        retry_wait: float = 1.0,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -76,6 +80,7 @@ class MirrorFetcher:
         self.part_dir = Path(part_dir) if part_dir is not None else None
         self.timeout = timeout
         self.attempts = attempts
+        self.retry_wait = retry_wait
         self.bytes_from_mirrors = 0
 
     def stream(self, path: str, max_length: int) -> Iterator[bytes]:
@@ -170,6 +175,8 @@ class MirrorFetcher:
                     offset,
                     attempt + 1,
                 )
+                if attempt + 1 < self.attempts:
+                    time.sleep(self.retry_wait * 2**attempt)
         raise TransferError(f"{mirror}/{path}: broke {self.attempts} times ({last})")
 
     def _request(self, url: str, offset: int) -> Iterator[bytes]:
@@ -196,8 +203,11 @@ class MirrorFetcher:
                         raise TransferError(f"{url}: answered a range from another offset")
                 else:
                     skip = offset  # the server ignored the range: the whole file again
+            expected = response.length  # Content-Length; None when chunked
+            got = 0
             try:
                 while block := response.read(BLOCK):
+                    got += len(block)
                     if skip:
                         cut = min(skip, len(block))
                         block, skip = block[cut:], skip - cut
@@ -206,6 +216,9 @@ class MirrorFetcher:
                     yield block
             except (OSError, http.client.HTTPException, ValueError) as e:
                 raise _Broken(str(e)) from e
+            if expected is not None and got < expected:
+                # http.client ends a body cut short quietly (an empty read), not with an error
+                raise _Broken(f"the body ended after {got} of {expected} bytes")
             if skip:
                 raise _Broken("the body ended before the bytes already held")
 

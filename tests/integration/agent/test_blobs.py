@@ -80,7 +80,7 @@ class Rig:
         self.publisher.attach()
         self.device = MqttLink(client_id=device_id, broker=broker.address, clean_start=True)
         self.mqtt = MqttFetcher(self.device, device_id, chunk_size=CHUNK, part_dir=self.parts)
-        self.blobs = BlobFetcher(self.device, self.mqtt, index_wait=1.0, chunk_wait=1.0)
+        self.blobs = BlobFetcher(self.device, self.mqtt, grace=1.0)
         for link in (self.cp, self.device):
             link.start()
         for link in (self.cp, self.device):
