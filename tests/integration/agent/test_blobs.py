@@ -154,6 +154,18 @@ def test_an_unpublished_target_comes_whole_by_request(rig: Rig) -> None:
     assert sum(r.length for r in rig.target_requests()) >= len(rig.bundle)
 
 
+def test_an_index_that_does_not_decode_is_refused_and_the_target_comes_by_request(
+    rig: Rig,
+) -> None:
+    nested = b"[" * 100_000
+    rig.cp.publish(topics.blob_index(rig.sha), nested, retain=True, wait=TIMEOUT)
+
+    assert b"".join(rig.blobs.stream(rig.path, 1 << 30)) == rig.bundle
+    assert rig.blobs.chunks_from_blobs == 0
+    assert rig.sha not in rig.publisher.published()  # the control plane ignores it too
+    rig.cp.publish(topics.blob_index(rig.sha), b"", retain=True, wait=TIMEOUT)
+
+
 def test_tampered_blob_bytes_are_refused_by_tuf_and_never_resumed_from(rig: Rig) -> None:
     assert rig.publisher.ensure(rig.sha, "b-1.tar")
     rig.cp.publish(topics.blob_chunk(rig.sha, 2), os.urandom(CHUNK), retain=True, wait=TIMEOUT)
