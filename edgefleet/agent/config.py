@@ -53,6 +53,10 @@ class FetchConfig(_Section, frozen=True, kw_only=True):
     # HTTP(S) mirrors (edgefleet.agent.verification.mirrors)
     mirror_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
     mirror_attempts: Annotated[int, Meta(ge=1, le=100)] = 3
+    # A link budget for metered connections (edgefleet.agent.verification.budget): the
+    # pace of downloads and a cap per UTC day; unset means no limit
+    link_bytes_per_s: Annotated[int, Meta(ge=1024)] | None = None
+    link_bytes_per_day: Annotated[int, Meta(ge=1)] | None = None
 
 
 class ProbationConfig(_Section, frozen=True, kw_only=True):

@@ -48,6 +48,7 @@ from edgefleet.agent.telemetry.forwarder import Forwarder
 from edgefleet.agent.telemetry.logstore import LogResponder, LogStore
 from edgefleet.agent.telemetry.spool import Spool
 from edgefleet.agent.verification.blobs import BlobFetcher
+from edgefleet.agent.verification.budget import BudgetedTransport, LinkBudget
 from edgefleet.agent.verification.fetcher import MqttFetcher
 from edgefleet.agent.verification.mirrors import MirrorFetcher
 from edgefleet.agent.verification.transport import Transport, downloads_dir, trusted_versions
@@ -104,7 +105,8 @@ def agent_fetcher(link: MqttLink, config: AgentConfig) -> MqttFetcher:
 
 def agent_transport(link: MqttLink, config: AgentConfig) -> Transport:
     """Where repository files come from: the configured mirrors first, then targets from
-    the broker's retained blobs, then request/response over MQTT for the rest."""
+    the broker's retained blobs, then request/response over MQTT for the rest; paced
+    and capped by the ``[fetch]`` link budget when one is set."""
     mqtt = agent_fetcher(link, config)
     transport: Transport = mqtt
     if config.fetch.blobs:
@@ -123,6 +125,13 @@ def agent_transport(link: MqttLink, config: AgentConfig) -> Transport:
             timeout=config.fetch.mirror_timeout_s,
             attempts=config.fetch.mirror_attempts,
         )
+    if config.fetch.link_bytes_per_s or config.fetch.link_bytes_per_day:
+        budget = LinkBudget(
+            config.data_dir,
+            bytes_per_s=config.fetch.link_bytes_per_s,
+            bytes_per_day=config.fetch.link_bytes_per_day,
+        )
+        transport = BudgetedTransport(transport, budget, mqtt.part_dir)
     return transport
 
 
