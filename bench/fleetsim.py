@@ -3,8 +3,9 @@
 ``bench/fleet_rollout.py`` starts a few worker processes (``run_worker``) and drives
 them over a pipe. Each simulated device is composed from the agent's own parts the
 way ``edgefleet.agent.daemon.Agent`` composes them: its own ``DeviceSession`` (own client
-id and persistent session, last will, retained status), ``MqttFetcher (TUF over MQTT
-request/response), ``Installer`` + ``OfferWorker`` (ngclient verification, release
+id and persistent session, last will, retained status), the agent's transport
+(``agent_verifier``: targets from the broker's retained blobs, metadata and anything
+missing by MQTT request/response; ``--delivery fetch`` turns blobs off), ``Installer`` + ``OfferWorker`` (ngclient verification, release
 and profile checks, unpack into a slot, smoke test in onnxruntime, journal, switch)
 and ``SlotStore``, each device under its own data directory. Nothing is verified
 less than on a real device.
