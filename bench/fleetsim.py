@@ -5,10 +5,11 @@ them over a pipe. Each simulated device is composed from the agent's own parts t
 way ``edgefleet.agent.daemon.Agent`` composes them: its own ``DeviceSession`` (own client
 id and persistent session, last will, retained status), the agent's transport
 (``agent_verifier``: targets from the broker's retained blobs, metadata and anything
-missing by MQTT request/response; ``--delivery fetch`` turns blobs off), ``Installer`` + ``OfferWorker`` (ngclient verification, release
-and profile checks, unpack into a slot, smoke test in onnxruntime, journal, switch)
-and ``SlotStore``, each device under its own data directory. Nothing is verified
-less than on a real device.
+missing by MQTT request/response; ``--delivery fetch`` turns blobs off),
+``Installer`` + ``OfferWorker`` (ngclient verification, release and profile checks,
+unpack into a slot, smoke test in onnxruntime, journal, switch) and ``SlotStore``,
+each device under its own data directory. Nothing is verified less than on a real
+device.
 
 What is left out, and why: the local HTTP inference server (one listening port per
 device says nothing about rollouts), the drift supervisor (no inference traffic),

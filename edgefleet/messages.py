@@ -161,6 +161,8 @@ class BundleOffer(WireMessage, frozen=True, kw_only=True):
     type: Literal["offer"] = "offer"
     rollout_id: int | None = None
     bundle_id: str
+    kind: Literal["model", "agent"] = "model"
+    """Which install pipeline takes the offer; the signed target's ``kind`` must agree."""
     target: str  # target path in the signed targets metadata
     release: Annotated[int, Meta(ge=1)]
     maintenance_window: MaintenanceWindow | None = None
@@ -168,7 +170,7 @@ class BundleOffer(WireMessage, frozen=True, kw_only=True):
 
 
 TelemetryKind = Literal[
-    "inference", "error", "install", "drift", "resource", "spool", "shadow", "sample"
+    "inference", "error", "install", "drift", "resource", "spool", "shadow", "sample", "outcome"
 ]
 
 
@@ -190,7 +192,13 @@ class TelemetryEvent(WireMessage, frozen=True, kw_only=True):
       after ``drifted`` as optional, so windows from older agents still decode;
     - ``resource``: ``{"rss_mib", "cpu_percent", "disk_free_mib"}``;
     - ``spool``: ``{"depth", "dropped": {priority: n}}``;
-    - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``.
+    - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``;
+    - ``outcome``: ``{"model", "count", "sum", "sum_sq"}``, the numbers the application
+      posted for the bundle in one window (``edgefleet.agent.inference.outcomes``).
+    - ``sample``: field rows for retraining, ``{"model", "model_version", "input",
+      "inputs": [[...]], "outputs", "labels" (None where unknown), "drifted",
+      "withheld_rows"}`` (``edgefleet.agent.telemetry.drift``); a ``drift`` window also
+      carries ``accuracy``: ``{"labelled", "correct", "value"}``.
     """
 
     type: Literal["telemetry"] = "telemetry"
@@ -269,6 +277,52 @@ class LogChunk(WireMessage, frozen=True, kw_only=True):
     ts: float = field(default_factory=time.time)
 
 
+CONFIG_MAX_KEYS = 256
+"""Most keys a desired configuration (or a report) carries; ``edgefleet.device_config``."""
+
+
+class DesiredConfig(WireMessage, frozen=True, kw_only=True):
+    """A device's effective desired configuration, on ``down/config`` (retained).
+
+    ``version`` grows with every change that reaches this device. ``values`` is the
+    whole effective merge (``edgefleet.device_config``): a key left out is unset, and
+    the device goes back to its own ``agent.toml`` for it. Values are checked per key on
+    the device, so one bad value is refused alone.
+    """
+
+    type: Literal["config"] = "config"
+    version: Annotated[int, Meta(ge=1)]
+    values: Annotated[dict[str, Any], Meta(max_length=CONFIG_MAX_KEYS)] = field(
+        default_factory=dict
+    )
+    ts: float = field(default_factory=time.time)
+
+
+class ConfigReport(WireMessage, frozen=True, kw_only=True):
+    """What a device made of its desired configuration, on ``up/config``.
+
+    ``version``: the desired version this answers; ``applied_version``: the version of
+    the values it holds now. ``applied``: the remote values it holds (its last good
+    configuration: a refused key keeps its previous value, or none). ``refused``: key ->
+    reason. ``pending_restart``: keys held whose new value takes effect at the agent's
+    next start.
+    """
+
+    type: Literal["config_report"] = "config_report"
+    version: Annotated[int, Meta(ge=0)]
+    applied_version: Annotated[int, Meta(ge=0)] = 0
+    applied: Annotated[dict[str, Any], Meta(max_length=CONFIG_MAX_KEYS)] = field(
+        default_factory=dict
+    )
+    refused: Annotated[dict[str, str], Meta(max_length=CONFIG_MAX_KEYS)] = field(
+        default_factory=dict
+    )
+    pending_restart: Annotated[list[str], Meta(max_length=CONFIG_MAX_KEYS)] = field(
+        default_factory=list
+    )
+    ts: float = field(default_factory=time.time)
+
+
 class Receipt(WireMessage, frozen=True, kw_only=True):
     """The control plane's end-to-end receipt, on ``down/receipt``.
 
@@ -293,6 +347,8 @@ Message = (
     | Receipt
     | LogRequest
     | LogChunk
+    | DesiredConfig
+    | ConfigReport
 )
 
 _MESSAGE_TYPES: dict[str, type[WireMessage]] = {
@@ -306,6 +362,8 @@ _MESSAGE_TYPES: dict[str, type[WireMessage]] = {
     "receipt": Receipt,
     "log_request": LogRequest,
     "logs": LogChunk,
+    "config": DesiredConfig,
+    "config_report": ConfigReport,
 }
 
 M = TypeVar("M", bound=WireMessage)
