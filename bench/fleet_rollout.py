@@ -598,6 +598,7 @@ def run_fleet(
     rollout_timeout: float,
     fetch: FetchConfig,
     console: Console,
+    skip_model: bool = False,
 ) -> FleetResult:
     n_workers = plan_workers(devices, wanted_workers)
     if n_workers != wanted_workers:
@@ -618,6 +619,7 @@ def run_fleet(
             data_dir=fleet_dir / "devices",
             log_path=fleet_dir / f"worker-{w}.log",
             fetch=fetch,
+            skip_model=skip_model,
         )
         for w in range(n_workers)
     ]
@@ -930,6 +932,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="blobs: targets published once as retained MQTT chunks (default); fetch: every "
         "chunk by request/response from the control plane (the path before blobs)",
     )
+    parser.add_argument(
+        "--plumbing",
+        action="store_true",
+        help="simulated devices fetch, verify, unpack and switch but skip the model load "
+        "and the smoke test (their own CPU on a real device): measures delivery",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="keep everything here")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -978,6 +986,7 @@ def main(argv: list[str] | None = None) -> int:
                         rollout_timeout=args.rollout_timeout,
                         fetch=fetch_config,
                         console=console,
+                        skip_model=args.plumbing,
                     )
                 )
             except (RuntimeError, TimeoutError, ApiError) as e:
@@ -989,6 +998,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.data_dir is None:
             shutil.rmtree(root, ignore_errors=True)
     if results:
+        if args.plumbing:
+            console.print("plumbing mode: devices skipped the model load and the smoke test")
         console.print(render_table(results, bundle, fetch_config))
     for r in results:
         if r.failed:
