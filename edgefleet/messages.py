@@ -23,7 +23,7 @@ import msgspec
 from msgspec import Meta, field
 
 from edgefleet import schema
-from edgefleet.errors import MessageError
+from edgefleet.errors import FieldError, MessageError
 from edgefleet.maintenance import MaintenanceWindow
 from edgefleet.states.install import InstallState
 
@@ -122,6 +122,27 @@ class FetchRequest(WireMessage, frozen=True, kw_only=True):
     length: Annotated[int, Meta(gt=0, le=FETCH_MAX_CHUNK)]
 
 
+class BlobIndex(WireMessage, frozen=True, kw_only=True):
+    """What a target's retained chunks on ``fleet/all/down/blobs/<sha256>/`` add up to.
+
+    Published retained on ``.../<sha256>/index`` after the chunks it describes, so a
+    device that sees it finds them; an empty retained payload clears it. Not signed
+    and need not be: TUF checks the reassembled file's length and hashes, and only
+    the control plane may publish under ``fleet/all/down`` (broker ACL).
+    """
+
+    type: Literal["blob_index"] = "blob_index"
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z")]
+    size: Annotated[int, Meta(ge=0)]
+    chunk_size: Annotated[int, Meta(gt=0, le=FETCH_MAX_CHUNK)]
+    chunks: Annotated[int, Meta(ge=0)]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.chunks != -(-self.size // self.chunk_size):
+            raise FieldError("chunks", "must be the size divided by chunk_size, rounded up")
+
+
 class BundleOffer(WireMessage, frozen=True, kw_only=True):
     """Tells a device to install a bundle, on ``down/offer``.
 
@@ -140,6 +161,8 @@ class BundleOffer(WireMessage, frozen=True, kw_only=True):
     type: Literal["offer"] = "offer"
     rollout_id: int | None = None
     bundle_id: str
+    kind: Literal["model", "agent"] = "model"
+    """Which install pipeline takes the offer; the signed target's ``kind`` must agree."""
     target: str  # target path in the signed targets metadata
     release: Annotated[int, Meta(ge=1)]
     maintenance_window: MaintenanceWindow | None = None
@@ -147,7 +170,7 @@ class BundleOffer(WireMessage, frozen=True, kw_only=True):
 
 
 TelemetryKind = Literal[
-    "inference", "error", "install", "drift", "resource", "spool", "shadow", "sample"
+    "inference", "error", "install", "drift", "resource", "spool", "shadow", "sample", "outcome"
 ]
 
 
@@ -169,7 +192,13 @@ class TelemetryEvent(WireMessage, frozen=True, kw_only=True):
       after ``drifted`` as optional, so windows from older agents still decode;
     - ``resource``: ``{"rss_mib", "cpu_percent", "disk_free_mib"}``;
     - ``spool``: ``{"depth", "dropped": {priority: n}}``;
-    - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``.
+    - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``;
+    - ``outcome``: ``{"model", "count", "sum", "sum_sq"}``, the numbers the application
+      posted for the bundle in one window (``edgefleet.agent.inference.outcomes``).
+    - ``sample``: field rows for retraining, ``{"model", "model_version", "input",
+      "inputs": [[...]], "outputs", "labels" (None where unknown), "drifted",
+      "withheld_rows"}`` (``edgefleet.agent.telemetry.drift``); a ``drift`` window also
+      carries ``accuracy``: ``{"labelled", "correct", "value"}``.
     """
 
     type: Literal["telemetry"] = "telemetry"
@@ -248,6 +277,52 @@ class LogChunk(WireMessage, frozen=True, kw_only=True):
     ts: float = field(default_factory=time.time)
 
 
+CONFIG_MAX_KEYS = 256
+"""Most keys a desired configuration (or a report) carries; ``edgefleet.device_config``."""
+
+
+class DesiredConfig(WireMessage, frozen=True, kw_only=True):
+    """A device's effective desired configuration, on ``down/config`` (retained).
+
+    ``version`` grows with every change that reaches this device. ``values`` is the
+    whole effective merge (``edgefleet.device_config``): a key left out is unset, and
+    the device goes back to its own ``agent.toml`` for it. Values are checked per key on
+    the device, so one bad value is refused alone.
+    """
+
+    type: Literal["config"] = "config"
+    version: Annotated[int, Meta(ge=1)]
+    values: Annotated[dict[str, Any], Meta(max_length=CONFIG_MAX_KEYS)] = field(
+        default_factory=dict
+    )
+    ts: float = field(default_factory=time.time)
+
+
+class ConfigReport(WireMessage, frozen=True, kw_only=True):
+    """What a device made of its desired configuration, on ``up/config``.
+
+    ``version``: the desired version this answers; ``applied_version``: the version of
+    the values it holds now. ``applied``: the remote values it holds (its last good
+    configuration: a refused key keeps its previous value, or none). ``refused``: key ->
+    reason. ``pending_restart``: keys held whose new value takes effect at the agent's
+    next start.
+    """
+
+    type: Literal["config_report"] = "config_report"
+    version: Annotated[int, Meta(ge=0)]
+    applied_version: Annotated[int, Meta(ge=0)] = 0
+    applied: Annotated[dict[str, Any], Meta(max_length=CONFIG_MAX_KEYS)] = field(
+        default_factory=dict
+    )
+    refused: Annotated[dict[str, str], Meta(max_length=CONFIG_MAX_KEYS)] = field(
+        default_factory=dict
+    )
+    pending_restart: Annotated[list[str], Meta(max_length=CONFIG_MAX_KEYS)] = field(
+        default_factory=list
+    )
+    ts: float = field(default_factory=time.time)
+
+
 class Receipt(WireMessage, frozen=True, kw_only=True):
     """The control plane's end-to-end receipt, on ``down/receipt``.
 
@@ -272,18 +347,23 @@ Message = (
     | Receipt
     | LogRequest
     | LogChunk
+    | DesiredConfig
+    | ConfigReport
 )
 
 _MESSAGE_TYPES: dict[str, type[WireMessage]] = {
     "status": DeviceStatus,
     "install": InstallReport,
     "fetch": FetchRequest,
+    "blob_index": BlobIndex,
     "offer": BundleOffer,
     "telemetry": TelemetryEvent,
     "command": DeviceCommand,
     "receipt": Receipt,
     "log_request": LogRequest,
     "logs": LogChunk,
+    "config": DesiredConfig,
+    "config_report": ConfigReport,
 }
 
 M = TypeVar("M", bound=WireMessage)

@@ -29,14 +29,19 @@ import numpy as np
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.enrolment.credentials import load_credentials
 from edgefleet.agent.errors import ConfigError, RuntimeLoadError, SlotError
+from edgefleet.agent.inference.feedback import AnswerBook
+from edgefleet.agent.inference.outcomes import OutcomeRecorder
 from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, load_runtime
 from edgefleet.agent.inference.server import InferenceServer
 from edgefleet.agent.install.deferral import UpdateLock
 from edgefleet.agent.install.journal import Journal
+from edgefleet.agent.install.selfupdate import SelfUpdater
 from edgefleet.agent.install.shadow import ShadowRunner
 from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
 from edgefleet.agent.install.updater import Installer, OfferWorker, ensure_trust_root
+from edgefleet.agent.remote_config import RemoteConfig, drift_thresholds
 from edgefleet.agent.session import DeviceSession, device_status
+from edgefleet.agent.telemetry.budget import BUDGET_FILE, ByteBudget
 from edgefleet.agent.telemetry.counters import (
     InferenceStats,
     inference_event,
@@ -47,8 +52,11 @@ from edgefleet.agent.telemetry.drift import DriftSupervisor
 from edgefleet.agent.telemetry.forwarder import Forwarder
 from edgefleet.agent.telemetry.logstore import LogResponder, LogStore
 from edgefleet.agent.telemetry.spool import Spool
+from edgefleet.agent.verification.blobs import BlobFetcher
+from edgefleet.agent.verification.budget import BudgetedTransport, LinkBudget
 from edgefleet.agent.verification.fetcher import MqttFetcher
-from edgefleet.agent.verification.transport import downloads_dir, trusted_versions
+from edgefleet.agent.verification.mirrors import MirrorFetcher
+from edgefleet.agent.verification.transport import Transport, downloads_dir, trusted_versions
 from edgefleet.agent.verification.verifier import (
     InProcessVerifier,
     ProcessVerifier,
@@ -100,6 +108,38 @@ def agent_fetcher(link: MqttLink, config: AgentConfig) -> MqttFetcher:
     )
 
 
+def agent_transport(link: MqttLink, config: AgentConfig) -> Transport:
+    """Where repository files come from: the configured mirrors first, then targets from
+    the broker's retained blobs, then request/response over MQTT for the rest; paced
+    and capped by the ``[fetch]`` link budget when one is set."""
+    mqtt = agent_fetcher(link, config)
+    transport: Transport = mqtt
+    if config.fetch.blobs:
+        transport = BlobFetcher(
+            link,
+            mqtt,
+            window=config.fetch.blob_window,
+            grace=config.fetch.blob_grace_s,
+            subscribe_wait=config.fetch.blob_subscribe_wait_s,
+        )
+    if config.mirrors:
+        transport = MirrorFetcher(
+            config.mirrors,
+            transport,
+            part_dir=mqtt.part_dir,
+            timeout=config.fetch.mirror_timeout_s,
+            attempts=config.fetch.mirror_attempts,
+        )
+    if config.fetch.link_bytes_per_s or config.fetch.link_bytes_per_day:
+        budget = LinkBudget(
+            config.data_dir,
+            bytes_per_s=config.fetch.link_bytes_per_s,
+            bytes_per_day=config.fetch.link_bytes_per_day,
+        )
+        transport = BudgetedTransport(transport, budget, mqtt.part_dir)
+    return transport
+
+
 def agent_verifier(
     link: MqttLink, config: AgentConfig, *, isolated: bool = True
 ) -> ProcessVerifier | InProcessVerifier:
@@ -109,7 +149,7 @@ def agent_verifier(
     never enters the agent's own memory; the fleet simulator runs it in-process.
     """
     transport = ResumingTransport(
-        agent_fetcher(link, config),
+        agent_transport(link, config),
         link_ready=link.wait_connected,
         attempts=config.fetch.resume_attempts,
         wait_s=config.fetch.reconnect_wait_s,
@@ -158,6 +198,8 @@ class Agent:
     """One running device agent; ``start()`` then ``stop()`` (or ``run()`` until a signal)."""
 
     def __init__(self, config: AgentConfig) -> None:
+        self.remote = RemoteConfig(config)  # the last good remote configuration over the file
+        config = self.remote.config
         self.config = config
         self.device_id = config.device_id
         self.slots = SlotStore(config.data_dir)
@@ -207,8 +249,28 @@ class Agent:
             shadow=self.shadow,
             lock=self.update_lock,
         )
-        self.worker = OfferWorker(self.installer)
-        self.drift = DriftSupervisor(self.slots, self.emit, sample_size=config.drift.sample_size)
+        self.self_updater = SelfUpdater(
+            config=config, verifier=self.installer.verifier, report=self.publish_report
+        )
+        self.worker = OfferWorker(self.installer, self_updater=self.self_updater)
+        self.drift = DriftSupervisor(
+            self.slots,
+            self.emit,
+            drift_thresholds(config),
+            sample_size=config.drift.sample_size,
+            budget=ByteBudget(
+                config.drift.sample_budget_kib_per_day * 1024,
+                Path(config.data_dir) / BUDGET_FILE,
+            ),
+        )
+        self.outcomes = OutcomeRecorder()
+        self.answers = (
+            AnswerBook(
+                max_answers=config.drift.feedback_answers, on_label=self.drift.observe_labels
+            )
+            if config.drift.feedback_answers
+            else None
+        )
         self.server = InferenceServer(
             self.holder,
             host=config.inference.host,
@@ -220,6 +282,9 @@ class Agent:
             observer=self.stats.record,
             input_observer=self.observe_request,
             agent_routes=self.update_lock.handle,
+            outcome_route=self.outcomes.handle,
+            flag_routes=self.remote.handle_flags,
+            answers=self.answers,
         )
         self._next_window = time.monotonic() + config.telemetry.window_s
         self._next_status = 0.0
@@ -232,12 +297,18 @@ class Agent:
         ensure_trust_root(self.config)
         self.holder.swap(load_active_model(self.slots))
         self.server.start()
+        # Before any offer runs: a release the launcher undid is on record (and reported).
+        self.self_updater.start(self.session.wait_connected)
         self.worker.start()
         self.forwarder.start()
         self.session.on_offer(self.handle_offer)
         self.session.on_command(self.handle_command)
         self.session.on_receipt(self.handle_receipt)
         self.session.on_log_request(self.handle_log_request)
+        self.remote.attach(report=self.session.publish_config_report, on_apply=self.apply_config)
+        self.session.on_config(self.remote.receive)
+        if "logs.level" in self.remote.values:
+            self.apply_config(self.config, frozenset({"logs.level"}))
         self.log_responder.start()
         self.session.start()
         logger.info(
@@ -312,6 +383,20 @@ class Agent:
         )
         self.log_responder.submit(request)
 
+    def apply_config(self, config: AgentConfig, keys: frozenset[str]) -> None:
+        """Network thread: the live keys of the remote configuration (``keys``) that
+        changed, applied to what runs (``edgefleet.agent.remote_config``)."""
+        self.config = config  # the telemetry window is read from it on every tick
+        if "telemetry.window_s" in keys:
+            soonest = time.monotonic() + config.telemetry.window_s
+            self._next_window = min(self._next_window, soonest)
+        if "logs.level" in keys:
+            level = logging.getLevelNamesMapping()[config.logs.level]
+            logging.getLogger().setLevel(level)
+            self.logs.setLevel(level)
+        if keys & {"drift.window", "drift.sample_size"}:
+            self.drift.reconfigure(drift_thresholds(config), config.drift.sample_size)
+
     def publish_report(self, report: InstallReport) -> None:
         """Install progress for ``up/report``, kept in the spool until the control plane
         receipts it (sent again otherwise, across restarts too), and as an install event."""
@@ -351,7 +436,10 @@ class Agent:
             self.publish_status()
 
     def _close_window(self, window_s: float) -> None:
-        """Spool the requests answered since the last window as one inference event."""
+        """Spool the requests answered since the last window as one inference event, and
+        the outcomes the application posted as one outcome event per bundle."""
+        for event in self.outcomes.take_events():
+            self.emit(event)
         window = self.stats.take_window()
         model = self.holder.current()
         if window.count:

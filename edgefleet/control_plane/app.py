@@ -18,13 +18,17 @@ from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
 from edgefleet.control_plane.api.routes import (
+    agent_releases,
     audit,
     builds,
     bundles,
+    config,
     devices,
     drift,
     enrolment,
     events,
+    experiments,
+    field_data,
     groups,
     health,
     keys,
@@ -53,6 +57,7 @@ from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.drift.loop import DriftLoop
 from edgefleet.control_plane.jobs.scheduler import build_scheduler
 from edgefleet.control_plane.services.build_jobs import BuildRunner, interrupt_unfinished
+from edgefleet.control_plane.services.experiments.lifecycle import ExperimentRunner
 from edgefleet.control_plane.services.rollouts.orchestrator import RolloutOrchestrator
 from edgefleet.control_plane.trust.keyring import SigningError
 from edgefleet.control_plane.trust.repository import SignedRepository
@@ -105,6 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
             engine=engine,
             passphrase=settings.key_passphrase_bytes,
             replica=replica,
+            static_tree=settings.static_tree_dir,
         )
         repository.init_or_load()
         repository.refresh_timestamp()
@@ -122,6 +128,7 @@ def create_app(settings: Settings) -> FastAPI:
             repository=repository,
             drift_loop=drift_loop,
             orchestrator=orchestrator,
+            experiments=ExperimentRunner(engine=engine, publisher=link),
         )
         scheduler.start()
         builds_runner = BuildRunner(
@@ -170,13 +177,17 @@ def create_app(settings: Settings) -> FastAPI:
         models,
         profiles,
         bundles,
+        agent_releases,
         builds,
         devices,
         groups,
+        config,
         enrolment,
         rollouts,
+        experiments,
         audit,
         events,
+        field_data,
         drift,
         retraining,
         keys,

@@ -11,7 +11,7 @@ import io
 import os
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,17 @@ class ApiClient:
             raise ApiError(job.get("error_status") or 500, job.get("error") or "build failed")
         return self.get_bundle(job["bundle_id"])
 
+    def add_agent_release(
+        self, *, version: str, profile: str, wheels: Sequence[Path]
+    ) -> dict[str, Any]:
+        """Sign ``wheels`` as agent release ``version`` for ``profile``: its bundle."""
+        files = [
+            ("wheels", (path.name, path.read_bytes(), "application/octet-stream"))
+            for path in wheels
+        ]
+        form = {"version": version, "profile": profile}
+        return dict(self._call("POST", "/agent-releases", data=form, files=files))
+
     def get_bundle(self, bundle_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/bundles/{bundle_id}"))
 
@@ -295,6 +306,21 @@ class ApiClient:
     def list_groups(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/groups"))
 
+    def get_config(self, scope_path: str) -> Any:
+        """``GET /config/<scope_path>``: ``fleet``, ``groups/<name>``, ``devices[/<id>]``."""
+        return self._call("GET", f"/config/{scope_path}")
+
+    def change_config(
+        self,
+        scope_path: str,
+        values: dict[str, Any],
+        unset: list[str],
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """``PATCH /config/<scope_path>``: set ``values`` and unset ``unset`` in one version."""
+        body = {"set": values, "unset": unset, "reason": reason}
+        return dict(self._call("PATCH", f"/config/{scope_path}", json=body))
+
     def get_rollout(self, rollout_id: int) -> dict[str, Any]:
         return dict(self._call("GET", f"/rollouts/{rollout_id}"))
 
@@ -368,6 +394,20 @@ class ApiClient:
         if response.status_code >= 400:
             raise ApiError(response.status_code, response.text)
         return response.content
+
+    def create_experiment(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An A/B experiment (``ExperimentCreate``'s fields); each arm goes out as a rollout."""
+        return dict(self._call("POST", "/experiments", json=body))
+
+    def get_experiment(self, experiment_id: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/experiments/{experiment_id}"))
+
+    def list_experiments(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/experiments"))
+
+    def stop_experiment(self, experiment_id: int, *, reason: str | None = None) -> dict[str, Any]:
+        body = {"reason": reason} if reason else None
+        return dict(self._call("POST", f"/experiments/{experiment_id}/stop", json=body))
 
 
 def _array_file(

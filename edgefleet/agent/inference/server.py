@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgefleet.agent.inference.feedback import AnswerBook, request_id_of
 from edgefleet.agent.inference.protocol import (
     RequestError,
     model_metadata,
@@ -65,6 +66,12 @@ on the request path, so it must be cheap (``InferenceStats.record``: a deque app
 AgentRoutes = Callable[[str, list[str], bytes], tuple[HTTPStatus, dict[str, Any]]]
 """The agent's own routes under ``/v2/agent/update-lock``: (method, path parts after
 it, body) -> (status, JSON body); refusals are answers too, never exceptions."""
+OutcomeRoute = Callable[[ActiveModel, bytes], tuple[HTTPStatus, dict[str, Any]]]
+"""``POST /v2/models/{name}/outcome`` for the model served under that name
+(``edgefleet.agent.inference.outcomes.OutcomeRecorder.handle``)."""
+FlagRoutes = Callable[[str, list[str]], tuple[HTTPStatus, dict[str, Any]]]
+"""``/v2/flags[/<name>]``: (method, path parts after ``flags``) -> (status, JSON body)
+(``edgefleet.agent.remote_config``)."""
 InputObserver = Callable[[ActiveModel, dict[str, np.ndarray], dict[str, np.ndarray]], None]
 """Called after every successful inference with the model, its inputs and its outputs
 (drift scoring, shadow comparison); must not block."""
@@ -105,9 +112,15 @@ class InferenceServer:
         nan_policy: NanPolicy = "reject",
         nan_policy_by_model: Mapping[str, NanPolicy] | None = None,
         agent_routes: AgentRoutes | None = None,
+        outcome_route: OutcomeRoute | None = None,
+        flag_routes: FlagRoutes | None = None,
+        answers: AnswerBook | None = None,
     ) -> None:
         self.holder = holder
+        self.outcome_route = outcome_route
+        self.answers = answers  # request id -> answer, for /feedback (.feedback)
         self.agent_routes = agent_routes
+        self.flag_routes = flag_routes
         self.observer = observer
         self.input_observer = input_observer
         self.max_body_bytes = max_body_bytes
@@ -161,6 +174,8 @@ class InferenceServer:
         parts = [p for p in path.split("?", 1)[0].split("/") if p]
         if parts[:2] == ["v2", "agent"]:
             return self.handle_agent("GET", path, b"")
+        if parts[:2] == ["v2", "flags"] and self.flag_routes is not None:
+            return self.flag_routes("GET", parts[2:])
         model = self.holder.current()
         if parts == ["v2", "health", "live"]:
             return HTTPStatus.OK, {"live": True}
@@ -189,6 +204,12 @@ class InferenceServer:
         parts = [p for p in path.split("?", 1)[0].split("/") if p]
         if parts[:2] == ["v2", "agent"]:
             return self.handle_agent("POST", path, body)
+        if parts[:2] == ["v2", "models"] and parts[3:] == ["outcome"] and self.outcome_route:
+            return self.outcome_route(self._model_named(parts[2]), body)
+        if len(parts) == 4 and parts[:2] == ["v2", "models"] and parts[3] == "feedback":
+            if self.answers is None:
+                raise RequestError(HTTPStatus.NOT_FOUND, "feedback is not kept on this device")
+            return self.answers.handle(self._model_named(parts[2]).name, body)
         if len(parts) != 4 or parts[:2] != ["v2", "models"] or parts[3] != "infer":
             raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint {shown(path, 200)}")
         model = self._model_named(parts[2])
@@ -209,8 +230,9 @@ class InferenceServer:
         if names is None:
             names = list(outputs)
         response: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
-        if "id" in request:
-            response["id"] = request["id"]
+        response["id"] = request_id_of(request)
+        if self.answers is not None:
+            self.answers.record(model, response["id"], feeds, outputs)
         response["outputs"] = [encode_tensor(n, np.asarray(outputs[n])) for n in names]
         return HTTPStatus.OK, response
 

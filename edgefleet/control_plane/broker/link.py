@@ -14,13 +14,20 @@ device's credentials, never from a payload. Nothing is done on paho's network th
 but hand-off to worker threads, each run by a ``Supervisor`` that restarts it if it
 dies (the death is logged, counted in ``/metrics`` and shown by ``/api/v1/health``):
 
-- ``cp-events``: status and install reports, applied in arrival order (and log
+- ``cp-events``: status, install reports and config reports, applied in arrival order (and log
   answers that do not decode, to be counted as refused);
 - ``cp-fetch-<n>``: fetch requests, answered from the signed repository;
+- ``cp-blobs``: every ``Settings.blob_retention_s``, clears the retained blobs no
+  running rollout needs (``edgefleet.control_plane.broker.blobs``);
 - ``cp-telemetry``: telemetry, stored in bursts of up to ``TELEMETRY_BURST`` events
   per transaction and acknowledged to the broker once the burst is handled. Its queue
   holds at most ``TELEMETRY_QUEUE_MAX`` messages; past that a message is acknowledged
   unreceipted and left to the device's spool, which sends it again.
+
+**Blobs.** Before a bundle is first offered (or shadowed), its target is published
+once as retained chunks that the broker serves to every device
+(``BlobPublisher``); request/response fetches stay for metadata and for whatever
+the broker does not hold.
 
 **Poison messages.** Whatever goes wrong with one message — it does not decode, or
 handling it raises anything at all — is that message's failure: it is logged with the
@@ -62,6 +69,7 @@ from __future__ import annotations
 import logging
 import queue
 import secrets
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -76,9 +84,10 @@ from sqlalchemy.exc import (
     ProgrammingError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from edgefleet import topics
+from edgefleet.control_plane.broker.blobs import BlobPublisher
 from edgefleet.control_plane.broker.log_requests import LogAnswer, LogRequests
 from edgefleet.control_plane.core.errors import (
     BrokerError,
@@ -87,6 +96,8 @@ from edgefleet.control_plane.core.errors import (
     NotFoundError,
 )
 from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.core.tables import Bundle, Rollout
+from edgefleet.control_plane.services.device_config import record_report, sync_device
 from edgefleet.control_plane.services.devices import record_rejections, upsert_device_status
 from edgefleet.control_plane.services.events import ingest_events
 from edgefleet.control_plane.services.rollouts.reports import (
@@ -103,6 +114,8 @@ from edgefleet.messages import (
     FETCH_TOTAL,
     RECEIPT_MAX_IDS,
     BundleOffer,
+    ConfigReport,
+    DesiredConfig,
     DeviceCommand,
     DeviceStatus,
     FetchRequest,
@@ -114,6 +127,7 @@ from edgefleet.messages import (
     decode_as,
 )
 from edgefleet.mqtt import BrokerAddress, Incoming, MqttLink
+from edgefleet.states.rollout import RUNNING_ROLLOUT_STATES
 from edgefleet.supervisor import Supervisor, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -212,6 +226,16 @@ class FleetLink:
         self.telemetry_shed = 0  # telemetry messages dropped unreceipted on a full queue
         self._log_requests = LogRequests()
         self._started = False
+        self._stopped = threading.Event()
+        self._sent_lock = threading.Lock()
+        self._sent: Counter[str] = Counter()  # fetch answer bytes, by metadata / targets
+        self.blobs: BlobPublisher | None = None
+        self._blob_retention_s = settings.blob_retention_s
+        self._bundle_blobs: dict[str, tuple[str, str]] = {}  # bundle id -> (sha256, target)
+        if settings.blob_delivery:
+            self.blobs = BlobPublisher(
+                self._link, repository.targets_dir, chunk_size=settings.blob_chunk_kib * 1024
+            )
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -234,10 +258,17 @@ class FleetLink:
             deferred_ack=True,
         )
         self._link.subscribe(topics.up_filter(topics.Up.LOGS), self._on_logs)
+        self._link.subscribe(
+            topics.up_filter(topics.Up.CONFIG), self._on_config, shared_group=group
+        )
         self.supervisor.start("cp-events", self._run_events)
         for n in range(self._fetch_workers):
             self.supervisor.start(f"cp-fetch-{n}", self._run_fetches)
         self.supervisor.start("cp-telemetry", self._store_telemetry)
+        if self.blobs is not None:
+            self.blobs.attach()
+            self._stopped.clear()
+            self.supervisor.start("cp-blobs", self._run_blob_retention)
         self._link.start()
         self._started = True
         logger.info("fleet link starting broker=%s", self._link.broker.url())
@@ -247,6 +278,7 @@ class FleetLink:
             return
         self._link.stop()
         self.supervisor.stop()
+        self._stopped.set()
         # After whatever is queued: that is still handled (telemetry stored).
         self._events.put(None)
         for _ in range(self._fetch_workers):
@@ -272,7 +304,9 @@ class FleetLink:
     # -- outgoing ----------------------------------------------------------------
 
     def publish_offer(self, device_id: str, offer: BundleOffer) -> None:
-        """Offer a bundle to one device (QoS 1; queued while the link is down)."""
+        """Offer a bundle to one device (QoS 1; queued while the link is down), its
+        target published as retained blobs first when it is not yet."""
+        self.ensure_blob(offer.bundle_id)
         self._link.publish(topics.down(device_id, topics.Down.OFFER), offer.to_bytes(), qos=1)
         logger.info(
             "offer published device_id=%s bundle_id=%s rollout_id=%s",
@@ -283,6 +317,8 @@ class FleetLink:
 
     def publish_command(self, device_id: str, command: DeviceCommand) -> None:
         """Send a command (e.g. rollback) to one device (QoS 1; queued while offline)."""
+        if command.command == "shadow_start" and command.bundle_id:
+            self.ensure_blob(command.bundle_id)
         self._link.publish(topics.down(device_id, topics.Down.COMMAND), command.to_bytes(), qos=1)
         logger.info(
             "command published device_id=%s command=%s rollout_id=%s",
@@ -301,6 +337,63 @@ class FleetLink:
                 qos=1,
             )
         logger.debug("receipt published device_id=%s events=%d", device_id, len(event_ids))
+
+    def ensure_blob(self, bundle_id: str) -> bool:
+        """Publish ``bundle_id``'s target as retained blobs unless the broker holds it.
+
+        False when blob delivery is off or it could not be published (devices then
+        fetch the target by request/response, as they always could).
+        """
+        if self.blobs is None:
+            return False
+        blob = self._bundle_blobs.get(bundle_id)
+        if blob is None:
+            with Session(self._engine) as session:
+                bundle = session.get(Bundle, bundle_id)
+                if bundle is None:
+                    return False
+                blob = (bundle.sha256, bundle.target)
+            self._bundle_blobs[bundle_id] = blob
+        return self.blobs.ensure(*blob)
+
+    def delivery_bytes(self) -> dict[str, int]:
+        """Payload bytes sent to devices so far, by path: ``fetch_metadata``,
+        ``fetch_targets`` (request/response) and ``blobs`` (retained, once per target)."""
+        with self._sent_lock:
+            sent = {f"fetch_{kind}": count for kind, count in self._sent.items()}
+        sent.setdefault("fetch_metadata", 0)
+        sent.setdefault("fetch_targets", 0)
+        sent["blobs"] = self.blobs.counters.bytes_published if self.blobs is not None else 0
+        return sent
+
+    def sweep_blobs(self) -> list[str]:
+        """Clear the retained blobs of targets no running rollout needs; their SHA-256s."""
+        if self.blobs is None:
+            return []
+        with Session(self._engine) as session:
+            needed = session.exec(
+                select(Bundle.sha256)
+                .join(Rollout, col(Rollout.bundle_id) == col(Bundle.id))
+                .where(col(Rollout.state).in_(RUNNING_ROLLOUT_STATES))
+            ).all()
+        return self.blobs.retain_only(set(needed))
+
+    def _run_blob_retention(self) -> None:
+        """cp-blobs: clear unneeded retained blobs every ``blob_retention_s``."""
+        while not self._stopped.wait(self._blob_retention_s):
+            if not self._link.connected:
+                continue
+            try:
+                self.sweep_blobs()
+            except (OperationalError, InterfaceError) as e:
+                logger.warning("blob retention skipped reason=%s", e)
+
+    def publish_config(self, device_id: str, desired: DesiredConfig) -> None:
+        """A device's desired configuration, retained (QoS 1): a device that is away
+        finds the latest on its topic when it reconnects."""
+        topic = topics.down(device_id, topics.Down.CONFIG)
+        self._link.publish(topic, desired.to_bytes(), qos=1, retain=True)
+        logger.info("config published device_id=%s version=%d", device_id, desired.version)
 
     def request_logs(self, device_id: str, request: LogRequest, *, timeout: float) -> LogAnswer:
         """Ask ``device_id`` for its recent log and wait up to ``timeout`` s for the answer.
@@ -389,6 +482,11 @@ class FleetLink:
                 "log answer not ours device_id=%s request_id=%s", device_id, chunk.request_id
             )
 
+    def _on_config(self, message: Incoming) -> None:
+        device_id = self._device_id(message, topics.Up.CONFIG)
+        if device_id is not None:
+            self._events.put((topics.Up.CONFIG, device_id, message))
+
     def _on_fetch(self, message: Incoming) -> None:
         device_id = self._device_id(message, topics.Up.FETCH)
         if device_id is None:
@@ -445,6 +543,7 @@ class FleetLink:
             topics.Up.STATUS: self._handle_status,
             topics.Up.REPORT: self._handle_report,
             topics.Up.LOGS: self._handle_refused_logs,
+            topics.Up.CONFIG: self._handle_config_report,
         }
         while (item := self._events.get()) is not None:
             channel, device_id, message = item
@@ -470,10 +569,16 @@ class FleetLink:
                 if update.came_online:
                     # Back from offline: offer again what running rollouts still owe it.
                     reoffer_on_reconnect(session=session, publisher=self, device_id=device_id)
+                    sync_device(session=session, publisher=self, device_id=device_id)
         except Exception as e:
             if not is_transient(e):
                 raise
             logger.warning("status not stored device_id=%s error=%s", device_id, e)
+
+    def _handle_config_report(self, device_id: str, message: Incoming) -> None:
+        report = decode_as(message.payload, ConfigReport, topic=message.topic)
+        with Session(self._engine) as session:
+            record_report(session=session, device_id=device_id, report=report)
 
     def _handle_refused_logs(self, _device_id: str, message: Incoming) -> None:
         """A log answer that did not decode on arrival: decoding again raises its error."""
@@ -598,6 +703,10 @@ class FleetLink:
                 properties[FETCH_STATUS],
                 properties.get(FETCH_REASON),
             )
+        if data:
+            kind = "targets" if request.path.startswith("targets/") else "metadata"
+            with self._sent_lock:
+                self._sent[kind] += len(data)
         # The reply goes to the device's own down topic, whatever response topic it asked for.
         self._link.publish(
             topics.down(device_id, topics.Down.FETCH),

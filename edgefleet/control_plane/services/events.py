@@ -16,6 +16,7 @@ from sqlmodel import Session, col, func, select
 
 from edgefleet.control_plane.core.tables import Device, Event, EventSummary, utcnow
 from edgefleet.control_plane.services.event_aggregates import AggregatedEvent, add_to_aggregates
+from edgefleet.control_plane.services.field_data import store_samples
 from edgefleet.messages import TelemetryEvent
 
 logger = logging.getLogger(__name__)
@@ -49,15 +50,18 @@ def ingest_events(
     within the burst, is skipped by ``ON CONFLICT DO NOTHING`` in the database (so two
     replicas storing the same redelivered event race safely: the second waits for the
     first and then skips it). Only the events that were new are added to the rollout
-    aggregates (``event_aggregates``), in the same transaction. On PostgreSQL the key is
+    aggregates (``event_aggregates``) and the field data (``field_data``), in the same
+    transaction. On PostgreSQL the key is
     ``(event_id, ts)`` (a partitioned table's key holds its partition column); a
     redelivery carries the same bytes, hence the same ``ts``.
     """
     unique: dict[str, dict[str, Any]] = {}
+    sent: dict[str, tuple[str, TelemetryEvent]] = {}
     received = utcnow()
     for device_id, event in batch:
         if event.event_id not in unique:
             unique[event.event_id] = _values(device_id, event, received)
+            sent[event.event_id] = (device_id, event)
     if not unique:
         return 0
     rows = list(unique.values())
@@ -80,6 +84,8 @@ def ingest_events(
             for row in fresh
         ],
     )
+    # Field data (``sample`` events), in the same commit, from the new events only.
+    store_samples(session=session, batch=[sent[row["event_id"]] for row in fresh])
     session.commit()
     return len(fresh)
 
