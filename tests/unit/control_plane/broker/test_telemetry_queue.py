@@ -18,7 +18,7 @@ def test_a_full_telemetry_queue_acknowledges_and_sheds_instead_of_growing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(link_module, "TELEMETRY_QUEUE_MAX", 3)
-    settings = Settings(data_dir=tmp_path, broker_url="mqtt://127.0.0.1:1")
+    settings = Settings(data_dir=tmp_path, broker_url="mqtt://127.0.0.1:1", blob_delivery=False)
     fleet = link_module.FleetLink(
         settings=settings,
         engine=create_engine("sqlite://"),
