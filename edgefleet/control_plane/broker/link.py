@@ -132,8 +132,11 @@ from edgefleet.supervisor import Supervisor, WorkerState
 
 logger = logging.getLogger(__name__)
 
-TELEMETRY_BURST = 500
-"""Most telemetry events stored in one transaction."""
+TELEMETRY_BURST = 2000
+"""Most telemetry events stored in one transaction. Larger bursts spread a transaction's
+fixed round trips over more events: storing alone (COPY, aggregates, device touch, one
+commit) measured 3,012 events/s in bursts of 500 and 6,819 in bursts of 2,000; a burst is
+only as large as what queued while the previous one was stored."""
 TELEMETRY_QUEUE_MAX = 20_000
 """Most telemetry messages waiting for ``cp-telemetry`` (a few seconds of a fleet's
 telemetry at full speed, some MiB). Past it a message is acknowledged and dropped
