@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.agent.errors import SlotError
+from edgefleet.agent.errors import AgentError, SlotError
 from edgefleet.agent.inference.runtime import ActiveModel
 from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
 from edgefleet.bundle import BundleError, Manifest
@@ -248,26 +248,28 @@ def scored_outputs(outputs: dict[str, np.ndarray], kind: OutputKind) -> np.ndarr
 
 
 class DriftSupervisor:
-    """Keeps one ``DriftMonitor`` for whichever bundle is serving.
+    """Keeps one ``DriftMonitor`` per hosted model, for whichever bundle of it is serving.
 
     The monitor of a newly active bundle is built on its first input, from the
-    reference its slot holds; the old bundle's monitor is stopped then.
+    reference its slot holds; that model's old monitor is stopped then. Models hosted
+    side by side each keep their own monitor.
     """
 
     def __init__(
         self,
-        slots: SlotStore,
+        slots: SlotStore | Callable[[str], SlotStore],
         publish: Callable[[TelemetryEvent], None],
         thresholds: DriftThresholds | None = None,
         sample_size: int = 0,
     ) -> None:
-        self._slots = slots
+        self._slots_for: Callable[[str], SlotStore] = (
+            (lambda _name: slots) if isinstance(slots, SlotStore) else slots
+        )
         self._publish = publish
         self._thresholds = thresholds
         self._sample_size = sample_size
         self._lock = threading.Lock()
-        self._bundle_id: str | None = None
-        self._monitor: DriftMonitor | None = None
+        self._monitors: dict[str, tuple[str, DriftMonitor | None]] = {}
 
     def observe(
         self,
@@ -276,7 +278,7 @@ class DriftSupervisor:
         outputs: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Pass one request's inputs (and answers, when sampling) to the model's monitor."""
-        monitor = self._monitor_for(model.bundle_id)
+        monitor = self._monitor_for(model.name, model.bundle_id)
         if monitor is None:
             return
         inputs = feeds.get(monitor.input_name)
@@ -293,20 +295,22 @@ class DriftSupervisor:
             scored = scored_outputs(outputs, monitor.output_kind)
         monitor.submit(inputs, answers, scored)
 
-    def _monitor_for(self, bundle_id: str) -> DriftMonitor | None:
+    def _monitor_for(self, name: str, bundle_id: str) -> DriftMonitor | None:
         with self._lock:
-            if bundle_id == self._bundle_id:
-                return self._monitor
-            if self._monitor is not None:
-                self._monitor.stop()
-            self._bundle_id, self._monitor = bundle_id, None
+            known = self._monitors.get(name)
+            if known is not None and known[0] == bundle_id:
+                return known[1]
+            if known is not None and known[1] is not None:
+                known[1].stop()
+            self._monitors[name] = (bundle_id, None)
             try:
-                record = self._slots.read_active()
+                slots = self._slots_for(name)
+                record = slots.read_active()
                 if record is None or record.bundle_id != bundle_id:
                     return None
-                slot_dir = self._slots.slot_dir(record.slot)
+                slot_dir = slots.slot_dir(record.slot)
                 manifest = read_slot_manifest(slot_dir)
-            except (SlotError, BundleError, OSError) as e:
+            except (SlotError, BundleError, OSError, AgentError) as e:
                 logger.error("no drift monitor bundle_id=%s reason=%s", bundle_id, e)
                 return None
             monitor = DriftMonitor.for_slot(
@@ -315,11 +319,12 @@ class DriftSupervisor:
             if monitor is not None:
                 monitor.start()
                 logger.info("drift monitor started bundle_id=%s", bundle_id)
-            self._monitor = monitor
+            self._monitors[name] = (bundle_id, monitor)
             return monitor
 
     def stop(self) -> None:
         with self._lock:
-            if self._monitor is not None:
-                self._monitor.stop()
-            self._monitor = None
+            for _bundle_id, monitor in self._monitors.values():
+                if monitor is not None:
+                    monitor.stop()
+            self._monitors = {}
