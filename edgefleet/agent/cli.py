@@ -41,19 +41,19 @@ def _parser() -> argparse.ArgumentParser:
 def print_status(config: AgentConfig) -> int:
     """Print what each hosted model has installed (its ``active.json``) and its journal;
     exit status 0 either way (1 when an ``active.json`` is unreadable)."""
-    from edgefleet.agent.install.layout import hosted_models, migrate_single_model, model_dir
+    from edgefleet.agent.install.layout import hosted_models, model_dir
 
     lines = [f"device_id: {config.device_id}", f"profile: {config.profile}"]
-    try:
-        migrate_single_model(config.data_dir)  # as the daemon does on start
-    except OSError as e:
-        lines.append(f"state: not migrated ({e})")
-    names = hosted_models(config.data_dir)
+    # Read-only: a one-model layout the daemon has not moved yet is shown where it is.
+    dirs = {name: model_dir(config.data_dir, name) for name in hosted_models(config.data_dir)}
+    if not dirs and (Path(config.data_dir) / "active.json").exists():
+        dirs = {"": Path(config.data_dir)}
+    names = list(dirs)
     if not names:
         lines.append("installed: no")
     failed = False
     for name in names:
-        store = SlotStore(model_dir(config.data_dir, name))
+        store = SlotStore(dirs[name])
         if len(names) > 1:
             lines.append(f"[model {name}]")
         try:
@@ -75,7 +75,7 @@ def print_status(config: AgentConfig) -> int:
                 f"slot: {record.slot}",
                 f"slot_dir: {store.slot_dir(record.slot)}",
             ]
-        lines += _journal_lines(model_dir(config.data_dir, name))
+        lines += _journal_lines(dirs[name])
     if len(names) > 1:
         lines.append("[device]")
     lines += _lock_lines(config) + _daemon_lines(config)
