@@ -73,7 +73,11 @@ like a feature and reported separately (``output`` in the report), never mixed i
 the input verdict.
 
 Defaults, and why: 10 quantile bins (equal-mass bins make PSI as sensitive in the tails
-as in the middle); a window of 500 samples (with 10 equal-mass bins, 50 expected per
+as in the middle), fewer where the window is small: a numeric feature gets at most
+``window / MIN_EXPECTED_PER_BIN`` bins (at least 2), so every bin expects 5 samples of a
+window (below that most bins of a window are empty, and PSI measures the window's size,
+not its distribution: on the Nile flows at a window of 4, 10 bins left the 1898 change
+under the noise); a window of 500 samples (with 10 equal-mass bins, 50 expected per
 bin keeps the sampling noise of PSI around 0.02, an order of magnitude below the 0.2
 floor); a false-alarm rate of 1 % per feature and window.
 """
@@ -98,6 +102,7 @@ DEFAULT_FAR_FACTOR = 2.0
 DEFAULT_UNSEEN_SHARE = 0.01
 DEFAULT_FALSE_ALARM_RATE = 0.01
 DEFAULT_BINS = 10
+MIN_EXPECTED_PER_BIN = 5
 DEFAULT_MAX_CATEGORIES = 20
 MIN_ROWS_PER_CATEGORY = 5
 CALIBRATION_REPLICATES = 4000
@@ -603,7 +608,8 @@ def reference_statistics(
         categorical: Indices of features to bin by category whatever their values; other
             features are categorical when they look it (few distinct integer values).
         max_categories: Most distinct values a detected categorical feature has.
-        bins: Quantile bins per numeric feature.
+        bins: Quantile bins per numeric feature (fewer for a small window, so each bin
+            expects ``MIN_EXPECTED_PER_BIN`` samples of it).
         window: The device's window the thresholds are calibrated for.
         false_alarm_rate: Share of unshifted windows a feature may cross its threshold in.
         outputs: The float model's outputs on the same rows (or the holdout): class scores
@@ -619,6 +625,7 @@ def reference_statistics(
     samples = np.asarray(samples, dtype=np.float64)
     samples = samples.reshape(len(samples), -1)
     declared = set(categorical or ())
+    bins = max(2, min(bins, window // MIN_EXPECTED_PER_BIN))
     entries, references = [], []
     for index in range(samples.shape[1]):
         column = samples[:, index]

@@ -162,7 +162,7 @@ class BundleOffer(WireMessage, frozen=True, kw_only=True):
 
 
 TelemetryKind = Literal[
-    "inference", "error", "install", "drift", "resource", "spool", "shadow", "sample"
+    "inference", "error", "install", "drift", "resource", "spool", "shadow", "sample", "outcome"
 ]
 
 
@@ -184,7 +184,9 @@ class TelemetryEvent(WireMessage, frozen=True, kw_only=True):
       after ``drifted`` as optional, so windows from older agents still decode;
     - ``resource``: ``{"rss_mib", "cpu_percent", "disk_free_mib"}``;
     - ``spool``: ``{"depth", "dropped": {priority: n}}``;
-    - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``.
+    - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``;
+    - ``outcome``: ``{"model", "count", "sum", "sum_sq"}``, the numbers the application
+      posted for the bundle in one window (``edgefleet.agent.inference.outcomes``).
     """
 
     type: Literal["telemetry"] = "telemetry"
@@ -263,6 +265,52 @@ class LogChunk(WireMessage, frozen=True, kw_only=True):
     ts: float = field(default_factory=time.time)
 
 
+CONFIG_MAX_KEYS = 256
+"""Most keys a desired configuration (or a report) carries; ``edgefleet.device_config``."""
+
+
+class DesiredConfig(WireMessage, frozen=True, kw_only=True):
+    """A device's effective desired configuration, on ``down/config`` (retained).
+
+    ``version`` grows with every change that reaches this device. ``values`` is the
+    whole effective merge (``edgefleet.device_config``): a key left out is unset, and
+    the device goes back to its own ``agent.toml`` for it. Values are checked per key on
+    the device, so one bad value is refused alone.
+    """
+
+    type: Literal["config"] = "config"
+    version: Annotated[int, Meta(ge=1)]
+    values: Annotated[dict[str, Any], Meta(max_length=CONFIG_MAX_KEYS)] = field(
+        default_factory=dict
+    )
+    ts: float = field(default_factory=time.time)
+
+
+class ConfigReport(WireMessage, frozen=True, kw_only=True):
+    """What a device made of its desired configuration, on ``up/config``.
+
+    ``version``: the desired version this answers; ``applied_version``: the version of
+    the values it holds now. ``applied``: the remote values it holds (its last good
+    configuration: a refused key keeps its previous value, or none). ``refused``: key ->
+    reason. ``pending_restart``: keys held whose new value takes effect at the agent's
+    next start.
+    """
+
+    type: Literal["config_report"] = "config_report"
+    version: Annotated[int, Meta(ge=0)]
+    applied_version: Annotated[int, Meta(ge=0)] = 0
+    applied: Annotated[dict[str, Any], Meta(max_length=CONFIG_MAX_KEYS)] = field(
+        default_factory=dict
+    )
+    refused: Annotated[dict[str, str], Meta(max_length=CONFIG_MAX_KEYS)] = field(
+        default_factory=dict
+    )
+    pending_restart: Annotated[list[str], Meta(max_length=CONFIG_MAX_KEYS)] = field(
+        default_factory=list
+    )
+    ts: float = field(default_factory=time.time)
+
+
 class Receipt(WireMessage, frozen=True, kw_only=True):
     """The control plane's end-to-end receipt, on ``down/receipt``.
 
@@ -287,6 +335,8 @@ Message = (
     | Receipt
     | LogRequest
     | LogChunk
+    | DesiredConfig
+    | ConfigReport
 )
 
 _MESSAGE_TYPES: dict[str, type[WireMessage]] = {
@@ -299,6 +349,8 @@ _MESSAGE_TYPES: dict[str, type[WireMessage]] = {
     "receipt": Receipt,
     "log_request": LogRequest,
     "logs": LogChunk,
+    "config": DesiredConfig,
+    "config_report": ConfigReport,
 }
 
 M = TypeVar("M", bound=WireMessage)

@@ -2,8 +2,10 @@
 
 ::
 
-    fleet/<device_id>/up/<channel>     device -> cloud  (status, report, fetch, telemetry, logs)
-    fleet/<device_id>/down/<channel>   cloud -> device  (offer, command, fetch, receipt, logs)
+    fleet/<device_id>/up/<channel>     device -> cloud  (status, report, fetch, telemetry,
+                                                        logs, config)
+    fleet/<device_id>/down/<channel>   cloud -> device  (offer, command, fetch, receipt,
+                                                        logs, config)
     fleet/all/down/<channel>           cloud -> every device
 
 Device ids are ``dev-`` plus 8 to 32 lowercase letters or digits so that a broker ACL
@@ -29,6 +31,7 @@ class Up(StrEnum):
     FETCH = "fetch"  # request for a chunk of a metadata or target file
     TELEMETRY = "telemetry"
     LOGS = "logs"  # the agent's recent log, answering a log request
+    CONFIG = "config"  # what the device applied of its desired configuration, and why not
 
 
 class Down(StrEnum):
@@ -39,6 +42,7 @@ class Down(StrEnum):
     COMMAND = "command"
     RECEIPT = "receipt"  # event ids the control plane has committed (end-to-end acks)
     LOGS = "logs"  # a request for the agent's recent log
+    CONFIG = "config"  # the device's desired configuration (retained)
 
 
 def is_device_id(value: str) -> bool:

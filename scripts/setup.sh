@@ -90,11 +90,15 @@ if [ ! -x "$VENV/bin/python" ]; then
     fi
 fi
 
-stamp="$VENV/.edgefleet-installed"
+extras=agent-onnx,control-plane,dev,corpus
+# The suite also runs the real-drift benchmark's quick mode: river, statsmodels and
+# NannyML (~1.3 GB with xgboost, lightgbm, pyarrow; its census extract is in its wheel).
+[ "$TEST_SERVICES" = 1 ] && extras="$extras,bench-drift"
+stamp="$VENV/.edgefleet-installed-${extras//,/-}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "setup: installing edgefleet and its extras into $VENV"
+    echo "setup: installing edgefleet and its extras ($extras) into $VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[agent-onnx,control-plane,dev,corpus]'
+    "$VENV/bin/python" -m pip install -q -e ".[$extras]"
     touch "$stamp"
 fi
 # The gate runs tflite-runtime 2.14 candidates in that runtime's own small virtualenv

@@ -82,6 +82,7 @@ class DriftConfig(_Section, frozen=True, kw_only=True):
     """Drift scoring on the device; the reservoir sample for retraining is off (0) by default."""
 
     sample_size: Annotated[int, Meta(ge=0, le=500)] = 0  # rows sampled per window; 0 = off
+    window: Annotated[int, Meta(ge=50, le=1_000_000)] | None = None  # inputs; None = default
 
 
 class LogsConfig(_Section, frozen=True, kw_only=True):

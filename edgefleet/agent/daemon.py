@@ -29,6 +29,7 @@ import numpy as np
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.enrolment.credentials import load_credentials
 from edgefleet.agent.errors import ConfigError, RuntimeLoadError, SlotError
+from edgefleet.agent.inference.outcomes import OutcomeRecorder
 from edgefleet.agent.inference.runtime import ActiveModel, ModelTable, load_runtime
 from edgefleet.agent.inference.server import InferenceServer
 from edgefleet.agent.install.deferral import UpdateLock
@@ -37,6 +38,7 @@ from edgefleet.agent.install.layout import hosted_models, migrate_single_model, 
 from edgefleet.agent.install.shadow import ShadowRunner
 from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
 from edgefleet.agent.install.updater import Installer, OfferWorker, ensure_trust_root
+from edgefleet.agent.remote_config import RemoteConfig, drift_thresholds
 from edgefleet.agent.session import DeviceSession, device_status
 from edgefleet.agent.telemetry.counters import (
     InferenceStats,
@@ -173,6 +175,8 @@ class Agent:
     """One running device agent; ``start()`` then ``stop()`` (or ``run()`` until a signal)."""
 
     def __init__(self, config: AgentConfig) -> None:
+        self.remote = RemoteConfig(config)  # the last good remote configuration over the file
+        config = self.remote.config
         self.config = config
         self.device_id = config.device_id
         self.models = ModelTable()
@@ -224,8 +228,10 @@ class Agent:
         self.drift = DriftSupervisor(
             lambda name: SlotStore(model_dir(config.data_dir, name)),
             self.emit,
+            drift_thresholds(config),
             sample_size=config.drift.sample_size,
         )
+        self.outcomes = OutcomeRecorder()
         self.server = InferenceServer(
             self.models,
             host=config.inference.host,
@@ -237,6 +243,8 @@ class Agent:
             observer=self.stats.record,
             input_observer=self.observe_request,
             agent_routes=self.update_lock.handle,
+            outcome_route=self.outcomes.handle,
+            flag_routes=self.remote.handle_flags,
         )
         self._next_window = time.monotonic() + config.telemetry.window_s
         self._next_status = 0.0
@@ -255,6 +263,10 @@ class Agent:
         self.session.on_command(self.handle_command)
         self.session.on_receipt(self.handle_receipt)
         self.session.on_log_request(self.handle_log_request)
+        self.remote.attach(report=self.session.publish_config_report, on_apply=self.apply_config)
+        self.session.on_config(self.remote.receive)
+        if "logs.level" in self.remote.values:
+            self.apply_config(self.config, frozenset({"logs.level"}))
         self.log_responder.start()
         self.session.start()
         logger.info(
@@ -329,6 +341,20 @@ class Agent:
         )
         self.log_responder.submit(request)
 
+    def apply_config(self, config: AgentConfig, keys: frozenset[str]) -> None:
+        """Network thread: the live keys of the remote configuration (``keys``) that
+        changed, applied to what runs (``edgefleet.agent.remote_config``)."""
+        self.config = config  # the telemetry window is read from it on every tick
+        if "telemetry.window_s" in keys:
+            soonest = time.monotonic() + config.telemetry.window_s
+            self._next_window = min(self._next_window, soonest)
+        if "logs.level" in keys:
+            level = logging.getLevelNamesMapping()[config.logs.level]
+            logging.getLogger().setLevel(level)
+            self.logs.setLevel(level)
+        if keys & {"drift.window", "drift.sample_size"}:
+            self.drift.reconfigure(drift_thresholds(config), config.drift.sample_size)
+
     def publish_report(self, report: InstallReport) -> None:
         """Install progress for ``up/report``, kept in the spool until the control plane
         receipts it (sent again otherwise, across restarts too), and as an install event."""
@@ -369,7 +395,10 @@ class Agent:
 
     def _close_window(self, window_s: float) -> None:
         """Spool the requests each bundle answered since the last window, one inference
-        event per bundle (an agent hosts several models; each rollout reads its own)."""
+        event per bundle (an agent hosts several models; each rollout reads its own), and
+        the outcomes the application posted as one outcome event per bundle."""
+        for event in self.outcomes.take_events():
+            self.emit(event)
         releases = {m.bundle_id: m.release for m in self.models.models()}
         for bundle_id, window in sorted(self.stats.take_windows().items()):
             if window.count:

@@ -5,10 +5,10 @@ queues offers and commands while it is away), with its enrolment credentials and
 TLS when configured. Every connect publishes the retained ``DeviceStatus`` (online);
 the broker publishes the last will (offline) if the device vanishes, and a clean
 ``close`` publishes offline itself. Messages on ``down/offer``, ``down/command``,
-``down/receipt`` and ``down/logs`` are decoded and handed to the handlers registered for them; what
-does not decode as the message its topic carries is logged and dropped (and
-``edgefleet.mqtt`` catches anything a handler still raises, so paho's network thread
-never dies).
+``down/receipt``, ``down/logs`` and ``down/config`` are decoded and handed to the
+handlers registered for them; what does not decode as the message its topic carries
+is logged and dropped (and ``edgefleet.mqtt`` catches anything a handler still
+raises, so paho's network thread never dies).
 
 The daemon (``edgefleet.agent.daemon``), the fleet simulator (``bench/fleetsim.py``)
 and the rollout tests' simulated devices all speak to the broker through this class.
@@ -28,6 +28,8 @@ from edgefleet.agent.inference.runtime import ActiveModel
 from edgefleet.errors import MessageError, TransportError
 from edgefleet.messages import (
     BundleOffer,
+    ConfigReport,
+    DesiredConfig,
     DeviceCommand,
     DeviceStatus,
     InstallReport,
@@ -176,7 +178,10 @@ class DeviceSession:
     def on_log_request(self, handler: Callable[[LogRequest], None]) -> None:
         self._subscribe(Down.LOGS, LogRequest, handler)
 
-    def _subscribe(self, channel: Down, expected: type[M], handler: Callable[[M], None]) -> None:
+    def on_config(self, handler: Callable[[DesiredConfig], object]) -> None:
+        self._subscribe(Down.CONFIG, DesiredConfig, handler)
+
+    def _subscribe(self, channel: Down, expected: type[M], handler: Callable[[M], object]) -> None:
         def dispatch(incoming: Incoming) -> None:
             try:
                 message = decode_as(incoming.payload, expected, topic=incoming.topic)
@@ -234,6 +239,11 @@ class DeviceSession:
     def publish_logs(self, chunk: LogChunk) -> None:
         """Part of an answer to a log request, on ``up/logs`` (QoS 1, never retained)."""
         self.link.publish(topics.up(self.device_id, Up.LOGS), chunk.to_bytes(), qos=1)
+
+    def publish_config_report(self, report: ConfigReport) -> None:
+        """What came of the desired configuration, on ``up/config`` (QoS 1, never retained:
+        the retained desired configuration is answered again on every connect)."""
+        self.link.publish(topics.up(self.device_id, Up.CONFIG), report.to_bytes(), qos=1)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -21,10 +21,12 @@ from edgefleet.control_plane.api.routes import (
     audit,
     builds,
     bundles,
+    config,
     devices,
     drift,
     enrolment,
     events,
+    experiments,
     groups,
     health,
     keys,
@@ -53,6 +55,7 @@ from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.drift.loop import DriftLoop
 from edgefleet.control_plane.jobs.scheduler import build_scheduler
 from edgefleet.control_plane.services.build_jobs import BuildRunner, interrupt_unfinished
+from edgefleet.control_plane.services.experiments.lifecycle import ExperimentRunner
 from edgefleet.control_plane.services.rollouts.orchestrator import RolloutOrchestrator
 from edgefleet.control_plane.trust.keyring import SigningError
 from edgefleet.control_plane.trust.repository import SignedRepository
@@ -122,6 +125,7 @@ def create_app(settings: Settings) -> FastAPI:
             repository=repository,
             drift_loop=drift_loop,
             orchestrator=orchestrator,
+            experiments=ExperimentRunner(engine=engine, publisher=link),
         )
         scheduler.start()
         builds_runner = BuildRunner(
@@ -173,8 +177,10 @@ def create_app(settings: Settings) -> FastAPI:
         builds,
         devices,
         groups,
+        config,
         enrolment,
         rollouts,
+        experiments,
         audit,
         events,
         drift,

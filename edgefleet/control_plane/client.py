@@ -298,6 +298,21 @@ class ApiClient:
     def list_groups(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/groups"))
 
+    def get_config(self, scope_path: str) -> Any:
+        """``GET /config/<scope_path>``: ``fleet``, ``groups/<name>``, ``devices[/<id>]``."""
+        return self._call("GET", f"/config/{scope_path}")
+
+    def change_config(
+        self,
+        scope_path: str,
+        values: dict[str, Any],
+        unset: list[str],
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """``PATCH /config/<scope_path>``: set ``values`` and unset ``unset`` in one version."""
+        body = {"set": values, "unset": unset, "reason": reason}
+        return dict(self._call("PATCH", f"/config/{scope_path}", json=body))
+
     def get_rollout(self, rollout_id: int) -> dict[str, Any]:
         return dict(self._call("GET", f"/rollouts/{rollout_id}"))
 
@@ -371,6 +386,20 @@ class ApiClient:
         if response.status_code >= 400:
             raise ApiError(response.status_code, response.text)
         return response.content
+
+    def create_experiment(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An A/B experiment (``ExperimentCreate``'s fields); each arm goes out as a rollout."""
+        return dict(self._call("POST", "/experiments", json=body))
+
+    def get_experiment(self, experiment_id: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/experiments/{experiment_id}"))
+
+    def list_experiments(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/experiments"))
+
+    def stop_experiment(self, experiment_id: int, *, reason: str | None = None) -> dict[str, Any]:
+        body = {"reason": reason} if reason else None
+        return dict(self._call("POST", f"/experiments/{experiment_id}/stop", json=body))
 
 
 def _array_file(

@@ -69,6 +69,12 @@ on the request path, so it must be cheap (``InferenceStats.record``: a deque app
 AgentRoutes = Callable[[str, list[str], bytes], tuple[HTTPStatus, dict[str, Any]]]
 """The agent's own routes under ``/v2/agent/update-lock``: (method, path parts after
 it, body) -> (status, JSON body); refusals are answers too, never exceptions."""
+OutcomeRoute = Callable[[ActiveModel, bytes], tuple[HTTPStatus, dict[str, Any]]]
+"""``POST /v2/models/{name}/outcome`` for the model served under that name
+(``edgefleet.agent.inference.outcomes.OutcomeRecorder.handle``)."""
+FlagRoutes = Callable[[str, list[str]], tuple[HTTPStatus, dict[str, Any]]]
+"""``/v2/flags[/<name>]``: (method, path parts after ``flags``) -> (status, JSON body)
+(``edgefleet.agent.remote_config``)."""
 InputObserver = Callable[[ActiveModel, dict[str, np.ndarray], dict[str, np.ndarray]], None]
 """Called after every successful inference with the model, its inputs and its outputs
 (drift scoring, shadow comparison); must not block."""
@@ -112,6 +118,8 @@ class InferenceServer:
         nan_policy: NanPolicy = "reject",
         nan_policy_by_model: Mapping[str, NanPolicy] | None = None,
         agent_routes: AgentRoutes | None = None,
+        outcome_route: OutcomeRoute | None = None,
+        flag_routes: FlagRoutes | None = None,
     ) -> None:
         self.models = models if isinstance(models, ModelTable) else ModelTable.single(models)
         self.observer = observer
@@ -124,6 +132,14 @@ class InferenceServer:
         self._add_oip_routes()
         if agent_routes is not None:
             self.add_agent_routes("/v2/agent/update-lock", agent_routes)
+        if outcome_route is not None:
+            self.add_route(
+                "POST",
+                "/v2/models/{name}/outcome",
+                lambda request: outcome_route(self._model(request), request.body),
+            )
+        if flag_routes is not None:
+            self.add_route("GET", "/v2/flags/*", lambda request: flag_routes("GET", request.rest))
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None

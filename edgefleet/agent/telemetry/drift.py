@@ -295,6 +295,14 @@ class DriftSupervisor:
             scored = scored_outputs(outputs, monitor.output_kind)
         monitor.submit(inputs, answers, scored)
 
+    def reconfigure(self, thresholds: DriftThresholds | None, sample_size: int) -> None:
+        """New window rule and sample size (remote configuration): each model's serving
+        bundle's monitor is rebuilt with them on its next input, its open window dropped."""
+        with self._lock:
+            self._thresholds, self._sample_size = thresholds, sample_size
+            # No bundle matches "": the next observe stops the old monitor, builds anew.
+            self._monitors = {name: ("", m) for name, (_b, m) in self._monitors.items()}
+
     def _monitor_for(self, name: str, bundle_id: str) -> DriftMonitor | None:
         with self._lock:
             known = self._monitors.get(name)

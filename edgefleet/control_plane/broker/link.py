@@ -14,7 +14,7 @@ device's credentials, never from a payload. Nothing is done on paho's network th
 but hand-off to worker threads, each run by a ``Supervisor`` that restarts it if it
 dies (the death is logged, counted in ``/metrics`` and shown by ``/api/v1/health``):
 
-- ``cp-events``: status and install reports, applied in arrival order (and log
+- ``cp-events``: status, install reports and config reports, applied in arrival order (and log
   answers that do not decode, to be counted as refused);
 - ``cp-fetch-<n>``: fetch requests, answered from the signed repository;
 - ``cp-telemetry``: telemetry, stored in bursts of up to ``TELEMETRY_BURST`` events
@@ -85,6 +85,7 @@ from edgefleet.control_plane.core.errors import (
     NotFoundError,
 )
 from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.services.device_config import record_report, sync_device
 from edgefleet.control_plane.services.devices import record_rejections, upsert_device_status
 from edgefleet.control_plane.services.events import ingest_events
 from edgefleet.control_plane.services.rollouts.reports import (
@@ -101,6 +102,8 @@ from edgefleet.messages import (
     FETCH_TOTAL,
     RECEIPT_MAX_IDS,
     BundleOffer,
+    ConfigReport,
+    DesiredConfig,
     DeviceCommand,
     DeviceStatus,
     FetchRequest,
@@ -224,6 +227,9 @@ class FleetLink:
             deferred_ack=True,
         )
         self._link.subscribe(topics.up_filter(topics.Up.LOGS), self._on_logs)
+        self._link.subscribe(
+            topics.up_filter(topics.Up.CONFIG), self._on_config, shared_group=group
+        )
         self.supervisor.start("cp-events", self._run_events)
         for n in range(self._fetch_workers):
             self.supervisor.start(f"cp-fetch-{n}", self._run_fetches)
@@ -291,6 +297,13 @@ class FleetLink:
                 qos=1,
             )
         logger.debug("receipt published device_id=%s events=%d", device_id, len(event_ids))
+
+    def publish_config(self, device_id: str, desired: DesiredConfig) -> None:
+        """A device's desired configuration, retained (QoS 1): a device that is away
+        finds the latest on its topic when it reconnects."""
+        topic = topics.down(device_id, topics.Down.CONFIG)
+        self._link.publish(topic, desired.to_bytes(), qos=1, retain=True)
+        logger.info("config published device_id=%s version=%d", device_id, desired.version)
 
     def request_logs(self, device_id: str, request: LogRequest, *, timeout: float) -> LogAnswer:
         """Ask ``device_id`` for its recent log and wait up to ``timeout`` s for the answer.
@@ -370,6 +383,11 @@ class FleetLink:
                 "log answer not ours device_id=%s request_id=%s", device_id, chunk.request_id
             )
 
+    def _on_config(self, message: Incoming) -> None:
+        device_id = self._device_id(message, topics.Up.CONFIG)
+        if device_id is not None:
+            self._events.put((topics.Up.CONFIG, device_id, message))
+
     def _on_fetch(self, message: Incoming) -> None:
         device_id = self._device_id(message, topics.Up.FETCH)
         if device_id is None:
@@ -426,6 +444,7 @@ class FleetLink:
             topics.Up.STATUS: self._handle_status,
             topics.Up.REPORT: self._handle_report,
             topics.Up.LOGS: self._handle_refused_logs,
+            topics.Up.CONFIG: self._handle_config_report,
         }
         while (item := self._events.get()) is not None:
             channel, device_id, message = item
@@ -451,10 +470,16 @@ class FleetLink:
                 if update.came_online:
                     # Back from offline: offer again what running rollouts still owe it.
                     reoffer_on_reconnect(session=session, publisher=self, device_id=device_id)
+                    sync_device(session=session, publisher=self, device_id=device_id)
         except Exception as e:
             if not is_transient(e):
                 raise
             logger.warning("status not stored device_id=%s error=%s", device_id, e)
+
+    def _handle_config_report(self, device_id: str, message: Incoming) -> None:
+        report = decode_as(message.payload, ConfigReport, topic=message.topic)
+        with Session(self._engine) as session:
+            record_report(session=session, device_id=device_id, report=report)
 
     def _handle_refused_logs(self, _device_id: str, message: Incoming) -> None:
         """A log answer that did not decode on arrival: decoding again raises its error."""

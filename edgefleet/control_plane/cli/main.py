@@ -14,10 +14,12 @@ import typer
 
 from edgefleet.control_plane.cli.builds import build_app
 from edgefleet.control_plane.cli.bundles import bundle_app, model_app
+from edgefleet.control_plane.cli.config import config_app
 from edgefleet.control_plane.cli.db import backup, db_app, restore
 from edgefleet.control_plane.cli.demo import demo
 from edgefleet.control_plane.cli.devices import device_app, enrol_app
 from edgefleet.control_plane.cli.drift import drift_app, hook_app, policy_app, retraining_app
+from edgefleet.control_plane.cli.experiments import experiment_app
 from edgefleet.control_plane.cli.rollouts import audit_app, rollout_app
 from edgefleet.control_plane.cli.serve import serve, up
 from edgefleet.control_plane.cli.tokens import token_app
@@ -38,6 +40,8 @@ app.add_typer(bundle_app, name="bundle")
 app.add_typer(build_app, name="build")
 app.add_typer(device_app, name="device")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(experiment_app, name="experiment")
+app.add_typer(config_app, name="config")
 app.add_typer(trust_app, name="trust")
 app.add_typer(drift_app, name="drift")
 app.add_typer(retraining_app, name="retraining")

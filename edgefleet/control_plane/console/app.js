@@ -4,7 +4,9 @@
 
 import { ApiError, get, getToken, loadRoutes, setToken } from "./api.js";
 import * as audit from "./views/audit.js";
+import * as config from "./views/config.js";
 import * as drift from "./views/drift.js";
+import * as experiments from "./views/experiments.js";
 import * as fleet from "./views/fleet.js";
 import * as retraining from "./views/retraining.js";
 import * as rollout from "./views/rollout.js";
@@ -15,8 +17,10 @@ const ROUTES = [
   [/^\/fleet$/, fleet, "fleet"],
   [/^\/rollouts$/, rollouts, "rollouts"],
   [/^\/rollouts\/(\d+)$/, rollout, "rollouts"],
+  [/^\/experiments$/, experiments, "experiments"],
   [/^\/drift$/, drift, "drift"],
   [/^\/retraining$/, retraining, "retraining"],
+  [/^\/config$/, config, "config"],
   [/^\/audit$/, audit, "audit"],
 ];
 

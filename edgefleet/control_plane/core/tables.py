@@ -805,3 +805,197 @@ class TrustFloor(SQLModel, table=True):
     version: int
     device_id: str = Field(max_length=64)
     reported_at: datetime = _ts_field()
+
+
+# -- A/B experiments --------------------------------------------------------------
+
+ExperimentMetric = Literal["error_rate", "latency_ms", "accuracy", "outcome"]
+ExperimentMode = Literal["split", "bandit"]
+
+
+class ExperimentCreate(SQLModel):
+    """Two bundles of one model and profile, split over a cohort, decided on one metric.
+
+    ``metric`` decides; the other metrics are shown beside it. Lower is better for
+    ``error_rate`` and ``latency_ms``, higher for ``accuracy``; for ``outcome`` (the
+    number the application posts on the device) ``outcome_goal`` says which.
+    ``promote_to`` picks the devices the winner is rolled out to once decided (by
+    default every device of the profile); the winner's own arm already runs it.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(min_length=1, max_length=64)
+    bundle_a: str = Field(max_length=128, description="arm A, usually what the cohort runs")
+    bundle_b: str = Field(max_length=128, description="arm B, the candidate")
+    selector: RolloutSelector = Field(default_factory=RolloutSelector)
+    metric: ExperimentMetric = "error_rate"
+    outcome_goal: Literal["maximize", "minimize"] = "maximize"
+    mode: ExperimentMode = "split"
+    share_b: float = Field(default=0.5, ge=0.0, le=1.0, description="arm B's share of devices")
+    min_share: float = Field(
+        default=0.1, ge=0.0, le=0.5, description="bandit mode: the least share either arm keeps"
+    )
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
+    mixture_sd: float = Field(default=0.1, gt=0.0, le=10.0)
+    min_samples: int = Field(default=100, ge=2, le=10_000_000)
+    reassign_every_s: float = Field(default=300.0, gt=0, le=7 * 86_400)
+    promote_to: RolloutSelector | None = None
+    promote_waves: list[WaveSpec] = Field(
+        default_factory=lambda: ["100%"], min_length=1, max_length=20
+    )
+    promote_gates: RolloutGates = Field(default_factory=RolloutGates)
+
+
+class ExperimentStop(SQLModel):
+    model_config = {"extra": "forbid"}
+
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class Experiment(SQLModel, table=True):
+    """One A/B experiment: its arms' rollouts, assignment, latest numbers and decision."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    model: str = Field(max_length=64)
+    profile: str = Field(max_length=64)
+    bundle_a: str = Field(foreign_key="bundle.id")
+    bundle_b: str = Field(foreign_key="bundle.id")
+    state: str = Field(default="running", index=True)  # edgefleet.states.experiment
+    mode: str = "split"
+    metric: str = "error_rate"
+    outcome_goal: str = "maximize"
+    share_b: float = 0.5
+    min_share: float = 0.1
+    alpha: float = 0.05
+    mixture_sd: float = 0.1
+    min_samples: int = 100
+    reassign_every_s: float = 300.0
+    selector: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    promote_to: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    promote_waves: list[Any] = Field(default_factory=list, sa_column=Column(JSON))
+    promote_gates: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    # device id -> "A" | "B", as assigned now
+    assignments: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+    # every rollout that delivered an arm, oldest first: [{"arm", "rollout_id", "devices"}]
+    arm_rollouts: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    results: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    passes: int = 0
+    winner: str | None = Field(default=None, max_length=1)
+    promotion_rollout_id: int | None = None
+    reason: str | None = None
+    created_by: str | None = None
+    started_at: datetime = _ts_field()
+    reassigned_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    decided_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    updated_at: datetime = _ts_field()
+
+
+class ExperimentArmPublic(SQLModel):
+    arm: str
+    bundle_id: str
+    devices: list[str]
+    rollout_ids: list[int]
+
+
+class ExperimentPublic(SQLModel):
+    id: int
+    name: str
+    model: str
+    profile: str
+    state: str
+    mode: str
+    metric: str
+    outcome_goal: str
+    share_b: float
+    alpha: float
+    arms: list[ExperimentArmPublic]
+    results: dict[str, Any]
+    winner: str | None
+    promotion_rollout_id: int | None
+    reason: str | None
+    created_by: str | None
+    started_at: datetime
+    decided_at: datetime | None
+    updated_at: datetime
+
+
+# -- remote configuration -----------------------------------------------------
+
+
+ConfigScopeKind = Literal["fleet", "group", "device"]
+
+
+class ConfigScope(SQLModel, table=True):
+    """The configuration one scope desires (``edgefleet.device_config``): the fleet (name
+    ``""``), a group, or one device. ``version`` is the config version its last change
+    made; versions grow across every scope, so each device's desired version does too."""
+
+    __tablename__ = "config_scope"
+
+    scope: str = Field(primary_key=True, max_length=8)
+    name: str = Field(primary_key=True, max_length=64)
+    settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    version: int = Field(default=0, index=True)
+    updated_at: datetime = _ts_field()
+    updated_by: str | None = Field(default=None, max_length=100)
+
+
+class ConfigScopePublic(SQLModel):
+    scope: ConfigScopeKind
+    name: str
+    settings: dict[str, Any]
+    version: int
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+
+class ConfigChange(SQLModel):
+    """Keys to set (checked against the shared schema) and keys to unset, in one version."""
+
+    model_config = {"extra": "forbid"}
+
+    set: dict[str, Any] = Field(default_factory=dict, max_length=256)
+    unset: list[str] = Field(default_factory=list, max_length=256)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class DeviceConfig(SQLModel, table=True):
+    """One device's desired configuration as last sent (the effective merge) and what the
+    device last reported of it."""
+
+    __tablename__ = "device_config"
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    desired_version: int = 0
+    desired: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    sources: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+    published_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    reported_version: int | None = None
+    applied_version: int | None = None
+    applied: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    refused: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+    pending_restart: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    reported_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class DeviceConfigPublic(SQLModel):
+    """A device's configuration: its own scope, the effective merge (and where each key
+    comes from), what it reported, and the keys where desired and reported differ."""
+
+    device_id: str
+    own: dict[str, Any]
+    desired_version: int
+    desired: dict[str, Any]
+    sources: dict[str, str]
+    reported_version: int | None
+    applied_version: int | None
+    applied: dict[str, Any]
+    refused: dict[str, str]
+    pending_restart: list[str]
+    reported_at: datetime | None
+    in_sync: bool = Field(description="the device applied exactly the desired version")
+    diff: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="key -> {desired, reported} where they differ"
+    )

@@ -68,6 +68,7 @@ def build_scheduler(
     repository: SignedRepository,
     drift_loop: Ticking,
     orchestrator: Ticking,
+    experiments: Ticking | None = None,
 ) -> BackgroundScheduler:
     """A scheduler (not yet started) holding every periodic job of the control plane.
 
@@ -88,6 +89,9 @@ def build_scheduler(
     ``rollout-orchestrator`` (every ``settings.rollout_tick_s``)
         Advances every active rollout one step (waves, gates, pauses, rollbacks).
         Passes never overlap.
+    ``experiments`` (every ``settings.rollout_tick_s``, when given)
+        Tests each running A/B experiment on its outcomes so far, promotes a winner,
+        and in bandit mode moves devices between the arms. Passes never overlap.
 
     Args:
         settings: The control plane's settings (the stale and rollout intervals).
@@ -95,13 +99,14 @@ def build_scheduler(
         repository: The signed repository whose timestamp is kept fresh.
         drift_loop: The drift loop to tick.
         orchestrator: The rollout orchestrator to tick.
+        experiments: The A/B experiment runner to tick, if any.
 
     Returns:
         The scheduler, with its jobs added; the caller starts and shuts it down.
     """
     scheduler = BackgroundScheduler(timezone="UTC")
     single_pass = {"max_instances": 1, "coalesce": True}
-    jobs = (
+    jobs: tuple[_Job, ...] = (
         _Job("refresh-timestamp", refresh_metadata, {"hours": 1}, [repository]),
         _Job(
             "drift-loop",
@@ -129,6 +134,15 @@ def build_scheduler(
             options=single_pass,
         ),
     )
+    if experiments is not None:
+        jobs += (
+            _Job(
+                "experiments",
+                experiments.tick,
+                {"seconds": settings.rollout_tick_s},
+                options=single_pass,
+            ),
+        )
     for job in jobs:
         scheduler.add_job(
             job.func, "interval", args=job.args, id=job.id, **job.interval, **job.options

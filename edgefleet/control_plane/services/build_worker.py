@@ -53,6 +53,7 @@ CandidateRows = Callable[[dict[str, Any]], None]
 
 _CONTEXT = multiprocessing.get_context("spawn")
 _JOIN_S = 30.0
+_TERMINATE_GRACE_S = 5.0  # SIGTERM ends a healthy child at once; past this it is stuck
 _ARRAY_FILE_BYTES = 1 << 20  # arrays from 1 MiB on go to the child as .npy files
 
 
@@ -158,12 +159,22 @@ class BuildProcess:
         self._stopping = False
 
     def stop_all(self) -> None:
+        """End every running child: SIGTERM, then SIGKILL for one that outlives the grace.
+
+        A child that is stopped (SIGSTOP, a debugger) or stuck in native code never
+        acts on SIGTERM; without the kill its build thread, and so shutdown, would wait
+        for ever.
+        """
         with self._lock:
             self._stopping = True
             running = list(self._running)
         for process in running:
             if process.is_alive():
                 process.terminate()
+        for process in running:
+            process.join(_TERMINATE_GRACE_S)
+            if process.is_alive():
+                process.kill()
 
     def build(
         self,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +109,13 @@ def test_control_plane_stopped_mid_build_marks_the_job_interrupted(
         "the build to measure",
         timeout=120,
     )
+
+    # Held still, the build cannot finish before the stop: only the stop can end it.
+    (child,) = [
+        p for p in multiprocessing.active_children() if p.name.startswith("edgefleet-build")
+    ]
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGSTOP)
 
     client.__exit__(None, None, None)  # the lifespan stops: the child is ended
 
