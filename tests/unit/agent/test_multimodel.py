@@ -11,13 +11,17 @@ from pathlib import Path
 import pytest
 
 from edgefleet.agent.config import AgentConfig, parse_config
+from edgefleet.agent.daemon import load_hosted_models
 from edgefleet.agent.errors import ConfigError, InstallError
 from edgefleet.agent.inference.protocol import RequestError
 from edgefleet.agent.inference.routes import Request, RouteTable
 from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, ModelTable
 from edgefleet.agent.install.layout import hosted_models, migrate_single_model, model_dir
 from edgefleet.agent.install.memory import check_memory_budget, check_model_allowed
+from edgefleet.agent.install.slots import ActiveRecord, SlotStore
 from edgefleet.agent.telemetry.counters import InferenceStats
+from edgefleet_demo.digits import DigitsModel
+from tests.unit.agent.test_smoke import make_bundle
 
 BASE = """
 device_id = "dev-abc12345"
@@ -185,3 +189,27 @@ def test_route_table_matches_params_and_rest_and_answers_404_and_405() -> None:
         routes.dispatch("POST", "/v2/models/digits/feedback/more")
     assert missing.value.status == HTTPStatus.NOT_FOUND
     assert isinstance(Request("GET", "/"), Request)
+
+
+def test_an_agent_updated_in_the_field_starts_serving_the_model_its_old_layout_held(
+    tmp_path: Path, digits: DigitsModel
+) -> None:
+    manifest, built = make_bundle(tmp_path / "build", digits)
+    data_dir = tmp_path / "data"
+    (data_dir / "slots").mkdir(parents=True)
+    built.rename(data_dir / "slots" / "b")
+    SlotStore(data_dir).write_active(
+        ActiveRecord(slot="b", bundle_id=manifest.bundle_id, release=manifest.release,
+                     model="digits", model_version="1")
+    )  # fmt: skip
+
+    table = ModelTable()
+    load_hosted_models(data_dir, table)
+
+    served = table.find("digits")
+    assert served is not None
+    current = served.current()
+    assert current is not None and current.bundle_id == manifest.bundle_id
+    outputs = current.runtime.infer({"input": digits.samples[:2]})
+    assert outputs["label"].shape == (2,)
+    assert (data_dir / "models" / "digits" / "slots" / "b" / "model.onnx").exists()
