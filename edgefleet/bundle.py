@@ -16,6 +16,12 @@ archives whose unpacked size exceeds a bound, and any member that is not one of 
 file types the runtimes load: ONNX, ORT format, TFLite, numpy arrays without
 Python objects (a pickled array would run code on ``np.load``), and JSON. Members
 with execute bits, or that start like an executable or a pickle, are refused.
+
+A bundle has a ``kind``: ``model`` (all of the above) or ``agent``, the agent's own
+code as a set of pure-Python wheels (``.whl``, zip archives) beside JSON, which the
+agent installs beside the running one (``edgefleet.agent.install.selfupdate``). The
+wheels are code: what makes them safe to run is the TUF signature over the bundle,
+not their file type, so an agent bundle admits them and nothing else executable.
 """
 
 from __future__ import annotations
@@ -45,7 +51,11 @@ MEMBER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z"
 MEMBER_NAME_RE = re.compile(MEMBER_NAME_PATTERN)
 DEFAULT_MAX_UNPACKED_BYTES = 512 * 1024 * 1024
 
-FileRole = Literal["model", "smoke_input", "smoke_output", "reference_stats", "other"]
+FileRole = Literal[
+    "model", "smoke_input", "smoke_output", "reference_stats", "agent_wheel", "other"
+]
+BundleKind = Literal["model", "agent"]
+"""What a bundle installs: a model into the slots, or a release of the agent itself."""
 
 
 class FileEntry(schema.Open, frozen=True, kw_only=True):
@@ -88,6 +98,7 @@ class Manifest(schema.Open, frozen=True, kw_only=True):
     """
 
     schema_version: int = MANIFEST_SCHEMA_VERSION
+    kind: BundleKind = "model"
     bundle_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")]
     model: ModelRef
     release: Annotated[int, Meta(ge=1)]
@@ -186,7 +197,7 @@ def write_bundle(
     for name, (data, _role) in files.items():
         if not MEMBER_NAME_RE.fullmatch(name) or name == MANIFEST_NAME:
             raise BundleError("invalid member name", file=name)
-        check_member_type(name, data[:16])
+        check_member_type(name, data[:16], kind=fields.get("kind", "model"))
     manifest = build_manifest(fields, files)
     members = [(MANIFEST_NAME, manifest.to_bytes())] + [
         (name, files[name][0]) for name in sorted(files)
@@ -204,22 +215,36 @@ def write_bundle(
 
 
 ALLOWED_SUFFIXES = (".onnx", ".ort", ".tflite", ".npy", ".json")
+AGENT_SUFFIXES = (".whl", ".json")
+_ZIP_MAGIC = b"PK\x03\x04"
 _EXECUTABLE_MAGIC = (b"\x7fELF", b"#!", b"MZ", b"\xcf\xfa\xed\xfe", b"PK\x03\x04")
 _PICKLE_PROTOCOLS = {bytes([0x80, p]) for p in range(2, 6)}
 
 
-def check_member_type(name: str, head: bytes, mode: int = 0o644) -> None:
+def check_member_type(
+    name: str, head: bytes, mode: int = 0o644, *, kind: BundleKind = "model"
+) -> None:
     """Refuse a member that is not a file type the runtimes load.
 
     Args:
-        name: The member's name; its suffix must be one of ``ALLOWED_SUFFIXES``.
+        name: The member's name; its suffix must be one of ``ALLOWED_SUFFIXES``
+            (``AGENT_SUFFIXES`` in an agent bundle).
         head: The member's first bytes (16 are enough), checked for executable, archive
             and pickle signatures and for the TFLite and ORT magic numbers.
         mode: The member's permission bits; any execute bit is refused.
+        kind: The bundle's kind, from its manifest: an agent bundle carries wheels.
 
     Raises:
         BundleError: Naming the member and why it was refused.
     """
+    if kind == "agent" and name.endswith(".whl"):
+        if mode & 0o111:
+            raise BundleError("executable members are not allowed", file=name)
+        if not head.startswith(_ZIP_MAGIC):
+            raise BundleError("a wheel must be a zip archive", file=name)
+        return
+    if kind == "agent" and not name.endswith(AGENT_SUFFIXES):
+        raise BundleError(f"file type not allowed (only {', '.join(AGENT_SUFFIXES)})", file=name)
     if not name.endswith(ALLOWED_SUFFIXES):
         raise BundleError(f"file type not allowed (only {', '.join(ALLOWED_SUFFIXES)})", file=name)
     if mode & 0o111:
@@ -373,10 +398,15 @@ def unpack_bundle(
                         f"unpacked size exceeds the bound of {max_unpacked_bytes} bytes",
                         file=member.name,
                     )
+            if MANIFEST_NAME not in seen:
+                raise BundleError("bundle has no manifest", file=MANIFEST_NAME)
+            manifest_handle = tar.extractfile(MANIFEST_NAME)
+            assert manifest_handle is not None
+            manifest = _parse_manifest(manifest_handle.read())
             for member in members:
                 handle = tar.extractfile(member)
                 assert handle is not None
-                check_member_type(member.name, handle.read(16), member.mode)
+                check_member_type(member.name, handle.read(16), member.mode, kind=manifest.kind)
                 if member.name.endswith(".npy"):
                     handle.seek(0)
                     check_npy(member.name, handle)
@@ -386,11 +416,6 @@ def unpack_bundle(
                         json.loads(handle.read())
                     except (ValueError, UnicodeDecodeError) as e:
                         raise BundleError("not valid JSON", file=member.name) from e
-            if MANIFEST_NAME not in seen:
-                raise BundleError("bundle has no manifest", file=MANIFEST_NAME)
-            manifest_handle = tar.extractfile(MANIFEST_NAME)
-            assert manifest_handle is not None
-            manifest = _parse_manifest(manifest_handle.read())
             listed = {f.path for f in manifest.files}
             for name in sorted(seen - listed - {MANIFEST_NAME}):
                 raise BundleError("member not listed in the manifest", file=name)

@@ -155,6 +155,8 @@ class BundleOffer(WireMessage, frozen=True, kw_only=True):
     type: Literal["offer"] = "offer"
     rollout_id: int | None = None
     bundle_id: str
+    kind: Literal["model", "agent"] = "model"
+    """Which install pipeline takes the offer; the signed target's ``kind`` must agree."""
     target: str  # target path in the signed targets metadata
     release: Annotated[int, Meta(ge=1)]
     maintenance_window: MaintenanceWindow | None = None
@@ -187,6 +189,10 @@ class TelemetryEvent(WireMessage, frozen=True, kw_only=True):
     - ``shadow``: ``{"bundle_id", "count", "agreement", "latency_ms": {...}}``;
     - ``outcome``: ``{"model", "count", "sum", "sum_sq"}``, the numbers the application
       posted for the bundle in one window (``edgefleet.agent.inference.outcomes``).
+    - ``sample``: field rows for retraining, ``{"model", "model_version", "input",
+      "inputs": [[...]], "outputs", "labels" (None where unknown), "drifted",
+      "withheld_rows"}`` (``edgefleet.agent.telemetry.drift``); a ``drift`` window also
+      carries ``accuracy``: ``{"labelled", "correct", "value"}``.
     """
 
     type: Literal["telemetry"] = "telemetry"

@@ -7,12 +7,19 @@ Follows the command-hook contract in ``edgefleet.control_plane.drift.hook_runner
 images, so it trains on the original digits plus their shifted copies. The new
 reference samples are shifted ones — what the devices now see.
 
+When the control plane hands it field data (``EDGEFLEET_FIELD_DATA_DIR``, written by
+``edgefleet.control_plane.services.field_data.write_field_data``) with labelled rows,
+it trains on what the devices saw instead: the original digits plus every labelled
+field row, and the new reference samples are the field rows the devices sent (all of
+them, labelled or not), when there are enough of them for a reference.
+
     EDGEFLEET_OUTPUT_DIR=/tmp/out EDGEFLEET_DIGITS_SHIFT=4 python -m edgefleet_demo.retrain_digits
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -59,6 +66,49 @@ def train_shift_aware(shift: float, seed: int = 0) -> DigitsModel:
     )
 
 
+MIN_REFERENCE_ROWS = 100
+"""Fewest field rows that make the new reference; fewer keep the original samples."""
+FEATURES = 64
+
+
+def load_field_data(directory: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """Field inputs [n, 64] and labels [n] (-1 where unknown), or None without any."""
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    if not manifest.get("rows") or manifest.get("width") != FEATURES:
+        return None
+    files = manifest["files"]
+    x = np.load(directory / files["inputs"], allow_pickle=False).astype(np.float32)
+    y = np.load(directory / files["labels"], allow_pickle=False).astype(np.int64)
+    return x, y
+
+
+def train_on_field_data(field_x: np.ndarray, field_y: np.ndarray, seed: int = 0) -> DigitsModel:
+    """An MLP trained on the original digits plus the labelled field rows."""
+    import warnings
+
+    train_x, train_y, sample_x, holdout_x, holdout_y = load_split(seed)
+    labelled = field_y >= 0
+    x = np.concatenate([train_x, field_x[labelled]])
+    y = np.concatenate([train_y, field_y[labelled]])
+    classifier = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        classifier.fit(x / PIXEL_MAX, y)
+    classifier.coefs_[0] = classifier.coefs_[0] / PIXEL_MAX
+    samples = field_x if len(field_x) >= MIN_REFERENCE_ROWS else sample_x
+    return DigitsModel(
+        onnx_bytes=export_onnx(classifier),
+        samples=samples.astype(np.float32),
+        holdout_x=holdout_x,
+        holdout_y=holdout_y,
+        train_accuracy=float(classifier.score(x, y)),
+        holdout_accuracy=float(classifier.score(holdout_x, holdout_y)),
+    )
+
+
 def write_outputs(model: DigitsModel, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "model.onnx").write_bytes(model.onnx_bytes)
@@ -80,12 +130,23 @@ def main(argv: list[str] | None = None) -> int:
     if not output:
         print("EDGEFLEET_OUTPUT_DIR is not set", file=sys.stderr)
         return 2
+    field_dir = os.environ.get("EDGEFLEET_FIELD_DATA_DIR")
+    field = load_field_data(Path(field_dir)) if field_dir else None
+    if field is not None and int(np.sum(field[1] >= 0)) > 0:
+        model = train_on_field_data(*field)
+        write_outputs(model, Path(output))
+        print(
+            f"retrained digits on {int(np.sum(field[1] >= 0))} labelled field rows "
+            f"({len(field[0])} field rows in all): holdout accuracy "
+            f"{model.holdout_accuracy:.3f}"
+        )
+        return 0
     shift = args.shift
     model = train_shift_aware(shift)
     write_outputs(model, Path(output))
     print(
         f"retrained digits with shift {shift}: holdout accuracy {model.holdout_accuracy:.3f} "
-        f"on original + shifted digits"
+        f"on original + shifted digits (no labelled field data)"
     )
     return 0
 

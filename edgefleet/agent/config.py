@@ -83,6 +83,10 @@ class DriftConfig(_Section, frozen=True, kw_only=True):
 
     sample_size: Annotated[int, Meta(ge=0, le=500)] = 0  # rows sampled per window; 0 = off
     window: Annotated[int, Meta(ge=50, le=1_000_000)] | None = None  # inputs; None = default
+    # Bytes of field samples a device sends per UTC day; rows past it are withheld
+    sample_budget_kib_per_day: Annotated[int, Meta(ge=0)] = 1024
+    # Answers kept for ground-truth feedback (POST /v2/models/{name}/feedback)
+    feedback_answers: Annotated[int, Meta(ge=0, le=1_000_000)] = 4096
 
 
 class LogsConfig(_Section, frozen=True, kw_only=True):

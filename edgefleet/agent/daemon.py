@@ -29,17 +29,20 @@ import numpy as np
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.enrolment.credentials import load_credentials
 from edgefleet.agent.errors import ConfigError, RuntimeLoadError, SlotError
+from edgefleet.agent.inference.feedback import AnswerBook
 from edgefleet.agent.inference.outcomes import OutcomeRecorder
 from edgefleet.agent.inference.runtime import ActiveModel, ModelTable, load_runtime
 from edgefleet.agent.inference.server import InferenceServer
 from edgefleet.agent.install.deferral import UpdateLock
 from edgefleet.agent.install.journal import Journal
 from edgefleet.agent.install.layout import hosted_models, migrate_single_model, model_dir
+from edgefleet.agent.install.selfupdate import SelfUpdater
 from edgefleet.agent.install.shadow import ShadowRunner
 from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
 from edgefleet.agent.install.updater import Installer, OfferWorker, ensure_trust_root
 from edgefleet.agent.remote_config import RemoteConfig, drift_thresholds
 from edgefleet.agent.session import DeviceSession, device_status
+from edgefleet.agent.telemetry.budget import BUDGET_FILE, ByteBudget
 from edgefleet.agent.telemetry.counters import (
     InferenceStats,
     inference_event,
@@ -224,14 +227,28 @@ class Agent:
             shadow=self.shadow,
             lock=self.update_lock,
         )
-        self.worker = OfferWorker(self.installer)
+        self.self_updater = SelfUpdater(
+            config=config, verifier=self.installer.verifier, report=self.publish_report
+        )
+        self.worker = OfferWorker(self.installer, self_updater=self.self_updater)
         self.drift = DriftSupervisor(
             lambda name: SlotStore(model_dir(config.data_dir, name)),
             self.emit,
             drift_thresholds(config),
             sample_size=config.drift.sample_size,
+            budget=ByteBudget(
+                config.drift.sample_budget_kib_per_day * 1024,
+                Path(config.data_dir) / BUDGET_FILE,
+            ),
         )
         self.outcomes = OutcomeRecorder()
+        self.answers = (
+            AnswerBook(
+                max_answers=config.drift.feedback_answers, on_label=self.drift.observe_labels
+            )
+            if config.drift.feedback_answers
+            else None
+        )
         self.server = InferenceServer(
             self.models,
             host=config.inference.host,
@@ -245,6 +262,7 @@ class Agent:
             agent_routes=self.update_lock.handle,
             outcome_route=self.outcomes.handle,
             flag_routes=self.remote.handle_flags,
+            answers=self.answers,
         )
         self._next_window = time.monotonic() + config.telemetry.window_s
         self._next_status = 0.0
@@ -257,6 +275,8 @@ class Agent:
         ensure_trust_root(self.config)
         load_hosted_models(self.config.data_dir, self.models)
         self.server.start()
+        # Before any offer runs: a release the launcher undid is on record (and reported).
+        self.self_updater.start(self.session.wait_connected)
         self.worker.start()
         self.forwarder.start()
         self.session.on_offer(self.handle_offer)

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
 from edgefleet.control_plane.api.routes import (
+    agent_releases,
     audit,
     builds,
     bundles,
@@ -27,6 +28,7 @@ from edgefleet.control_plane.api.routes import (
     enrolment,
     events,
     experiments,
+    field_data,
     groups,
     health,
     keys,
@@ -174,6 +176,7 @@ def create_app(settings: Settings) -> FastAPI:
         models,
         profiles,
         bundles,
+        agent_releases,
         builds,
         devices,
         groups,
@@ -183,6 +186,7 @@ def create_app(settings: Settings) -> FastAPI:
         experiments,
         audit,
         events,
+        field_data,
         drift,
         retraining,
         keys,

@@ -11,7 +11,7 @@ import io
 import os
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +213,17 @@ class ApiClient:
         if job["state"] != "succeeded":
             raise ApiError(job.get("error_status") or 500, job.get("error") or "build failed")
         return self.get_bundle(job["bundle_id"])
+
+    def add_agent_release(
+        self, *, version: str, profile: str, wheels: Sequence[Path]
+    ) -> dict[str, Any]:
+        """Sign ``wheels`` as agent release ``version`` for ``profile``: its bundle."""
+        files = [
+            ("wheels", (path.name, path.read_bytes(), "application/octet-stream"))
+            for path in wheels
+        ]
+        form = {"version": version, "profile": profile}
+        return dict(self._call("POST", "/agent-releases", data=form, files=files))
 
     def get_bundle(self, bundle_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/bundles/{bundle_id}"))

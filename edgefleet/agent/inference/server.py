@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgefleet.agent.inference.feedback import AnswerBook, request_id_of
 from edgefleet.agent.inference.protocol import (
     RequestError,
     model_metadata,
@@ -120,8 +121,10 @@ class InferenceServer:
         agent_routes: AgentRoutes | None = None,
         outcome_route: OutcomeRoute | None = None,
         flag_routes: FlagRoutes | None = None,
+        answers: AnswerBook | None = None,
     ) -> None:
         self.models = models if isinstance(models, ModelTable) else ModelTable.single(models)
+        self.answers = answers  # request id -> answer, for /feedback (.feedback)
         self.observer = observer
         self.input_observer = input_observer
         self.max_body_bytes = max_body_bytes
@@ -140,6 +143,7 @@ class InferenceServer:
             )
         if flag_routes is not None:
             self.add_route("GET", "/v2/flags/*", lambda request: flag_routes("GET", request.rest))
+        self.add_route("POST", "/v2/models/{name}/feedback", self._feedback)
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -228,6 +232,11 @@ class InferenceServer:
             ]
         }
 
+    def _feedback(self, request: Request) -> Answer:
+        if self.answers is None:
+            raise RequestError(HTTPStatus.NOT_FOUND, "feedback is not kept on this device")
+        return self.answers.handle(self._model(request).name, request.body)
+
     def _model_ready(self, request: Request) -> Answer:
         return HTTPStatus.OK, {"name": self._model(request).name, "ready": True}
 
@@ -272,8 +281,9 @@ class InferenceServer:
         if names is None:
             names = list(outputs)
         response: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
-        if "id" in request:
-            response["id"] = request["id"]
+        response["id"] = request_id_of(request)
+        if self.answers is not None:
+            self.answers.record(model, response["id"], feeds, outputs)
         response["outputs"] = [encode_tensor(n, np.asarray(outputs[n])) for n in names]
         return HTTPStatus.OK, response
 

@@ -36,6 +36,7 @@ class TargetCustom(schema.Struct, frozen=True, kw_only=True):
 
     bundle_id: str
     release: Annotated[int, msgspec.Meta(ge=1)]
+    kind: str = "model"
     model: str | None = None
     model_version: str | None = None
     profiles: list[str] = msgspec.field(default_factory=list)
@@ -116,6 +117,8 @@ def check_signed(
         raise InstallError(
             f"offer says release {offer.release}, signed metadata says {custom.release}"
         )
+    if custom.kind != offer.kind:
+        raise InstallError(f"offer says a {offer.kind} bundle, signed metadata says {custom.kind}")
     if active is not None:
         installed = active.highest()
         if custom.release < installed:

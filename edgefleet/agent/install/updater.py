@@ -12,6 +12,7 @@ this one thread. What each job does lives beside this module, by concern:
     deferral.py   the update lock and maintenance window a staged switch waits for
     commands.py   rollback, shadow_start and shadow_stop
     recovery.py   start-up: resume or roll back what the journal left unfinished
+    selfupdate.py offers of kind ``agent``: the agent's own release, then a handover
     journal.py    the journal every step records itself in before it acts
 
 ``Installer``, ``OfferWorker`` and ``ensure_trust_root`` are what the daemon and the
@@ -29,6 +30,7 @@ from edgefleet.agent.install.checks import ensure_trust_root
 from edgefleet.agent.install.commands import run_command
 from edgefleet.agent.install.pipeline import Installer, ReportSink
 from edgefleet.agent.install.recovery import recover_all
+from edgefleet.agent.install.selfupdate import SelfUpdater
 from edgefleet.messages import BundleOffer, DeviceCommand, InstallReport
 
 __all__ = ["Installer", "OfferWorker", "ReportSink", "ensure_trust_root"]
@@ -43,8 +45,16 @@ class OfferWorker:
     every change of install state happens on this one thread.
     """
 
-    def __init__(self, installer: Installer, *, tick_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        installer: Installer,
+        *,
+        tick_s: float = 0.5,
+        self_updater: SelfUpdater | None = None,
+    ) -> None:
         self.installer = installer
+        self.self_updater = self_updater
+        """Takes offers of kind ``agent`` (the agent's own releases); without it they fail."""
         self.tick_s = tick_s
         self._queue: queue.Queue[tuple[BundleOffer | DeviceCommand | str, float] | None] = (
             queue.Queue()
@@ -110,12 +120,23 @@ class OfferWorker:
                     recover_all(self.installer)
                 elif isinstance(job, DeviceCommand):
                     run_command(self.installer, job)
+                elif isinstance(job, BundleOffer) and job.kind == "agent":
+                    self._install_agent(job, received_at)
                 elif isinstance(job, BundleOffer):
                     self.installer.install(job, received_at=received_at)
             except Exception:  # top of the worker loop: one bad job must not stop it
                 logger.exception("worker job crashed job=%s", type(job).__name__)
                 if isinstance(job, BundleOffer):
                     self._report_crash(job)
+
+    def _install_agent(self, offer: BundleOffer, received_at: float) -> None:
+        if self.self_updater is None:
+            reason = "this agent does not update itself"
+            self.installer.send_report(
+                "failed", offer.bundle_id, offer.release, offer.rollout_id, reason
+            )
+            return
+        self.self_updater.install(offer, received_at=received_at)
 
     def _report_crash(self, offer: BundleOffer) -> None:
         try:

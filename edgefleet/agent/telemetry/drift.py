@@ -10,10 +10,21 @@ When the bundle's reference holds the model's outputs on the holdout, the monito
 counts the model's answers (predicted classes, or the first score) and each window
 reports them apart from the inputs (``output`` in the ``drift`` event).
 
-Optional and off by default (``[drift] sample_size``): a capped reservoir sample
-(Algorithm R, uniform over every row seen) of the inputs and the model's top-1
-answers since the previous window, sent with each window as a ``sample`` event of
-the lowest priority, for retraining (``GET /api/v1/events?kind=sample``).
+Ground truth (``edgefleet.agent.inference.feedback``): labels joined to the answers
+they correct reach the monitor serving that bundle (``observe_labels``); each window's
+``drift`` event carries the accuracy of the labels that arrived during it
+(``accuracy``: ``labelled``, ``correct``, ``value``), so drift is read beside accuracy.
+
+Field samples, optional and off by default (``[drift] sample_size``): a capped
+reservoir sample (Algorithm R, uniform over every row seen) of the inputs and the
+model's top-1 answers since the previous window, sent as a ``sample`` event of the
+lowest priority only when that window drifted (inputs or outputs), together with the
+rows labelled during the window (sent from any window: labels are rare and what a
+retraining learns most from). A per-device byte budget per UTC day
+(``[drift] sample_budget_kib_per_day``, ``edgefleet.agent.telemetry.budget``) caps
+them: labelled rows go first, and rows past the budget are withheld and counted in
+the event (``withheld_rows``); nothing is queued for the next day. The control plane
+keeps them per model version (``edgefleet.control_plane.services.field_data``).
 """
 
 from __future__ import annotations
@@ -24,14 +35,17 @@ import queue
 import random
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgefleet.agent.errors import AgentError, SlotError
+from edgefleet.agent.inference.feedback import LabelledAnswer
 from edgefleet.agent.inference.runtime import ActiveModel
 from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
+from edgefleet.agent.telemetry.budget import ByteBudget
 from edgefleet.bundle import BundleError, Manifest
 from edgefleet.drift import DriftDetector, DriftReport, DriftThresholds, OutputKind, Reference
 from edgefleet.messages import TelemetryEvent, TelemetryKind
@@ -70,6 +84,54 @@ class Reservoir:
         return rows, seen
 
 
+@dataclass
+class Labels:
+    """Labels joined during one window: counts, and labelled rows kept for the sample."""
+
+    labelled: int = 0
+    correct: int = 0
+    rows: list[tuple[np.ndarray, int, int]] | None = None  # (input row, answer, label)
+
+    def accuracy(self) -> dict[str, Any]:
+        value = self.correct / self.labelled if self.labelled else None
+        return {"labelled": self.labelled, "correct": self.correct, "value": value}
+
+
+def _row_bytes(row: list[float], answer: int | None, label: int | None) -> int:
+    """What one row adds to a ``sample`` event's JSON at most (with its separators)."""
+    return len(json.dumps(row)) + len(json.dumps(answer)) + len(json.dumps(label)) + 6
+
+
+def fit_sample(
+    labelled: list[tuple[np.ndarray, int, int]],
+    drawn: list[tuple[np.ndarray, int | None]],
+    budget: int,
+) -> tuple[list[list[float]], list[int | None], list[int | None], int]:
+    """The rows of a sample that fit ``budget`` bytes, labelled rows first.
+
+    Returns the inputs, answers and labels (None for unlabelled rows) kept, and how many
+    rows were withheld for want of budget.
+    """
+    inputs: list[list[float]] = []
+    answers: list[int | None] = []
+    labels: list[int | None] = []
+    spent = 0
+    offered: list[tuple[np.ndarray, int | None, int | None]] = [
+        (row, answer, label) for row, answer, label in labelled
+    ]
+    offered += [(row, answer, None) for row, answer in drawn]
+    for index, (row, answer, label) in enumerate(offered):
+        values = np.round(row.astype(np.float64), 6).tolist()
+        cost = _row_bytes(values, answer, label)
+        if spent + cost > budget:
+            return inputs, answers, labels, len(offered) - index
+        spent += cost
+        inputs.append(values)
+        answers.append(answer)
+        labels.append(label)
+    return inputs, answers, labels, 0
+
+
 class DriftMonitor:
     """Scores the inputs of one installed bundle against the bundle's reference."""
 
@@ -82,11 +144,16 @@ class DriftMonitor:
         thresholds: DriftThresholds | None = None,
         max_queued_rows: int = 10_000,
         sample_size: int = 0,
+        budget: ByteBudget | None = None,
     ) -> None:
         self._detector = DriftDetector(reference, thresholds)
         self._manifest = manifest
         self._publish = publish
         self._reservoir = Reservoir(sample_size) if sample_size > 0 else None
+        self._sample_size = sample_size
+        self._budget = budget
+        self._labels = Labels(rows=[])
+        self._labels_lock = threading.Lock()
         self._queue: queue.Queue[tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None] = (
             queue.Queue()
         )
@@ -105,6 +172,7 @@ class DriftMonitor:
         publish: Callable[[TelemetryEvent], None],
         thresholds: DriftThresholds | None = None,
         sample_size: int = 0,
+        budget: ByteBudget | None = None,
     ) -> DriftMonitor | None:
         """A monitor for an installed slot, or None when its bundle ships no reference."""
         if not manifest.reference_stats:
@@ -121,7 +189,12 @@ class DriftMonitor:
             publish=publish,
             thresholds=thresholds,
             sample_size=sample_size,
+            budget=budget,
         )
+
+    @property
+    def bundle_id(self) -> str:
+        return self._manifest.bundle_id
 
     @property
     def sampling(self) -> bool:
@@ -165,6 +238,25 @@ class DriftMonitor:
             self._queued_rows += rows
         self._queue.put((np.array(inputs, copy=True), answers, scored_outputs))
 
+    def observe_labels(self, labelled: LabelledAnswer) -> None:
+        """Count a joined label for the open window (any thread; a lock, no queue)."""
+        rows = labelled.feeds.get(self.input_name)
+        with self._labels_lock:
+            self._labels.labelled += len(labelled.labels)
+            self._labels.correct += labelled.correct
+            kept = self._labels.rows
+            if self._reservoir is None or kept is None or rows is None or rows.ndim != 2:
+                return
+            for row, answer, label in zip(rows, labelled.predicted, labelled.labels, strict=False):
+                if len(kept) >= self._sample_size:
+                    break
+                kept.append((np.array(row, copy=True), int(answer), int(label)))
+
+    def _take_labels(self) -> Labels:
+        with self._labels_lock:
+            labels, self._labels = self._labels, Labels(rows=[])
+        return labels
+
     def _run(self) -> None:
         while True:
             item = self._queue.get()
@@ -177,15 +269,17 @@ class DriftMonitor:
                 if self._reservoir is not None:
                     self._reservoir.offer(batch, answers)
                 for report in self._detector.observe(batch, scored_outputs):
-                    self._emit(report)
-                    self._emit_sample()
+                    labels = self._take_labels()
+                    self._emit(report, labels)
+                    self._emit_sample(report, labels)
             except Exception:  # top of the monitor loop: bad input must not stop it
                 logger.exception("drift scoring failed bundle_id=%s", self._manifest.bundle_id)
 
-    def _emit(self, report: DriftReport) -> None:
+    def _emit(self, report: DriftReport, labels: Labels) -> None:
         self.reports += 1
         data = {
             **report.to_data(),
+            "accuracy": labels.accuracy(),
             "model": self._manifest.model.name,
             "model_version": self._manifest.model.version,
             "input": self.input_name,
@@ -201,26 +295,44 @@ class DriftMonitor:
         )
         self._publish(self._event("drift", DRIFT_PRIORITY, data))
 
-    def _emit_sample(self) -> None:
+    def _emit_sample(self, report: DriftReport, labels: Labels) -> None:
+        """The window's field sample: its reservoir when the window drifted, and the
+        rows labelled during it, cut to the day's byte budget (labelled rows first)."""
         if self._reservoir is None:
             return
-        rows, seen = self._reservoir.take()
-        if not rows:
+        drawn, seen = self._reservoir.take()
+        drifted = report.drifted or (report.output is not None and report.output.drifted)
+        if not drifted:
+            drawn = []
+        labelled = labels.rows or []
+        if not drawn and not labelled:
             return
-        self._publish(
-            self._event(
-                "sample",
-                SAMPLE_PRIORITY,
-                {
-                    "model": self._manifest.model.name,
-                    "model_version": self._manifest.model.version,
-                    "input": self.input_name,
-                    "drawn_from": seen,
-                    "inputs": [np.round(row.astype(np.float64), 6).tolist() for row, _ in rows],
-                    "outputs": [answer for _, answer in rows],
-                },
+        data: dict[str, Any] = {
+            "model": self._manifest.model.name,
+            "model_version": self._manifest.model.version,
+            "input": self.input_name,
+            "drawn_from": seen if drifted else 0,
+            "drifted": drifted,
+            "reasons": list(report.reasons),
+            "withheld_rows": 0,
+        }
+        # The budget pays for the whole event: what is left after its envelope is for rows.
+        envelope = len(json.dumps(data)) + 64
+        budget = self._budget.remaining() - envelope if self._budget is not None else 2**62
+        inputs, answers, truths, withheld = fit_sample(labelled, drawn, max(budget, 0))
+        data.update(inputs=inputs, outputs=answers, labels=truths, withheld_rows=withheld)
+        if withheld:
+            logger.warning(
+                "field sample cut at the daily budget bundle_id=%s withheld_rows=%d",
+                self._manifest.bundle_id,
+                withheld,
             )
-        )
+        if not inputs:
+            data["budget_exhausted"] = True
+        encoded = len(json.dumps(data))
+        if self._budget is not None and inputs:
+            self._budget.spend(encoded)
+        self._publish(self._event("sample", SAMPLE_PRIORITY, data))
 
     def _event(self, kind: TelemetryKind, priority: int, data: dict[str, Any]) -> TelemetryEvent:
         """A telemetry event about this monitor's bundle."""
@@ -261,6 +373,7 @@ class DriftSupervisor:
         publish: Callable[[TelemetryEvent], None],
         thresholds: DriftThresholds | None = None,
         sample_size: int = 0,
+        budget: ByteBudget | None = None,
     ) -> None:
         self._slots_for: Callable[[str], SlotStore] = (
             (lambda _name: slots) if isinstance(slots, SlotStore) else slots
@@ -268,6 +381,8 @@ class DriftSupervisor:
         self._publish = publish
         self._thresholds = thresholds
         self._sample_size = sample_size
+        self._budget = budget
+        self.unmatched_labels = 0
         self._lock = threading.Lock()
         self._monitors: dict[str, tuple[str, DriftMonitor | None]] = {}
 
@@ -303,6 +418,18 @@ class DriftSupervisor:
             # No bundle matches "": the next observe stops the old monitor, builds anew.
             self._monitors = {name: ("", m) for name, (_b, m) in self._monitors.items()}
 
+    def observe_labels(self, labelled: LabelledAnswer) -> None:
+        """A joined label, for the monitor of the bundle that gave the answer (its
+        model's); a label for a bundle no longer serving is dropped (counted): its
+        window is gone."""
+        with self._lock:  # never switches monitors: the answer's bundle already has one
+            known = self._monitors.get(labelled.model)
+            monitor = known[1] if known is not None and known[0] == labelled.bundle_id else None
+        if monitor is None:
+            self.unmatched_labels += 1
+            return
+        monitor.observe_labels(labelled)
+
     def _monitor_for(self, name: str, bundle_id: str) -> DriftMonitor | None:
         with self._lock:
             known = self._monitors.get(name)
@@ -322,7 +449,12 @@ class DriftSupervisor:
                 logger.error("no drift monitor bundle_id=%s reason=%s", bundle_id, e)
                 return None
             monitor = DriftMonitor.for_slot(
-                manifest, slot_dir, self._publish, self._thresholds, self._sample_size
+                manifest,
+                slot_dir,
+                self._publish,
+                self._thresholds,
+                self._sample_size,
+                self._budget,
             )
             if monitor is not None:
                 monitor.start()

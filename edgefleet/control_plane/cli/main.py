@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import typer
 
+from edgefleet.control_plane.cli.agent_releases import agent_release_app
 from edgefleet.control_plane.cli.builds import build_app
 from edgefleet.control_plane.cli.bundles import bundle_app, model_app
 from edgefleet.control_plane.cli.config import config_app
@@ -37,6 +38,7 @@ app.command()(up)
 app.command()(demo)
 app.add_typer(model_app, name="model")
 app.add_typer(bundle_app, name="bundle")
+app.add_typer(agent_release_app, name="agent-release")
 app.add_typer(build_app, name="build")
 app.add_typer(device_app, name="device")
 app.add_typer(rollout_app, name="rollout")

@@ -556,6 +556,58 @@ class EventPublic(SQLModel):
     data: dict[str, Any]
 
 
+class FieldSample(SQLModel, table=True):
+    """One device's field sample (a ``sample`` event): input rows it saw in a drifted
+    window and rows it learnt the label of, kept per model version for retraining
+    (``edgefleet.control_plane.services.field_data``)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(index=True, unique=True, max_length=64)
+    device_id: str = Field(max_length=40)
+    model: str = Field(index=True, max_length=64)
+    model_version: str = Field(index=True, max_length=64)
+    bundle_id: str | None = Field(default=None, max_length=255)
+    input_name: str = Field(default="", max_length=255)
+    ts: datetime = Field(sa_type=DateTime(timezone=True))
+    received_at: datetime = _ts_field()
+    drifted: bool = False
+    rows: int = 0
+    labelled_rows: int = 0
+    width: int = 0
+    inputs: list[Any] = Field(default_factory=list, sa_column=Column(JSON))
+    outputs: list[Any] = Field(default_factory=list, sa_column=Column(JSON))
+    labels: list[Any] = Field(default_factory=list, sa_column=Column(JSON))
+    reasons: list[Any] = Field(default_factory=list, sa_column=Column(JSON))
+    withheld_rows: int = 0
+
+
+class FieldSamplePublic(SQLModel):
+    event_id: str
+    device_id: str
+    model: str
+    model_version: str
+    bundle_id: str | None
+    input_name: str
+    ts: datetime
+    received_at: datetime
+    drifted: bool
+    rows: int
+    labelled_rows: int
+    width: int
+    inputs: list[Any]
+    outputs: list[Any]
+    labels: list[Any]
+    reasons: list[Any]
+    withheld_rows: int
+
+
+class FieldDataPublic(SQLModel):
+    """A model's field data: counts over every kept sample, and the newest samples."""
+
+    summary: dict[str, Any]
+    samples: list[FieldSamplePublic]
+
+
 class EventSummary(SQLModel):
     """One device's stored events of one kind: how many, and the sum of ``data.count``
     (for ``inference`` events: the inferences served in those windows)."""

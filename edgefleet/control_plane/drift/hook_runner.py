@@ -11,16 +11,22 @@ own secrets:
   and ``TMPDIR`` (the working directory), ``LANG``, the hook's own ``env`` from its
   definition, and the request: ``EDGEFLEET_MODEL``, ``EDGEFLEET_VERSION`` (the
   drifted champion), ``EDGEFLEET_NEW_VERSION``, ``EDGEFLEET_OUTPUT_DIR``,
-  ``EDGEFLEET_REQUEST_ID``. Nothing else of the control plane's environment (its
+  ``EDGEFLEET_REQUEST_ID``, and ``EDGEFLEET_FIELD_DATA_DIR``: what the devices
+  running the drifted version saw, written for the hook
+  (``edgefleet.control_plane.services.field_data.write_field_data``: ``inputs.npy``
+  float32 [n, features], ``outputs.npy`` the devices' answers and ``labels.npy`` the
+  true labels, int64 [n] with -1 where not known, and ``manifest.json``; no rows when
+  devices sent none). Nothing else of the control plane's environment (its
   token, key passphrase, database URL) is passed on. It must write ``model.onnx``
   and ``samples.npy`` (float32 [n, features]; the new reference and calibration
   data) into the output directory, and may write ``holdout.npz`` (x, y). Its output
   (stdout and stderr together) is kept up to ``OUTPUT_LIMIT`` bytes, its last part;
   past ``timeout_s`` its whole process group is killed, and so is anything it left
   running when it exits. A non-zero exit or a missing file fails the request.
-- ``webhook``: a JSON POST of the request fields (without the output directory) to
-  the configured URL, redirects not followed; the trainer behind it registers the
-  new version through the API later. The request then waits.
+- ``webhook``: a JSON POST of the request fields (without the output directory; the
+  field data as ``field_data``, the API path that lists it) to the configured URL,
+  redirects not followed; the trainer behind it registers the new version through the
+  API later. The request then waits.
 
 The challenger replaces the champion only if it is at least as accurate on the
 champion's fixed holdout (plus a margin), measured here, not taken from the hook.
@@ -38,6 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -69,6 +76,7 @@ class RetrainContext:
     version: str
     new_version: str
     output_dir: Path
+    field_data_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -108,13 +116,16 @@ class _Tail:
 
 
 def _context_fields(context: RetrainContext) -> dict[str, str]:
-    return {
+    fields = {
         "EDGEFLEET_MODEL": context.model,
         "EDGEFLEET_VERSION": context.version,
         "EDGEFLEET_NEW_VERSION": context.new_version,
         "EDGEFLEET_OUTPUT_DIR": str(context.output_dir),
         "EDGEFLEET_REQUEST_ID": str(context.request_id),
     }
+    if context.field_data_dir is not None:
+        fields["EDGEFLEET_FIELD_DATA_DIR"] = str(context.field_data_dir)
+    return fields
 
 
 def hook_environment(
@@ -213,7 +224,12 @@ def run_hook(
 def _call_webhook(spec: RetrainHookSpec, context: RetrainContext, name: str) -> HookOutput:
     fields = _context_fields(context)
     del fields["EDGEFLEET_OUTPUT_DIR"]  # a path on this host means nothing to a trainer
+    fields.pop("EDGEFLEET_FIELD_DATA_DIR", None)
     payload = {k.removeprefix("EDGEFLEET_").lower(): v for k, v in fields.items()}
+    payload["field_data"] = (
+        f"/api/v1/models/{quote(context.model, safe='')}/field-data"
+        f"?version={quote(context.version, safe='')}"
+    )
     timeout = min(WEBHOOK_TIMEOUT_S, spec.timeout_s)
     try:
         with (

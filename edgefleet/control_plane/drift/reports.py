@@ -7,8 +7,11 @@ always judged against the reference of the model that produced it.
 
 A window reports its inputs (``drifted``, ``share_drifted``, ``psi``, and since
 calibrated references ``reasons`` and ``new_categories``) and, when the bundle's
-reference holds the model's outputs, the outputs apart (``output``). Windows from
-agents that predate a field decode with it empty; the fleet rule judges inputs only.
+reference holds the model's outputs, the outputs apart (``output``), and the accuracy
+of the ground-truth labels the device joined to its answers during the window
+(``accuracy``: ``labelled`` answers, ``value`` = correct / labelled, None without
+labels), so drift reads beside accuracy. Windows from agents that predate a field
+decode with it empty; the fleet rule judges inputs only.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class DriftPoint:
     new_categories: list[dict[str, Any]] = field(default_factory=list)
     output_drifted: bool | None = None
     output_psi: float | None = None
+    labelled: int = 0
+    accuracy: float | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -59,6 +64,8 @@ class DriftPoint:
             "new_categories": self.new_categories,
             "output_drifted": self.output_drifted,
             "output_psi": self.output_psi,
+            "labelled": self.labelled,
+            "accuracy": self.accuracy,
         }
 
 
@@ -88,6 +95,7 @@ def drift_series(
         data = event.data or {}
         output = data.get("output")
         output = output if isinstance(output, dict) else {}
+        labelled, accuracy = _accuracy(data.get("accuracy"))
         points.append(
             DriftPoint(
                 ts=event.ts,
@@ -103,9 +111,24 @@ def drift_series(
                 new_categories=[c for c in data.get("new_categories") or [] if isinstance(c, dict)],
                 output_drifted=bool(output["drifted"]) if "drifted" in output else None,
                 output_psi=float(output["psi"]) if "psi" in output else None,
+                labelled=labelled,
+                accuracy=accuracy,
             )
         )
     return points
+
+
+def _accuracy(data: Any) -> tuple[int, float | None]:
+    """(labelled answers, accuracy) of a window's ``accuracy``; (0, None) when absent
+    or not the shape an agent sends."""
+    if not isinstance(data, dict):
+        return 0, None
+    labelled, value = data.get("labelled"), data.get("value")
+    if isinstance(labelled, bool) or not isinstance(labelled, int) or labelled <= 0:
+        return 0, None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        return labelled, None
+    return labelled, float(value)
 
 
 def fleet_verdicts(

@@ -51,6 +51,7 @@ from edgefleet.control_plane.drift.hook_runner import (
 from edgefleet.control_plane.drift.reports import fleet_verdicts
 from edgefleet.control_plane.drift.rule import CohortVerdict, DriftRule
 from edgefleet.control_plane.services.audit import record_audit
+from edgefleet.control_plane.services.field_data import write_field_data
 
 logger = logging.getLogger(__name__)
 
@@ -294,6 +295,29 @@ def _holdout(path: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
         return data["x"].astype(np.float32), data["y"]
 
 
+def _write_field_data(
+    session: Session, request: RetrainingRequest, context: RetrainContext
+) -> None:
+    """What the drifted version's devices saw, for the hook; recorded on the request."""
+    assert context.field_data_dir is not None
+    manifest = write_field_data(
+        session=session,
+        model=request.model,
+        version=request.from_version,
+        directory=context.field_data_dir,
+    )
+    request.detail = {
+        **request.detail,
+        "field_data": {
+            "rows": manifest["rows"],
+            "labelled_rows": manifest["labelled_rows"],
+            "devices": len(manifest["devices"]),
+        },
+    }
+    session.add(request)
+    session.commit()
+
+
 def _record_hook_run(
     session: Session, request: RetrainingRequest, name: str, output: str, exit_code: int | None
 ) -> None:
@@ -379,7 +403,9 @@ def run_request(
             version=request.from_version,
             new_version=request.new_version,
             output_dir=workspace / "output",
+            field_data_dir=workspace / "field-data",
         )
+        _write_field_data(session, request, context)
         try:
             output = run_hook(spec, context, workspace=workspace, name=policy.hook)
         except HookError as e:

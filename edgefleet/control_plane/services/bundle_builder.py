@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from sqlalchemy import text
 from sqlmodel import Session, col, func, select
 
@@ -37,12 +38,19 @@ from edgefleet.control_plane.services.model_registry import read_samples
 from edgefleet.control_plane.trust.repository import SignedRepository
 from edgefleet.converters.errors import ConversionError, GateError
 from edgefleet.converters.model_format import inspect_model
-from edgefleet.converters.pipeline import BuildOutcome, Holdout, Progress, build_for_profile
-from edgefleet.converters.runner import runner_for
+from edgefleet.converters.onnx_inspect import OnnxInspection
+from edgefleet.converters.pipeline import (
+    BuildOutcome,
+    Holdout,
+    Progress,
+    build_for_profile,
+    fit_samples,
+)
+from edgefleet.converters.runner import OnnxRunner, TfliteRunner, runner_for
 from edgefleet.converters.samples import SampleError, Samples, run_rows
 from edgefleet.errors import BundleError, ProfileError
 from edgefleet.profile import FirmwareProfile, load_profiles
-from edgefleet.tensors import ModelSignature
+from edgefleet.tensors import ModelSignature, top1_classes
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +169,94 @@ def _stats_input(samples: Samples) -> str | None:
     return None
 
 
+CATEGORICAL_METADATA_KEY = "edgefleet.categorical"
+"""ONNX metadata entry declaring categorical features: JSON ``{"<input>": [indices]}``."""
+
+
+def declared_categorical(model_bytes: bytes, input_name: str) -> list[int] | None:
+    """The features of ``input_name`` the model declares categorical, or None.
+
+    The signature read from a model has no field for it, so the declaration travels in
+    the model file itself, as ONNX metadata (``CATEGORICAL_METADATA_KEY``); features not
+    declared are still detected by their values (``edgefleet.drift``). A declaration
+    that does not parse is ignored with a warning: detection still runs.
+    """
+    try:
+        model = onnx.load_from_string(model_bytes)
+    except Exception:  # a .tflite (or anything onnx cannot read) declares nothing
+        return None
+    for prop in model.metadata_props:
+        if prop.key != CATEGORICAL_METADATA_KEY:
+            continue
+        try:
+            declared = json.loads(prop.value)
+            indices = declared.get(input_name) if isinstance(declared, dict) else None
+            if indices is None:
+                return None
+            if not isinstance(indices, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices
+            ):
+                raise ValueError("indices must be a list of non-negative integers")
+            return indices
+        except ValueError as e:  # json.JSONDecodeError is one
+            logger.warning("categorical declaration ignored input=%s reason=%s", input_name, e)
+            return None
+    return None
+
+
+OUTPUT_KINDS = {"classification": "classes", "binary": "classes", "regression": "scores"}
+"""Gate task -> what output drift counts; embeddings are left out, and generic tensors
+unless the model has an integer (label) output."""
+
+
+def float_output_reference(
+    model_bytes: bytes, holdout: Holdout, signature: ModelSignature, tasks: dict[str, str]
+) -> dict[str, Any]:
+    """The float model's answers on the holdout, as ``reference_statistics`` takes them.
+
+    They are counted the way the agent counts its own (``top1_classes`` for classes, the
+    first float value for scores), so a device's window is compared like with like.
+    Empty (output drift off) when no output is a class or a score, or the float model
+    does not run here; the bundle still builds.
+    """
+    judged = {t.split(":", 1)[0] for t in tasks.values()}
+    kinds = {OUTPUT_KINDS[t] for t in judged if t in OUTPUT_KINDS}
+    if "generic" in judged and any(o.dtype.kind in "iu" for o in signature.outputs):
+        kinds.add("classes")  # an undeclared task with a label output: its classes
+    if not kinds:
+        return {}
+    kind = "classes" if "classes" in kinds else "scores"
+    try:
+        x = fit_samples(signature, holdout.x, what="holdout")
+        runner: Any = (
+            OnnxRunner(model_bytes)
+            if isinstance(inspect_model(model_bytes), OnnxInspection)
+            else TfliteRunner(model_bytes, {})
+        )
+        outputs = run_rows(runner.run, x)
+    except (ConversionError, RuntimeError, ValueError) as e:
+        logger.warning("output drift off: the float model did not run reason=%s", e)
+        return {}
+    if kind == "classes":
+        try:
+            values = top1_classes(outputs)
+        except ValueError:
+            return {}
+        columns = [v.shape[1] for v in outputs.values() if v.ndim == 2 and v.dtype.kind == "f"]
+        n_classes = max(columns[0] if columns else 0, 2, int(values.max(initial=0)) + 1)
+        return {"outputs": values, "output_kind": "classes", "n_classes": n_classes}
+    scored = scored_output_values(outputs)
+    return {} if scored is None else {"outputs": scored, "output_kind": "scores"}
+
+
+def scored_output_values(outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The first value of the first float output, per row (the agent's ``scores`` rule)."""
+    for value in outputs.values():
+        if value.dtype.kind == "f" and value.ndim >= 1 and len(value):
+            return value.reshape(len(value), -1)[:, 0].astype(np.float64)
+    return None
+
+
 def _gate_holdout(
     model: ModelVersion, signature: ModelSignature, samples: Samples, given: Holdout | None
 ) -> Holdout:
@@ -212,12 +308,13 @@ def build_bundle(
     except ConversionError as e:  # SampleError too: the stored files no longer fit
         raise BuildError(str(e)) from e
 
+    gate_holdout = _gate_holdout(model, signature, samples, holdout)
     try:
         outcome = measure(
             model_bytes,
             profile,
             calibration=samples,
-            holdout=_gate_holdout(model, signature, samples, holdout),
+            holdout=gate_holdout,
             task=model.task,
             max_accuracy_drop=max_accuracy_drop,
             cache_dir=settings.bundles_dir / "calibration-cache",
@@ -248,7 +345,15 @@ def build_bundle(
     stats_input = _stats_input(samples)
     if stats_input is not None:
         rows = samples.arrays[stats_input]
-        stats = reference_statistics(rows.reshape(len(rows), -1), input_name=stats_input)
+        output_reference = float_output_reference(
+            model_bytes, gate_holdout, signature, outcome.tasks
+        )
+        stats = reference_statistics(
+            rows.reshape(len(rows), -1),
+            input_name=stats_input,
+            categorical=declared_categorical(model_bytes, stats_input),
+            **output_reference,
+        )
         files[REFERENCE_STATS_NAME] = (
             json.dumps(stats, sort_keys=True).encode(),
             "reference_stats",

@@ -14,6 +14,7 @@ from sqlmodel import Session, col, func, select
 
 from edgefleet.control_plane.core.tables import Device, Event, EventSummary, utcnow
 from edgefleet.control_plane.services.devices import touch_device
+from edgefleet.control_plane.services.field_data import store_samples
 from edgefleet.messages import TelemetryEvent
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def ingest_events(*, session: Session, batch: Sequence[tuple[str, TelemetryEvent
     )
     if fresh:  # a Core insert: building ORM objects cost more than the database did
         session.execute(insert(Event), [_values(d, e) for d, e in fresh])
+        store_samples(session=session, batch=fresh)  # field data, in the same commit
     try:
         session.commit()
     except IntegrityError:
@@ -72,6 +74,7 @@ def ingest_event(*, session: Session, device_id: str, event: TelemetryEvent) -> 
         return False
     touch_device(session=session, device_id=device_id)
     session.add(Event(**_values(device_id, event)))
+    store_samples(session=session, batch=[(device_id, event)])
     try:
         session.commit()
     except IntegrityError:

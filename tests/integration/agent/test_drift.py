@@ -1,18 +1,25 @@
-"""A real agent scores the inputs it serves and reports drift windows to the control plane."""
+"""A real agent scores the inputs it serves and reports drift windows to the control plane,
+with the accuracy of the labels it was given and field samples for retraining."""
 
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import Session
 
 from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.drift.hook_config import RetrainHookSpec
+from edgefleet.control_plane.drift.hook_runner import RetrainContext, run_hook
+from edgefleet.control_plane.services.field_data import write_field_data
 from edgefleet.tensors import encode_tensor
 from edgefleet_demo.digits import DigitsModel
 from edgefleet_demo.retrain_digits import shift_digits
@@ -102,28 +109,90 @@ def test_agent_reports_clean_windows_for_familiar_inputs_and_drift_for_shifted_o
     assert len(series[-1]["psi"]) == 64
 
 
-def test_reservoir_sample_of_inputs_and_answers_comes_back_with_each_window(
-    served: tuple[TestClient, int, DigitsModel],
+def infer_ids(port: int, x: np.ndarray) -> list[str]:
+    """Serve ``x`` in requests of 100 rows; the request id of each answer."""
+    ids = []
+    for start in range(0, len(x), 100):
+        body = {"inputs": [encode_tensor("input", x[start : start + 100])]}
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v2/models/digits/infer", json=body, timeout=10
+        )
+        response.raise_for_status()
+        ids.append(response.json()["id"])
+    return ids
+
+
+def feedback(port: int, request_id: str, labels: np.ndarray) -> dict[str, Any]:
+    response = httpx.post(
+        f"http://127.0.0.1:{port}/v2/models/digits/feedback",
+        json={"id": request_id, "labels": labels.tolist()},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_labels_and_drifted_windows_reach_the_control_plane_and_the_retraining_hook(
+    served: tuple[TestClient, int, DigitsModel], tmp_path: Path
 ) -> None:
     api, port, model = served
-    infer(port, model.holdout_x[:300])
-    infer(port, model.holdout_x[:300])  # 600 rows: one full window of 500
-    samples = wait_until(
-        lambda: api.get("/api/v1/events", params={"kind": "sample"}).json(), "a sample event"
+    rows = np.random.default_rng(1).integers(0, len(model.holdout_x), 500)  # one window
+    x, y = model.holdout_x[rows], model.holdout_y[rows]
+    # Window 1, familiar inputs: the first answer gets its true labels.
+    (first, *_) = infer_ids(port, x[:100])
+    assert feedback(port, first, y[:100])["correct"] >= 85
+    infer_ids(port, x[100:])
+    # Window 2, brighter inputs: drifted, and the labels show the model suffers.
+    shifted = shift_digits(x, 6.0)
+    (second, *_) = infer_ids(port, shifted[:100])
+    feedback(port, second, y[:100])
+    infer_ids(port, shifted[100:])
+
+    series = wait_until(
+        lambda: (s := api.get("/api/v1/drift/series").json()) and len(s) >= 2 and s,
+        "two drift windows",
     )
-    (sample,) = samples
-    data = sample["data"]
-    assert sample["device_id"] == DEVICE and data["model_version"] == "1"
-    assert data["drawn_from"] >= 500
-    assert len(data["inputs"]) == len(data["outputs"]) == SAMPLE_SIZE
-    # Every sampled row is one the device served, with the answer the model gave it.
-    served_rows = {tuple(np.round(row.astype(np.float64), 6)) for row in model.holdout_x[:300]}
-    assert all(tuple(row) in served_rows for row in data["inputs"])
-    labels = {
-        tuple(np.round(r.astype(np.float64), 6)): y
-        for r, y in zip(model.holdout_x[:300], model.holdout_y[:300], strict=True)
-    }
-    correct = [
-        labels[tuple(row)] == out for row, out in zip(data["inputs"], data["outputs"], strict=True)
-    ]
-    assert np.mean(correct) >= 0.85  # the model's answers, so mostly the true labels
+    assert [p["drifted"] for p in series] == [False, True]
+    assert [p["labelled"] for p in series] == [100, 100]
+    assert series[0]["accuracy"] >= 0.85 > series[1]["accuracy"]
+
+    field = wait_until(
+        lambda: (
+            (f := api.get("/api/v1/models/digits/field-data").json())
+            and f["summary"]["samples"] == 2
+            and f
+        ),
+        "two field samples",
+    )
+    clean, drifted = sorted(field["samples"], key=lambda s: s["drifted"])
+    # A clean window sends only its labelled rows; a drifted one its reservoir too.
+    assert (clean["rows"], clean["labelled_rows"]) == (SAMPLE_SIZE, SAMPLE_SIZE)
+    assert (drifted["rows"], drifted["labelled_rows"]) == (2 * SAMPLE_SIZE, SAMPLE_SIZE)
+    assert drifted["device_id"] == DEVICE and drifted["model_version"] == "1"
+    served_rows = {tuple(np.round(r.astype(np.float64), 6)) for r in np.concatenate([x, shifted])}
+    assert all(tuple(row) in served_rows for row in drifted["inputs"])
+
+    # The retraining hook gets them as files, and the demo's hook trains on them.
+    with Session(api.app.state.engine) as session:  # type: ignore[attr-defined]
+        workspace = tmp_path / "hook"
+        context = RetrainContext(
+            request_id=1,
+            model="digits",
+            version="1",
+            new_version="2",
+            output_dir=workspace / "output",
+            field_data_dir=workspace / "field-data",
+        )
+        manifest = write_field_data(
+            session=session, model="digits", version="1", directory=workspace / "field-data"
+        )
+    assert (manifest["rows"], manifest["labelled_rows"]) == (3 * SAMPLE_SIZE, 2 * SAMPLE_SIZE)
+    spec = RetrainHookSpec.model_validate(
+        {
+            "command": [sys.executable, "-m", "edgefleet_demo.retrain_digits"],
+            "env": {"PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+        }
+    )
+    result = run_hook(spec, context, workspace=workspace)
+    assert f"retrained digits on {2 * SAMPLE_SIZE} labelled field rows" in result.output
+    assert result.model_path is not None and result.model_path.is_file()

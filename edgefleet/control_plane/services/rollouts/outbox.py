@@ -44,6 +44,7 @@ def bundle_offer(bundle: Bundle, rollout: Rollout) -> BundleOffer:
     return BundleOffer(
         rollout_id=rollout.id,
         bundle_id=bundle.id,
+        kind="agent" if (bundle.manifest or {}).get("kind") == "agent" else "model",
         target=bundle.target,
         release=bundle.release,
         maintenance_window=schema.convert(window, MaintenanceWindow) if window else None,

@@ -147,6 +147,8 @@ def apply_install_report(
 def _record_running_bundle(session: Session, device_id: str, rollout: Rollout) -> None:
     device = session.get(Device, device_id)
     bundle = session.get(Bundle, rollout.bundle_id)
+    if bundle is not None and (bundle.manifest or {}).get("kind") == "agent":
+        return  # an agent release: the model served is unchanged (status says the version)
     if device is not None and bundle is not None:
         device.bundle_id = bundle.id
         device.release = bundle.release

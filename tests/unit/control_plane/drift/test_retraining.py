@@ -157,7 +157,15 @@ def test_webhook_hook_posts_the_request_without_local_paths(
     result = run_hook(RetrainHookSpec(webhook=url), context(tmp_path), workspace=tmp_path)
     assert result.model_path is None
     assert result.output.startswith("HTTP 202")
-    assert received == [{"model": "digits", "version": "1", "new_version": "2", "request_id": "7"}]
+    assert received == [
+        {
+            "model": "digits",
+            "version": "1",
+            "new_version": "2",
+            "request_id": "7",
+            "field_data": "/api/v1/models/digits/field-data?version=1",
+        }
+    ]
 
 
 def test_unreachable_webhook_is_a_hook_error(tmp_path: Path) -> None:

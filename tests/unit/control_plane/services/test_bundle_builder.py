@@ -8,18 +8,26 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from sqlmodel import Session
 
+from edgefleet.agent.telemetry.drift import scored_outputs
 from edgefleet.bundle import unpack_bundle
 from edgefleet.control_plane.core.db import create_db_and_tables, make_engine
 from edgefleet.control_plane.core.errors import BuildError, NotFoundError
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.core.tables import Bundle
-from edgefleet.control_plane.services.bundle_builder import build_bundle, reference_statistics
+from edgefleet.control_plane.services.bundle_builder import (
+    CATEGORICAL_METADATA_KEY,
+    build_bundle,
+    declared_categorical,
+    reference_statistics,
+)
 from edgefleet.control_plane.services.model_registry import register_model
 from edgefleet.control_plane.trust.repository import SignedRepository
+from edgefleet.drift import DriftDetector, DriftThresholds, Reference
 from edgefleet.profile import default_profiles_dir
 from edgefleet_demo.digits import DigitsModel
 
@@ -173,3 +181,48 @@ def test_profile_that_cannot_run_the_model_is_a_build_error(
     # Every candidate is measured, then refused by the size budget, and the error says so.
     with pytest.raises(BuildError, match=r"> 100 bytes"):
         build(session, repository, tiny, profile_name="tiny-onnx")
+
+
+def test_built_reference_carries_float_output_reference_and_categorical_bins(
+    session: Session,
+    repository: SignedRepository,
+    settings: Settings,
+    digits: DigitsModel,
+    tmp_path: Path,
+) -> None:
+    bundle = build(session, repository, settings)
+    manifest = unpack_bundle(Path(bundle.path), tmp_path / "unpacked")
+    assert manifest.reference_stats is not None
+    stats = json.loads((tmp_path / "unpacked" / manifest.reference_stats).read_text())
+    outputs = stats["outputs"]
+    assert outputs["kind"] == "classes"
+    assert outputs["categories"] == [float(c) for c in range(10)]
+    assert abs(sum(outputs["proportions"]) - 1.0) < 1e-9
+    kinds = {f["kind"] for f in stats["features"]}
+    assert "categorical" in kinds  # integer pixel codes get a bin per value
+
+    # The agent's own window over the model's answers: all one class is output drift,
+    # the float model's answers on familiar rows are not.
+    reference = Reference.from_json(stats)
+    detector = DriftDetector(reference, DriftThresholds(window=300))
+    rows = digits.holdout_x[:300]
+    familiar = scored_outputs({"probabilities": np.eye(10)[digits.holdout_y[:300]]}, "classes")
+    (clean,) = detector.observe(rows, familiar)
+    assert clean.output is not None and not clean.output.drifted
+    stuck = scored_outputs({"probabilities": np.eye(10)[np.zeros(300, int)]}, "classes")
+    (shifted,) = detector.observe(rows, stuck)
+    assert shifted.output is not None and shifted.output.drifted
+    assert not shifted.drifted  # the inputs did not move: output drift is told apart
+
+
+def test_categorical_features_are_read_from_the_model_metadata(digits: DigitsModel) -> None:
+    model = onnx.load_from_string(digits.onnx_bytes)
+    entry = model.metadata_props.add()
+    entry.key = CATEGORICAL_METADATA_KEY
+    entry.value = json.dumps({"input": [3, 7]})
+    declared = model.SerializeToString()
+    assert declared_categorical(declared, "input") == [3, 7]
+    assert declared_categorical(declared, "other") is None
+    assert declared_categorical(digits.onnx_bytes, "input") is None
+    entry.value = '{"input": ["x"]}'
+    assert declared_categorical(model.SerializeToString(), "input") is None  # ignored, logged
