@@ -4,8 +4,8 @@ Why a table: the agent's endpoint grows small routes owned by other modules (the
 lock, feedback, flags...). Each registers itself with one call instead of editing an
 ``if`` chain in the server::
 
-    server.add_route("POST", "/v2/models/{name}/feedback", handle_feedback)
-    server.add_route("GET", "/v2/agent/flags", handle_flags)
+    server.add_route("POST", "/v2/models/{name}/outcome", handle_outcome)
+    server.add_route("GET", "/v2/flags/*", handle_flags)
     server.add_route("DELETE", "/v2/agent/update-lock/*", handle_lock)
 
 A pattern's segments are literals, ``{param}`` (one segment, handed to the handler in
