@@ -20,7 +20,10 @@ For each fleet size, in this order, with the same worker processes:
    every chunk;
 2. rollout: waves ``1, 10%, 50%, 100%``, soak 0; wall time from ``POST /rollouts``
    to the last device reporting ``active``, per wave, and the install time each
-   device reported (offer received -> active);
+   device reported (offer received -> active); and what the control plane sent for
+   it: payload bytes by path (its ``edgefleet_delivery_bytes_total``: fetch answers
+   for metadata and targets, retained blob chunks) and the bytes its sockets to the
+   broker sent (``ss``), each per device and against the bundle's size;
 3. telemetry: every device publishes inference windows (the agent's own
    ``TelemetryEvent``) on its ``up/telemetry`` topic as fast as QoS 1 allows; the
    offered rate is what the broker acknowledged per second, the ingest rate is rows
@@ -29,6 +32,12 @@ For each fleet size, in this order, with the same worker processes:
     .venv/bin/python bench/fleet_rollout.py                  # 200 and 1,000 devices
     .venv/bin/python bench/fleet_rollout.py --quick          # 8 devices, small model
     .venv/bin/python bench/fleet_rollout.py --devices 500 --workers 4 --data-dir /tmp/f
+    .venv/bin/python bench/fleet_rollout.py --devices 1000 --delivery fetch   # the old path
+
+``--delivery blobs`` (the default) is how a fleet gets a bundle now: the control
+plane publishes the target once as retained chunks and the broker serves every
+device; ``--delivery fetch`` turns that off on both sides (every chunk of every
+device by request/response from the control plane), for the comparison.
 
 Exit status 1 when a device did not end up active or events went missing.
 """
@@ -40,6 +49,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -118,7 +128,12 @@ class FleetResult:
     ingest_s: float
     rollout_cpu: dict[str, float] = field(default_factory=dict)
     telemetry_cpu: dict[str, float] = field(default_factory=dict)
+    delivery: str = "blobs"
+    bundle_length: int = 0
+    cp_payload: dict[str, int] = field(default_factory=dict)  # rollout's delivery bytes by path
+    cp_wire_bytes: int | None = None  # the control plane's sockets to the broker, sent
     fetch_retries: int = 0
+    blob_fallbacks: int = 0
     downloads_resumed: int = 0
     reconnects: int = 0
     not_active: list[str] = field(default_factory=list)
@@ -130,6 +145,10 @@ class FleetResult:
             and self.rollout_state == "complete"
             and self.events_stored == self.events_published
         )
+
+    @property
+    def cp_bytes_per_device(self) -> float:
+        return sum(self.cp_payload.values()) / max(self.devices, 1)
 
     @property
     def ratio(self) -> float | None:
@@ -205,8 +224,11 @@ def write_profile(directory: Path) -> Path:
 class System:
     """Mosquitto and the control plane (a subprocess), both on free ports under ``root``."""
 
-    def __init__(self, root: Path, *, tick_s: float, console: Console) -> None:
+    def __init__(
+        self, root: Path, *, tick_s: float, console: Console, blob_delivery: bool = True
+    ) -> None:
         self.root = root
+        self.blob_delivery = blob_delivery
         self.console = console
         self.tick_s = tick_s
         self.broker = MosquittoBroker(root / "broker")
@@ -226,6 +248,7 @@ class System:
             "PYTHONUNBUFFERED": "1",
             "EDGEFLEET_PROFILES_DIR": str(profiles),
             "EDGEFLEET_ROLLOUT_TICK_S": str(self.tick_s),
+            "EDGEFLEET_BLOB_DELIVERY": "true" if self.blob_delivery else "false",
         }
         with self.cp_log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -253,6 +276,47 @@ class System:
         response = self._http.get("/events/count", params={"kind": kind})
         response.raise_for_status()
         return int(response.json()["count"])
+
+    def delivery_bytes(self) -> dict[str, int]:
+        """The control plane's ``edgefleet_delivery_bytes_total`` by path, from ``/metrics``."""
+        assert self._http is not None
+        response = self._http.get(str(self._http.base_url).removesuffix("/api/v1/") + "/metrics")
+        response.raise_for_status()
+        return {
+            m.group(1): int(float(m.group(2)))
+            for m in re.finditer(
+                r'^edgefleet_delivery_bytes_total\{path="([a-z_]+)"\} (\S+)$',
+                response.text,
+                re.MULTILINE,
+            )
+        }
+
+    def wire_bytes(self) -> int | None:
+        """Bytes the control plane's TCP connections to the broker have sent (``ss -ti``).
+
+        On the wire, so MQTT framing, offers and receipts count too. None without ``ss``.
+        """
+        if self.process is None:
+            return None
+        try:
+            out = subprocess.run(
+                ["ss", "-tinpH", "state", "established", "dst", f"127.0.0.1:{self.broker.port}"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        total, ours = 0, False
+        for line in out.splitlines():
+            if not line.startswith(("\t", " ")):
+                ours = f"pid={self.process.pid}," in line
+                continue
+            match = re.search(r"bytes_sent:(\d+)", line)
+            if ours and match:
+                total += int(match.group(1))
+        return total
 
     def _healthy(self, probe: ApiClient) -> bool:
         self.check_alive()
@@ -534,6 +598,7 @@ def run_fleet(
     rollout_timeout: float,
     fetch: FetchConfig,
     console: Console,
+    skip_model: bool = False,
 ) -> FleetResult:
     n_workers = plan_workers(devices, wanted_workers)
     if n_workers != wanted_workers:
@@ -554,6 +619,7 @@ def run_fleet(
             data_dir=fleet_dir / "devices",
             log_path=fleet_dir / f"worker-{w}.log",
             fetch=fetch,
+            skip_model=skip_model,
         )
         for w in range(n_workers)
     ]
@@ -590,19 +656,33 @@ def run_fleet(
         console.print(f"  {devices} devices connected and known online in {connect_s:.1f} s")
 
         cpu_before = children_cpu()
+        payload_before = system.delivery_bytes()
+        wire_before = system.wire_bytes()
         created_at = time.time()
         rollout = api.create_rollout(
             bundle_id=bundle.id, device_ids=ids, waves=WAVES, soak_seconds=0, gates=GATES
         )
         rollout = watch_rollout(api, system, rollout["id"], devices, rollout_timeout, console)
         rollout_cpu = cpu_since(cpu_before)
+        payload_after = system.delivery_bytes()
+        wire_after = system.wire_bytes()
         records: list[DeviceRecord] = [r for reply in workers.call("results") for r in reply]
         audit = api.list_audit(rollout_id=rollout["id"], limit=1000)
         result = summarize(rollout, records, audit, created_at, devices, n_workers)
         result.connect_s = connect_s
         result.rollout_cpu = rollout_cpu
+        result.delivery = "blobs" if fetch.blobs else "fetch"
+        result.bundle_length = bundle.length
+        result.cp_payload = {
+            path: count - payload_before.get(path, 0) for path, count in payload_after.items()
+        }
+        if wire_before is not None and wire_after is not None:
+            result.cp_wire_bytes = wire_after - wire_before
         logs = [log.read_text(errors="replace") for log in fleet_dir.glob("worker-*.log")]
         result.fetch_retries = sum(text.count("fetch chunk timed out") for text in logs)
+        result.blob_fallbacks = sum(
+            text.count("blobs missing") + text.count("no blob index") for text in logs
+        )
         result.downloads_resumed = sum(text.count("transfer interrupted") for text in logs)
         result.reconnects = sum(text.count("mqtt disconnected") for text in logs)
         result.baseline_s, result.baseline_incomplete = baseline_s, baseline_incomplete
@@ -761,9 +841,39 @@ def render_table(results: list[FleetResult], bundle: Bundle, fetch: FetchConfig)
         "[bold]rollout ÷ baseline[/]",
         [f"{r.ratio:.1f}x" if r.ratio is not None else NA for r in results],
     )
+    row("delivery path", [r.delivery for r in results])
     row(
-        "chunks re-asked (fetch timeout) / downloads resumed",
-        [f"{r.fetch_retries:,} / {r.downloads_resumed:,}" for r in results],
+        "[bold]control plane → devices, payload bytes per device[/]",
+        [
+            f"{r.cp_bytes_per_device:,.0f} ({r.cp_bytes_per_device / r.bundle_length:.2%} of "
+            "the bundle)"
+            if r.bundle_length
+            else NA
+            for r in results
+        ],
+    )
+    row(
+        "  of which: fetch metadata / fetch targets / blobs (whole rollout)",
+        [
+            " / ".join(
+                f"{r.cp_payload.get(k, 0):,}" for k in ("fetch_metadata", "fetch_targets", "blobs")
+            )
+            for r in results
+        ],
+    )
+    row(
+        "control plane → broker on the wire, per device (ss)",
+        [
+            f"{r.cp_wire_bytes / r.devices:,.0f} "
+            f"({r.cp_wire_bytes / r.devices / r.bundle_length:.2%})"
+            if r.cp_wire_bytes is not None and r.bundle_length
+            else NA
+            for r in results
+        ],
+    )
+    row(
+        "chunks re-asked (fetch timeout) / downloads resumed / blob fall-backs",
+        [f"{r.fetch_retries:,} / {r.downloads_resumed:,} / {r.blob_fallbacks:,}" for r in results],
     )
     row("device links dropped and reconnected", [f"{r.reconnects:,}" for r in results])
     row(
@@ -815,6 +925,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the agents' fetch.timeout_s: seconds before a chunk is asked again "
         "(default: the agent's own default)",
     )
+    parser.add_argument(
+        "--delivery",
+        choices=("blobs", "fetch"),
+        default="blobs",
+        help="blobs: targets published once as retained MQTT chunks (default); fetch: every "
+        "chunk by request/response from the control plane (the path before blobs)",
+    )
+    parser.add_argument(
+        "--plumbing",
+        action="store_true",
+        help="simulated devices fetch, verify, unpack and switch but skip the model load "
+        "and the smoke test (their own CPU on a real device): measures delivery",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="keep everything here")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -835,7 +958,8 @@ def main(argv: list[str] | None = None) -> int:
     check_limits(max(args.sizes), console)
     root = args.data_dir or Path(tempfile.mkdtemp(prefix="edgefleet-fleet-"))
     root.mkdir(parents=True, exist_ok=True)
-    system = System(root, tick_s=args.tick, console=console)
+    system = System(root, tick_s=args.tick, console=console, blob_delivery=args.delivery == "blobs")
+    fetch_config = FetchConfig(timeout_s=args.fetch_timeout, blobs=args.delivery == "blobs")
     results: list[FleetResult] = []
     aborted: list[int] = []
     started = time.monotonic()
@@ -860,8 +984,9 @@ def main(argv: list[str] | None = None) -> int:
                         wanted_workers=args.workers,
                         events_per_device=args.events_per_device,
                         rollout_timeout=args.rollout_timeout,
-                        fetch=FetchConfig(timeout_s=args.fetch_timeout),
+                        fetch=fetch_config,
                         console=console,
+                        skip_model=args.plumbing,
                     )
                 )
             except (RuntimeError, TimeoutError, ApiError) as e:
@@ -873,7 +998,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.data_dir is None:
             shutil.rmtree(root, ignore_errors=True)
     if results:
-        console.print(render_table(results, bundle, FetchConfig(timeout_s=args.fetch_timeout)))
+        if args.plumbing:
+            console.print("plumbing mode: devices skipped the model load and the smoke test")
+        console.print(render_table(results, bundle, fetch_config))
     for r in results:
         if r.failed:
             console.print(f"{r.devices} devices: failures {dict(list(r.failed.items())[:5])}")

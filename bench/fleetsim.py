@@ -3,11 +3,13 @@
 ``bench/fleet_rollout.py`` starts a few worker processes (``run_worker``) and drives
 them over a pipe. Each simulated device is composed from the agent's own parts the
 way ``edgefleet.agent.daemon.Agent`` composes them: its own ``DeviceSession`` (own client
-id and persistent session, last will, retained status), ``MqttFetcher (TUF over MQTT
-request/response), ``Installer`` + ``OfferWorker`` (ngclient verification, release
-and profile checks, unpack into a slot, smoke test in onnxruntime, journal, switch)
-and ``SlotStore``, each device under its own data directory. Nothing is verified
-less than on a real device.
+id and persistent session, last will, retained status), the agent's transport
+(``agent_verifier``: targets from the broker's retained blobs, metadata and anything
+missing by MQTT request/response; ``--delivery fetch`` turns blobs off),
+``Installer`` + ``OfferWorker`` (ngclient verification, release and profile checks,
+unpack into a slot, smoke test in onnxruntime, journal, switch) and ``SlotStore``,
+each device under its own data directory. Nothing is verified less than on a real
+device.
 
 What is left out, and why: the local HTTP inference server (one listening port per
 device says nothing about rollouts), the drift supervisor (no inference traffic),
@@ -84,6 +86,39 @@ class WorkerSpec:
     data_dir: Path
     log_path: Path
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    skip_model: bool = False
+    """Plumbing mode: fetch, verify (TUF hashes, the manifest's member hashes), unpack and
+    switch as a device does, but neither load the model nor run the smoke test, so the
+    figure measures the fleet's delivery rather than 1,000 devices' onnxruntime on
+    the simulator's shared cores."""
+
+
+class _UnloadedRuntime:
+    """What a plumbing-mode device has in place of a loaded model: its signature only."""
+
+    def __init__(self, signature: Any) -> None:
+        self._signature = signature
+
+    @property
+    def signature(self) -> Any:
+        return self._signature
+
+    def infer(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("plumbing mode: no model was loaded")
+
+
+def skip_model_work() -> None:
+    """Plumbing mode, for this worker process: no model load, no smoke test."""
+    from edgefleet.agent.install import pipeline
+
+    def unloaded(manifest: Any, _slot_dir: Path) -> _UnloadedRuntime:
+        return _UnloadedRuntime(manifest.signature)
+
+    def no_smoke_test(_runtime: Any, _manifest: Any, _slot_dir: Path) -> None:
+        return None
+
+    pipeline.load_runtime = unloaded  # type: ignore[assignment]
+    pipeline.run_smoke_test = no_smoke_test
 
 
 @dataclass
@@ -349,6 +384,8 @@ def run_worker(conn: Connection, spec: WorkerSpec) -> None:
     # Python stack in its log instead of vanishing.
     crash_log = open(spec.log_path, "a")  # noqa: SIM115 - open for the process's lifetime
     faulthandler.enable(file=crash_log, all_threads=True)
+    if spec.skip_model:
+        skip_model_work()
     worker = Worker(spec)
     try:
         while True:

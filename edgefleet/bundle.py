@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
-from msgspec import Meta, field
+from msgspec import UNSET, Meta, UnsetType, field
 
 from edgefleet import schema
 from edgefleet.errors import BundleError
@@ -98,7 +98,9 @@ class Manifest(schema.Open, frozen=True, kw_only=True):
     """
 
     schema_version: int = MANIFEST_SCHEMA_VERSION
-    kind: BundleKind = "model"
+    kind: BundleKind | UnsetType = UNSET
+    """Absent on model bundles (so a manifest written before kinds reads and writes back
+    byte for byte); see :attr:`bundle_kind`."""
     bundle_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")]
     model: ModelRef
     release: Annotated[int, Meta(ge=1)]
@@ -114,6 +116,11 @@ class Manifest(schema.Open, frozen=True, kw_only=True):
     metrics: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] | None = None
     """Integer model boundaries: input/output name -> ``{dtype, scale, zero_point}``."""
+
+    @property
+    def bundle_kind(self) -> BundleKind:
+        """``model`` unless the manifest says otherwise."""
+        return "model" if isinstance(self.kind, UnsetType) else self.kind
 
     def file(self, path: str) -> FileEntry:
         """The entry for member ``path``; ``BundleError`` when the manifest lacks it."""
@@ -406,7 +413,9 @@ def unpack_bundle(
             for member in members:
                 handle = tar.extractfile(member)
                 assert handle is not None
-                check_member_type(member.name, handle.read(16), member.mode, kind=manifest.kind)
+                check_member_type(
+                    member.name, handle.read(16), member.mode, kind=manifest.bundle_kind
+                )
                 if member.name.endswith(".npy"):
                     handle.seek(0)
                     check_npy(member.name, handle)

@@ -23,7 +23,7 @@ import msgspec
 from msgspec import Meta, field
 
 from edgefleet import schema
-from edgefleet.errors import MessageError
+from edgefleet.errors import FieldError, MessageError
 from edgefleet.maintenance import MaintenanceWindow
 from edgefleet.states.install import InstallState
 
@@ -135,6 +135,27 @@ class FetchRequest(WireMessage, frozen=True, kw_only=True):
     path: Annotated[str, Meta(pattern=r"^(metadata|targets)/[A-Za-z0-9][A-Za-z0-9._-]{0,200}\Z")]
     offset: Annotated[int, Meta(ge=0)]
     length: Annotated[int, Meta(gt=0, le=FETCH_MAX_CHUNK)]
+
+
+class BlobIndex(WireMessage, frozen=True, kw_only=True):
+    """What a target's retained chunks on ``fleet/all/down/blobs/<sha256>/`` add up to.
+
+    Published retained on ``.../<sha256>/index`` after the chunks it describes, so a
+    device that sees it finds them; an empty retained payload clears it. Not signed
+    and need not be: TUF checks the reassembled file's length and hashes, and only
+    the control plane may publish under ``fleet/all/down`` (broker ACL).
+    """
+
+    type: Literal["blob_index"] = "blob_index"
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z")]
+    size: Annotated[int, Meta(ge=0)]
+    chunk_size: Annotated[int, Meta(gt=0, le=FETCH_MAX_CHUNK)]
+    chunks: Annotated[int, Meta(ge=0)]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.chunks != -(-self.size // self.chunk_size):
+            raise FieldError("chunks", "must be the size divided by chunk_size, rounded up")
 
 
 class BundleOffer(WireMessage, frozen=True, kw_only=True):
@@ -349,6 +370,7 @@ _MESSAGE_TYPES: dict[str, type[WireMessage]] = {
     "status": DeviceStatus,
     "install": InstallReport,
     "fetch": FetchRequest,
+    "blob_index": BlobIndex,
     "offer": BundleOffer,
     "telemetry": TelemetryEvent,
     "command": DeviceCommand,

@@ -204,6 +204,7 @@ class _Subscription:
     qos: int
     shared_group: str | None
     deferred_ack: bool = False
+    on_subscribed: Callable[[], None] | None = None
 
     @property
     def wire_filter(self) -> str:
@@ -267,6 +268,7 @@ class MqttLink:
         self._lock = threading.Lock()
         self._subscriptions: list[_Subscription] = []
         self._unacked_subscribes: set[int] = set()
+        self._suback_callbacks: dict[int, Callable[[], None]] = {}
         self._on_connect_callbacks: list[Callable[[], None]] = []
         self._started = False
         self._stopping = False
@@ -361,6 +363,7 @@ class MqttLink:
         qos: int = 1,
         shared_group: str | None = None,
         deferred_ack: bool = False,
+        on_subscribed: Callable[[], None] | None = None,
     ) -> None:
         """Deliver messages matching ``topic_filter`` to ``handler``, across reconnects.
 
@@ -374,13 +377,30 @@ class MqttLink:
             deferred_ack: Acknowledge a message only when ``Incoming.ack`` is called (by the
                 handler, or whoever it hands the message to), not when the handler returns;
                 until then the broker redelivers it to a resumed session.
+            on_subscribed: Runs on the network thread at each SUBACK for this filter. The
+                broker sends a filter's retained messages right after its SUBACK, so
+                whoever waits for one knows from then on that it will not be long.
         """
-        sub = _Subscription(topic_filter, handler, qos, shared_group, deferred_ack)
+        sub = _Subscription(topic_filter, handler, qos, shared_group, deferred_ack, on_subscribed)
         self._client.message_callback_add(topic_filter, self._dispatcher(sub))
         with self._lock:
             self._subscriptions.append(sub)
             if self.connected:
                 self._send_subscribe(sub)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Stop delivering ``topic_filter`` (subscribed with ``subscribe``) and forget it.
+
+        Short-lived subscriptions (one retained blob chunk at a time) need this: a
+        subscription kept would be sent again on every reconnect.
+        """
+        self._client.message_callback_remove(topic_filter)
+        with self._lock:
+            kept = [s for s in self._subscriptions if s.topic_filter != topic_filter]
+            removed = len(kept) != len(self._subscriptions)
+            self._subscriptions = kept
+            if removed and self.connected:
+                self._client.unsubscribe(topic_filter)
 
     def _send_subscribe(self, sub: _Subscription) -> None:
         """SUBSCRIBE, counted until its SUBACK (call with ``_lock`` held)."""
@@ -388,6 +408,8 @@ class MqttLink:
         if result == paho.MQTT_ERR_SUCCESS and mid is not None:
             self._subscribed.clear()
             self._unacked_subscribes.add(mid)
+            if sub.on_subscribed is not None:
+                self._suback_callbacks[mid] = sub.on_subscribed
 
     def publish(
         self,
@@ -538,6 +560,7 @@ class MqttLink:
         with self._lock:
             self._connected.set()
             self._unacked_subscribes.clear()
+            self._suback_callbacks.clear()
             for sub in self._subscriptions:
                 self._send_subscribe(sub)
             if not self._unacked_subscribes:
@@ -557,6 +580,12 @@ class MqttLink:
             self._unacked_subscribes.discard(mid)
             if not self._unacked_subscribes and self._connected.is_set():
                 self._subscribed.set()
+            callback = self._suback_callbacks.pop(mid, None)
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # top of a network-thread callback: never kill the loop
+                logger.exception("on_subscribed callback failed mid=%d", mid)
 
     def _handle_disconnect(
         self,

@@ -206,7 +206,8 @@ def decode_json(data: bytes | str, type_: type[T]) -> T:
 def to_builtins(obj: Any, *, omit_none: bool = False) -> Any:
     """``obj`` as dicts, lists and scalars, ready for ``json.dumps``.
 
-    Undeclared fields of ``Open`` records are written back. ``omit_none`` leaves out
+    Undeclared fields of ``Open`` records are written back; fields left ``msgspec.UNSET``
+    are left out. ``omit_none`` leaves out
     the fields of records (declared or not) whose value is None; None inside a
     ``dict`` or ``list`` value is kept.
     """
@@ -215,6 +216,8 @@ def to_builtins(obj: Any, *, omit_none: bool = False) -> Any:
         out: dict[str, Any] = {}
         for name, key in zip(layout.names, layout.keys, strict=True):
             value = getattr(obj, name)
+            if value is msgspec.UNSET:  # a field the record leaves out when not given
+                continue
             if value is None:
                 if not omit_none:
                     out[key] = None

@@ -7,6 +7,8 @@
     fleet/<device_id>/down/<channel>   cloud -> device  (offer, command, fetch, receipt,
                                                         logs, config)
     fleet/all/down/<channel>           cloud -> every device
+    fleet/all/down/blobs/<sha256>/index      a target's chunk index (retained)
+    fleet/all/down/blobs/<sha256>/<n>        its chunk n (retained; content-addressed)
 
 Device ids are ``dev-`` plus 8 to 32 lowercase letters or digits so that a broker ACL
 pattern on ``%u`` confines each device to its own subtree; control-plane clients use
@@ -19,6 +21,9 @@ import re
 from enum import StrEnum
 
 DEVICE_ID_RE = re.compile(r"^dev-[a-z0-9]{8,32}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+BLOBS = "blobs"
+BLOB_INDEX = "index"
 ROOT = "fleet"
 BROADCAST = "all"
 
@@ -77,6 +82,54 @@ def down(device_id: str, channel: Down) -> str:
 def down_all(channel: Down) -> str:
     """Topic the control plane publishes ``channel`` messages to every device on."""
     return f"{ROOT}/{BROADCAST}/down/{channel.value}"
+
+
+def _sha(sha256: str) -> str:
+    if not SHA256_RE.fullmatch(sha256):
+        raise ValueError(f"not a lowercase hex SHA-256: {sha256!r}")
+    return sha256
+
+
+def blob_index(sha256: str) -> str:
+    """Retained index of the target whose content hashes to ``sha256``.
+
+    Raises:
+        ValueError: ``sha256`` is not 64 lowercase hex digits.
+    """
+    return f"{ROOT}/{BROADCAST}/down/{BLOBS}/{_sha(sha256)}/{BLOB_INDEX}"
+
+
+def blob_chunk(sha256: str, index: int) -> str:
+    """Retained chunk ``index`` (from 0) of the target whose content hashes to ``sha256``.
+
+    Raises:
+        ValueError: ``sha256`` is malformed or ``index`` negative.
+    """
+    if index < 0:
+        raise ValueError(f"chunk index must be >= 0, got {index}")
+    return f"{ROOT}/{BROADCAST}/down/{BLOBS}/{_sha(sha256)}/{index}"
+
+
+def blob_index_filter() -> str:
+    """Subscription filter for every target's retained index (what the broker holds)."""
+    return f"{ROOT}/{BROADCAST}/down/{BLOBS}/+/{BLOB_INDEX}"
+
+
+def blobs_filter() -> str:
+    """The blob subtree, for the broker's ACLs: devices read it, only the cloud writes."""
+    return f"{ROOT}/{BROADCAST}/down/{BLOBS}/#"
+
+
+def parse_blob_index(topic: str) -> str:
+    """The SHA-256 in a blob index topic.
+
+    Raises:
+        ValueError: ``topic`` is not ``fleet/all/down/blobs/<sha256>/index``.
+    """
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[:4] != [ROOT, BROADCAST, "down", BLOBS] or parts[5] != BLOB_INDEX:
+        raise ValueError(f"not a blob index topic: {topic!r}")
+    return _sha(parts[4])
 
 
 def up_filter(channel: Up | None = None) -> str:

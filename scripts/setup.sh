@@ -47,6 +47,13 @@ if [ "$TEST_SERVICES" = 1 ] && ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/n
     apt_install faketime
 fi
 
+# nginx serves the exported static tree as an HTTP mirror in the mirror tests
+# (tests/integration/agent/test_mirrors.py: range requests, a transfer cut mid-body).
+if [ "$TEST_SERVICES" = 1 ] && ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    echo "setup: installing nginx-light (for the HTTP mirror tests)"
+    apt_install nginx-light
+fi
+
 # PostgreSQL for the multi-replica tests: a local cluster with a `test` database that
 # trusts 127.0.0.1 (tests create and drop their own databases in it). Skip: NO_POSTGRES=1.
 # Note: this adds a trust line for 127.0.0.1 to pg_hba.conf — meant for CI and test boxes.

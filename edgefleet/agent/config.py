@@ -55,6 +55,18 @@ class FetchConfig(_Section, frozen=True, kw_only=True):
     retries: Annotated[int, Meta(ge=0)] = 3
     resume_attempts: Annotated[int, Meta(ge=0)] = 10
     reconnect_wait_s: Annotated[float, Meta(gt=0)] = 120.0
+    # Targets from the broker's retained blob chunks (edgefleet.agent.verification.blobs)
+    blobs: bool = True
+    blob_window: Annotated[int, Meta(ge=1, le=64)] = 4
+    blob_grace_s: Annotated[float, Meta(gt=0)] = 5.0  # after a SUBACK, for its retained message
+    blob_subscribe_wait_s: Annotated[float, Meta(gt=0)] = 30.0  # for the SUBACK itself
+    # HTTP(S) mirrors (edgefleet.agent.verification.mirrors)
+    mirror_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
+    mirror_attempts: Annotated[int, Meta(ge=1, le=100)] = 3
+    # A link budget for metered connections (edgefleet.agent.verification.budget): the
+    # pace of downloads and a cap per UTC day; unset means no limit
+    link_bytes_per_s: Annotated[int, Meta(ge=1024)] | None = None
+    link_bytes_per_day: Annotated[int, Meta(ge=1)] | None = None
 
 
 class ProbationConfig(_Section, frozen=True, kw_only=True):
@@ -155,6 +167,9 @@ class AgentConfig(_Section, frozen=True, kw_only=True):
     models: dict[str, ModelConfig] = field(default_factory=dict)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    mirrors: list[Annotated[str, Meta(pattern=r"^https?://[^\s]+$")]] = field(default_factory=list)
+    """Base URLs of static copies of the signed repository (web server, CDN, object
+    store), tried in order before MQTT; TUF verifies what they serve."""
     probation: ProbationConfig = field(default_factory=ProbationConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     link: LinkConfig = field(default_factory=LinkConfig)

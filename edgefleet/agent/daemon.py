@@ -53,8 +53,11 @@ from edgefleet.agent.telemetry.drift import DriftSupervisor
 from edgefleet.agent.telemetry.forwarder import Forwarder
 from edgefleet.agent.telemetry.logstore import LogResponder, LogStore
 from edgefleet.agent.telemetry.spool import Spool
+from edgefleet.agent.verification.blobs import BlobFetcher
+from edgefleet.agent.verification.budget import BudgetedTransport, LinkBudget
 from edgefleet.agent.verification.fetcher import MqttFetcher
-from edgefleet.agent.verification.transport import downloads_dir, trusted_versions
+from edgefleet.agent.verification.mirrors import MirrorFetcher
+from edgefleet.agent.verification.transport import Transport, downloads_dir, trusted_versions
 from edgefleet.agent.verification.verifier import (
     InProcessVerifier,
     ProcessVerifier,
@@ -106,6 +109,38 @@ def agent_fetcher(link: MqttLink, config: AgentConfig) -> MqttFetcher:
     )
 
 
+def agent_transport(link: MqttLink, config: AgentConfig) -> Transport:
+    """Where repository files come from: the configured mirrors first, then targets from
+    the broker's retained blobs, then request/response over MQTT for the rest; paced
+    and capped by the ``[fetch]`` link budget when one is set."""
+    mqtt = agent_fetcher(link, config)
+    transport: Transport = mqtt
+    if config.fetch.blobs:
+        transport = BlobFetcher(
+            link,
+            mqtt,
+            window=config.fetch.blob_window,
+            grace=config.fetch.blob_grace_s,
+            subscribe_wait=config.fetch.blob_subscribe_wait_s,
+        )
+    if config.mirrors:
+        transport = MirrorFetcher(
+            config.mirrors,
+            transport,
+            part_dir=mqtt.part_dir,
+            timeout=config.fetch.mirror_timeout_s,
+            attempts=config.fetch.mirror_attempts,
+        )
+    if config.fetch.link_bytes_per_s or config.fetch.link_bytes_per_day:
+        budget = LinkBudget(
+            config.data_dir,
+            bytes_per_s=config.fetch.link_bytes_per_s,
+            bytes_per_day=config.fetch.link_bytes_per_day,
+        )
+        transport = BudgetedTransport(transport, budget, mqtt.part_dir)
+    return transport
+
+
 def agent_verifier(
     link: MqttLink, config: AgentConfig, *, isolated: bool = True
 ) -> ProcessVerifier | InProcessVerifier:
@@ -115,7 +150,7 @@ def agent_verifier(
     never enters the agent's own memory; the fleet simulator runs it in-process.
     """
     transport = ResumingTransport(
-        agent_fetcher(link, config),
+        agent_transport(link, config),
         link_ready=link.wait_connected,
         attempts=config.fetch.resume_attempts,
         wait_s=config.fetch.reconnect_wait_s,

@@ -110,6 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
             engine=engine,
             passphrase=settings.key_passphrase_bytes,
             replica=replica,
+            static_tree=settings.static_tree_dir,
         )
         repository.init_or_load()
         repository.refresh_timestamp()

@@ -91,6 +91,14 @@ class _Heard:
     newest: int = -1
 
 
+def part_file(part_dir: Path | None, path: str) -> Path | None:
+    """Where a partial download of repository ``path`` is kept (targets only; every
+    delivery path shares it, so a download broken on one resumes on another)."""
+    if part_dir is None or not path.startswith("targets/"):
+        return None
+    return part_dir / (path.split("/", 1)[1] + ".part")
+
+
 def _bounded(chunks: Generator[bytes, None, None], max_length: int) -> Iterator[bytes]:
     given = 0
     with contextlib.closing(chunks):
@@ -182,11 +190,9 @@ class MqttFetcher:
             raise TransferError(f"cannot fetch {path}: not connected to the broker")
         return _bounded(self._stream(path), max_length)
 
-    def _part_path(self, path: str) -> Path | None:
+    def part_path(self, path: str) -> Path | None:
         """Where a partial download of repository ``path`` is kept (targets only)."""
-        if self.part_dir is None or not path.startswith("targets/"):
-            return None
-        return self.part_dir / (path.split("/", 1)[1] + ".part")
+        return part_file(self.part_dir, path)
 
     def discard_parts(self) -> None:
         """Forget every partial download (after one failed its final hash check)."""
@@ -196,7 +202,7 @@ class MqttFetcher:
                     part.unlink()
 
     def _stream(self, path: str) -> Generator[bytes, None, None]:
-        part = self._part_path(path)
+        part = self.part_path(path)
         start = 0
         if part is not None and part.exists():
             start = part.stat().st_size
@@ -219,7 +225,20 @@ class MqttFetcher:
             with contextlib.suppress(OSError):
                 part.unlink()  # complete: the caller holds the bytes and checks them now
 
-    def _stream_from(self, path: str, start: int, sink: BinaryIO | None) -> Iterator[bytes]:
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of ``path`` from ``offset`` (fewer at its end), windowed as a
+        download: how a blob chunk missing from the broker is had by request/response.
+
+        Raises:
+            TransferError: as ``stream``.
+        """
+        if not self._link.connected:
+            raise TransferError(f"cannot fetch {path}: not connected to the broker")
+        return b"".join(self._stream_from(path, offset, None, stop=offset + length))
+
+    def _stream_from(
+        self, path: str, start: int, sink: BinaryIO | None, *, stop: int | None = None
+    ) -> Iterator[bytes]:
         responses: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
         pending: dict[bytes, _Pending] = {}
         received: dict[int, bytes] = {}
@@ -252,10 +271,11 @@ class MqttFetcher:
                 response_topic=self._response_topic,
             )
 
+        first = self.chunk_size if stop is None else max(1, min(self.chunk_size, stop - start))
         try:
-            send(start, self.chunk_size, 1)
-            next_request = start + self.chunk_size
-            while total is None or next_yield < total:
+            send(start, first, 1)
+            next_request = start + first
+            while total is None or next_yield < (total if stop is None else min(total, stop)):
                 if next_yield in received:
                     chunk = received.pop(next_yield)
                     next_yield += len(chunk)
@@ -269,9 +289,10 @@ class MqttFetcher:
                     yield chunk
                     continue
                 if total is not None:
+                    limit = total if stop is None else min(total, stop)
                     in_flight = len(pending) + len(received)
-                    while in_flight < self.window and next_request < total:
-                        length = min(self.chunk_size, total - next_request)
+                    while in_flight < self.window and next_request < limit:
+                        length = min(self.chunk_size, limit - next_request)
                         send(next_request, length, 1)
                         next_request += length
                         in_flight += 1

@@ -17,8 +17,15 @@ dies (the death is logged, counted in ``/metrics`` and shown by ``/api/v1/health
 - ``cp-events``: status, install reports and config reports, applied in arrival order (and log
   answers that do not decode, to be counted as refused);
 - ``cp-fetch-<n>``: fetch requests, answered from the signed repository;
+- ``cp-blobs``: every ``Settings.blob_retention_s``, clears the retained blobs no
+  running rollout needs (``edgefleet.control_plane.broker.blobs``);
 - ``cp-telemetry``: telemetry, stored in bursts of up to ``TELEMETRY_BURST`` events
   per transaction and acknowledged to the broker once the burst is handled.
+
+**Blobs.** Before a bundle is first offered (or shadowed), its target is published
+once as retained chunks that the broker serves to every device
+(``BlobPublisher``); request/response fetches stay for metadata and for whatever
+the broker does not hold.
 
 **Poison messages.** Whatever goes wrong with one message — it does not decode, or
 handling it raises anything at all — is that message's failure: it is logged with the
@@ -60,6 +67,7 @@ from __future__ import annotations
 import logging
 import queue
 import secrets
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,9 +82,10 @@ from sqlalchemy.exc import (
     ProgrammingError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from edgefleet import topics
+from edgefleet.control_plane.broker.blobs import BlobPublisher
 from edgefleet.control_plane.broker.log_requests import LogAnswer, LogRequests
 from edgefleet.control_plane.core.errors import (
     BrokerError,
@@ -85,6 +94,7 @@ from edgefleet.control_plane.core.errors import (
     NotFoundError,
 )
 from edgefleet.control_plane.core.settings import Settings
+from edgefleet.control_plane.core.tables import Bundle, Rollout
 from edgefleet.control_plane.services.device_config import record_report, sync_device
 from edgefleet.control_plane.services.devices import record_rejections, upsert_device_status
 from edgefleet.control_plane.services.events import ingest_events
@@ -115,6 +125,7 @@ from edgefleet.messages import (
     decode_as,
 )
 from edgefleet.mqtt import BrokerAddress, Incoming, MqttLink
+from edgefleet.states.rollout import RUNNING_ROLLOUT_STATES
 from edgefleet.supervisor import Supervisor, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -205,6 +216,16 @@ class FleetLink:
         self._telemetry: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
         self._log_requests = LogRequests()
         self._started = False
+        self._stopped = threading.Event()
+        self._sent_lock = threading.Lock()
+        self._sent: Counter[str] = Counter()  # fetch answer bytes, by metadata / targets
+        self.blobs: BlobPublisher | None = None
+        self._blob_retention_s = settings.blob_retention_s
+        self._bundle_blobs: dict[str, tuple[str, str]] = {}  # bundle id -> (sha256, target)
+        if settings.blob_delivery:
+            self.blobs = BlobPublisher(
+                self._link, repository.targets_dir, chunk_size=settings.blob_chunk_kib * 1024
+            )
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -234,6 +255,10 @@ class FleetLink:
         for n in range(self._fetch_workers):
             self.supervisor.start(f"cp-fetch-{n}", self._run_fetches)
         self.supervisor.start("cp-telemetry", self._store_telemetry)
+        if self.blobs is not None:
+            self.blobs.attach()
+            self._stopped.clear()
+            self.supervisor.start("cp-blobs", self._run_blob_retention)
         self._link.start()
         self._started = True
         logger.info("fleet link starting broker=%s", self._link.broker.url())
@@ -243,6 +268,7 @@ class FleetLink:
             return
         self._link.stop()
         self.supervisor.stop()
+        self._stopped.set()
         # After whatever is queued: that is still handled (telemetry stored).
         self._events.put(None)
         for _ in range(self._fetch_workers):
@@ -268,7 +294,9 @@ class FleetLink:
     # -- outgoing ----------------------------------------------------------------
 
     def publish_offer(self, device_id: str, offer: BundleOffer) -> None:
-        """Offer a bundle to one device (QoS 1; queued while the link is down)."""
+        """Offer a bundle to one device (QoS 1; queued while the link is down), its
+        target published as retained blobs first when it is not yet."""
+        self.ensure_blob(offer.bundle_id)
         self._link.publish(topics.down(device_id, topics.Down.OFFER), offer.to_bytes(), qos=1)
         logger.info(
             "offer published device_id=%s bundle_id=%s rollout_id=%s",
@@ -279,6 +307,8 @@ class FleetLink:
 
     def publish_command(self, device_id: str, command: DeviceCommand) -> None:
         """Send a command (e.g. rollback) to one device (QoS 1; queued while offline)."""
+        if command.command == "shadow_start" and command.bundle_id:
+            self.ensure_blob(command.bundle_id)
         self._link.publish(topics.down(device_id, topics.Down.COMMAND), command.to_bytes(), qos=1)
         logger.info(
             "command published device_id=%s command=%s rollout_id=%s",
@@ -297,6 +327,56 @@ class FleetLink:
                 qos=1,
             )
         logger.debug("receipt published device_id=%s events=%d", device_id, len(event_ids))
+
+    def ensure_blob(self, bundle_id: str) -> bool:
+        """Publish ``bundle_id``'s target as retained blobs unless the broker holds it.
+
+        False when blob delivery is off or it could not be published (devices then
+        fetch the target by request/response, as they always could).
+        """
+        if self.blobs is None:
+            return False
+        blob = self._bundle_blobs.get(bundle_id)
+        if blob is None:
+            with Session(self._engine) as session:
+                bundle = session.get(Bundle, bundle_id)
+                if bundle is None:
+                    return False
+                blob = (bundle.sha256, bundle.target)
+            self._bundle_blobs[bundle_id] = blob
+        return self.blobs.ensure(*blob)
+
+    def delivery_bytes(self) -> dict[str, int]:
+        """Payload bytes sent to devices so far, by path: ``fetch_metadata``,
+        ``fetch_targets`` (request/response) and ``blobs`` (retained, once per target)."""
+        with self._sent_lock:
+            sent = {f"fetch_{kind}": count for kind, count in self._sent.items()}
+        sent.setdefault("fetch_metadata", 0)
+        sent.setdefault("fetch_targets", 0)
+        sent["blobs"] = self.blobs.counters.bytes_published if self.blobs is not None else 0
+        return sent
+
+    def sweep_blobs(self) -> list[str]:
+        """Clear the retained blobs of targets no running rollout needs; their SHA-256s."""
+        if self.blobs is None:
+            return []
+        with Session(self._engine) as session:
+            needed = session.exec(
+                select(Bundle.sha256)
+                .join(Rollout, col(Rollout.bundle_id) == col(Bundle.id))
+                .where(col(Rollout.state).in_(RUNNING_ROLLOUT_STATES))
+            ).all()
+        return self.blobs.retain_only(set(needed))
+
+    def _run_blob_retention(self) -> None:
+        """cp-blobs: clear unneeded retained blobs every ``blob_retention_s``."""
+        while not self._stopped.wait(self._blob_retention_s):
+            if not self._link.connected:
+                continue
+            try:
+                self.sweep_blobs()
+            except (OperationalError, InterfaceError) as e:
+                logger.warning("blob retention skipped reason=%s", e)
 
     def publish_config(self, device_id: str, desired: DesiredConfig) -> None:
         """A device's desired configuration, retained (QoS 1): a device that is away
@@ -604,6 +684,10 @@ class FleetLink:
                 properties[FETCH_STATUS],
                 properties.get(FETCH_REASON),
             )
+        if data:
+            kind = "targets" if request.path.startswith("targets/") else "metadata"
+            with self._sent_lock:
+                self._sent[kind] += len(data)
         # The reply goes to the device's own down topic, whatever response topic it asked for.
         self._link.publish(
             topics.down(device_id, topics.Down.FETCH),

@@ -186,3 +186,24 @@ def repo_bump(
         raise fail(e) from e
     console.print("re-signed " + ", ".join(f"{r} v{v}" for r, v in signed.items()))
     _print_versions(repository.versions())
+
+
+@repo_app.command("export")
+def repo_export(
+    dest: Annotated[Path, typer.Argument(help="directory a web server, CDN or bucket serves")],
+    data_dir: DataDirOption = Path(".edgefleet"),
+) -> None:
+    """Write the signed repository (metadata and targets, never keys) as a static tree
+    for HTTP mirrors; agents list its URL in ``mirrors``. The control plane does this
+    after every signing step when ``EDGEFLEET_STATIC_TREE_DIR`` is set."""
+    from edgefleet.control_plane.core.settings import Settings
+    from edgefleet.control_plane.trust.repository.export import export_static_tree
+
+    settings = Settings(data_dir=data_dir)
+    if not (settings.repository_dir / "metadata" / "timestamp.json").exists():
+        raise fail(FileNotFoundError(f"no signed repository in {settings.repository_dir}"))
+    try:
+        result = export_static_tree(settings.repository_dir, dest)
+    except OSError as e:
+        raise fail(e) from e
+    console.print(f"exported {result.files} files ({result.bytes:,} bytes) to {dest}")

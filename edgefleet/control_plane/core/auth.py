@@ -38,9 +38,14 @@ logger = logging.getLogger(__name__)
 
 Role = Literal["viewer", "operator", "admin"]
 RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
-ADMIN_PATHS = ("/api/v1/keys", "/api/v1/tokens")
-OPERATOR_READS = (re.compile(r"^/api/v1/devices/[^/]+/logs/?$"),)
-"""Reads that need the operator role: a device's own log is more than fleet state."""
+ADMIN_PATHS = ("/api/v1/keys", "/api/v1/tokens", "/api/v1/agent-releases")
+"""Admin only: key material, tokens, and the agent's own code (it runs every device)."""
+OPERATOR_READS = (
+    re.compile(r"^/api/v1/devices/[^/]+/logs/?$"),
+    re.compile(r"^/api/v1/models/[^/]+/field-data/?$"),
+)
+"""Reads that need the operator role: a device's own log, and the inputs devices saw,
+are more than fleet state."""
 OPEN_PATHS = frozenset({"/api/v1/health", "/api/v1/trust/root", "/api/v1/enrol"})
 TOKEN_PREFIX = "eft_"
 TOKEN_NAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"

@@ -75,10 +75,12 @@ class FleetCollector(Collector):
         *,
         broker_connected: bool | None = None,
         workers: list[WorkerState] | None = None,
+        delivery: dict[str, int] | None = None,
     ) -> None:
         self._engine = engine
         self._broker_connected = broker_connected
         self._workers = workers
+        self._delivery = delivery
 
     def collect(self) -> Iterator[Metric]:
         with Session(self._engine) as session:
@@ -96,6 +98,16 @@ class FleetCollector(Collector):
             yield up
         if self._workers is not None:
             yield from self._worker_metrics(self._workers)
+        if self._delivery is not None:
+            sent = CounterMetricFamily(
+                "edgefleet_delivery_bytes",
+                "Payload bytes this replica sent devices: fetch answers (metadata, targets) "
+                "and retained blob chunks, published once per target",
+                labels=["path"],
+            )
+            for path, count in sorted(self._delivery.items()):
+                sent.add_metric([path], count)
+            yield sent
 
     def _fleet(self, session: Session) -> Iterator[Metric]:
         devices = GaugeMetricFamily(
@@ -245,6 +257,7 @@ def render_metrics(
     *,
     broker_connected: bool | None = None,
     workers: list[WorkerState] | None = None,
+    delivery: dict[str, int] | None = None,
 ) -> bytes:
     """The Prometheus text exposition of the fleet as the database has it now.
 
@@ -252,7 +265,11 @@ def render_metrics(
     leaves the process-global registry to whoever embeds the control plane.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(engine, broker_connected=broker_connected, workers=workers))
+    registry.register(
+        FleetCollector(
+            engine, broker_connected=broker_connected, workers=workers, delivery=delivery
+        )
+    )
     return bytes(generate_latest(registry))
 
 
@@ -274,5 +291,6 @@ def read_metrics(request: Request) -> Response:
         request.app.state.engine,
         broker_connected=None if link is None else bool(link.connected),
         workers=None if link is None else link.workers(),
+        delivery=None if link is None else link.delivery_bytes(),
     )
     return Response(content=body, media_type=CONTENT_TYPE_LATEST)

@@ -63,6 +63,22 @@ class Settings(BaseSettings):
     on the broker holding device traffic for the control plane: devices resend telemetry
     and install reports until a receipt names them, and re-ask fetch chunks that go
     unanswered; what a restarting control plane misses arrives with those resends."""
+    blob_delivery: bool = Field(
+        default=True,
+        description="publish each live rollout's target once as retained MQTT chunks "
+        "(fleet/all/down/blobs/<sha256>/...) that the broker serves to every device",
+    )
+    blob_chunk_kib: int = Field(default=128, ge=1, le=256, description="bytes per blob chunk")
+    blob_retention_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="how often retained blobs that no running rollout needs are cleared",
+    )
+    static_tree_dir: Path | None = Field(
+        default=None,
+        description="also export the signed repository (metadata and targets, no keys) "
+        "here after every signing step, for a web server, CDN or object store to serve",
+    )
     mqtt_shared_group: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_-]{8,64}$",

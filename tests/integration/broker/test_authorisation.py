@@ -197,6 +197,9 @@ def test_device_subscribes_to_its_own_and_the_broadcast_topics_and_nothing_else(
         f"fleet/{ALICE}/down/+",
         topics.down(ALICE, topics.Down.COMMAND),
         "fleet/all/down/#",
+        topics.blobs_filter(),  # retained target chunks: read by every device
+        topics.blob_index("ab" * 32),
+        topics.blob_chunk("ab" * 32, 3),
     ]
     assert alice.subscribe(*allowed) == [GRANTED_QOS_1] * len(allowed)
 
@@ -236,6 +239,8 @@ def test_device_publishes_only_on_its_own_up_topics_whatever_client_id_it_asks_f
         topics.down(ALICE, topics.Down.COMMAND),
         topics.down(BOB, topics.Down.COMMAND),
         "fleet/all/down/command",
+        topics.blob_index("ab" * 32),  # nobody but the control plane writes blobs
+        topics.blob_chunk("ab" * 32, 0),
         "fleet/anything",
         "$SYS/broker/uptime",
         "$CONTROL/dynamic-security/v1",

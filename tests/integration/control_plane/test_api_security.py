@@ -34,6 +34,20 @@ ROLE_NEEDED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/trust/root"): "open",
     ("POST", "/api/v1/enrol"): "open",  # devices: a one-time token in the body, rate-limited
     ("GET", "/api/v1/models"): "viewer",
+    ("GET", "/api/v1/models/{name}/field-data"): "operator",  # the inputs devices saw
+    ("POST", "/api/v1/agent-releases"): "admin",  # code every device runs
+    ("GET", "/api/v1/config/schema"): "viewer",
+    ("GET", "/api/v1/config/fleet"): "viewer",
+    ("PATCH", "/api/v1/config/fleet"): "operator",
+    ("GET", "/api/v1/config/groups/{name}"): "viewer",
+    ("PATCH", "/api/v1/config/groups/{name}"): "operator",
+    ("GET", "/api/v1/config/devices"): "viewer",
+    ("GET", "/api/v1/config/devices/{device_id}"): "viewer",
+    ("PATCH", "/api/v1/config/devices/{device_id}"): "operator",
+    ("GET", "/api/v1/experiments"): "viewer",
+    ("POST", "/api/v1/experiments"): "operator",
+    ("GET", "/api/v1/experiments/{experiment_id}"): "viewer",
+    ("POST", "/api/v1/experiments/{experiment_id}/stop"): "operator",
     ("POST", "/api/v1/models"): "operator",
     ("GET", "/api/v1/profiles"): "viewer",
     ("GET", "/api/v1/bundles"): "viewer",
@@ -89,6 +103,7 @@ PATH_VALUES = {
     "request_id": "999999",
     "model": "no-such-model",
     "token_id": "999999",
+    "experiment_id": "999999",
 }
 MARKER_HOOK = "write-marker"
 

@@ -60,6 +60,11 @@ def test_every_simulated_device_installs_reports_active_and_its_events_are_store
     # Every published telemetry event is a row in the control plane's events table.
     assert result["events_published"] == DEVICES * EVENTS_PER_DEVICE
     assert result["events_stored"] == result["events_published"]
+    # The bundle's bytes left the control plane once, as retained blobs the broker
+    # served: no device asked the control plane for a chunk of it.
+    assert result["delivery"] == "blobs"
+    assert result["cp_payload"]["fetch_targets"] == 0
+    assert result["bundle_length"] <= result["cp_payload"]["blobs"] < 2 * result["bundle_length"]
     # The broker baseline reached every subscriber.
     assert result["baseline_incomplete"] == 0 and result["baseline_s"] is not None
     devices = tmp_path / "fleet" / f"fleet-{DEVICES}" / "devices"

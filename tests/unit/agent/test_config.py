@@ -89,3 +89,20 @@ def test_config_rejects_invalid_toml() -> None:
 def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_mirrors_and_the_link_budget_are_read_and_a_mirror_must_be_http() -> None:
+    text = (
+        VALID.replace(
+            'trust_root = "/etc/edgefleet/root.json"',
+            'trust_root = "/etc/edgefleet/root.json"\nmirrors = ["https://cdn.example/fleet"]',
+        )
+        + "[fetch]\nlink_bytes_per_s = 65536\nlink_bytes_per_day = 50000000\n"
+    )
+    config = parse_config(text)
+    assert config.mirrors == ["https://cdn.example/fleet"]
+    assert (config.fetch.link_bytes_per_s, config.fetch.link_bytes_per_day) == (65536, 50_000_000)
+    assert config.fetch.blobs and parse_config(VALID).mirrors == []
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text.replace("https://cdn.example/fleet", "ftp://cdn.example/fleet"))
+    assert caught.value.field is not None and caught.value.field.startswith("mirrors")

@@ -10,6 +10,7 @@ from edgefleet import topics
 from edgefleet.errors import MessageError
 from edgefleet.messages import (
     MAX_MESSAGE_BYTES,
+    BlobIndex,
     BundleOffer,
     DeviceStatus,
     FetchRequest,
@@ -29,6 +30,7 @@ from edgefleet.topics import Down, Up
         InstallReport(bundle_id="b-1", state="failed", reason="sha256 mismatch"),
         FetchRequest(path="targets/abc.b.tar", offset=0, length=1024),
         BundleOffer(bundle_id="b-1", target="b-1.tar", release=1, rollout_id=7),
+        BlobIndex(sha256="ab" * 32, size=300_000, chunk_size=131072, chunks=3),
     ],
 )
 def test_every_message_round_trips(message: object) -> None:
@@ -51,6 +53,12 @@ def test_unknown_fields_survive_a_round_trip() -> None:
         (b'{"type": "fetch", "path": "targets/x", "offset": 0, "length": 99999999}', "length"),
         (b'{"type": "status", "online": true, "v": 99}', "schema version"),
         (b"[]", "invalid message"),
+        (b'{"type": "blob_index", "sha256": "AB", "size": 1, "chunk_size": 1, "chunks": 1}', "sha"),
+        (
+            b'{"type": "blob_index", "sha256": "' + b"ab" * 32 + b'", "size": 10, '
+            b'"chunk_size": 4, "chunks": 2}',
+            "chunks",
+        ),
     ],
 )
 def test_malformed_messages_raise_message_error(payload: bytes, fragment: str) -> None:
@@ -121,3 +129,17 @@ def test_an_unclosed_run_of_escaped_quotes_is_scanned_in_one_pass():
     assert nesting_depth(payload) == 0
     with pytest.raises(MessageError):
         decode_message(payload)
+
+
+def test_blob_topics_are_content_addressed_under_the_broadcast_and_parse_back() -> None:
+    sha = "0f" * 32
+    assert topics.blob_chunk(sha, 7) == f"fleet/all/down/blobs/{sha}/7"
+    assert topics.parse_blob_index(topics.blob_index(sha)) == sha
+    for bad in ("0F" * 32, "0f" * 31, "../" + "0f" * 31):
+        with pytest.raises(ValueError):
+            topics.blob_index(bad)
+    with pytest.raises(ValueError):
+        topics.blob_chunk(sha, -1)
+    for topic in (topics.blob_chunk(sha, 0), f"fleet/all/down/blobs/{sha}/index/x", "x"):
+        with pytest.raises(ValueError):
+            topics.parse_blob_index(topic)

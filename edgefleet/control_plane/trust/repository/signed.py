@@ -41,6 +41,7 @@ from tuf.api.metadata import (
 from edgefleet.control_plane.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from edgefleet.control_plane.core.tables import RepositoryLock, RepositoryMetadata
 from edgefleet.control_plane.trust.keyring import ROLES, Keyring, SigningError
+from edgefleet.control_plane.trust.repository.export import export_static_tree
 from edgefleet.control_plane.trust.repository.keys import _KeyManagement
 from edgefleet.control_plane.trust.repository.state import (
     EXPIRY,
@@ -80,7 +81,10 @@ class SignedRepository(_KeyManagement):
         root_keys: int = 3,
         root_threshold: int = 2,
         replica: str | None = None,
+        static_tree: Path | None = None,
     ) -> None:
+        """``static_tree``: also export metadata and targets there after every signing
+        step (``export.export_static_tree``), for HTTP mirrors."""
         if not 1 <= root_threshold <= root_keys:
             raise ValueError("root threshold must be between 1 and the number of root keys")
         self.root_dir = Path(root_dir)
@@ -92,6 +96,7 @@ class SignedRepository(_KeyManagement):
             create_repository_tables(engine)
         self._engine = engine
         self._replica = replica
+        self.static_tree = Path(static_tree) if static_tree is not None else None
         self._root_keys = root_keys
         self._root_threshold = root_threshold
         self._lock = threading.RLock()  # one step at a time in this process, too
@@ -132,6 +137,8 @@ class SignedRepository(_KeyManagement):
                 yield step
                 self._store_and_publish(step)
                 session.commit()
+                if step.signed:
+                    self.export()
             except BaseException:
                 session.rollback()
                 raise
@@ -214,6 +221,13 @@ class SignedRepository(_KeyManagement):
         if behind:
             logger.warning("tuf repository behind what devices trust roles=%s", behind)
             self.bump(root_required=False)
+        self.export()
+
+    def export(self) -> None:
+        """Write the static tree for mirrors, when one is configured (after a commit,
+        so the tree is never ahead of the database)."""
+        if self.static_tree is not None:
+            export_static_tree(self.root_dir, self.static_tree)
 
     def _create(self) -> None:
         now = _now()
