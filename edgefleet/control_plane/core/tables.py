@@ -170,6 +170,12 @@ class DeviceBase(SQLModel):
     model: str | None = None
     model_version: str | None = None
     agent_version: str | None = None
+    models: list[dict[str, Any]] | None = Field(
+        default=None,
+        sa_type=JSON,
+        description="every model the device serves (name, version, bundle_id, release), "
+        "as of its last status; the top-level model fields name the first",
+    )
     spool_depth: int | None = Field(
         default=None, description="events waiting in the device's spool, as of its last status"
     )
