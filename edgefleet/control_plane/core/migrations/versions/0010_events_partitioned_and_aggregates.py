@@ -12,7 +12,7 @@ The aggregate tables start empty: a rollout running during the upgrade is judged
 telemetry that arrives after it.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-08 00:31:10.442511
 """
 
@@ -26,7 +26,7 @@ import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
