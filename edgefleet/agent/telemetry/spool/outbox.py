@@ -54,6 +54,10 @@ class Row:
     payload: bytes
 
 
+MIN_CAP = 64 * 1024
+"""The least cap ``limit`` sets: room for install reports however full the disk is."""
+
+
 class Spool(_Recovery):
     """A bounded, crash-safe FIFO per priority class, shared by producer threads."""
 
@@ -311,6 +315,30 @@ class Spool(_Recovery):
         """Rows held (committed plus buffered)."""
         with self._lock:
             return self._rows + len(self._buffer)
+
+    def limit(self, max_bytes: int) -> int:
+        """Change the cap to ``max_bytes`` (at least ``MIN_CAP``) and apply the overflow
+        policy at once: the disk budget's watcher lowers it while the filesystem runs
+        short (``edgefleet.agent.storage.watch``) and raises it back after. Returns
+        the cap now in force. A disk too full even to delete leaves the cap lowered for
+        the next flush, which tries again."""
+        max_bytes = max(MIN_CAP, int(max_bytes))
+        with self._lock:
+            if max_bytes == self.max_bytes:
+                return max_bytes
+            lowered = max_bytes < self.max_bytes
+            self.max_bytes = max_bytes
+            self.wal_limit = wal_limit(max_bytes)
+            if lowered and self._ino is not None and self._over_cap():
+                try:
+                    with self._db:
+                        self._db.execute("BEGIN")
+                        self._enforce_cap()
+                except sqlite3.Error as e:
+                    logger.warning("spool cap not applied yet reason=%s", e)
+                    return max_bytes
+                self._checkpoint_if_needed()
+        return max_bytes
 
     def disk_bytes(self) -> int:
         """Bytes the spool takes on disk now: the file plus its WAL."""
