@@ -28,7 +28,7 @@ import numpy as np
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.enrolment.credentials import load_credentials
-from edgefleet.agent.errors import ConfigError, RuntimeLoadError, SlotError
+from edgefleet.agent.errors import ConfigError, RuntimeLoadError, SlotError, SpoolError
 from edgefleet.agent.inference.feedback import AnswerBook
 from edgefleet.agent.inference.outcomes import OutcomeRecorder
 from edgefleet.agent.inference.runtime import ActiveModel, ModelTable, load_runtime
@@ -440,8 +440,14 @@ class Agent:
 
     def publish_report(self, report: InstallReport) -> None:
         """Install progress for ``up/report``, kept in the spool until the control plane
-        receipts it (sent again otherwise, across restarts too), and as an install event."""
-        self.spool.append_report(report)
+        receipts it (sent again otherwise, across restarts too), and as an install event.
+        A disk too full to commit it keeps it in the spool's buffer (``SpoolError``):
+        the install goes on, and the report is written once there is room."""
+        try:
+            self.spool.append_report(report)
+        except SpoolError as e:
+            logger.warning("install report kept in memory bundle_id=%s reason=%s",
+                           report.bundle_id, e)  # fmt: skip
         self.emit(install_event(report))
 
     def observe_request(
