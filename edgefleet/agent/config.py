@@ -202,6 +202,9 @@ class AgentConfig(_Section, frozen=True, kw_only=True):
     drift: DriftConfig = field(default_factory=DriftConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
     disk: DiskConfig = field(default_factory=DiskConfig)
+    disk_budget_mb: Annotated[float, Meta(gt=0)] | None = None
+    """The key ``[disk] budget_mb`` replaced, still read so that an agent updated in the
+    field starts with its old ``agent.toml``; it sets ``[disk] budget_mb``."""
     tls: TlsConfig | None = None
 
     def __post_init__(self) -> None:
@@ -217,11 +220,11 @@ class AgentConfig(_Section, frozen=True, kw_only=True):
                 raise FieldError(f"models.{name[:80]}", "not a usable model name")
         if self.tls is not None and not address.tls:
             raise FieldError("tls", "a [tls] section needs an mqtts:// broker")
-
-    @property
-    def disk_budget_mb(self) -> float:
-        """``[disk] budget_mb``: what the agent may use in all under its data dir."""
-        return self.disk.budget_mb
+        if self.disk_budget_mb is not None:
+            if self.disk.budget_mb not in (DiskConfig().budget_mb, self.disk_budget_mb):
+                raise FieldError("disk_budget_mb", "set [disk] budget_mb only")
+            disk = schema.replace(self.disk, budget_mb=self.disk_budget_mb)
+            msgspec.structs.force_setattr(self, "disk", disk)
 
     @property
     def broker_address(self) -> BrokerAddress:

@@ -93,7 +93,8 @@ def test_disk_config_forbids_unknown_keys_and_shares_above_one(tmp_path: Path) -
     base += f'trust_root = "{tmp_path}/root.json"\n'
     config = parse_config(base + "[disk]\nbudget_mb = 64\n[disk.shares]\nspool = 0.25\n")
     assert config.disk.budget_mb == 64 and config.disk.shares.spool == 0.25
-    assert config.disk_budget_mb == 64
+    legacy = parse_config(base + "disk_budget_mb = 100\n")  # an agent.toml of before [disk]
+    assert legacy.disk.budget_mb == 100
     with pytest.raises(ConfigError) as unknown:
         parse_config(base + "[disk]\nbudget = 64\n")
     assert unknown.value.field == "disk.budget"
