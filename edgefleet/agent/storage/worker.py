@@ -98,14 +98,16 @@ class DiskWorker:
         cap = spool_cap(self.spool_cap_bytes, self.spool.disk_bytes(), usage.free,
                         self.budget.reserve)  # fmt: skip
         applied = self.spool.limit(cap)
-        if applied != self.cap_now:
+        lowered = applied < self.spool_cap_bytes
+        if lowered != (self.cap_now < self.spool_cap_bytes):  # said when it starts and ends
             logger.warning(
-                "spool cap changed cap_bytes=%d free_bytes=%d reserve_bytes=%d",
+                "spool cap %s cap_bytes=%d free_bytes=%d reserve_bytes=%d",
+                "lowered: disk short of its reserve" if lowered else "back to its share",
                 applied,
                 usage.free,
                 self.budget.reserve,
             )
-            self.cap_now = applied
+        self.cap_now = applied
         self.last_usage = usage
         return usage
 
