@@ -30,7 +30,7 @@ from edgefleet.control_plane.services.rollouts.gates import GateInputs, GateVerd
 from edgefleet.control_plane.services.rollouts.outbox import (
     FleetPublisher,
     Outbox,
-    bundle_offer,
+    device_offer,
     shadow_start,
 )
 from edgefleet.messages import DeviceCommand
@@ -93,7 +93,8 @@ def start_wave(*, session: Session, rollout: Rollout, wave: int, actor: str) -> 
     outbox: Outbox = []
     for row in rows:
         message = shadow_start(bundle, rollout) if rollout.strategy == "shadow" else None
-        outbox.append((row.device_id, message or bundle_offer(bundle, rollout)))
+        outbox.append((row.device_id, message or device_offer(session, bundle, rollout,
+                                                              row.device_id)))  # fmt: skip
     return outbox
 
 
