@@ -253,14 +253,29 @@ def _clock(moment: str | None) -> str:
 def _devices_table(rollout: dict[str, Any]) -> Table:
     paused = "paused (offline)"
     rows = [
-        d | {"deadline": paused if d.get("clock_paused") else _clock(d.get("deadline_at"))}
+        d
+        | {
+            "deadline": paused if d.get("clock_paused") else _clock(d.get("deadline_at")),
+            "window": _window_text(d.get("maintenance_window")),
+            "switched": (
+                f"{_epoch_clock(d['switched_at'])} +{d.get('switch_late_s') or 0:.3f}s"
+                if d.get("switched_at") is not None
+                else "-"
+            ),
+        }
         for d in rollout["devices"]
     ]
-    return table(
-        rows,
-        ["device_id", "wave", "state", "deadline", "install_seconds", "reason", "updated_at"],
-        "devices",
-    )
+    columns = ["device_id", "wave", "state", "deadline", "window", "install_seconds"]
+    if rollout.get("atomic"):
+        columns.append("switched")
+    return table(rows, [*columns, "reason", "updated_at"], "devices")
+
+
+def _window_text(window: dict[str, Any] | None) -> str:
+    """A maintenance window as "cron (tz) for 1h", '-' for none."""
+    if not window:
+        return "-"
+    return f"{window['cron']} ({window.get('tz', 'UTC')}) for {_seconds(window['duration_s'])}"
 
 
 def _timed_out_table(rollout: dict[str, Any]) -> Table | None:

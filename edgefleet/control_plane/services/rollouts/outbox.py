@@ -62,7 +62,8 @@ def device_offer(session: Session, bundle: Bundle, rollout: Rollout, device_id: 
     """``bundle_offer`` for one device: its groups' window when the rollout gives none."""
     group_window = None
     if rollout.maintenance_window is None:
-        group_window = window_for_device(session=session, device_id=device_id)
+        with session.no_autoflush:  # a read: the caller's pending changes stay pending
+            group_window = window_for_device(session=session, device_id=device_id)
     return bundle_offer(bundle, rollout, group_window=group_window)
 
 
