@@ -37,6 +37,9 @@ class Request:
     body: bytes = b""
     params: dict[str, str] = field(default_factory=dict)
     rest: list[str] = field(default_factory=list)
+    header_length: int | None = None
+    """``Inference-Header-Content-Length``: the body is a JSON header of this many bytes
+    followed by raw tensor bytes (``edgefleet.agent.inference.binary``); None: all JSON."""
 
 
 Handler = Callable[[Request], Answer]
@@ -77,7 +80,9 @@ class RouteTable:
         """Answer ``method`` on paths matching ``pattern`` with ``handler``."""
         self._routes.append(_Route(method.upper(), tuple(path_parts(pattern)), handler))
 
-    def dispatch(self, method: str, path: str, body: bytes = b"") -> Answer:
+    def dispatch(
+        self, method: str, path: str, body: bytes = b"", header_length: int | None = None
+    ) -> Answer:
         """Run the handler of the route ``method path`` matches.
 
         Raises:
@@ -94,7 +99,7 @@ class RouteTable:
                 allowed.append(route.method)
                 continue
             params, rest = found
-            return route.handler(Request(method, path, body, params, rest))
+            return route.handler(Request(method, path, body, params, rest, header_length))
         if allowed:
             raise RequestError(
                 HTTPStatus.METHOD_NOT_ALLOWED,

@@ -31,23 +31,29 @@ Decoding and checking a request is in :mod:`.protocol`; this module is the HTTP 
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
+import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from time import perf_counter
 from typing import Any, Literal
 
 import numpy as np
 
+from edgefleet.agent.inference import binary
 from edgefleet.agent.inference.feedback import AnswerBook, request_id_of
 from edgefleet.agent.inference.protocol import (
     RequestError,
     model_metadata,
     parse_infer_request,
 )
+from edgefleet.agent.inference.unix_socket import UnixHTTPServer
 from edgefleet.agent.inference.routes import Answer, Handler, Request, RouteTable
 from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, ModelTable
 from edgefleet.tensors import (
@@ -60,6 +66,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DRAIN_LIMIT = 1024 * 1024
 READ_TIMEOUT_S = 60.0
+_IOV_MAX = 1024
 """How long a connection may stall, mid-body or idle between keep-alive requests."""
 
 NanPolicy = Literal["reject", "allow"]
@@ -122,6 +129,7 @@ class InferenceServer:
         outcome_route: OutcomeRoute | None = None,
         flag_routes: FlagRoutes | None = None,
         answers: AnswerBook | None = None,
+        unix_socket: str | Path | None = None,
     ) -> None:
         self.models = models if isinstance(models, ModelTable) else ModelTable.single(models)
         self.answers = answers  # request id -> answer, for /feedback (.feedback)
@@ -146,7 +154,12 @@ class InferenceServer:
         self.add_route("POST", "/v2/models/{name}/feedback", self._feedback)
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
         self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        # Applications on the device may call over a Unix socket instead: the same
+        # routes, no TCP stack, and access governed by the socket file's mode.
+        self._unix: UnixHTTPServer | None = None
+        if unix_socket is not None:
+            self._unix = UnixHTTPServer(Path(unix_socket), _make_handler(self, tcp=False))
+        self._threads: list[threading.Thread] = []
 
     def add_route(self, method: str, pattern: str, handler: Handler) -> None:
         """Answer ``method`` on ``pattern`` (``/v2/models/{name}/feedback``) with ``handler``."""
@@ -182,19 +195,34 @@ class InferenceServer:
         host = str(self._httpd.server_address[0])
         return f"http://{host}:{self.port}"
 
+    @property
+    def unix_socket(self) -> Path | None:
+        """The Unix socket's path, when the endpoint listens on one."""
+        return self._unix.path if self._unix is not None else None
+
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="inference-http", daemon=True
-        )
-        self._thread.start()
-        logger.info("inference endpoint listening url=%s", self.url)
+        servers: list[tuple[str, ThreadingHTTPServer | UnixHTTPServer]] = [
+            ("inference-http", self._httpd)
+        ]
+        if self._unix is not None:
+            servers.append(("inference-unix", self._unix))
+        for name, httpd in servers:
+            thread = threading.Thread(target=httpd.serve_forever, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        logger.info("inference endpoint listening url=%s unix=%s", self.url, self.unix_socket)
 
     def stop(self) -> None:
-        if self._thread is not None:
+        if self._threads:
             self._httpd.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
+            if self._unix is not None:
+                self._unix.shutdown()
+            for thread in self._threads:
+                thread.join(timeout=5)
+            self._threads = []
         self._httpd.server_close()
+        if self._unix is not None:
+            self._unix.server_close()
 
     # -- request handling (one HTTP thread per request) -------------------------------
 
@@ -202,9 +230,12 @@ class InferenceServer:
         """Whether NaN and ±Inf inputs reach the model named ``model_name``."""
         return self.nan_policy_by_model.get(model_name, self.nan_policy) == "allow"
 
-    def dispatch(self, method: str, path: str, body: bytes = b"") -> Answer:
-        """Answer one request through the route table (``RequestError`` for a refusal)."""
-        return self.routes.dispatch(method, path, body)
+    def dispatch(
+        self, method: str, path: str, body: bytes = b"", header_length: int | None = None
+    ) -> Answer:
+        """Answer one request through the route table (``RequestError`` for a refusal);
+        ``header_length`` is a binary request's ``Inference-Header-Content-Length``."""
+        return self.routes.dispatch(method, path, body, header_length)
 
     def _ready(self, _request: Request) -> Answer:
         if not self.models.models():
@@ -261,12 +292,16 @@ class InferenceServer:
         with holder.serve() as model:
             if model is None or model.name != name:  # swapped out between find and serve
                 raise RequestError(HTTPStatus.NOT_FOUND, f"model {shown(name)} is not served here")
-            return self._infer_on(model, request.body)
+            return self._infer_on(model, request.body, request.header_length)
 
-    def _infer_on(self, model: ActiveModel, body: bytes) -> Answer:
-        feeds, request, names = parse_infer_request(
-            body, model.runtime.signature, allow_non_finite=self.allows_non_finite(model.name)
+    def _infer_on(self, model: ActiveModel, body: bytes, header_length: int | None) -> Answer:
+        parsed = parse_infer_request(
+            body,
+            model.runtime.signature,
+            allow_non_finite=self.allows_non_finite(model.name),
+            header_length=header_length,
         )
+        feeds, request, names = parsed.feeds, parsed.request, parsed.outputs
         if not self.slots.acquire(blocking=False):
             raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "busy: too many concurrent requests")
         try:
@@ -284,17 +319,30 @@ class InferenceServer:
         response["id"] = request_id_of(request)
         if self.answers is not None:
             self.answers.record(model, response["id"], feeds, outputs)
-        response["outputs"] = [encode_tensor(n, np.asarray(outputs[n])) for n in names]
+        blobs: list[memoryview] = []
+        encoded = []
+        for n in names:
+            if parsed.binary(n):
+                tensor, blob = binary.encode_binary_output(n, np.asarray(outputs[n]))
+                blobs.append(blob)
+                encoded.append(tensor)
+            else:
+                encoded.append(encode_tensor(n, np.asarray(outputs[n])))
+        response["outputs"] = encoded
+        if blobs:
+            return HTTPStatus.OK, binary.BinaryAnswer(response, blobs)
         return HTTPStatus.OK, response
 
 
-def _make_handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
+def _make_handler(server: InferenceServer, *, tcp: bool = True) -> type[BaseHTTPRequestHandler]:
+    """The request handler class for ``server``'s TCP listener (``tcp``) or its Unix one."""
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "edgefleet-agent"
-        # Headers and body go out in two writes: with Nagle on, a keep-alive client's
-        # delayed ACK holds the body back ~40 ms per request.
-        disable_nagle_algorithm = True
+        # An answer goes out in one sendmsg, but a client's request may not arrive in
+        # one write: with Nagle on, delayed ACKs cost ~40 ms. No such option on AF_UNIX.
+        disable_nagle_algorithm = tcp
         timeout = READ_TIMEOUT_S
 
         def do_GET(self) -> None:
@@ -305,7 +353,15 @@ def _make_handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
             self._answer(handle)
 
         def do_POST(self) -> None:
-            self._answer(lambda: server.dispatch("POST", self.path, self._read_body(required=True)))
+            def handle() -> tuple[HTTPStatus, dict[str, Any]]:
+                body = self._read_body(required=True)
+                try:
+                    length = binary.header_length(self.headers.get(binary.HEADER), len(body))
+                except ValueError as e:
+                    raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from e
+                return server.dispatch("POST", self.path, body, length)
+
+            self._answer(handle)
 
         def do_DELETE(self) -> None:
             self._answer(
@@ -363,15 +419,29 @@ def _make_handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: HTTPStatus, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
+            blobs = body.blobs if isinstance(body, binary.BinaryAnswer) else []
             try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
+                self.send_response_only(status)
+                self.send_header("Server", self.server_version)
+                self.send_header("Date", _http_date())
+                if blobs:
+                    self.send_header("Content-Type", binary.CONTENT_TYPE)
+                    self.send_header(binary.HEADER, str(len(data)))
+                else:
+                    self.send_header("Content-Type", "application/json")
+                length = len(data) + sum(blob.nbytes for blob in blobs)
+                self.send_header("Content-Length", str(length))
                 if self.close_connection:
                     self.send_header("Connection", "close")
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                self._headers_buffer.append(b"\r\n")
+                head = b"".join(self._headers_buffer)
+                self._headers_buffer = []
+                # One system call for the whole answer, tensors sent from where numpy
+                # holds them: every extra write is a wake-up of the client and a copy.
+                parts = [head] if self.command == "HEAD" else [head, data, *blobs]
+                send_all(self.connection, parts)
+                if logger.isEnabledFor(logging.DEBUG):
+                    self.log_request(int(status))
             except OSError as e:  # the client went away or stopped reading
                 logger.debug("answer not delivered status=%s reason=%s", int(status), e)
                 self.close_connection = True
@@ -397,3 +467,28 @@ def _make_handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
             logger.debug("http %s", format % args)
 
     return Handler
+
+
+def send_all(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
+    """Write ``parts`` to ``sock`` in as few ``sendmsg`` calls as the kernel allows
+    (gather I/O: nothing is joined into one buffer first)."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        sent = sock.sendmsg(views[:_IOV_MAX])
+        while views and sent >= views[0].nbytes:
+            sent -= views[0].nbytes
+            views.pop(0)
+        if sent:
+            views[0] = views[0][sent:]
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The ``Date`` header, formatted once a second rather than once a request."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True))
+    return _date_cache[1]
