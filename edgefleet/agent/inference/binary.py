@@ -17,7 +17,7 @@ The shape of a binary request (and of a binary answer, the same way round):
 
 Everything a client declares is checked against the body that actually arrived (itself
 bounded by the endpoint's ``max_body_bytes``) before any array is made: a header length
-outside the body, a size that is not dtype × shape, bytes missing or left over are each
+outside the body, a size that is not dtype x shape, bytes missing or left over are each
 refused with a ``ValueError`` whose reason names the input (the endpoint answers 400
 with it). ``BYTES`` tensors are not served here.
 """
@@ -55,11 +55,11 @@ def header_length(raw: str | None, body_length: int) -> int | None:
         return None
     text = raw.strip()
     if not (text.isascii() and text.isdigit()) or len(text) > 19:
-        raise ValueError(f"{HEADER} must be a non-negative integer, got {shown(raw)}"
-        )
+        raise ValueError(f"{HEADER} must be a non-negative integer, got {shown(raw)}")
     length = int(text)
     if length > body_length:
-        raise ValueError(f"{HEADER} of {length} bytes exceeds the body of {body_length} bytes",
+        raise ValueError(
+            f"{HEADER} of {length} bytes exceeds the body of {body_length} bytes",
         )
     return length
 
@@ -75,7 +75,8 @@ def binary_size(obj: dict[str, Any], name: str) -> int | None:
     if size is None:
         return None
     if type(size) is not int or size < 0:
-        raise ValueError(f"input {name!r}: binary_data_size must be a non-negative integer, got {shown(size)}",
+        raise ValueError(
+            f"input {name!r}: binary_data_size must be a non-negative integer, got {shown(size)}",
         )
     return size
 
@@ -86,7 +87,8 @@ def _checked_shape(name: str, shape: Any) -> list[int]:
         or len(shape) > MAX_RANK
         or not all(type(d) is int and d >= 0 for d in shape)
     ):
-        raise ValueError(f"input {name!r}: 'shape' must be a list of at most {MAX_RANK} non-negative integers",
+        raise ValueError(
+            f"input {name!r}: 'shape' must be a list of at most {MAX_RANK} non-negative integers",
         )
     return shape
 
@@ -104,34 +106,32 @@ def decode_binary_input(
     """The array input ``name`` declares from ``tail[offset:offset + size]``, without a copy.
 
     ``datatype`` has been checked against the model's; here the shape, the size against
-    dtype × shape and against the bytes that arrived, booleans (0 or 1) and, unless
+    dtype x shape and against the bytes that arrived, booleans (0 or 1) and, unless
     allowed, non-finite floats.
     """
     if "data" in obj:
-        raise ValueError(f"input {name!r}: both 'data' and binary_data_size given"
-        )
+        raise ValueError(f"input {name!r}: both 'data' and binary_data_size given")
     shape = _checked_shape(name, obj.get("shape"))
     dtype = _LITTLE.get(datatype)
     if dtype is None:
-        raise ValueError(f"input {name!r}: datatype {shown(datatype)} has no binary form here"
-        )
+        raise ValueError(f"input {name!r}: datatype {shown(datatype)} has no binary form here")
     expected = math.prod(shape) * dtype.itemsize
     if size != expected:
-        raise ValueError(f"input {name!r}: binary_data_size {size} != {expected} bytes "
+        raise ValueError(
+            f"input {name!r}: binary_data_size {size} != {expected} bytes "
             f"({datatype} x shape {shape})",
         )
     available = len(tail) - offset
     if size > available:
-        raise ValueError(f"input {name!r}: binary_data_size {size} but only {available} bytes of "
+        raise ValueError(
+            f"input {name!r}: binary_data_size {size} but only {available} bytes of "
             "binary data remain in the body",
         )
     array = np.frombuffer(tail, dtype=dtype, count=size // dtype.itemsize, offset=offset)
     if datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
-        raise ValueError(f"input {name!r}: BOOL bytes must be 0 or 1"
-        )
+        raise ValueError(f"input {name!r}: BOOL bytes must be 0 or 1")
     if not allow_non_finite and dtype.kind == "f" and not all_finite(array):
-        raise ValueError(f"tensor {name!r}: non-finite value (NaN or Infinity)"
-        )
+        raise ValueError(f"tensor {name!r}: non-finite value (NaN or Infinity)")
     if not dtype.isnative:  # a big-endian device: the runtime wants native bytes
         array = array.astype(dtype.newbyteorder("="))
     return array.reshape(shape)
@@ -156,7 +156,7 @@ def encode_binary_output(name: str, array: np.ndarray) -> tuple[dict[str, Any], 
     """An output's tensor object (no ``data``) and its little-endian bytes."""
     datatype = oip_datatype(array.dtype)
     flat = np.ascontiguousarray(array, dtype=_LITTLE[datatype]).reshape(-1)
-    blob = memoryview(flat.view(np.uint8))
+    blob = memoryview(flat.view(np.uint8).data)
     header = {
         "name": name,
         "shape": list(array.shape),

@@ -53,9 +53,9 @@ from edgefleet.agent.inference.protocol import (
     model_metadata,
     parse_infer_request,
 )
-from edgefleet.agent.inference.unix_socket import UnixHTTPServer
 from edgefleet.agent.inference.routes import Answer, Handler, Request, RouteTable
 from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, ModelTable
+from edgefleet.agent.inference.unix_socket import UnixHTTPServer
 from edgefleet.tensors import (
     encode_tensor,
     shown,
@@ -420,25 +420,26 @@ def _make_handler(server: InferenceServer, *, tcp: bool = True) -> type[BaseHTTP
         def _send(self, status: HTTPStatus, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
             blobs = body.blobs if isinstance(body, binary.BinaryAnswer) else []
+            content_type = binary.CONTENT_TYPE if blobs else "application/json"
+            lines = [
+                f"{self.protocol_version} {status.value} {status.phrase}",
+                f"Server: {self.server_version}",
+                f"Date: {_http_date()}",
+                f"Content-Type: {content_type}",
+                f"Content-Length: {len(data) + sum(blob.nbytes for blob in blobs)}",
+            ]
+            if blobs:
+                lines.append(f"{binary.HEADER}: {len(data)}")
+            if self.close_connection:
+                lines.append("Connection: close")
+            # An HTTP/0.9 request (a bare "GET /path") is answered with the body alone.
+            head = b"" if self.request_version == "HTTP/0.9" else _head(lines)
             try:
-                self.send_response_only(status)
-                self.send_header("Server", self.server_version)
-                self.send_header("Date", _http_date())
-                if blobs:
-                    self.send_header("Content-Type", binary.CONTENT_TYPE)
-                    self.send_header(binary.HEADER, str(len(data)))
-                else:
-                    self.send_header("Content-Type", "application/json")
-                length = len(data) + sum(blob.nbytes for blob in blobs)
-                self.send_header("Content-Length", str(length))
-                if self.close_connection:
-                    self.send_header("Connection", "close")
-                self._headers_buffer.append(b"\r\n")
-                head = b"".join(self._headers_buffer)
-                self._headers_buffer = []
                 # One system call for the whole answer, tensors sent from where numpy
                 # holds them: every extra write is a wake-up of the client and a copy.
-                parts = [head] if self.command == "HEAD" else [head, data, *blobs]
+                parts: list[bytes | memoryview] = [head]
+                if self.command != "HEAD":
+                    parts += [data, *blobs]
                 send_all(self.connection, parts)
                 if logger.isEnabledFor(logging.DEBUG):
                     self.log_request(int(status))
@@ -492,3 +493,8 @@ def _http_date() -> str:
     if _date_cache[0] != now:
         _date_cache = (now, email.utils.formatdate(now, usegmt=True))
     return _date_cache[1]
+
+
+def _head(lines: list[str]) -> bytes:
+    """A response's status line and header lines, as one block."""
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

@@ -8,6 +8,7 @@ request handler, hence the same routes, as the TCP listener.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -55,8 +56,6 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
 
     def server_close(self) -> None:
         super().server_close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        except FileNotFoundError:
-            pass
         logger.debug("unix listener closed path=%s", self.path)
