@@ -48,6 +48,7 @@ import numpy as np
 
 from edgefleet.agent.inference import binary
 from edgefleet.agent.inference.feedback import AnswerBook, request_id_of
+from edgefleet.agent.inference.headers import HeaderError, read_headers
 from edgefleet.agent.inference.protocol import (
     RequestError,
     model_metadata,
@@ -345,6 +346,64 @@ def _make_handler(server: InferenceServer, *, tcp: bool = True) -> type[BaseHTTP
         disable_nagle_algorithm = tcp
         timeout = READ_TIMEOUT_S
 
+        def parse_request(self) -> bool:
+            """The request line as http.server reads it (same refusals), then the
+            headers read by :mod:`.headers`: no ``email`` parser on every request."""
+            self.command = ""
+            self.request_version = self.default_request_version
+            self.close_connection = True
+            raw: bytes = self.raw_requestline  # type: ignore[attr-defined]
+            self.requestline = str(raw, "iso-8859-1").rstrip("\r\n")
+            words = self.requestline.split()
+            if not words:
+                return False
+            if len(words) >= 3:
+                number = _http_version(words[-1])
+                if number is None:
+                    self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request version ({words[-1]!r})")
+                    return False
+                if number >= (1, 1):
+                    self.close_connection = False
+                if number >= (2, 0):
+                    self.send_error(
+                        HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"Invalid HTTP version ({words[-1]})"
+                    )
+                    return False
+                self.request_version = words[-1]
+            if not 2 <= len(words) <= 3:
+                self.send_error(
+                    HTTPStatus.BAD_REQUEST, f"Bad request syntax ({self.requestline!r})"
+                )
+                return False
+            command, path = words[:2]
+            if len(words) == 2:
+                self.close_connection = True
+                if command != "GET":
+                    self.send_error(
+                        HTTPStatus.BAD_REQUEST, f"Bad HTTP/0.9 request type ({command!r})"
+                    )
+                    return False
+            self.command, self.path = command, path
+            if self.path.startswith("//"):  # gh-87389: never a scheme-relative URL
+                self.path = "/" + self.path.lstrip("/")
+            try:
+                self.headers = read_headers(self.rfile)  # type: ignore[assignment]
+            except HeaderError as e:
+                status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+                if not str(e).startswith(("Line too long", "Too many headers")):
+                    status = HTTPStatus.BAD_REQUEST
+                self.send_error(status, str(e))
+                return False
+            connection = (self.headers.get("Connection") or "").lower()
+            if connection == "close":
+                self.close_connection = True
+            elif connection == "keep-alive" and self.protocol_version >= "HTTP/1.1":
+                self.close_connection = False
+            expect = (self.headers.get("Expect") or "").lower()
+            if expect == "100-continue" and self.request_version >= "HTTP/1.1":
+                return self.handle_expect_100()
+            return True
+
         def do_GET(self) -> None:
             def handle() -> tuple[HTTPStatus, dict[str, Any]]:
                 self._read_body(required=False)  # ignored, but read: the next request follows
@@ -498,3 +557,13 @@ def _http_date() -> str:
 def _head(lines: list[str]) -> bytes:
     """A response's status line and header lines, as one block."""
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _http_version(word: str) -> tuple[int, int] | None:
+    """(major, minor) of ``HTTP/x.y`` as http.server accepts it; None when malformed."""
+    if not word.startswith("HTTP/"):
+        return None
+    parts = word[5:].split(".")
+    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 10 for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
