@@ -26,6 +26,15 @@ Python's ``json`` reads) or as numbers beyond the datatype's range (``1e400``, o
 tensor whatever the policy. Outputs go back as the model computed them, non-finite
 values as those same tokens.
 
+Binary tensors (``Inference-Header-Content-Length``, ``binary_data_size``,
+``binary_data_output``) follow OIP's binary tensor data extension (:mod:`.binary`), and
+``unix_socket`` adds a Unix domain socket listener serving the same routes
+(:mod:`.unix_socket`). Per request the cost is kept to what the request needs, because
+on a small board it is the endpoint's and not the model's time that callers wait for:
+connections stay open (HTTP/1.1), headers are read without ``email``'s parser
+(:mod:`.headers`), and an answer leaves in one ``sendmsg`` with tensor bytes sent from
+numpy's own buffer (``bench/endpoint_speed.py`` measures it).
+
 Decoding and checking a request is in :mod:`.protocol`; this module is the HTTP side.
 """
 
