@@ -323,6 +323,7 @@ class Agent:
             outcome_route=self.outcomes.handle,
             flag_routes=self.remote.handle_flags,
             answers=self.answers,
+            unix_socket=config.inference.unix_socket,
         )
         self._next_window = time.monotonic() + config.telemetry.window_s
         self._next_status = 0.0
