@@ -217,6 +217,13 @@ def test_bandit_in_requests_mode_moves_each_devices_share_toward_its_better_arm(
         status=422,
     )
     assert "newer release" in older_b["detail"]  # a device takes no older bundle beside its own
+    on_accuracy = rig.post(
+        "/experiments",
+        {"name": "acc", "bundle_a": OLD, "bundle_b": NEW, "mode": "requests",
+         "metric": "accuracy"},
+        status=422,
+    )  # fmt: skip
+    assert "labels are counted per model" in on_accuracy["detail"]
     for i, device in enumerate(devices):  # B is better on the first two devices only
         device.behaviours[OLD] = Behaviour(error_rate=0.10 if i < 2 else 0.02)
         device.behaviours[NEW] = Behaviour(error_rate=0.02 if i < 2 else 0.10)

@@ -110,6 +110,11 @@ def create_experiment(
             f"release: {bundle_b.id} is release {bundle_b.release}, {bundle_a.id} is "
             f"{bundle_a.release}"
         )
+    if by_requests and experiment_in.metric == "accuracy":
+        raise InvalidRequestError(
+            f"{experiment_in.mode} mode cannot decide on accuracy yet: a device's feedback "
+            "labels are counted per model, not per arm"
+        )
     devices = select_devices(
         session, bundle_b, RolloutCreate(bundle_id=bundle_b.id, selector=experiment_in.selector)
     )
