@@ -242,6 +242,9 @@ class DeviceCommand(WireMessage, frozen=True, kw_only=True):
 
     ``rollback`` switches the device back to the bundle in its other slot and is
     answered with an ``InstallReport`` in state ``rolled_back`` (or ``failed``).
+    ``shadow_start`` carries ``args`` ``{"target", "release"}``, and for an A/B
+    experiment split by requests ``"split": {"experiment_id", "share"}``: the shadow then
+    answers that share of the model's requests (``edgefleet.agent.inference.split``).
     """
 
     type: Literal["command"] = "command"

@@ -47,6 +47,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -59,6 +60,7 @@ from edgefleet.agent.inference import binary
 from edgefleet.agent.inference.feedback import AnswerBook, request_id_of
 from edgefleet.agent.inference.headers import HeaderError, read_headers
 from edgefleet.agent.inference.protocol import (
+    InferRequest,
     RequestError,
     model_metadata,
     parse_infer_request,
@@ -93,6 +95,11 @@ OutcomeRoute = Callable[[ActiveModel, bytes], tuple[HTTPStatus, dict[str, Any]]]
 FlagRoutes = Callable[[str, list[str]], tuple[HTTPStatus, dict[str, Any]]]
 """``/v2/flags[/<name>]``: (method, path parts after ``flags``) -> (status, JSON body)
 (``edgefleet.agent.remote_config``)."""
+ArmChooser = Callable[
+    [ActiveModel, str], AbstractContextManager[tuple[ActiveModel, dict[str, Any] | None]]
+]
+"""Which model answers a request (the active one, or an experiment's challenger) and the
+``parameters`` its answer carries (``edgefleet.agent.inference.split.RequestSplit.serve``)."""
 InputObserver = Callable[[ActiveModel, dict[str, np.ndarray], dict[str, np.ndarray]], None]
 """Called after every successful inference with the model, its inputs and its outputs
 (drift scoring, shadow comparison); must not block."""
@@ -143,6 +150,7 @@ class InferenceServer:
     ) -> None:
         self.models = models if isinstance(models, ModelTable) else ModelTable.single(models)
         self.answers = answers  # request id -> answer, for /feedback (.feedback)
+        self.choose_arm: ArmChooser | None = None  # an experiment's request split (.split)
         self.observer = observer
         self.input_observer = input_observer
         self.max_body_bytes = max_body_bytes
@@ -311,7 +319,22 @@ class InferenceServer:
             allow_non_finite=self.allows_non_finite(model.name),
             header_length=header_length,
         )
-        feeds, request, names = parsed.feeds, parsed.request, parsed.outputs
+        request_id = request_id_of(parsed.request)
+        if self.choose_arm is None:
+            return self._answer_on(model, model, parsed, request_id, None)
+        with self.choose_arm(model, request_id) as (served, parameters):
+            return self._answer_on(model, served, parsed, request_id, parameters)
+
+    def _answer_on(
+        self,
+        active: ActiveModel,
+        model: ActiveModel,
+        parsed: InferRequest,
+        request_id: str,
+        parameters: dict[str, Any] | None,
+    ) -> Answer:
+        """Run ``model`` (``active``, or the challenger answering for it) on ``parsed``."""
+        feeds, names = parsed.feeds, parsed.outputs
         if not self.slots.acquire(blocking=False):
             raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "busy: too many concurrent requests")
         try:
@@ -322,11 +345,13 @@ class InferenceServer:
         finally:
             self.slots.release()
         if self.input_observer is not None:
-            self.input_observer(model, feeds, outputs)
+            self.input_observer(active, feeds, outputs)
         if names is None:
             names = list(outputs)
         response: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
-        response["id"] = request_id_of(request)
+        response["id"] = request_id
+        if parameters is not None:
+            response["parameters"] = parameters
         if self.answers is not None:
             self.answers.record(model, response["id"], feeds, outputs)
         blobs: list[memoryview] = []

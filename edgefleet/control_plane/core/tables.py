@@ -973,7 +973,7 @@ class TrustFloor(SQLModel, table=True):
 # -- A/B experiments --------------------------------------------------------------
 
 ExperimentMetric = Literal["error_rate", "latency_ms", "accuracy", "outcome"]
-ExperimentMode = Literal["split", "bandit"]
+ExperimentMode = Literal["split", "bandit", "requests", "requests_bandit"]
 
 
 class ExperimentCreate(SQLModel):
@@ -984,6 +984,13 @@ class ExperimentCreate(SQLModel):
     number the application posts on the device) ``outcome_goal`` says which.
     ``promote_to`` picks the devices the winner is rolled out to once decided (by
     default every device of the profile); the winner's own arm already runs it.
+
+    ``mode``: ``split`` gives each device one arm (``share_b`` of the devices run B);
+    ``bandit`` moves devices toward the better arm. ``requests`` keeps arm A active on
+    every device of the cohort and delivers arm B beside it as a challenger that answers
+    ``share_b`` of each device's requests; ``requests_bandit`` moves that share per device
+    toward the better arm. Arm B must then be the newer release (a device takes no older
+    bundle, not even beside its active one).
     """
 
     model_config = {"extra": "forbid"}
@@ -995,7 +1002,12 @@ class ExperimentCreate(SQLModel):
     metric: ExperimentMetric = "error_rate"
     outcome_goal: Literal["maximize", "minimize"] = "maximize"
     mode: ExperimentMode = "split"
-    share_b: float = Field(default=0.5, ge=0.0, le=1.0, description="arm B's share of devices")
+    share_b: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="arm B's share of devices, or of each device's requests in requests mode",
+    )
     min_share: float = Field(
         default=0.1, ge=0.0, le=0.5, description="bandit mode: the least share either arm keeps"
     )
@@ -1041,6 +1053,8 @@ class Experiment(SQLModel, table=True):
     promote_gates: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     # device id -> "A" | "B", as assigned now
     assignments: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+    # requests mode: device id -> arm B's share of its requests, as sent to it now
+    shares: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON))
     # every rollout that delivered an arm, oldest first: [{"arm", "rollout_id", "devices"}]
     arm_rollouts: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
     results: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
@@ -1072,6 +1086,9 @@ class ExperimentPublic(SQLModel):
     metric: str
     outcome_goal: str
     share_b: float
+    shares: dict[str, float] = Field(
+        default_factory=dict, description="requests mode: arm B's share of each device's requests"
+    )
     alpha: float
     arms: list[ExperimentArmPublic]
     results: dict[str, Any]
