@@ -87,6 +87,7 @@ from sqlmodel import Session, col, select
 from edgefleet import topics
 from edgefleet.control_plane.broker.blobs import BlobPublisher
 from edgefleet.control_plane.broker.log_requests import LogAnswer, LogRequests
+from edgefleet.control_plane.broker.metadata import MetadataPublisher
 from edgefleet.control_plane.core.errors import (
     BrokerError,
     DeviceTimeoutError,
@@ -220,12 +221,14 @@ class FleetLink:
         self._sent_lock = threading.Lock()
         self._sent: Counter[str] = Counter()  # fetch answer bytes, by metadata / targets
         self.blobs: BlobPublisher | None = None
+        self.metadata: MetadataPublisher | None = None
         self._blob_retention_s = settings.blob_retention_s
         self._bundle_blobs: dict[str, tuple[str, str]] = {}  # bundle id -> (sha256, target)
         if settings.blob_delivery:
             self.blobs = BlobPublisher(
                 self._link, repository.targets_dir, chunk_size=settings.blob_chunk_kib * 1024
             )
+            self.metadata = MetadataPublisher(self._link, repository.metadata_dir)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -257,6 +260,9 @@ class FleetLink:
         self.supervisor.start("cp-telemetry", self._store_telemetry)
         if self.blobs is not None:
             self.blobs.attach()
+        if self.metadata is not None:
+            self.metadata.attach()
+        if self.blobs is not None:
             self._stopped.clear()
             self.supervisor.start("cp-blobs", self._run_blob_retention)
         self._link.start()
@@ -336,6 +342,8 @@ class FleetLink:
         """
         if self.blobs is None:
             return False
+        if self.metadata is not None:
+            self.metadata.ensure()  # the metadata that lists it, for the same devices
         blob = self._bundle_blobs.get(bundle_id)
         if blob is None:
             with Session(self._engine) as session:
@@ -354,6 +362,8 @@ class FleetLink:
         sent.setdefault("fetch_metadata", 0)
         sent.setdefault("fetch_targets", 0)
         sent["blobs"] = self.blobs.counters.bytes_published if self.blobs is not None else 0
+        meta = self.metadata
+        sent["metadata_retained"] = meta.counters.bytes_published if meta is not None else 0
         return sent
 
     def sweep_blobs(self) -> list[str]:
@@ -373,6 +383,8 @@ class FleetLink:
         while not self._stopped.wait(self._blob_retention_s):
             if not self._link.connected:
                 continue
+            if self.metadata is not None:
+                self.metadata.ensure()  # a re-signed timestamp follows within one pass
             try:
                 self.sweep_blobs()
             except (OperationalError, InterfaceError) as e:
