@@ -15,7 +15,9 @@ but hand-off to worker threads, each run by a ``Supervisor`` that restarts it if
 dies (the death is logged, counted in ``/metrics`` and shown by ``/api/v1/health``):
 
 - ``cp-events``: status, install reports and config reports, applied in arrival order (and log
-  answers that do not decode, to be counted as refused);
+  answers that do not decode, to be counted as refused); install reports that queued up
+  back to back are applied as one burst of up to ``REPORT_BURST`` in one transaction
+  (``apply_install_reports``), the way telemetry is, and receipted once it commits;
 - ``cp-fetch-<n>``: fetch requests, answered from the signed repository;
 - ``cp-blobs``: every ``Settings.blob_retention_s``, clears the retained blobs no
   running rollout needs (``edgefleet.control_plane.broker.blobs``);
@@ -40,7 +42,7 @@ and the device sends it again.
 **Receipts.** Once a burst of telemetry is committed, each device gets a ``Receipt``
 (QoS 1, ``down/receipt``, up to ``RECEIPT_MAX_IDS`` ids each) naming every event id of
 the burst that is now in the database, duplicates included; an install report is
-receipted once ``apply_install_report`` has committed, also when it was a duplicate or
+receipted once its burst has committed, also when it was a duplicate or
 refused as stale. A decoded message refused for good (it can never be stored) is
 receipted too, so the device stops resending it; an undecodable one has no id to
 receipt and is only dropped. Devices delete spooled events on the receipt and resend
@@ -101,6 +103,7 @@ from edgefleet.control_plane.services.devices import record_rejections, upsert_d
 from edgefleet.control_plane.services.events import ingest_events
 from edgefleet.control_plane.services.rollouts.reports import (
     apply_install_report,
+    apply_install_reports,
     reoffer_on_reconnect,
 )
 from edgefleet.control_plane.trust.repository import SignedRepository
@@ -133,6 +136,8 @@ logger = logging.getLogger(__name__)
 
 TELEMETRY_BURST = 500
 """Most telemetry events stored in one transaction."""
+REPORT_BURST = 200
+"""Most install reports applied in one transaction."""
 FETCH_WORKERS = 4
 STOP_TIMEOUT_S = 30.0
 
@@ -531,19 +536,41 @@ class FleetLink:
     # -- workers (each under the supervisor) -------------------------------------------
 
     def _run_events(self) -> None:
-        """cp-events: status and reports in arrival order, each message on its own."""
+        """cp-events: status and reports in arrival order; reports back to back in bursts."""
         handlers: dict[topics.Up, Callable[[str, Incoming], None]] = {
             topics.Up.STATUS: self._handle_status,
-            topics.Up.REPORT: self._handle_report,
             topics.Up.LOGS: self._handle_refused_logs,
             topics.Up.CONFIG: self._handle_config_report,
         }
-        while (item := self._events.get()) is not None:
+        taken: list[tuple[topics.Up, str, Incoming] | None] = []  # taken, not yet handled
+        while (item := taken.pop() if taken else self._events.get()) is not None:
             channel, device_id, message = item
+            if channel is topics.Up.REPORT:
+                burst = [(device_id, message)]
+                self._take_reports(burst, taken)
+                self._handle_reports(burst)
+                continue
             try:
                 handlers[channel](device_id, message)
             except Exception as e:  # this message's failure, whatever it is
                 self._refuse(device_id, channel, message.topic, e)
+
+    def _take_reports(
+        self,
+        burst: list[tuple[str, Incoming]],
+        taken: list[tuple[topics.Up, str, Incoming] | None],
+    ) -> None:
+        """Add the reports already queued right behind ``burst``'s first, up to
+        ``REPORT_BURST``; an item taken that is not one goes to ``taken``."""
+        while len(burst) < REPORT_BURST:
+            try:
+                item = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if item is None or item[0] is not topics.Up.REPORT:
+                taken.append(item)
+                return
+            burst.append((item[1], item[2]))
 
     def _run_fetches(self) -> None:
         """cp-fetch-<n>: answer fetch requests."""
@@ -577,8 +604,49 @@ class FleetLink:
         """A log answer that did not decode on arrival: decoding again raises its error."""
         decode_as(message.payload, LogChunk, topic=message.topic)
 
-    def _handle_report(self, device_id: str, message: Incoming) -> None:
-        report = decode_as(message.payload, InstallReport, topic=message.topic)
+    def _handle_reports(self, burst: list[tuple[str, Incoming]]) -> None:
+        """Apply a burst of install reports in one transaction, then receipt each.
+
+        A report that does not decode is refused on its own. When the burst's
+        transaction fails for the data's sake, the reports are applied one by one, so a
+        poison report costs only itself; a transient database failure receipts
+        nothing (the devices send their reports again).
+        """
+        refused: Counter[RejectionKey] = Counter()
+        reports: list[tuple[str, InstallReport]] = []
+        for device_id, message in burst:
+            try:
+                reports.append(
+                    (device_id, decode_as(message.payload, InstallReport, topic=message.topic))
+                )
+            except Exception as e:  # this message's failure, whatever it is
+                refused[self._refused(device_id, topics.Up.REPORT, message.topic, e)] += 1
+        self._count_refused(refused)
+        if not reports:
+            return
+        try:
+            with Session(self._engine) as session:
+                apply_install_reports(session=session, reports=reports)
+        except Exception as e:
+            if is_transient(e):  # no receipt: the devices send them again
+                logger.warning("reports not stored reports=%d error=%s", len(reports), e)
+                return
+            logger.warning(
+                "report burst refused, applying it report by report reports=%d error=%s",
+                len(reports),
+                type(e).__name__,
+            )
+            for device_id, report in reports:
+                self._apply_one_report(device_id, report)
+            return
+        receipts: defaultdict[str, list[str]] = defaultdict(list)
+        for device_id, report in reports:
+            receipts[device_id].append(report.event_id)
+        for device_id, event_ids in receipts.items():
+            self.publish_receipts(device_id, event_ids)
+
+    def _apply_one_report(self, device_id: str, report: InstallReport) -> None:
+        topic = topics.up(device_id, topics.Up.REPORT)
         try:
             with Session(self._engine) as session:
                 apply_install_report(session=session, device_id=device_id, report=report)
@@ -587,7 +655,7 @@ class FleetLink:
                 logger.warning("report not stored device_id=%s error=%s", device_id, e)
                 return
             # Refused for good: counted, and receipted so the device stops resending it.
-            self._refuse(device_id, topics.Up.REPORT, message.topic, e)
+            self._refuse(device_id, topics.Up.REPORT, topic, e)
         self.publish_receipts(device_id, [report.event_id])
 
     def _store_telemetry(self) -> None:
