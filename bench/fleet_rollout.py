@@ -853,10 +853,11 @@ def render_table(results: list[FleetResult], bundle: Bundle, fetch: FetchConfig)
         ],
     )
     row(
-        "  of which: fetch metadata / fetch targets / blobs (whole rollout)",
+        "  of which: fetch metadata / fetch targets / blobs / retained metadata (whole rollout)",
         [
             " / ".join(
-                f"{r.cp_payload.get(k, 0):,}" for k in ("fetch_metadata", "fetch_targets", "blobs")
+                f"{r.cp_payload.get(k, 0):,}"
+                for k in ("fetch_metadata", "fetch_targets", "blobs", "metadata_retained")
             )
             for r in results
         ],

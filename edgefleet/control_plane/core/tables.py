@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import StringConstraints, field_validator
-from sqlalchemy import JSON, Column, DateTime, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from edgefleet.control_plane.drift.hook_config import HOOK_NAME_PATTERN
@@ -374,6 +374,20 @@ class RolloutCreate(SQLModel):
         description="devices stage at once but switch only inside this window (deferred "
         "meanwhile); their install deadlines keep running",
     )
+    max_concurrent: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="most devices downloading and installing at once across the fleet: "
+        "a wave's devices are offered this many at a time, the next as one finishes",
+    )
+    bandwidth_bytes_per_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=10**15,
+        description="the rollout's fleet bandwidth budget: offers are paced so that the "
+        "bundle bytes they start stay within it (one second's worth may go at once)",
+    )
 
 
 class RolloutAction(SQLModel):
@@ -401,6 +415,11 @@ class Rollout(SQLModel, table=True):
     install_timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S
     wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S
     maintenance_window: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    max_concurrent: int | None = None  # devices installing at once (None: the whole wave)
+    # Offers paced by bundle size (None: unpaced); 64-bit, past 2 GB/s.
+    bandwidth_bytes_per_s: int | None = Field(default=None, sa_type=BigInteger)
+    # Offers under the bandwidth budget have spent it until this moment (wall clock).
+    budget_spent_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     # The current wave's deadline for its installs (wall clock, from the wave's start).
     wave_deadline_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     soak_started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -480,6 +499,8 @@ class RolloutPublic(SQLModel):
     install_timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S
     wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S
     maintenance_window: dict[str, Any] | None = None
+    max_concurrent: int | None = None
+    bandwidth_bytes_per_s: int | None = None
     wave: int = 1  # current wave, 1-based
     wave_count: int = 1
     phase: str = "installing"

@@ -76,6 +76,13 @@ def create_rollout(
     bundle = session.get(Bundle, rollout_in.bundle_id)
     if bundle is None:
         raise NotFoundError(f"bundle {rollout_in.bundle_id} not found")
+    if rollout_in.strategy == "shadow" and (
+        rollout_in.max_concurrent is not None or rollout_in.bandwidth_bytes_per_s is not None
+    ):
+        raise InvalidRequestError(
+            "max_concurrent and bandwidth_bytes_per_s pace installs; the shadow strategy "
+            "installs nothing (leave them out)"
+        )
     devices = select_devices(session, bundle, rollout_in)
     if not devices:
         raise InvalidRequestError(f"no devices to roll bundle {bundle.id} out to")
@@ -98,6 +105,8 @@ def create_rollout(
         maintenance_window=(
             rollout_in.maintenance_window.model_dump() if rollout_in.maintenance_window else None
         ),
+        max_concurrent=rollout_in.max_concurrent,
+        bandwidth_bytes_per_s=rollout_in.bandwidth_bytes_per_s,
         created_by=actor,
     )
     session.add(rollout)
@@ -126,6 +135,8 @@ def create_rollout(
             "gates": rollout.gates,
             "install_timeout_s": rollout.install_timeout_s,
             "wave_timeout_s": rollout.wave_timeout_s,
+            "max_concurrent": rollout.max_concurrent,
+            "bandwidth_bytes_per_s": rollout.bandwidth_bytes_per_s,
         },
     )
     session.flush()

@@ -106,6 +106,8 @@ def rollout_public(*, session: Session, rollout: Rollout) -> RolloutPublic:
         install_timeout_s=rollout.install_timeout_s,
         wave_timeout_s=rollout.wave_timeout_s,
         maintenance_window=rollout.maintenance_window,
+        max_concurrent=rollout.max_concurrent,
+        bandwidth_bytes_per_s=rollout.bandwidth_bytes_per_s,
         wave=rollout.current_wave + 1,
         wave_count=len(sizes),
         phase=rollout.phase,
