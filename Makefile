@@ -16,8 +16,10 @@ setup-test:
 demo: setup
 	$(BIN)/edgefleet demo --agents $(AGENTS)
 
+# Two workers, one per core; a test file stays on one worker so its module fixtures are
+# set up once.
 test: setup-test
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check .

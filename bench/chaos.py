@@ -623,7 +623,8 @@ class Agent:
 
     def journal_state(self) -> str | None:
         try:
-            state = json.loads((self.data_dir / "journal.json").read_text()).get("state")
+            journal = self.data_dir / "models" / MODEL / "journal.json"
+            state = json.loads(journal.read_text()).get("state")
         except (OSError, ValueError):
             return None
         return str(state) if state else None

@@ -41,7 +41,8 @@ import paho.mqtt.client as paho
 
 from edgefleet.agent.config import AgentConfig, FetchConfig, ProbationConfig
 from edgefleet.agent.daemon import agent_verifier
-from edgefleet.agent.inference.runtime import ModelHolder
+from edgefleet.agent.inference.runtime import ModelTable
+from edgefleet.agent.install.layout import hosted_models, model_dir
 from edgefleet.agent.install.slots import SlotStore
 from edgefleet.agent.install.updater import Installer, OfferWorker, ensure_trust_root
 from edgefleet.agent.session import DeviceSession, device_status
@@ -157,13 +158,11 @@ class SimDevice:
         self.config = config
         self.device_id = config.device_id
         self.record = DeviceRecord(config.device_id)
-        self.slots = SlotStore(config.data_dir)
-        self.holder = ModelHolder()
+        self.models = ModelTable()
         self.session = DeviceSession.for_agent(config, self._status)
         self.installer = Installer(
             config=config,
-            slots=self.slots,
-            holder=self.holder,
+            holder=self.models,
             # In-process: a child process per device would measure process start-up.
             verifier=agent_verifier(self.session.link, config, isolated=False),
             report=self.publish_report,
@@ -211,11 +210,14 @@ class SimDevice:
         self.session.publish_status()
 
     def _status(self, online: bool) -> DeviceStatus:
-        return device_status(self.config.profile, self.holder.current(), online=online)
+        return device_status(self.config.profile, self.models.models(), online=online)
 
     def final_record(self) -> DeviceRecord:
         """The record, with what the device's own ``active.json`` says is installed."""
-        active = self.slots.read_active()
+        names = hosted_models(self.config.data_dir)
+        active = (
+            SlotStore(model_dir(self.config.data_dir, names[0])).read_active() if names else None
+        )
         self.record.installed_bundle = active.bundle_id if active else None
         return self.record
 

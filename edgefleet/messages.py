@@ -78,8 +78,22 @@ class WireMessage(schema.Open, frozen=True, kw_only=True):
         return msgspec.json.encode(schema.to_builtins(self, omit_none=True))
 
 
+class ModelStatus(schema.Open, frozen=True, kw_only=True):
+    """One model a device hosts, as its status reports it."""
+
+    name: str
+    version: str | None = None
+    bundle_id: str | None = None
+    release: int | None = None
+
+
 class DeviceStatus(WireMessage, frozen=True, kw_only=True):
-    """Retained presence on ``up/status``; the last will sets ``online`` false."""
+    """Retained presence on ``up/status``; the last will sets ``online`` false.
+
+    ``models`` lists every model the device serves; ``model``, ``bundle_id`` and the
+    other top-level fields name the first of them by name (what a one-model device
+    always said, and what older readers still read).
+    """
 
     type: Literal["status"] = "status"
     online: bool
@@ -90,6 +104,7 @@ class DeviceStatus(WireMessage, frozen=True, kw_only=True):
     bundle_id: str | None = None
     release: int | None = None
     spool_depth: int | None = None  # events waiting in the telemetry spool right now
+    models: Annotated[list[ModelStatus], Meta(max_length=64)] | None = None
     trusted_versions: dict[str, int] | None = None
     """Versions of the signed metadata the device trusts now (``root``, ``timestamp``,
     ``snapshot``, ``targets``): the control plane never publishes below the highest."""

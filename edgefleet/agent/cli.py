@@ -39,36 +39,54 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def print_status(config: AgentConfig) -> int:
-    """Print what is installed according to ``active.json``; exit status 0 either way."""
-    store = SlotStore(config.data_dir)
-    try:
-        record = store.read_active()
-    except SlotError as e:
-        print(f"device_id: {config.device_id}\ninstalled: unknown ({e})")
-        return 1
+    """Print what each hosted model has installed (its ``active.json``) and its journal;
+    exit status 0 either way (1 when an ``active.json`` is unreadable)."""
+    from edgefleet.agent.install.layout import hosted_models, model_dir
+
     lines = [f"device_id: {config.device_id}", f"profile: {config.profile}"]
-    if record is None:
+    # Read-only: a one-model layout the daemon has not moved yet is shown where it is.
+    dirs = {name: model_dir(config.data_dir, name) for name in hosted_models(config.data_dir)}
+    if not dirs and (Path(config.data_dir) / "active.json").exists():
+        dirs = {"": Path(config.data_dir)}
+    names = list(dirs)
+    if not names:
         lines.append("installed: no")
-    else:
-        lines += [
-            "installed: yes",
-            f"model: {record.model}",
-            f"model_version: {record.model_version}",
-            f"bundle_id: {record.bundle_id}",
-            f"release: {record.release}",
-            f"highest_release: {record.highest()}",
-            f"slot: {record.slot}",
-            f"slot_dir: {store.slot_dir(record.slot)}",
-        ]
-    lines += _journal_lines(config) + _lock_lines(config) + _daemon_lines(config)
+    failed = False
+    for name in names:
+        store = SlotStore(dirs[name])
+        if len(names) > 1:
+            lines.append(f"[model {name}]")
+        try:
+            record = store.read_active()
+        except SlotError as e:
+            lines.append(f"installed: unknown ({e})")
+            failed = True
+            continue
+        if record is None:
+            lines.append("installed: no")
+        else:
+            lines += [
+                "installed: yes",
+                f"model: {record.model}",
+                f"model_version: {record.model_version}",
+                f"bundle_id: {record.bundle_id}",
+                f"release: {record.release}",
+                f"highest_release: {record.highest()}",
+                f"slot: {record.slot}",
+                f"slot_dir: {store.slot_dir(record.slot)}",
+            ]
+        lines += _journal_lines(dirs[name])
+    if len(names) > 1:
+        lines.append("[device]")
+    lines += _lock_lines(config) + _daemon_lines(config)
     print("\n".join(lines))
-    return 0
+    return 1 if failed else 0
 
 
-def _journal_lines(config: AgentConfig) -> list[str]:
+def _journal_lines(directory: Path) -> list[str]:
     from edgefleet.agent.install.journal import Journal
 
-    record = Journal(config.data_dir).read()
+    record = Journal(directory).read()
     if record is None:
         return ["journal: empty"]
     lines = [

@@ -7,6 +7,7 @@ and numbers from TOML integers or floats; nothing else is coerced.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -34,6 +35,15 @@ class InferenceConfig(_Section, frozen=True, kw_only=True):
     # NaN/±Inf inputs: "reject" (400) or "allow"; per model name in [inference.nan_policy_by_model]
     nan_policy: Literal["reject", "allow"] = "reject"
     nan_policy_by_model: dict[str, Literal["reject", "allow"]] = field(default_factory=dict)
+
+
+class ModelConfig(_Section, frozen=True, kw_only=True):
+    """One model this device may host (``[models.<name>]``), and its share of
+    ``memory_budget_mb``: a bundle of that model larger than its share is refused.
+    Shares are caps, so they may add up to more than 1: all models together are still
+    held to the whole budget."""
+
+    memory_share: Annotated[float, Meta(gt=0, le=1)] = 1.0
 
 
 class FetchConfig(_Section, frozen=True, kw_only=True):
@@ -151,6 +161,10 @@ class AgentConfig(_Section, frozen=True, kw_only=True):
     data_dir: Path
     trust_root: Path
     disk_budget_mb: Annotated[float, Meta(gt=0)] = 2048.0
+    memory_budget_mb: Annotated[float, Meta(gt=0)] = 1024.0
+    # The models this device may host, each with its memory share; none listed = any
+    # model, each with the whole memory budget (a one-model agent needs no table).
+    models: dict[str, ModelConfig] = field(default_factory=dict)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
     mirrors: list[Annotated[str, Meta(pattern=r"^https?://[^\s]+$")]] = field(default_factory=list)
@@ -171,6 +185,9 @@ class AgentConfig(_Section, frozen=True, kw_only=True):
             address = BrokerAddress.parse(self.broker)
         except ValueError as e:  # its message is readable as it is
             raise FieldError("broker", str(e)) from e
+        for name in self.models:
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z", name):
+                raise FieldError(f"models.{name[:80]}", "not a usable model name")
         if self.tls is not None and not address.tls:
             raise FieldError("tls", "a [tls] section needs an mqtts:// broker")
 

@@ -31,10 +31,11 @@ from edgefleet.agent.enrolment.credentials import load_credentials
 from edgefleet.agent.errors import ConfigError, RuntimeLoadError, SlotError
 from edgefleet.agent.inference.feedback import AnswerBook
 from edgefleet.agent.inference.outcomes import OutcomeRecorder
-from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, load_runtime
+from edgefleet.agent.inference.runtime import ActiveModel, ModelTable, load_runtime
 from edgefleet.agent.inference.server import InferenceServer
 from edgefleet.agent.install.deferral import UpdateLock
 from edgefleet.agent.install.journal import Journal
+from edgefleet.agent.install.layout import hosted_models, migrate_single_model, model_dir
 from edgefleet.agent.install.selfupdate import SelfUpdater
 from edgefleet.agent.install.shadow import ShadowRunner
 from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
@@ -164,15 +165,16 @@ def status_path(data_dir: Path) -> Path:
 
 
 def load_active_model(slots: SlotStore) -> ActiveModel | None:
-    """The installed model, re-verified against its manifest; None when absent or broken.
+    """The model installed in ``slots``, re-verified against its manifest; None when absent
+    or broken.
 
-    A broken slot must not stop the agent: it starts with no model (ready = 503)
-    and the next offer installs a good one.
+    A broken slot must not stop the agent: that model is not served (its infer route
+    answers 404, ready = 503 when no model is left) and the next offer installs a good one.
     """
     try:
         record = slots.read_active()
         if record is None:
-            logger.info("no model installed yet")
+            logger.info("no model installed yet dir=%s", slots.data_dir)
             return None
         slot_dir = slots.slot_dir(record.slot)
         manifest = read_slot_manifest(slot_dir)
@@ -183,7 +185,7 @@ def load_active_model(slots: SlotStore) -> ActiveModel | None:
             )
         model = ActiveModel.from_manifest(manifest, load_runtime(manifest, slot_dir))
     except (SlotError, BundleError, RuntimeLoadError, OSError) as e:
-        logger.error("installed model unusable, starting without one reason=%s", e)
+        logger.error("installed model unusable, starting without it reason=%s", e)
         return None
     logger.info(
         "model loaded bundle_id=%s release=%d slot=%s",
@@ -194,6 +196,19 @@ def load_active_model(slots: SlotStore) -> ActiveModel | None:
     return model
 
 
+def load_hosted_models(data_dir: Path, table: ModelTable) -> None:
+    """Move a one-model state dir into ``models/<name>/`` (an agent updated in the
+    field keeps its model), then load every hosted model into its holder in ``table``."""
+    try:
+        migrate_single_model(data_dir)
+    except OSError as e:
+        logger.error("one-model state not migrated reason=%s", e)
+    for name in hosted_models(data_dir):
+        model = load_active_model(SlotStore(model_dir(data_dir, name)))
+        if model is not None:
+            table.holder(name).swap(model)
+
+
 class Agent:
     """One running device agent; ``start()`` then ``stop()`` (or ``run()`` until a signal)."""
 
@@ -202,8 +217,7 @@ class Agent:
         config = self.remote.config
         self.config = config
         self.device_id = config.device_id
-        self.slots = SlotStore(config.data_dir)
-        self.holder = ModelHolder()
+        self.models = ModelTable()
         self.stats = InferenceStats()
         self._stopped = threading.Event()
         self._link_since = time.time()
@@ -240,8 +254,7 @@ class Agent:
         self.update_lock = UpdateLock(config.data_dir)
         self.installer = Installer(
             config=config,
-            slots=self.slots,
-            holder=self.holder,
+            holder=self.models,
             verifier=agent_verifier(self.link, config),
             report=self.publish_report,
             on_active=self.publish_status,
@@ -254,7 +267,7 @@ class Agent:
         )
         self.worker = OfferWorker(self.installer, self_updater=self.self_updater)
         self.drift = DriftSupervisor(
-            self.slots,
+            lambda name: SlotStore(model_dir(config.data_dir, name)),
             self.emit,
             drift_thresholds(config),
             sample_size=config.drift.sample_size,
@@ -272,7 +285,7 @@ class Agent:
             else None
         )
         self.server = InferenceServer(
-            self.holder,
+            self.models,
             host=config.inference.host,
             port=config.inference.port,
             max_concurrency=config.inference.max_concurrency,
@@ -295,7 +308,7 @@ class Agent:
         """Load the installed model, open the endpoint, start MQTT; returns at once."""
         logging.getLogger().addHandler(self.logs)
         ensure_trust_root(self.config)
-        self.holder.swap(load_active_model(self.slots))
+        load_hosted_models(self.config.data_dir, self.models)
         self.server.start()
         # Before any offer runs: a release the launcher undid is on record (and reported).
         self.self_updater.start(self.session.wait_connected)
@@ -436,26 +449,26 @@ class Agent:
             self.publish_status()
 
     def _close_window(self, window_s: float) -> None:
-        """Spool the requests answered since the last window as one inference event, and
+        """Spool the requests each bundle answered since the last window, one inference
+        event per bundle (an agent hosts several models; each rollout reads its own), and
         the outcomes the application posted as one outcome event per bundle."""
         for event in self.outcomes.take_events():
             self.emit(event)
-        window = self.stats.take_window()
-        model = self.holder.current()
-        if window.count:
-            self.emit(
-                inference_event(
-                    window,
-                    window_s,
-                    model.bundle_id if model else None,
-                    model.release if model else None,
-                )
-            )
+        releases = {m.bundle_id: m.release for m in self.models.models()}
+        for bundle_id, window in sorted(self.stats.take_windows().items()):
+            if window.count:
+                self.emit(inference_event(window, window_s, bundle_id, releases.get(bundle_id)))
 
     def write_status_file(self) -> None:
         """What ``edgefleet-agent status`` shows that only the running daemon knows."""
-        record = Journal(self.config.data_dir).read()
-        model = self.holder.current()
+        served = self.models.models()
+        journals = {
+            name: Journal(model_dir(self.config.data_dir, name)).read()
+            for name in hosted_models(self.config.data_dir)
+        }
+        record = next((r for r in journals.values() if r is not None and not r.finished), None)
+        if record is None:
+            record = next((r for r in journals.values() if r is not None), None)
         status = {
             "pid": os.getpid(),
             "updated_at": time.time(),
@@ -468,7 +481,14 @@ class Agent:
             "telemetry_unreceipted": self.forwarder.unreceipted,
             "spool_bytes": self.spool.disk_bytes(),
             "spool_recreated": self.spool.recreated,
-            "serving": model.bundle_id if model else None,
+            "serving": served[0].bundle_id if served else None,
+            "models": {
+                name: {
+                    "serving": next((m.bundle_id for m in served if m.name == name), None),
+                    "journal_state": journal.state if journal else None,
+                }
+                for name, journal in journals.items()
+            },
             "journal_state": record.state if record else None,
             "deferred_reason": record.reason if record and record.state == "deferred" else None,
             "update_locks": [lock.holder for lock in self.update_lock.held()],
@@ -487,7 +507,7 @@ class Agent:
         self._published_depth = depth
         return device_status(
             self.config.profile,
-            self.holder.current(),
+            self.models.models(),
             online=online,
             spool_depth=depth,
             trusted=trusted_versions(self.config.data_dir),

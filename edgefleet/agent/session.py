@@ -17,7 +17,7 @@ and the rollout tests' simulated devices all speak to the broker through this cl
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from edgefleet import topics
@@ -35,6 +35,7 @@ from edgefleet.messages import (
     InstallReport,
     LogChunk,
     LogRequest,
+    ModelStatus,
     Receipt,
     TelemetryEvent,
     WireMessage,
@@ -57,15 +58,28 @@ StatusSource = Callable[[bool], DeviceStatus]
 
 def device_status(
     profile: str,
-    model: ActiveModel | None,
+    served: ActiveModel | Sequence[ActiveModel] | None,
     *,
     online: bool,
     spool_depth: int | None = None,
     trusted: dict[str, int] | None = None,
 ) -> DeviceStatus:
-    """The retained ``up/status`` message: online or not, what is serving, spool depth,
-    the metadata versions it trusts."""
+    """The retained ``up/status`` message: online or not, every model serving (the first
+    by name also in the top-level fields), spool depth, the metadata versions it trusts."""
+    if served is None:
+        models: list[ActiveModel] = []
+    elif isinstance(served, ActiveModel):
+        models = [served]
+    else:
+        models = sorted(served, key=lambda m: m.name)
+    model = models[0] if models else None
     return DeviceStatus(
+        models=[
+            ModelStatus(name=m.name, version=m.version, bundle_id=m.bundle_id, release=m.release)
+            for m in models
+        ]
+        if online
+        else None,
         online=online,
         spool_depth=spool_depth,
         profile=profile,

@@ -234,6 +234,9 @@ class ApiClient:
     def list_devices(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/devices"))
 
+    def get_device(self, device_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/devices/{device_id}"))
+
     def create_rollout(
         self, *, bundle_id: str, device_ids: list[str] | None = None, **options: Any
     ) -> dict[str, Any]:

@@ -166,7 +166,7 @@ class Rig:
         return str(payload["model_version"])
 
     def journal(self) -> dict[str, Any]:
-        path = self.data_dir / "journal.json"
+        path = self.data_dir / "models" / "digits" / "journal.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
     def status_file(self) -> dict[str, Any]:
@@ -437,7 +437,7 @@ def test_bundle_failing_its_smoke_test_is_refused_and_the_old_model_kept(rig: Ri
     ]
     assert rig.journal()["state"] == "failed"
     assert rig.infer_version() == "1"
-    active = json.loads((rig.data_dir / "active.json").read_text())
+    active = json.loads((rig.data_dir / "models" / "digits" / "active.json").read_text())
     assert active["bundle_id"] == good["id"]
 
 
@@ -457,7 +457,10 @@ def test_rollback_command_switches_back_to_the_previous_slot_and_reports_why(rig
     rolled = wait_until(lambda: reports_for(rig, new["id"], "rolled_back"), "the roll-back report")
     assert rolled[0]["reason"] == "canary error rate too high"
     assert rig.infer_version() == "1"
-    assert json.loads((rig.data_dir / "active.json").read_text())["bundle_id"] == old["id"]
+    assert (
+        json.loads((rig.data_dir / "models" / "digits" / "active.json").read_text())["bundle_id"]
+        == old["id"]
+    )
 
 
 # -- probation -----------------------------------------------------------------------------
@@ -482,7 +485,10 @@ def test_model_breaching_its_probation_rule_is_switched_back_by_the_agent_itself
     assert "probation breach: latency p95" in rolled[0]["reason"]
     assert "> 0.001 ms" in rolled[0]["reason"]
     assert rig.infer_version() == "1"
-    assert json.loads((rig.data_dir / "active.json").read_text())["bundle_id"] == old["id"]
+    assert (
+        json.loads((rig.data_dir / "models" / "digits" / "active.json").read_text())["bundle_id"]
+        == old["id"]
+    )
     assert rig.journal()["state"] == "rolled_back"
 
 
@@ -535,7 +541,10 @@ def test_shadow_model_runs_beside_the_active_one_and_its_agreement_passes_the_ga
     shadow = [e["data"] for e in rig.events("shadow") if e["data"]["bundle_id"] == twin["id"]]
     assert sum(s["count"] for s in shadow) >= 200
     assert all(s["agreement"] == 1.0 for s in shadow if s["count"])
-    assert json.loads((rig.data_dir / "active.json").read_text())["bundle_id"] == old["id"]
+    assert (
+        json.loads((rig.data_dir / "models" / "digits" / "active.json").read_text())["bundle_id"]
+        == old["id"]
+    )
     # The completed rollout stopped the shadow: its files are gone from the device.
     wait_until(lambda: not (rig.data_dir / "shadow").exists(), "the shadow to be discarded")
 
@@ -562,4 +571,7 @@ def test_disagreeing_shadow_model_aborts_the_rollout_and_never_answers_a_client(
     assert "agreement" in rollout["reason"]
     assert served == {"1"}
     wait_until(lambda: not (rig.data_dir / "shadow").exists(), "the shadow to be discarded")
-    assert json.loads((rig.data_dir / "active.json").read_text())["bundle_id"] == old["id"]
+    assert (
+        json.loads((rig.data_dir / "models" / "digits" / "active.json").read_text())["bundle_id"]
+        == old["id"]
+    )

@@ -248,9 +248,11 @@ def test_slow_retrieval_of_the_bundle_fails_bounded_and_keeps_the_model(
 ) -> None:
     # The mirror answers metadata at once but drips the bundle: each chunk arrives
     # later than the agent waits for it. The agent must give up after its bounded
-    # retries instead of stalling forever.
+    # retries instead of stalling forever. Blob delivery is off: the bytes must come
+    # through the dripping request/response path (a blob missing falls back to it).
     target.config.write_text(
-        target.config.read_text() + "[fetch]\ntimeout_s = 0.3\nretries = 1\nresume_attempts = 0\n"
+        target.config.read_text()
+        + "[fetch]\nblobs = false\ntimeout_s = 0.3\nretries = 1\nresume_attempts = 0\n"
     )
     target.restart_agent()
     bundle = target.build("2")

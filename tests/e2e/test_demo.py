@@ -56,9 +56,10 @@ def test_demo_rolls_a_signed_bundle_per_device_class_to_agents_that_answer_accur
     by_id = {d["device_id"]: d for d in summary["devices"]}
     runtimes = set()
     for device_dir in (tmp_path / "demo" / "agents").iterdir():
-        active = json.loads((device_dir / "data" / "active.json").read_text())
+        model_dir = device_dir / "data" / "models" / "digits"
+        active = json.loads((model_dir / "active.json").read_text())
         assert active["bundle_id"] == by_id[device_dir.name]["bundle_id"]
-        slot = device_dir / "data" / "slots" / active["slot"]
+        slot = model_dir / "slots" / active["slot"]
         runtimes.add(json.loads((slot / "manifest.json").read_text())["runtime"]["name"])
     assert runtimes == {"onnxruntime", "ai-edge-litert"}
     assert "stopping agents, control plane and broker" in completed.stdout

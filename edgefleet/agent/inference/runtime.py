@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -279,23 +280,113 @@ class ActiveModel:
         )
 
 
-class ModelHolder:
-    """The one place the current model lives; swapping it is a single assignment.
+DRAIN_TIMEOUT_S = 30.0
+"""Longest a replaced model is waited for; a request longer than that is a stuck one."""
 
-    Requests take a reference with ``current()`` and keep using it, so a request
-    in flight finishes on the old model while new ones get the new model.
+
+class ModelHolder:
+    """The one place one model name's current version lives: an RCU-like reference swap.
+
+    A request takes the current model with ``serve()`` (a context manager that counts it
+    in flight) and keeps using it, so a request in flight finishes on the old model
+    while new ones get the new model the instant it is swapped in. Swapping is one
+    assignment under a lock and never waits for a model call; ``drain`` then waits
+    (bounded) until the replaced model's last request is answered, so the caller can let
+    it go knowing nothing still runs on it. The new model is loaded *before* the swap,
+    so no request ever waits for a load.
     """
 
     def __init__(self, model: ActiveModel | None = None) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition(threading.Lock())
         self._model = model
+        self._inflight: dict[int, int] = {}
 
     def current(self) -> ActiveModel | None:
         with self._lock:
             return self._model
 
+    @contextmanager
+    def serve(self) -> Iterator[ActiveModel | None]:
+        """The current model, counted in flight until the block ends."""
+        with self._lock:
+            model = self._model
+            if model is not None:
+                self._inflight[id(model)] = self._inflight.get(id(model), 0) + 1
+        try:
+            yield model
+        finally:
+            if model is not None:
+                with self._lock:
+                    left = self._inflight[id(model)] - 1
+                    if left:
+                        self._inflight[id(model)] = left
+                    else:
+                        del self._inflight[id(model)]
+                        self._lock.notify_all()
+
+    def inflight(self, model: ActiveModel) -> int:
+        """Requests running on ``model`` right now."""
+        with self._lock:
+            return self._inflight.get(id(model), 0)
+
     def swap(self, model: ActiveModel | None) -> ActiveModel | None:
-        """Serve ``model`` from now on; returns the one it replaced."""
+        """Serve ``model`` from now on; returns the one it replaced (still draining)."""
         with self._lock:
             previous, self._model = self._model, model
         return previous
+
+    def drain(self, model: ActiveModel | None, timeout: float = DRAIN_TIMEOUT_S) -> bool:
+        """Wait until no request runs on ``model`` (one replaced by ``swap``).
+
+        Returns:
+            True once drained (at once for None), False when ``timeout`` passed first.
+        """
+        if model is None:
+            return True
+        with self._lock:
+            return self._lock.wait_for(lambda: id(model) not in self._inflight, timeout)
+
+
+class ModelTable:
+    """Every model an agent serves, one ``ModelHolder`` per model name.
+
+    The endpoint looks a request's model up by name here; the installer swaps one
+    name's holder and never touches another's. A table built around a single holder
+    (``ModelTable.single``) serves whatever that holder holds, under its own name:
+    how a single-model server behaves.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders: dict[str, ModelHolder] = {}
+
+    @classmethod
+    def single(cls, holder: ModelHolder) -> ModelTable:
+        table = cls()
+        table._holders[""] = holder
+        return table
+
+    def holder(self, name: str) -> ModelHolder:
+        """The holder of model ``name``, made empty on first use."""
+        with self._lock:
+            holder = self._holders.get(name)
+            if holder is None:
+                holder = self._holders[name] = ModelHolder()
+            return holder
+
+    def holders(self) -> list[ModelHolder]:
+        with self._lock:
+            return [self._holders[name] for name in sorted(self._holders)]
+
+    def find(self, name: str) -> ModelHolder | None:
+        """The holder now serving a model called ``name``, if any."""
+        for holder in self.holders():
+            model = holder.current()
+            if model is not None and model.name == name:
+                return holder
+        return None
+
+    def models(self) -> list[ActiveModel]:
+        """The models served now, by name."""
+        served = [m for h in self.holders() if (m := h.current()) is not None]
+        return sorted(served, key=lambda m: m.name)

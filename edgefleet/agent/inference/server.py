@@ -1,11 +1,14 @@
 """The local inference endpoint: Open Inference Protocol (KServe v2) REST on stdlib HTTP.
 
-Applications on the device call ``POST /v2/models/{name}/infer``. The server is
+Applications on the device call ``POST /v2/models/{name}/infer``, one route per model
+the agent hosts, and ``GET /v2/models`` lists them; routes live in a table
+(``edgefleet.agent.inference.routes``) that other modules extend with ``add_route``. The server is
 ``http.server.ThreadingHTTPServer`` so the agent stays light (no web framework).
 Concurrency is bounded by a semaphore: when every slot is busy the request gets
 503 at once instead of queueing behind the model, and bodies above a bound get 413.
-It reads the model from a ``ModelHolder`` per request, so it keeps answering with the
-old model during an install and switches the instant the holder is swapped.
+It takes the model from its name's ``ModelHolder`` per request, counted in flight, so it
+keeps answering with the old model during an install and switches the instant the
+holder is swapped; the old model is let go only once drained.
 
 Whatever arrives, every route answers with a status and a JSON body, ``{"error": reason}``
 for a refusal, never a dropped connection: a body above ``max_body_bytes`` gets 413;
@@ -45,7 +48,8 @@ from edgefleet.agent.inference.protocol import (
     model_metadata,
     parse_infer_request,
 )
-from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder
+from edgefleet.agent.inference.routes import Answer, Handler, Request, RouteTable
+from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, ModelTable
 from edgefleet.tensors import (
     encode_tensor,
     shown,
@@ -93,15 +97,18 @@ def run_inference(
 
 
 class InferenceServer:
-    """Serves the current model of ``holder`` on ``host:port`` in a background thread.
+    """Serves the models of ``models`` on ``host:port`` in a background thread.
 
-    ``nan_policy`` says whether non-finite input values reach a model; a model named in
-    ``nan_policy_by_model`` follows its own entry instead.
+    ``models`` is a ``ModelTable`` (one holder per model name: the agent), or a single
+    ``ModelHolder`` (whatever model it holds, under that model's own name). Requests go
+    through a route table (``edgefleet.agent.inference.routes``); other modules add
+    theirs with ``add_route``. ``nan_policy`` says whether non-finite input values
+    reach a model; a model named in ``nan_policy_by_model`` follows its own entry.
     """
 
     def __init__(
         self,
-        holder: ModelHolder,
+        models: ModelTable | ModelHolder,
         *,
         host: str = "127.0.0.1",
         port: int = 8501,
@@ -116,20 +123,54 @@ class InferenceServer:
         flag_routes: FlagRoutes | None = None,
         answers: AnswerBook | None = None,
     ) -> None:
-        self.holder = holder
-        self.outcome_route = outcome_route
+        self.models = models if isinstance(models, ModelTable) else ModelTable.single(models)
         self.answers = answers  # request id -> answer, for /feedback (.feedback)
-        self.agent_routes = agent_routes
-        self.flag_routes = flag_routes
         self.observer = observer
         self.input_observer = input_observer
         self.max_body_bytes = max_body_bytes
         self.nan_policy = nan_policy
         self.nan_policy_by_model = dict(nan_policy_by_model or {})
         self.slots = threading.BoundedSemaphore(max_concurrency)
+        self.routes = RouteTable()
+        self._add_oip_routes()
+        if agent_routes is not None:
+            self.add_agent_routes("/v2/agent/update-lock", agent_routes)
+        if outcome_route is not None:
+            self.add_route(
+                "POST",
+                "/v2/models/{name}/outcome",
+                lambda request: outcome_route(self._model(request), request.body),
+            )
+        if flag_routes is not None:
+            self.add_route("GET", "/v2/flags/*", lambda request: flag_routes("GET", request.rest))
+        self.add_route("POST", "/v2/models/{name}/feedback", self._feedback)
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+
+    def add_route(self, method: str, pattern: str, handler: Handler) -> None:
+        """Answer ``method`` on ``pattern`` (``/v2/models/{name}/feedback``) with ``handler``."""
+        self.routes.add(method, pattern, handler)
+
+    def add_agent_routes(self, prefix: str, routes: AgentRoutes) -> None:
+        """Hand GET, POST and DELETE under ``prefix`` to ``routes`` (method, the path
+        parts after the prefix, body): how the update lock plugs in."""
+        for method in ("GET", "POST", "DELETE"):
+            self.add_route(
+                method,
+                f"{prefix}/*",
+                lambda request: routes(request.method, request.rest, request.body),
+            )
+
+    def _add_oip_routes(self) -> None:
+        add = self.add_route
+        add("GET", "/v2/health/live", lambda _r: (HTTPStatus.OK, {"live": True}))
+        add("GET", "/v2/health/ready", self._ready)
+        add("GET", "/v2", self._server_metadata)
+        add("GET", "/v2/models", self._list_models)
+        add("GET", "/v2/models/{name}", lambda r: (HTTPStatus.OK, model_metadata(self._model(r))))
+        add("GET", "/v2/models/{name}/ready", self._model_ready)
+        add("POST", "/v2/models/{name}/infer", self._infer)
 
     @property
     def port(self) -> int:
@@ -161,58 +202,68 @@ class InferenceServer:
         """Whether NaN and ±Inf inputs reach the model named ``model_name``."""
         return self.nan_policy_by_model.get(model_name, self.nan_policy) == "allow"
 
-    def handle_agent(
-        self, method: str, path: str, body: bytes
-    ) -> tuple[HTTPStatus, dict[str, Any]]:
-        """``/v2/agent/update-lock[/{id}]`` (``edgefleet.agent.install.deferral``)."""
-        parts = [p for p in path.split("?", 1)[0].split("/") if p]
-        if parts[:3] != ["v2", "agent", "update-lock"] or self.agent_routes is None:
-            raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint {shown(path, 200)}")
-        return self.agent_routes(method, parts[3:], body)
+    def dispatch(self, method: str, path: str, body: bytes = b"") -> Answer:
+        """Answer one request through the route table (``RequestError`` for a refusal)."""
+        return self.routes.dispatch(method, path, body)
 
-    def handle_get(self, path: str) -> tuple[HTTPStatus, dict[str, Any]]:
-        parts = [p for p in path.split("?", 1)[0].split("/") if p]
-        if parts[:2] == ["v2", "agent"]:
-            return self.handle_agent("GET", path, b"")
-        if parts[:2] == ["v2", "flags"] and self.flag_routes is not None:
-            return self.flag_routes("GET", parts[2:])
-        model = self.holder.current()
-        if parts == ["v2", "health", "live"]:
-            return HTTPStatus.OK, {"live": True}
-        if parts == ["v2", "health", "ready"]:
-            if model is None:
-                return HTTPStatus.SERVICE_UNAVAILABLE, {
-                    "ready": False,
-                    "error": "no model installed",
+    def _ready(self, _request: Request) -> Answer:
+        if not self.models.models():
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"ready": False, "error": "no model installed"}
+        return HTTPStatus.OK, {"ready": True}
+
+    def _server_metadata(self, _request: Request) -> Answer:
+        from edgefleet.agent import __version__
+
+        return HTTPStatus.OK, {"name": "edgefleet-agent", "version": __version__}
+
+    def _list_models(self, _request: Request) -> Answer:
+        """Every model served here, with the bundle and release it comes from."""
+        return HTTPStatus.OK, {
+            "models": [
+                {
+                    "name": m.name,
+                    "version": m.version,
+                    "platform": m.platform,
+                    "bundle_id": m.bundle_id,
+                    "release": m.release,
+                    "ready": True,
                 }
-            return HTTPStatus.OK, {"ready": True}
-        if parts == ["v2"]:
-            from edgefleet.agent import __version__
+                for m in self.models.models()
+            ]
+        }
 
-            return HTTPStatus.OK, {"name": "edgefleet-agent", "version": __version__}
-        if len(parts) in (3, 4) and parts[:2] == ["v2", "models"]:
-            model = self._model_named(parts[2])
-            if len(parts) == 3:
-                return HTTPStatus.OK, model_metadata(model)
-            if parts[3] == "ready":
-                return HTTPStatus.OK, {"name": model.name, "ready": True}
-            if parts[3] == "infer":
-                raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, "infer takes POST")
-        raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint {shown(path, 200)}")
+    def _feedback(self, request: Request) -> Answer:
+        if self.answers is None:
+            raise RequestError(HTTPStatus.NOT_FOUND, "feedback is not kept on this device")
+        return self.answers.handle(self._model(request).name, request.body)
 
-    def handle_post(self, path: str, body: bytes) -> tuple[HTTPStatus, dict[str, Any]]:
-        parts = [p for p in path.split("?", 1)[0].split("/") if p]
-        if parts[:2] == ["v2", "agent"]:
-            return self.handle_agent("POST", path, body)
-        if parts[:2] == ["v2", "models"] and parts[3:] == ["outcome"] and self.outcome_route:
-            return self.outcome_route(self._model_named(parts[2]), body)
-        if len(parts) == 4 and parts[:2] == ["v2", "models"] and parts[3] == "feedback":
-            if self.answers is None:
-                raise RequestError(HTTPStatus.NOT_FOUND, "feedback is not kept on this device")
-            return self.answers.handle(self._model_named(parts[2]).name, body)
-        if len(parts) != 4 or parts[:2] != ["v2", "models"] or parts[3] != "infer":
-            raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint {shown(path, 200)}")
-        model = self._model_named(parts[2])
+    def _model_ready(self, request: Request) -> Answer:
+        return HTTPStatus.OK, {"name": self._model(request).name, "ready": True}
+
+    def _model(self, request: Request) -> ActiveModel:
+        name = request.params["name"]
+        holder = self.models.find(name)
+        model = holder.current() if holder is not None else None
+        if model is None:
+            if not self.models.models():
+                raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "no model installed")
+            raise RequestError(HTTPStatus.NOT_FOUND, f"model {shown(name)} is not served here")
+        return model
+
+    def _infer(self, request: Request) -> Answer:
+        name = request.params["name"]
+        holder = self.models.find(name)
+        if holder is None:
+            self._model(request)  # raises: 503 with no model at all, 404 otherwise
+            raise AssertionError("unreachable")
+        # The model is taken once and counted in flight: a swap meanwhile lets this
+        # request finish on it, and the installer drains it before letting it go.
+        with holder.serve() as model:
+            if model is None or model.name != name:  # swapped out between find and serve
+                raise RequestError(HTTPStatus.NOT_FOUND, f"model {shown(name)} is not served here")
+            return self._infer_on(model, request.body)
+
+    def _infer_on(self, model: ActiveModel, body: bytes) -> Answer:
         feeds, request, names = parse_infer_request(
             body, model.runtime.signature, allow_non_finite=self.allows_non_finite(model.name)
         )
@@ -236,14 +287,6 @@ class InferenceServer:
         response["outputs"] = [encode_tensor(n, np.asarray(outputs[n])) for n in names]
         return HTTPStatus.OK, response
 
-    def _model_named(self, name: str) -> ActiveModel:
-        model = self.holder.current()
-        if model is None:
-            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "no model installed")
-        if name != model.name:
-            raise RequestError(HTTPStatus.NOT_FOUND, f"model {shown(name)} is not served here")
-        return model
-
 
 def _make_handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
@@ -257,16 +300,16 @@ def _make_handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             def handle() -> tuple[HTTPStatus, dict[str, Any]]:
                 self._read_body(required=False)  # ignored, but read: the next request follows
-                return server.handle_get(self.path)
+                return server.dispatch("GET", self.path)
 
             self._answer(handle)
 
         def do_POST(self) -> None:
-            self._answer(lambda: server.handle_post(self.path, self._read_body(required=True)))
+            self._answer(lambda: server.dispatch("POST", self.path, self._read_body(required=True)))
 
         def do_DELETE(self) -> None:
             self._answer(
-                lambda: server.handle_agent("DELETE", self.path, self._read_body(required=False))
+                lambda: server.dispatch("DELETE", self.path, self._read_body(required=False))
             )
 
         def _answer(self, handle: Callable[[], tuple[HTTPStatus, dict[str, Any]]]) -> None:

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import shutil
 
-from edgefleet.agent.errors import InstallError
+from edgefleet.agent.errors import InstallError, SlotError
 from edgefleet.agent.inference.runtime import ActiveModel, load_runtime
 from edgefleet.agent.install.checks import (
     REFUSALS,
@@ -20,6 +20,7 @@ from edgefleet.agent.install.checks import (
     signed_custom,
 )
 from edgefleet.agent.install.journal import JournalRecord
+from edgefleet.agent.install.memory import check_model_allowed
 from edgefleet.agent.install.pipeline import Installer
 from edgefleet.agent.install.smoke import run_smoke_test
 from edgefleet.messages import BundleOffer, DeviceCommand, InstallReport
@@ -44,6 +45,12 @@ def run_command(installer: Installer, command: DeviceCommand) -> InstallReport |
         stop_shadow(installer, command)
         return None
     reason = command.reason or "rollback command"
+    name = model_of_command(installer, command)
+    if name is None:
+        why = "rollback refused: no hosted model serves that bundle"
+        return installer.send_report("failed", command.bundle_id or "", None, command.rollout_id,
+                                     why)  # fmt: skip
+    installer.select(name)
     active = installer.slots.read_active()
     if active is None:
         return installer.send_report("failed", command.bundle_id or "", None, command.rollout_id,
@@ -60,6 +67,26 @@ def run_command(installer: Installer, command: DeviceCommand) -> InstallReport |
             slot=active.slot,
         )
     return installer.roll_back(record, "rollback", reason, rollout_id=command.rollout_id)
+
+
+def model_of_command(installer: Installer, command: DeviceCommand) -> str | None:
+    """The hosted model a roll-back is about: the one whose active bundle, or whose
+    journal's install, is ``command.bundle_id``; the only one when the command names no
+    bundle (or when a single model is hosted, as a one-model agent always did)."""
+    hosted = installer.hosted()
+    for name in hosted:
+        state = installer.select(name)
+        try:
+            active = state.slots.read_active()
+        except SlotError:
+            active = None
+        record = state.journal.read()
+        if command.bundle_id and command.bundle_id in (
+            active.bundle_id if active else None,
+            record.bundle_id if record else None,
+        ):
+            return name
+    return hosted[0] if len(hosted) == 1 else None
 
 
 def start_shadow(installer: Installer, command: DeviceCommand) -> InstallReport | None:
@@ -99,6 +126,10 @@ def start_shadow(installer: Installer, command: DeviceCommand) -> InstallReport 
         ensure_trust_root(installer.config)
         with installer.verifier.open(offer.target) as signed:
             custom = signed_custom(signed)
+            if custom.model is None:
+                raise InstallError("signed target names no model")
+            check_model_allowed(installer.config, custom.model)
+            installer.select(custom.model)
             if installer.check_signed(offer, custom, installer.slots.read_active()):
                 raise InstallError("the bundle is already active: nothing to shadow")
             installer.check_disk_budget(signed.length, directory)

@@ -31,6 +31,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet import schema
@@ -40,6 +41,7 @@ from edgefleet.agent.inference.runtime import (
     ActiveModel,
     ModelHolder,
     ModelRuntime,
+    ModelTable,
     load_runtime,
 )
 from edgefleet.agent.install.checks import (
@@ -54,6 +56,8 @@ from edgefleet.agent.install.checks import (
 from edgefleet.agent.install.deferral import SwitchGate, UpdateLock
 from edgefleet.agent.install.disk import check_disk_budget
 from edgefleet.agent.install.journal import Journal, JournalRecord
+from edgefleet.agent.install.layout import hosted_models, model_dir
+from edgefleet.agent.install.memory import check_memory_budget, check_model_allowed
 from edgefleet.agent.install.probation import Probation
 from edgefleet.agent.install.shadow import ShadowRunner
 from edgefleet.agent.install.slots import ActiveRecord, SlotName, SlotStore, read_slot_manifest
@@ -74,20 +78,35 @@ DEFER_POLL_S = 0.25
 """How often a deferred install looks at the lock and the window again."""
 
 
+@dataclass
+class ModelState:
+    """One hosted model's own install state: slots, journal, probation, holder."""
+
+    name: str
+    slots: SlotStore
+    journal: Journal
+    probation: Probation
+    holder: ModelHolder
+
+
 class Installer:
     """Runs installs, roll-backs and probation through the journal; never raises for a refusal.
 
-    Commands (``edgefleet.agent.install.commands``) and start-up recovery
+    The agent hosts several models, each with its own ``ModelState`` under
+    ``models/<name>/`` (``edgefleet.agent.install.layout``). A job first selects the
+    model it is about (``select``: an offer's model comes from its signed target);
+    ``slots``, ``journal``, ``probation`` and ``holder`` are then that model's, so an
+    install of one model never reads or writes another's. Commands
+    (``edgefleet.agent.install.commands``) and start-up recovery
     (``edgefleet.agent.install.recovery``) drive it too; all of it runs on the one
-    ``OfferWorker`` thread.
+    ``OfferWorker`` thread, which is what makes the selection safe.
     """
 
     def __init__(
         self,
         *,
         config: AgentConfig,
-        slots: SlotStore,
-        holder: ModelHolder,
+        holder: ModelTable | ModelHolder,
         verifier: Verifier,
         report: ReportSink,
         on_active: Callable[[], None] = lambda: None,
@@ -98,16 +117,17 @@ class Installer:
         lock: UpdateLock | None = None,
     ) -> None:
         self.config = config
-        self.slots = slots
-        self.holder = holder
+        self.models = holder if isinstance(holder, ModelTable) else ModelTable.single(holder)
         self.verifier = verifier
         self.report = report
         self.on_active = on_active
         self.machine = machine or platform.machine()
         self.stats = stats or InferenceStats()
+        self.clock = clock
         self.shadow = shadow
-        self.journal = Journal(config.data_dir)
-        self.probation = Probation(self.stats, config.probation, clock)
+        self._states: dict[str, ModelState] = {}
+        self.state: ModelState | None = None
+        """The model the job under way is about (``select``)."""
         self.gate = SwitchGate(lock or UpdateLock(config.data_dir))
         self.stopping = threading.Event()
         """Set by the worker when the agent stops: a deferred install stops waiting and
@@ -115,6 +135,68 @@ class Installer:
         self.preempted: Callable[[str], bool] = lambda _bundle_id: False
         """Whether other work (an offer of another bundle, a command) is queued behind
         the deferred install of this bundle id: the wait gives way to it."""
+
+    # -- the hosted models -----------------------------------------------------------------
+
+    def select(self, name: str) -> ModelState:
+        """Make model ``name`` the one the job under way is about (created on first use).
+
+        Raises:
+            InstallError: ``name`` is not usable as a model directory.
+        """
+        state = self._states.get(name)
+        if state is None:
+            directory = model_dir(self.config.data_dir, name)
+            state = ModelState(
+                name=name,
+                slots=SlotStore(directory),
+                journal=Journal(directory),
+                probation=Probation(self.stats, self.config.probation, self.clock),
+                holder=self.models.holder(name),
+            )
+            self._states[name] = state
+        self.state = state
+        return state
+
+    def hosted(self) -> list[str]:
+        """Every model with state on disk or selected since start, by name."""
+        return sorted(set(hosted_models(self.config.data_dir)) | set(self._states))
+
+    def _selected(self) -> ModelState:
+        if self.state is None:
+            raise InstallError("no model selected")  # a bug in the caller, not the bundle
+        return self.state
+
+    @property
+    def slots(self) -> SlotStore:
+        return self._selected().slots
+
+    @property
+    def journal(self) -> Journal:
+        return self._selected().journal
+
+    @property
+    def probation(self) -> Probation:
+        return self._selected().probation
+
+    @property
+    def holder(self) -> ModelHolder:
+        return self._selected().holder
+
+    def model_sizes(self) -> dict[str, int]:
+        """Bytes of each hosted model's active artifact (its memory estimate)."""
+        sizes: dict[str, int] = {}
+        for name in self.hosted():
+            slots = SlotStore(model_dir(self.config.data_dir, name))
+            try:
+                record = slots.read_active()
+                if record is None:
+                    continue
+                slot_dir = slots.slot_dir(record.slot)
+                sizes[name] = (slot_dir / read_slot_manifest(slot_dir).artifact).stat().st_size
+            except (SlotError, BundleError, OSError):
+                continue
+        return sizes
 
     # -- install ---------------------------------------------------------------------
 
@@ -156,25 +238,18 @@ class Installer:
             self.report(message)
             return message
 
-        record = self.journal.begin(
-            JournalRecord(
-                bundle_id=offer.bundle_id,
-                target=offer.target,
-                release=offer.release,
-                rollout_id=offer.rollout_id,
-                restarts=resumed.restarts if resumed else 0,
-                maintenance_window=offer.maintenance_window,
-            )
-        )
+        self.state = None  # selected from the signed target, in _run
         send("downloading")
         try:
-            return self._run(offer, record, send, started)
+            return self._run(offer, send, started, resumed)
         except REFUSALS as e:
             reason = refusal_reason(e)
             logger.warning(
                 "install failed bundle_id=%s release=%s reason=%s", offer.bundle_id, release, reason
             )
-            current = self.journal.read()
+            current = self.journal.read() if self.state is not None else None
+            if current is not None and current.bundle_id != offer.bundle_id:
+                current = None  # refused before this install was recorded
             if current is not None and current.state == "active":
                 return self.roll_back(current, "error", reason, rollout_id=offer.rollout_id)
             if current is not None and not current.finished:
@@ -184,9 +259,9 @@ class Installer:
     def _run(
         self,
         offer: BundleOffer,
-        record: JournalRecord,
         send: Callable[..., InstallReport],
         started: float,
+        resumed: JournalRecord | None,
     ) -> InstallReport:
         ensure_trust_root(self.config)
         if offer.maintenance_window is not None:
@@ -196,12 +271,29 @@ class Installer:
                 raise InstallError(f"maintenance window unusable here: {e}") from e
         with self.verifier.open(offer.target) as signed:
             custom = signed_custom(signed)
+            if custom.model is None:
+                raise InstallError("signed target names no model")
+            # The signed target says which model this is: from here on the install
+            # touches that model's slots and journal only.
+            check_model_allowed(self.config, custom.model)
+            self.select(custom.model)
+            record = self.journal.begin(
+                JournalRecord(
+                    bundle_id=offer.bundle_id,
+                    target=offer.target,
+                    release=offer.release,
+                    rollout_id=offer.rollout_id,
+                    restarts=resumed.restarts if resumed else 0,
+                    maintenance_window=offer.maintenance_window,
+                )
+            )
             active = self.slots.read_active()
             if self.check_signed(offer, custom, active):
                 logger.info("bundle already active bundle_id=%s", offer.bundle_id)
                 self.journal.fire(record, "error", reason="already active")
                 return send("active", install_seconds=time.monotonic() - started)
             slot = self.slots.inactive_slot(active)
+            check_memory_budget(self.config, custom.model, signed.length, self.model_sizes())
             self.check_disk_budget(signed.length, self.slots.slot_dir(slot))
 
             record = self.journal.fire(record, "start")
@@ -214,6 +306,7 @@ class Installer:
         record = self.journal.fire(record, "unpacked", slot=slot)
         send("staged")
 
+        # Loaded (and smoke-tested) before the switch: the swap itself is one assignment.
         runtime = load_runtime(manifest, slot_dir)
         run_smoke_test(runtime, manifest, slot_dir)
         record = self.journal.fire(record, "smoke_passed")
@@ -307,7 +400,7 @@ class Installer:
             previous=schema.to_builtins(previous) if previous else None,
         )
         self.slots.write_active(_active_record(slot, manifest))
-        self.holder.swap(ActiveModel.from_manifest(manifest, runtime))
+        self.serve(ActiveModel.from_manifest(manifest, runtime))
         if self.shadow is not None and self.shadow.bundle_id == manifest.bundle_id:
             self.shadow.stop("the shadowed bundle is now installed")
         self.probation.start(manifest.bundle_id)
@@ -365,18 +458,33 @@ class Installer:
             BundleError: a member does not match the bundle's manifest.
             InstallError: the manifest disagrees with the signed fields or the profile.
         """
-        return unpack_checked(path, directory, custom, self.config.profile)
+        manifest = unpack_checked(path, directory, custom, self.config.profile)
+        if custom.model is not None and manifest.model.name != custom.model:
+            raise InstallError(f"manifest model {manifest.model.name!r} != signed {custom.model!r}")
+        return manifest
 
     # -- probation and roll-back -----------------------------------------------------------
 
     def tick(self) -> InstallReport | None:
-        """Judge the model on probation: commit it, roll it back, or keep watching.
+        """Judge each model on probation: commit it, roll it back, or keep watching.
 
         Returns:
             The report sent (``committed``, ``rolled_back``, or ``failed`` when the
             roll-back was impossible), or None while the verdict is open or nothing
             is on probation.
         """
+        selected, reports = self.state, []
+        try:
+            for name in sorted(self._states):
+                self.select(name)
+                report = self._tick_selected()
+                if report is not None:
+                    reports.append(report)
+        finally:
+            self.state = selected
+        return reports[-1] if reports else None
+
+    def _tick_selected(self) -> InstallReport | None:
         if not self.probation.running:
             return None
         record = self.journal.read()
@@ -470,7 +578,23 @@ class Installer:
         """Serve ``loaded`` (``load_slot(slot)``'s result): ``active.json`` first, then swap."""
         model, record = loaded
         self.slots.write_active(record)
-        self.holder.swap(model)
+        self.serve(model)
+
+    def serve(self, model: ActiveModel) -> None:
+        """Swap ``model`` in for its name, then wait for the replaced one to drain.
+
+        New requests get ``model`` from the swap on; requests already running finish on
+        the old one, which is let go once the last of them has answered (bounded by
+        ``DRAIN_TIMEOUT_S``: a model call that never returns is logged, not waited for).
+        """
+        holder = self.holder
+        previous = holder.swap(model)
+        if previous is not None and not holder.drain(previous):
+            logger.warning(
+                "replaced model still busy after drain timeout bundle_id=%s inflight=%d",
+                previous.bundle_id,
+                holder.inflight(previous),
+            )
 
     def send_report(
         self,

@@ -30,6 +30,7 @@ class Probation:
         self.rule = rule
         self.clock = clock
         self._started: float | None = None
+        self._bundle_id: str | None = None
 
     @property
     def running(self) -> bool:
@@ -38,19 +39,24 @@ class Probation:
 
     def start(self, bundle_id: str) -> None:
         """Start counting ``bundle_id``'s requests from now."""
+        if self._bundle_id is not None:
+            self.stats.end_probation(self._bundle_id)
         self.stats.start_probation(bundle_id)
+        self._bundle_id = bundle_id
         self._started = self.clock()
 
     def stop(self) -> None:
         """End the probation (committed or rolled back); requests are no longer judged."""
         self._started = None
-        self.stats.start_probation(None)
+        if self._bundle_id is not None:
+            self.stats.end_probation(self._bundle_id)
+        self._bundle_id = None
 
     def verdict(self) -> Verdict:
         """``("breach", reason)``, ``("passed", window)``, or None to keep watching."""
         if self._started is None:
             return None
-        window = self.stats.probation_window()
+        window = self.stats.probation_window(self._bundle_id)
         reason = probation_breach(window, self.rule)
         if reason is not None:
             return ("breach", reason)

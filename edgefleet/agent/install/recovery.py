@@ -9,16 +9,44 @@ from __future__ import annotations
 
 import logging
 
+from edgefleet.agent.errors import AgentError, SlotError
 from edgefleet.agent.install.journal import resume_action
+from edgefleet.agent.install.layout import migrate_single_model
 from edgefleet.agent.install.pipeline import Installer
+from edgefleet.errors import BundleError
 from edgefleet.messages import BundleOffer, InstallReport
 from edgefleet.states.install import RESUME, abort_event
 
 logger = logging.getLogger(__name__)
 
 
+def recover_all(installer: Installer) -> list[InstallReport]:
+    """``recover`` every hosted model in turn (after moving a one-model layout into
+    ``models/<name>/``); one model's failure to recover never stops another's.
+
+    Returns:
+        The reports sent.
+    """
+    try:
+        migrate_single_model(installer.config.data_dir)
+    except OSError as e:
+        logger.error("one-model state not migrated reason=%s", e)
+    reports = []
+    for name in installer.hosted():
+        installer.select(name)
+        try:
+            report = recover(installer)
+        except (SlotError, BundleError, AgentError, OSError) as e:
+            logger.error("model not recovered model=%s reason=%s", name, e)
+            continue
+        if report is not None:
+            reports.append(report)
+    return reports
+
+
 def recover(installer: Installer) -> InstallReport | None:
-    """Continue or roll back the journal's unfinished install; returns the report sent, if any.
+    """Continue or roll back the selected model's unfinished install; returns the report
+    sent, if any.
 
     A roll-back recorded but not carried out (a power cut in between) is finished
     here, without a report.

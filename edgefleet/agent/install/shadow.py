@@ -103,7 +103,7 @@ class ShadowRunner:
     ) -> None:
         """Request path: queue the inputs and the active model's answer, never wait."""
         shadow = self._model
-        if shadow is None or active.bundle_id == shadow.bundle_id:
+        if shadow is None or active.name != shadow.name or active.bundle_id == shadow.bundle_id:
             return
         try:
             self._queue.put_nowait((feeds, outputs))

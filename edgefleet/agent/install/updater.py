@@ -29,7 +29,7 @@ import time
 from edgefleet.agent.install.checks import ensure_trust_root
 from edgefleet.agent.install.commands import run_command
 from edgefleet.agent.install.pipeline import Installer, ReportSink
-from edgefleet.agent.install.recovery import recover
+from edgefleet.agent.install.recovery import recover_all
 from edgefleet.agent.install.selfupdate import SelfUpdater
 from edgefleet.messages import BundleOffer, DeviceCommand, InstallReport
 
@@ -117,7 +117,7 @@ class OfferWorker:
                 if job == "tick":
                     self.installer.tick()
                 elif job == "recover":
-                    recover(self.installer)
+                    recover_all(self.installer)
                 elif isinstance(job, DeviceCommand):
                     run_command(self.installer, job)
                 elif isinstance(job, BundleOffer) and job.kind == "agent":

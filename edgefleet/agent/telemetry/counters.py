@@ -6,7 +6,8 @@ on a 16 µs model the lock and histogram bucket it replaced added ~10 %. The
 forwarder thread folds what was recorded into the windows every tick
 (``InferenceStats.fold``, vectorised). Two windows are kept: the telemetry window,
 handed over and reset every ``window_s`` as an ``inference`` event, and the
-probation window of the bundle under probation, which the health rule judges.
+probation window of each bundle under probation, which the health rule judges. Each
+bundle also keeps its own telemetry window: an agent hosts several models.
 """
 
 from __future__ import annotations
@@ -101,8 +102,8 @@ class InferenceStats:
         self.record = self._pending.append
         self._lock = threading.Lock()
         self._window = LatencyWindow()
-        self._probation = LatencyWindow()
-        self._probation_bundle: str | None = None
+        self._by_bundle: dict[str, LatencyWindow] = {}
+        self._probation: dict[str, LatencyWindow] = {}
 
     def fold(self) -> int:
         """Move what was recorded into the windows; returns how many observations."""
@@ -115,9 +116,15 @@ class InferenceStats:
             buckets = np.searchsorted(_BOUNDS, np.asarray(latencies), side="left")
             failed = ~np.asarray(oks, dtype=bool)
             self._add(self._window, buckets, failed)
-            if self._probation_bundle is not None:
-                on_probation = np.asarray(bundles, dtype=object) == self._probation_bundle
-                self._add(self._probation, buckets[on_probation], failed[on_probation])
+            names = np.asarray(bundles, dtype=object)
+            for bundle in set(bundles):
+                # An agent hosts several models: each bundle's requests are its own
+                # window (telemetry per bundle) and its own probation.
+                mine = names == bundle
+                window = self._by_bundle.setdefault(bundle, LatencyWindow())
+                self._add(window, buckets[mine], failed[mine])
+                if bundle in self._probation:
+                    self._add(self._probation[bundle], buckets[mine], failed[mine])
         return len(taken)
 
     @staticmethod
@@ -125,24 +132,45 @@ class InferenceStats:
         window.add_counts(np.bincount(buckets, minlength=len(BOUNDS_MS) + 1), int(failed.sum()))
 
     def take_window(self) -> LatencyWindow:
-        """The telemetry window so far; a fresh one starts."""
+        """The telemetry window so far, every bundle together; a fresh one starts."""
         self.fold()
         with self._lock:
             window, self._window = self._window, LatencyWindow()
+            self._by_bundle = {}
         return window
 
-    def start_probation(self, bundle_id: str | None) -> None:
-        self.fold()  # what was served before this belongs to the telemetry window only
-        with self._lock:
-            self._probation_bundle = bundle_id
-            self._probation = LatencyWindow()
-
-    def probation_window(self) -> LatencyWindow:
+    def take_windows(self) -> dict[str, LatencyWindow]:
+        """The telemetry window so far of each bundle that answered; fresh ones start."""
         self.fold()
         with self._lock:
-            return LatencyWindow(
-                self._probation.count, self._probation.errors, list(self._probation.buckets)
-            )
+            windows, self._by_bundle = self._by_bundle, {}
+            self._window = LatencyWindow()
+        return windows
+
+    def start_probation(self, bundle_id: str | None) -> None:
+        """Judge ``bundle_id``'s requests from now on (None: end every probation)."""
+        self.fold()  # what was served before this belongs to the telemetry window only
+        with self._lock:
+            if bundle_id is None:
+                self._probation = {}
+            else:
+                self._probation[bundle_id] = LatencyWindow()
+
+    def end_probation(self, bundle_id: str) -> None:
+        """Stop judging ``bundle_id`` (committed or rolled back)."""
+        with self._lock:
+            self._probation.pop(bundle_id, None)
+
+    def probation_window(self, bundle_id: str | None = None) -> LatencyWindow:
+        """The requests ``bundle_id`` answered on probation (default: the only one)."""
+        self.fold()
+        with self._lock:
+            if bundle_id is None:
+                bundle_id = next(iter(self._probation), None)
+            window = self._probation.get(bundle_id) if bundle_id is not None else None
+            if window is None:
+                return LatencyWindow()
+            return LatencyWindow(window.count, window.errors, list(window.buckets))
 
 
 def probation_breach(window: LatencyWindow, rule: ProbationConfig) -> str | None:

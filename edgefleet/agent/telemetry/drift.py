@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.agent.errors import SlotError
+from edgefleet.agent.errors import AgentError, SlotError
 from edgefleet.agent.inference.feedback import LabelledAnswer
 from edgefleet.agent.inference.runtime import ActiveModel
 from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
@@ -360,29 +360,31 @@ def scored_outputs(outputs: dict[str, np.ndarray], kind: OutputKind) -> np.ndarr
 
 
 class DriftSupervisor:
-    """Keeps one ``DriftMonitor`` for whichever bundle is serving.
+    """Keeps one ``DriftMonitor`` per hosted model, for whichever bundle of it is serving.
 
     The monitor of a newly active bundle is built on its first input, from the
-    reference its slot holds; the old bundle's monitor is stopped then.
+    reference its slot holds; that model's old monitor is stopped then. Models hosted
+    side by side each keep their own monitor.
     """
 
     def __init__(
         self,
-        slots: SlotStore,
+        slots: SlotStore | Callable[[str], SlotStore],
         publish: Callable[[TelemetryEvent], None],
         thresholds: DriftThresholds | None = None,
         sample_size: int = 0,
         budget: ByteBudget | None = None,
     ) -> None:
-        self._slots = slots
+        self._slots_for: Callable[[str], SlotStore] = (
+            (lambda _name: slots) if isinstance(slots, SlotStore) else slots
+        )
         self._publish = publish
         self._thresholds = thresholds
         self._sample_size = sample_size
         self._budget = budget
         self.unmatched_labels = 0
         self._lock = threading.Lock()
-        self._bundle_id: str | None = None
-        self._monitor: DriftMonitor | None = None
+        self._monitors: dict[str, tuple[str, DriftMonitor | None]] = {}
 
     def observe(
         self,
@@ -391,7 +393,7 @@ class DriftSupervisor:
         outputs: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Pass one request's inputs (and answers, when sampling) to the model's monitor."""
-        monitor = self._monitor_for(model.bundle_id)
+        monitor = self._monitor_for(model.name, model.bundle_id)
         if monitor is None:
             return
         inputs = feeds.get(monitor.input_name)
@@ -409,36 +411,41 @@ class DriftSupervisor:
         monitor.submit(inputs, answers, scored)
 
     def reconfigure(self, thresholds: DriftThresholds | None, sample_size: int) -> None:
-        """New window rule and sample size (remote configuration): the serving bundle's
-        monitor is rebuilt with them on its next input, its open window dropped."""
+        """New window rule and sample size (remote configuration): each model's serving
+        bundle's monitor is rebuilt with them on its next input, its open window dropped."""
         with self._lock:
             self._thresholds, self._sample_size = thresholds, sample_size
-            self._bundle_id = None  # the next observe stops the old monitor, builds anew
+            # No bundle matches "": the next observe stops the old monitor, builds anew.
+            self._monitors = {name: ("", m) for name, (_b, m) in self._monitors.items()}
 
     def observe_labels(self, labelled: LabelledAnswer) -> None:
-        """A joined label, for the monitor of the bundle that gave the answer; a label
-        for a bundle no longer serving is dropped (counted): its window is gone."""
+        """A joined label, for the monitor of the bundle that gave the answer (its
+        model's); a label for a bundle no longer serving is dropped (counted): its
+        window is gone."""
         with self._lock:  # never switches monitors: the answer's bundle already has one
-            monitor = self._monitor if self._bundle_id == labelled.bundle_id else None
+            known = self._monitors.get(labelled.model)
+            monitor = known[1] if known is not None and known[0] == labelled.bundle_id else None
         if monitor is None:
             self.unmatched_labels += 1
             return
         monitor.observe_labels(labelled)
 
-    def _monitor_for(self, bundle_id: str) -> DriftMonitor | None:
+    def _monitor_for(self, name: str, bundle_id: str) -> DriftMonitor | None:
         with self._lock:
-            if bundle_id == self._bundle_id:
-                return self._monitor
-            if self._monitor is not None:
-                self._monitor.stop()
-            self._bundle_id, self._monitor = bundle_id, None
+            known = self._monitors.get(name)
+            if known is not None and known[0] == bundle_id:
+                return known[1]
+            if known is not None and known[1] is not None:
+                known[1].stop()
+            self._monitors[name] = (bundle_id, None)
             try:
-                record = self._slots.read_active()
+                slots = self._slots_for(name)
+                record = slots.read_active()
                 if record is None or record.bundle_id != bundle_id:
                     return None
-                slot_dir = self._slots.slot_dir(record.slot)
+                slot_dir = slots.slot_dir(record.slot)
                 manifest = read_slot_manifest(slot_dir)
-            except (SlotError, BundleError, OSError) as e:
+            except (SlotError, BundleError, OSError, AgentError) as e:
                 logger.error("no drift monitor bundle_id=%s reason=%s", bundle_id, e)
                 return None
             monitor = DriftMonitor.for_slot(
@@ -452,11 +459,12 @@ class DriftSupervisor:
             if monitor is not None:
                 monitor.start()
                 logger.info("drift monitor started bundle_id=%s", bundle_id)
-            self._monitor = monitor
+            self._monitors[name] = (bundle_id, monitor)
             return monitor
 
     def stop(self) -> None:
         with self._lock:
-            if self._monitor is not None:
-                self._monitor.stop()
-            self._monitor = None
+            for _bundle_id, monitor in self._monitors.values():
+                if monitor is not None:
+                    monitor.stop()
+            self._monitors = {}

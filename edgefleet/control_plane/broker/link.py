@@ -22,7 +22,9 @@ dies (the death is logged, counted in ``/metrics`` and shown by ``/api/v1/health
 - ``cp-blobs``: every ``Settings.blob_retention_s``, clears the retained blobs no
   running rollout needs (``edgefleet.control_plane.broker.blobs``);
 - ``cp-telemetry``: telemetry, stored in bursts of up to ``TELEMETRY_BURST`` events
-  per transaction and acknowledged to the broker once the burst is handled.
+  per transaction and acknowledged to the broker once the burst is handled. Its queue
+  holds at most ``TELEMETRY_QUEUE_MAX`` messages; past that a message is acknowledged
+  unreceipted and left to the device's spool, which sends it again.
 
 **Blobs.** Before a bundle is first offered (or shadowed), its target is published
 once as retained chunks that the broker serves to every device
@@ -134,8 +136,17 @@ from edgefleet.supervisor import Supervisor, WorkerState
 
 logger = logging.getLogger(__name__)
 
-TELEMETRY_BURST = 500
-"""Most telemetry events stored in one transaction."""
+TELEMETRY_BURST = 2000
+"""Most telemetry events stored in one transaction. Larger bursts spread a transaction's
+fixed round trips over more events: storing alone (COPY, aggregates, device touch, one
+commit) measured 3,012 events/s in bursts of 500 and 6,819 in bursts of 2,000; a burst is
+only as large as what queued while the previous one was stored."""
+TELEMETRY_QUEUE_MAX = 20_000
+"""Most telemetry messages waiting for ``cp-telemetry`` (a few seconds of a fleet's
+telemetry at full speed, some MiB). Past it a message is acknowledged and dropped
+unreceipted: the device keeps it in its spool and sends it again, so a burst the
+database cannot keep up with waits on the devices, not in this process's memory (and
+not in the broker's in-flight window, which fetch requests and reports share)."""
 REPORT_BURST = 200
 """Most install reports applied in one transaction."""
 FETCH_WORKERS = 4
@@ -217,9 +228,11 @@ class FleetLink:
         )
         self.supervisor = Supervisor()
         self._fetch_workers = fetch_workers
+        self._ingest_method = settings.ingest_method
         self._events: queue.Queue[tuple[topics.Up, str, Incoming] | None] = queue.Queue()
         self._fetches: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
-        self._telemetry: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
+        self._telemetry: queue.Queue[tuple[str, Incoming] | None] = queue.Queue(TELEMETRY_QUEUE_MAX)
+        self.telemetry_shed = 0  # telemetry messages dropped unreceipted on a full queue
         self._log_requests = LogRequests()
         self._started = False
         self._stopped = threading.Event()
@@ -462,7 +475,16 @@ class FleetLink:
         if device_id is None:
             message.ack()
             return
-        self._telemetry.put((device_id, message))
+        try:
+            self._telemetry.put_nowait((device_id, message))
+        except queue.Full:  # shed: the device resends what no receipt named
+            message.ack()
+            self.telemetry_shed += 1
+            if self.telemetry_shed % 1000 == 1:
+                logger.warning(
+                    "telemetry queue full, messages left to the devices' spools shed=%d",
+                    self.telemetry_shed,
+                )
 
     def _on_logs(self, message: Incoming) -> None:
         """A log answer chunk: decoded here (bounded, quick) and handed to its waiter."""
@@ -713,7 +735,7 @@ class FleetLink:
             return []
         try:
             with Session(self._engine) as session:
-                ingest_events(session=session, batch=events)
+                ingest_events(session=session, batch=events, method=self._ingest_method)
             return events
         except Exception as e:
             if is_transient(e):

@@ -27,8 +27,32 @@ def device_list(api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -> No
     """List devices with their presence and installed bundle."""
     with api_errors(), ApiClient(api) as client:
         rows = client.list_devices()
-    columns = ["id", "profile", "online", "bundle_id", "release", "last_seen"]
+    for row in rows:  # every model the device serves, as "name vX rN" (one line each)
+        row["models_served"] = (
+            "\n".join(
+                f"{m.get('name')} v{m.get('version')} r{m.get('release')}"
+                for m in row.get("models") or []
+            )
+            or None
+        )
+    columns = ["id", "profile", "online", "models_served", "bundle_id", "release", "last_seen"]
+    if as_json:
+        rows = [{k: v for k, v in row.items() if k != "models_served"} for row in rows]
     print_rows(rows, columns, "devices", as_json)
+
+
+@device_app.command("show")
+def device_show(device_id: str, api: ApiOption = DEFAULT_API, as_json: JsonOption = False) -> None:
+    """One device: its presence, and every model it serves with its bundle and release."""
+    with api_errors(), ApiClient(api) as client:
+        device = client.get_device(device_id)
+    if as_json:
+        console.print_json(json.dumps(device))
+        return
+    for key in ("id", "profile", "online", "agent_version", "spool_depth", "last_seen"):
+        console.print(f"{key}: {device.get(key)}")
+    models = device.get("models") or []
+    print_rows(models, ["name", "version", "bundle_id", "release"], "models", False)
 
 
 @device_app.command("label")

@@ -116,6 +116,19 @@ class Settings(BaseSettings):
     broker_key_file: Path | None = None
     enrol_rate_per_minute: float = Field(default=6.0, gt=0, description="per client address")
     enrol_burst: int = Field(default=5, ge=1)
+    event_retention_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="telemetry events older than this are dropped (whole day partitions on "
+        "PostgreSQL, deleted rows on SQLite)",
+    )
+    ingest_method: Literal["values", "copy"] = Field(
+        default="copy",
+        description="how telemetry bursts are written on PostgreSQL: COPY through a staging "
+        "table (copy, measured faster by bench/ingest.py) or multi-row INSERT (values); "
+        "SQLite always uses multi-row INSERT",
+    )
     rollout_tick_s: float = Field(
         default=1.0, gt=0, le=60, description="how often the orchestrator advances rollouts"
     )

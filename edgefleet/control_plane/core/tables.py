@@ -170,6 +170,12 @@ class DeviceBase(SQLModel):
     model: str | None = None
     model_version: str | None = None
     agent_version: str | None = None
+    models: list[dict[str, Any]] | None = Field(
+        default=None,
+        sa_type=JSON,
+        description="every model the device serves (name, version, bundle_id, release), "
+        "as of its last status; the top-level model fields name the first",
+    )
     spool_depth: int | None = Field(
         default=None, description="events waiting in the device's spool, as of its last status"
     )
@@ -557,6 +563,66 @@ class Event(SQLModel, table=True):
     ts: datetime = Field(sa_type=DateTime(timezone=True), index=True)
     received_at: datetime = _ts_field()
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class EventAggregate(SQLModel, table=True):
+    """Telemetry of one rollout's wave about one bundle, summed per minute at ingest.
+
+    The gates read these rows instead of scanning raw events, so judging a wave costs
+    the minutes it soaked, not the events its devices sent. ``bundle_id`` is the bundle
+    the window was about (for ``shadow`` windows, the shadowed candidate). Sums are
+    weighted by each window's ``count``: a p95 or agreement is the weighted sum divided
+    by ``inferences``.
+    """
+
+    __tablename__ = "event_aggregate"
+
+    rollout_id: int = Field(primary_key=True)
+    wave: int = Field(primary_key=True)
+    bundle_id: str = Field(primary_key=True)
+    kind: str = Field(primary_key=True, max_length=16)
+    minute: datetime = Field(sa_type=DateTime(timezone=True), primary_key=True)
+    events: int = 0
+    inferences: float = 0.0
+    errors: float = 0.0
+    p95_weighted: float = 0.0
+    agreement_weighted: float = 0.0
+    unhistogrammed: int = 0  # windows with inferences but no usable latency histogram
+    window_s: float = 0.0  # the longest telemetry window reported
+
+
+class EventHistogramBucket(SQLModel, table=True):
+    """One latency bucket of an ``EventAggregate`` row: inferences at or under ``bound_ms``.
+
+    Overflow (above a histogram's last bound) is kept at twice that bound, the value the
+    gates have always read for it.
+    """
+
+    __tablename__ = "event_histogram_bucket"
+
+    rollout_id: int = Field(primary_key=True)
+    wave: int = Field(primary_key=True)
+    bundle_id: str = Field(primary_key=True)
+    kind: str = Field(primary_key=True, max_length=16)
+    minute: datetime = Field(sa_type=DateTime(timezone=True), primary_key=True)
+    bound_ms: float = Field(primary_key=True)
+    inferences: float = 0.0
+
+
+class RolloutReporter(SQLModel, table=True):
+    """A device of a rollout sent ``kind`` telemetry about ``bundle_id``, last at ``last_ts``.
+
+    The gates need to know which devices reported, not only the sums: this keeps that
+    at one row per device instead of a scan of its events.
+    """
+
+    __tablename__ = "rollout_reporter"
+
+    rollout_id: int = Field(primary_key=True)
+    device_id: str = Field(primary_key=True, max_length=40)
+    bundle_id: str = Field(primary_key=True)
+    kind: str = Field(primary_key=True, max_length=16)
+    last_ts: datetime = Field(sa_type=DateTime(timezone=True))
 
 
 class EventPublic(SQLModel):

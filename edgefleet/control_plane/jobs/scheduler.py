@@ -24,6 +24,8 @@ from sqlalchemy.engine import Engine
 
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.drift.loop import INTERVAL_S as DRIFT_LOOP_INTERVAL_S
+from edgefleet.control_plane.jobs.event_store import INTERVAL_S as EVENT_STORE_INTERVAL_S
+from edgefleet.control_plane.jobs.event_store import upkeep_event_store
 from edgefleet.control_plane.jobs.schedules import detect_stale_devices, sync_cron_jobs
 from edgefleet.control_plane.trust.repository import SignedRepository
 
@@ -86,6 +88,9 @@ def build_scheduler(
         crontabs, so a policy change takes effect without a restart.
     ``stale-devices`` (every minute)
         Flags online devices silent for longer than ``settings.stale_after_s``.
+    ``event-store`` (hourly, first run at once)
+        Keeps the events table's day partitions a week ahead on PostgreSQL and drops
+        (on SQLite: deletes) events older than ``settings.event_retention_days``.
     ``rollout-orchestrator`` (every ``settings.rollout_tick_s``)
         Advances every active rollout one step (waves, gates, pauses, rollbacks).
         Passes never overlap.
@@ -126,6 +131,13 @@ def build_scheduler(
             detect_stale_devices,
             {"seconds": 60},
             [engine, timedelta(seconds=settings.stale_after_s)],
+        ),
+        _Job(
+            "event-store",
+            upkeep_event_store,
+            {"seconds": EVENT_STORE_INTERVAL_S},
+            [engine, settings.event_retention_days],
+            {"next_run_time": datetime.now(UTC), **single_pass},
         ),
         _Job(
             "rollout-orchestrator",

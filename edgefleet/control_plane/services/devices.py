@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, func, select
 
+from edgefleet import schema
 from edgefleet.control_plane.core.errors import NotFoundError
 from edgefleet.control_plane.core.tables import (
     Device,
@@ -79,6 +80,8 @@ def upsert_device_status(*, session: Session, device_id: str, status: DeviceStat
         value = getattr(status, field)
         if value is not None:
             setattr(device, field, value)
+    if status.models is not None:  # every model it serves (a last will carries none)
+        device.models = [schema.to_builtins(m, omit_none=True) for m in status.models]
     if status.spool_depth is not None:  # the depth now, republished as it changes
         device.spool_depth = status.spool_depth
     session.add(device)

@@ -2,56 +2,95 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
-from sqlalchemy import Numeric, Text, case, cast, insert, update
-from sqlalchemy.exc import IntegrityError
+import psycopg
+from sqlalchemy import Numeric, Table, Text, case, cast, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, func, select
 
 from edgefleet.control_plane.core.tables import Device, Event, EventSummary, utcnow
-from edgefleet.control_plane.services.devices import touch_device
+from edgefleet.control_plane.services.event_aggregates import AggregatedEvent, add_to_aggregates
 from edgefleet.control_plane.services.field_data import store_samples
 from edgefleet.messages import TelemetryEvent
 
 logger = logging.getLogger(__name__)
 
 
-def ingest_events(*, session: Session, batch: Sequence[tuple[str, TelemetryEvent]]) -> int:
+IngestMethod = Literal["values", "copy"]
+"""How a burst reaches PostgreSQL: one multi-row ``INSERT ... ON CONFLICT DO NOTHING``
+(``values``), or ``COPY`` into a staging table then ``INSERT ... SELECT ... ON CONFLICT
+DO NOTHING`` (``copy``, the control plane's default: ``bench/ingest.py`` measured it 1.4x
+faster end to end and about 2x faster at the database). SQLite always takes ``values``."""
+
+TOUCH_EVERY = timedelta(seconds=5)
+"""``last_seen`` is refreshed at most this often per device by telemetry: a device that
+sends many events a second would otherwise rewrite its row in every burst (and replicas
+would queue on its row lock) for a time the stale check reads at minute grain."""
+
+_COLUMNS = ("event_id", "device_id", "kind", "priority", "bundle_id", "release", "ts",
+            "received_at", "data")  # fmt: skip
+
+
+def ingest_events(
+    *,
+    session: Session,
+    batch: Sequence[tuple[str, TelemetryEvent]],
+    method: IngestMethod = "values",
+) -> int:
     """Store a burst of ``(device_id, event)`` in one transaction; how many were new.
 
-    One commit per burst instead of per event is what lets ingest keep up with a
-    fleet's telemetry (``bench/fleet_rollout.py``). Events already stored, or repeated
-    within the burst, are skipped. If another replica stores one of them between the
-    check and the commit, the burst is retried event by event, so each is still
-    stored exactly once.
+    One commit per burst, one statement per burst: what lets one replica store
+    thousands of events a second. Exactly once: an event id already stored, or repeated
+    within the burst, is skipped by ``ON CONFLICT DO NOTHING`` in the database (so two
+    replicas storing the same redelivered event race safely: the second waits for the
+    first and then skips it). Only the events that were new are added to the rollout
+    aggregates (``event_aggregates``) and the field data (``field_data``), in the same
+    transaction. On PostgreSQL the key is
+    ``(event_id, ts)`` (a partitioned table's key holds its partition column); a
+    redelivery carries the same bytes, hence the same ``ts``.
     """
-    unique = {event.event_id: (device_id, event) for device_id, event in batch}
+    unique: dict[str, dict[str, Any]] = {}
+    sent: dict[str, tuple[str, TelemetryEvent]] = {}
+    received = utcnow()
+    for device_id, event in batch:
+        if event.event_id not in unique:
+            unique[event.event_id] = _values(device_id, event, received)
+            sent[event.event_id] = (device_id, event)
     if not unique:
         return 0
-    known = set(session.exec(select(Event.event_id).where(col(Event.event_id).in_(unique))).all())
-    fresh = [(d, e) for event_id, (d, e) in unique.items() if event_id not in known]
-    # One UPDATE for every device heard from in the burst (not a load per device).
-    session.execute(
-        update(Device)
-        .where(col(Device.id).in_(sorted({d for d, _ in fresh})))
-        .values(last_seen=utcnow(), stale=False)
+    rows = list(unique.values())
+    if method == "copy" and session.get_bind().dialect.name == "postgresql":
+        stored = _copy_insert(session, rows)
+    else:
+        stored = _values_insert(session, rows)
+    fresh = [row for row in rows if row["event_id"] in stored]
+    _touch_devices(session, sorted({row["device_id"] for row in fresh}), received)
+    add_to_aggregates(
+        session=session,
+        events=[
+            AggregatedEvent(
+                device_id=row["device_id"],
+                kind=row["kind"],
+                bundle_id=row["bundle_id"],
+                ts=row["ts"],
+                data=row["data"],
+            )
+            for row in fresh
+        ],
     )
-    if fresh:  # a Core insert: building ORM objects cost more than the database did
-        session.execute(insert(Event), [_values(d, e) for d, e in fresh])
-        store_samples(session=session, batch=fresh)  # field data, in the same commit
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        return sum(ingest_event(session=session, device_id=d, event=e) for d, e in fresh)
+    # Field data (``sample`` events), in the same commit, from the new events only.
+    store_samples(session=session, batch=[sent[row["event_id"]] for row in fresh])
+    session.commit()
     return len(fresh)
 
 
-def _values(device_id: str, event: TelemetryEvent) -> dict[str, Any]:
+def _values(device_id: str, event: TelemetryEvent, received: datetime) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
         "device_id": device_id,
@@ -60,27 +99,71 @@ def _values(device_id: str, event: TelemetryEvent) -> dict[str, Any]:
         "bundle_id": event.bundle_id,
         "release": event.release,
         "ts": datetime.fromtimestamp(event.ts, UTC),
+        "received_at": received,
         "data": event.data,
     }
 
 
-def ingest_event(*, session: Session, device_id: str, event: TelemetryEvent) -> bool:
-    """Store ``event`` from ``device_id``; False when it was already stored (a redelivery).
+def _values_insert(session: Session, rows: list[dict[str, Any]]) -> set[str]:
+    """Multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING event_id``: the ids stored.
 
-    The primary key on ``event_id`` makes this exactly-once even with several
-    control-plane replicas racing on the same redelivered message.
+    One statement compiled once and cached; SQLAlchemy sends the rows as multi-row VALUES
+    batches ("insertmanyvalues"), so a burst is one round trip, not one per event.
     """
-    if session.get(Event, event.event_id) is not None:
-        return False
-    touch_device(session=session, device_id=device_id)
-    session.add(Event(**_values(device_id, event)))
-    store_samples(session=session, batch=[(device_id, event)])
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        return False
-    return True
+    table: Table = Event.__table__  # type: ignore[attr-defined]
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert(table).on_conflict_do_nothing().returning(table.c.event_id)
+    return set(session.execute(statement, rows).scalars())
+
+
+def _copy_insert(session: Session, rows: list[dict[str, Any]]) -> set[str]:
+    """``COPY`` into a per-connection staging table, then one ``INSERT ... SELECT``.
+
+    The staging table is temporary (one per database connection, so replicas and
+    threads never share one) and emptied after each burst.
+    """
+    raw = session.connection().connection.dbapi_connection
+    assert isinstance(raw, psycopg.Connection)
+    columns = ", ".join(_COLUMNS)
+    with raw.cursor() as cursor:
+        # Asked every time: a creation rolled back with a failed burst must not be assumed.
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS event_staging "
+            "(LIKE event INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with cursor.copy(f"COPY event_staging ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([json.dumps(row[c]) if c == "data" else row[c] for c in _COLUMNS])
+        cursor.execute(
+            f"INSERT INTO event ({columns}) SELECT {columns} FROM event_staging "
+            "ON CONFLICT DO NOTHING RETURNING event_id"
+        )
+        stored = {r[0] for r in cursor.fetchall()}
+        cursor.execute("TRUNCATE event_staging")
+    return stored
+
+
+def _touch_devices(session: Session, device_ids: list[str], now: datetime) -> None:
+    """Refresh ``last_seen`` of the devices heard from (one UPDATE; see ``TOUCH_EVERY``)."""
+    if not device_ids:
+        return
+    session.execute(
+        update(Device)
+        .where(col(Device.id).in_(device_ids))
+        .where(
+            or_(
+                col(Device.last_seen).is_(None),
+                col(Device.last_seen) < now - TOUCH_EVERY,
+                col(Device.stale),
+            )
+        )
+        .values(last_seen=now, stale=False)
+    )
+
+
+def ingest_event(*, session: Session, device_id: str, event: TelemetryEvent) -> bool:
+    """Store ``event`` from ``device_id``; False when it was already stored (a redelivery)."""
+    return ingest_events(session=session, batch=[(device_id, event)]) == 1
 
 
 def list_events(

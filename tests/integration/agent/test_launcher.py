@@ -97,7 +97,11 @@ def test_new_version_that_confirms_becomes_current(launcher: Launcher) -> None:
     store = launcher.store
     store.request_handover(HandoverRequest(version="good", bundle_id="agent-g-r3", release=3))
 
-    wait_until(lambda: store.current()["version"] == "good", "the handover to be committed")
+    # Committed: "good" is current, then the request is cleared (two steps, in that order).
+    wait_until(
+        lambda: store.current()["version"] == "good" and store.request() is None,
+        "the handover to be committed",
+    )
 
     current = store.current()
     assert (current["version"], current["bundle_id"], current["previous"]) == (

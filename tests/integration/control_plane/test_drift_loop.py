@@ -25,7 +25,8 @@ from edgefleet.control_plane.broker.mosquitto import MosquittoBroker
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import DeviceStatus, TelemetryEvent
 from edgefleet.mqtt import Incoming, MqttLink
-from edgefleet_demo.digits import DigitsModel
+from edgefleet_demo.digits import DigitsModel, load_split
+from edgefleet_demo.retrain_digits import shift_digits
 from tests.support.control_plane import serve
 from tests.support.polling import wait_until
 
@@ -91,6 +92,34 @@ class Loop:
             "drift windows stored",
         )
 
+    def report_field_sample(
+        self, bundle: dict[str, Any], device_id: str, x: np.ndarray, y: np.ndarray
+    ) -> None:
+        """A drifted window's labelled rows, as an agent uploads them (``sample``)."""
+        event = TelemetryEvent(
+            kind="sample",
+            bundle_id=bundle["id"],
+            release=bundle["release"],
+            ts=time.time() - 60,
+            data={
+                "model": "digits",
+                "model_version": bundle["model_version"],
+                "input": "x",
+                "inputs": x.tolist(),
+                "outputs": [None] * len(x),
+                "labels": y.tolist(),
+                "drifted": True,
+                "withheld_rows": 0,
+            },
+        )
+        self.links[device_id].publish(
+            topics.up(device_id, topics.Up.TELEMETRY), event.to_bytes(), wait=10
+        )
+        wait_until(
+            lambda: self.api.get("/api/v1/models/digits/field-data").json(),
+            "the field sample stored",
+        )
+
     def stop(self) -> None:
         for link in self.links.values():
             link.stop()
@@ -138,23 +167,29 @@ def set_policy(api: TestClient, **fields: Any) -> None:
     assert response.status_code == 200, response.text
 
 
-def test_fleet_drift_retrains_builds_compares_and_starts_a_canary_by_itself(
+def test_fleet_drift_retrains_on_field_data_builds_compares_and_starts_a_canary_by_itself(
     loop: tuple[Loop, dict[str, Any]],
 ) -> None:
     harness, bundle = loop
     set_policy(harness.api, retrain="automatic")
     harness.report_drift(bundle, {DEVICES[0]: True, DEVICES[1]: True, DEVICES[2]: False}, windows=3)
+    # What a drifted device saw, labelled later: the brighter sensor's digits (rows the
+    # comparison's original holdout does not hold).
+    train_x, train_y, *_ = load_split()
+    field_x = shift_digits(train_x[:120], 6.0)
+    harness.report_field_sample(bundle, DEVICES[0], field_x, train_y[:120])
     harness.app.state.drift_loop.tick()
 
     (request,) = harness.api.get("/api/v1/retraining").json()
-    assert request["state"] == "rolled_out", request
+    assert request["state"] == "rolled_out", request["reason"]
+    assert request["detail"]["field_data"] == {"rows": 120, "labelled_rows": 120, "devices": 1}
+    assert "retrained digits on 120 labelled field rows" in request["detail"]["hook_output"]
     assert request["trigger"] == "drift"
     assert request["detail"]["trigger_reason"].startswith("drift: 2 of 3 devices (67%)")
     assert request["detail"]["devices_drifted"] == DEVICES[:2]
     assert request["new_version"] == "2"
     assert request["detail"]["challenger_accuracy"] > request["detail"]["champion_accuracy"]
     assert request["detail"]["hook"] == "digits"
-    assert "retrained digits with shift 6.0" in request["detail"]["hook_output"]
     versions = {m["version"] for m in harness.api.get("/api/v1/models").json()}
     assert versions == {"1", "2"}
     rollout = harness.api.get(f"/api/v1/rollouts/{request['rollout_id']}").json()

@@ -68,4 +68,4 @@ def test_every_simulated_device_installs_reports_active_and_its_events_are_store
     # The broker baseline reached every subscriber.
     assert result["baseline_incomplete"] == 0 and result["baseline_s"] is not None
     devices = tmp_path / "fleet" / f"fleet-{DEVICES}" / "devices"
-    assert len(list(devices.glob("dev-*/active.json"))) == DEVICES
+    assert len(list(devices.glob("dev-*/models/*/active.json"))) == DEVICES

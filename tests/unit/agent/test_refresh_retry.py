@@ -17,7 +17,6 @@ from pathlib import Path
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.errors import TransferError
 from edgefleet.agent.inference.runtime import ModelHolder
-from edgefleet.agent.install.slots import SlotStore
 from edgefleet.agent.install.updater import Installer
 from edgefleet.agent.verification.verifier import InProcessVerifier, ResumingTransport
 from edgefleet.control_plane.core.errors import NotFoundError
@@ -51,7 +50,7 @@ def test_refresh_interrupted_after_the_timestamp_is_retried_and_the_install_goes
 ) -> None:
     repository = SignedRepository(tmp_path / "repository")
     repository.init_or_load()
-    custom = {"bundle_id": BUNDLE, "release": 1, "profiles": [PROFILE],
+    custom = {"bundle_id": BUNDLE, "release": 1, "model": "digits", "profiles": [PROFILE],
               "hardware": [platform.machine()]}  # fmt: skip
     repository.add_target(f"{BUNDLE}.tar", b"not a tar archive" * 64, custom)
     root = tmp_path / "root.json"
@@ -70,7 +69,6 @@ def test_refresh_interrupted_after_the_timestamp_is_retried_and_the_install_goes
     reports: list[InstallReport] = []
     installer = Installer(
         config=config,
-        slots=SlotStore(config.data_dir),
         holder=ModelHolder(),
         verifier=InProcessVerifier(config.data_dir, resuming),
         report=reports.append,

@@ -29,13 +29,20 @@ export function mount(root) {
   return async function refresh() {
     const [devices, rollouts] = await Promise.all([get("/devices"), get("/rollouts")]);
     const online = devices.filter((d) => d.online).length;
-    const bundles = new Set(devices.map((d) => d.bundle_id).filter(Boolean));
+    // A device hosts several models: every bundle it serves is in service.
+    const bundles = new Set(devices.flatMap((d) =>
+      d.models?.length ? d.models.map((m) => m.bundle_id) : [d.bundle_id]).filter(Boolean));
     const running = rollouts.filter((r) => ["in_progress", "paused"].includes(r.state));
     replace(tiles,
       tile("devices", devices.length),
       tile("online", `${online} / ${devices.length}`, online < devices.length ? "warn" : "ok"),
       tile("bundles in service", bundles.size),
       tile("rollouts in progress", running.length, running.length ? "busy" : ""));
+    // Every model the device serves, one line each (a one-model device: one line).
+    const modelsCell = (d) => (d.models?.length
+      ? el("div", {}, ...d.models.map((m) => el("div", { title: m.bundle_id ?? "" },
+        `${m.name} v${m.version ?? "?"} · r${m.release ?? "?"}`)))
+      : (d.model ? `${d.model} v${d.model_version}` : "—"));
     const hasLabels = devices.some((d) => Object.keys(d.labels ?? {}).length > 0);
     const columns = [
       { label: "Device", class: "mono", cell: (d) => d.id },
@@ -44,7 +51,7 @@ export function mount(root) {
       { label: "Status", cell: (d) => pill(d.online ? "online" : "offline") },
       { label: "Active bundle", class: "mono",
         cell: (d) => (d.bundle_id ? el("span", { title: d.bundle_id }, short(d.bundle_id, 34)) : "—") },
-      { label: "Model", cell: (d) => (d.model ? `${d.model} v${d.model_version}` : "—") },
+      { label: "Models", cell: modelsCell },
       { label: "Release", class: "num", cell: (d) => d.release ?? "—" },
       { label: "Agent", cell: (d) => d.agent_version ?? "—" },
       // The depth the device's status says now (republished as it changes), not the

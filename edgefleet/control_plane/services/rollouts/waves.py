@@ -18,13 +18,13 @@ from sqlmodel import Session, col, select
 
 from edgefleet.control_plane.core.tables import (
     Bundle,
-    Event,
     Rollout,
     RolloutDevice,
     RolloutGates,
     utcnow,
 )
 from edgefleet.control_plane.services.audit import record_audit
+from edgefleet.control_plane.services.event_aggregates import read_wave_telemetry
 from edgefleet.control_plane.services.rollouts.deadlines import arm_deadlines, aware
 from edgefleet.control_plane.services.rollouts.gates import GateInputs, GateVerdict, evaluate_gates
 from edgefleet.control_plane.services.rollouts.outbox import (
@@ -38,7 +38,6 @@ from edgefleet.messages import DeviceCommand
 from edgefleet.states.install import (
     FINISHED_STATES,
     GATE_FAILED_STATES,
-    INACTIVE_ROW_STATES,
     INSTALLING_STATES,
     TIMED_OUT,
 )
@@ -209,13 +208,12 @@ def end_rollout(
 def wave_verdict(
     session: Session, rollout: Rollout, wave: int, *, now: datetime | None = None
 ) -> GateVerdict:
-    """Gate values for wave ``wave`` at ``now``, from its rows and the events since it started.
+    """Gate values for wave ``wave`` at ``now``, from its rows and its telemetry since it started.
 
     While the wave soaks, the time since the soak began decides how long the gates
     may still wait for evidence (``gates``).
     """
     rows = wave_rows(session, rollout)
-    members = [r.device_id for r in rows if r.wave == wave and r.state not in INACTIVE_ROW_STATES]
     running = {r.device_id for r in rows if r.wave == wave and r.state in ("active", "shadowing")}
     reporting: set[str] = set()
     finished = [r for r in rows if r.wave == wave and r.state in FINISHED_STATES | {"rolling_back"}]
@@ -231,28 +229,10 @@ def wave_verdict(
         for v in (gates.max_error_rate, gates.max_p95_latency_ratio, gates.min_agreement)
     ) or (gates.min_inferences > 0)
     if needs_events and everyone:
-        events = session.exec(
-            select(Event.device_id, Event.kind, Event.bundle_id, Event.data).where(
-                col(Event.kind).in_(["inference", "shadow"]),
-                col(Event.device_id).in_(everyone),
-                col(Event.ts) >= since,
-            )
-        ).all()
-        member_set = set(members)
-        for device_id, kind, bundle_id, raw in events:
-            data: dict[str, Any] = dict(raw or {})
-            if kind == "shadow":
-                about = data.get("bundle_id") or bundle_id
-                if device_id in member_set and about == rollout.bundle_id:
-                    shadow.append(data)
-                    if rollout.strategy == "shadow":
-                        reporting.add(device_id)
-            elif bundle_id == rollout.bundle_id:
-                if device_id in member_set:
-                    candidate.append(data)
-                    reporting.add(device_id)
-            elif bundle_id is not None:
-                baseline.append(data)
+        # Per-minute sums kept at ingest (``event_aggregates``), not a scan of raw events.
+        telemetry = read_wave_telemetry(session=session, rollout=rollout, wave=wave, since=since)
+        candidate, baseline, shadow = telemetry.candidate, telemetry.baseline, telemetry.shadow
+        reporting = telemetry.reporters
     if rollout.strategy == "shadow":
         # The candidate only runs beside the active model: judge its shadow windows,
         # against the active model's own inference windows on the same devices.

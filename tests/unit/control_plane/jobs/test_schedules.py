@@ -127,6 +127,7 @@ def test_scheduler_holds_every_periodic_job_with_its_interval(engine, tmp_path: 
         "drift-loop": timedelta(seconds=DRIFT_LOOP_INTERVAL_S),
         "cron-sync": timedelta(seconds=60),
         "stale-devices": timedelta(seconds=60),
+        "event-store": timedelta(hours=1),
         "rollout-orchestrator": timedelta(seconds=2),
     }
     assert scheduler.get_job("stale-devices").args[1] == timedelta(seconds=120)

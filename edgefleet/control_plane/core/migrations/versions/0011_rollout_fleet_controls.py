@@ -4,7 +4,7 @@ Rollouts already in the database have neither (null): their waves are offered wh
 as before. ``budget_spent_until`` is the bandwidth budget's pacing clock.
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 Create Date: 2026-12-08 01:19:23.478512
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0008"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
