@@ -661,11 +661,8 @@ class FleetLink:
             for device_id, report in reports:
                 self._apply_one_report(device_id, report)
             return
-        receipts: defaultdict[str, list[str]] = defaultdict(list)
-        for device_id, report in reports:
-            receipts[device_id].append(report.event_id)
-        for device_id, event_ids in receipts.items():
-            self.publish_receipts(device_id, event_ids)
+        for device_id, report in reports:  # one receipt per report, resent ones too
+            self.publish_receipts(device_id, [report.event_id])
 
     def _apply_one_report(self, device_id: str, report: InstallReport) -> None:
         topic = topics.up(device_id, topics.Up.REPORT)
