@@ -6,7 +6,8 @@ The control plane publishes the metadata a rollout needs once, retained
 ``fleet/all/down/meta/<file>``. ``RetainedMetadata.stream("metadata/<file>")``:
 
 1. reads the index (subscribe, take the retained message, unsubscribe; the answer,
-   or its absence, serves ``INDEX_TTL_S``);
+   or its absence, serves ``INDEX_TTL_S``, and each refresh's first request, the probe
+   for a newer root, reads it afresh);
 2. a file the index names is read the same way and handed on when its SHA-256 is the
    indexed one;
 3. a probe for a root newer than the index's newest is answered ``404`` here, as the
@@ -127,10 +128,15 @@ class RetainedMetadata:
         """The file's retained bytes, 404 for a root newer than published, None: ask."""
         if not self._link.connected:
             return None
+        probe = ROOT_PROBE_RE.fullmatch(name)
+        if probe:
+            # A refresh starts with the root probe: read the index afresh, so a root
+            # published since the last reading is never answered 404 from memory.
+            self._index = None
         index = self._read_index()
         if index is None:
             return None
-        if (probe := ROOT_PROBE_RE.fullmatch(name)) and int(probe.group(1)) > index.root_version:
+        if probe and int(probe.group(1)) > index.root_version:
             return 404
         expected = index.files.get(name)
         if expected is None:

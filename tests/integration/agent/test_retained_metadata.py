@@ -90,3 +90,22 @@ def test_without_published_metadata_the_device_asks_the_control_plane_as_before(
     asked = {r.path for r in rig.asked}
     assert "metadata/timestamp.json" in asked
     assert rig.blobs.metadata.files_retained == 0
+
+
+def test_a_rotated_timestamp_key_reaches_a_device_through_the_retained_root_chain(
+    rig: Rig,
+) -> None:
+    metadata = _publisher(rig)
+    assert metadata.ensure()
+    verifier = TargetVerifier(rig.data_dir, rig.blobs)
+    assert verifier.find("b-1.tar").length == len(rig.bundle)  # the device read the index
+    rig.repo.rotate_key("timestamp")  # a new root version, and a timestamp the old one refuses
+    assert metadata.ensure()
+    published = metadata.published()
+    assert published is not None and published.root_version == 2
+
+    # Within the index's 30 s: the root probe reads the index afresh and finds 2.root.json.
+    assert verifier.find("b-1.tar").length == len(rig.bundle)
+    assert not [r for r in rig.asked if r.path.startswith("metadata/")]
+    trusted = rig.data_dir / "tuf" / "metadata" / "root.json"
+    assert b'"version": 2' in trusted.read_bytes() or b'"version":2' in trusted.read_bytes()
