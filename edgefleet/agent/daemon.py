@@ -380,6 +380,11 @@ class Agent:
     def handle_command(self, command: DeviceCommand) -> None:
         """Network thread: queue a command for the worker."""
         logger.info("command received command=%s id=%s", command.command, command.command_id)
+        if command.command in ("switch", "drop_staged"):
+            # For an armed install waiting on the worker thread: queued there, it would
+            # make the wait give way instead (``switch_order.OrderInbox``).
+            self.installer.orders.post(command)
+            return
         self.worker.submit(command)
 
     def handle_receipt(self, receipt: Receipt) -> None:

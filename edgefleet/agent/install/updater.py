@@ -10,6 +10,7 @@ this one thread. What each job does lives beside this module, by concern:
     disk.py       the disk budget checked before any download
     probation.py  the health rule's verdict on a freshly switched model
     deferral.py   the update lock and maintenance window a staged switch waits for
+    switch_order.py the signed fleet-wide switch order an armed install waits for
     commands.py   rollback, shadow_start and shadow_stop
     recovery.py   start-up: resume or roll back what the journal left unfinished
     selfupdate.py offers of kind ``agent``: the agent's own release, then a handover

@@ -29,7 +29,7 @@ from edgefleet.control_plane.services.rollouts.deadlines import arm_deadlines
 from edgefleet.control_plane.services.rollouts.outbox import (
     FleetPublisher,
     Outbox,
-    bundle_offer,
+    device_offer,
     publish_outbox,
 )
 from edgefleet.control_plane.services.rollouts.selection import (
@@ -76,16 +76,26 @@ def create_rollout(
     bundle = session.get(Bundle, rollout_in.bundle_id)
     if bundle is None:
         raise NotFoundError(f"bundle {rollout_in.bundle_id} not found")
-    if rollout_in.strategy == "shadow" and (
-        rollout_in.max_concurrent is not None or rollout_in.bandwidth_bytes_per_s is not None
-    ):
+    paced = rollout_in.max_concurrent is not None or rollout_in.bandwidth_bytes_per_s is not None
+    if paced and rollout_in.strategy == "shadow":
         raise InvalidRequestError(
             "max_concurrent and bandwidth_bytes_per_s pace installs; the shadow strategy "
             "installs nothing (leave them out)"
         )
+    if paced and rollout_in.atomic is not None:
+        # Staged devices of an atomic rollout wait for the switch order, so they would
+        # hold every slot and the devices not yet offered would never be.
+        raise InvalidRequestError(
+            "max_concurrent and bandwidth_bytes_per_s offer a wave in steps; an atomic "
+            "rollout needs its whole wave staged before the switch (leave them out)"
+        )
     devices = select_devices(session, bundle, rollout_in)
     if not devices:
         raise InvalidRequestError(f"no devices to roll bundle {bundle.id} out to")
+    if rollout_in.atomic is not None and (
+        rollout_in.strategy == "shadow" or rollout_in.waves not in (["100%"], [100], ["100"])
+    ):
+        raise InvalidRequestError("an atomic rollout is one wave of 100% and installs (no shadow)")
     specs: list[int | str] = ["100%"] if rollout_in.strategy == "blue_green" else rollout_in.waves
     sizes = wave_sizes(specs, len(devices))
 
@@ -107,6 +117,7 @@ def create_rollout(
         ),
         max_concurrent=rollout_in.max_concurrent,
         bandwidth_bytes_per_s=rollout_in.bandwidth_bytes_per_s,
+        atomic=rollout_in.atomic.model_dump() if rollout_in.atomic else None,
         created_by=actor,
     )
     session.add(rollout)
@@ -225,7 +236,9 @@ def retry_devices(
     elif rollout.phase == "done":
         rollout.phase = "waiting_offline"
     rollout.reason = None
-    return [(r.device_id, bundle_offer(bundle, rollout)) for r in rows], retried
+    return [
+        (r.device_id, device_offer(session, bundle, rollout, r.device_id)) for r in rows
+    ], retried
 
 
 def act_on_rollout(

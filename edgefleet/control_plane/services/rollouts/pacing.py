@@ -42,7 +42,7 @@ from edgefleet.control_plane.services.rollouts.deadlines import (
     online_devices,
     time_out,
 )
-from edgefleet.control_plane.services.rollouts.outbox import Outbox, bundle_offer
+from edgefleet.control_plane.services.rollouts.outbox import Outbox, device_offer
 from edgefleet.states.install import INSTALLING_STATES
 
 logger = logging.getLogger(__name__)
@@ -121,4 +121,6 @@ def offer_queued(
             len(chosen),
             len(queued) - len(chosen),
         )
-    return [(row.device_id, bundle_offer(bundle, rollout)) for row in chosen]
+    return [
+        (row.device_id, device_offer(session, bundle, rollout, row.device_id)) for row in chosen
+    ]
