@@ -330,7 +330,13 @@ class FleetLink:
         )
 
     def publish_command(self, device_id: str, command: DeviceCommand) -> None:
-        """Send a command (e.g. rollback) to one device (QoS 1; queued while offline)."""
+        """Send a command (e.g. rollback) to one device (QoS 1; queued while offline).
+
+        The retained metadata is brought up to date first: a command may name what was
+        signed just before it (an atomic rollout's switch order is a signed target), and
+        the device reads the metadata from the broker."""
+        if self.metadata is not None:
+            self.metadata.ensure()
         if command.command == "shadow_start" and command.bundle_id:
             self.ensure_blob(command.bundle_id)
         self._link.publish(topics.down(device_id, topics.Down.COMMAND), command.to_bytes(), qos=1)
