@@ -375,6 +375,9 @@ class MetaIndex(WireMessage, frozen=True, kw_only=True):
         Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z")],
     ] = field(default_factory=dict)
     root_version: Annotated[int, Meta(ge=1)]
+    timestamp_version: Annotated[int, Meta(ge=0)] = 0
+    """The indexed ``timestamp.json``'s version: a replica whose repository files are
+    older than what the broker holds does not publish over it."""
 
 
 Message = (

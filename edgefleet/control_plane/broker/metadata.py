@@ -22,7 +22,8 @@ retained messages, costs only speed.
 
 Like ``BlobPublisher``, the view of what is published is read back from the broker
 (the index is subscribed), so replicas share it and a restart republishes nothing
-that is already there.
+that is already there. The index carries the timestamp's version, so a replica whose
+repository files lag behind another's never publishes an older set over a newer one.
 """
 
 from __future__ import annotations
@@ -90,6 +91,14 @@ def _named(data: bytes) -> dict[str, int]:
         return {str(name): int(entry["version"]) for name, entry in meta.items()}
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"unreadable TUF metadata: {type(e).__name__}") from e
+
+
+def _version(data: bytes) -> int:
+    """``signed.version`` of a metadata file (0 when unreadable: never wins)."""
+    try:
+        return int(json.loads(data)["signed"]["version"])
+    except (KeyError, TypeError, ValueError):
+        return 0
 
 
 def root_version(names: set[str]) -> int:
@@ -163,7 +172,19 @@ class MetadataPublisher:
             old = self.published()
             if old is not None and old.files == hashes:
                 return True
-            index = MetaIndex(files=hashes, root_version=root_version(set(hashes)))
+            version = _version(files["timestamp.json"])
+            if old is not None and version < old.timestamp_version:
+                # Another replica signed since this one wrote its files: what the broker
+                # holds is newer (devices would refuse an older timestamp anyway).
+                logger.info(
+                    "metadata not published: broker holds newer timestamp=%d ours=%d",
+                    old.timestamp_version,
+                    version,
+                )
+                return True
+            index = MetaIndex(
+                files=hashes, root_version=root_version(set(hashes)), timestamp_version=version
+            )
             try:
                 self._publish(files, hashes, old, index)
             except TransportError as e:

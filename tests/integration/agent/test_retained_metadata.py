@@ -9,6 +9,7 @@ with TUF, and the request/response responder records every request it answers.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,3 +110,22 @@ def test_a_rotated_timestamp_key_reaches_a_device_through_the_retained_root_chai
     assert not [r for r in rig.asked if r.path.startswith("metadata/")]
     trusted = rig.data_dir / "tuf" / "metadata" / "root.json"
     assert b'"version": 2' in trusted.read_bytes() or b'"version":2' in trusted.read_bytes()
+
+
+def test_a_replica_with_older_repository_files_does_not_publish_over_newer_metadata(
+    rig: Rig, tmp_path: Path
+) -> None:
+    metadata = _publisher(rig)
+    stale = tmp_path / "stale-metadata"
+    shutil.copytree(rig.repo.metadata_dir, stale)  # this replica's files stop here
+    rig.repo.add_target("b-3.tar", b"third bundle", {"release": 3})
+    assert metadata.ensure()
+    newer = metadata.published()
+    assert newer is not None and newer.timestamp_version >= 2
+
+    lagging = MetadataPublisher(rig.cp, stale)
+    lagging.attach()
+    wait_until(lambda: lagging.published() == newer, what="the lagging replica sees the index")
+    assert lagging.ensure()
+    assert lagging.counters.publishes == 0
+    assert metadata.published() == newer
