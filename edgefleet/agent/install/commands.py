@@ -136,7 +136,7 @@ def start_shadow(installer: Installer, command: DeviceCommand) -> InstallReport 
             installer.select(custom.model)
             if installer.check_signed(offer, custom, installer.slots.read_active()):
                 raise InstallError("the bundle is already active: nothing to shadow")
-            installer.check_disk_budget(signed.length, directory)
+            installer.check_disk_budget(signed.length, directory, use="shadow")
             path = signed.download()
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)

@@ -298,7 +298,7 @@ class Installer:
                 return send("active", install_seconds=time.monotonic() - started)
             slot = self.slots.inactive_slot(active)
             check_memory_budget(self.config, custom.model, signed.length, self.model_sizes())
-            self.check_disk_budget(signed.length, self.slots.slot_dir(slot))
+            self.check_disk_budget(signed.length, self.slots.slot_dir(slot), use="slots")
 
             record = self.journal.fire(record, "start")
             path = signed.download()
@@ -466,17 +466,18 @@ class Installer:
             machine=self.machine,
         )
 
-    def check_disk_budget(self, length: int, replaced: Path) -> None:
-        """``disk.check_disk_budget`` for this device's data dir and budget.
+    def check_disk_budget(self, length: int, replaced: Path, *, use: str = "slots") -> None:
+        """``disk.check_disk_budget`` for this device's data dir and ``[disk]`` budget.
 
         Args:
             length: the bundle's signed length, in bytes.
             replaced: the directory the bundle will replace (a slot, or the shadow's).
+            use: the share it unpacks into (``slots`` or ``shadow``).
 
         Raises:
-            InstallError: the bundle would not fit.
+            DiskBudgetError: the bundle would not fit; the reason names use and budget.
         """
-        check_disk_budget(self.config.data_dir, self.config.disk_budget_mb, length, replaced)
+        check_disk_budget(self.config, length, replaced, use=use)
 
     def unpack_checked(self, path: Path, directory: Path, custom: TargetCustom) -> Manifest:
         """``checks.unpack_checked`` for this device's profile.
