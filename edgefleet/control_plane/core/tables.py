@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import StringConstraints, field_validator
-from sqlalchemy import JSON, Column, DateTime, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from edgefleet.control_plane.drift.hook_config import HOOK_NAME_PATTERN
@@ -415,6 +415,20 @@ class RolloutCreate(SQLModel):
         description="devices stage at once but switch only inside this window (deferred "
         "meanwhile); their install deadlines keep running",
     )
+    max_concurrent: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="most devices downloading and installing at once across the fleet: "
+        "a wave's devices are offered this many at a time, the next as one finishes",
+    )
+    bandwidth_bytes_per_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=10**15,
+        description="the rollout's fleet bandwidth budget: offers are paced so that the "
+        "bundle bytes they start stay within it (one second's worth may go at once)",
+    )
     atomic: RolloutAtomic | None = Field(
         default=None,
         description="switch every device at one signed moment once the quorum has staged; "
@@ -447,6 +461,11 @@ class Rollout(SQLModel, table=True):
     install_timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S
     wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S
     maintenance_window: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    max_concurrent: int | None = None  # devices installing at once (None: the whole wave)
+    # Offers paced by bundle size (None: unpaced); 64-bit, past 2 GB/s.
+    bandwidth_bytes_per_s: int | None = Field(default=None, sa_type=BigInteger)
+    # Offers under the bandwidth budget have spent it until this moment (wall clock).
+    budget_spent_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     atomic: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # RolloutAtomic
     # The signed switch order once issued: target, switch_at, valid_until (epoch seconds).
     switch_order: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
@@ -534,6 +553,8 @@ class RolloutPublic(SQLModel):
     install_timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S
     wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S
     maintenance_window: dict[str, Any] | None = None
+    max_concurrent: int | None = None
+    bandwidth_bytes_per_s: int | None = None
     atomic: dict[str, Any] | None = None
     switch_order: dict[str, Any] | None = None
     switch_skew_s: float | None = None  # max - min of the devices' switched_at
