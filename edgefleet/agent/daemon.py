@@ -203,9 +203,11 @@ def load_active_model(slots: SlotStore) -> ActiveModel | None:
 
 def spool_cap_configured(config: AgentConfig, budget: DiskBudget) -> int:
     """The spool's cap: ``[telemetry] spool_max_mb``, within its share of the disk budget
-    (less the slack its file and write-ahead log may take beyond the cap)."""
+    (less the slack its file and write-ahead log may take beyond the cap). A share too
+    small still leaves ``MIN_CAP``; the operator's own smaller setting is kept."""
     share = budget.share("spool")
-    return max(MIN_CAP, min(int(config.telemetry.spool_max_mb * 2**20), share - disk_slack(share)))
+    configured = int(config.telemetry.spool_max_mb * 2**20)
+    return min(configured, max(MIN_CAP, share - disk_slack(share)))
 
 
 def logs_cap(config: AgentConfig, budget: DiskBudget) -> int:

@@ -44,6 +44,7 @@ ROLE_NEEDED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/config/devices"): "viewer",
     ("GET", "/api/v1/config/devices/{device_id}"): "viewer",
     ("PATCH", "/api/v1/config/devices/{device_id}"): "operator",
+    ("PUT", "/api/v1/groups/{name}/window"): "operator",
     ("GET", "/api/v1/experiments"): "viewer",
     ("POST", "/api/v1/experiments"): "operator",
     ("GET", "/api/v1/experiments/{experiment_id}"): "viewer",

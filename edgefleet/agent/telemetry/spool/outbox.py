@@ -71,6 +71,7 @@ class Spool(_Recovery):
         then an error worth an event, not a first start)."""
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self._floor = min(MIN_CAP, max_bytes)  # a cap set below MIN_CAP is kept as set
         self.batch_size = batch_size
         self.wal_limit = wal_limit(max_bytes)
         self.recreated = 0
@@ -327,12 +328,13 @@ class Spool(_Recovery):
             return self._rows + len(self._buffer)
 
     def limit(self, max_bytes: int) -> int:
-        """Change the cap to ``max_bytes`` (at least ``MIN_CAP``) and apply the overflow
+        """Change the cap to ``max_bytes`` (at least ``MIN_CAP``, or the cap the spool was
+        made with when that is smaller) and apply the overflow
         policy at once: the disk budget's watcher lowers it while the filesystem runs
         short (``edgefleet.agent.storage.watch``) and raises it back after. Returns
         the cap now in force. A disk too full even to delete leaves the cap lowered for
         the next flush, which tries again."""
-        max_bytes = max(MIN_CAP, int(max_bytes))
+        max_bytes = max(self._floor, int(max_bytes))
         with self._lock:
             if max_bytes == self.max_bytes:
                 return max_bytes
