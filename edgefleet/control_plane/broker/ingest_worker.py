@@ -43,6 +43,10 @@ from edgefleet.supervisor import WorkerState
 logger = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 1.0
+GC_THRESHOLDS = (100_000, 50, 100)
+"""The collector's thresholds in the worker. With Python's default (700 allocations)
+a queued message was walked by a collection many times before its burst was stored:
+collections took about 14 % of the worker's samples in py-spy at 4,000 events/s."""
 STOP_TIMEOUT_S = 30.0
 _FORWARDED = (
     "data_dir",
@@ -203,6 +207,7 @@ def main() -> int:
     # collector's way, so a full collection walks only what ingest allocates.
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     engine = make_engine(settings)
     link = MqttLink(
         client_id=config["client_id"],
