@@ -162,8 +162,8 @@ class IngestProcess:
                 shed=int(raw["shed"]),
                 workers=workers,
             )
-        except (ValueError, KeyError, TypeError) as e:
-            logger.warning("ingest status line not understood error=%s", e)
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            logger.warning("ingest status line not understood error=%s", type(e).__name__)
             return
         if self.status.subscribed:
             self.subscribed.set()
