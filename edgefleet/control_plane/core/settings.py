@@ -135,7 +135,7 @@ class Settings(BaseSettings):
         le=16,
         description="telemetry ingest worker processes per control plane, each a member of "
         "the shared subscription with its own MQTT session (0: ingest in the API's process; "
-        "unset: 1 on PostgreSQL, 0 on SQLite)",
+        "unset: 2 on PostgreSQL, 0 on SQLite)",
     )
     rollout_tick_s: float = Field(
         default=1.0, gt=0, le=60, description="how often the orchestrator advances rollouts"

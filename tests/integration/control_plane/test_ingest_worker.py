@@ -99,7 +99,9 @@ def test_ingest_worker_restarts_after_kill_9_and_stores_every_event_once(
     pg_url: str, broker: MosquittoBroker, control_plane: ControlPlane
 ) -> None:
     # pg_url first: its database is dropped only after the control plane has stopped.
-    client = control_plane(database_url=pg_url, mqtt_shared_group="cp-ingest-test")
+    client = control_plane(
+        database_url=pg_url, mqtt_shared_group="cp-ingest-test", ingest_processes=1
+    )
     link = client.app.state.link  # type: ignore[attr-defined]
     assert link.telemetry is None, "on PostgreSQL ingest leaves the API's process"
     [process] = link.ingest_processes

@@ -14,7 +14,7 @@ from edgefleet.control_plane.core.settings import Settings
 def test_ingest_leaves_the_api_process_on_postgresql_only_unless_set(tmp_path: Path) -> None:
     pg = "postgresql+psycopg://postgres@127.0.0.1/x"
     assert ingest_processes(Settings(data_dir=tmp_path)) == 0  # SQLite
-    assert ingest_processes(Settings(data_dir=tmp_path, database_url=pg)) == 1
+    assert ingest_processes(Settings(data_dir=tmp_path, database_url=pg)) == 2
     assert ingest_processes(Settings(data_dir=tmp_path, database_url=pg, ingest_processes=0)) == 0
     assert ingest_processes(Settings(data_dir=tmp_path, ingest_processes=2)) == 2
 
