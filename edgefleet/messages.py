@@ -122,6 +122,10 @@ class InstallReport(WireMessage, frozen=True, kw_only=True):
     state: InstallState
     reason: str | None = None
     install_seconds: float | None = None
+    # Atomic rollouts: when the device switched (wall clock, UTC epoch seconds) and how
+    # far past the order's moment that was (a device that came back late).
+    switched_at: float | None = None
+    switch_late_s: float | None = None
     ts: float = field(default_factory=time.time)
 
 
@@ -181,6 +185,8 @@ class BundleOffer(WireMessage, frozen=True, kw_only=True):
     target: str  # target path in the signed targets metadata
     release: Annotated[int, Meta(ge=1)]
     maintenance_window: MaintenanceWindow | None = None
+    # Atomic rollout: stage, smoke-test, then wait ``armed`` for a signed switch order.
+    atomic: bool = False
     ts: float = field(default_factory=time.time)
 
 
@@ -228,7 +234,7 @@ class TelemetryEvent(WireMessage, frozen=True, kw_only=True):
     ts: float = field(default_factory=time.time)
 
 
-CommandName = Literal["rollback", "shadow_start", "shadow_stop"]
+CommandName = Literal["rollback", "shadow_start", "shadow_stop", "switch", "drop_staged"]
 
 
 class DeviceCommand(WireMessage, frozen=True, kw_only=True):

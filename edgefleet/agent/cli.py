@@ -78,7 +78,7 @@ def print_status(config: AgentConfig) -> int:
         lines += _journal_lines(dirs[name])
     if len(names) > 1:
         lines.append("[device]")
-    lines += _lock_lines(config) + _daemon_lines(config)
+    lines += _lock_lines(config) + _daemon_lines(config) + disk_lines(config)
     print("\n".join(lines))
     return 1 if failed else 0
 
@@ -140,6 +140,39 @@ def _daemon_lines(config: AgentConfig) -> list[str]:
     except (OSError, ValueError):
         lines.append("link: unknown (agent not running)")
     return lines
+
+
+def disk_lines(config: AgentConfig) -> list[str]:
+    """Disk usage per use against its share of ``[disk] budget_mb``, measured now (the
+    agent need not run), and from the daemon's status file the spool's cap in force
+    and what garbage collection freed."""
+    from edgefleet.agent.daemon import status_path
+    from edgefleet.agent.storage.budget import DiskBudget
+
+    usage = DiskBudget(config.data_dir, config.disk).usage()
+    lines = [
+        f"disk: {_mib(usage.used)} used of the {config.disk.budget_mb:g} MiB budget; "
+        f"filesystem {_mib(usage.free)} free, {_mib(usage.reserve)} kept free"
+    ]
+    for use in usage.uses:
+        share = "" if use.use == "other" else f" of {_mib(use.share)} share"
+        percent = "" if use.use == "other" else f" ({100 * use.used / max(use.share, 1):.0f}%)"
+        lines.append(f"disk.{use.use}: {_mib(use.used)}{share}{percent}")
+    try:
+        disk = json.loads(status_path(config.data_dir).read_text()).get("disk") or {}
+    except (OSError, ValueError, AttributeError):
+        disk = {}
+    if isinstance(disk, dict) and "spool_cap_bytes" in disk:
+        lines += [
+            f"disk.spool_cap: {_mib(int(disk['spool_cap_bytes']))}",
+            f"disk.gc: {disk.get('gc_runs', 0)} runs, {_mib(int(disk.get('gc_freed_bytes', 0)))} "
+            "freed",
+        ]
+    return lines
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

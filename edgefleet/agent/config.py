@@ -110,6 +110,33 @@ class LogsConfig(_Section, frozen=True, kw_only=True):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class DiskShares(_Section, frozen=True, kw_only=True):
+    """Each use's cap, as a fraction of ``[disk] budget_mb``. Shares are caps, not a
+    partition, so they may add up to more than 1: all uses together are still held to
+    the whole budget (``edgefleet.agent.storage.budget``)."""
+
+    slots: Annotated[float, Meta(gt=0, le=1)] = 0.6  # both slots of every hosted model
+    staging: Annotated[float, Meta(gt=0, le=1)] = 0.35  # downloads and their .part files
+    shadow: Annotated[float, Meta(gt=0, le=1)] = 0.3  # a shadowed candidate, unpacked
+    metadata: Annotated[float, Meta(gt=0, le=1)] = 0.02  # TUF metadata and its root history
+    spool: Annotated[float, Meta(gt=0, le=1)] = 0.1  # the telemetry spool (SQLite + WAL)
+    logs: Annotated[float, Meta(gt=0, le=1)] = 0.02  # the log ring
+    agent_versions: Annotated[float, Meta(gt=0, le=1)] = 0.3  # the agent's own releases
+
+
+class DiskConfig(_Section, frozen=True, kw_only=True):
+    """One disk budget for everything the agent writes under its data dir, a share of it
+    per use, the free space always left on the filesystem, and how often stale files
+    are collected (``edgefleet.agent.storage``)."""
+
+    budget_mb: Annotated[float, Meta(gt=0)] = 2048.0
+    reserve_mb: Annotated[float, Meta(ge=0)] = 32.0  # free space never used on the filesystem
+    shares: DiskShares = field(default_factory=DiskShares)
+    gc_interval_s: Annotated[float, Meta(gt=0)] = 300.0
+    watch_interval_s: Annotated[float, Meta(gt=0)] = 5.0  # free space and the spool's cap
+    part_grace_s: Annotated[float, Meta(ge=0)] = 3600.0  # a .part no journal holds, kept so long
+
+
 class LinkConfig(_Section, frozen=True, kw_only=True):
     """Reconnect backoff bounds (exponential with jitter between them), and how soon a
     broker that stopped answering is noticed: a ping after ``keepalive_s`` of silence,
@@ -160,7 +187,6 @@ class AgentConfig(_Section, frozen=True, kw_only=True):
     broker: str = "mqtt://127.0.0.1:1883"
     data_dir: Path
     trust_root: Path
-    disk_budget_mb: Annotated[float, Meta(gt=0)] = 2048.0
     memory_budget_mb: Annotated[float, Meta(gt=0)] = 1024.0
     # The models this device may host, each with its memory share; none listed = any
     # model, each with the whole memory budget (a one-model agent needs no table).
@@ -175,6 +201,10 @@ class AgentConfig(_Section, frozen=True, kw_only=True):
     link: LinkConfig = field(default_factory=LinkConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
+    disk: DiskConfig = field(default_factory=DiskConfig)
+    disk_budget_mb: Annotated[float, Meta(gt=0)] | None = None
+    """The key ``[disk] budget_mb`` replaced, still read so that an agent updated in the
+    field starts with its old ``agent.toml``; it sets ``[disk] budget_mb``."""
     tls: TlsConfig | None = None
 
     def __post_init__(self) -> None:
@@ -190,6 +220,11 @@ class AgentConfig(_Section, frozen=True, kw_only=True):
                 raise FieldError(f"models.{name[:80]}", "not a usable model name")
         if self.tls is not None and not address.tls:
             raise FieldError("tls", "a [tls] section needs an mqtts:// broker")
+        if self.disk_budget_mb is not None:
+            if self.disk.budget_mb not in (DiskConfig().budget_mb, self.disk_budget_mb):
+                raise FieldError("disk_budget_mb", "set [disk] budget_mb only")
+            disk = schema.replace(self.disk, budget_mb=self.disk_budget_mb)
+            msgspec.structs.force_setattr(self, "disk", disk)
 
     @property
     def broker_address(self) -> BrokerAddress:

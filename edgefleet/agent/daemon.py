@@ -28,7 +28,7 @@ import numpy as np
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.enrolment.credentials import load_credentials
-from edgefleet.agent.errors import ConfigError, RuntimeLoadError, SlotError
+from edgefleet.agent.errors import ConfigError, RuntimeLoadError, SlotError, SpoolError
 from edgefleet.agent.inference.feedback import AnswerBook
 from edgefleet.agent.inference.outcomes import OutcomeRecorder
 from edgefleet.agent.inference.runtime import ActiveModel, ModelTable, load_runtime
@@ -42,6 +42,8 @@ from edgefleet.agent.install.slots import SlotStore, read_slot_manifest
 from edgefleet.agent.install.updater import Installer, OfferWorker, ensure_trust_root
 from edgefleet.agent.remote_config import RemoteConfig, drift_thresholds
 from edgefleet.agent.session import DeviceSession, device_status
+from edgefleet.agent.storage.budget import DiskBudget
+from edgefleet.agent.storage.worker import DiskWorker
 from edgefleet.agent.telemetry.budget import BUDGET_FILE, ByteBudget
 from edgefleet.agent.telemetry.counters import (
     InferenceStats,
@@ -52,7 +54,8 @@ from edgefleet.agent.telemetry.counters import (
 from edgefleet.agent.telemetry.drift import DriftSupervisor
 from edgefleet.agent.telemetry.forwarder import Forwarder
 from edgefleet.agent.telemetry.logstore import LogResponder, LogStore
-from edgefleet.agent.telemetry.spool import Spool
+from edgefleet.agent.telemetry.spool import Spool, disk_slack
+from edgefleet.agent.telemetry.spool.outbox import MIN_CAP
 from edgefleet.agent.verification.blobs import BlobFetcher
 from edgefleet.agent.verification.budget import BudgetedTransport, LinkBudget
 from edgefleet.agent.verification.fetcher import MqttFetcher
@@ -76,6 +79,7 @@ from edgefleet.messages import (
     TelemetryEvent,
 )
 from edgefleet.mqtt import MqttLink
+from edgefleet.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +200,18 @@ def load_active_model(slots: SlotStore) -> ActiveModel | None:
     return model
 
 
+def spool_cap_configured(config: AgentConfig, budget: DiskBudget) -> int:
+    """The spool's cap: ``[telemetry] spool_max_mb``, within its share of the disk budget
+    (less the slack its file and write-ahead log may take beyond the cap)."""
+    share = budget.share("spool")
+    return max(MIN_CAP, min(int(config.telemetry.spool_max_mb * 2**20), share - disk_slack(share)))
+
+
+def logs_cap(config: AgentConfig, budget: DiskBudget) -> int:
+    """The log ring's size: ``[logs] max_kib``, within its share of the disk budget."""
+    return max(64 * 1024, min(config.logs.max_kib * 1024, budget.share("logs")))
+
+
 def load_hosted_models(data_dir: Path, table: ModelTable) -> None:
     """Move a one-model state dir into ``models/<name>/`` (an agent updated in the
     field keeps its model), then load every hosted model into its holder in ``table``."""
@@ -227,15 +243,16 @@ class Agent:
         except TransportError as e:  # a missing certificate: not enrolled yet
             raise ConfigError(f"{e} (run `edgefleet-agent enrol` first?)", field="tls") from e
         self.link = self.session.link
+        self.disk_budget = DiskBudget(config.data_dir, config.disk)
         self.logs = LogStore(
             config.data_dir,
-            max_bytes=config.logs.max_kib * 1024,
+            max_bytes=logs_cap(config, self.disk_budget),
             level=logging.getLevelNamesMapping()[config.logs.level],
         )
         self.log_responder = LogResponder(self.logs, self.session.publish_logs)
         self.spool = Spool(
             Path(config.data_dir) / SPOOL_FILE,
-            max_bytes=int(config.telemetry.spool_max_mb * 2**20),
+            max_bytes=spool_cap_configured(config, self.disk_budget),
             expect_existing=status_path(config.data_dir).exists(),
         )
         self.forwarder = Forwarder(
@@ -266,6 +283,14 @@ class Agent:
             config=config, verifier=self.installer.verifier, report=self.publish_report
         )
         self.worker = OfferWorker(self.installer, self_updater=self.self_updater)
+        self.supervisor = Supervisor()
+        self.disk = DiskWorker(
+            config,
+            spool=self.spool,
+            spool_cap_bytes=self.spool.max_bytes,
+            job_lock=self.worker.job_lock,
+            shadow_running=lambda: self.shadow.bundle_id is not None,
+        )
         self.drift = DriftSupervisor(
             lambda name: SlotStore(model_dir(config.data_dir, name)),
             self.emit,
@@ -313,6 +338,7 @@ class Agent:
         # Before any offer runs: a release the launcher undid is on record (and reported).
         self.self_updater.start(self.session.wait_connected)
         self.worker.start()
+        self.supervisor.start("disk", self.disk.run)
         self.forwarder.start()
         self.session.on_offer(self.handle_offer)
         self.session.on_command(self.handle_command)
@@ -335,6 +361,8 @@ class Agent:
         self._stopped.set()
         self.server.stop()
         self.drift.stop()
+        self.supervisor.stop()
+        self.disk.stop()
         self.worker.stop()
         self.shadow.close()
         self.forwarder.stop()
@@ -380,6 +408,11 @@ class Agent:
     def handle_command(self, command: DeviceCommand) -> None:
         """Network thread: queue a command for the worker."""
         logger.info("command received command=%s id=%s", command.command, command.command_id)
+        if command.command in ("switch", "drop_staged"):
+            # For an armed install waiting on the worker thread: queued there, it would
+            # make the wait give way instead (``switch_order.OrderInbox``).
+            self.installer.orders.post(command)
+            return
         self.worker.submit(command)
 
     def handle_receipt(self, receipt: Receipt) -> None:
@@ -412,8 +445,14 @@ class Agent:
 
     def publish_report(self, report: InstallReport) -> None:
         """Install progress for ``up/report``, kept in the spool until the control plane
-        receipts it (sent again otherwise, across restarts too), and as an install event."""
-        self.spool.append_report(report)
+        receipts it (sent again otherwise, across restarts too), and as an install event.
+        A disk too full to commit it keeps it in the spool's buffer (``SpoolError``):
+        the install goes on, and the report is written once there is room."""
+        try:
+            self.spool.append_report(report)
+        except SpoolError as e:
+            logger.warning("install report kept in memory bundle_id=%s reason=%s",
+                           report.bundle_id, e)  # fmt: skip
         self.emit(install_event(report))
 
     def observe_request(
@@ -492,6 +531,16 @@ class Agent:
             "journal_state": record.state if record else None,
             "deferred_reason": record.reason if record and record.state == "deferred" else None,
             "update_locks": [lock.holder for lock in self.update_lock.held()],
+            "disk": self.disk.status(),
+            "logs_dropped": self.logs.dropped,
+            "workers": {
+                w.name: {
+                    "running": w.running,
+                    "restarts": w.restarts,
+                    "last_error": w.last_error,
+                }
+                for w in self.supervisor.workers()
+            },
         }
         try:
             atomic_write(status_path(self.config.data_dir), json.dumps(status).encode() + b"\n")

@@ -11,6 +11,7 @@
     ├── TransferError       a repository file could not be fetched over MQTT
     └── InstallError        an offered bundle was refused; ``reason`` goes in the report
         ├── SmokeTestError  the installed model gave wrong answers on the smoke test
+        ├── DiskBudgetError a write would not fit its share of the disk budget or the disk
         └── VerificationError  TUF refused the signed metadata or the bundle's bytes
 
 The contract's ``BundleError`` passes through unchanged; the installer turns it and
@@ -70,6 +71,17 @@ class InstallError(AgentError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class DiskBudgetError(InstallError):
+    """A write would not fit: ``use`` names the share (``slots``, ``staging``, ...) or
+    ``disk`` for the filesystem's free space; ``need`` and ``room`` are bytes."""
+
+    def __init__(self, reason: str, *, use: str, need: int, room: int) -> None:
+        super().__init__(reason)
+        self.use = use
+        self.need = need
+        self.room = room
 
 
 class SmokeTestError(InstallError):

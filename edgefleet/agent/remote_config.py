@@ -77,10 +77,10 @@ def overlay(base: AgentConfig, values: Mapping[str, ConfigValue]) -> AgentConfig
         except FieldError as e:
             raise FieldError(f"{section}.{e.field}", e.reason) from None
     config = schema.replace(base, **changes)
-    if config.telemetry.spool_max_mb > config.disk_budget_mb:
+    if config.telemetry.spool_max_mb > config.disk.budget_mb:
         raise FieldError(
             "telemetry.spool_max_mb",
-            f"over this device's disk budget ({config.disk_budget_mb:g} MB)",
+            f"over this device's disk budget ({config.disk.budget_mb:g} MB)",
         )
     return config
 

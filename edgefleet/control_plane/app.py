@@ -121,6 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
             engine=engine,
             publisher=link,
             replica=replica,
+            signer=repository,
         )
         scheduler = build_scheduler(
             settings=settings,

@@ -241,7 +241,7 @@ class ApiClient:
         self, *, bundle_id: str, device_ids: list[str] | None = None, **options: Any
     ) -> dict[str, Any]:
         """``options``: selector, strategy, waves, soak_seconds, gates, mode, start,
-        install_timeout_s, wave_timeout_s, maintenance_window."""
+        install_timeout_s, wave_timeout_s, maintenance_window, atomic."""
         body: dict[str, Any] = {"bundle_id": bundle_id}
         if device_ids:
             body["device_ids"] = device_ids
@@ -305,6 +305,11 @@ class ApiClient:
     ) -> dict[str, Any]:
         body = {"device_ids": device_ids, "description": description}
         return dict(self._call("PUT", f"/groups/{name}", json=body))
+
+    def set_group_window(self, name: str, window: dict[str, Any] | None) -> dict[str, Any]:
+        """``PUT /groups/{name}/window``: ``{cron, duration_s, tz}``, or None to clear it."""
+        body = {"maintenance_window": window}
+        return dict(self._call("PUT", f"/groups/{name}/window", json=body))
 
     def list_groups(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/groups"))

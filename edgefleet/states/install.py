@@ -7,6 +7,7 @@ same names in ``InstallReport``; the whole machine is the ``TRANSITIONS`` table:
     offered -> downloading -> verified -> staged -> smoke_tested ----------> active -> committed
        |            |             |          |          |    |               ^        |
        |            |             |          |          |    +--> deferred --+        |
+       |            |             |          |          |    +--> armed ----+        |
        |            |             |          |          |            |                v
        +------------+-------------+----------+----------+------------+--> failed  rolled_back
 
@@ -31,6 +32,12 @@ only the control plane knows (``pending``, ``rolling_back``, ``shadowing``,
 ``superseded``, ``cancelled``, ``timed_out``). The sets below are derived from the table
 where the table says it, so a new state is added in one place.
 
+``armed`` is ``deferred``'s sibling for an atomic rollout (``BundleOffer.atomic``): a
+smoke-tested slot waiting for the control plane's signed switch order
+(``edgefleet.agent.install.switch_order``) rather than for the lock or the window. It
+survives a restart the same way (``"await_switch"``); a ``drop_staged`` command, an
+expired order or newer work ends it in ``failed`` with the old model still serving.
+
 ``timed_out`` is the control plane's verdict on a device that missed its install
 deadline (or its wave's): its install is over for the wave (``FINISHED_STATES``) and
 counts as a failure for the install gate (``GATE_FAILED_STATES``), but nothing on the
@@ -49,13 +56,14 @@ InstallState = Literal[
     "staged",
     "smoke_tested",
     "deferred",  # smoke-tested, waiting for the update lock or the maintenance window
+    "armed",  # atomic rollout: smoke-tested, waiting for the signed fleet-wide switch order
     "active",  # switched to the new model; probation running
     "committed",  # probation passed: the previous slot is no longer the fallback
     "failed",
     "rolled_back",
 ]
 InstallEvent = Literal[
-    "start", "downloaded", "unpacked", "smoke_passed", "defer", "switched",
+    "start", "downloaded", "unpacked", "smoke_passed", "defer", "arm", "switched",
     "probation_passed", "error", "breach", "rollback",
 ]  # fmt: skip
 
@@ -67,6 +75,8 @@ TRANSITIONS: dict[tuple[InstallState, InstallEvent], InstallState] = {
     ("smoke_tested", "switched"): "active",
     ("smoke_tested", "defer"): "deferred",
     ("deferred", "switched"): "active",
+    ("smoke_tested", "arm"): "armed",
+    ("armed", "switched"): "active",
     ("active", "probation_passed"): "committed",
     ("active", "breach"): "rolled_back",
     ("active", "rollback"): "rolled_back",
@@ -78,6 +88,7 @@ TRANSITIONS: dict[tuple[InstallState, InstallEvent], InstallState] = {
     ("staged", "error"): "failed",
     ("smoke_tested", "error"): "failed",
     ("deferred", "error"): "failed",
+    ("armed", "error"): "failed",
 }
 """``(state, event) -> next state``; a pair not listed is not allowed."""
 
@@ -91,6 +102,8 @@ RESUME: dict[InstallState, ResumeAction] = {
     # Smoke-tested and waiting for the lock or the window: re-verify the staged slot
     # against its manifest and wait on (a slot that fails the check rolls back).
     "deferred": "await_switch",
+    # Armed for an atomic switch: the same, waiting for the signed switch order.
+    "armed": "await_switch",
     # The new model was switched in and verified: restart its probation period.
     "active": "probation",
 }
@@ -130,6 +143,7 @@ DeviceInstallState = Literal[
     "staged",
     "smoke_tested",
     "deferred",  # staged and smoke-tested; the switch waits for the lock or the window
+    "armed",  # atomic rollout: staged and smoke-tested, waiting for the switch order
     "active",
     "failed",
     "rolling_back",  # a rollback command was sent

@@ -1,4 +1,5 @@
-"""The control plane's commands to a device: ``rollback``, ``shadow_start``, ``shadow_stop``.
+"""The control plane's commands to a device: ``rollback``, ``shadow_start``, ``shadow_stop``
+(and ``switch`` / ``drop_staged``, handed to an armed install's inbox).
 
 A roll-back goes through the journal like any install step. A shadow is verified,
 unpacked and smoke-tested as for an install, then run beside the active model;
@@ -43,6 +44,9 @@ def run_command(installer: Installer, command: DeviceCommand) -> InstallReport |
         return start_shadow(installer, command)
     if command.command == "shadow_stop":
         stop_shadow(installer, command)
+        return None
+    if command.command in ("switch", "drop_staged"):
+        installer.orders.post(command)  # for the armed install (``switch_order``)
         return None
     reason = command.reason or "rollback command"
     name = model_of_command(installer, command)
@@ -132,7 +136,7 @@ def start_shadow(installer: Installer, command: DeviceCommand) -> InstallReport 
             installer.select(custom.model)
             if installer.check_signed(offer, custom, installer.slots.read_active()):
                 raise InstallError("the bundle is already active: nothing to shadow")
-            installer.check_disk_budget(signed.length, directory)
+            installer.check_disk_budget(signed.length, directory, use="shadow")
             path = signed.download()
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)

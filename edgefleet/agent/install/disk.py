@@ -1,57 +1,38 @@
-"""The disk budget: a bundle is refused before any download when it would not fit.
+"""The disk budget for a bundle: refused before any download when it would not fit.
 
-A download and its unpacked slot both sit in the data dir for a while, so a bundle
-needs twice its signed length: within ``disk_budget_mb`` (what the agent may use in
-all) and below the filesystem's free space less a fixed margin.
+A bundle is an uncompressed tar whose members are listed with their lengths, so its
+unpacked size is at most its signed length: an install needs ``length`` in ``staging``
+(the download) and ``length`` more in the use it unpacks into (``slots`` for a model,
+``shadow`` for a shadowed candidate, ``agent_versions`` for the agent's own release),
+less the directory it replaces, which is emptied before the unpack
+(``edgefleet.agent.storage.budget`` holds the rule and words the refusal).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 from pathlib import Path
 
-from edgefleet.agent.errors import InstallError
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.storage.budget import DiskBudget, tree_size
 
-DISK_MARGIN_BYTES = 32 * 1024 * 1024
-"""Free space always left on the data dir's filesystem after a download and unpack."""
-
-
-def _tree_size(path: Path) -> int:
-    """Bytes of every regular file under ``path`` (0 when absent)."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
+UNPACK_FACTOR = {"slots": 1, "shadow": 1, "agent_versions": 3}
+"""Bytes unpacked per byte of bundle: an agent release also unpacks its wheels."""
 
 
-def check_disk_budget(data_dir: Path, budget_mb: float, length: int, replaced: Path) -> None:
+def check_disk_budget(config: AgentConfig, length: int, replaced: Path, *, use: str) -> None:
     """Refuse a bundle of ``length`` bytes that would not fit (download + unpacked).
 
     Args:
-        data_dir: the agent's data dir; everything under it counts against the budget.
-        budget_mb: the configured ``disk_budget_mb``.
+        config: the agent's configuration (data dir and ``[disk]``).
         length: the bundle's signed length, in bytes.
-        replaced: the directory the bundle will replace (not counted as used).
+        replaced: the directory the bundle will replace (freed before the unpack).
+        use: where it unpacks: ``slots``, ``shadow`` or ``agent_versions``.
 
     Raises:
-        InstallError: over the budget, or too little free space on the filesystem.
+        DiskBudgetError: the reason names the use, its share and the budget.
     """
-    data_dir = Path(data_dir)
-    need = 2 * length
-    used = _tree_size(data_dir) - _tree_size(replaced)
-    budget = int(budget_mb * 2**20)
-    if used + need > budget:
-        raise InstallError(
-            f"bundle needs {need / 2**20:.1f} MiB, disk budget leaves "
-            f"{max(0, budget - used) / 2**20:.1f} MiB of {budget_mb:g} MiB"
-        )
-    free = shutil.disk_usage(data_dir).free
-    if need + DISK_MARGIN_BYTES > free:
-        raise InstallError(
-            f"bundle needs {need / 2**20:.1f} MiB, only {free / 2**20:.1f} MiB free "
-            f"(keeping {DISK_MARGIN_BYTES // 2**20} MiB spare)"
-        )
+    budget = DiskBudget(config.data_dir, config.disk)
+    budget.check(
+        {"staging": length, use: UNPACK_FACTOR.get(use, 1) * length},
+        freed={use: tree_size(replaced)},
+    )

@@ -63,6 +63,7 @@ class JournalRecord(schema.Open, frozen=True, kw_only=True):
     previous: dict[str, Any] | None = None  # active.json before the switch (for roll-back)
     reason: str | None = None
     maintenance_window: MaintenanceWindow | None = None  # from the offer: when to switch
+    atomic: bool = False  # from the offer: wait ``armed`` for the signed switch order
     history: list[InstallState] = field(default_factory=list)
     saves: int = 0
     restarts: int = 0

@@ -62,6 +62,7 @@ from edgefleet.agent.install.probation import Probation
 from edgefleet.agent.install.shadow import ShadowRunner
 from edgefleet.agent.install.slots import ActiveRecord, SlotName, SlotStore, read_slot_manifest
 from edgefleet.agent.install.smoke import run_smoke_test
+from edgefleet.agent.install.switch_order import ArmedWait, OrderInbox, SwitchOrder
 from edgefleet.agent.telemetry.counters import InferenceStats
 from edgefleet.agent.verification.transport import Verifier
 from edgefleet.bundle import Manifest, verify_directory
@@ -129,6 +130,8 @@ class Installer:
         self.state: ModelState | None = None
         """The model the job under way is about (``select``)."""
         self.gate = SwitchGate(lock or UpdateLock(config.data_dir))
+        self.orders = OrderInbox()
+        """``switch`` / ``drop_staged`` commands for an armed install (atomic rollouts)."""
         self.stopping = threading.Event()
         """Set by the worker when the agent stops: a deferred install stops waiting and
         stays ``deferred`` in the journal, to resume on the next start."""
@@ -285,6 +288,7 @@ class Installer:
                     rollout_id=offer.rollout_id,
                     restarts=resumed.restarts if resumed else 0,
                     maintenance_window=offer.maintenance_window,
+                    atomic=offer.atomic,
                 )
             )
             active = self.slots.read_active()
@@ -294,7 +298,7 @@ class Installer:
                 return send("active", install_seconds=time.monotonic() - started)
             slot = self.slots.inactive_slot(active)
             check_memory_budget(self.config, custom.model, signed.length, self.model_sizes())
-            self.check_disk_budget(signed.length, self.slots.slot_dir(slot))
+            self.check_disk_budget(signed.length, self.slots.slot_dir(slot), use="slots")
 
             record = self.journal.fire(record, "start")
             path = signed.download()
@@ -368,13 +372,29 @@ class Installer:
         started: float,
         path: Path | None,
     ) -> InstallReport:
-        """Wait while the gate holds the switch (state ``deferred``), then switch.
+        """Wait while the gate holds the switch (state ``deferred``), or, in an atomic
+        rollout, for the signed switch order and its moment (state ``armed``; the lock and
+        the window are not consulted then: the cohort's moment is the order's), then switch.
 
         Raises:
-            InstallError: other work was queued behind the deferred install.
+            InstallError: other work was queued behind the deferred install; or the armed
+                install's staged bundle is to be dropped (``switch_order.ArmedWait``).
         """
+        order: SwitchOrder | None = None
+        if record.atomic:
+            armed = ArmedWait(
+                journal=self.journal,
+                inbox=self.orders,
+                verifier=self.verifier,
+                stopping=self.stopping,
+                preempted=self.preempted,
+            )
+            record, order = armed.run(record, send)
+            if order is None:
+                logger.info("agent stopping, install stays armed bundle_id=%s", record.bundle_id)
+                return send("armed", reason="agent stopping")
         window = record.maintenance_window
-        hold = self.gate.hold_reason(window)
+        hold = None if record.atomic else self.gate.hold_reason(window)
         if hold is not None:
             if record.state != "deferred":  # (a resumed install is deferred already)
                 record = self.journal.fire(record, "defer", reason=hold)
@@ -400,6 +420,7 @@ class Installer:
             previous=schema.to_builtins(previous) if previous else None,
         )
         self.slots.write_active(_active_record(slot, manifest))
+        switched_at = time.time()
         self.serve(ActiveModel.from_manifest(manifest, runtime))
         if self.shadow is not None and self.shadow.bundle_id == manifest.bundle_id:
             self.shadow.stop("the shadowed bundle is now installed")
@@ -412,7 +433,13 @@ class Installer:
             slot,
             elapsed,
         )
-        final = send("active", install_seconds=elapsed)
+        timing: dict[str, float] = {}
+        if order is not None:
+            timing = {
+                "switched_at": switched_at,
+                "switch_late_s": max(0.0, switched_at - order.switch_at),
+            }
+        final = send("active", install_seconds=elapsed, **timing)
         self.on_active()
         if path is not None:
             with contextlib.suppress(OSError):  # only a cache; TUF re-downloads
@@ -439,17 +466,18 @@ class Installer:
             machine=self.machine,
         )
 
-    def check_disk_budget(self, length: int, replaced: Path) -> None:
-        """``disk.check_disk_budget`` for this device's data dir and budget.
+    def check_disk_budget(self, length: int, replaced: Path, *, use: str = "slots") -> None:
+        """``disk.check_disk_budget`` for this device's data dir and ``[disk]`` budget.
 
         Args:
             length: the bundle's signed length, in bytes.
             replaced: the directory the bundle will replace (a slot, or the shadow's).
+            use: the share it unpacks into (``slots`` or ``shadow``).
 
         Raises:
-            InstallError: the bundle would not fit.
+            DiskBudgetError: the bundle would not fit; the reason names use and budget.
         """
-        check_disk_budget(self.config.data_dir, self.config.disk_budget_mb, length, replaced)
+        check_disk_budget(self.config, length, replaced, use=use)
 
     def unpack_checked(self, path: Path, directory: Path, custom: TargetCustom) -> Manifest:
         """``checks.unpack_checked`` for this device's profile.

@@ -273,8 +273,7 @@ class SelfUpdater:
         with self.verifier.open(offer.target) as signed:
             custom = signed_custom(signed)
             self.check_signed(offer, custom)
-            check_disk_budget(self.config.data_dir, self.config.disk_budget_mb, signed.length,
-                              staging)  # fmt: skip
+            check_disk_budget(self.config, signed.length, staging, use="agent_versions")
             path = signed.download()
         send("verified")
         shutil.rmtree(staging, ignore_errors=True)

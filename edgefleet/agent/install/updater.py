@@ -10,6 +10,7 @@ this one thread. What each job does lives beside this module, by concern:
     disk.py       the disk budget checked before any download
     probation.py  the health rule's verdict on a freshly switched model
     deferral.py   the update lock and maintenance window a staged switch waits for
+    switch_order.py the signed fleet-wide switch order an armed install waits for
     commands.py   rollback, shadow_start and shadow_stop
     recovery.py   start-up: resume or roll back what the journal left unfinished
     selfupdate.py offers of kind ``agent``: the agent's own release, then a handover
@@ -21,6 +22,7 @@ fleet simulator build an agent from.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -60,6 +62,9 @@ class OfferWorker:
             queue.Queue()
         )
         self._thread = threading.Thread(target=self._loop, name="offer-worker", daemon=True)
+        self.job_lock = threading.Lock()
+        """Held while a job (not a probation tick) runs: garbage collection
+        (``edgefleet.agent.storage``) waits for it, so it never removes what a job creates."""
         installer.preempted = self._preempted
 
     def _preempted(self, bundle_id: str) -> bool:
@@ -113,21 +118,25 @@ class OfferWorker:
             if item is None:
                 return
             job, received_at = item
-            try:
-                if job == "tick":
-                    self.installer.tick()
-                elif job == "recover":
-                    recover_all(self.installer)
-                elif isinstance(job, DeviceCommand):
-                    run_command(self.installer, job)
-                elif isinstance(job, BundleOffer) and job.kind == "agent":
-                    self._install_agent(job, received_at)
-                elif isinstance(job, BundleOffer):
-                    self.installer.install(job, received_at=received_at)
-            except Exception:  # top of the worker loop: one bad job must not stop it
-                logger.exception("worker job crashed job=%s", type(job).__name__)
-                if isinstance(job, BundleOffer):
-                    self._report_crash(job)
+            with self.job_lock if job != "tick" else contextlib.nullcontext():
+                self._run_job(job, received_at)
+
+    def _run_job(self, job: BundleOffer | DeviceCommand | str, received_at: float) -> None:
+        try:
+            if job == "tick":
+                self.installer.tick()
+            elif job == "recover":
+                recover_all(self.installer)
+            elif isinstance(job, DeviceCommand):
+                run_command(self.installer, job)
+            elif isinstance(job, BundleOffer) and job.kind == "agent":
+                self._install_agent(job, received_at)
+            elif isinstance(job, BundleOffer):
+                self.installer.install(job, received_at=received_at)
+        except Exception:  # top of the worker loop: one bad job must not stop it
+            logger.exception("worker job crashed job=%s", type(job).__name__)
+            if isinstance(job, BundleOffer):
+                self._report_crash(job)
 
     def _install_agent(self, offer: BundleOffer, received_at: float) -> None:
         if self.self_updater is None:

@@ -77,6 +77,8 @@ class LogStore(logging.Handler):
         self.path = self.directory / LOG_FILE
         self.previous = self.directory / f"{LOG_FILE}.1"
         self.max_bytes = max_bytes
+        self.dropped = 0
+        """Records not written because the disk refused them (a full disk, say)."""
         self._file: IO[bytes] | None = None
         self._files = threading.Lock()  # the files, between a write's rotation and a read
 
@@ -97,7 +99,11 @@ class LogStore(logging.Handler):
                 ensure_ascii=False,
             )
             with self._files:
-                self._write(line.encode("utf-8", "replace") + b"\n")
+                try:
+                    self._write(line.encode("utf-8", "replace") + b"\n")
+                except OSError:  # a full disk: the ring loses this record, counted
+                    self.dropped += 1
+                    self._drop_file()
         except Exception:  # a handler must never raise into the code that logged
             self.handleError(record)
 
@@ -110,6 +116,13 @@ class LogStore(logging.Handler):
             self._file.close()
             self._file = None
             os.replace(self.path, self.previous)
+
+    def _drop_file(self) -> None:
+        """After a refused write: close the file (a torn last line is skipped on read)."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
     def close(self) -> None:
         with self._files:

@@ -21,6 +21,7 @@ from edgefleet.control_plane.cli.demo import demo
 from edgefleet.control_plane.cli.devices import device_app, enrol_app
 from edgefleet.control_plane.cli.drift import drift_app, hook_app, policy_app, retraining_app
 from edgefleet.control_plane.cli.experiments import experiment_app
+from edgefleet.control_plane.cli.groups import group_app
 from edgefleet.control_plane.cli.rollouts import audit_app, rollout_app
 from edgefleet.control_plane.cli.serve import serve, up
 from edgefleet.control_plane.cli.tokens import token_app
@@ -41,6 +42,7 @@ app.add_typer(bundle_app, name="bundle")
 app.add_typer(agent_release_app, name="agent-release")
 app.add_typer(build_app, name="build")
 app.add_typer(device_app, name="device")
+app.add_typer(group_app, name="group")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(config_app, name="config")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -70,6 +71,18 @@ def rollout_create(
     window_tz: Annotated[
         str, typer.Option(help="the devices' time zone the cron is read in: Europe/Berlin")
     ] = "UTC",
+    atomic: Annotated[
+        bool, typer.Option("--atomic", help="every device switches at one signed moment")
+    ] = False,
+    quorum: Annotated[
+        str, typer.Option(help="with --atomic: share of devices that must stage: 100% or 90%")
+    ] = "100%",
+    switch_lead: Annotated[
+        str, typer.Option(help="with --atomic: the switch moment, this long after the order")
+    ] = "5s",
+    late_switch: Annotated[
+        str, typer.Option(help="with --atomic: a device back this long after it still switches")
+    ] = "10m",
     api: ApiOption = DEFAULT_API,
 ) -> None:
     """Roll a bundle out in waves, with health gates between them.
@@ -82,6 +95,10 @@ def rollout_create(
     inside the maintenance window (they report `deferred` until then, and while an app
     on the device holds its update lock); the install deadline keeps running, so give
     --install-timeout room for the wait.
+
+    With --atomic (one wave) every device stages and waits `armed`; once the --quorum is
+    armed the control plane signs a switch order for now + --switch-lead and they all
+    switch at that moment; if staging fails beyond the quorum, nobody switches.
     """
     selector: dict[str, Any] = {}
     if group:
@@ -99,6 +116,17 @@ def rollout_create(
     if window_cron:
         duration = parse_duration(window_duration)
         window = {"cron": window_cron, "duration_s": duration, "tz": window_tz}
+    atomic_options = None
+    if atomic:
+        try:
+            quorum_pct = float(quorum.strip().rstrip("%"))
+        except ValueError:
+            raise typer.BadParameter(f"{quorum!r} is not a share like 100% or 90%") from None
+        atomic_options = {
+            "quorum_pct": quorum_pct,
+            "switch_lead_s": parse_duration(switch_lead),
+            "late_switch_s": parse_duration(late_switch),
+        }
     with api_errors(), ApiClient(api) as client:
         rollout = client.create_rollout(
             bundle_id=bundle,
@@ -113,6 +141,7 @@ def rollout_create(
             install_timeout_s=parse_duration(install_timeout) if install_timeout else None,
             wave_timeout_s=parse_duration(wave_timeout) if wave_timeout else None,
             maintenance_window=window,
+            atomic=atomic_options,
         )
     sizes = [w["size"] for w in rollout.get("wave_status", [])]
     console.print(
@@ -125,6 +154,7 @@ _DEVICE_COLUMNS = (
     ("pending", ("pending",)),
     ("downloading", ("offered", "downloading", "verified", "staged", "smoke_tested")),
     ("deferred", ("deferred",)),
+    ("armed", ("armed",)),
     ("active", ("active", "shadowing")),
     ("failed", ("failed",)),
     ("timed out", ("timed_out",)),
@@ -151,6 +181,27 @@ def _rollout_table(rollout: dict[str, Any]) -> Table:
             f" · window {window['cron']} ({window.get('tz', 'UTC')})"
             f" for {_seconds(window['duration_s'])}"
         )
+    atomic = rollout.get("atomic")
+    if atomic:
+        timeouts += f" · atomic, quorum {atomic['quorum_pct']:g}%"
+        order = rollout.get("switch_order")
+        if order:
+            timeouts += f" · switch order {order['state']} for {_epoch_clock(order['switch_at'])}"
+        skew = rollout.get("switch_skew_s")
+        if skew is not None:
+            timeouts += f" · switch skew {skew * 1000:.1f} ms"
+        late = [d for d in rollout.get("devices", []) if (d.get("switch_late_s") or 0) > 1]
+        if late:
+            timeouts += " · late: " + ", ".join(
+                f"{d['device_id']} +{d['switch_late_s']:.1f}s" for d in late
+            )
+    windows = {
+        d["device_id"]: d["maintenance_window"]
+        for d in rollout.get("devices", [])
+        if d.get("maintenance_window") and not window
+    }
+    if windows:
+        timeouts += f" · group windows on {len(windows)} devices"
     caption = " · ".join(x for x in (rollout.get("reason"), timeouts) if x)
     result = Table(title=title, caption=caption)
     result.add_column("wave")
@@ -187,6 +238,11 @@ def _seconds(value: float | None) -> str:
     return f"{value:g}s"
 
 
+def _epoch_clock(moment: float) -> str:
+    """Epoch seconds as HH:MM:SS.mmm (UTC)."""
+    return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
 def _clock(moment: str | None) -> str:
     """An ISO time as HH:MM:SS (UTC), '-' for none."""
     if not moment:
@@ -197,14 +253,29 @@ def _clock(moment: str | None) -> str:
 def _devices_table(rollout: dict[str, Any]) -> Table:
     paused = "paused (offline)"
     rows = [
-        d | {"deadline": paused if d.get("clock_paused") else _clock(d.get("deadline_at"))}
+        d
+        | {
+            "deadline": paused if d.get("clock_paused") else _clock(d.get("deadline_at")),
+            "window": _window_text(d.get("maintenance_window")),
+            "switched": (
+                f"{_epoch_clock(d['switched_at'])} +{d.get('switch_late_s') or 0:.3f}s"
+                if d.get("switched_at") is not None
+                else "-"
+            ),
+        }
         for d in rollout["devices"]
     ]
-    return table(
-        rows,
-        ["device_id", "wave", "state", "deadline", "install_seconds", "reason", "updated_at"],
-        "devices",
-    )
+    columns = ["device_id", "wave", "state", "deadline", "window", "install_seconds"]
+    if rollout.get("atomic"):
+        columns.append("switched")
+    return table(rows, [*columns, "reason", "updated_at"], "devices")
+
+
+def _window_text(window: dict[str, Any] | None) -> str:
+    """A maintenance window as "cron (tz) for 1h", '-' for none."""
+    if not window:
+        return "-"
+    return f"{window['cron']} ({window.get('tz', 'UTC')}) for {_seconds(window['duration_s'])}"
 
 
 def _timed_out_table(rollout: dict[str, Any]) -> Table | None:

@@ -64,7 +64,7 @@ const TONE = {
   in_progress: "busy", downloading: "busy", verified: "busy", staged: "busy", running: "busy",
   smoke_tested: "busy", installing: "busy", soaking: "busy", rolling_back: "busy",
   shadowing: "busy",
-  offered: "wait", deferred: "wait", paused: "wait", pending_approval: "wait", awaiting_model: "wait",
+  offered: "wait", deferred: "wait", armed: "wait", paused: "wait", pending_approval: "wait", awaiting_model: "wait",
   pending: "wait", draft: "wait", awaiting_promotion: "wait", waiting_offline: "wait",
 };
 

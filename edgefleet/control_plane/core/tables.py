@@ -243,15 +243,21 @@ class DeviceGroupUpdate(DeviceGroupBase):
 
 
 class DeviceGroup(DeviceGroupBase, table=True):
-    """A named, explicit set of devices a rollout selector can name."""
+    """A named, explicit set of devices a rollout selector can name.
+
+    ``maintenance_window`` (a ``RolloutWindow`` as JSON, or None): its members switch
+    only inside it, unless a rollout gives a window of its own.
+    """
 
     name: str = Field(primary_key=True, max_length=64)
     device_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    maintenance_window: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     updated_at: datetime = _ts_field()
 
 
 class DeviceGroupPublic(DeviceGroupBase):
     name: str
+    maintenance_window: dict[str, Any] | None = None
     updated_at: datetime
 
 
@@ -338,6 +344,35 @@ class RolloutWindow(SQLModel):
         return cron
 
 
+class GroupWindowUpdate(SQLModel):
+    """``PUT /groups/{name}/window``: the group's maintenance window, or null to clear it."""
+
+    model_config = {"extra": "forbid"}
+
+    maintenance_window: RolloutWindow | None = None
+
+
+class RolloutAtomic(SQLModel):
+    """The fleet-wide atomic switch: every device stages and waits ``armed``; once the
+    quorum is armed a signed order switches them all at one moment
+    (``services.rollouts.atomic``)."""
+
+    model_config = {"extra": "forbid"}
+
+    quorum_pct: float = Field(
+        default=100.0, gt=0, le=100, description="share of the devices that must be armed"
+    )
+    switch_lead_s: float = Field(
+        default=5.0, ge=1.0, le=3600.0, description="the order's moment: signed at + this"
+    )
+    late_switch_s: float = Field(
+        default=600.0,
+        ge=0.0,
+        le=7 * 86_400,
+        description="a device back after the moment still switches this long after it",
+    )
+
+
 DEFAULT_INSTALL_TIMEOUT_S = 30 * 60.0
 DEFAULT_WAVE_TIMEOUT_S = 2 * 3600.0
 
@@ -380,6 +415,11 @@ class RolloutCreate(SQLModel):
         description="devices stage at once but switch only inside this window (deferred "
         "meanwhile); their install deadlines keep running",
     )
+    atomic: RolloutAtomic | None = Field(
+        default=None,
+        description="switch every device at one signed moment once the quorum has staged; "
+        "if staging fails beyond the quorum, nobody switches",
+    )
 
 
 class RolloutAction(SQLModel):
@@ -407,6 +447,9 @@ class Rollout(SQLModel, table=True):
     install_timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S
     wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S
     maintenance_window: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    atomic: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # RolloutAtomic
+    # The signed switch order once issued: target, switch_at, valid_until (epoch seconds).
+    switch_order: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     # The current wave's deadline for its installs (wall clock, from the wave's start).
     wave_deadline_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     soak_started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -437,6 +480,8 @@ class RolloutDevice(SQLModel, table=True):
     wave_deadline_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     timed_out_in: str | None = None  # the state it last reported when it timed out
     late_state: str | None = None  # what it reported after it timed out
+    switched_at: float | None = None  # atomic rollouts: when it switched (epoch seconds)
+    switch_late_s: float | None = None  # how long after the order's moment
     updated_at: datetime = _ts_field()
 
 
@@ -452,6 +497,9 @@ class RolloutDevicePublic(SQLModel):
     clock_paused: bool = False  # offline: its install clock stands still
     timed_out_in: str | None = None
     late_state: str | None = None
+    switched_at: float | None = None
+    switch_late_s: float | None = None
+    maintenance_window: dict[str, Any] | None = None  # the window its offer carries
     updated_at: datetime
 
 
@@ -486,6 +534,9 @@ class RolloutPublic(SQLModel):
     install_timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S
     wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S
     maintenance_window: dict[str, Any] | None = None
+    atomic: dict[str, Any] | None = None
+    switch_order: dict[str, Any] | None = None
+    switch_skew_s: float | None = None  # max - min of the devices' switched_at
     wave: int = 1  # current wave, 1-based
     wave_count: int = 1
     phase: str = "installing"

@@ -1,14 +1,25 @@
-"""Device groups (named explicit sets) and device labels, both used by rollout selectors."""
+"""Device groups (named explicit sets) and device labels, both used by rollout selectors.
+
+A group may also hold a maintenance window (``set_group_window``): its members' offers
+carry it when the rollout names none (the rollout's own window wins).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from sqlmodel import Session, col, select
 
 from edgefleet.control_plane.core.errors import InvalidRequestError, NotFoundError
-from edgefleet.control_plane.core.tables import Device, DeviceGroup, DeviceGroupUpdate, utcnow
+from edgefleet.control_plane.core.tables import (
+    Device,
+    DeviceGroup,
+    DeviceGroupUpdate,
+    RolloutWindow,
+    utcnow,
+)
 from edgefleet.control_plane.services.audit import record_audit
 
 logger = logging.getLogger(__name__)
@@ -48,6 +59,37 @@ def set_group(
     session.commit()
     session.refresh(group)
     return group
+
+
+def set_group_window(
+    *, session: Session, name: str, window: RolloutWindow | None, actor: str
+) -> DeviceGroup:
+    """Store ``window`` as group ``name``'s maintenance window (None clears it); audited.
+
+    Its members' offers carry it from then on, unless a rollout gives its own window
+    (``rollouts.outbox.device_offer``); offers already sent keep theirs.
+
+    Raises:
+        NotFoundError: no such group.
+    """
+    group = get_group(session=session, name=name)
+    group.maintenance_window = window.model_dump() if window is not None else None
+    group.updated_at = utcnow()
+    session.add(group)
+    record_audit(session=session, actor=actor, action="group.window", target=name,
+                 detail={"maintenance_window": group.maintenance_window})  # fmt: skip
+    session.commit()
+    session.refresh(group)
+    return group
+
+
+def window_for_device(*, session: Session, device_id: str) -> dict[str, Any] | None:
+    """The maintenance window of ``device_id``'s groups: the first group by name that has
+    one and lists the device; None when none does."""
+    for group in list_groups(session=session):
+        if group.maintenance_window and device_id in (group.device_ids or []):
+            return dict(group.maintenance_window)
+    return None
 
 
 def list_groups(*, session: Session) -> Sequence[DeviceGroup]:

@@ -217,3 +217,27 @@ def test_a_newer_rollout_takes_over_a_deferred_device_which_waits_again(
     device.release(held["lock_id"])
     device.wait_state(second, "active")
     assert device.serving(digits.holdout_x[:5]) == "3"
+
+
+def test_a_window_stored_with_the_devices_group_defers_its_switch(
+    device: Device, digits: DigitsModel
+) -> None:
+    # The group's window opens in twelve hours: the rollout names none, so the group's
+    # window travels with the offer and the device stages but does not switch.
+    opens = (datetime.now(UTC) + timedelta(hours=12)).replace(second=0, microsecond=0)
+    window = {"cron": f"{opens.minute} {opens.hour} * * *", "duration_s": 600, "tz": "UTC"}
+    assert device.api.put("/api/v1/groups/line-a", json={"device_ids": [DEVICE]}).is_success
+    stored = device.api.put("/api/v1/groups/line-a/window", json={"maintenance_window": window})
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["maintenance_window"] == window
+
+    rollout = device.roll_out(build_bundle(device.api, "2", PROFILE)["id"])
+
+    row = device.wait_state(rollout, "deferred")
+    assert row["reason"] == f"outside maintenance window, next opens at {opens.isoformat()}"
+    assert row["maintenance_window"] == window  # shown in `rollout status --devices`
+    assert device.serving(digits.holdout_x[:5]) == "1"
+    refused = device.api.put(
+        "/api/v1/groups/line-a/window", json={"maintenance_window": {"cron": "61 * * * *"}}
+    )
+    assert refused.status_code == 422  # a window no device could read is refused

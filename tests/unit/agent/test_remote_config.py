@@ -19,7 +19,7 @@ device_id = "dev-remote0001"
 profile = "x86-64-gateway-onnx"
 data_dir = "{tmp_path}"
 trust_root = "{tmp_path / "root.json"}"
-disk_budget_mb = 100
+disk = {{ budget_mb = 100 }}
 {extra}
 """
     )

@@ -24,7 +24,7 @@ from edgefleet.states.install import (
 
 def test_the_sets_follow_the_table() -> None:
     assert {
-        "offered", "downloading", "verified", "staged", "smoke_tested", "deferred",
+        "offered", "downloading", "verified", "staged", "smoke_tested", "deferred", "armed",
     } == INSTALLING_STATES  # fmt: skip
     assert {"failed", "rolled_back"} == FAILED_STATES
     assert {"committed", "failed", "rolled_back"} == TERMINAL

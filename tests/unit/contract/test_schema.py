@@ -133,8 +133,10 @@ def test_journal_written_by_the_pydantic_version_reads_back_field_for_field(
         "active", "a", "b",
     )  # fmt: skip
     written = schema.to_builtins(record)
-    # Declared since (deferral): written as null when the offer had none; nothing else moves.
+    # Declared since (deferral, atomic switch): written as null / false when the offer had
+    # none; nothing else moves.
     assert written.pop("maintenance_window") is None
+    assert written.pop("atomic") is False
     assert json.dumps(written, sort_keys=True).encode() + b"\n" == PYDANTIC_JOURNAL
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgefleet.agent.errors import SpoolError
 from edgefleet.agent.telemetry.spool.recovery import _Recovery
 from edgefleet.agent.telemetry.spool.storage import (
     FILE_SLACK,
@@ -54,6 +55,12 @@ class Row:
     payload: bytes
 
 
+LIMIT_STEP = 16 * 1024
+"""Bytes of rows ``limit`` drops per transaction."""
+MIN_CAP = 64 * 1024
+"""The least cap ``limit`` sets: room for install reports however full the disk is."""
+
+
 class Spool(_Recovery):
     """A bounded, crash-safe FIFO per priority class, shared by producer threads."""
 
@@ -75,6 +82,7 @@ class Spool(_Recovery):
         self._last_drop = 0.0
         self._first_drop = 0.0
         self._last_drop_log = -DROP_LOG_EVERY_S
+        self._last_full_log = -DROP_LOG_EVERY_S
         self._ino: int | None = None
         self._memory_since = 0.0
         self._rows = self._bytes = self._counter = 0
@@ -101,7 +109,13 @@ class Spool(_Recovery):
             self._buffer.append(pending)
             full = len(self._buffer) >= self.batch_size
         if full:
-            self.flush()
+            try:
+                self.flush()
+            except SpoolError as e:  # a full disk: kept in the bounded buffer, never raised
+                now = time.monotonic()  # to a producer; said once in a while
+                if now - self._last_full_log >= DROP_LOG_EVERY_S:
+                    self._last_full_log = now
+                    logger.warning("spool batches kept in memory reason=%s", e)
 
     def flush(self) -> None:
         """Commit buffered rows in one transaction, then apply the overflow policy."""
@@ -311,6 +325,40 @@ class Spool(_Recovery):
         """Rows held (committed plus buffered)."""
         with self._lock:
             return self._rows + len(self._buffer)
+
+    def limit(self, max_bytes: int) -> int:
+        """Change the cap to ``max_bytes`` (at least ``MIN_CAP``) and apply the overflow
+        policy at once: the disk budget's watcher lowers it while the filesystem runs
+        short (``edgefleet.agent.storage.watch``) and raises it back after. Returns
+        the cap now in force. A disk too full even to delete leaves the cap lowered for
+        the next flush, which tries again."""
+        max_bytes = max(MIN_CAP, int(max_bytes))
+        with self._lock:
+            if max_bytes == self.max_bytes:
+                return max_bytes
+            self.max_bytes = max_bytes
+            self.wal_limit = wal_limit(max_bytes)
+            if self._ino is None:
+                return max_bytes
+            # Down in steps, each its own transaction with the WAL truncated after it:
+            # deleting needs WAL pages, and the disk may have little room for them.
+            while self._over_cap():
+                rows = self._rows
+                held = max(self._bytes, self._file_bytes() - FILE_SLACK)
+                self.max_bytes = max(max_bytes, held - LIMIT_STEP)
+                try:
+                    with self._db:
+                        self._db.execute("BEGIN")
+                        self._enforce_cap()
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error as e:
+                    logger.warning("spool cap not applied yet reason=%s", e)
+                    break
+                finally:
+                    self.max_bytes = max_bytes
+                if self._rows == rows:
+                    break
+        return max_bytes
 
     def disk_bytes(self) -> int:
         """Bytes the spool takes on disk now: the file plus its WAL."""

@@ -6,7 +6,11 @@ from fastapi import APIRouter, Path, status
 
 from edgefleet.control_plane.api.deps import SessionDep
 from edgefleet.control_plane.api.routes.rollouts import ActorDep
-from edgefleet.control_plane.core.tables import DeviceGroupPublic, DeviceGroupUpdate
+from edgefleet.control_plane.core.tables import (
+    DeviceGroupPublic,
+    DeviceGroupUpdate,
+    GroupWindowUpdate,
+)
 from edgefleet.control_plane.services import groups as service
 
 router = APIRouter(prefix="/groups", tags=["groups"])
@@ -28,6 +32,18 @@ def set_group(
     session: SessionDep, actor: ActorDep, name: GroupName, group_in: DeviceGroupUpdate
 ) -> DeviceGroupPublic:
     group = service.set_group(session=session, name=name, group_in=group_in, actor=actor)
+    return DeviceGroupPublic.model_validate(group)
+
+
+@router.put("/{name}/window")
+def set_group_window(
+    session: SessionDep, actor: ActorDep, name: GroupName, window_in: GroupWindowUpdate
+) -> DeviceGroupPublic:
+    """The group's maintenance window (null clears it): its members' offers carry it
+    when their rollout names none."""
+    group = service.set_group_window(
+        session=session, name=name, window=window_in.maintenance_window, actor=actor
+    )
     return DeviceGroupPublic.model_validate(group)
 
 

@@ -16,6 +16,7 @@ Modules, by concern (callers import from the module they need)::
     reports       device install reports and re-offers when a device returns
     views         the API's and CLI's view of rollouts
     outbox        the offers and commands a state change owes devices
+    atomic        the fleet-wide atomic switch: quorum, signed switch order, or nobody
 
 Device states (``RolloutDevice.state``): pending -> offered -> downloading ..
 smoke_tested [-> deferred] -> active | failed | timed_out; active -> rolling_back ->
@@ -37,9 +38,14 @@ offline devices; the last wave waits for them (``phase`` = ``waiting_offline``)
 before the rollout is ``complete``, unless an operator aborts it.
 
 Deferral: a device whose application holds the update lock, or that is outside the
-rollout's ``maintenance_window`` (sent in every offer, ``outbox.bundle_offer``), stages
+rollout's ``maintenance_window`` (or, when the rollout has none, its groups' window;
+sent in every offer, ``outbox.device_offer``), stages
 and reports ``deferred`` with the reason. It is still installing: the wave waits for it
 and its deadlines keep running.
+
+Atomic rollouts (``atomic``): devices stage and report ``armed``; once the quorum is
+armed a signed switch order switches them all at one moment; if staging fails beyond
+the quorum every device drops what it staged and the rollout fails.
 
 Deadlines (``deadlines``): an online device has ``install_timeout_s`` from its offer,
 and its wave's ``wave_timeout_s`` at most, before it is ``timed_out``; an offline

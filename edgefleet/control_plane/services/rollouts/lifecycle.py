@@ -29,7 +29,7 @@ from edgefleet.control_plane.services.rollouts.deadlines import arm_deadlines
 from edgefleet.control_plane.services.rollouts.outbox import (
     FleetPublisher,
     Outbox,
-    bundle_offer,
+    device_offer,
     publish_outbox,
 )
 from edgefleet.control_plane.services.rollouts.selection import (
@@ -79,6 +79,10 @@ def create_rollout(
     devices = select_devices(session, bundle, rollout_in)
     if not devices:
         raise InvalidRequestError(f"no devices to roll bundle {bundle.id} out to")
+    if rollout_in.atomic is not None and (
+        rollout_in.strategy == "shadow" or rollout_in.waves not in (["100%"], [100], ["100"])
+    ):
+        raise InvalidRequestError("an atomic rollout is one wave of 100% and installs (no shadow)")
     specs: list[int | str] = ["100%"] if rollout_in.strategy == "blue_green" else rollout_in.waves
     sizes = wave_sizes(specs, len(devices))
 
@@ -98,6 +102,7 @@ def create_rollout(
         maintenance_window=(
             rollout_in.maintenance_window.model_dump() if rollout_in.maintenance_window else None
         ),
+        atomic=rollout_in.atomic.model_dump() if rollout_in.atomic else None,
         created_by=actor,
     )
     session.add(rollout)
@@ -214,7 +219,9 @@ def retry_devices(
     elif rollout.phase == "done":
         rollout.phase = "waiting_offline"
     rollout.reason = None
-    return [(r.device_id, bundle_offer(bundle, rollout)) for r in rows], retried
+    return [
+        (r.device_id, device_offer(session, bundle, rollout, r.device_id)) for r in rows
+    ], retried
 
 
 def act_on_rollout(

@@ -42,6 +42,11 @@ from sqlmodel import Session, col, select
 
 from edgefleet.control_plane.core.tables import Rollout, RolloutGates, utcnow
 from edgefleet.control_plane.services.audit import record_audit
+from edgefleet.control_plane.services.rollouts.atomic import (
+    OrderSigner,
+    hold_for_switch,
+    issue_planned_order,
+)
 from edgefleet.control_plane.services.rollouts.deadlines import enforce_deadlines, online_devices
 from edgefleet.control_plane.services.rollouts.lifecycle import claim_rollout
 from edgefleet.control_plane.services.rollouts.outbox import FleetPublisher, publish_outbox
@@ -201,7 +206,12 @@ def _step(session: Session, publisher: FleetPublisher, rollout: Rollout, now: da
 
 
 def advance_rollout(
-    *, session: Session, publisher: FleetPublisher, rollout_id: int, actor: str
+    *,
+    session: Session,
+    publisher: FleetPublisher,
+    rollout_id: int,
+    actor: str,
+    signer: OrderSigner | None = None,
 ) -> bool:
     """Advance one rollout as far as it can go now; False when another replica holds it."""
     rollout = claim_rollout(session, rollout_id, skip_locked=True)
@@ -214,7 +224,10 @@ def advance_rollout(
     now = utcnow()
     before = (rollout.phase, rollout.current_wave)
     enforce_deadlines(session=session, rollout=rollout, now=now, actor=actor)
-    for _ in range(MAX_STEPS):
+    # Atomic rollouts wait for their switch order (or fail) before the wave logic.
+    held = hold_for_switch(session=session, publisher=publisher, rollout=rollout, now=now,
+                           actor=actor)  # fmt: skip
+    for _ in range(0 if held else MAX_STEPS):
         if rollout.state != "in_progress" or not _step(session, publisher, rollout, now, actor):
             break
     if (rollout.phase, rollout.current_wave) != before or rollout.state != "in_progress":
@@ -222,15 +235,26 @@ def advance_rollout(
         rollout.owner = actor
         session.add(rollout)
     session.commit()
+    if signer is not None and (rollout.switch_order or {}).get("state") == "planned":
+        issue_planned_order(session=session, publisher=publisher, signer=signer,
+                            rollout_id=rollout_id)  # fmt: skip
     return True
 
 
 class RolloutOrchestrator:
     """What the scheduler runs on each replica, every ``interval`` seconds."""
 
-    def __init__(self, *, engine: Engine, publisher: FleetPublisher, replica: str) -> None:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        publisher: FleetPublisher,
+        replica: str,
+        signer: OrderSigner | None = None,
+    ) -> None:
         self._engine = engine
         self._publisher = publisher
+        self._signer = signer  # signs atomic rollouts' switch orders
         self.actor = f"orchestrator@{replica}"
 
     def tick(self) -> None:
@@ -253,6 +277,7 @@ class RolloutOrchestrator:
                         publisher=self._publisher,
                         rollout_id=rollout_id,
                         actor=self.actor,
+                        signer=self._signer,
                     )
             except Exception:  # top of a scheduled job: one rollout must not stop the rest
                 logger.exception("rollout advance failed rollout_id=%s", rollout_id)

@@ -29,6 +29,7 @@ from edgefleet.control_plane.core.tables import (
     utcnow,
 )
 from edgefleet.control_plane.services.audit import record_audit
+from edgefleet.control_plane.services.rollouts.atomic import order_for_device
 from edgefleet.control_plane.services.rollouts.deadlines import (
     audit_time_outs,
     overdue,
@@ -37,7 +38,7 @@ from edgefleet.control_plane.services.rollouts.deadlines import (
 )
 from edgefleet.control_plane.services.rollouts.outbox import (
     FleetPublisher,
-    bundle_offer,
+    device_offer,
     shadow_start,
 )
 from edgefleet.messages import InstallReport
@@ -135,6 +136,9 @@ def apply_install_report(
         row.paused_at = None  # finished: no clock any more
     if report.install_seconds is not None:
         row.install_seconds = report.install_seconds
+    if report.switched_at is not None:
+        row.switched_at = report.switched_at
+        row.switch_late_s = report.switch_late_s
     row.updated_at = now
     session.add(row)
     if state == "active":
@@ -220,7 +224,9 @@ def reoffer_on_reconnect(*, session: Session, publisher: FleetPublisher, device_
             logger.info("not re-offered: %s device_id=%s", late, device_id)
             continue
         else:
-            publisher.publish_offer(device_id, bundle_offer(bundle, rollout))
+            publisher.publish_offer(device_id, device_offer(session, bundle, rollout, device_id))
+            if (order := order_for_device(rollout, row)) is not None:
+                publisher.publish_command(device_id, order)  # atomic: the order it missed
         sent += 1
         logger.info(
             "re-offered on reconnect device_id=%s rollout_id=%s state=%s",

@@ -23,6 +23,8 @@ from edgefleet.control_plane.core.tables import (
     RolloutPublic,
     WavePublic,
 )
+from edgefleet.control_plane.services.groups import window_for_device
+from edgefleet.control_plane.services.rollouts.atomic import switch_skew
 from edgefleet.control_plane.services.rollouts.waves import aware, wave_rows, wave_verdict
 from edgefleet.states.install import INSTALLING_STATES
 from edgefleet.states.rollout import RUNNING_ROLLOUT_STATES
@@ -106,6 +108,9 @@ def rollout_public(*, session: Session, rollout: Rollout) -> RolloutPublic:
         install_timeout_s=rollout.install_timeout_s,
         wave_timeout_s=rollout.wave_timeout_s,
         maintenance_window=rollout.maintenance_window,
+        atomic=rollout.atomic,
+        switch_order=rollout.switch_order,
+        switch_skew_s=switch_skew(rows),
         wave=rollout.current_wave + 1,
         wave_count=len(sizes),
         phase=rollout.phase,
@@ -128,6 +133,10 @@ def rollout_public(*, session: Session, rollout: Rollout) -> RolloutPublic:
                 clock_paused=row.paused_at is not None and row.state in INSTALLING_STATES,
                 timed_out_in=row.timed_out_in,
                 late_state=row.late_state,
+                switched_at=row.switched_at,
+                switch_late_s=row.switch_late_s,
+                maintenance_window=rollout.maintenance_window
+                or window_for_device(session=session, device_id=row.device_id),
                 updated_at=row.updated_at,
             )
             for row in rows

@@ -30,7 +30,7 @@ from edgefleet.control_plane.services.rollouts.gates import GateInputs, GateVerd
 from edgefleet.control_plane.services.rollouts.outbox import (
     FleetPublisher,
     Outbox,
-    bundle_offer,
+    device_offer,
     shadow_start,
 )
 from edgefleet.messages import DeviceCommand
@@ -93,7 +93,8 @@ def start_wave(*, session: Session, rollout: Rollout, wave: int, actor: str) -> 
     outbox: Outbox = []
     for row in rows:
         message = shadow_start(bundle, rollout) if rollout.strategy == "shadow" else None
-        outbox.append((row.device_id, message or bundle_offer(bundle, rollout)))
+        outbox.append((row.device_id, message or device_offer(session, bundle, rollout,
+                                                              row.device_id)))  # fmt: skip
     return outbox
 
 
@@ -133,6 +134,20 @@ def send_rollback(
         elif row.state == "shadowing":
             command(row, "shadow_stop")
             row.state = "cancelled"
+        elif rollout.atomic is not None and row.state in INSTALLING_STATES:
+            # Staged or armed for an atomic switch: drop the staged bundle. A rollback
+            # would roll back what the device serves now, which this rollout never touched.
+            publisher.publish_command(
+                row.device_id,
+                DeviceCommand(
+                    command="drop_staged",
+                    rollout_id=rollout.id,
+                    bundle_id=rollout.bundle_id,
+                    reason=reason,
+                ),
+            )
+            sent.append(row.device_id)
+            row.state = "rolling_back"
         elif row.state in INSTALLING_STATES or row.state in ("active", "rolling_back"):
             command(row, "rollback")
             row.state = "rolling_back"
