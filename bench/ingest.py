@@ -14,8 +14,9 @@ Runs, each on a fresh database:
 
 1. one replica with ``EDGEFLEET_INGEST_METHOD=values`` (multi-row INSERT ... ON CONFLICT
    DO NOTHING), then ``copy`` (COPY into a staging table + INSERT ... SELECT ON CONFLICT);
-   each with every count of ingest worker processes in ``--ingest-processes`` (``1`` by
-   default; ``0,1,2`` compares ingest in the API's process with one and two workers);
+   each with every count of ingest worker processes in ``--ingest-processes`` (``2``, the
+   control plane's default on PostgreSQL; ``0,1,2`` compares ingest in the API's process
+   with one and two workers);
 2. two replicas (one PostgreSQL, one shared-subscription group) with the faster method.
 
 The ingest rate is events stored (``SELECT count(*) FROM event``) over the time from the
@@ -623,7 +624,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redeliver", type=float, default=0.05,
                         help="share of events published twice with the same id")  # fmt: skip
     parser.add_argument("--methods", default="values,copy")
-    parser.add_argument("--ingest-processes", default="1",
+    parser.add_argument("--ingest-processes", default="2",
                         type=lambda text: [int(n) for n in text.split(",") if n],
                         help="ingest worker processes per replica, each count a run "
                         "(0: ingest in the API's process, as before)")  # fmt: skip
