@@ -10,14 +10,20 @@
   in-process ≤ 5 %). The agent calls the compiled session under ``run`` (see
   ``edgefleet.agent.inference.runtime``), so that binding is timed too, to show what the agent adds
   to it;
+- the local OIP endpoint's own cost per request (``bench/endpoint_speed.py``): the
+  same keep-alive client, in a process of its own as an application would be, calling
+  the endpoint and a do-nothing server in the same run; JSON vs binary tensors, TCP vs
+  Unix socket, 1 KB and 1 MB inputs;
 - idle RSS: see ``bench/agent_footprint.py`` (agent + model vs bare runtime + model).
 
-    .venv/bin/python bench/agent_runtime.py
+    .venv/bin/python bench/agent_runtime.py              # everything
+    .venv/bin/python bench/agent_runtime.py --endpoint   # the endpoint table only
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -27,6 +33,7 @@ from pathlib import Path
 import httpx
 import msgspec
 import numpy as np
+from endpoint_speed import bench_endpoint, print_endpoint_table
 
 from edgefleet import topics
 from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, OnnxRuntime
@@ -214,6 +221,9 @@ def bench_inference(tmp: Path) -> dict[str, float]:
 
 
 def main() -> None:
+    if "--endpoint" in sys.argv:
+        print_endpoint_table(bench_endpoint())
+        return
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         append_rate = bench_spool(tmp)
@@ -247,8 +257,9 @@ def main() -> None:
     )
     print(
         f"local OIP HTTP endpoint {infer['http']:7.1f} us/call  "
-        f"= {infer['http'] / base:.1f}x direct"
+        f"= {infer['http'] / base:.1f}x direct (httpx client, JSON, in the same process)"
     )
+    print_endpoint_table(bench_endpoint())
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -65,6 +66,7 @@ from typing import Any
 
 import httpx
 from fleetsim import DeviceRecord, WorkerSpec, run_worker
+from fleetsim_async import run_async_worker
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -137,6 +139,8 @@ class FleetResult:
     downloads_resumed: int = 0
     reconnects: int = 0
     not_active: list[str] = field(default_factory=list)
+    sim: str = "threads"
+    api_latency_ms: dict[str, list[float]] = field(default_factory=dict)  # during the rollout
 
     @property
     def ok(self) -> bool:
@@ -169,24 +173,30 @@ class Bundle:
 # -- limits ----------------------------------------------------------------------------
 
 
-def plan_workers(devices: int, wanted: int) -> int:
-    """Worker processes for ``devices``: at least ``wanted``, more if select() would overflow."""
+def plan_workers(devices: int, wanted: int, sim: str = "threads") -> int:
+    """Worker processes for ``devices``: at least ``wanted``, more if select() would overflow
+    (the thread simulator's paho loop; the asyncio simulator uses epoll)."""
+    if sim == "async":
+        return wanted
     return max(wanted, math.ceil(devices / MAX_CLIENTS_PER_WORKER))
 
 
-def check_limits(devices: int, console: Console) -> None:
+def check_limits(devices: int, console: Console, sim: str = "threads") -> None:
     """Raise the open-files limit if needed; fail early, naming the limit, if it cannot be.
 
-    Mosquitto holds one socket per device (and per baseline subscriber), and inherits
-    this process's limit; each device costs about three threads in its worker.
+    Mosquitto holds one socket per device (the baseline's subscribers are gone before
+    the devices connect), and inherits this process's limit, as do the workers; with
+    the thread simulator each device costs about three threads in its worker.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = 2 * devices + 512
+    need = devices + 1024
     if soft < need:
         if hard != resource.RLIM_INFINITY and hard < need:
             raise SystemExit(f"open files limit {hard} < {need} needed: raise `ulimit -n`")
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
         console.print(f"raised open files limit {soft} -> {need}")
+    if sim == "async":
+        return  # one task per device, no threads
     threads = THREADS_PER_DEVICE * devices + 200
     for name, path in (
         ("threads-max", "/proc/sys/kernel/threads-max"),
@@ -237,6 +247,8 @@ class System:
         self.process: subprocess.Popen[bytes] | None = None
         self.api: ApiClient | None = None
         self._http: httpx.Client | None = None
+        self.api_base = ""
+        self.token: str | None = None
 
     def start(self) -> ApiClient:
         self.broker.start()
@@ -265,6 +277,7 @@ class System:
             probe.close()
         token_file = self.cp_dir / "admin.token"
         token = token_file.read_text().strip() if token_file.exists() else None
+        self.api_base, self.token = base, token
         self.api = ApiClient(base, token=token, timeout=120)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=f"{base}/api/v1", headers=headers, timeout=60)
@@ -426,14 +439,15 @@ def cpu_since(before: dict[str, float]) -> dict[str, float]:
 class Workers:
     """The simulator's worker processes and the pipe to each; every call is bounded."""
 
-    def __init__(self, specs: list[WorkerSpec]) -> None:
+    def __init__(self, specs: list[WorkerSpec], sim: str = "threads") -> None:
         context = multiprocessing.get_context("spawn")
+        target = run_async_worker if sim == "async" else run_worker
         self.specs = specs
         self.conns: list[Connection] = []
         self.processes: list[SpawnProcess] = []
         for spec in specs:
             parent, child = context.Pipe()
-            process = context.Process(target=run_worker, args=(child, spec), daemon=True)
+            process = context.Process(target=target, args=(child, spec), daemon=True)
             process.start()
             child.close()
             self.conns.append(parent)
@@ -522,6 +536,46 @@ def run_baseline(
     return max(done) - started, 0
 
 
+class ApiLatency:
+    """Operator requests during the rollout, timed: ``rollout status`` and ``device list``.
+
+    One request at a time, alternating, a pause of ``PAUSE_S`` between them (an
+    operator's console refreshing, not a load test), on a connection of its own. A
+    request that fails counts with the time it took, under ``<name> errors``.
+    """
+
+    PAUSE_S = 0.25
+
+    def __init__(self, base: str, token: str | None, rollout_id: int) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=f"{base}/api/v1", headers=headers, timeout=60)
+        self._paths = {"rollout status": f"/rollouts/{rollout_id}", "device list": "/devices"}
+        self.samples: dict[str, list[float]] = {name: [] for name in self._paths}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="api-latency", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(90)
+        self._http.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, path in self._paths.items():
+                started = time.perf_counter()
+                try:
+                    ok = self._http.get(path).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                took = (time.perf_counter() - started) * 1000
+                self.samples.setdefault(name if ok else f"{name} errors", []).append(took)
+                if self._stop.wait(self.PAUSE_S):
+                    return
+
+
 def watch_rollout(api: ApiClient, system: System, rollout_id: int, total: int, timeout: float,
                   console: Console) -> dict[str, Any]:  # fmt: skip
     """Poll the rollout once a second until it ends (or ``timeout``); a live progress bar."""
@@ -599,8 +653,9 @@ def run_fleet(
     fetch: FetchConfig,
     console: Console,
     skip_model: bool = False,
+    sim: str = "threads",
 ) -> FleetResult:
-    n_workers = plan_workers(devices, wanted_workers)
+    n_workers = plan_workers(devices, wanted_workers, sim)
     if n_workers != wanted_workers:
         console.print(
             f"{devices} devices need {n_workers} workers (paho's select() keeps a process "
@@ -625,7 +680,7 @@ def run_fleet(
     ]
     fleet_dir.mkdir(parents=True, exist_ok=True)
     spawned = time.monotonic()
-    workers = Workers(specs)
+    workers = Workers(specs, sim)
     try:
         workers.call("ping", timeout=120)
         console.print(
@@ -662,7 +717,12 @@ def run_fleet(
         rollout = api.create_rollout(
             bundle_id=bundle.id, device_ids=ids, waves=WAVES, soak_seconds=0, gates=GATES
         )
-        rollout = watch_rollout(api, system, rollout["id"], devices, rollout_timeout, console)
+        latency = ApiLatency(system.api_base, system.token, rollout["id"])
+        latency.start()
+        try:
+            rollout = watch_rollout(api, system, rollout["id"], devices, rollout_timeout, console)
+        finally:
+            latency.stop()
         rollout_cpu = cpu_since(cpu_before)
         payload_after = system.delivery_bytes()
         wire_after = system.wire_bytes()
@@ -671,6 +731,8 @@ def run_fleet(
         result = summarize(rollout, records, audit, created_at, devices, n_workers)
         result.connect_s = connect_s
         result.rollout_cpu = rollout_cpu
+        result.sim = sim
+        result.api_latency_ms = latency.samples
         result.delivery = "blobs" if fetch.blobs else "fetch"
         result.bundle_length = bundle.length
         result.cp_payload = {
@@ -772,6 +834,16 @@ def summarize(
 # -- output ----------------------------------------------------------------------------
 
 
+def latency_cell(samples: dict[str, list[float]], name: str) -> str:
+    """``p50 / p99 ms (n)`` of one API request's samples, and its failures if any."""
+    values = sorted(samples.get(name, []))
+    errors = len(samples.get(f"{name} errors", []))
+    if not values:
+        return NA if not errors else f"{errors} failed"
+    cell = f"{percentile(values, 0.5):,.0f} / {percentile(values, 0.99):,.0f} ms ({len(values)})"
+    return cell + (f", {errors} failed" if errors else "")
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile of sorted ``values``."""
     rank = max(1, math.ceil(q * len(values)))
@@ -812,7 +884,7 @@ def render_table(results: list[FleetResult], bundle: Bundle, fetch: FetchConfig)
     def row(label: str, cells: list[str]) -> None:
         table.add_row(label, *cells)
 
-    row("worker processes", [str(r.workers) for r in results])
+    row("simulator / worker processes", [f"{r.sim} / {r.workers}" for r in results])
     row("connect + known online", [seconds(r.connect_s) for r in results])
     row("[bold]rollout: POST → all active[/]", [seconds(r.all_active_s) for r in results])
     row("rollout: POST → complete (control plane)", [seconds(r.complete_s) for r in results])
@@ -853,10 +925,11 @@ def render_table(results: list[FleetResult], bundle: Bundle, fetch: FetchConfig)
         ],
     )
     row(
-        "  of which: fetch metadata / fetch targets / blobs (whole rollout)",
+        "  of which: fetch metadata / fetch targets / blobs / retained metadata (whole rollout)",
         [
             " / ".join(
-                f"{r.cp_payload.get(k, 0):,}" for k in ("fetch_metadata", "fetch_targets", "blobs")
+                f"{r.cp_payload.get(k, 0):,}"
+                for k in ("fetch_metadata", "fetch_targets", "blobs", "metadata_retained")
             )
             for r in results
         ],
@@ -880,6 +953,16 @@ def render_table(results: list[FleetResult], bundle: Bundle, fetch: FetchConfig)
         "rollout CPU s: control plane / broker / simulator",
         [cpu_cells(r.rollout_cpu, r.complete_s) for r in results],
     )
+    row(
+        "control plane CPU ms per device rolled out",
+        [f"{1000 * r.rollout_cpu.get('control plane', 0) / max(r.devices, 1):.1f}"
+         for r in results],
+    )  # fmt: skip
+    for name in ("rollout status", "device list"):
+        row(
+            f"API {name} during the rollout: p50 / p99 (n)",
+            [latency_cell(r.api_latency_ms, name) for r in results],
+        )
     row(
         "telemetry offered (QoS 1, broker acked)",
         [f"{r.offered_per_s:,.0f} msg/s" for r in results],
@@ -938,6 +1021,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="simulated devices fetch, verify, unpack and switch but skip the model load "
         "and the smoke test (their own CPU on a real device): measures delivery",
     )
+    parser.add_argument(
+        "--sim",
+        choices=("threads", "async"),
+        default="threads",
+        help="threads: each device the agent's own parts (paho, offer worker, python-tuf), "
+        "up to a few thousand; async: each device an asyncio MQTT 5 session that fetches "
+        "and hashes every byte, for 10,000 (bench/fleetsim_async.py)",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="keep everything here")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -955,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal:
         console.width = 120  # a log or a pipe: keep the table on one line per row
-    check_limits(max(args.sizes), console)
+    check_limits(max(args.sizes), console, args.sim)
     root = args.data_dir or Path(tempfile.mkdtemp(prefix="edgefleet-fleet-"))
     root.mkdir(parents=True, exist_ok=True)
     system = System(root, tick_s=args.tick, console=console, blob_delivery=args.delivery == "blobs")
@@ -987,6 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
                         fetch=fetch_config,
                         console=console,
                         skip_model=args.plumbing,
+                        sim=args.sim,
                     )
                 )
             except (RuntimeError, TimeoutError, ApiError) as e:
@@ -998,8 +1090,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.data_dir is None:
             shutil.rmtree(root, ignore_errors=True)
     if results:
-        if args.plumbing:
+        if args.plumbing and args.sim == "threads":
             console.print("plumbing mode: devices skipped the model load and the smoke test")
+        if args.sim == "async":
+            console.print(
+                "asyncio simulator: every byte fetched from the broker's retained metadata and "
+                "blobs and checked against the signed targets' length and SHA-256; metadata "
+                "signatures, unpacking, model load and smoke test skipped (bench/fleetsim_async.py)"
+            )
         console.print(render_table(results, bundle, fetch_config))
     for r in results:
         if r.failed:

@@ -21,6 +21,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -148,6 +149,7 @@ def summarize(
         "steady_requests": len(steady),
         "steady_p50_ms": round(cuts[49] * 1000, 2),
         "steady_p99_ms": round(cuts[98] * 1000, 2),
+        "steady_worst_ms": round(max(steady) * 1000, 2),
         "worst_ms": round(max((s.latency_s for s in samples), default=0.0) * 1000, 2),
     }
     for name, span in events.items():
@@ -254,6 +256,14 @@ def running_fleet(tmp: Path) -> Iterator[dict[str, Any]]:
         broker.kill()
 
 
+LOAD_MS = re.compile(r"model loaded bundle_id=\S+ load_ms=([\d.]+)")
+"""The agent's log line for a model loaded beside the serving one (``runtime.load_runtime``).
+
+The issue's bound for a hot swap: no request waits longer than one model call (here
+the steady p99 of a whole request) plus the load time; ``<event>_within_bound`` says
+whether the worst request around the switch and the roll-back kept it."""
+
+
 def run(rate: float, steady_s: float, margin: float) -> dict[str, Any]:
     from edgefleet.messages import DeviceCommand
     from tests.support.polling import wait_until
@@ -281,6 +291,15 @@ def run(rate: float, steady_s: float, margin: float) -> dict[str, Any]:
         elapsed = samples[-1].sent - samples[0].sent if samples else 0.0
         result = summarize(samples, events, margin)
         result["rate_per_s"] = round(len(samples) / elapsed, 1) if elapsed else 0.0
+        # The agent's own log: how long each new model took to load beside the old.
+        loads = LOAD_MS.findall((Path(tmp) / "agent.log").read_text(errors="replace"))
+        # The last two loads: v2 before its switch, then v1 before the roll-back.
+        timed = [float(x) for x in loads[-2:]]
+        for name, load_ms in zip(("switch", "rollback"), timed, strict=len(timed) == 2):
+            bound = result["steady_p99_ms"] + load_ms
+            result[f"{name}_load_ms"] = round(load_ms, 1)
+            result[f"{name}_bound_ms"] = round(bound, 1)
+            result[f"{name}_within_bound"] = result[f"{name}_worst_ms"] <= bound
         return result
 
 

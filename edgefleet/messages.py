@@ -242,6 +242,9 @@ class DeviceCommand(WireMessage, frozen=True, kw_only=True):
 
     ``rollback`` switches the device back to the bundle in its other slot and is
     answered with an ``InstallReport`` in state ``rolled_back`` (or ``failed``).
+    ``shadow_start`` carries ``args`` ``{"target", "release"}``, and for an A/B
+    experiment split by requests ``"split": {"experiment_id", "share"}``: the shadow then
+    answers that share of the model's requests (``edgefleet.agent.inference.split``).
     """
 
     type: Literal["command"] = "command"
@@ -358,6 +361,28 @@ class Receipt(WireMessage, frozen=True, kw_only=True):
     ts: float = field(default_factory=time.time)
 
 
+class MetaIndex(WireMessage, frozen=True, kw_only=True):
+    """The TUF metadata published retained on ``fleet/all/down/meta/<file>``.
+
+    ``files`` maps each file name to its SHA-256, so a device takes a retained file
+    only when it is the one the index names (a file replaced between the two reads
+    is asked for by request instead). ``root_version`` is the newest root: a device
+    probing for a newer one learns there is none without asking the control plane.
+    Unsigned like ``BlobIndex``: TUF verifies every file, and only the control plane
+    may publish under ``fleet/all/down`` (broker ACL).
+    """
+
+    type: Literal["meta_index"] = "meta_index"
+    files: dict[
+        Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.json\Z")],
+        Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z")],
+    ] = field(default_factory=dict)
+    root_version: Annotated[int, Meta(ge=1)]
+    timestamp_version: Annotated[int, Meta(ge=0)] = 0
+    """The indexed ``timestamp.json``'s version: a replica whose repository files are
+    older than what the broker holds does not publish over it."""
+
+
 Message = (
     DeviceStatus
     | InstallReport
@@ -377,6 +402,7 @@ _MESSAGE_TYPES: dict[str, type[WireMessage]] = {
     "install": InstallReport,
     "fetch": FetchRequest,
     "blob_index": BlobIndex,
+    "meta_index": MetaIndex,
     "offer": BundleOffer,
     "telemetry": TelemetryEvent,
     "command": DeviceCommand,

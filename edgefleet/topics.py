@@ -9,6 +9,8 @@
     fleet/all/down/<channel>           cloud -> every device
     fleet/all/down/blobs/<sha256>/index      a target's chunk index (retained)
     fleet/all/down/blobs/<sha256>/<n>        its chunk n (retained; content-addressed)
+    fleet/all/down/meta/index                the TUF metadata published (retained)
+    fleet/all/down/meta/<file>               one TUF metadata file (retained)
 
 Device ids are ``dev-`` plus 8 to 32 lowercase letters or digits so that a broker ACL
 pattern on ``%u`` confines each device to its own subtree; control-plane clients use
@@ -24,6 +26,8 @@ DEVICE_ID_RE = re.compile(r"^dev-[a-z0-9]{8,32}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 BLOBS = "blobs"
 BLOB_INDEX = "index"
+META = "meta"
+META_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.json\Z")
 ROOT = "fleet"
 BROADCAST = "all"
 
@@ -130,6 +134,27 @@ def parse_blob_index(topic: str) -> str:
     if len(parts) != 6 or parts[:4] != [ROOT, BROADCAST, "down", BLOBS] or parts[5] != BLOB_INDEX:
         raise ValueError(f"not a blob index topic: {topic!r}")
     return _sha(parts[4])
+
+
+def meta_index() -> str:
+    """Retained index of the TUF metadata files the control plane has published."""
+    return f"{ROOT}/{BROADCAST}/down/{META}/{BLOB_INDEX}"
+
+
+def meta_file(name: str) -> str:
+    """Retained TUF metadata file ``name`` (``timestamp.json``, ``3.snapshot.json``, ...).
+
+    Raises:
+        ValueError: ``name`` is not a plain ``*.json`` file name.
+    """
+    if not META_FILE_RE.fullmatch(name):
+        raise ValueError(f"not a metadata file name: {name!r}")
+    return f"{ROOT}/{BROADCAST}/down/{META}/{name}"
+
+
+def meta_index_filter() -> str:
+    """Subscription filter for the retained metadata index (what the broker holds)."""
+    return meta_index()
 
 
 def up_filter(channel: Up | None = None) -> str:

@@ -35,6 +35,8 @@ class InferenceConfig(_Section, frozen=True, kw_only=True):
     # NaN/±Inf inputs: "reject" (400) or "allow"; per model name in [inference.nan_policy_by_model]
     nan_policy: Literal["reject", "allow"] = "reject"
     nan_policy_by_model: dict[str, Literal["reject", "allow"]] = field(default_factory=dict)
+    # Also serve the same routes on this Unix socket (mode 0660), e.g. "/run/edgefleet/agent.sock"
+    unix_socket: str | None = None
 
 
 class ModelConfig(_Section, frozen=True, kw_only=True):

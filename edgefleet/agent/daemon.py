@@ -33,6 +33,7 @@ from edgefleet.agent.inference.feedback import AnswerBook
 from edgefleet.agent.inference.outcomes import OutcomeRecorder
 from edgefleet.agent.inference.runtime import ActiveModel, ModelTable, load_runtime
 from edgefleet.agent.inference.server import InferenceServer
+from edgefleet.agent.inference.split import RequestSplit
 from edgefleet.agent.install.deferral import UpdateLock
 from edgefleet.agent.install.journal import Journal
 from edgefleet.agent.install.layout import hosted_models, migrate_single_model, model_dir
@@ -267,7 +268,8 @@ class Agent:
         )
         self._published_depth: int | None = None
         self._next_depth_status = 0.0
-        self.shadow = ShadowRunner(config.data_dir, self.emit)
+        self.split = RequestSplit()  # an A/B experiment's challenger, in requests mode
+        self.shadow = ShadowRunner(config.data_dir, self.emit, split=self.split)
         self.update_lock = UpdateLock(config.data_dir)
         self.installer = Installer(
             config=config,
@@ -301,7 +303,7 @@ class Agent:
                 Path(config.data_dir) / BUDGET_FILE,
             ),
         )
-        self.outcomes = OutcomeRecorder()
+        self.outcomes = OutcomeRecorder(resolve=self.split.served_by)
         self.answers = (
             AnswerBook(
                 max_answers=config.drift.feedback_answers, on_label=self.drift.observe_labels
@@ -323,7 +325,9 @@ class Agent:
             outcome_route=self.outcomes.handle,
             flag_routes=self.remote.handle_flags,
             answers=self.answers,
+            unix_socket=config.inference.unix_socket,
         )
+        self.server.choose_arm = self.split.serve
         self._next_window = time.monotonic() + config.telemetry.window_s
         self._next_status = 0.0
 

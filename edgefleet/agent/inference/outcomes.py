@@ -9,6 +9,12 @@ and each telemetry window hands those sums over as one ``outcome`` event per bun
 (``edgefleet.control_plane.services.experiments.outcomes``). Sums, not values: memory
 and telemetry stay constant however many outcomes are posted.
 
+In an A/B experiment in ``requests`` mode two bundles answer one model's requests
+(``edgefleet.agent.inference.split``). The application then posts the answer's ``id``
+with the value, ``{"value": <number>, "id": "<the answer's id>"}``, and the outcome is
+counted for the bundle that served that answer (``resolve``); without an ``id``, or with
+one no longer remembered, it counts for the active model.
+
 Refusals are answers with a reason, never exceptions: a body that is not a JSON object
 with a finite number ``value`` (booleans are not numbers here) is a 400, a body above
 ``MAX_BODY`` a 413, and a model that is not served a 404 (from the server's lookup).
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -31,10 +38,15 @@ MAX_MAGNITUDE = 1e12
 """Values beyond this are refused: a sum of squares of them would lose every smaller one."""
 
 
+Resolver = Callable[[ActiveModel, str], ActiveModel]
+"""(the active model, an answer's id) -> the model that served that answer."""
+
+
 class OutcomeRecorder:
     """Running sums of posted outcomes per (model, bundle), taken once per telemetry window."""
 
-    def __init__(self) -> None:
+    def __init__(self, resolve: Resolver | None = None) -> None:
+        self._resolve = resolve
         self._lock = threading.Lock()
         self._sums: dict[tuple[str, str, int], list[float]] = {}
 
@@ -57,10 +69,16 @@ class OutcomeRecorder:
                 HTTPStatus.BAD_REQUEST,
                 f"outcome value must be finite and within ±{MAX_MAGNITUDE:g}",
             )
+        answer_id = request.get("id")
+        if answer_id is not None and not isinstance(answer_id, str):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "outcome id must be the answer's id string")
+        if answer_id and self._resolve is not None:
+            model = self._resolve(model, answer_id)
         self.record(model, number)
         return HTTPStatus.OK, {
             "model_name": model.name,
             "model_version": model.version,
+            "bundle_id": model.bundle_id,
             "recorded": True,
         }
 

@@ -8,11 +8,14 @@ the offending input; the server (:mod:`.server`) turns it into ``{"error": reaso
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import msgspec
 import numpy as np
 
+from edgefleet.agent.inference import binary
 from edgefleet.agent.inference.runtime import ActiveModel
 from edgefleet.tensors import (
     OIP_TO_NUMPY,
@@ -27,6 +30,8 @@ MAX_NESTING = 32
 three levels (request, ``inputs``, tensor) plus one per dimension of nested data."""
 
 _CONTAINERS = frozenset({list, dict})
+_FAST_JSON = msgspec.json.Decoder()
+_MISSING = object()
 
 
 class RequestError(Exception):
@@ -77,7 +82,15 @@ def decode_json_body(body: bytes) -> Any:
     """The JSON value of a request body; ``RequestError`` (400) when it is not valid
     UTF-8 JSON or nests deeper than ``MAX_NESTING``."""
     try:
-        value = json.loads(body)
+        # msgspec reads standard JSON several times faster than the json module; what
+        # it refuses (NaN tokens, lone surrogates, deep nesting, malformed text) goes
+        # to json, which gives the policy its NaN and every refusal its reason.
+        value = _FAST_JSON.decode(body)
+    except (msgspec.MsgspecError, RecursionError, ValueError):
+        value = _MISSING
+    try:
+        if value is _MISSING:
+            value = json.loads(body)
     except RecursionError as e:
         raise RequestError(
             HTTPStatus.BAD_REQUEST, f"request body nested too deeply (limit {MAX_NESTING})"
@@ -115,11 +128,30 @@ def _check_input(index: int, obj: Any, specs: dict[str, TensorSpec]) -> TensorSp
     return spec
 
 
-def _wanted_outputs(request: dict[str, Any], signature: ModelSignature) -> list[str] | None:
-    """The output names the request asks for (None: all of them)."""
+@dataclass(frozen=True)
+class InferRequest:
+    """A checked infer request: the feeds, the request object, the outputs asked for
+    (None: all of them) and which of them go back as raw bytes."""
+
+    feeds: dict[str, np.ndarray]
+    request: dict[str, Any]
+    outputs: list[str] | None
+    binary_outputs: frozenset[str]
+    all_binary: bool
+
+    def binary(self, name: str) -> bool:
+        """Whether output ``name`` goes back as raw bytes after the JSON header."""
+        return self.all_binary or name in self.binary_outputs
+
+
+def _wanted_outputs(
+    request: dict[str, Any], signature: ModelSignature
+) -> tuple[list[str] | None, frozenset[str]]:
+    """The output names the request asks for (None: all of them), and those it wants
+    as binary data (``"parameters": {"binary_data": true}``)."""
     wanted = request.get("outputs")
     if wanted is None or wanted == []:
-        return None
+        return None, frozenset()
     if not isinstance(wanted, list) or not all(
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted
     ):
@@ -131,18 +163,34 @@ def _wanted_outputs(request: dict[str, Any], signature: ModelSignature) -> list[
     unknown = [n for n in names if n not in known]
     if unknown:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"model has no output {shown(unknown[0])}")
-    return names
+    as_binary = frozenset(
+        str(o["name"])
+        for o in wanted
+        if isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True
+    )
+    return names, as_binary
 
 
 def parse_infer_request(
-    body: bytes, signature: ModelSignature, *, allow_non_finite: bool = False
-) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str] | None]:
+    body: bytes,
+    signature: ModelSignature,
+    *,
+    allow_non_finite: bool = False,
+    header_length: int | None = None,
+) -> InferRequest:
     """Decode and check an OIP infer request before the model sees it.
 
-    Returns the feeds, the request object and the output names asked for (None: all);
-    ``RequestError`` (400) says what is wrong, naming the input.
+    With ``header_length`` (``Inference-Header-Content-Length``) the body is a JSON
+    header of that many bytes followed by raw tensor bytes (:mod:`.binary`); without
+    it, all JSON. ``RequestError`` (400) says what is wrong, naming the input.
     """
-    request = decode_json_body(body)
+    view = memoryview(body)
+    if header_length is None:
+        request = decode_json_body(body)
+        tail = view[:0]
+    else:
+        request = decode_json_body(body[:header_length])  # copies the header only
+        tail = view[header_length:]
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise RequestError(
             HTTPStatus.BAD_REQUEST, "request must be an object with an 'inputs' list"
@@ -150,12 +198,31 @@ def parse_infer_request(
     specs = {spec.name: spec for spec in signature.inputs}
     feeds: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {}
+    offset = 0
     for index, obj in enumerate(request["inputs"]):
         spec = _check_input(index, obj, specs)
         if spec.name in feeds:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"input {spec.name!r} given twice")
         try:
-            _, array = decode_tensor(obj, allow_non_finite=allow_non_finite)
+            size = binary.binary_size(obj, spec.name)
+            if size is None:
+                _, array = decode_tensor(obj, allow_non_finite=allow_non_finite)
+            elif header_length is None:
+                raise ValueError(
+                    f"input {spec.name!r}: binary_data_size given but the request has no "
+                    f"{binary.HEADER} header"
+                )
+            else:
+                array = binary.decode_binary_input(
+                    obj,
+                    spec.name,
+                    spec.datatype,
+                    size,
+                    tail,
+                    offset,
+                    allow_non_finite=allow_non_finite,
+                )
+                offset += size
         except ValueError as e:
             raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from e
         if not spec.accepts_shape(array.shape, batch=signature.batch):
@@ -171,6 +238,12 @@ def parse_infer_request(
         feeds[spec.name] = array
         if signature.batched(spec):
             rows[spec.name] = int(array.shape[0])
+    if offset != len(tail):
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST,
+            f"{len(tail) - offset} bytes of binary data after the JSON header belong to "
+            "no input (binary_data_size of the inputs does not add up to the body)",
+        )
     if len(set(rows.values())) > 1:
         raise RequestError(
             HTTPStatus.BAD_REQUEST,
@@ -180,4 +253,5 @@ def parse_infer_request(
     missing = sorted(set(specs) - set(feeds))
     if missing:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"missing input {missing[0]!r}")
-    return feeds, request, _wanted_outputs(request, signature)
+    outputs, binary_outputs = _wanted_outputs(request, signature)
+    return InferRequest(feeds, request, outputs, binary_outputs, binary.wants_binary(request))

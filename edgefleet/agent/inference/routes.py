@@ -26,6 +26,8 @@ from edgefleet.agent.inference.protocol import RequestError
 from edgefleet.tensors import shown
 
 Answer = tuple[HTTPStatus, dict[str, Any]]
+MATCH_CACHE = 256
+"""Most (method, path) pairs whose route is remembered."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class Request:
     body: bytes = b""
     params: dict[str, str] = field(default_factory=dict)
     rest: list[str] = field(default_factory=list)
+    header_length: int | None = None
+    """``Inference-Header-Content-Length``: the body is a JSON header of this many bytes
+    followed by raw tensor bytes (``edgefleet.agent.inference.binary``); None: all JSON."""
 
 
 Handler = Callable[[Request], Answer]
@@ -72,18 +77,30 @@ class RouteTable:
 
     def __init__(self) -> None:
         self._routes: list[_Route] = []
+        # (method, path) -> the route and its match: the same few paths come again and
+        # again, and matching every pattern in turn was a tenth of a request's cost.
+        self._matched: dict[tuple[str, str], tuple[_Route, dict[str, str], list[str]]] = {}
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
         """Answer ``method`` on paths matching ``pattern`` with ``handler``."""
         self._routes.append(_Route(method.upper(), tuple(path_parts(pattern)), handler))
+        self._matched = {}
 
-    def dispatch(self, method: str, path: str, body: bytes = b"") -> Answer:
+    def dispatch(
+        self, method: str, path: str, body: bytes = b"", header_length: int | None = None
+    ) -> Answer:
         """Run the handler of the route ``method path`` matches.
 
         Raises:
             RequestError: 404 when no route matches the path, 405 when routes match it
                 for other methods only, or the handler's own refusal.
         """
+        known = self._matched.get((method, path))
+        if known is not None:
+            route, params, rest = known
+            return route.handler(
+                Request(method, path, body, dict(params), list(rest), header_length)
+            )
         parts = path_parts(path)
         allowed: list[str] = []
         for route in self._routes:
@@ -94,7 +111,10 @@ class RouteTable:
                 allowed.append(route.method)
                 continue
             params, rest = found
-            return route.handler(Request(method, path, body, params, rest))
+            if len(self._matched) >= MATCH_CACHE:
+                self._matched.clear()  # bounded: a caller trying many paths cannot grow it
+            self._matched[(method, path)] = (route, dict(params), list(rest))
+            return route.handler(Request(method, path, body, params, rest, header_length))
         if allowed:
             raise RequestError(
                 HTTPStatus.METHOD_NOT_ALLOWED,

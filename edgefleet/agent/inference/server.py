@@ -26,30 +26,48 @@ Python's ``json`` reads) or as numbers beyond the datatype's range (``1e400``, o
 tensor whatever the policy. Outputs go back as the model computed them, non-finite
 values as those same tokens.
 
+Binary tensors (``Inference-Header-Content-Length``, ``binary_data_size``,
+``binary_data_output``) follow OIP's binary tensor data extension (:mod:`.binary`), and
+``unix_socket`` adds a Unix domain socket listener serving the same routes
+(:mod:`.unix_socket`). Per request the cost is kept to what the request needs, because
+on a small board it is the endpoint's and not the model's time that callers wait for:
+connections stay open (HTTP/1.1), headers are read without ``email``'s parser
+(:mod:`.headers`), and an answer leaves in one ``sendmsg`` with tensor bytes sent from
+numpy's own buffer (``bench/endpoint_speed.py`` measures it).
+
 Decoding and checking a request is in :mod:`.protocol`; this module is the HTTP side.
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
+import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from time import perf_counter
 from typing import Any, Literal
 
 import numpy as np
 
+from edgefleet.agent.inference import binary
 from edgefleet.agent.inference.feedback import AnswerBook, request_id_of
+from edgefleet.agent.inference.headers import HeaderError, read_headers
 from edgefleet.agent.inference.protocol import (
+    InferRequest,
     RequestError,
     model_metadata,
     parse_infer_request,
 )
 from edgefleet.agent.inference.routes import Answer, Handler, Request, RouteTable
 from edgefleet.agent.inference.runtime import ActiveModel, ModelHolder, ModelTable
+from edgefleet.agent.inference.unix_socket import UnixHTTPServer
 from edgefleet.tensors import (
     encode_tensor,
     shown,
@@ -60,6 +78,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DRAIN_LIMIT = 1024 * 1024
 READ_TIMEOUT_S = 60.0
+_IOV_MAX = 1024
 """How long a connection may stall, mid-body or idle between keep-alive requests."""
 
 NanPolicy = Literal["reject", "allow"]
@@ -76,6 +95,11 @@ OutcomeRoute = Callable[[ActiveModel, bytes], tuple[HTTPStatus, dict[str, Any]]]
 FlagRoutes = Callable[[str, list[str]], tuple[HTTPStatus, dict[str, Any]]]
 """``/v2/flags[/<name>]``: (method, path parts after ``flags``) -> (status, JSON body)
 (``edgefleet.agent.remote_config``)."""
+ArmChooser = Callable[
+    [ActiveModel, str], AbstractContextManager[tuple[ActiveModel, dict[str, Any] | None]]
+]
+"""Which model answers a request (the active one, or an experiment's challenger) and the
+``parameters`` its answer carries (``edgefleet.agent.inference.split.RequestSplit.serve``)."""
 InputObserver = Callable[[ActiveModel, dict[str, np.ndarray], dict[str, np.ndarray]], None]
 """Called after every successful inference with the model, its inputs and its outputs
 (drift scoring, shadow comparison); must not block."""
@@ -122,9 +146,11 @@ class InferenceServer:
         outcome_route: OutcomeRoute | None = None,
         flag_routes: FlagRoutes | None = None,
         answers: AnswerBook | None = None,
+        unix_socket: str | Path | None = None,
     ) -> None:
         self.models = models if isinstance(models, ModelTable) else ModelTable.single(models)
         self.answers = answers  # request id -> answer, for /feedback (.feedback)
+        self.choose_arm: ArmChooser | None = None  # an experiment's request split (.split)
         self.observer = observer
         self.input_observer = input_observer
         self.max_body_bytes = max_body_bytes
@@ -146,7 +172,12 @@ class InferenceServer:
         self.add_route("POST", "/v2/models/{name}/feedback", self._feedback)
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
         self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        # Applications on the device may call over a Unix socket instead: the same
+        # routes, no TCP stack, and access governed by the socket file's mode.
+        self._unix: UnixHTTPServer | None = None
+        if unix_socket is not None:
+            self._unix = UnixHTTPServer(Path(unix_socket), _make_handler(self, tcp=False))
+        self._threads: list[threading.Thread] = []
 
     def add_route(self, method: str, pattern: str, handler: Handler) -> None:
         """Answer ``method`` on ``pattern`` (``/v2/models/{name}/feedback``) with ``handler``."""
@@ -182,19 +213,34 @@ class InferenceServer:
         host = str(self._httpd.server_address[0])
         return f"http://{host}:{self.port}"
 
+    @property
+    def unix_socket(self) -> Path | None:
+        """The Unix socket's path, when the endpoint listens on one."""
+        return self._unix.path if self._unix is not None else None
+
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="inference-http", daemon=True
-        )
-        self._thread.start()
-        logger.info("inference endpoint listening url=%s", self.url)
+        servers: list[tuple[str, ThreadingHTTPServer | UnixHTTPServer]] = [
+            ("inference-http", self._httpd)
+        ]
+        if self._unix is not None:
+            servers.append(("inference-unix", self._unix))
+        for name, httpd in servers:
+            thread = threading.Thread(target=httpd.serve_forever, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        logger.info("inference endpoint listening url=%s unix=%s", self.url, self.unix_socket)
 
     def stop(self) -> None:
-        if self._thread is not None:
+        if self._threads:
             self._httpd.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
+            if self._unix is not None:
+                self._unix.shutdown()
+            for thread in self._threads:
+                thread.join(timeout=5)
+            self._threads = []
         self._httpd.server_close()
+        if self._unix is not None:
+            self._unix.server_close()
 
     # -- request handling (one HTTP thread per request) -------------------------------
 
@@ -202,9 +248,12 @@ class InferenceServer:
         """Whether NaN and ±Inf inputs reach the model named ``model_name``."""
         return self.nan_policy_by_model.get(model_name, self.nan_policy) == "allow"
 
-    def dispatch(self, method: str, path: str, body: bytes = b"") -> Answer:
-        """Answer one request through the route table (``RequestError`` for a refusal)."""
-        return self.routes.dispatch(method, path, body)
+    def dispatch(
+        self, method: str, path: str, body: bytes = b"", header_length: int | None = None
+    ) -> Answer:
+        """Answer one request through the route table (``RequestError`` for a refusal);
+        ``header_length`` is a binary request's ``Inference-Header-Content-Length``."""
+        return self.routes.dispatch(method, path, body, header_length)
 
     def _ready(self, _request: Request) -> Answer:
         if not self.models.models():
@@ -261,12 +310,31 @@ class InferenceServer:
         with holder.serve() as model:
             if model is None or model.name != name:  # swapped out between find and serve
                 raise RequestError(HTTPStatus.NOT_FOUND, f"model {shown(name)} is not served here")
-            return self._infer_on(model, request.body)
+            return self._infer_on(model, request.body, request.header_length)
 
-    def _infer_on(self, model: ActiveModel, body: bytes) -> Answer:
-        feeds, request, names = parse_infer_request(
-            body, model.runtime.signature, allow_non_finite=self.allows_non_finite(model.name)
+    def _infer_on(self, model: ActiveModel, body: bytes, header_length: int | None) -> Answer:
+        parsed = parse_infer_request(
+            body,
+            model.runtime.signature,
+            allow_non_finite=self.allows_non_finite(model.name),
+            header_length=header_length,
         )
+        request_id = request_id_of(parsed.request)
+        if self.choose_arm is None:
+            return self._answer_on(model, model, parsed, request_id, None)
+        with self.choose_arm(model, request_id) as (served, parameters):
+            return self._answer_on(model, served, parsed, request_id, parameters)
+
+    def _answer_on(
+        self,
+        active: ActiveModel,
+        model: ActiveModel,
+        parsed: InferRequest,
+        request_id: str,
+        parameters: dict[str, Any] | None,
+    ) -> Answer:
+        """Run ``model`` (``active``, or the challenger answering for it) on ``parsed``."""
+        feeds, names = parsed.feeds, parsed.outputs
         if not self.slots.acquire(blocking=False):
             raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "busy: too many concurrent requests")
         try:
@@ -277,25 +345,98 @@ class InferenceServer:
         finally:
             self.slots.release()
         if self.input_observer is not None:
-            self.input_observer(model, feeds, outputs)
+            self.input_observer(active, feeds, outputs)
         if names is None:
             names = list(outputs)
         response: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
-        response["id"] = request_id_of(request)
+        response["id"] = request_id
+        if parameters is not None:
+            response["parameters"] = parameters
         if self.answers is not None:
             self.answers.record(model, response["id"], feeds, outputs)
-        response["outputs"] = [encode_tensor(n, np.asarray(outputs[n])) for n in names]
+        blobs: list[memoryview] = []
+        encoded = []
+        for n in names:
+            if parsed.binary(n):
+                tensor, blob = binary.encode_binary_output(n, np.asarray(outputs[n]))
+                blobs.append(blob)
+                encoded.append(tensor)
+            else:
+                encoded.append(encode_tensor(n, np.asarray(outputs[n])))
+        response["outputs"] = encoded
+        if blobs:
+            return HTTPStatus.OK, binary.BinaryAnswer(response, blobs)
         return HTTPStatus.OK, response
 
 
-def _make_handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
+def _make_handler(server: InferenceServer, *, tcp: bool = True) -> type[BaseHTTPRequestHandler]:
+    """The request handler class for ``server``'s TCP listener (``tcp``) or its Unix one."""
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "edgefleet-agent"
-        # Headers and body go out in two writes: with Nagle on, a keep-alive client's
-        # delayed ACK holds the body back ~40 ms per request.
-        disable_nagle_algorithm = True
+        # An answer goes out in one sendmsg, but a client's request may not arrive in
+        # one write: with Nagle on, delayed ACKs cost ~40 ms. No such option on AF_UNIX.
+        disable_nagle_algorithm = tcp
         timeout = READ_TIMEOUT_S
+
+        def parse_request(self) -> bool:
+            """The request line as http.server reads it (same refusals), then the
+            headers read by :mod:`.headers`: no ``email`` parser on every request."""
+            self.command = ""
+            self.request_version = self.default_request_version
+            self.close_connection = True
+            raw: bytes = self.raw_requestline  # type: ignore[attr-defined]
+            self.requestline = str(raw, "iso-8859-1").rstrip("\r\n")
+            words = self.requestline.split()
+            if not words:
+                return False
+            if len(words) >= 3:
+                number = _http_version(words[-1])
+                if number is None:
+                    self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request version ({words[-1]!r})")
+                    return False
+                if number >= (1, 1):
+                    self.close_connection = False
+                if number >= (2, 0):
+                    self.send_error(
+                        HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"Invalid HTTP version ({words[-1]})"
+                    )
+                    return False
+                self.request_version = words[-1]
+            if not 2 <= len(words) <= 3:
+                self.send_error(
+                    HTTPStatus.BAD_REQUEST, f"Bad request syntax ({self.requestline!r})"
+                )
+                return False
+            command, path = words[:2]
+            if len(words) == 2:
+                self.close_connection = True
+                if command != "GET":
+                    self.send_error(
+                        HTTPStatus.BAD_REQUEST, f"Bad HTTP/0.9 request type ({command!r})"
+                    )
+                    return False
+            self.command, self.path = command, path
+            if self.path.startswith("//"):  # gh-87389: never a scheme-relative URL
+                self.path = "/" + self.path.lstrip("/")
+            try:
+                self.headers = read_headers(self.rfile)  # type: ignore[assignment]
+            except HeaderError as e:
+                status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+                if not str(e).startswith(("Line too long", "Too many headers")):
+                    status = HTTPStatus.BAD_REQUEST
+                self.send_error(status, str(e))
+                return False
+            connection = (self.headers.get("Connection") or "").lower()
+            if connection == "close":
+                self.close_connection = True
+            elif connection == "keep-alive" and self.protocol_version >= "HTTP/1.1":
+                self.close_connection = False
+            expect = (self.headers.get("Expect") or "").lower()
+            if expect == "100-continue" and self.request_version >= "HTTP/1.1":
+                return self.handle_expect_100()
+            return True
 
         def do_GET(self) -> None:
             def handle() -> tuple[HTTPStatus, dict[str, Any]]:
@@ -305,7 +446,15 @@ def _make_handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
             self._answer(handle)
 
         def do_POST(self) -> None:
-            self._answer(lambda: server.dispatch("POST", self.path, self._read_body(required=True)))
+            def handle() -> tuple[HTTPStatus, dict[str, Any]]:
+                body = self._read_body(required=True)
+                try:
+                    length = binary.header_length(self.headers.get(binary.HEADER), len(body))
+                except ValueError as e:
+                    raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from e
+                return server.dispatch("POST", self.path, body, length)
+
+            self._answer(handle)
 
         def do_DELETE(self) -> None:
             self._answer(
@@ -363,15 +512,30 @@ def _make_handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: HTTPStatus, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
+            blobs = body.blobs if isinstance(body, binary.BinaryAnswer) else []
+            content_type = binary.CONTENT_TYPE if blobs else "application/json"
+            lines = [
+                f"{self.protocol_version} {status.value} {status.phrase}",
+                f"Server: {self.server_version}",
+                f"Date: {_http_date()}",
+                f"Content-Type: {content_type}",
+                f"Content-Length: {len(data) + sum(blob.nbytes for blob in blobs)}",
+            ]
+            if blobs:
+                lines.append(f"{binary.HEADER}: {len(data)}")
+            if self.close_connection:
+                lines.append("Connection: close")
+            # An HTTP/0.9 request (a bare "GET /path") is answered with the body alone.
+            head = b"" if self.request_version == "HTTP/0.9" else _head(lines)
             try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if self.close_connection:
-                    self.send_header("Connection", "close")
-                self.end_headers()
+                # One system call for the whole answer, tensors sent from where numpy
+                # holds them: every extra write is a wake-up of the client and a copy.
+                parts: list[bytes | memoryview] = [head]
                 if self.command != "HEAD":
-                    self.wfile.write(data)
+                    parts += [data, *blobs]
+                send_all(self.connection, parts)
+                if logger.isEnabledFor(logging.DEBUG):
+                    self.log_request(int(status))
             except OSError as e:  # the client went away or stopped reading
                 logger.debug("answer not delivered status=%s reason=%s", int(status), e)
                 self.close_connection = True
@@ -397,3 +561,43 @@ def _make_handler(server: InferenceServer) -> type[BaseHTTPRequestHandler]:
             logger.debug("http %s", format % args)
 
     return Handler
+
+
+def send_all(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
+    """Write ``parts`` to ``sock`` in as few ``sendmsg`` calls as the kernel allows
+    (gather I/O: nothing is joined into one buffer first)."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        sent = sock.sendmsg(views[:_IOV_MAX])
+        while views and sent >= views[0].nbytes:
+            sent -= views[0].nbytes
+            views.pop(0)
+        if sent:
+            views[0] = views[0][sent:]
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The ``Date`` header, formatted once a second rather than once a request."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
+def _head(lines: list[str]) -> bytes:
+    """A response's status line and header lines, as one block."""
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _http_version(word: str) -> tuple[int, int] | None:
+    """(major, minor) of ``HTTP/x.y`` as http.server accepts it; None when malformed."""
+    if not word.startswith("HTTP/"):
+        return None
+    parts = word[5:].split(".")
+    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 10 for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])

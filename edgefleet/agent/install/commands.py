@@ -14,6 +14,7 @@ import shutil
 
 from edgefleet.agent.errors import InstallError, SlotError
 from edgefleet.agent.inference.runtime import ActiveModel, load_runtime
+from edgefleet.agent.inference.split import check_share
 from edgefleet.agent.install.checks import (
     REFUSALS,
     ensure_trust_root,
@@ -120,10 +121,13 @@ def start_shadow(installer: Installer, command: DeviceCommand) -> InstallReport 
             release=int(command.args.get("release", -1)),
             rollout_id=command.rollout_id,
         )
+        split = split_of(command)
     except (TypeError, ValueError) as e:
         return installer.send_report("failed", command.bundle_id or "", None, command.rollout_id,
                                      f"shadow: malformed shadow_start: {e}")  # fmt: skip
     if shadow.bundle_id == offer.bundle_id:
+        if split is not None:
+            shadow.set_split(*split)
         return None
     directory = shadow.directory
     try:
@@ -151,8 +155,28 @@ def start_shadow(installer: Installer, command: DeviceCommand) -> InstallReport 
         shutil.rmtree(directory, ignore_errors=True)
         return installer.send_report("failed", offer.bundle_id, offer.release, offer.rollout_id,
                                      f"shadow: {reason}")  # fmt: skip
-    shadow.start(ActiveModel.from_manifest(manifest, runtime), rollout_id=offer.rollout_id)
+    shadow.start(
+        ActiveModel.from_manifest(manifest, runtime), rollout_id=offer.rollout_id, split=split
+    )
     return None
+
+
+def split_of(command: DeviceCommand) -> tuple[int, float] | None:
+    """A ``shadow_start``'s ``split`` argument, ``{"experiment_id", "share"}``: the
+    experiment in ``requests`` mode the shadow answers a share of requests for.
+
+    Raises:
+        ValueError: the argument is there but not that shape.
+    """
+    split = command.args.get("split")
+    if split is None:
+        return None
+    if not isinstance(split, dict):
+        raise ValueError("split must be an object")
+    experiment_id = split.get("experiment_id")
+    if isinstance(experiment_id, bool) or not isinstance(experiment_id, int):
+        raise ValueError("split.experiment_id must be an integer")
+    return experiment_id, check_share(split.get("share"))
 
 
 def stop_shadow(installer: Installer, command: DeviceCommand) -> None:

@@ -9,6 +9,12 @@ counts it, never waits); a background thread runs the shadow model on them and
 compares top-1 classes. Every telemetry window becomes one ``shadow`` event: how
 many inputs were compared, the agreement, the shadow model's errors and latency.
 ``shadow_stop`` (the rollout ended, aborted or was rolled back) discards it.
+
+An A/B experiment in ``requests`` mode delivers its arm B the same way, with a
+``split`` (experiment id and arm B's share) in the command: the shadow is then a
+*challenger* that answers that share of the model's requests itself
+(``edgefleet.agent.inference.split``) instead of being compared off the request path.
+A later ``shadow_start`` for the same bundle only moves the share (bandit mode).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefleet.agent.inference.runtime import ActiveModel
+from edgefleet.agent.inference.split import RequestSplit
 from edgefleet.agent.telemetry.counters import INFERENCE_PRIORITY, LatencyWindow
 from edgefleet.messages import TelemetryEvent
 from edgefleet.tensors import top1_classes
@@ -53,9 +60,16 @@ class ShadowWindow:
 class ShadowRunner:
     """Holds the shadow model and compares it with the active one, off the request path."""
 
-    def __init__(self, data_dir: Path, publish: Callable[[TelemetryEvent], None]) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        publish: Callable[[TelemetryEvent], None],
+        split: RequestSplit | None = None,
+    ) -> None:
         self.directory = _shadow_dir(data_dir)
         self._publish = publish
+        self.split = split
+        self._challenger = False
         self._lock = threading.Lock()
         self._model: ActiveModel | None = None
         self._rollout_id: int | None = None
@@ -71,22 +85,66 @@ class ShadowRunner:
         model = self._model
         return model.bundle_id if model else None
 
-    def start(self, model: ActiveModel, *, rollout_id: int | None) -> None:
-        """Shadow ``model`` from now on (replacing any earlier shadow)."""
+    @property
+    def challenger(self) -> bool:
+        """Whether the shadow answers a share of requests (an experiment's arm B)."""
+        return self._challenger
+
+    def start(
+        self,
+        model: ActiveModel,
+        *,
+        rollout_id: int | None,
+        split: tuple[int, float] | None = None,
+    ) -> None:
+        """Shadow ``model`` from now on (replacing any earlier shadow).
+
+        Args:
+            model: the loaded, smoke-tested shadow model.
+            rollout_id: the rollout that delivered it.
+            split: (experiment id, arm B's share): make it the challenger of an
+                experiment in ``requests`` mode instead of comparing it.
+        """
+        previous_challenger = self._challenger
         with self._lock:
             self._model, self._rollout_id = model, rollout_id
             self._window = ShadowWindow()
+            self._challenger = split is not None and self.split is not None
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
                 self._thread.start()
-        logger.info("shadowing bundle_id=%s rollout_id=%s", model.bundle_id, rollout_id)
+        if self.split is not None:
+            if split is not None:
+                self.split.start(model, share=split[1], experiment_id=split[0])
+            elif previous_challenger:
+                self.split.stop()
+        logger.info(
+            "shadowing bundle_id=%s rollout_id=%s challenger=%s",
+            model.bundle_id,
+            rollout_id,
+            self._challenger,
+        )
+
+    def set_split(self, experiment_id: int, share: float) -> None:
+        """Make the running shadow the challenger, or move its share (bandit mode)."""
+        model = self._model
+        if model is None or self.split is None:
+            return
+        if self._challenger:
+            self.split.set_share(share, experiment_id)
+            return
+        self.split.start(model, share=share, experiment_id=experiment_id)
+        self._challenger = True
 
     def stop(self, reason: str) -> None:
         """Publish the last window, then discard the shadow model and its files."""
         with self._lock:
             model, self._model = self._model, None
+            challenger, self._challenger = self._challenger, False
         if model is None:
             return
+        if challenger and self.split is not None:
+            self.split.stop()  # waits until no request runs on it: then its files may go
         self.flush(window_s=0.0, model=model)
         shutil.rmtree(self.directory, ignore_errors=True)
         logger.info("shadow stopped bundle_id=%s reason=%s", model.bundle_id, reason)
@@ -105,6 +163,8 @@ class ShadowRunner:
         shadow = self._model
         if shadow is None or active.name != shadow.name or active.bundle_id == shadow.bundle_id:
             return
+        if self._challenger:
+            return  # it answers requests itself: its own windows count it
         try:
             self._queue.put_nowait((feeds, outputs))
         except queue.Full:

@@ -22,8 +22,10 @@ every device. ``BlobFetcher.stream("targets/<sha256>.<name>")``:
    mid-download).
 
 The bytes are checked as today: chunk lengths here, the whole file's length and
-SHA-256 by TUF once it is reassembled. Metadata and anything not named by its hash
-go to the fallback unchanged.
+SHA-256 by TUF once it is reassembled. Metadata comes from the broker's retained
+copies too when the control plane published them
+(``edgefleet.agent.verification.metadata``), else from the fallback, like anything
+not named by its hash.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import BinaryIO
 from edgefleet import topics
 from edgefleet.agent.errors import TransferError
 from edgefleet.agent.verification.fetcher import FSYNC_EVERY, MqttFetcher, _bounded
+from edgefleet.agent.verification.metadata import RetainedMetadata
 from edgefleet.errors import MessageError
 from edgefleet.messages import BlobIndex, decode_as
 from edgefleet.mqtt import Incoming, MqttLink
@@ -89,6 +92,7 @@ class BlobFetcher:
         self.subscribe_wait = subscribe_wait
         self.chunks_from_blobs = 0
         self.chunks_from_fallback = 0
+        self.metadata = RetainedMetadata(link, fallback, grace=grace, subscribe_wait=subscribe_wait)
 
     def stream(self, path: str, max_length: int) -> Iterator[bytes]:
         """``path``'s bytes in order, bounded like ``MqttFetcher.stream``.
@@ -98,7 +102,7 @@ class BlobFetcher:
         """
         sha = target_sha256(path)
         if sha is None:
-            return self.fallback.stream(path, max_length)
+            return self.metadata.stream(path, max_length)
         if not self._link.connected:
             raise TransferError(f"cannot fetch {path}: not connected to the broker")
         return _bounded(self._stream(path, sha), max_length)

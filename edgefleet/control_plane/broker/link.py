@@ -15,7 +15,9 @@ but hand-off to worker threads, each run by a ``Supervisor`` that restarts it if
 dies (the death is logged, counted in ``/metrics`` and shown by ``/api/v1/health``):
 
 - ``cp-events``: status, install reports and config reports, applied in arrival order (and log
-  answers that do not decode, to be counted as refused);
+  answers that do not decode, to be counted as refused); install reports that queued up
+  back to back are applied as one burst of up to ``REPORT_BURST`` in one transaction
+  (``apply_install_reports``), the way telemetry is, and receipted once it commits;
 - ``cp-fetch-<n>``: fetch requests, answered from the signed repository;
 - ``cp-blobs``: every ``Settings.blob_retention_s``, clears the retained blobs no
   running rollout needs (``edgefleet.control_plane.broker.blobs``);
@@ -44,7 +46,7 @@ and the device sends it again.
 **Receipts.** Once a burst of telemetry is committed, each device gets a ``Receipt``
 (QoS 1, ``down/receipt``, up to ``RECEIPT_MAX_IDS`` ids each) naming every event id of
 the burst that is now in the database, duplicates included; an install report is
-receipted once ``apply_install_report`` has committed, also when it was a duplicate or
+receipted once its burst has committed, also when it was a duplicate or
 refused as stale. A decoded message refused for good (it can never be stored) is
 receipted too, so the device stops resending it; an undecodable one has no id to
 receipt and is only dropped. Devices delete spooled events on the receipt and resend
@@ -89,6 +91,7 @@ from edgefleet.control_plane.broker.blobs import BlobPublisher
 from edgefleet.control_plane.broker.failures import RejectionKey, is_transient, rejection_reason
 from edgefleet.control_plane.broker.ingest_worker import IngestProcess
 from edgefleet.control_plane.broker.log_requests import LogAnswer, LogRequests
+from edgefleet.control_plane.broker.metadata import MetadataPublisher
 from edgefleet.control_plane.broker.telemetry import (
     TelemetryIngest,
     ingest_processes,
@@ -106,6 +109,7 @@ from edgefleet.control_plane.services.device_config import record_report, sync_d
 from edgefleet.control_plane.services.devices import record_rejections, upsert_device_status
 from edgefleet.control_plane.services.rollouts.reports import (
     apply_install_report,
+    apply_install_reports,
     reoffer_on_reconnect,
 )
 from edgefleet.control_plane.trust.repository import SignedRepository
@@ -133,6 +137,8 @@ from edgefleet.supervisor import Supervisor, WorkerState
 
 logger = logging.getLogger(__name__)
 
+REPORT_BURST = 200
+"""Most install reports applied in one transaction."""
 FETCH_WORKERS = 4
 STOP_TIMEOUT_S = 30.0
 
@@ -212,12 +218,14 @@ class FleetLink:
         self._sent_lock = threading.Lock()
         self._sent: Counter[str] = Counter()  # fetch answer bytes, by metadata / targets
         self.blobs: BlobPublisher | None = None
+        self.metadata: MetadataPublisher | None = None
         self._blob_retention_s = settings.blob_retention_s
         self._bundle_blobs: dict[str, tuple[str, str]] = {}  # bundle id -> (sha256, target)
         if settings.blob_delivery:
             self.blobs = BlobPublisher(
                 self._link, repository.targets_dir, chunk_size=settings.blob_chunk_kib * 1024
             )
+            self.metadata = MetadataPublisher(self._link, repository.metadata_dir)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -246,6 +254,9 @@ class FleetLink:
             self.supervisor.start(f"cp-ingest-{n}", process.run)
         if self.blobs is not None:
             self.blobs.attach()
+        if self.metadata is not None:
+            self.metadata.attach()
+        if self.blobs is not None:
             self._stopped.clear()
             self.supervisor.start("cp-blobs", self._run_blob_retention)
         self._link.start()
@@ -313,7 +324,13 @@ class FleetLink:
         )
 
     def publish_command(self, device_id: str, command: DeviceCommand) -> None:
-        """Send a command (e.g. rollback) to one device (QoS 1; queued while offline)."""
+        """Send a command (e.g. rollback) to one device (QoS 1; queued while offline).
+
+        The retained metadata is brought up to date first: a command may name what was
+        signed just before it (an atomic rollout's switch order is a signed target), and
+        the device reads the metadata from the broker."""
+        if self.metadata is not None:
+            self.metadata.ensure()
         if command.command == "shadow_start" and command.bundle_id:
             self.ensure_blob(command.bundle_id)
         self._link.publish(topics.down(device_id, topics.Down.COMMAND), command.to_bytes(), qos=1)
@@ -336,6 +353,8 @@ class FleetLink:
         """
         if self.blobs is None:
             return False
+        if self.metadata is not None:
+            self.metadata.ensure()  # the metadata that lists it, for the same devices
         blob = self._bundle_blobs.get(bundle_id)
         if blob is None:
             with Session(self._engine) as session:
@@ -354,6 +373,8 @@ class FleetLink:
         sent.setdefault("fetch_metadata", 0)
         sent.setdefault("fetch_targets", 0)
         sent["blobs"] = self.blobs.counters.bytes_published if self.blobs is not None else 0
+        meta = self.metadata
+        sent["metadata_retained"] = meta.counters.bytes_published if meta is not None else 0
         return sent
 
     def sweep_blobs(self) -> list[str]:
@@ -373,6 +394,8 @@ class FleetLink:
         while not self._stopped.wait(self._blob_retention_s):
             if not self._link.connected:
                 continue
+            if self.metadata is not None:
+                self.metadata.ensure()  # a re-signed timestamp follows within one pass
             try:
                 self.sweep_blobs()
             except (OperationalError, InterfaceError) as e:
@@ -512,19 +535,41 @@ class FleetLink:
     # -- workers (each under the supervisor) -------------------------------------------
 
     def _run_events(self) -> None:
-        """cp-events: status and reports in arrival order, each message on its own."""
+        """cp-events: status and reports in arrival order; reports back to back in bursts."""
         handlers: dict[topics.Up, Callable[[str, Incoming], None]] = {
             topics.Up.STATUS: self._handle_status,
-            topics.Up.REPORT: self._handle_report,
             topics.Up.LOGS: self._handle_refused_logs,
             topics.Up.CONFIG: self._handle_config_report,
         }
-        while (item := self._events.get()) is not None:
+        taken: list[tuple[topics.Up, str, Incoming] | None] = []  # taken, not yet handled
+        while (item := taken.pop() if taken else self._events.get()) is not None:
             channel, device_id, message = item
+            if channel is topics.Up.REPORT:
+                burst = [(device_id, message)]
+                self._take_reports(burst, taken)
+                self._handle_reports(burst)
+                continue
             try:
                 handlers[channel](device_id, message)
             except Exception as e:  # this message's failure, whatever it is
                 self._refuse(device_id, channel, message.topic, e)
+
+    def _take_reports(
+        self,
+        burst: list[tuple[str, Incoming]],
+        taken: list[tuple[topics.Up, str, Incoming] | None],
+    ) -> None:
+        """Add the reports already queued right behind ``burst``'s first, up to
+        ``REPORT_BURST``; an item taken that is not one goes to ``taken``."""
+        while len(burst) < REPORT_BURST:
+            try:
+                item = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if item is None or item[0] is not topics.Up.REPORT:
+                taken.append(item)
+                return
+            burst.append((item[1], item[2]))
 
     def _run_fetches(self) -> None:
         """cp-fetch-<n>: answer fetch requests."""
@@ -558,8 +603,46 @@ class FleetLink:
         """A log answer that did not decode on arrival: decoding again raises its error."""
         decode_as(message.payload, LogChunk, topic=message.topic)
 
-    def _handle_report(self, device_id: str, message: Incoming) -> None:
-        report = decode_as(message.payload, InstallReport, topic=message.topic)
+    def _handle_reports(self, burst: list[tuple[str, Incoming]]) -> None:
+        """Apply a burst of install reports in one transaction, then receipt each.
+
+        A report that does not decode is refused on its own. When the burst's
+        transaction fails for the data's sake, the reports are applied one by one, so a
+        poison report costs only itself; a transient database failure receipts
+        nothing (the devices send their reports again).
+        """
+        refused: Counter[RejectionKey] = Counter()
+        reports: list[tuple[str, InstallReport]] = []
+        for device_id, message in burst:
+            try:
+                reports.append(
+                    (device_id, decode_as(message.payload, InstallReport, topic=message.topic))
+                )
+            except Exception as e:  # this message's failure, whatever it is
+                refused[self._refused(device_id, topics.Up.REPORT, message.topic, e)] += 1
+        self._count_refused(refused)
+        if not reports:
+            return
+        try:
+            with Session(self._engine) as session:
+                apply_install_reports(session=session, reports=reports)
+        except Exception as e:
+            if is_transient(e):  # no receipt: the devices send them again
+                logger.warning("reports not stored reports=%d error=%s", len(reports), e)
+                return
+            logger.warning(
+                "report burst refused, applying it report by report reports=%d error=%s",
+                len(reports),
+                type(e).__name__,
+            )
+            for device_id, report in reports:
+                self._apply_one_report(device_id, report)
+            return
+        for device_id, report in reports:  # one receipt per report, resent ones too
+            self.publish_receipts(device_id, [report.event_id])
+
+    def _apply_one_report(self, device_id: str, report: InstallReport) -> None:
+        topic = topics.up(device_id, topics.Up.REPORT)
         try:
             with Session(self._engine) as session:
                 apply_install_report(session=session, device_id=device_id, report=report)
@@ -568,7 +651,7 @@ class FleetLink:
                 logger.warning("report not stored device_id=%s error=%s", device_id, e)
                 return
             # Refused for good: counted, and receipted so the device stops resending it.
-            self._refuse(device_id, topics.Up.REPORT, message.topic, e)
+            self._refuse(device_id, topics.Up.REPORT, topic, e)
         self.publish_receipts(device_id, [report.event_id])
 
     def _handle_fetch(self, device_id: str, message: Incoming) -> None:

@@ -18,6 +18,15 @@ experiment_app = typer.Typer(
 )
 
 
+MODES = {
+    (False, False): "split",
+    (False, True): "bandit",
+    (True, False): "requests",
+    (True, True): "requests_bandit",
+}
+"""(--by-requests, --bandit) -> the experiment's mode."""
+
+
 @experiment_app.command("create")
 def experiment_create(
     name: Annotated[str, typer.Option(help="a name for people")],
@@ -35,7 +44,16 @@ def experiment_create(
     bandit: Annotated[
         bool, typer.Option("--bandit", help="shift devices toward the better arm as it shows")
     ] = False,
-    share_b: Annotated[float, typer.Option(help="arm B's share of the cohort")] = 0.5,
+    by_requests: Annotated[
+        bool,
+        typer.Option(
+            "--by-requests",
+            help="split each device's requests: A stays active, B answers its share beside it",
+        ),
+    ] = False,
+    share_b: Annotated[
+        float, typer.Option(help="arm B's share of the cohort (of each device's requests)")
+    ] = 0.5,
     alpha: Annotated[float, typer.Option(help="false-positive rate, however often read")] = 0.05,
     min_samples: Annotated[int, typer.Option(help="observations per arm before deciding")] = 100,
     promote_label: Annotated[
@@ -67,7 +85,7 @@ def experiment_create(
         "selector": selector,
         "metric": metric,
         "outcome_goal": "minimize" if minimize_outcome else "maximize",
-        "mode": "bandit" if bandit else "split",
+        "mode": MODES[by_requests, bandit],
         "share_b": share_b,
         "alpha": alpha,
         "min_samples": min_samples,

@@ -4,6 +4,7 @@ who started, paused, promoted or stopped them, and why."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -27,6 +28,28 @@ rollout_app = typer.Typer(no_args_is_help=True, help="Roll bundles out to device
 audit_app = typer.Typer(no_args_is_help=True, help="Who did what to rollouts, and why.")
 
 ReasonOption = Annotated[str | None, typer.Option(help="why: recorded in the audit log")]
+
+_RATE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(?:([kmgt])(i?))?(b?)(?:/s)?$", re.IGNORECASE)
+
+
+def parse_bandwidth(text: str) -> int:
+    """``50MB/s``, ``1.5GB/s``, ``200KiB/s`` or plain bytes per second, as bytes per second.
+
+    kB, MB, GB are powers of 1,000 (as network rates are quoted), KiB, MiB, GiB powers
+    of 1,024. A lowercase ``b`` (bits) is refused rather than guessed, so a budget is
+    never off by a factor of eight.
+    """
+    match = _RATE_RE.fullmatch(text.strip())
+    if match is None:
+        raise typer.BadParameter(f"{text!r} is not a rate like 50MB/s, 200KiB/s or 1000000")
+    number, prefix, binary, byte = match.groups()
+    if byte == "b":
+        raise typer.BadParameter(f"{text!r}: give bytes (MB/s), not bits (Mb/s)")
+    power = "kmgt".index(prefix.lower()) + 1 if prefix else 0
+    value = int(float(number) * (1024 if binary else 1000) ** power)
+    if value < 1:
+        raise typer.BadParameter(f"{text!r} is below one byte per second")
+    return value
 
 
 @rollout_app.command("create")
@@ -71,6 +94,16 @@ def rollout_create(
     window_tz: Annotated[
         str, typer.Option(help="the devices' time zone the cron is read in: Europe/Berlin")
     ] = "UTC",
+    max_concurrent: Annotated[
+        int | None,
+        typer.Option(min=1, help="most devices installing at once, fleet-wide: offered N at "
+                     "a time, the next as one finishes"),
+    ] = None,
+    bandwidth: Annotated[
+        str | None,
+        typer.Option(help="fleet bandwidth budget for the rollout, e.g. 50MB/s: offers are "
+                     "paced by the bundle's size"),
+    ] = None,
     atomic: Annotated[
         bool, typer.Option("--atomic", help="every device switches at one signed moment")
     ] = False,
@@ -84,12 +117,15 @@ def rollout_create(
         str, typer.Option(help="with --atomic: a device back this long after it still switches")
     ] = "10m",
     api: ApiOption = DEFAULT_API,
-) -> None:
+) -> None:  # fmt: skip
     """Roll a bundle out in waves, with health gates between them.
 
     A device that misses its install deadline (or its wave's) is timed out and counts
     as failed; offline devices are not timed out until they are back; `rollout retry`
     offers timed-out and failed devices again.
+
+    --max-concurrent and --bandwidth pace the offers across the fleet: a wave's devices
+    are offered a few at a time and the wave is judged once all were offered.
 
     With --window-cron the devices download, verify and stage at once but switch only
     inside the maintenance window (they report `deferred` until then, and while an app
@@ -141,6 +177,8 @@ def rollout_create(
             install_timeout_s=parse_duration(install_timeout) if install_timeout else None,
             wave_timeout_s=parse_duration(wave_timeout) if wave_timeout else None,
             maintenance_window=window,
+            max_concurrent=max_concurrent,
+            bandwidth_bytes_per_s=parse_bandwidth(bandwidth) if bandwidth else None,
             atomic=atomic_options,
         )
     sizes = [w["size"] for w in rollout.get("wave_status", [])]

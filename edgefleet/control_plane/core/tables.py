@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import StringConstraints, field_validator
-from sqlalchemy import JSON, Column, DateTime, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from edgefleet.control_plane.drift.hook_config import HOOK_NAME_PATTERN
@@ -415,6 +415,20 @@ class RolloutCreate(SQLModel):
         description="devices stage at once but switch only inside this window (deferred "
         "meanwhile); their install deadlines keep running",
     )
+    max_concurrent: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="most devices downloading and installing at once across the fleet: "
+        "a wave's devices are offered this many at a time, the next as one finishes",
+    )
+    bandwidth_bytes_per_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=10**15,
+        description="the rollout's fleet bandwidth budget: offers are paced so that the "
+        "bundle bytes they start stay within it (one second's worth may go at once)",
+    )
     atomic: RolloutAtomic | None = Field(
         default=None,
         description="switch every device at one signed moment once the quorum has staged; "
@@ -447,6 +461,11 @@ class Rollout(SQLModel, table=True):
     install_timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S
     wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S
     maintenance_window: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    max_concurrent: int | None = None  # devices installing at once (None: the whole wave)
+    # Offers paced by bundle size (None: unpaced); 64-bit, past 2 GB/s.
+    bandwidth_bytes_per_s: int | None = Field(default=None, sa_type=BigInteger)
+    # Offers under the bandwidth budget have spent it until this moment (wall clock).
+    budget_spent_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     atomic: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # RolloutAtomic
     # The signed switch order once issued: target, switch_at, valid_until (epoch seconds).
     switch_order: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
@@ -534,6 +553,8 @@ class RolloutPublic(SQLModel):
     install_timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S
     wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S
     maintenance_window: dict[str, Any] | None = None
+    max_concurrent: int | None = None
+    bandwidth_bytes_per_s: int | None = None
     atomic: dict[str, Any] | None = None
     switch_order: dict[str, Any] | None = None
     switch_skew_s: float | None = None  # max - min of the devices' switched_at
@@ -973,7 +994,7 @@ class TrustFloor(SQLModel, table=True):
 # -- A/B experiments --------------------------------------------------------------
 
 ExperimentMetric = Literal["error_rate", "latency_ms", "accuracy", "outcome"]
-ExperimentMode = Literal["split", "bandit"]
+ExperimentMode = Literal["split", "bandit", "requests", "requests_bandit"]
 
 
 class ExperimentCreate(SQLModel):
@@ -984,6 +1005,13 @@ class ExperimentCreate(SQLModel):
     number the application posts on the device) ``outcome_goal`` says which.
     ``promote_to`` picks the devices the winner is rolled out to once decided (by
     default every device of the profile); the winner's own arm already runs it.
+
+    ``mode``: ``split`` gives each device one arm (``share_b`` of the devices run B);
+    ``bandit`` moves devices toward the better arm. ``requests`` keeps arm A active on
+    every device of the cohort and delivers arm B beside it as a challenger that answers
+    ``share_b`` of each device's requests; ``requests_bandit`` moves that share per device
+    toward the better arm. Arm B must then be the newer release (a device takes no older
+    bundle, not even beside its active one).
     """
 
     model_config = {"extra": "forbid"}
@@ -995,7 +1023,12 @@ class ExperimentCreate(SQLModel):
     metric: ExperimentMetric = "error_rate"
     outcome_goal: Literal["maximize", "minimize"] = "maximize"
     mode: ExperimentMode = "split"
-    share_b: float = Field(default=0.5, ge=0.0, le=1.0, description="arm B's share of devices")
+    share_b: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="arm B's share of devices, or of each device's requests in requests mode",
+    )
     min_share: float = Field(
         default=0.1, ge=0.0, le=0.5, description="bandit mode: the least share either arm keeps"
     )
@@ -1041,6 +1074,8 @@ class Experiment(SQLModel, table=True):
     promote_gates: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     # device id -> "A" | "B", as assigned now
     assignments: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+    # requests mode: device id -> arm B's share of its requests, as sent to it now
+    shares: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON))
     # every rollout that delivered an arm, oldest first: [{"arm", "rollout_id", "devices"}]
     arm_rollouts: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
     results: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
@@ -1072,6 +1107,9 @@ class ExperimentPublic(SQLModel):
     metric: str
     outcome_goal: str
     share_b: float
+    shares: dict[str, float] = Field(
+        default_factory=dict, description="requests mode: arm B's share of each device's requests"
+    )
     alpha: float
     arms: list[ExperimentArmPublic]
     results: dict[str, Any]

@@ -205,3 +205,58 @@ def test_bandit_mode_moves_devices_toward_the_arm_with_fewer_errors(rig: Rig) ->
     moves = rig.get("/audit", action="experiment.reassign")
     assert any(m["detail"]["moved"] and m["detail"]["p_b_better"] > 0.9 for m in moves)
     assert current["state"] == "running"
+
+
+def test_bandit_in_requests_mode_moves_each_devices_share_toward_its_better_arm(
+    rig: Rig,
+) -> None:
+    devices = rig.fleet(4)
+    older_b = rig.post(
+        "/experiments",
+        {"name": "older-b", "bundle_a": NEW, "bundle_b": OLD, "mode": "requests"},
+        status=422,
+    )
+    assert "newer release" in older_b["detail"]  # a device takes no older bundle beside its own
+    on_accuracy = rig.post(
+        "/experiments",
+        {"name": "acc", "bundle_a": OLD, "bundle_b": NEW, "mode": "requests",
+         "metric": "accuracy"},
+        status=422,
+    )  # fmt: skip
+    assert "labels are counted per model" in on_accuracy["detail"]
+    for i, device in enumerate(devices):  # B is better on the first two devices only
+        device.behaviours[OLD] = Behaviour(error_rate=0.10 if i < 2 else 0.02)
+        device.behaviours[NEW] = Behaviour(error_rate=0.02 if i < 2 else 0.10)
+    experiment = rig.post(
+        "/experiments",
+        {
+            "name": "per-device", "bundle_a": OLD, "bundle_b": NEW, "mode": "requests_bandit",
+            "selector": {"device_ids": [d.device_id for d in devices]},
+            "metric": "error_rate", "min_samples": 10_000_000,  # only the bandit acts
+            "reassign_every_s": 0.2, "min_share": 0.1,
+        },
+        status=201,
+    )  # fmt: skip
+    assert experiment["shares"] == {d.device_id: 0.5 for d in devices}
+    wait_until(lambda: _on(devices, OLD), "arm A active on every device")
+
+    def shifted() -> dict[str, Any] | None:
+        for device in devices:  # each device answers with both arms: a window per bundle
+            device.send_inference(OLD)
+            device.send_inference(NEW)
+        current = rig.get(f"/experiments/{experiment['id']}")
+        shares = [current["shares"][d.device_id] for d in devices]
+        return current if min(shares[:2]) >= 0.8 and max(shares[2:]) <= 0.2 else None
+
+    current = wait_until(shifted, "each device's share moved toward its better arm")
+    # No device changed arm: every device still serves both, arm A stays active.
+    assert all(a["devices"] == sorted(d.device_id for d in devices) for a in current["arms"])
+    assert _on(devices, OLD) and current["state"] == "running"
+    # The share reached each device as a split command beside the challenger's shadow.
+    assert all(d.commands.count("shadow_start") >= 3 for d in devices)
+    reshares = rig.get("/audit", action="experiment.reshare")
+    assert any(r["detail"]["devices"][devices[0].device_id]["p_b_better"] > 0.9 for r in reshares)
+
+    stopped = rig.post(f"/experiments/{experiment['id']}/stop", {"reason": "enough"})
+    assert stopped["state"] == "stopped"
+    wait_until(lambda: all("shadow_stop" in d.commands for d in devices), "the challenger dropped")

@@ -69,3 +69,29 @@ def test_every_simulated_device_installs_reports_active_and_its_events_are_store
     assert result["baseline_incomplete"] == 0 and result["baseline_s"] is not None
     devices = tmp_path / "fleet" / f"fleet-{DEVICES}" / "devices"
     assert len(list(devices.glob("dev-*/models/*/active.json"))) == DEVICES
+
+
+def test_asyncio_devices_take_metadata_and_bundle_from_the_broker_and_ask_the_control_plane_nothing(
+    tmp_path: Path,
+) -> None:
+    """``--sim async``: the simulator that fits 10,000 devices, on a handful."""
+    out = tmp_path / "result.json"
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--sim", "async", "--devices", str(DEVICES),
+         "--events-per-device", "2", "--data-dir", str(tmp_path / "fleet"), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["sim"] == "async"
+    assert result["rollout_state"] == "complete" and result["cp_states"] == {"active": DEVICES}
+    assert result["active"] == DEVICES and result["failed"] == {}
+    # Neither metadata nor target bytes by request: both were retained on the broker.
+    assert result["cp_payload"]["fetch_metadata"] == 0
+    assert result["cp_payload"]["fetch_targets"] == 0
+    assert result["cp_payload"]["metadata_retained"] > 0
+    assert result["events_stored"] == result["events_published"] == DEVICES * 2
+    assert set(result["api_latency_ms"]) <= {"rollout status", "device list"}

@@ -36,13 +36,19 @@ def read_experiment(session: SessionDep, experiment_id: DbId) -> ExperimentPubli
 
 @router.post("/{experiment_id}/stop")
 def stop_experiment(
-    session: SessionDep, actor: ActorDep, experiment_id: DbId, body: ExperimentStop | None = None
+    session: SessionDep,
+    link: LinkDep,
+    actor: ActorDep,
+    experiment_id: DbId,
+    body: ExperimentStop | None = None,
 ) -> ExperimentPublic:
-    """End the experiment without a decision: each device keeps the arm it runs."""
+    """End the experiment without a decision: each device keeps the arm it runs (in
+    requests mode, arm A: the challenger is discarded)."""
     experiment = lifecycle.stop_experiment(
         session=session,
         experiment_id=experiment_id,
         actor=actor,
         reason=body.reason if body else None,
+        publisher=link,
     )
     return views.experiment_public(experiment)

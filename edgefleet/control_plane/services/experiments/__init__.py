@@ -16,4 +16,11 @@ the bundles travel the signed path and every wave, gate and deadline applies. Wh
 the test on the primary metric is significant, the winner is promoted by a new
 rollout to the rest of the fleet and the loser's rollout is rolled back (when the
 loser is the newer release, which the devices could not be offered the winner over).
+
+In ``requests`` mode (``requests_bandit`` with the bandit) every device of the cohort
+serves both arms: A stays its active model and B, delivered by a shadow rollout with a
+``split`` command, answers a share of its requests (``edgefleet.agent.inference.split``).
+Both arms are then read from the same devices' events, told apart by bundle; the
+decision ends B's shadow rollout and, when B won, rolls B out to the cohort too; the
+bandit moves each device's share instead of moving devices (``bandit.reshare``).
 """

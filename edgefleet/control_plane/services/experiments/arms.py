@@ -5,6 +5,15 @@ to it (``deliver_arm``), or, to go back from the newer release to the older one 
 device would refuse as an offer), a rollback command through the rollouts that delivered
 the newer one (``roll_back_arm``). Every rollout an arm used is kept in
 ``Experiment.arm_rollouts``.
+
+In ``requests`` mode arm B reaches the cohort as a challenger (``deliver_challenger``):
+a shadow rollout of its bundle (signed, verified and loaded beside the active model,
+which stays arm A), whose wave soaks for as long as the experiment can run so that it
+never ends on its own, and one ``shadow_start`` per device carrying the ``split``
+(the experiment and arm B's share of that device's requests; ``send_split``). The
+command is idempotent on the device, so the share is sent again whenever it moves and
+on every refresh (a device that restarted took the rollout's plain ``shadow_start`` on
+reconnecting and runs B as a plain shadow until then).
 """
 
 from __future__ import annotations
@@ -22,11 +31,21 @@ from edgefleet.control_plane.core.tables import (
     RolloutCreate,
     RolloutDevice,
 )
-from edgefleet.control_plane.services.rollouts.lifecycle import create_rollout
+from edgefleet.control_plane.services.rollouts.lifecycle import act_on_rollout, create_rollout
 from edgefleet.control_plane.services.rollouts.outbox import FleetPublisher
 from edgefleet.control_plane.services.rollouts.waves import send_rollback
+from edgefleet.messages import DeviceCommand
 
 LOWER_IS_BETTER = frozenset({"error_rate", "latency_ms"})
+REQUEST_MODES = frozenset({"requests", "requests_bandit"})
+CHALLENGER_SOAK_S = 7 * 86_400.0
+"""The challenger's shadow rollout soaks this long (the most a rollout may), so it holds
+its wave while the experiment runs; the decision or a stop ends it."""
+
+
+def splits_requests(experiment: Experiment) -> bool:
+    """Whether the experiment splits each device's requests rather than the devices."""
+    return experiment.mode in REQUEST_MODES
 
 
 def higher_is_better(experiment: Experiment) -> bool:
@@ -121,3 +140,98 @@ def roll_back_arm(
             reason=f"experiment {experiment.id}: bandit moved the device to the other arm",
         )
     session.commit()
+
+
+def challenger_rollouts(session: Session, experiment: Experiment) -> list[Rollout]:
+    """The shadow rollouts that delivered arm B as a challenger, oldest first."""
+    rollouts = []
+    for entry in experiment.arm_rollouts or []:
+        if entry.get("by") == "challenger" and entry.get("rollout_id") is not None:
+            rollout = session.get(Rollout, int(entry["rollout_id"]))
+            if rollout is not None:
+                rollouts.append(rollout)
+    return rollouts
+
+
+def split_command(
+    bundle: Bundle, rollout_id: int | None, experiment_id: int, share: float
+) -> DeviceCommand:
+    """The ``shadow_start`` that makes ``bundle`` answer ``share`` of a device's requests."""
+    return DeviceCommand(
+        command="shadow_start",
+        rollout_id=rollout_id,
+        bundle_id=bundle.id,
+        args={
+            "target": bundle.target,
+            "release": bundle.release,
+            "split": {"experiment_id": experiment_id, "share": share},
+        },
+    )
+
+
+def send_split(
+    session: Session, publisher: FleetPublisher, experiment: Experiment, devices: Sequence[str]
+) -> None:
+    """Send each of ``devices`` its share of arm B (``Experiment.shares``)."""
+    assert experiment.id is not None
+    bundle = bundle_of(session, experiment.bundle_b)
+    rollouts = challenger_rollouts(session, experiment)
+    rollout_id = rollouts[-1].id if rollouts else None
+    shares = experiment.shares or {}
+    for device_id in devices:
+        share = float(shares.get(device_id, experiment.share_b))
+        publisher.publish_command(
+            device_id, split_command(bundle, rollout_id, experiment.id, share)
+        )
+
+
+def deliver_challenger(
+    session: Session,
+    publisher: FleetPublisher,
+    experiment: Experiment,
+    devices: Sequence[str],
+    actor: str,
+) -> int:
+    """Deliver arm B beside arm A on ``devices`` (a shadow rollout), then their split."""
+    rollout = create_rollout(
+        session=session,
+        publisher=publisher,
+        rollout_in=RolloutCreate(
+            bundle_id=experiment.bundle_b,
+            device_ids=list(devices),
+            strategy="shadow",
+            soak_seconds=CHALLENGER_SOAK_S,
+        ),
+        actor=actor,
+    )
+    assert rollout.id is not None
+    experiment.arm_rollouts = [
+        *(experiment.arm_rollouts or []),
+        {"arm": "B", "rollout_id": rollout.id, "devices": sorted(devices), "by": "challenger"},
+    ]
+    send_split(session, publisher, experiment, devices)
+    return rollout.id
+
+
+def drop_challenger(
+    session: Session, publisher: FleetPublisher, experiment: Experiment, reason: str
+) -> list[int]:
+    """End the challenger's shadow rollouts (the devices discard arm B); their ids.
+
+    Commits (``act_on_rollout`` does).
+    """
+    ended = []
+    for rollout in challenger_rollouts(session, experiment):
+        if rollout.state not in ("in_progress", "paused"):
+            continue
+        assert rollout.id is not None
+        act_on_rollout(
+            session=session,
+            publisher=publisher,
+            rollout_id=rollout.id,
+            action="abort",
+            actor="system",
+            reason=reason,
+        )
+        ended.append(rollout.id)
+    return ended

@@ -6,6 +6,11 @@ both arms keep evidence coming. The hash ranking (``assignment``) then moves onl
 devices at its edge: onto the newer release by a rollout of it, onto the older one by
 a rollback of the newer arm's rollouts on those devices (``arms``). Each move is
 audited (``experiment.reassign``) with the probability, the share and who moved.
+
+In ``requests`` mode no device moves: every device serves both arms, and its own share
+of requests for arm B becomes the probability that B is better *on that device's*
+outcomes (``reshare``), within the same bounds, sent to it as a new split
+(``arms.send_split``) and audited (``experiment.reshare``) with every device's numbers.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from edgefleet.control_plane.services.experiments.arms import (
     higher_is_better,
     reload_experiment,
     roll_back_arm,
+    send_split,
 )
 from edgefleet.control_plane.services.experiments.assignment import assign_arms
 from edgefleet.control_plane.services.experiments.outcomes import PROPORTIONS, ArmOutcomes
@@ -84,3 +90,56 @@ def reassign(
         ]
     session.add(experiment)
     session.commit()
+
+
+def reshare(
+    *,
+    session: Session,
+    publisher: FleetPublisher,
+    experiment: Experiment,
+    by_device: dict[str, dict[str, ArmOutcomes]],
+    bandit: bool,
+) -> None:
+    """``requests`` mode: set and send each device's share of arm B's requests.
+
+    With ``bandit``, each device's share becomes Thompson sampling's P(B better) on its
+    own outcomes, kept within ``[min_share, 1 - min_share]``; without, the shares stay
+    and are only sent again (a device that restarted gets its split back). Commits.
+    """
+    assert experiment.id is not None
+    metric = experiment.metric
+    shares = dict(experiment.shares or {})
+    detail: dict[str, dict[str, float]] = {}
+    if bandit:
+        for number, device_id in enumerate(sorted(experiment.assignments or {})):
+            own = by_device.get(device_id)
+            if own is None:
+                continue  # nothing reported yet: its share stays
+            p_b = probability_b_better(
+                own["A"].summary(metric),
+                own["B"].summary(metric),
+                higher_is_better=higher_is_better(experiment),
+                proportion=metric in PROPORTIONS,
+                seed=(experiment.id * 1_000_003 + experiment.passes) * 1_009 + number,
+            )
+            share = min(max(p_b, experiment.min_share), 1.0 - experiment.min_share)
+            shares[device_id] = share
+            detail[device_id] = {
+                "p_b_better": p_b,
+                "share_b": share,
+                "n_a": own["A"].summary(metric).n,
+                "n_b": own["B"].summary(metric).n,
+            }
+        experiment.shares = shares
+        record_audit(
+            session=session,
+            actor="system",
+            action="experiment.reshare",
+            target=f"experiment:{experiment.id}",
+            reason=f"arm B's share of each device's requests follows P(B better on {metric})",
+            detail={"devices": detail, "results": experiment.results},
+        )
+    experiment.reassigned_at = utcnow()
+    session.add(experiment)
+    session.commit()
+    send_split(session, publisher, experiment, sorted(experiment.assignments or {}))

@@ -6,6 +6,11 @@ numbers (``experiment.decide``), rolls the loser's rollouts back when the loser 
 newer release (devices refuse a lower release, so the way back is their previous slot),
 and rolls the winner out to ``promote_to``'s devices that do not run it yet by an
 ordinary rollout (``experiment.promote``).
+
+In ``requests`` mode every device of the cohort runs arm A with arm B beside it: the
+decision ends B's shadow rollout (the devices discard the challenger), and when B won,
+the winner's ordinary rollout includes the cohort, whose devices then switch to B
+through the usual install path (verified, staged, smoke-tested, probation).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from edgefleet.control_plane.services.audit import record_audit
 from edgefleet.control_plane.services.experiments.arms import (
     arm_bundle,
     bundle_of,
+    drop_challenger,
     reload_experiment,
+    splits_requests,
 )
 from edgefleet.control_plane.services.experiments.outcomes import (
     METRICS,
@@ -105,7 +112,19 @@ def promote(
         arm: {d for d, a in (experiment.assignments or {}).items() if a == arm} for arm in "AB"
     }
     rolled_back: list[int] = []
-    if lose_bundle.release > win_bundle.release:
+    ended: list[int] = []
+    if splits_requests(experiment):
+        # Every device of the cohort runs A with B beside it: the challenger goes
+        # (B's shadow rollout ends), and a B win switches the cohort to B below.
+        ended = drop_challenger(
+            session,
+            publisher,
+            experiment,
+            reason=f"experiment {experiment_id}: decided for arm {winner} ({experiment.reason})",
+        )
+        cohort = set(experiment.assignments or {})
+        skip = cohort if winner == "A" else set()
+    elif lose_bundle.release > win_bundle.release:
         for entry in experiment.arm_rollouts or []:
             if entry["arm"] != loser:
                 continue
@@ -128,6 +147,8 @@ def promote(
     # Default: every device of the profile (a rollout is always narrowed to it).
     selector = RolloutSelector.model_validate(experiment.promote_to or {})
     detail: dict[str, Any] = {"winner": winner, "rolled_back_rollouts": rolled_back}
+    if ended:
+        detail["ended_challenger_rollouts"] = ended
     try:
         candidates = select_devices(
             session, win_bundle, RolloutCreate(bundle_id=win_bundle.id, selector=selector)

@@ -22,6 +22,13 @@ The steps of a pass are in ``decision`` (the test, the promotion) and ``bandit``
    ``min_share``), and the devices at the edge of the hash ranking change arm
    (``experiment.reassign``): moved onto the newer release by a rollout of it, onto the
    older one by a rollback of the newer arm's rollout on those devices.
+
+In ``requests`` and ``requests_bandit`` mode every device of the cohort is on both arms:
+arm A by an ordinary rollout (a no-op where it already runs), arm B as a challenger
+beside it (``arms.deliver_challenger``) answering ``share_b`` of its requests. Step 4
+then sets each device's own share (``bandit.reshare``: Thompson sampling on that
+device's outcomes in ``requests_bandit``; the same shares sent again in ``requests``,
+so a device that restarted gets its split back), and a stop ends the challenger.
 """
 
 from __future__ import annotations
@@ -48,16 +55,20 @@ from edgefleet.control_plane.core.tables import (
 )
 from edgefleet.control_plane.services.audit import record_audit
 from edgefleet.control_plane.services.experiments.arms import (
+    REQUEST_MODES,
     bundle_of,
     claim_experiment,
     deliver_arm,
+    deliver_challenger,
+    drop_challenger,
     higher_is_better,
     reload_experiment,
+    splits_requests,
 )
 from edgefleet.control_plane.services.experiments.assignment import assign_arms, device_key
-from edgefleet.control_plane.services.experiments.bandit import reassign
+from edgefleet.control_plane.services.experiments.bandit import reassign, reshare
 from edgefleet.control_plane.services.experiments.decision import evaluate, promote
-from edgefleet.control_plane.services.experiments.outcomes import gather_outcomes
+from edgefleet.control_plane.services.experiments.outcomes import ArmOutcomes, gather_outcomes
 from edgefleet.control_plane.services.rollouts.deadlines import aware
 from edgefleet.control_plane.services.rollouts.outbox import FleetPublisher
 from edgefleet.control_plane.services.rollouts.selection import select_devices, wave_sizes
@@ -91,6 +102,18 @@ def create_experiment(
         raise InvalidRequestError(
             f"arms must be one model on one profile: {bundle_a.id} is {bundle_a.model} on "
             f"{bundle_a.profile}, {bundle_b.id} is {bundle_b.model} on {bundle_b.profile}"
+        )
+    by_requests = experiment_in.mode in REQUEST_MODES
+    if by_requests and bundle_b.release <= bundle_a.release:
+        raise InvalidRequestError(
+            f"in {experiment_in.mode} mode arm B runs beside arm A, so it must be the newer "
+            f"release: {bundle_b.id} is release {bundle_b.release}, {bundle_a.id} is "
+            f"{bundle_a.release}"
+        )
+    if by_requests and experiment_in.metric == "accuracy":
+        raise InvalidRequestError(
+            f"{experiment_in.mode} mode cannot decide on accuracy yet: a device's feedback "
+            "labels are counted per model, not per arm"
         )
     devices = select_devices(
         session, bundle_b, RolloutCreate(bundle_id=bundle_b.id, selector=experiment_in.selector)
@@ -128,7 +151,13 @@ def create_experiment(
     session.add(experiment)
     session.flush()
     assert experiment.id is not None
-    experiment.assignments = assign_arms(experiment.id, [d.id for d in devices], experiment.share_b)
+    if by_requests:  # every device serves both arms, A active and B beside it
+        experiment.assignments = {d.id: "AB" for d in devices}
+        experiment.shares = {d.id: experiment.share_b for d in devices}
+    else:
+        experiment.assignments = assign_arms(
+            experiment.id, [d.id for d in devices], experiment.share_b
+        )
     experiment.reassigned_at = utcnow()
     record_audit(
         session=session,
@@ -143,6 +172,8 @@ def create_experiment(
             "alpha": experiment.alpha,
             "assignment": {
                 d: {"arm": arm, "key": device_key(experiment.id, d)}
+                if not by_requests
+                else {"arm": arm, "share_b": experiment.share_b}
                 for d, arm in sorted(experiment.assignments.items())
             },
         },
@@ -150,7 +181,11 @@ def create_experiment(
     session.commit()  # the arms' rollouts commit on their own; the experiment stands first
     experiment_id = experiment.id
     try:
-        for arm in ("A", "B"):
+        if by_requests:
+            cohort = sorted(experiment.assignments)
+            deliver_arm(session, publisher, experiment, "A", cohort, actor)
+            deliver_challenger(session, publisher, experiment, cohort, actor)
+        for arm in () if by_requests else ("A", "B"):
             members = sorted(d for d, a in experiment.assignments.items() if a == arm)
             if members:
                 deliver_arm(session, publisher, experiment, arm, members, actor)
@@ -199,9 +234,17 @@ def _end(
 
 
 def stop_experiment(
-    *, session: Session, experiment_id: int, actor: str, reason: str | None = None
+    *,
+    session: Session,
+    experiment_id: int,
+    actor: str,
+    reason: str | None = None,
+    publisher: FleetPublisher | None = None,
 ) -> Experiment:
     """Stop a running experiment without a decision; each device keeps the arm it runs.
+
+    In ``requests`` mode the devices keep arm A, their active model: the challenger's
+    shadow rollout ends (through ``publisher``) and the devices discard arm B.
 
     Raises:
         NotFoundError: no such experiment.
@@ -212,6 +255,10 @@ def stop_experiment(
         raise NotFoundError(f"experiment {experiment_id} not found")
     _end(session, experiment, "stop", reason or f"stopped by {actor}", actor, {})
     session.commit()
+    if publisher is not None and splits_requests(experiment):
+        drop_challenger(
+            session, publisher, experiment, f"experiment {experiment_id} stopped by {actor}"
+        )
     session.refresh(experiment)
     return experiment
 
@@ -220,7 +267,8 @@ def _failed_arm(session: Session, experiment: Experiment) -> str | None:
     """Why an arm can no longer be compared (its latest rollout ended without installing)."""
     latest: dict[str, int] = {}
     for entry in experiment.arm_rollouts or []:
-        latest[str(entry["arm"])] = int(entry["rollout_id"])
+        if entry.get("rollout_id") is not None:  # a bandit move by rollback has none
+            latest[str(entry["arm"])] = int(entry["rollout_id"])
     for arm, rollout_id in sorted(latest.items()):
         rollout = session.get(Rollout, rollout_id)
         if rollout is not None and rollout.state in ENDED_WITHOUT_INSTALL:
@@ -236,7 +284,12 @@ def advance_experiment(
     if failure is not None:
         _end(session, experiment, "arm_failed", failure, actor, {})
         return
-    arms = gather_outcomes(session=session, experiment=experiment)
+    by_device: dict[str, dict[str, ArmOutcomes]] = {}
+    arms = gather_outcomes(
+        session=session,
+        experiment=experiment,
+        by_device=by_device if experiment.mode == "requests_bandit" else None,
+    )
     experiment.results = evaluate(experiment, arms)
     experiment.passes += 1
     experiment.updated_at = utcnow()
@@ -247,12 +300,21 @@ def advance_experiment(
         winner = "B" if b_higher == higher_is_better(experiment) else "A"
         promote(session=session, publisher=publisher, experiment=experiment, winner=winner)
         return
+    due = experiment.reassigned_at is None or utcnow() - aware(
+        experiment.reassigned_at
+    ) >= timedelta(seconds=experiment.reassign_every_s)
+    if not due:
+        return
     if experiment.mode == "bandit":
-        due = experiment.reassigned_at is None or utcnow() - aware(
-            experiment.reassigned_at
-        ) >= timedelta(seconds=experiment.reassign_every_s)
-        if due:
-            reassign(session=session, publisher=publisher, experiment=experiment, arms=arms)
+        reassign(session=session, publisher=publisher, experiment=experiment, arms=arms)
+    elif splits_requests(experiment):
+        reshare(
+            session=session,
+            publisher=publisher,
+            experiment=experiment,
+            by_device=by_device,
+            bandit=experiment.mode == "requests_bandit",
+        )
 
 
 class ExperimentRunner:

@@ -123,12 +123,20 @@ def _add_histogram(tally: Tally, histogram: Any) -> None:
 
 
 def gather_outcomes(
-    *, session: Session, experiment: Experiment, since: datetime | None = None
+    *,
+    session: Session,
+    experiment: Experiment,
+    since: datetime | None = None,
+    by_device: dict[str, dict[str, ArmOutcomes]] | None = None,
 ) -> dict[str, ArmOutcomes]:
     """Arm ``"A"`` and arm ``"B"``'s outcomes from the cohort's events since the start.
 
     One query over the cohort's events of the kinds read, streamed (``yield_per``), so
-    a long experiment costs a scan, not memory.
+    a long experiment costs a scan, not memory. Events are told apart by the bundle
+    they are about, so in ``requests`` mode, where one device serves both arms, each
+    arm reads its own windows of the same devices. ``by_device``, when given, is
+    filled with each device's own arms too (bandit mode in ``requests`` mode moves
+    the share per device).
     """
     arms = {"A": ArmOutcomes(), "B": ArmOutcomes()}
     by_bundle = {experiment.bundle_a: arms["A"], experiment.bundle_b: arms["B"]}
@@ -148,4 +156,9 @@ def gather_outcomes(
         if arm is not None:
             arm.devices.add(device_id)
             add_event(arm, kind, data)
+            if by_device is not None:
+                name = "A" if arm is arms["A"] else "B"
+                own = by_device.setdefault(device_id, {"A": ArmOutcomes(), "B": ArmOutcomes()})
+                own[name].devices.add(device_id)
+                add_event(own[name], kind, data)
     return arms

@@ -37,7 +37,8 @@ def experiment_public(experiment: Experiment) -> ExperimentPublic:
             for e in experiment.arm_rollouts or []
             if e["arm"] == arm and e.get("rollout_id") is not None
         ]
-        devices = sorted(d for d, a in (experiment.assignments or {}).items() if a == arm)
+        # "AB": in requests mode a device serves both arms
+        devices = sorted(d for d, a in (experiment.assignments or {}).items() if arm in a)
         arms.append(
             ExperimentArmPublic(arm=arm, bundle_id=bundle, devices=devices, rollout_ids=rollout_ids)
         )
@@ -51,6 +52,7 @@ def experiment_public(experiment: Experiment) -> ExperimentPublic:
         metric=experiment.metric,
         outcome_goal=experiment.outcome_goal,
         share_b=experiment.share_b,
+        shares=experiment.shares or {},
         alpha=experiment.alpha,
         arms=arms,
         results=experiment.results or {},

@@ -76,6 +76,19 @@ def create_rollout(
     bundle = session.get(Bundle, rollout_in.bundle_id)
     if bundle is None:
         raise NotFoundError(f"bundle {rollout_in.bundle_id} not found")
+    paced = rollout_in.max_concurrent is not None or rollout_in.bandwidth_bytes_per_s is not None
+    if paced and rollout_in.strategy == "shadow":
+        raise InvalidRequestError(
+            "max_concurrent and bandwidth_bytes_per_s pace installs; the shadow strategy "
+            "installs nothing (leave them out)"
+        )
+    if paced and rollout_in.atomic is not None:
+        # Staged devices of an atomic rollout wait for the switch order, so they would
+        # hold every slot and the devices not yet offered would never be.
+        raise InvalidRequestError(
+            "max_concurrent and bandwidth_bytes_per_s offer a wave in steps; an atomic "
+            "rollout needs its whole wave staged before the switch (leave them out)"
+        )
     devices = select_devices(session, bundle, rollout_in)
     if not devices:
         raise InvalidRequestError(f"no devices to roll bundle {bundle.id} out to")
@@ -102,6 +115,8 @@ def create_rollout(
         maintenance_window=(
             rollout_in.maintenance_window.model_dump() if rollout_in.maintenance_window else None
         ),
+        max_concurrent=rollout_in.max_concurrent,
+        bandwidth_bytes_per_s=rollout_in.bandwidth_bytes_per_s,
         atomic=rollout_in.atomic.model_dump() if rollout_in.atomic else None,
         created_by=actor,
     )
@@ -131,6 +146,8 @@ def create_rollout(
             "gates": rollout.gates,
             "install_timeout_s": rollout.install_timeout_s,
             "wave_timeout_s": rollout.wave_timeout_s,
+            "max_concurrent": rollout.max_concurrent,
+            "bandwidth_bytes_per_s": rollout.bandwidth_bytes_per_s,
         },
     )
     session.flush()

@@ -15,7 +15,9 @@ install deadline or their wave's are ``timed_out``, which counts as failed for t
 install gate. Then one pass of ``advance_rollout`` for wave k (phases in
 ``Rollout.phase``)::
 
-    installing          every online device of the wave finished (active/failed/
+    installing          a paced rollout offers the next queued devices (``pacing``)
+                        and waits until every device of the wave was offered;
+                        every online device of the wave finished (active/failed/
                         timed_out), at the latest by the wave's deadline ->
                         install gate: breach -> aborted; else soaking
     soaking             soak time over -> all gates over the wave's telemetry since
@@ -50,6 +52,7 @@ from edgefleet.control_plane.services.rollouts.atomic import (
 from edgefleet.control_plane.services.rollouts.deadlines import enforce_deadlines, online_devices
 from edgefleet.control_plane.services.rollouts.lifecycle import claim_rollout
 from edgefleet.control_plane.services.rollouts.outbox import FleetPublisher, publish_outbox
+from edgefleet.control_plane.services.rollouts.pacing import is_paced, offer_queued
 from edgefleet.control_plane.services.rollouts.waves import (
     aware,
     end_rollout,
@@ -149,6 +152,15 @@ def _step(session: Session, publisher: FleetPublisher, rollout: Rollout, now: da
     last = wave >= len(rollout.wave_sizes) - 1
     if rollout.phase == "installing":
         rows = wave_rows(session, rollout, wave)
+        if is_paced(rollout) and any(r.state == "pending" for r in rows):
+            # Offered in steps (``pacing``): the next as others finish, or as the budget
+            # allows. The wave is judged once every device of it was offered.
+            publish_outbox(
+                publisher,
+                offer_queued(session=session, rollout=rollout, rows=rows, now=now, actor=actor),
+            )
+            if any(r.state == "pending" for r in rows):
+                return False
         waiting = [r.device_id for r in rows if r.state in INSTALLING_STATES]
         if online_devices(session, waiting):
             return False

@@ -17,6 +17,7 @@ recorded in ``late_state`` and, when it is an outcome, in the audit log
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlmodel import Session, col, select
@@ -86,6 +87,63 @@ def apply_install_report(
         The device's row (unchanged when the report came too late to matter), or
         None when the report matches no rollout of ours.
     """
+    row = _apply(session, device_id, report, locked=False)
+    session.commit()
+    if row is not None:
+        session.refresh(row)
+    return row
+
+
+def apply_install_reports(
+    *, session: Session, reports: Sequence[tuple[str, InstallReport]]
+) -> list[RolloutDevice | None]:
+    """Record a burst of install reports, in order, in one transaction; commit once.
+
+    A wave of 1,000 devices sends about five reports each; one transaction (and one
+    commit) per report made the control plane's per-device work, not the broker, set
+    the time to all active. The rows the burst names are read, and locked, in one
+    statement, ordered by key so that two replicas locking overlapping bursts wait for
+    each other instead of deadlocking; each report is then judged as
+    ``apply_install_report`` judges it. If the transaction fails the caller applies
+    the burst report by report, so one bad report costs only itself.
+
+    Returns:
+        Per report, in order: the device's row, or None when it matches no rollout.
+    """
+    _lock_rows(session, reports)
+    rows = [_apply(session, device_id, report, locked=True) for device_id, report in reports]
+    session.commit()
+    return rows
+
+
+def _lock_rows(session: Session, reports: Sequence[tuple[str, InstallReport]]) -> None:
+    """Load (and lock) every row, rollout and device a burst names into the session."""
+    keys = sorted({(r.rollout_id, d) for d, r in reports if r.rollout_id is not None})
+    devices = sorted({d for d, _ in reports})
+    if keys:
+        rollout_ids = sorted({k[0] for k in keys})
+        session.exec(select(Rollout).where(col(Rollout.id).in_(rollout_ids))).all()
+        session.exec(
+            select(RolloutDevice)
+            .where(
+                col(RolloutDevice.rollout_id).in_(rollout_ids),
+                col(RolloutDevice.device_id).in_(devices),
+            )
+            .order_by(col(RolloutDevice.rollout_id), col(RolloutDevice.device_id))
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).all()
+    session.exec(select(Device).where(col(Device.id).in_(devices))).all()
+
+
+def _apply(
+    session: Session, device_id: str, report: InstallReport, *, locked: bool
+) -> RolloutDevice | None:
+    """Judge one report against its row and change the row; the caller commits.
+
+    ``locked``: the row was read with ``FOR UPDATE`` in this transaction already
+    (``_lock_rows``); otherwise it is locked and read afresh here.
+    """
     found = _find_rollout_device(session, device_id, report)
     if found is None:
         logger.info(
@@ -96,21 +154,20 @@ def apply_install_report(
         )
         return None
     rollout, row = found
-    # Replicas share reports through a shared subscription, so two of one device's
-    # reports can be applied at once: lock the row and judge the newest state.
-    locked = session.get(
-        RolloutDevice,
-        (row.rollout_id, row.device_id),
-        with_for_update=True,
-        populate_existing=True,
-    )
-    assert locked is not None
-    row = locked
+    if not locked or report.rollout_id is None:
+        # Replicas share reports through a shared subscription, so two of one device's
+        # reports can be applied at once: lock the row and judge the newest state.
+        fresh = session.get(
+            RolloutDevice,
+            (row.rollout_id, row.device_id),
+            with_for_update=True,
+            populate_existing=True,
+        )
+        assert fresh is not None
+        row = fresh
     state = device_state(report.state)
     if row.state == TIMED_OUT:
         _record_late_report(session, rollout, row, state, report)
-        session.commit()
-        session.refresh(row)
         return row
     # A report can beat the commit of the wave that offered it (offers go out before
     # the commit), so ``pending`` in a running rollout still takes reports.
@@ -143,8 +200,6 @@ def apply_install_report(
     session.add(row)
     if state == "active":
         _record_running_bundle(session, device_id, rollout)
-    session.commit()
-    session.refresh(row)
     return row
 
 

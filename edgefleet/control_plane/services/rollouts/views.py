@@ -108,6 +108,8 @@ def rollout_public(*, session: Session, rollout: Rollout) -> RolloutPublic:
         install_timeout_s=rollout.install_timeout_s,
         wave_timeout_s=rollout.wave_timeout_s,
         maintenance_window=rollout.maintenance_window,
+        max_concurrent=rollout.max_concurrent,
+        bandwidth_bytes_per_s=rollout.bandwidth_bytes_per_s,
         atomic=rollout.atomic,
         switch_order=rollout.switch_order,
         switch_skew_s=switch_skew(rows),

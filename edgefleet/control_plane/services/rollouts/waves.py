@@ -33,6 +33,7 @@ from edgefleet.control_plane.services.rollouts.outbox import (
     device_offer,
     shadow_start,
 )
+from edgefleet.control_plane.services.rollouts.pacing import is_paced, offer_queued
 from edgefleet.messages import DeviceCommand
 from edgefleet.states.install import (
     FINISHED_STATES,
@@ -72,8 +73,10 @@ def start_wave(*, session: Session, rollout: Rollout, wave: int, actor: str) -> 
     rollout.promoted = False
     rollout.updated_at = now
     session.add(rollout)
-    rows = [r for r in wave_rows(session, rollout, wave) if r.state == "pending"]
-    for row in rows:
+    wave_all = wave_rows(session, rollout, wave)
+    rows = [r for r in wave_all if r.state == "pending"]
+    paced = is_paced(rollout) and rollout.strategy != "shadow"
+    for row in [] if paced else rows:
         row.state = "shadowing" if rollout.strategy == "shadow" else "offered"
         if row.state == "offered":
             arm_deadlines(row, rollout, now, wave_deadline)
@@ -87,9 +90,13 @@ def start_wave(*, session: Session, rollout: Rollout, wave: int, actor: str) -> 
         action="rollout.wave_start",
         rollout_id=rollout.id,
         reason=f"wave {wave + 1} of {len(rollout.wave_sizes)}",
-        detail={"wave": wave + 1, "device_ids": [r.device_id for r in rows]},
-    )
+        detail={"wave": wave + 1, "device_ids": [r.device_id for r in rows]}
+        | ({"max_concurrent": rollout.max_concurrent,
+            "bandwidth_bytes_per_s": rollout.bandwidth_bytes_per_s} if paced else {}),
+    )  # fmt: skip
     session.flush()
+    if paced:  # offered in steps, see ``pacing``
+        return offer_queued(session=session, rollout=rollout, rows=wave_all, now=now, actor=actor)
     outbox: Outbox = []
     for row in rows:
         message = shadow_start(bundle, rollout) if rollout.strategy == "shadow" else None
