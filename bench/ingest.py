@@ -14,6 +14,9 @@ Runs, each on a fresh database:
 
 1. one replica with ``EDGEFLEET_INGEST_METHOD=values`` (multi-row INSERT ... ON CONFLICT
    DO NOTHING), then ``copy`` (COPY into a staging table + INSERT ... SELECT ON CONFLICT);
+   each with every count of ingest worker processes in ``--ingest-processes`` (``2``, the
+   control plane's default on PostgreSQL; ``0,1,2`` compares ingest in the API's process
+   with one and two workers);
 2. two replicas (one PostgreSQL, one shared-subscription group) with the faster method.
 
 The ingest rate is events stored (``SELECT count(*) FROM event``) over the time from the
@@ -176,6 +179,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its running children (the ingest worker processes)."""
+    total = cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        total += sum(tree_cpu_seconds(int(child)) for child in children)
+    return total
+
+
 @dataclass
 class Replica:
     process: subprocess.Popen[bytes]
@@ -188,7 +203,9 @@ class Replica:
         return path.read_text().strip() if path.exists() else None
 
 
-def start_replica(root: Path, n: int, broker: str, url: str, method: str) -> Replica:
+def start_replica(
+    root: Path, n: int, broker: str, url: str, method: str, processes: int
+) -> Replica:
     port = free_port()
     data_dir = root / f"cp-{n}"
     log = root / f"cp-{n}.log"
@@ -198,6 +215,7 @@ def start_replica(root: Path, n: int, broker: str, url: str, method: str) -> Rep
         "EDGEFLEET_INGEST_METHOD": method,
         "EDGEFLEET_MQTT_SHARED_GROUP": SHARED_GROUP,
         "EDGEFLEET_ROLLOUT_TICK_S": "1",
+        "EDGEFLEET_INGEST_PROCESSES": str(processes),
     }
     with log.open("ab") as out:
         process = subprocess.Popen(
@@ -370,7 +388,9 @@ def probe_for(replica: Replica, rollout_id: int, seconds: float, interval: float
 # -- one run ---------------------------------------------------------------------------------
 
 
-def run_ingest(args: argparse.Namespace, *, method: str, replicas: int) -> dict[str, Any]:
+def run_ingest(
+    args: argparse.Namespace, *, method: str, replicas: int, processes: int
+) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="edgefleet-ingest-"))
     os.chmod(root, 0o711)  # the broker may run as its own user: it must reach its dir
     url = create_database()
@@ -381,7 +401,7 @@ def run_ingest(args: argparse.Namespace, *, method: str, replicas: int) -> dict[
     started: list[Replica] = []
     try:
         for n in range(replicas):
-            started.append(start_replica(root, n, broker.url, url, method))
+            started.append(start_replica(root, n, broker.url, url, method, processes))
         time.sleep(2)  # every replica's subscription acknowledged before the first event
         idle = probe_for(started[0], rollout_id, args.idle_probe_s, args.probe_interval)
         per = args.events // args.publishers
@@ -402,7 +422,7 @@ def run_ingest(args: argparse.Namespace, *, method: str, replicas: int) -> dict[
             p.start()
         for _ in procs:
             ready.get(timeout=60)
-        cpu_before = {r.process.pid: cpu_seconds(r.process.pid) for r in started}
+        cpu_before = {r.process.pid: tree_cpu_seconds(r.process.pid) for r in started}
         stop = threading.Event()
         probe: dict[str, Latencies] = {}
         prober = threading.Thread(
@@ -429,12 +449,13 @@ def run_ingest(args: argparse.Namespace, *, method: str, replicas: int) -> dict[
         first = min(t["start"] for t in timings)
         published_s = max(t["end"] for t in timings) - first
         elapsed = done - first
-        cpu = {f"cp-{i}": round(cpu_seconds(r.process.pid) - cpu_before[r.process.pid], 1)
+        cpu = {f"cp-{i}": round(tree_cpu_seconds(r.process.pid) - cpu_before[r.process.pid], 1)
                for i, r in enumerate(started)}  # fmt: skip
         dup = duplicates(url)
         run_shed = shed_count(started)
         return {
             "method": method,
+            "ingest_processes": processes,
             "replicas": replicas,
             "events": unique,
             "published_with_redeliveries": sum(t["published"] for t in timings),
@@ -603,6 +624,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redeliver", type=float, default=0.05,
                         help="share of events published twice with the same id")  # fmt: skip
     parser.add_argument("--methods", default="values,copy")
+    parser.add_argument("--ingest-processes", default="2",
+                        type=lambda text: [int(n) for n in text.split(",") if n],
+                        help="ingest worker processes per replica, each count a run "
+                        "(0: ingest in the API's process, as before)")  # fmt: skip
     parser.add_argument("--replicas", default="1,2", help="replica counts to run")
     parser.add_argument("--idle-probe-s", type=float, default=10.0)
     parser.add_argument("--probe-interval", type=float, default=0.5,
@@ -632,14 +657,15 @@ def main(argv: list[str] | None = None) -> int:
     counts = sorted({int(n) for n in args.replicas.split(",") if n})
     if 1 in counts:
         for method in methods:
-            run = run_ingest(args, method=method, replicas=1)
-            print(json.dumps(run), flush=True)
-            results["runs"].append(run)
+            for processes in args.ingest_processes:
+                run = run_ingest(args, method=method, replicas=1, processes=processes)
+                print(json.dumps(run), flush=True)
+                results["runs"].append(run)
     singles = [r for r in results["runs"] if r["replicas"] == 1]
     best = max(singles, key=lambda r: r["stored_per_s"])["method"] if singles else "values"
     results["faster_method"] = best
     for n in (c for c in counts if c > 1):
-        run = run_ingest(args, method=best, replicas=n)
+        run = run_ingest(args, method=best, replicas=n, processes=args.ingest_processes[-1])
         print(json.dumps(run), flush=True)
         results["runs"].append(run)
     if args.gate_rows:
@@ -652,12 +678,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print("\nmethod  replicas  events  stored/s  offered/s  dup  API busy p50/p99 ms "
+    print("\nmethod  procs  replicas  events  stored/s  offered/s  dup  API busy p50/p99 ms "
           "(rollout | devices)  API idle p50/p99 ms  CPU s")  # fmt: skip
     for r in results["runs"]:
         busy, idle = r["api_busy"], r["api_idle"]
         print(
-            f"{r['method']:<7} {r['replicas']:>8} {r['events']:>7,} {r['stored_per_s']:>9,} "
+            f"{r['method']:<7} {r['ingest_processes']:>5} {r['replicas']:>8} {r['events']:>7,} "
+            f"{r['stored_per_s']:>9,} "
             f"{r['offered_per_s']:>10,} {r['duplicates']:>4}  "
             f"{busy['rollout_status_ms']['p50']}/{busy['rollout_status_ms']['p99']} | "
             f"{busy['device_list_ms']['p50']}/{busy['device_list_ms']['p99']}   "

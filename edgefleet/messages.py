@@ -459,6 +459,8 @@ def check_bounds(
             topic=topic,
             fault="too_large",
         )
+    if payload.count(b"[") + payload.count(b"{") <= max_nesting:
+        return  # no deeper than its openers, quoted ones included: the scan is not needed
     depth = nesting_depth(payload)
     if depth > max_nesting:
         raise MessageError(

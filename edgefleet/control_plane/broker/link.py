@@ -21,10 +21,12 @@ dies (the death is logged, counted in ``/metrics`` and shown by ``/api/v1/health
 - ``cp-fetch-<n>``: fetch requests, answered from the signed repository;
 - ``cp-blobs``: every ``Settings.blob_retention_s``, clears the retained blobs no
   running rollout needs (``edgefleet.control_plane.broker.blobs``);
-- ``cp-telemetry``: telemetry, stored in bursts of up to ``TELEMETRY_BURST`` events
-  per transaction and acknowledged to the broker once the burst is handled. Its queue
-  holds at most ``TELEMETRY_QUEUE_MAX`` messages; past that a message is acknowledged
-  unreceipted and left to the device's spool, which sends it again.
+- ``cp-telemetry``: telemetry (``edgefleet.control_plane.broker.telemetry``), stored in
+  bursts and acknowledged once each burst is handled, when ingest runs in this process
+  (``Settings.ingest_processes`` 0, the default on SQLite);
+- ``cp-ingest-<n>``: otherwise (the default on PostgreSQL), each follows one ingest
+  worker process (``edgefleet.control_plane.broker.ingest_worker``) that takes its own
+  share of the telemetry subscription; a child that exits is started again.
 
 **Blobs.** Before a bundle is first offered (or shadowed), its target is published
 once as retained chunks that the broker serves to every device
@@ -72,26 +74,29 @@ import logging
 import queue
 import secrets
 import threading
-from collections import Counter, defaultdict
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import (
-    DBAPIError,
     InterfaceError,
-    InternalError,
-    NotSupportedError,
     OperationalError,
-    ProgrammingError,
 )
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import Session, col, select
 
 from edgefleet import topics
 from edgefleet.control_plane.broker.blobs import BlobPublisher
+from edgefleet.control_plane.broker.failures import RejectionKey, is_transient, rejection_reason
+from edgefleet.control_plane.broker.ingest_worker import IngestProcess
 from edgefleet.control_plane.broker.log_requests import LogAnswer, LogRequests
 from edgefleet.control_plane.broker.metadata import MetadataPublisher
+from edgefleet.control_plane.broker.telemetry import (
+    TelemetryIngest,
+    ingest_processes,
+    publish_receipts,
+)
 from edgefleet.control_plane.core.errors import (
     BrokerError,
     DeviceTimeoutError,
@@ -102,7 +107,6 @@ from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.core.tables import Bundle, Rollout
 from edgefleet.control_plane.services.device_config import record_report, sync_device
 from edgefleet.control_plane.services.devices import record_rejections, upsert_device_status
-from edgefleet.control_plane.services.events import ingest_events
 from edgefleet.control_plane.services.rollouts.reports import (
     apply_install_report,
     apply_install_reports,
@@ -116,7 +120,6 @@ from edgefleet.messages import (
     FETCH_REASON,
     FETCH_STATUS,
     FETCH_TOTAL,
-    RECEIPT_MAX_IDS,
     BundleOffer,
     ConfigReport,
     DesiredConfig,
@@ -126,8 +129,6 @@ from edgefleet.messages import (
     InstallReport,
     LogChunk,
     LogRequest,
-    Receipt,
-    TelemetryEvent,
     decode_as,
 )
 from edgefleet.mqtt import BrokerAddress, Incoming, MqttLink
@@ -136,24 +137,10 @@ from edgefleet.supervisor import Supervisor, WorkerState
 
 logger = logging.getLogger(__name__)
 
-TELEMETRY_BURST = 2000
-"""Most telemetry events stored in one transaction. Larger bursts spread a transaction's
-fixed round trips over more events: storing alone (COPY, aggregates, device touch, one
-commit) measured 3,012 events/s in bursts of 500 and 6,819 in bursts of 2,000; a burst is
-only as large as what queued while the previous one was stored."""
-TELEMETRY_QUEUE_MAX = 20_000
-"""Most telemetry messages waiting for ``cp-telemetry`` (a few seconds of a fleet's
-telemetry at full speed, some MiB). Past it a message is acknowledged and dropped
-unreceipted: the device keeps it in its spool and sends it again, so a burst the
-database cannot keep up with waits on the devices, not in this process's memory (and
-not in the broker's in-flight window, which fetch requests and reports share)."""
 REPORT_BURST = 200
 """Most install reports applied in one transaction."""
 FETCH_WORKERS = 4
 STOP_TIMEOUT_S = 30.0
-
-RejectionKey = tuple[str, str, str]
-"""``(device_id, channel, reason)``."""
 
 
 def stable_client_id(data_dir: Path) -> str:
@@ -182,27 +169,6 @@ def _kept_token(path: Path, prefix: str, nbytes: int) -> str:
         return token
 
 
-def rejection_reason(error: BaseException) -> str:
-    """The reason label a refused message is counted under (a small, fixed set)."""
-    return error.fault if isinstance(error, MessageError) else "failed"
-
-
-def is_transient(error: BaseException) -> bool:
-    """A failure of the database or the deployment, not of the message: retry it later.
-
-    Connection trouble, a locked database, a missing table or permission — the same
-    message would go through once that is fixed, so it must not be refused (and
-    receipted) for good. What stays is the message's own fault: a value the database
-    refuses (``DataError``, ``IntegrityError``) or an exception our code raised on it.
-    """
-    if isinstance(error, PoolTimeoutError):
-        return True
-    if isinstance(error, DBAPIError):
-        systemic = OperationalError | InterfaceError | InternalError | ProgrammingError
-        return error.connection_invalidated or isinstance(error, systemic | NotSupportedError)
-    return False
-
-
 class FleetLink:
     """One MQTT session for the control plane: device state in, offers and chunks out."""
 
@@ -228,11 +194,24 @@ class FleetLink:
         )
         self.supervisor = Supervisor()
         self._fetch_workers = fetch_workers
-        self._ingest_method = settings.ingest_method
         self._events: queue.Queue[tuple[topics.Up, str, Incoming] | None] = queue.Queue()
         self._fetches: queue.Queue[tuple[str, Incoming] | None] = queue.Queue()
-        self._telemetry: queue.Queue[tuple[str, Incoming] | None] = queue.Queue(TELEMETRY_QUEUE_MAX)
-        self.telemetry_shed = 0  # telemetry messages dropped unreceipted on a full queue
+        client_id = settings.client_id or stable_client_id(settings.data_dir)
+        # Telemetry: in worker processes of their own (each its own MQTT session in the
+        # shared subscription), or on this session when there are none.
+        self.ingest_processes = [
+            IngestProcess(
+                settings=settings,
+                client_id=f"{client_id}-ingest-{n}",
+                shared_group=self.shared_group,
+            )
+            for n in range(ingest_processes(settings))
+        ]
+        self.telemetry: TelemetryIngest | None = None
+        if not self.ingest_processes:
+            self.telemetry = TelemetryIngest(
+                engine=engine, link=self._link, method=settings.ingest_method
+            )
         self._log_requests = LogRequests()
         self._started = False
         self._stopped = threading.Event()
@@ -260,14 +239,8 @@ class FleetLink:
             topics.up_filter(topics.Up.REPORT), self._on_report, shared_group=group
         )
         self._link.subscribe(topics.up_filter(topics.Up.FETCH), self._on_fetch, shared_group=group)
-        # Telemetry is acknowledged to the broker once its burst is handled, in arrival
-        # order; what a control plane dies holding is sent again by the devices.
-        self._link.subscribe(
-            topics.up_filter(topics.Up.TELEMETRY),
-            self._on_telemetry,
-            shared_group=group,
-            deferred_ack=True,
-        )
+        if self.telemetry is not None:
+            self.telemetry.subscribe(group)
         self._link.subscribe(topics.up_filter(topics.Up.LOGS), self._on_logs)
         self._link.subscribe(
             topics.up_filter(topics.Up.CONFIG), self._on_config, shared_group=group
@@ -275,7 +248,10 @@ class FleetLink:
         self.supervisor.start("cp-events", self._run_events)
         for n in range(self._fetch_workers):
             self.supervisor.start(f"cp-fetch-{n}", self._run_fetches)
-        self.supervisor.start("cp-telemetry", self._store_telemetry)
+        if self.telemetry is not None:
+            self.supervisor.start("cp-telemetry", self.telemetry.run)
+        for n, process in enumerate(self.ingest_processes):
+            self.supervisor.start(f"cp-ingest-{n}", process.run)
         if self.blobs is not None:
             self.blobs.attach()
         if self.metadata is not None:
@@ -297,7 +273,10 @@ class FleetLink:
         self._events.put(None)
         for _ in range(self._fetch_workers):
             self._fetches.put(None)
-        self._telemetry.put(None)
+        if self.telemetry is not None:
+            self.telemetry.stop()
+        for process in self.ingest_processes:
+            process.stop()
         if not self.supervisor.join(STOP_TIMEOUT_S):
             logger.warning("fleet link workers still busy at stop")
         self._started = False
@@ -307,13 +286,28 @@ class FleetLink:
         return self._link.connected
 
     def workers(self) -> list[WorkerState]:
-        """The link's supervised worker threads, for health and metrics."""
-        return self.supervisor.workers()
+        """The link's supervised worker threads, and those inside its ingest processes
+        (as they last reported), for health and metrics."""
+        inside = [w for process in self.ingest_processes for w in process.status.workers]
+        return self.supervisor.workers() + inside
+
+    @property
+    def telemetry_shed(self) -> int:
+        """Telemetry messages left unreceipted to the devices' spools on a full queue."""
+        if self.telemetry is not None:
+            return self.telemetry.shed
+        return sum(process.status.shed for process in self.ingest_processes)
 
     def wait_subscribed(self, timeout: float) -> bool:
-        """Connected with every subscription acknowledged: from then on nothing a device
-        publishes slips past this session unseen."""
-        return self._link.wait_subscribed(timeout)
+        """Connected with every subscription acknowledged (the ingest processes' too):
+        from then on nothing a device publishes slips past this replica unseen."""
+        deadline = time.monotonic() + timeout
+        if not self._link.wait_subscribed(timeout):
+            return False
+        return all(
+            process.subscribed.wait(max(0.0, deadline - time.monotonic()))
+            for process in self.ingest_processes
+        )
 
     # -- outgoing ----------------------------------------------------------------
 
@@ -349,14 +343,7 @@ class FleetLink:
 
     def publish_receipts(self, device_id: str, event_ids: Sequence[str]) -> None:
         """Tell a device which of its event ids are handled (QoS 1, chunked)."""
-        for start in range(0, len(event_ids), RECEIPT_MAX_IDS):
-            chunk = list(event_ids[start : start + RECEIPT_MAX_IDS])
-            self._link.publish(
-                topics.down(device_id, topics.Down.RECEIPT),
-                Receipt(event_ids=chunk).to_bytes(),
-                qos=1,
-            )
-        logger.debug("receipt published device_id=%s events=%d", device_id, len(event_ids))
+        publish_receipts(self._link, device_id, event_ids)
 
     def ensure_blob(self, bundle_id: str) -> bool:
         """Publish ``bundle_id``'s target as retained blobs unless the broker holds it.
@@ -475,22 +462,6 @@ class FleetLink:
         device_id = self._device_id(message, topics.Up.REPORT)
         if device_id is not None:
             self._events.put((topics.Up.REPORT, device_id, message))
-
-    def _on_telemetry(self, message: Incoming) -> None:
-        device_id = self._device_id(message, topics.Up.TELEMETRY)
-        if device_id is None:
-            message.ack()
-            return
-        try:
-            self._telemetry.put_nowait((device_id, message))
-        except queue.Full:  # shed: the device resends what no receipt named
-            message.ack()
-            self.telemetry_shed += 1
-            if self.telemetry_shed % 1000 == 1:
-                logger.warning(
-                    "telemetry queue full, messages left to the devices' spools shed=%d",
-                    self.telemetry_shed,
-                )
 
     def _on_logs(self, message: Incoming) -> None:
         """A log answer chunk: decoded here (bounded, quick) and handed to its waiter."""
@@ -682,84 +653,6 @@ class FleetLink:
             # Refused for good: counted, and receipted so the device stops resending it.
             self._refuse(device_id, topics.Up.REPORT, topic, e)
         self.publish_receipts(device_id, [report.event_id])
-
-    def _store_telemetry(self) -> None:
-        """cp-telemetry: take what has queued up (at most a burst), store it at once."""
-        while True:
-            item = self._telemetry.get()
-            if item is None:
-                return
-            burst = [item]
-            while len(burst) < TELEMETRY_BURST:
-                try:
-                    item = self._telemetry.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._ingest(burst)
-                    return
-                burst.append(item)
-            self._ingest(burst)
-
-    def _ingest(self, burst: list[tuple[str, Incoming]]) -> None:
-        """Store one burst; receipt what it holds per device, then acknowledge it."""
-        refused: Counter[RejectionKey] = Counter()
-        events: list[tuple[str, TelemetryEvent]] = []
-        for device_id, message in burst:
-            try:
-                event = decode_as(message.payload, TelemetryEvent, topic=message.topic)
-            except Exception as e:  # this message's failure, whatever it is
-                refused[self._refused(device_id, topics.Up.TELEMETRY, message.topic, e)] += 1
-                continue
-            events.append((device_id, event))
-        handled = self._store_events(events, refused)
-        if handled is not None:  # None: the database failed, no receipts, devices resend
-            self._count_refused(refused)
-            receipts: defaultdict[str, list[str]] = defaultdict(list)
-            for device_id, event in handled:
-                receipts[device_id].append(event.event_id)
-            for device_id, event_ids in receipts.items():
-                self.publish_receipts(device_id, list(dict.fromkeys(event_ids)))
-        # Acknowledged either way, in arrival order as MQTT asks: the session keeps nothing
-        # for later (it ends with the connection), and an unacknowledged message would
-        # only hold a slot of the broker's in-flight window until the link drops.
-        for _device_id, message in burst:
-            message.ack()
-
-    def _store_events(
-        self, events: list[tuple[str, TelemetryEvent]], refused: Counter[RejectionKey]
-    ) -> list[tuple[str, TelemetryEvent]] | None:
-        """Store ``events`` (one transaction, else one by one); the events now handled.
-
-        Handled: in the database (new or stored before), or refused for good (counted in
-        ``refused``). None after a transient database failure: nothing to receipt.
-        """
-        if not events:
-            return []
-        try:
-            with Session(self._engine) as session:
-                ingest_events(session=session, batch=events, method=self._ingest_method)
-            return events
-        except Exception as e:
-            if is_transient(e):
-                logger.warning("telemetry not stored events=%d error=%s", len(events), e)
-                return None
-            logger.warning(
-                "telemetry burst refused, storing it event by event events=%d error=%s",
-                len(events),
-                type(e).__name__,
-            )
-        for device_id, event in events:
-            try:
-                with Session(self._engine) as session:
-                    ingest_events(session=session, batch=[(device_id, event)])
-            except Exception as e:
-                if is_transient(e):
-                    logger.warning("telemetry not stored events=%d error=%s", len(events), e)
-                    return None
-                topic = topics.up(device_id, topics.Up.TELEMETRY)
-                refused[self._refused(device_id, topics.Up.TELEMETRY, topic, e)] += 1
-        return events
 
     def _handle_fetch(self, device_id: str, message: Incoming) -> None:
         properties: dict[str, str]

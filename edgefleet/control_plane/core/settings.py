@@ -129,6 +129,14 @@ class Settings(BaseSettings):
         "table (copy, measured faster by bench/ingest.py) or multi-row INSERT (values); "
         "SQLite always uses multi-row INSERT",
     )
+    ingest_processes: int | None = Field(
+        default=None,
+        ge=0,
+        le=16,
+        description="telemetry ingest worker processes per control plane, each a member of "
+        "the shared subscription with its own MQTT session (0: ingest in the API's process; "
+        "unset: 2 on PostgreSQL, 0 on SQLite)",
+    )
     rollout_tick_s: float = Field(
         default=1.0, gt=0, le=60, description="how often the orchestrator advances rollouts"
     )

@@ -174,3 +174,24 @@ def test_sqlite_keeps_one_table_and_deletes_expired_events(tmp_path: Path) -> No
     upkeep = maintain_event_store(engine=engine, retention=timedelta(days=30), now=NOW)
     assert upkeep.deleted_rows == 1 and not upkeep.created and not upkeep.dropped
     assert stored(engine) == 1
+
+
+def test_copy_ingest_keeps_text_copy_would_misread_byte_for_byte(pg: Engine) -> None:
+    """COPY's text format gives backslash, tab and newlines meanings: rows are escaped."""
+    awkward = "a\\b\tc\nd\re \\N"
+    event = TelemetryEvent(
+        kind="inference",
+        bundle_id=awkward,
+        data={"note": awkward, "nested": {"list": [awkward, None, 1.5]}},
+    )
+    plain = TelemetryEvent(kind="inference", bundle_id=None, release=None, data={})
+    with Session(pg) as session:
+        assert (
+            ingest_events(session=session, batch=[(DEVICE, event), (OTHER, plain)], method="copy")
+            == 2
+        )
+    with Session(pg) as session:
+        got = session.exec(select(Event).where(Event.event_id == event.event_id)).one()
+        empty = session.exec(select(Event).where(Event.event_id == plain.event_id)).one()
+    assert (got.bundle_id, got.data) == (awkward, event.data)
+    assert (empty.bundle_id, empty.release, empty.data) == (None, None, {})

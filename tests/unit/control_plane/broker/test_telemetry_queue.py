@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from edgefleet.control_plane.broker import link as link_module
+from edgefleet.control_plane.broker import telemetry as telemetry_module
+from edgefleet.control_plane.broker.link import FleetLink
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.messages import TelemetryEvent
 from edgefleet.mqtt import Incoming
@@ -17,21 +18,22 @@ from edgefleet.mqtt import Incoming
 def test_a_full_telemetry_queue_acknowledges_and_sheds_instead_of_growing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(link_module, "TELEMETRY_QUEUE_MAX", 3)
+    monkeypatch.setattr(telemetry_module, "TELEMETRY_QUEUE_MAX", 3)
     settings = Settings(data_dir=tmp_path, broker_url="mqtt://127.0.0.1:1", blob_delivery=False)
-    fleet = link_module.FleetLink(
+    fleet = FleetLink(
         settings=settings,
         engine=create_engine("sqlite://"),
         repository=None,  # type: ignore[arg-type]  # not started: nothing is served
     )
+    assert fleet.telemetry is not None  # SQLite: ingest runs in the control plane's process
     acked: list[int] = []
     for n in range(5):
-        fleet._on_telemetry(
+        fleet.telemetry.on_message(
             Incoming(
                 topic="fleet/dev-queue00001/up/telemetry",
                 payload=TelemetryEvent(kind="inference").to_bytes(),
                 ack=lambda n=n: acked.append(n),  # type: ignore[misc]
             )
         )
-    assert fleet._telemetry.qsize() == 3  # waiting for cp-telemetry, not yet acknowledged
+    assert fleet.telemetry.queued() == 3  # waiting for cp-telemetry, not yet acknowledged
     assert acked == [3, 4] and fleet.telemetry_shed == 2
