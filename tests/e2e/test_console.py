@@ -409,3 +409,32 @@ def test_audit_view_shows_the_log_or_says_there_is_none(
     else:
         expect(body).to_contain_text("does not keep an audit log yet")
     page.screenshot(path=str(shots / "audit.png"), full_page=True)
+
+
+def test_configuration_view_shows_the_fleet_values_and_each_devices_report(
+    signed_in: Any, stack: Stack, shots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    changed = stack.api.patch(
+        "/api/v1/config/fleet", json={"set": {"flags.console-check": "on"}, "reason": "console"}
+    )
+    assert changed.status_code == 200, changed.text
+    page = signed_in
+    open_view(page, stack, "config")
+    card = page.locator("main")
+    expect(card).to_contain_text('flags.console-check="on"')
+    expect(card).to_contain_text(AGENT)  # the real agent's row: desired and reported
+    page.screenshot(path=str(shots / "config.png"), full_page=True)
+
+
+def test_experiments_view_says_there_are_none_until_one_is_started(
+    signed_in: Any, stack: Stack, shots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    assert stack.api.get("/api/v1/experiments").json() == []
+    page = signed_in
+    open_view(page, stack, "experiments")
+    expect(page.locator("main")).to_contain_text("No experiments.")
+    page.screenshot(path=str(shots / "experiments.png"), full_page=True)
