@@ -88,7 +88,12 @@ from sqlmodel import Session, col, select
 
 from edgefleet import topics
 from edgefleet.control_plane.broker.blobs import BlobPublisher
-from edgefleet.control_plane.broker.failures import RejectionKey, is_transient, rejection_reason
+from edgefleet.control_plane.broker.failures import (
+    RejectionKey,
+    count_refusals,
+    is_transient,
+    log_refusal,
+)
 from edgefleet.control_plane.broker.ingest_worker import IngestProcess
 from edgefleet.control_plane.broker.log_requests import LogAnswer, LogRequests
 from edgefleet.control_plane.broker.metadata import MetadataPublisher
@@ -106,7 +111,7 @@ from edgefleet.control_plane.core.errors import (
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.core.tables import Bundle, Rollout
 from edgefleet.control_plane.services.device_config import record_report, sync_device
-from edgefleet.control_plane.services.devices import record_rejections, upsert_device_status
+from edgefleet.control_plane.services.devices import upsert_device_status
 from edgefleet.control_plane.services.rollouts.reports import (
     apply_install_report,
     apply_install_reports,
@@ -498,36 +503,10 @@ class FleetLink:
     def _refused(
         self, device_id: str, channel: topics.Up, topic: str, error: BaseException
     ) -> RejectionKey:
-        """Log one refused message (never its payload); the key it is counted under."""
-        reason = rejection_reason(error)
-        if isinstance(error, MessageError):
-            logger.warning(
-                "message refused device_id=%s topic=%s reason=%s detail=%s",
-                device_id,
-                topic,
-                reason,
-                error.reason,
-            )
-        else:
-            logger.error(
-                "message refused device_id=%s topic=%s reason=%s error=%s",
-                device_id,
-                topic,
-                reason,
-                type(error).__name__,
-                exc_info=error,
-            )
-        return (device_id, channel.value, reason)
+        return log_refusal(device_id, channel.value, topic, error)
 
     def _count_refused(self, counts: dict[RejectionKey, int]) -> None:
-        """Add refused messages to the per-device counts; a failure here is only logged."""
-        if not counts:
-            return
-        try:
-            with Session(self._engine) as session:
-                record_rejections(session=session, counts=counts)
-        except Exception:  # counting must never stop the pipeline it counts for
-            logger.exception("refused messages not counted messages=%d", sum(counts.values()))
+        count_refusals(self._engine, counts)
 
     def _refuse(self, device_id: str, channel: topics.Up, topic: str, error: BaseException) -> None:
         self._count_refused({self._refused(device_id, channel, topic, error): 1})

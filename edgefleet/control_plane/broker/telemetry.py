@@ -32,11 +32,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from edgefleet import topics
-from edgefleet.control_plane.broker.failures import RejectionKey, is_transient, rejection_reason
+from edgefleet.control_plane.broker.failures import (
+    RejectionKey,
+    count_refusals,
+    is_transient,
+    log_refusal,
+)
 from edgefleet.control_plane.core.settings import Settings
-from edgefleet.control_plane.services.devices import record_rejections
 from edgefleet.control_plane.services.events import IngestMethod, ingest_events
-from edgefleet.errors import MessageError
 from edgefleet.messages import RECEIPT_MAX_IDS, Receipt, TelemetryEvent, decode_as
 from edgefleet.mqtt import Incoming, MqttLink
 
@@ -182,7 +185,7 @@ class TelemetryIngest:
             events.append((device_id, event))
         handled = self._store(events, refused)
         if handled is not None:  # None: the database failed, no receipts, devices resend
-            self._count_refused(refused)
+            count_refusals(self._engine, refused)
             receipts: defaultdict[str, list[str]] = defaultdict(list)
             for device_id, event in handled:
                 receipts[device_id].append(event.event_id)
@@ -229,35 +232,6 @@ class TelemetryIngest:
                 refused[_refused(device_id, topic, e)] += 1
         return events
 
-    def _count_refused(self, counts: dict[RejectionKey, int]) -> None:
-        """Add refused messages to the per-device counts; a failure here is only logged."""
-        if not counts:
-            return
-        try:
-            with Session(self._engine) as session:
-                record_rejections(session=session, counts=counts)
-        except Exception:  # counting must never stop the pipeline it counts for
-            logger.exception("refused messages not counted messages=%d", sum(counts.values()))
-
 
 def _refused(device_id: str, topic: str, error: BaseException) -> RejectionKey:
-    """Log one refused telemetry message (never its payload); its count key."""
-    reason = rejection_reason(error)
-    if isinstance(error, MessageError):
-        logger.warning(
-            "message refused device_id=%s topic=%s reason=%s detail=%s",
-            device_id,
-            topic,
-            reason,
-            error.reason,
-        )
-    else:
-        logger.error(
-            "message refused device_id=%s topic=%s reason=%s error=%s",
-            device_id,
-            topic,
-            reason,
-            type(error).__name__,
-            exc_info=error,
-        )
-    return (device_id, topics.Up.TELEMETRY.value, reason)
+    return log_refusal(device_id, topics.Up.TELEMETRY.value, topic, error)

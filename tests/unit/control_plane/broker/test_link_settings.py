@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from edgefleet.control_plane.broker.link import rejection_reason, stable_shared_group
+from edgefleet.control_plane.broker.failures import rejection_reason
+from edgefleet.control_plane.broker.link import stable_shared_group
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.errors import MessageError
 from edgefleet.messages import decode_message
