@@ -169,10 +169,19 @@ def test_a_full_disk_refuses_a_bundle_before_download_and_the_old_model_keeps_se
     finally:
         filler.unlink()
 
-    wait_until(
-        lambda: rig.status_file()["disk"]["spool_cap_bytes"] > lowered,
-        "the spool's cap to come back up",
-    )
+    try:
+        wait_until(
+            lambda: rig.status_file()["disk"]["spool_cap_bytes"] > lowered,
+            "the spool's cap to come back up",
+            timeout=120,
+        )
+    except AssertionError as e:  # say what the agent saw, not only that it was slow
+        status = rig.status_file()
+        log = (rig.config.parent / "agent.log").read_text(errors="replace").splitlines()
+        raise AssertionError(
+            f"{e}; lowered to {lowered}; disk {status.get('disk')}; "
+            f"workers {status.get('workers')}; agent log tail: {log[-25:]}"
+        ) from e
     assert roll_out(rig.api, rig.bundles["2"]["id"], DEVICE)["state"] == "complete"
     assert served_version(rig.port, "digits", rig.body) == "2"
 
