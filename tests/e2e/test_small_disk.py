@@ -144,7 +144,15 @@ def rig(tmp_path_factory: pytest.TempPathFactory, digits: DigitsModel) -> Iterat
 def test_a_full_disk_refuses_a_bundle_before_download_and_the_old_model_keeps_serving(
     rig: Rig,
 ) -> None:
-    spool_cap = wait_until(lambda: rig.status_file().get("disk", {}).get("spool_cap_bytes"))
+    # The cap after the disk worker's first watch (its usage is in the status then): on
+    # this 8 MiB disk the watch may already hold the cap under the configured one.
+    spool_cap = wait_until(
+        lambda: (
+            (disk := rig.status_file().get("disk", {})).get("free_bytes") is not None
+            and disk["spool_cap_bytes"]
+        ),
+        "the disk worker's first watch",
+    )
     slots = rig.slots()
     filler = fill(rig.data_dir, leave_free=512 * 1024)  # below the 1 MiB reserve
     try:
