@@ -25,15 +25,18 @@ from typing import Any
 
 from sqlmodel import Session
 
-from edgefleet import schema
-from edgefleet.bundle import FileRole, write_bundle
-from edgefleet.control_plane.core.errors import BuildError, InvalidRequestError
+from edgefleet.bundle import FileRole
+from edgefleet.control_plane.core.errors import InvalidRequestError
 from edgefleet.control_plane.core.settings import Settings
 from edgefleet.control_plane.core.tables import Bundle
 from edgefleet.control_plane.services.audit import record_audit
-from edgefleet.control_plane.services.bundle_builder import _build_lock, get_profile, next_release
+from edgefleet.control_plane.services.bundle_builder import (
+    _build_lock,
+    get_profile,
+    next_release,
+    store_signed_bundle,
+)
 from edgefleet.control_plane.trust.repository import SignedRepository
-from edgefleet.errors import BundleError
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +122,6 @@ def add_agent_release(
     with _build_lock:
         release = next_release(session)
         bundle_id = f"agent-{version}-{profile.name}-r{release}"
-        target = f"{bundle_id}.tar"
         fields: dict[str, Any] = {
             "kind": "agent",
             "bundle_id": bundle_id,
@@ -132,39 +134,21 @@ def add_agent_release(
             "signature": {"inputs": [], "outputs": []},
             "lineage": {"built_at": datetime.now(UTC).isoformat(), "wheels": sorted(wheels)},
         }
-        settings.bundles_dir.mkdir(parents=True, exist_ok=True)
-        path = settings.bundles_dir / target
-        try:
-            manifest = write_bundle(path, fields, files)
-        except BundleError as e:
-            raise BuildError(f"agent release could not be written: {e}") from e
-        data = path.read_bytes()
-        target_file = repository.add_target(
-            target,
-            data,
-            {
-                "bundle_id": bundle_id,
-                "release": release,
+        bundle, size = store_signed_bundle(
+            session=session,
+            repository=repository,
+            settings=settings,
+            fields=fields,
+            files=files,
+            custom={
                 "kind": "agent",
                 "model": AGENT_MODEL_NAME,
                 "model_version": version,
                 "profiles": [profile.name],
                 "hardware": [],
             },
+            what="agent release",
         )
-        bundle = Bundle(
-            id=bundle_id,
-            model=AGENT_MODEL_NAME,
-            model_version=version,
-            profile=profile.name,
-            release=release,
-            target=target,
-            sha256=target_file.hashes["sha256"],
-            length=target_file.length,
-            path=str(path),
-            manifest=schema.to_builtins(manifest, omit_none=True),
-        )
-        session.add(bundle)
         record_audit(
             session=session,
             actor=actor,
@@ -175,5 +159,5 @@ def add_agent_release(
         session.commit()
         session.refresh(bundle)
     logger.info("agent release added bundle_id=%s version=%s bytes=%d", bundle_id, version,
-                len(data))  # fmt: skip
+                size)  # fmt: skip
     return bundle

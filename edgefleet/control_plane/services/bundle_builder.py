@@ -362,7 +362,6 @@ def build_bundle(
     with _build_lock:
         release = next_release(session)
         bundle_id = f"{model_name}-{model_version}-{profile.name}-r{release}"
-        target = f"{bundle_id}.tar"
         fields: dict[str, Any] = {
             "bundle_id": bundle_id,
             "model": {"name": model_name, "version": model_version},
@@ -417,39 +416,67 @@ def build_bundle(
             "candidates": [{k: v for k, v in row.as_row().items()} for row in outcome.table],
             "objective": profile.objective,
         }
-        settings.bundles_dir.mkdir(parents=True, exist_ok=True)
-        path = settings.bundles_dir / target
-        try:
-            manifest = write_bundle(path, fields, files)
-        except BundleError as e:
-            raise BuildError(f"bundle could not be written: {e}") from e
-        data = path.read_bytes()
-        target_file = repository.add_target(
-            target,
-            data,
-            {
-                "bundle_id": bundle_id,
-                "release": release,
+        bundle, size = store_signed_bundle(
+            session=session,
+            repository=repository,
+            settings=settings,
+            fields=fields,
+            files=files,
+            custom={
                 "model": model_name,
                 "model_version": model_version,
                 "profiles": [profile.name],
                 "hardware": [profile.arch],
             },
         )
-        bundle = Bundle(
-            id=bundle_id,
-            model=model_name,
-            model_version=model_version,
-            profile=profile.name,
-            release=release,
-            target=target,
-            sha256=target_file.hashes["sha256"],
-            length=target_file.length,
-            path=str(path),
-            manifest=schema.to_builtins(manifest, omit_none=True),
-        )
-        session.add(bundle)
         session.commit()
         session.refresh(bundle)
-    logger.info("bundle built bundle_id=%s release=%d bytes=%d", bundle_id, release, len(data))
+    logger.info("bundle built bundle_id=%s release=%d bytes=%d", bundle_id, release, size)
     return bundle
+
+
+def store_signed_bundle(
+    *,
+    session: Session,
+    repository: SignedRepository,
+    settings: Settings,
+    fields: dict[str, Any],
+    files: dict[str, tuple[bytes, FileRole]],
+    custom: dict[str, Any],
+    what: str = "bundle",
+) -> tuple[Bundle, int]:
+    """Write the bundle ``fields`` and ``files`` describe, sign it as a TUF target
+    (``custom`` beside its id and release) and add its row to ``session`` uncommitted.
+
+    One path for model bundles and agent releases, under ``build_lock``: the release
+    counter, the signed target and the row must agree.
+
+    Returns:
+        The row, and the bundle's size in bytes.
+    """
+    bundle_id, release = fields["bundle_id"], fields["release"]
+    target = f"{bundle_id}.tar"
+    settings.bundles_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.bundles_dir / target
+    try:
+        manifest = write_bundle(path, fields, files)
+    except BundleError as e:
+        raise BuildError(f"{what} could not be written: {e}") from e
+    data = path.read_bytes()
+    target_file = repository.add_target(
+        target, data, {"bundle_id": bundle_id, "release": release, **custom}
+    )
+    bundle = Bundle(
+        id=bundle_id,
+        model=fields["model"]["name"],
+        model_version=fields["model"]["version"],
+        profile=fields["profiles"][0],
+        release=release,
+        target=target,
+        sha256=target_file.hashes["sha256"],
+        length=target_file.length,
+        path=str(path),
+        manifest=schema.to_builtins(manifest, omit_none=True),
+    )
+    session.add(bundle)
+    return bundle, len(data)
