@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from tests.support.harness import (
     register_model,
     roll_out,
     start_agent,
+    stop_agent,
 )
 from tests.support.polling import wait_until
 
@@ -117,9 +117,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, digits: DigitsModel) -> Iterat
                     process=process,
                 )
     finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(20)
+        stop_agent(process)
         broker.kill()
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from tests.support.harness import (
     register_model,
     roll_out,
     start_agent,
+    stop_agent,
 )
 from tests.support.polling import wait_until
 from tests.support.small_disk import fill, mounted_tmpfs
@@ -135,9 +135,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, digits: DigitsModel) -> Iterat
                         process=process,
                     )
         finally:
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(20)
+            stop_agent(process)
             broker.kill()
 
 

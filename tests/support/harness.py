@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -68,6 +69,13 @@ def start_agent(
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
         )
+
+
+def stop_agent(process: subprocess.Popen[bytes] | None) -> None:
+    """Stop an agent ``start_agent`` started as its operator would (SIGTERM, then wait)."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
 
 
 def build_bundle(api: Any, version: str, profile: str, *, model: str = "digits") -> dict[str, Any]:
